@@ -1,0 +1,163 @@
+"""`bin/console`: parse arguments, run one command, print, exit with its code.
+
+The CLI is a thin client: commands that talk to the daemon load only the
+[scheduler] section of the config and never import task types.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from .commands import COMMANDS, CommandError, find, load_all
+
+
+class Env:
+    """What commands get: the config (loaded lazily), the control client and the stores."""
+
+    def __init__(self, config_path: Path | None, verbose: bool):
+        self.config_path = config_path
+        self.verbose = verbose
+        self._config: Any = None
+        self._scheduler: Any = None
+
+    def config(self) -> Any:
+        if self._config is None:
+            from .config import load
+            from .settings import ConfigError
+
+            try:
+                self._config = load(self.config_path)
+            except ConfigError as e:
+                raise CommandError(str(e), 2) from None
+        return self._config
+
+    def scheduler(self) -> Any:
+        """Only [scheduler]: enough to find the socket and pidfile, cheap to load."""
+        if self._config is not None:
+            return self._config.scheduler
+        if self._scheduler is None:
+            from .config import load_scheduler
+            from .settings import ConfigError
+
+            try:
+                self.config_path, self._scheduler = load_scheduler(self.config_path)
+            except ConfigError as e:
+                raise CommandError(str(e), 2) from None
+        return self._scheduler
+
+    def client(self, timeout: float = 60.0) -> Any:
+        from .client import Client
+
+        return Client(self.scheduler().socket, timeout)
+
+    def running_pid(self) -> int | None:
+        from .pidfile import running_pid
+
+        return running_pid(self.scheduler().pidfile)
+
+    def call(self, cmd: str, **args: Any) -> Any:
+        """One request to the daemon; its faults become clean CLI errors."""
+        from .client import NotRunning
+        from .protocol import ControlError
+
+        try:
+            return self.client().call(cmd, **args)
+        except NotRunning as e:
+            raise CommandError(str(e), 1) from None
+        except ControlError as e:
+            raise CommandError(e.message, 2 if e.code in (3, 10, 13, 20, 21, 22, 30) else 1) from None
+
+    def try_call(self, cmd: str, **args: Any) -> Any:
+        """Like call, but None when the daemon is down (commands that also work offline)."""
+        from .client import NotRunning
+
+        if self.running_pid() is None:
+            return None
+        try:
+            return self.client(10).call(cmd, **args)
+        except (NotRunning, OSError):
+            return None
+
+    def state_store(self) -> Any:
+        from .store import open_store
+
+        return open_store(self.scheduler().state_dir)
+
+    def job_store(self) -> Any:
+        from .jobstore import open_job_store
+
+        return open_job_store(self.scheduler().state_dir)
+
+    def add_job(self, type: str, payload: Any, queue: str | None = None, priority: int = 0,
+                after: tuple[int, ...] = ()) -> int:
+        """Write the job to the store (works with the daemon down), then tell a running daemon."""
+        from .jobs import add_job
+        from .jobstore import JobError
+
+        store = self.job_store()
+        try:
+            jid = add_job(store, self.config(), type, payload, queue=queue, priority=priority, after=after)
+        except JobError as e:
+            raise CommandError(str(e), 2) from None
+        finally:
+            store.close()
+        self.try_call("job.wake")
+        return jid
+
+
+def _usage() -> str:
+    lines = ["usage: console [--config PATH] [-v] COMMAND [ARGS]", "", "commands:"]
+    for name, cmd in sorted(load_all().items()):
+        lines.append(f"  {name:28} {cmd.help}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    top = argparse.ArgumentParser(prog="console", add_help=False)
+    top.add_argument("--config", type=Path, default=None)
+    top.add_argument("-v", "--verbose", action="store_true")
+    top.add_argument("-h", "--help", action="store_true")
+    opts, rest = top.parse_known_args(argv)
+    if not rest or rest[0] in ("list", "help") or (opts.help and not rest):
+        print(_usage())
+        return 0 if (rest or opts.help) else 2
+    name, rest = rest[0], rest[1:]
+    cmd = find(name)
+    if cmd is None:
+        print(f"console: unknown command {name!r} (see `console list`)", file=sys.stderr)
+        return 2
+    parser = argparse.ArgumentParser(prog=f"console {name}", description=cmd.help)
+    parser.add_argument("--config", type=Path, default=argparse.SUPPRESS)
+    parser.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS)
+    for a in cmd.args:
+        parser.add_argument(*a.flags, **a.options)
+    if opts.help:
+        rest.append("--help")
+    args = parser.parse_args(rest)
+    config_path = getattr(args, "config", None) or opts.config
+    verbose = getattr(args, "verbose", False) or opts.verbose
+    env = Env(config_path, verbose)
+    try:
+        code = cmd.handler(args, env)
+        return 0 if code is None else int(code)
+    except CommandError as e:
+        print(f"console {name}: {e}", file=sys.stderr)
+        return e.code
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+    except Exception as e:
+        if verbose:
+            raise
+        print(f"console {name}: {type(e).__name__}: {e} (use -v for the traceback)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,89 @@
+"""CLI commands, grouped by module: `record:list` lives in `commands/record.py`.
+
+A command whose module is not named after its prefix is found by scanning this
+package, so command modules must import heavy libraries inside their handlers:
+the CLI stays light.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import pkgutil
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class CommandError(Exception):
+    """A clean failure: one line on stderr and `code` as the exit status."""
+
+    def __init__(self, message: str, code: int = 2):
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True)
+class Arg:
+    flags: tuple[str, ...]
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+def arg(*flags: str, **options: Any) -> Arg:
+    return Arg(flags, options)
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    help: str
+    args: tuple[Arg, ...]
+    handler: Callable[[argparse.Namespace, Any], int | None]
+
+
+COMMANDS: dict[str, Command] = {}
+
+
+def command(name: str, help: str, *args: Arg) -> Callable:
+    """Register `handler(args, env) -> exit code` under `name`."""
+
+    def register(handler: Callable) -> Callable:
+        COMMANDS[name] = Command(name, help, args, handler)
+        return handler
+
+    return register
+
+
+def find(name: str) -> Command | None:
+    prefix = name.split(":", 1)[0]
+    try:
+        importlib.import_module(f"{__name__}.{prefix}")
+    except ModuleNotFoundError as e:
+        if e.name != f"{__name__}.{prefix}":
+            raise
+    if name not in COMMANDS:
+        load_all()
+    return COMMANDS.get(name)
+
+
+def load_all() -> dict[str, Command]:
+    for m in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{m.name}")
+    return COMMANDS
+
+
+def print_json(obj: Any) -> None:
+    json.dump(obj, sys.stdout, indent=2, sort_keys=True, default=str)
+    sys.stdout.write("\n")
+
+
+def print_table(rows: list[list[Any]], headers: list[str] | None = None) -> None:
+    """Aligned columns, like `supervisorctl status`."""
+    all_rows = ([headers] if headers else []) + [[("" if c is None else str(c)) for c in r] for r in rows]
+    if not all_rows:
+        return
+    widths = [max(len(r[i]) for r in all_rows if i < len(r)) for i in range(max(map(len, all_rows)))]
+    for r in all_rows:
+        print("  ".join(c.ljust(widths[i]) for i, c in enumerate(r)).rstrip())

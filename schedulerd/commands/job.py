@@ -1,0 +1,210 @@
+"""job:add|list|show|retry|cancel|purge, queue:pause|resume, worker:show-configuration."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from . import CommandError, arg, command, print_json, print_table
+from ._format import hms
+
+JOB_ID = arg("id", type=int, help="job id")
+JSON = arg("--json", action="store_true")
+
+
+def _store(env: Any) -> Any:
+    return env.job_store()
+
+
+@command("job:add", "Queue a one-off job and print its id", arg("type"), arg("--queue"),
+         arg("--payload", default="{}", help="JSON object"), arg("--after", type=int, action="append", default=[],
+                                                                  help="run only once job ID finished"),
+         arg("--priority", type=int, default=0))
+def job_add(args: Any, env: Any) -> int:
+    try:
+        payload = json.loads(args.payload)
+    except json.JSONDecodeError as e:
+        raise CommandError(f"--payload: invalid JSON: {e}", 2) from None
+    jid = env.add_job(args.type, payload, queue=args.queue, priority=args.priority, after=tuple(args.after))
+    print(jid)
+    return 0
+
+
+def _progress(j: dict[str, Any]) -> str:
+    if j.get("done") is None:
+        return ""
+    return f"{j['done']}/{j['total']}" if j.get("total") else str(j["done"])
+
+
+def _live(env: Any) -> dict[int, dict[str, Any]]:
+    running = env.try_call("job.running") or []
+    return {j["id"]: j for j in running}
+
+
+@command("job:list", "List jobs (title, progress, state, attempts, age)", arg("--state"), arg("--queue"),
+         arg("--limit", type=int, default=100), JSON)
+def job_list(args: Any, env: Any) -> int:
+    from ..states import JobState
+
+    if args.state and args.state not in {s.value for s in JobState}:
+        raise CommandError(f"--state: expected one of {', '.join(s.value for s in JobState)}, got {args.state!r}", 2)
+    store = _store(env)
+    try:
+        jobs = [j.to_json() for j in store.list(args.state, args.queue, args.limit)]
+    finally:
+        store.close()
+    live = _live(env)
+    jobs = [live.get(j["id"], j) if j["state"] == "running" else j for j in jobs]
+    if args.json:
+        print_json(jobs)
+        return 0
+    now = time.time()
+    print_table([[j["id"], j["type"], j["queue"], j["title"][:40], _progress(j), j["state"],
+                  f"{j['attempts']}/{j['max_attempts']}", hms(now - j["created"])] for j in jobs],
+                ["ID", "TYPE", "QUEUE", "TITLE", "PROGRESS", "STATE", "ATTEMPTS", "AGE"])
+    return 0
+
+
+@command("job:show", "Show one job with its log lines", JOB_ID, JSON)
+def job_show(args: Any, env: Any) -> int:
+    from ..jobstore import JobError
+
+    store = _store(env)
+    try:
+        job = store.get(args.id).to_json()
+        lines = store.log_lines(args.id)
+    except JobError as e:
+        raise CommandError(str(e), 2) from None
+    finally:
+        store.close()
+    job = _live(env).get(args.id, job)
+    job["log"] = [{"ts": ts, "level": lvl, "line": line} for ts, lvl, line in lines]
+    if args.json:
+        print_json(job)
+        return 0
+    for key in ("id", "type", "queue", "title", "state", "priority", "attempts", "max_attempts", "deps", "summary",
+                "error", "node"):
+        print(f"{key + ':':14}{job.get(key)}")
+    print(f"{'progress:':14}{_progress(job)}")
+    for key in ("created", "started", "finished", "next_attempt_at"):
+        v = job.get(key)
+        print(f"{key + ':':14}{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(v)) if v else '-'}")
+    payload = json.dumps(job["payload"])
+    print(f"{'payload:':14}{payload}")
+    if job["log"]:
+        print("log:")
+        for entry in job["log"]:
+            print(f"  {time.strftime('%H:%M:%S', time.localtime(entry['ts']))} {entry['level']} {entry['line']}")
+    return 0
+
+
+@command("job:retry", "Queue a failed, cancelled or interrupted job again (attempts reset)", JOB_ID)
+def job_retry(args: Any, env: Any) -> int:
+    from ..jobstore import JobError
+
+    store = _store(env)
+    try:
+        job = store.retry(args.id)
+    except JobError as e:
+        raise CommandError(str(e), 2) from None
+    finally:
+        store.close()
+    env.try_call("job.wake")
+    print(f"job {job.id}: {job.state.value}")
+    return 0
+
+
+@command("job:cancel", "Cancel a waiting or running job (its dependents fail)", JOB_ID)
+def job_cancel(args: Any, env: Any) -> int:
+    from ..jobstore import JobError
+
+    if env.running_pid():
+        job = env.call("job.cancel", id=args.id)
+        print(f"job {job['id']}: {job['state']}")
+        return 0
+    store = _store(env)
+    try:
+        job = store.cancel(args.id)
+    except JobError as e:
+        raise CommandError(str(e), 2) from None
+    finally:
+        store.close()
+    print(f"job {job.id}: {job.state.value}")
+    return 0
+
+
+@command("job:purge", "Delete finished and/or failed jobs now", arg("--finished", action="store_true"),
+         arg("--failed", action="store_true"), arg("--all", action="store_true"))
+def job_purge(args: Any, env: Any) -> int:
+    states = []
+    if args.finished or args.all:
+        states.append("finished")
+    if args.failed or args.all:
+        states += ["failed", "cancelled"]
+    if not states:
+        raise CommandError("say what to purge: --finished, --failed or --all", 2)
+    store = _store(env)
+    try:
+        n = store.purge(states)
+    finally:
+        store.close()
+    print(f"purged {n} jobs")
+    return 0
+
+
+def _pause(env: Any, queue: str, paused: bool) -> int:
+    store = _store(env)
+    try:
+        store.set_paused(queue, paused)
+    finally:
+        store.close()
+    env.try_call("job.wake")
+    print(f"queue {queue}: {'paused' if paused else 'resumed'}")
+    return 0
+
+
+@command("queue:pause", "Pause a queue: its jobs stay waiting, running ones finish", arg("queue"))
+def queue_pause(args: Any, env: Any) -> int:
+    return _pause(env, args.queue, True)
+
+
+@command("queue:resume", "Resume a paused queue", arg("queue"))
+def queue_resume(args: Any, env: Any) -> int:
+    return _pause(env, args.queue, False)
+
+
+@command("worker:show-configuration", "Show queues, their workers and the job types' settings", JSON)
+def show_configuration(args: Any, env: Any) -> int:
+    from ..registry import job_types
+    from ..settings import public_view
+
+    config = env.config()
+    store = _store(env)
+    try:
+        paused = store.paused()
+        counts = store.count_by_state()
+    finally:
+        store.close()
+    types = {}
+    for name, cls in sorted(job_types().items()):
+        tc = config.jobs.type_config(name)
+        types[name] = {**public_view(tc), "queue": tc.queue or cls.default_queue}
+    queues = sorted(set(config.queues) | {t["queue"] for t in types.values()} | {"default"})
+    data = {"queues": {q: {"workers": config.queue(q).workers, "paused": q in paused} for q in queues},
+            "job_types": types, "retention": {k: v for k, v in public_view(config.jobs).items() if k != "types"},
+            "jobs_by_state": counts}
+    if args.json:
+        print_json(data)
+        return 0
+    print_table([[q, v["workers"], "paused" if v["paused"] else "active"] for q, v in data["queues"].items()],
+                ["QUEUE", "WORKERS", "STATUS"])
+    print()
+    print_table([[n, t["queue"], t["max_attempts"], f"{t['retry_delay']:g}s", "grows" if t["retry_backoff"] else "fixed",
+                  t["timeout"] or "-"] for n, t in types.items()],
+                ["JOB TYPE", "QUEUE", "MAX ATTEMPTS", "RETRY DELAY", "DELAY", "TIMEOUT"])
+    print()
+    r = data["retention"]
+    print(f"retention: finished keep {r['keep_finished']} / {hms(r['finished_max_age'])}, "
+          f"failed keep {r['keep_failed']} / {hms(r['failed_max_age'])}")
+    return 0

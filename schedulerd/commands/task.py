@@ -1,0 +1,149 @@
+"""task:list|state|start|stop|restart|run|run-now|log|history."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from . import CommandError, arg, command, print_json, print_table
+from ._format import HEADERS, matches, rows
+
+NAME = arg("name", help="task name, as in [tasks.NAME]")
+JSON = arg("--json", action="store_true")
+
+
+def _offline_snapshots(env: Any) -> list[dict[str, Any]]:
+    """With the daemon down: configured status from the store, actual state stopped."""
+    from ..states import Wanted
+
+    config = env.config()
+    store = env.state_store()
+    try:
+        snaps = []
+        for name, tc in config.tasks.items():
+            rec = store.task(name)
+            wanted = Wanted.DISABLED if not tc.enabled else (rec.wanted or Wanted.STARTED)
+            last = rec.last_run
+            snaps.append({"name": name, "type": tc.type, "wanted": wanted.value, "state": "stopped",
+                          "period": tc.period, "crashes": rec.crashes, "runs": rec.runs, "failures": rec.failures,
+                          "started_at": None, "next_run_in": None, "progress": None, "info": {},
+                          "last_run": None if last is None else vars(last)})
+        return snaps
+    finally:
+        store.close()
+
+
+def _snapshots(env: Any) -> list[dict[str, Any]]:
+    res = env.try_call("task.list")
+    return res if res is not None else _offline_snapshots(env)
+
+
+@command("task:list", "List tasks; exits with the number whose configured status differs from the actual", JSON)
+def task_list(args: Any, env: Any) -> int:
+    snaps = _snapshots(env)
+    if args.json:
+        print_json(snaps)
+    else:
+        print_table(rows(snaps), HEADERS)
+    return min(125, sum(not matches(s) for s in snaps))
+
+
+@command("task:state", "Show one task; exit 1 when its configured status differs from its actual state", NAME, JSON)
+def task_state(args: Any, env: Any) -> int:
+    snap = next((s for s in _snapshots(env) if s["name"] == args.name), None)
+    if snap is None:
+        raise CommandError(f"no task named {args.name!r}", 2)
+    if args.json:
+        print_json(snap)
+    else:
+        print_table(rows([snap]), HEADERS)
+    return 0 if matches(snap) else 1
+
+
+def _set_offline(env: Any, name: str, wanted: str) -> int:
+    from ..states import Wanted
+
+    config = env.config()
+    if name not in config.tasks:
+        raise CommandError(f"no task named {name!r}", 2)
+    if not config.tasks[name].enabled:
+        raise CommandError(f"task {name} is disabled (tasks.{name}.enabled = false)", 2)
+    store = env.state_store()
+    try:
+        store.set_wanted(name, Wanted(wanted))
+    finally:
+        store.close()
+    print(f"schedulerd is not running: task {name} is now configured {wanted} (applies when the daemon starts)")
+    return 0
+
+
+@command("task:start", "Start a task (also clears crashed)", NAME)
+def task_start(args: Any, env: Any) -> int:
+    if not env.running_pid():
+        return _set_offline(env, args.name, "started")
+    snap = env.call("task.start", name=args.name)
+    print(f"{args.name}: {snap['state']}")
+    return 0
+
+
+@command("task:stop", "Stop a task; it stays stopped across daemon restarts", NAME,
+         arg("--timeout", type=float, default=None))
+def task_stop(args: Any, env: Any) -> int:
+    if not env.running_pid():
+        return _set_offline(env, args.name, "stopped")
+    snap = env.call("task.stop", name=args.name, timeout=args.timeout)
+    print(f"{args.name}: {snap['state']}")
+    return 0
+
+
+@command("task:restart", "Stop then start a task", NAME)
+def task_restart(args: Any, env: Any) -> int:
+    snap = env.call("task.restart", name=args.name)
+    print(f"{args.name}: {snap['state']}")
+    return 0
+
+
+@command("task:run-now", "Ask the daemon to start the task's next iteration now", NAME)
+def task_run_now(args: Any, env: Any) -> int:
+    env.call("task.run-now", name=args.name)
+    print(f"{args.name}: iteration requested")
+    return 0
+
+
+@command("task:run", "Run one iteration in this process, without the daemon (exit 0 ok, 1 failed, 3 busy)", NAME,
+         arg("--no-progress", action="store_true"))
+def task_run(args: Any, env: Any) -> int:
+    from ..oneshot import run_one
+
+    config = env.config()
+    if args.name not in config.tasks:
+        raise CommandError(f"no task named {args.name!r}", 2)
+    return run_one(config, args.name, progress=not args.no_progress and sys.stderr.isatty())
+
+
+@command("task:log", "Show a task's log (works when the daemon is down)", NAME,
+         arg("-f", "--follow", action="store_true"), arg("-n", "--lines", type=int, default=20))
+def task_log(args: Any, env: Any) -> int:
+    from .scheduler import show_log
+
+    return show_log(env, args.name, args.lines, args.follow)
+
+
+@command("task:history", "Show a task's last runs", NAME, arg("-n", "--lines", type=int, default=20), JSON)
+def task_history(args: Any, env: Any) -> int:
+    import time
+
+    res = env.try_call("task.history", name=args.name, limit=args.lines)
+    if res is None:
+        store = env.state_store()
+        try:
+            res = [vars(r) for r in store.history(args.name, args.lines)]
+        finally:
+            store.close()
+    if args.json:
+        print_json(res)
+        return 0
+    print_table([[time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["started"])), f"{r['ended'] - r['started']:.2f}s",
+                  r["outcome"], r["source"], r.get("error") or r.get("summary") or ""] for r in res],
+                ["STARTED", "TOOK", "OUTCOME", "BY", "DETAIL"])
+    return 0

@@ -1,0 +1,298 @@
+"""Load `etc/schedulerd.toml` and its drop-ins once into a frozen Config tree.
+
+Loading has no side effects: no logging set-up, no exits. Every error is one
+ConfigError naming the file and the key path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from types import MappingProxyType
+from typing import Annotated, Any, Literal
+
+from . import settings as s
+from .settings import ConfigError, Secret
+
+ENGINE_TASK_KEYS = ("type", "period", "enabled", "timeout")
+CONFIG_ENV = "SCHEDULERD_CONFIG"
+CHECKOUT = Path(__file__).resolve().parent.parent
+
+
+@dataclasses.dataclass(frozen=True)
+class SchedulerSettings:
+    socket: Path = Path("var/run/schedulerd.sock")
+    socket_mode: Annotated[int, s.octal_mode] = 0o600
+    socket_group: str | None = None
+    allowed_uids: tuple[int, ...] = ()
+    pidfile: Path = Path("var/run/schedulerd.pid")
+    log_dir: Path = Path("var/log")
+    state_dir: Path = Path("var/state")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_max_bytes: Annotated[int, s.byte_size] = 10 * 1024 * 1024
+    log_backups: int = 5
+    stop_timeout: Annotated[float, s.duration] = 10.0
+    max_crashes: Annotated[int, s.int_range(1, 1000)] = 5
+    backoff_initial: Annotated[float, s.positive_duration] = 1.0
+    backoff_max: Annotated[float, s.positive_duration] = 300.0
+    max_connections: Annotated[int, s.int_range(1, 10000)] = 64
+    idle_timeout: Annotated[float, s.positive_duration] = 30.0
+    history_keep_ok: Annotated[int, s.int_range(0, 10**7)] = 100
+    history_keep_failed: Annotated[int, s.int_range(0, 10**7)] = 500
+    history_max_age_ok: Annotated[float, s.duration] = 7 * 86400.0
+    history_max_age_failed: Annotated[float, s.duration] = 30 * 86400.0
+    watchdog: bool = True
+
+    def check(self) -> None:
+        if self.backoff_initial > self.backoff_max:
+            raise ConfigError("backoff_initial", "must not exceed backoff_max")
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskConfig:
+    name: str
+    type: str
+    period: float
+    enabled: bool
+    timeout: float | None
+    settings: Any
+
+
+@dataclasses.dataclass(frozen=True)
+class JobTypeConfig:
+    max_attempts: Annotated[int, s.int_range(1, 1000)] = 3
+    retry_delay: Annotated[float, s.duration] = 30.0
+    retry_backoff: bool = True  # the delay doubles at each attempt
+    retry_max_delay: Annotated[float, s.duration] = 3600.0
+    queue: str | None = None
+    timeout: Annotated[float, s.positive_duration] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class QueueConfig:
+    workers: Annotated[int, s.int_range(1, 1000)] = 1
+    paused: bool = False  # initial state only; queue:pause/resume persist in the store
+
+
+@dataclasses.dataclass(frozen=True)
+class JobsSettings:
+    keep_finished: Annotated[int, s.int_range(0, 10**8)] = 1000
+    finished_max_age: Annotated[float, s.duration] = 7 * 86400.0
+    keep_failed: Annotated[int, s.int_range(0, 10**8)] = 1000
+    failed_max_age: Annotated[float, s.duration] = 96 * 3600.0
+    types: Mapping[str, JobTypeConfig] = dataclasses.field(default_factory=lambda: MappingProxyType({}))
+
+    def type_config(self, name: str) -> JobTypeConfig:
+        return self.types.get(name) or JobTypeConfig()
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    file: Path | None
+    base_dir: Path
+    scheduler: SchedulerSettings
+    tasks: Mapping[str, TaskConfig]
+    jobs: JobsSettings
+    queues: Mapping[str, QueueConfig]
+    databoxes: Mapping[str, Any]
+    ftp_destinations: Mapping[str, Any]
+
+    def queue(self, name: str) -> QueueConfig:
+        return self.queues.get(name) or QueueConfig()
+
+    def secrets(self) -> list[str]:
+        """Every secret value in the config, for log redaction."""
+        found: list[str] = []
+        _collect_secrets(self, found)
+        return [v for v in found if v]
+
+
+def _collect_secrets(obj: Any, found: list[str], key: str = "") -> None:
+    if isinstance(obj, Secret):
+        found.append(obj.reveal())
+    elif isinstance(obj, str):
+        if s.is_secret_key(key):
+            found.append(obj)
+    elif dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        for f in dataclasses.fields(obj):
+            _collect_secrets(getattr(obj, f.name), found, f.name)
+    elif isinstance(obj, Mapping):
+        for k, v in obj.items():
+            _collect_secrets(v, found, str(k))
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            _collect_secrets(v, found, key)
+
+
+def default_path() -> Path | None:
+    """SCHEDULERD_CONFIG, else ./etc/schedulerd.toml, else the checkout's etc/, else none."""
+    env = os.environ.get(CONFIG_ENV)
+    if env:
+        return Path(env)
+    for candidate in (Path.cwd() / "etc/schedulerd.toml", CHECKOUT / "etc/schedulerd.toml"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def base_dir_for(file: Path | None) -> Path:
+    """Relative paths resolve against the checkout: the parent of `etc/`, else the file's folder."""
+    if file is None:
+        return Path.cwd()
+    folder = file.resolve().parent
+    return folder.parent if folder.name == "etc" else folder
+
+
+def _read_toml(file: Path) -> dict[str, Any]:
+    try:
+        with open(file, "rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError("", "no such file", str(file)) from None
+    except OSError as e:
+        raise ConfigError("", f"cannot read: {e.strerror}", str(file)) from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError("", f"invalid TOML: {e}", str(file)) from None
+
+
+def _merge(files: list[Path]) -> tuple[dict[str, Any], dict[str, str]]:
+    """Merge main file and drop-ins; remember which file set each `section.key`."""
+    merged: dict[str, Any] = {}
+    origin: dict[str, str] = {}
+    for f in files:
+        data = _read_toml(f)
+        for section, table in data.items():
+            origin.setdefault(section, str(f))
+            if not isinstance(table, dict):
+                raise ConfigError(section, f"expected a table, got {table!r}", str(f))
+            target = merged.setdefault(section, {})
+            for key, value in table.items():
+                where = f"{section}.{key}"
+                if key in target and section in ("tasks", "databoxes", "ftp_destinations", "queues"):
+                    kind = section.rstrip("s").replace("ftp_destination", "ftp destination")
+                    raise ConfigError(where, f"duplicate {kind} name (also in {origin[where]})", str(f))
+                target[key] = value
+                origin[where] = str(f)
+    return merged, origin
+
+
+def _file_for(path: str, origin: Mapping[str, str], default: str) -> str:
+    parts = path.split(".")
+    for n in range(len(parts), 0, -1):
+        key = ".".join(parts[:n])
+        if key in origin:
+            return origin[key]
+    return default
+
+
+def load(file: Path | None = None, *, embedded_defaults: bool = True) -> Config:
+    """Load the config at `file` (or the default path) and its `schedulerd.d/*.toml` drop-ins."""
+    if file is None:
+        file = default_path()
+        if file is None and not embedded_defaults:
+            raise ConfigError("", "no config file found (use --config or SCHEDULERD_CONFIG)", "schedulerd")
+    files: list[Path] = []
+    if file is not None:
+        if not file.is_file():
+            raise ConfigError("", "no such file", str(file))
+        files = [file, *sorted((file.parent / "schedulerd.d").glob("*.toml"))]
+    merged, origin = _merge(files)
+    name = str(file) if file else "<embedded defaults>"
+    try:
+        return _build(merged, file, base_dir_for(file))
+    except ConfigError as e:
+        raise e.with_file(_file_for(e.path, origin, name)) from None
+
+
+def _build(data: dict[str, Any], file: Path | None, base: Path) -> Config:
+    known = ("scheduler", "tasks", "jobs", "queues", "databoxes", "ftp_destinations")
+    for section in data:
+        if section not in known:
+            raise ConfigError(section, f"unknown section (known: {', '.join(known)})")
+    scheduler = s.build(SchedulerSettings, data.get("scheduler", {}), "scheduler", base)
+    jobs = s.build(JobsSettings, data.get("jobs", {}), "jobs", base)
+    queues = s.convert(Mapping[str, QueueConfig], data.get("queues", {}), "queues", base)
+    databoxes: Mapping[str, Any] = MappingProxyType({})
+    if data.get("databoxes"):
+        from .databox import DataboxSettings
+
+        databoxes = s.convert(Mapping[str, DataboxSettings], data["databoxes"], "databoxes", base)
+    destinations: Mapping[str, Any] = MappingProxyType({})
+    if data.get("ftp_destinations"):
+        from tasks.transfer.settings import ConnectionSettings
+
+        destinations = s.convert(Mapping[str, ConnectionSettings], data["ftp_destinations"], "ftp_destinations", base)
+    tasks = {}
+    raw_tasks = data.get("tasks", {})
+    for tname, table in raw_tasks.items():
+        tasks[tname] = _task(tname, table, base)
+    config = Config(file, base, scheduler, MappingProxyType(tasks), jobs, queues, databoxes, destinations)
+    for tname, tc in tasks.items():
+        _cross_check(tc, config)
+    for jtype, jc in jobs.types.items():
+        _check_job_type(jtype, jc)
+    return config
+
+
+def _task(name: str, table: Any, base: Path) -> TaskConfig:
+    from .registry import UnknownType, task_type
+
+    path = f"tasks.{name}"
+    if not isinstance(table, Mapping):
+        raise ConfigError(path, f"expected a table, got {table!r}")
+    if not name.replace("-", "").replace("_", "").isalnum() or len(name) > 64:
+        raise ConfigError(path, "a task name may hold letters, digits, '-' and '_' (64 at most)")
+    if "type" not in table:
+        raise ConfigError(f"{path}.type", "missing required setting")
+    type_name = table["type"]
+    if not isinstance(type_name, str):
+        raise ConfigError(f"{path}.type", f"expected a string, got {type_name!r}")
+    try:
+        cls = task_type(type_name)
+    except UnknownType as e:
+        raise ConfigError(f"{path}.type", str(e)) from None
+    period = s.positive_duration(table.get("period", cls.default_period), f"{path}.period")
+    enabled = s.convert(bool, table.get("enabled", True), f"{path}.enabled")
+    timeout = table.get("timeout")
+    timeout = None if timeout is None else s.positive_duration(timeout, f"{path}.timeout")
+    rest = {k: v for k, v in table.items() if k not in ENGINE_TASK_KEYS}
+    settings = s.build(cls.Settings, rest, path, base)
+    return TaskConfig(name, type_name, period, enabled, timeout, settings)
+
+
+def _cross_check(tc: TaskConfig, config: Config) -> None:
+    from .registry import task_type
+
+    try:
+        task_type(tc.type)(tc.settings).check(config)
+    except ValueError as e:
+        raise ConfigError(f"tasks.{tc.name}", str(e)) from None
+    except ConfigError as e:
+        raise ConfigError(f"tasks.{tc.name}.{e.path}".rstrip("."), e.message) from None
+
+
+def _check_job_type(name: str, jc: JobTypeConfig) -> None:
+    from .registry import UnknownType, job_type
+
+    try:
+        job_type(name)
+    except UnknownType as e:
+        raise ConfigError(f"jobs.types.{name}", str(e)) from None
+
+
+def load_scheduler(file: Path | None = None) -> tuple[Path | None, SchedulerSettings]:
+    """Only the [scheduler] section: what the thin CLI needs to find the socket and pidfile,
+    without importing any task type."""
+    if file is None:
+        file = default_path()
+    if file is None:
+        return None, s.build(SchedulerSettings, {}, "scheduler", base_dir_for(None))
+    files = [file, *sorted((file.parent / "schedulerd.d").glob("*.toml"))] if file.is_file() else [file]
+    merged, origin = _merge(files)
+    try:
+        return file, s.build(SchedulerSettings, merged.get("scheduler", {}), "scheduler", base_dir_for(file))
+    except ConfigError as e:
+        raise e.with_file(_file_for(e.path, origin, str(file))) from None

@@ -1,0 +1,100 @@
+"""The concrete Context handed to task iterations and job attempts."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+
+class Waker:
+    """A re-armable event: `wake()` ends the current `wait()` early."""
+
+    def __init__(self) -> None:
+        self._event = anyio.Event()
+
+    def wake(self) -> None:
+        self._event.set()
+
+    async def wait(self, seconds: float) -> bool:
+        """Wait up to `seconds`; True when woken. Re-arms after a wake."""
+        woken = False
+        if seconds > 0 and not self._event.is_set():
+            with anyio.move_on_after(seconds if math.isfinite(seconds) else None):
+                await self._event.wait()
+        if self._event.is_set():
+            woken = True
+            self._event = anyio.Event()
+        return woken
+
+
+class TaskContext:
+    """Per-task facilities; one instance lives as long as the task is configured."""
+
+    def __init__(
+        self,
+        name: str,
+        settings: Any,
+        log: logging.Logger,
+        config: Any = None,
+        state_dir: Path | None = None,
+        store: Any = None,
+        *,
+        emitter: Callable[[str, Mapping[str, Any]], None] | None = None,
+        job_adder: Callable[..., int] | None = None,
+        on_progress: Callable[[int, int | None], None] | None = None,
+    ):
+        self.name = name
+        self.settings = settings
+        self.log = log
+        self.config = config
+        self.state_dir = state_dir or Path(".")
+        self.store = store
+        self.info: dict[str, Any] = {}
+        self.done: int | None = None
+        self.total: int | None = None
+        self.waker = Waker()
+        self._emitter = emitter
+        self._job_adder = job_adder
+        self._on_progress = on_progress
+
+    @classmethod
+    def for_test(cls, name: str, settings: Any, *, config: Any = None, tmp_path: Path, store: Any = None) -> TaskContext:
+        """A context for tests and one-shot runs: logs to the `schedulerd.task.NAME` logger."""
+        state_dir = tmp_path / "state"
+        state_dir.mkdir(parents=True, exist_ok=True)
+        ctx = cls(name, settings, logging.getLogger(f"schedulerd.task.{name}"), config, state_dir, store)
+        ctx.events = []  # type: ignore[attr-defined]
+        ctx._emitter = lambda event, data: ctx.events.append((event, dict(data)))  # type: ignore[attr-defined]
+        return ctx
+
+    def progress(self, done: int, total: int | None = None) -> None:
+        self.done, self.total = done, total
+        if self._on_progress:
+            self._on_progress(done, total)
+
+    def set_info(self, **fields: Any) -> None:
+        for k, v in fields.items():
+            if v is None:
+                self.info.pop(k, None)
+            else:
+                self.info[k] = v
+
+    async def sleep(self, seconds: float) -> bool:
+        return await self.waker.wait(seconds)
+
+    def wake(self) -> None:
+        self.waker.wake()
+
+    def emit(self, event: str, **data: Any) -> None:
+        if self._emitter:
+            self._emitter(event, data)
+
+    def add_job(self, type: str, payload: Mapping[str, Any], **options: Any) -> int:
+        if self._job_adder is None:
+            raise RuntimeError("no job queue in this process")
+        return self._job_adder(type, payload, **options)

@@ -1,0 +1,365 @@
+"""The daemon: one process, one task group, one runner per task, the control socket.
+
+Lifecycle (uvicorn/hypercorn style): acquire the pidfile lock, open the stores,
+serve the socket, start the runners, notify READY; on the stop trigger stop in
+stages (no new work, drain each task within stop_timeout, cancel), then clean up.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+from anyio.abc import TaskGroup
+
+from . import __version__, logs
+from .config import Config, TaskConfig, load
+from .control import Access, ControlServer
+from .notify import sd_notify, watchdog_interval
+from .pidfile import PidFile
+from .protocol import ControlError, Fault
+from .runner import RunnerEnv, TaskRunner
+from .settings import ConfigError
+from .states import TaskState, Wanted
+from .store import SqliteStateStore, open_store
+
+log = logging.getLogger("schedulerd")
+
+ShutdownTrigger = Callable[[], Awaitable[None]]
+
+
+class Daemon:
+    def __init__(self, config: Config, *, shutdown_trigger: ShutdownTrigger | None = None, log_to_stderr: bool = False):
+        self.config = config
+        self.shutdown_trigger = shutdown_trigger
+        self.log_to_stderr = log_to_stderr
+        self.runners: dict[str, TaskRunner] = {}
+        self.started_at = time.time()
+        self._stop = anyio.Event()
+        self._tg: TaskGroup | None = None
+        self.store: SqliteStateStore | None = None
+        self.jobs: Any = None
+        self._listeners: dict[str, list[TaskRunner]] = {}
+
+    # --- entry ---------------------------------------------------------------
+    async def serve(self) -> None:
+        sch = self.config.scheduler
+        logs.REDACTOR.add(self.config.secrets())
+        logs.setup_scheduler_log(sch.log_dir, sch.log_level, sch.log_max_bytes, sch.log_backups, stderr=self.log_to_stderr)
+        pidfile = PidFile(sch.pidfile)
+        pidfile.acquire()
+        try:
+            sch.state_dir.mkdir(parents=True, exist_ok=True)
+            self.store = open_store(sch.state_dir)
+            try:
+                await self._serve()
+            finally:
+                self.store.close()
+        finally:
+            pidfile.release()
+            log.info("schedulerd stopped")
+
+    async def _serve(self) -> None:
+        sch = self.config.scheduler
+        from .jobs import JobService
+
+        self.jobs = JobService(self.config, sch.state_dir, self._make_logger, emit=self.emit)
+        self.jobs.recover()
+        server = ControlServer(sch.socket, sch.socket_mode, sch.socket_group, Access(sch.allowed_uids, sch.socket_group),
+                               sch.max_connections, sch.idle_timeout)
+        self._routes(server)
+        listener = await server.listen()
+        try:
+            async with anyio.create_task_group() as tg:
+                self._tg = tg
+                await tg.start(server.serve, listener)
+                tg.start_soon(self._signals)
+                tg.start_soon(self._flush_history)
+                if self.shutdown_trigger is not None:
+                    tg.start_soon(self._trigger)
+                interval = watchdog_interval()
+                if interval and sch.watchdog:
+                    tg.start_soon(self._watchdog, interval)
+                self._apply_tasks(self.config, first=True)
+                await tg.start(self.jobs.serve)
+                log.info("schedulerd %s started (pid %d, %d tasks, socket %s)", __version__, os.getpid(),
+                         len(self.runners), sch.socket)
+                sd_notify(f"READY=1\nMAINPID={os.getpid()}\nSTATUS=running {len(self.runners)} tasks")
+                await self._stop.wait()
+                sd_notify("STOPPING=1")
+                log.info("stopping: draining tasks (stop_timeout %.1fs)", sch.stop_timeout)
+                await self._shutdown()
+                tg.cancel_scope.cancel()
+        finally:
+            with anyio.CancelScope(shield=True):
+                self._write_history()
+            try:
+                sch.socket.unlink()
+            except FileNotFoundError:
+                pass
+
+    async def _shutdown(self) -> None:
+        """Stage 1: no new work. Stage 2: drain every task and job at once, each within stop_timeout."""
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self.jobs.stop)
+            for r in self.runners.values():
+                tg.start_soon(r.stop)
+        for name in self.runners:
+            logs.close_task_logger(name)
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def _trigger(self) -> None:
+        assert self.shutdown_trigger is not None
+        await self.shutdown_trigger()
+        self.request_stop()
+
+    async def _signals(self) -> None:
+        """Signal handlers only set an event or schedule a reload; the task group does the work."""
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            async for sig in signals:
+                if sig == signal.SIGHUP:
+                    log.info("SIGHUP: reloading the configuration")
+                    await self.reload()
+                else:
+                    log.info("%s: stopping", signal.Signals(sig).name)
+                    self.request_stop()
+
+    async def _watchdog(self, interval: float) -> None:
+        while True:
+            sd_notify("WATCHDOG=1")
+            await anyio.sleep(interval)
+
+    async def _flush_history(self) -> None:
+        """Run history is written in batches so a thousand tasks never stall the loop."""
+        sch = self.config.scheduler
+        last_purge = 0.0
+        while True:
+            await anyio.sleep(0.5)
+            await anyio.to_thread.run_sync(self._write_history)
+            if time.monotonic() - last_purge > 300:
+                last_purge = time.monotonic()
+                await anyio.to_thread.run_sync(lambda: self.store.purge_history(
+                    sch.history_keep_ok, sch.history_keep_failed, sch.history_max_age_ok, sch.history_max_age_failed))
+
+    def _write_history(self) -> None:
+        if self.store is None:
+            return
+        batch, self._env.history[:] = list(self._env.history), []
+        try:
+            self.store.record_runs(batch)
+        except Exception:
+            log.exception("could not write the run history")
+
+    # --- tasks ---------------------------------------------------------------
+    def _make_logger(self, name: str) -> Any:
+        sch = self.config.scheduler
+        return logs.task_logger(name, sch.log_dir, sch.log_level, sch.log_max_bytes, sch.log_backups)
+
+    @property
+    def _env(self) -> RunnerEnv:
+        if not hasattr(self, "_runner_env"):
+            self._runner_env = RunnerEnv(self.config, self.store, self.config.scheduler.state_dir / "locks",
+                                         make_logger=self._make_logger, emit=self.emit, add_job=self._add_job)
+        return self._runner_env
+
+    def _wanted(self, tc: TaskConfig) -> Wanted:
+        if not tc.enabled:
+            return Wanted.DISABLED
+        assert self.store is not None
+        return self.store.wanted(tc.name) or Wanted.STARTED
+
+    def _apply_tasks(self, config: Config, first: bool = False) -> None:
+        assert self._tg is not None
+        self._env.config = config
+        self._listeners = {}
+        for name, tc in config.tasks.items():
+            runner = self.runners.get(name)
+            if runner is None:
+                runner = self.runners[name] = TaskRunner(tc, self._env, self._wanted(tc))
+                if runner.wanted is Wanted.STARTED:
+                    runner.start(self._tg)
+            for event in runner.task.wake_on:
+                self._listeners.setdefault(event, []).append(runner)
+
+    async def reload(self) -> dict[str, list[str]]:
+        """New tasks start, removed ones stop, changed ones restart, unchanged ones are untouched."""
+        try:
+            new = await anyio.to_thread.run_sync(load, self.config.file)
+        except ConfigError as e:
+            log.error("reload refused, the running configuration stays in force: %s", e)
+            raise ControlError(Fault.CONFIG_INVALID, str(e)) from None
+        old_tasks = self.config.tasks
+        removed = [n for n in old_tasks if n not in new.tasks]
+        changed = [n for n in new.tasks if n in old_tasks and new.tasks[n] != old_tasks[n]]
+        added = [n for n in new.tasks if n not in old_tasks]
+        if new.scheduler != self.config.scheduler:
+            log.warning("[scheduler] settings changed: socket, pidfile and directories apply at the next restart")
+        async with anyio.create_task_group() as tg:
+            for n in removed + changed:
+                tg.start_soon(self.runners[n].stop)
+        for n in removed + changed:
+            del self.runners[n]
+            logs.close_task_logger(n)
+        self.config = new
+        logs.REDACTOR.add(new.secrets())
+        self._apply_tasks(new)
+        self.jobs.reconfigure(new)
+        log.info("configuration reloaded: %d added, %d changed, %d removed", len(added), len(changed), len(removed))
+        return {"added": added, "changed": changed, "removed": removed}
+
+    def emit(self, event: str, data: dict[str, Any]) -> None:
+        for runner in self._listeners.get(event, ()):
+            if runner.state in (TaskState.WAITING, TaskState.BACKOFF):
+                runner.ctx.wake()
+
+    def _add_job(self, type: str, payload: Any, **options: Any) -> int:
+        return self.jobs.add(type, payload, **options)
+
+    def _runner(self, args: dict[str, Any]) -> TaskRunner:
+        name = args.get("name")
+        if not isinstance(name, str):
+            raise ControlError(Fault.BAD_ARGUMENTS, "missing task name")
+        try:
+            return self.runners[name]
+        except KeyError:
+            raise ControlError(Fault.NO_SUCH_TASK, f"no task named {name!r}") from None
+
+    # --- control commands ----------------------------------------------------
+    def _routes(self, server: ControlServer) -> None:
+        r = server.route
+        r("ping", self.c_ping)
+        r("state", self.c_state)
+        r("task.list", self.c_task_list)
+        r("task.state", self.c_task_state)
+        r("task.start", self.c_task_start)
+        r("task.stop", self.c_task_stop)
+        r("task.restart", self.c_task_restart)
+        r("task.run-now", self.c_task_run_now)
+        r("task.history", self.c_task_history)
+        r("reload", self.c_reload)
+        r("shutdown", self.c_shutdown)
+        server.route_stream("log.tail", self.c_log_tail)
+        from .jobs import routes
+
+        routes(server, lambda: self.jobs)
+
+    async def c_ping(self, args: dict[str, Any]) -> dict[str, Any]:
+        return {"pong": True, "pid": os.getpid(), "version": __version__}
+
+    async def c_state(self, args: dict[str, Any]) -> dict[str, Any]:
+        return {"pid": os.getpid(), "version": __version__, "started_at": self.started_at,
+                "uptime": time.time() - self.started_at, "config": str(self.config.file),
+                "tasks": [r.snapshot() for r in self.runners.values()], "queues": self.jobs.queue_states()}
+
+    async def c_task_list(self, args: dict[str, Any]) -> list[dict[str, Any]]:
+        return [r.snapshot() for r in self.runners.values()]
+
+    async def c_task_state(self, args: dict[str, Any]) -> dict[str, Any]:
+        return self._runner(args).snapshot()
+
+    async def c_task_start(self, args: dict[str, Any]) -> dict[str, Any]:
+        runner = self._runner(args)
+        if runner.wanted is Wanted.DISABLED:
+            raise ControlError(Fault.TASK_DISABLED, f"task {runner.tc.name} is disabled (tasks.{runner.tc.name}.enabled = false)")
+        runner.wanted = Wanted.STARTED
+        self.store.set_wanted(runner.tc.name, Wanted.STARTED)
+        if runner.state is TaskState.STOPPING:
+            await runner.stop()
+        assert self._tg is not None
+        runner.start(self._tg)
+        return runner.snapshot()
+
+    async def c_task_stop(self, args: dict[str, Any]) -> dict[str, Any]:
+        runner = self._runner(args)
+        if runner.wanted is not Wanted.DISABLED:
+            runner.wanted = Wanted.STOPPED
+            self.store.set_wanted(runner.tc.name, Wanted.STOPPED)
+        await runner.stop(args.get("timeout"))
+        return runner.snapshot()
+
+    async def c_task_restart(self, args: dict[str, Any]) -> dict[str, Any]:
+        runner = self._runner(args)
+        await runner.stop()
+        return await self.c_task_start(args)
+
+    async def c_task_run_now(self, args: dict[str, Any]) -> dict[str, Any]:
+        runner = self._runner(args)
+        if runner.state in (TaskState.STOPPED, TaskState.CRASHED, TaskState.STOPPING):
+            raise ControlError(Fault.NOT_RUNNING, f"task {runner.tc.name} is {runner.state}: use task:start, or task:run for a one-shot")
+        runner.run_now()
+        return runner.snapshot()
+
+    async def c_task_history(self, args: dict[str, Any]) -> list[dict[str, Any]]:
+        runner = self._runner(args)
+        limit = args.get("limit", 20)
+        self._write_history()
+        return [vars(r) for r in self.store.history(runner.tc.name, int(limit))]
+
+    async def c_reload(self, args: dict[str, Any]) -> dict[str, Any]:
+        return await self.reload()
+
+    async def c_shutdown(self, args: dict[str, Any]) -> dict[str, Any]:
+        self.request_stop()
+        return {"stopping": True, "pid": os.getpid()}
+
+    async def c_log_tail(self, args: dict[str, Any]) -> AsyncIterator[str]:
+        task = args.get("task")
+        n = int(args.get("lines", 20))
+        sch = self.config.scheduler
+        if task is not None:
+            self._runner({"name": task})
+            path = logs.task_log_path(sch.log_dir, task)
+        else:
+            path = logs.scheduler_log_path(sch.log_dir)
+        send, receive = anyio.create_memory_object_stream[str](1000)
+        if args.get("follow"):
+            logs.BROADCAST.subscribers[send] = task
+        try:
+            for line in logs.tail(path, n):
+                yield line
+            if args.get("follow"):
+                async with receive:
+                    async for line in receive:
+                        yield line
+        finally:
+            logs.BROADCAST.subscribers.pop(send, None)
+            send.close()
+            receive.close()
+
+
+def run(config_path: Path | None = None, *, log_to_stderr: bool = False) -> int:
+    """The synchronous entry point (`scheduler:run`, and the detached child of `scheduler:start`)."""
+    from .pidfile import AlreadyRunning
+
+    try:
+        config = load(config_path)
+    except ConfigError as e:
+        print(f"schedulerd: {e}", file=os.sys.stderr)
+        return 2
+    try:
+        anyio.run(Daemon(config, log_to_stderr=log_to_stderr).serve)
+    except AlreadyRunning as e:
+        print(f"schedulerd: {e}", file=os.sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    return 0
+
+
+if __name__ == "__main__":
+    import argparse
+    import sys
+
+    p = argparse.ArgumentParser(prog="schedulerd-daemon")
+    p.add_argument("--config", type=Path)
+    p.add_argument("--stderr", action="store_true")
+    a = p.parse_args()
+    sys.exit(run(a.config, log_to_stderr=a.stderr))

@@ -1,0 +1,332 @@
+"""The job service inside the daemon: one dispatcher per queue, N workers at most.
+
+A dispatcher claims while fewer than `workers` jobs of its queue run, then sleeps
+until a job is added (the CLI tells the daemon), a job ends, or the next retry is due.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+import traceback
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import anyio
+from anyio.abc import TaskGroup
+
+from .config import Config
+from .context import TaskContext, Waker
+from .jobstore import Job, JobError, SqliteJobStore, open_job_store
+from .protocol import ControlError, Fault
+from .registry import UnknownType, job_type
+from .states import JobState
+
+log = logging.getLogger("schedulerd.jobs")
+PROGRESS_EVERY = 0.5  # seconds between progress writes to the store
+POLL = 5.0  # another daemon on the same store may add jobs: look again this often
+
+
+def retry_delay(attempt: int, delay: float, grows: bool, maximum: float) -> float:
+    """Delay before attempt `attempt + 1`: constant, or doubling from `delay` (capped)."""
+    return min(maximum, delay * (2 ** (attempt - 1)) if grows else delay)
+
+
+def node_id(state_dir: Path) -> str:
+    """Which daemon ran a job: one daemon per state_dir (pidfile lock), so host + state_dir names it."""
+    return f"{socket.gethostname()}:{state_dir.resolve()}"
+
+
+class JobLogHandler(logging.Handler):
+    """Keeps a job's log lines for `job:show`; written to the store in batches."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: list[tuple[float, str, str]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from .logs import REDACTOR
+
+        msg = REDACTOR.redact(record.getMessage())
+        if record.exc_info:
+            msg += "\n" + REDACTOR.redact("".join(traceback.format_exception(*record.exc_info)).rstrip())
+        self.lines.append((record.created, record.levelname, msg[:10000]))
+
+
+def validate(config: Config, type_name: str, payload: Any) -> Any:
+    """The job type, after checking the payload; raises JobError with a clear message."""
+    try:
+        cls = job_type(type_name)
+    except UnknownType as e:
+        raise JobError(str(e)) from None
+    if not isinstance(payload, Mapping):
+        raise JobError("--payload: expected a JSON object")
+    handler = cls()
+    try:
+        handler.check_payload(payload, config)
+    except (ValueError, KeyError) as e:
+        raise JobError(f"--payload: {e}") from None
+    return handler
+
+
+def add_job(store: SqliteJobStore, config: Config, type_name: str, payload: Mapping[str, Any], *,
+            queue: str | None = None, priority: int = 0, after: tuple[int, ...] = (), delay: float = 0.0) -> int:
+    handler = validate(config, type_name, payload)
+    tc = config.jobs.type_config(type_name)
+    q = queue or tc.queue or handler.default_queue
+    return store.add(type_name, q, dict(payload), title=handler.title(payload)[:200], priority=priority,
+                     max_attempts=tc.max_attempts, deps=after, delay=delay)
+
+
+class RunningJob:
+    def __init__(self, job: Job, scope: anyio.CancelScope):
+        self.job = job
+        self.scope = scope
+        self.cancelled_by_user = False
+        self.ctx: TaskContext | None = None
+
+
+class JobService:
+    def __init__(self, config: Config, state_dir: Path, make_logger: Callable[[str], Any], emit: Callable | None = None):
+        self.config = config
+        self.store = open_job_store(state_dir)
+        self.node = node_id(state_dir)
+        self.make_logger = make_logger
+        self.emit = emit
+        self.running: dict[int, RunningJob] = {}
+        self.wakers: dict[str, Waker] = {}
+        self.dispatchers: set[str] = set()
+        self._tg: TaskGroup | None = None
+        self._accepting = True
+        self._last_purge = 0.0
+        self._idle = anyio.Event()
+
+    def recover(self) -> None:
+        ids = self.store.recover(self.node)
+        if ids:
+            log.warning("%d job(s) were running when the daemon last stopped: interrupted: %s", len(ids), ids)
+
+    def reconfigure(self, config: Config) -> None:
+        self.config = config
+        self.wake_all()
+
+    # --- lifecycle -----------------------------------------------------------
+    async def serve(self, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
+        async with anyio.create_task_group() as tg:
+            self._tg = tg
+            self._ensure_dispatchers()
+            task_status.started()
+            waker = self.wakers.setdefault("", Waker())
+            while True:
+                await waker.wait(POLL)
+                self._ensure_dispatchers()
+                if time.monotonic() - self._last_purge > 60:
+                    self._last_purge = time.monotonic()
+                    await anyio.to_thread.run_sync(self.purge_by_retention)
+
+    def _ensure_dispatchers(self) -> None:
+        if not self._accepting or self._tg is None:
+            return
+        queues = set(self.config.queues) | self.store.queues_with_work() | {"default"}
+        for q in queues - self.dispatchers:
+            self.dispatchers.add(q)
+            self._tg.start_soon(self._dispatch, q, name=f"queue:{q}")
+
+    async def stop(self) -> None:
+        """Claim nothing more; running jobs get stop_timeout, then are cancelled (-> interrupted)."""
+        self._accepting = False
+        for w in self.wakers.values():
+            w.wake()
+        grace = self.config.scheduler.stop_timeout
+        with anyio.move_on_after(grace):
+            await self._drained()
+        for r in list(self.running.values()):
+            r.scope.cancel()
+        with anyio.move_on_after(10):
+            await self._drained()
+        if self._tg is not None:
+            self._tg.cancel_scope.cancel()
+
+    async def _drained(self) -> None:
+        while self.running:
+            self._idle = anyio.Event()
+            await self._idle.wait()
+
+    def wake(self, queue: str) -> None:
+        self.wakers.setdefault(queue, Waker()).wake()
+
+    def wake_all(self) -> None:
+        for w in list(self.wakers.values()):
+            w.wake()
+
+    # --- dispatch ------------------------------------------------------------
+    def _running_in(self, queue: str) -> int:
+        return sum(1 for r in self.running.values() if r.job.queue == queue)
+
+    async def _dispatch(self, queue: str) -> None:
+        waker = self.wakers.setdefault(queue, Waker())
+        assert self._tg is not None
+        while self._accepting:
+            workers = self.config.queue(queue).workers
+            claimed = None
+            if self._running_in(queue) < workers and queue not in self.store.paused():
+                claimed = await anyio.to_thread.run_sync(self.store.claim, queue, self.node)
+            if claimed is not None:
+                scope = anyio.CancelScope()
+                self.running[claimed.id] = RunningJob(claimed, scope)
+                self._tg.start_soon(self._run, claimed, scope, name=f"job:{claimed.id}")
+                continue
+            due = self.store.next_due(queue)
+            timeout = POLL if due is None else max(0.0, min(POLL, due - time.time()))
+            await waker.wait(timeout if timeout > 0 else 0.01)
+
+    async def _run(self, job: Job, scope: anyio.CancelScope) -> None:
+        handler_log = JobLogHandler()
+        logger = logging.getLogger(f"schedulerd.job.{job.id}")
+        logger.propagate = False
+        logger.setLevel(logging.DEBUG)
+        logger.addHandler(handler_log)
+        running = self.running[job.id]
+        last_write = [0.0]
+
+        def on_progress(done: int, total: int | None) -> None:
+            now = time.monotonic()
+            if now - last_write[0] >= PROGRESS_EVERY or (total is not None and done >= total):
+                last_write[0] = now
+                self.store.set_progress(job.id, done, total)
+
+        tc = self.config.jobs.type_config(job.type)
+        outcome, error, summary = "interrupted", "interrupted: the daemon stopped while it ran", None
+        log.info("job %d (%s, queue %s) attempt %d/%d started", job.id, job.type, job.queue, job.attempts, job.max_attempts)
+        try:
+            with scope:
+                try:
+                    handler = job_type(job.type)()
+                    ctx = TaskContext(f"job-{job.id}", handler.settings, logger, self.config,
+                                      self.config.scheduler.state_dir / "jobs" / str(job.id), None,
+                                      emitter=self.emit, job_adder=self.add, on_progress=on_progress)
+                    running.ctx = ctx
+                    with anyio.fail_after(tc.timeout):
+                        result = await handler.run(ctx, job.payload)
+                    outcome, summary = "finished", None if result is None else str(result)[:2000]
+                except TimeoutError:
+                    outcome, error = "failed", f"timed out after {tc.timeout:g}s"
+                except Exception as e:
+                    outcome, error = "failed", f"{type(e).__name__}: {e}"[:2000]
+                    logger.error("attempt failed: %s\n%s", error, traceback.format_exc().rstrip())
+            if running.cancelled_by_user:
+                outcome, error = "cancelled", "cancelled by job:cancel"
+        finally:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(self._settle, job, tc, outcome, error, summary, handler_log.lines)
+                logger.removeHandler(handler_log)
+                del self.running[job.id]
+                if not self.running:
+                    self._idle.set()
+                self.wake(job.queue)
+                self.wake("")
+
+    def _settle(self, job: Job, tc: Any, outcome: str, error: str | None, summary: str | None,
+                lines: list[tuple[float, str, str]]) -> None:
+        from .logs import REDACTOR
+
+        error = REDACTOR.redact(error) if error else error
+        if lines:
+            self.store.append_log(job.id, lines)
+        if outcome == "finished":
+            self.store.finish(job.id, summary)
+            log.info("job %d finished%s", job.id, f": {summary}" if summary else "")
+        elif outcome == "cancelled":
+            log.info("job %d cancelled while running", job.id)
+        elif outcome == "interrupted":
+            self.store.interrupt(job.id, error or "interrupted")
+            log.warning("job %d interrupted by the daemon's stop", job.id)
+        else:
+            if job.attempts < job.max_attempts:
+                delay = retry_delay(job.attempts, tc.retry_delay, tc.retry_backoff, tc.retry_max_delay)
+                self.store.fail_attempt(job.id, error or "failed", time.time() + delay)
+                log.warning("job %d attempt %d/%d failed (%s); retry in %.1fs", job.id, job.attempts,
+                            job.max_attempts, error, delay)
+            else:
+                self.store.fail_attempt(job.id, error or "failed", None)
+                log.error("job %d failed, attempts used up: %s", job.id, error)
+
+    # --- operations ------------------------------------------------------------
+    def add(self, type: str, payload: Mapping[str, Any], **options: Any) -> int:
+        jid = add_job(self.store, self.config, type, payload, **options)
+        self.wake_all()
+        self.wake("")
+        return jid
+
+    def cancel(self, job_id: int) -> Job:
+        job = self.store.cancel(job_id)
+        running = self.running.get(job_id)
+        if running is not None:
+            running.cancelled_by_user = True
+            running.scope.cancel()
+        return job
+
+    def purge_by_retention(self) -> int:
+        j = self.config.jobs
+        n = self.store.purge(["finished"], keep=j.keep_finished) + self.store.purge(["finished"], max_age=j.finished_max_age)
+        n += self.store.purge(["failed", "cancelled"], keep=j.keep_failed)
+        n += self.store.purge(["failed", "cancelled"], max_age=j.failed_max_age)
+        if n:
+            log.info("retention: purged %d done jobs", n)
+        return n
+
+    def queue_states(self) -> list[dict[str, Any]]:
+        paused = self.store.paused()
+        counts: dict[str, dict[str, int]] = {}
+        for q in sorted(self.dispatchers | set(self.config.queues)):
+            counts[q] = {"running": self._running_in(q)}
+        return [{"name": q, "workers": self.config.queue(q).workers, "paused": q in paused, **c}
+                for q, c in counts.items()]
+
+
+def job_view(job: Job, running: RunningJob | None = None) -> dict[str, Any]:
+    d = job.to_json()
+    if running is not None and running.ctx is not None and running.ctx.done is not None:
+        d["done"], d["total"] = running.ctx.done, running.ctx.total
+    return d
+
+
+def routes(server: Any, service: Callable[[], JobService]) -> None:
+    """Control commands for jobs; the CLI writes jobs to the store itself and then says `job.wake`."""
+
+    def _id(args: dict[str, Any]) -> int:
+        try:
+            return int(args["id"])
+        except (KeyError, TypeError, ValueError):
+            raise ControlError(Fault.BAD_ARGUMENTS, "expected a job id") from None
+
+    async def wake(args: dict[str, Any]) -> dict[str, Any]:
+        s = service()
+        s._ensure_dispatchers()
+        s.wake_all()
+        return {"woken": True}
+
+    async def cancel(args: dict[str, Any]) -> dict[str, Any]:
+        try:
+            return job_view(service().cancel(_id(args)))
+        except JobError as e:
+            raise ControlError(Fault.BAD_JOB_STATE if "no job" not in str(e) else Fault.NO_SUCH_JOB, str(e)) from None
+
+    async def add(args: dict[str, Any]) -> dict[str, Any]:
+        try:
+            jid = service().add(str(args.get("type")), args.get("payload") or {}, queue=args.get("queue"),
+                                priority=int(args.get("priority", 0)), after=tuple(int(a) for a in args.get("after", ())))
+        except JobError as e:
+            raise ControlError(Fault.BAD_JOB, str(e)) from None
+        return {"id": jid}
+
+    async def running(args: dict[str, Any]) -> list[dict[str, Any]]:
+        s = service()
+        return [job_view(r.job, r) for r in s.running.values()]
+
+    server.route("job.wake", wake)
+    server.route("job.cancel", cancel)
+    server.route("job.add", add)
+    server.route("job.running", running)

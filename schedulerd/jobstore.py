@@ -1,0 +1,322 @@
+"""The durable job queue's storage, behind the small `JobStore` interface.
+
+Claims are transactional (SQLite: BEGIN IMMEDIATE; PostgreSQL: FOR UPDATE SKIP
+LOCKED), so a job runs once even with two daemons on one store.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from .states import JobState
+from .store import connect
+
+CLAIMABLE = ("waiting", "interrupted")
+
+
+class JobError(Exception):
+    """Bad input or an impossible transition; the message names the job or argument."""
+
+
+@dataclass(frozen=True)
+class Job:
+    id: int
+    type: str
+    queue: str
+    payload: dict[str, Any]
+    title: str
+    priority: int
+    deps: tuple[int, ...]
+    attempts: int
+    max_attempts: int
+    next_attempt_at: float
+    state: JobState
+    done: int | None
+    total: int | None
+    summary: str | None
+    error: str | None
+    created: float
+    started: float | None
+    finished: float | None
+    node: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        d = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        d["state"] = self.state.value
+        d["deps"] = list(self.deps)
+        return d
+
+
+class JobStore(Protocol):
+    def add(self, type: str, queue: str, payload: dict[str, Any], *, title: str = "", priority: int = 0,
+            max_attempts: int = 1, deps: Sequence[int] = (), delay: float = 0.0) -> int: ...
+    def claim(self, queue: str, node: str) -> Job | None: ...
+    def finish(self, job_id: int, summary: str | None) -> None: ...
+    def fail_attempt(self, job_id: int, error: str, retry_at: float | None) -> None: ...
+    def interrupt(self, job_id: int, error: str) -> None: ...
+    def cancel(self, job_id: int) -> Job: ...
+    def retry(self, job_id: int) -> Job: ...
+    def get(self, job_id: int) -> Job: ...
+    def list(self, state: str | None = None, queue: str | None = None, limit: int = 1000) -> list[Job]: ...
+    def recover(self, node: str) -> list[int]: ...
+    def purge(self, states: Sequence[str], keep: int = 0, max_age: float | None = None) -> int: ...
+    def set_progress(self, job_id: int, done: int, total: int | None) -> None: ...
+    def append_log(self, job_id: int, lines: Sequence[tuple[float, str, str]]) -> None: ...
+    def log_lines(self, job_id: int, limit: int = 200) -> list[tuple[float, str, str]]: ...
+    def set_paused(self, queue: str, paused: bool) -> None: ...
+    def paused(self) -> set[str]: ...
+    def next_due(self, queue: str) -> float | None: ...
+    def queues_with_work(self) -> set[str]: ...
+    def close(self) -> None: ...
+
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, type TEXT NOT NULL, queue TEXT NOT NULL, payload TEXT NOT NULL,
+    title TEXT NOT NULL DEFAULT '', priority INTEGER NOT NULL DEFAULT 0, attempts INTEGER NOT NULL DEFAULT 0,
+    max_attempts INTEGER NOT NULL DEFAULT 1, next_attempt_at REAL NOT NULL, state TEXT NOT NULL,
+    done INTEGER, total INTEGER, summary TEXT, error TEXT, created REAL NOT NULL, started REAL,
+    finished REAL, node TEXT);
+CREATE INDEX IF NOT EXISTS jobs_claim ON jobs(queue, state, priority DESC, id);
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, finished);
+CREATE TABLE IF NOT EXISTS job_deps (job INTEGER NOT NULL, dep INTEGER NOT NULL, PRIMARY KEY (job, dep));
+CREATE INDEX IF NOT EXISTS job_deps_dep ON job_deps(dep);
+CREATE TABLE IF NOT EXISTS job_logs (job INTEGER NOT NULL, ts REAL NOT NULL, level TEXT NOT NULL, line TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS job_logs_job ON job_logs(job);
+CREATE TABLE IF NOT EXISTS queues (name TEXT PRIMARY KEY, paused INTEGER NOT NULL DEFAULT 0);
+"""
+
+COLUMNS = ("id, type, queue, payload, title, priority, attempts, max_attempts, next_attempt_at, state, done, total, "
+           "summary, error, created, started, finished, node")
+
+
+class SqliteJobStore:
+    def __init__(self, path: Path):
+        self.path = path
+        self._conn = connect(path)
+        self._lock = threading.RLock()
+        self._conn.executescript(SCHEMA)
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
+    def _row(self, c: sqlite3.Connection, row: tuple) -> Job:
+        deps = tuple(r[0] for r in c.execute("SELECT dep FROM job_deps WHERE job=? ORDER BY dep", (row[0],)))
+        (jid, type_, queue, payload, title, prio, att, maxatt, nxt, state, done, total, summ, err, created,
+         started, finished, node) = row
+        return Job(jid, type_, queue, json.loads(payload), title, prio, deps, att, maxatt, nxt, JobState(state),
+                   done, total, summ, err, created, started, finished, node)
+
+    def add(self, type: str, queue: str, payload: dict[str, Any], *, title: str = "", priority: int = 0,
+            max_attempts: int = 1, deps: Sequence[int] = (), delay: float = 0.0) -> int:
+        now = time.time()
+        with self.transaction() as c:
+            states = {}
+            for d in deps:
+                row = c.execute("SELECT state FROM jobs WHERE id=?", (d,)).fetchone()
+                if row is None:
+                    raise JobError(f"--after {d}: no job with id {d}")
+                states[d] = row[0]
+            cur = c.execute(
+                "INSERT INTO jobs(type, queue, payload, title, priority, max_attempts, next_attempt_at, state, created) "
+                "VALUES (?,?,?,?,?,?,?,?,?)",
+                (type, queue, json.dumps(payload), title, priority, max_attempts, now + delay, "waiting", now))
+            jid = cur.lastrowid
+            c.executemany("INSERT INTO job_deps(job, dep) VALUES (?, ?)", [(jid, d) for d in deps])
+            bad = [d for d, s in states.items() if s in ("failed", "cancelled")]
+            if bad:
+                self._fail(c, jid, f"dependency #{bad[0]} is {states[bad[0]]}")
+            return jid
+
+    def add_many(self, jobs: Sequence[tuple[str, str, dict[str, Any], str]]) -> list[int]:
+        """Bulk insert (type, queue, payload, title) in one transaction, for benchmarks and imports."""
+        now = time.time()
+        with self.transaction() as c:
+            ids = []
+            for type_, queue, payload, title in jobs:
+                cur = c.execute(
+                    "INSERT INTO jobs(type, queue, payload, title, max_attempts, next_attempt_at, state, created) "
+                    "VALUES (?,?,?,?,1,?,'waiting',?)", (type_, queue, json.dumps(payload), title, now, now))
+                ids.append(cur.lastrowid)
+            return ids
+
+    def _fail(self, c: sqlite3.Connection, jid: int, error: str) -> None:
+        """Fail a job and, transitively, every waiting job that depends on it."""
+        now = time.time()
+        c.execute("UPDATE jobs SET state='failed', error=?, finished=? WHERE id=?", (error, now, jid))
+        for (dep,) in c.execute(
+                "SELECT d.job FROM job_deps d JOIN jobs j ON j.id=d.job WHERE d.dep=? AND j.state IN ('waiting','interrupted')",
+                (jid,)).fetchall():
+            self._fail(c, dep, f"dependency #{jid} failed or was cancelled")
+
+    def claim(self, queue: str, node: str) -> Job | None:
+        now = time.time()
+        with self.transaction() as c:
+            row = c.execute(
+                f"SELECT {COLUMNS} FROM jobs WHERE queue=? AND state IN ('waiting','interrupted') AND next_attempt_at<=? "
+                "AND NOT EXISTS (SELECT 1 FROM job_deps d JOIN jobs p ON p.id=d.dep WHERE d.job=jobs.id "
+                "AND p.state != 'finished') ORDER BY priority DESC, id LIMIT 1", (queue, now)).fetchone()
+            if row is None:
+                return None
+            c.execute("UPDATE jobs SET state='running', attempts=attempts+1, started=?, node=?, done=NULL, total=NULL "
+                      "WHERE id=?", (now, node, row[0]))
+            row = c.execute(f"SELECT {COLUMNS} FROM jobs WHERE id=?", (row[0],)).fetchone()
+            return self._row(c, row)
+
+    def finish(self, job_id: int, summary: str | None) -> None:
+        with self.transaction() as c:
+            c.execute("UPDATE jobs SET state='finished', summary=?, error=NULL, finished=? WHERE id=? AND state='running'",
+                      (summary, time.time(), job_id))
+
+    def fail_attempt(self, job_id: int, error: str, retry_at: float | None) -> None:
+        with self.transaction() as c:
+            if retry_at is None:
+                self._fail(c, job_id, error)
+            else:
+                c.execute("UPDATE jobs SET state='waiting', error=?, next_attempt_at=? WHERE id=? AND state='running'",
+                          (error, retry_at, job_id))
+
+    def interrupt(self, job_id: int, error: str) -> None:
+        with self.transaction() as c:
+            self._interrupt(c, job_id, error)
+
+    def _interrupt(self, c: sqlite3.Connection, job_id: int, error: str) -> None:
+        row = c.execute("SELECT attempts, max_attempts FROM jobs WHERE id=? AND state='running'", (job_id,)).fetchone()
+        if row is None:
+            return
+        if row[0] >= row[1]:
+            self._fail(c, job_id, f"{error}; attempts used up ({row[0]}/{row[1]})")
+        else:
+            c.execute("UPDATE jobs SET state='interrupted', error=?, next_attempt_at=? WHERE id=?",
+                      (error, time.time(), job_id))
+
+    def recover(self, node: str) -> list[int]:
+        """Jobs this node was running when it stopped or died: interrupted, retried while attempts remain."""
+        with self.transaction() as c:
+            ids = [r[0] for r in c.execute("SELECT id FROM jobs WHERE state='running' AND node=?", (node,))]
+            for jid in ids:
+                self._interrupt(c, jid, "interrupted: the daemon stopped while it ran")
+            return ids
+
+    def cancel(self, job_id: int) -> Job:
+        with self.transaction() as c:
+            job = self._get(c, job_id)
+            if job.state not in (JobState.WAITING, JobState.INTERRUPTED, JobState.RUNNING):
+                raise JobError(f"job {job_id} is {job.state.value}: only waiting, interrupted or running jobs can be cancelled")
+            c.execute("UPDATE jobs SET state='cancelled', finished=? WHERE id=?", (time.time(), job_id))
+            for (dep,) in c.execute("SELECT d.job FROM job_deps d JOIN jobs j ON j.id=d.job WHERE d.dep=? "
+                                    "AND j.state IN ('waiting','interrupted')", (job_id,)).fetchall():
+                self._fail(c, dep, f"dependency #{job_id} was cancelled")
+            return self._get(c, job_id)
+
+    def retry(self, job_id: int) -> Job:
+        with self.transaction() as c:
+            job = self._get(c, job_id)
+            if job.state not in (JobState.FAILED, JobState.CANCELLED, JobState.INTERRUPTED):
+                raise JobError(f"job {job_id} is {job.state.value}: only failed, cancelled or interrupted jobs can be retried")
+            c.execute("UPDATE jobs SET state='waiting', attempts=0, next_attempt_at=?, finished=NULL WHERE id=?",
+                      (time.time(), job_id))
+            return self._get(c, job_id)
+
+    def _get(self, c: sqlite3.Connection, job_id: int) -> Job:
+        row = c.execute(f"SELECT {COLUMNS} FROM jobs WHERE id=?", (job_id,)).fetchone()
+        if row is None:
+            raise JobError(f"no job with id {job_id}")
+        return self._row(c, row)
+
+    def get(self, job_id: int) -> Job:
+        with self._lock:
+            return self._get(self._conn, job_id)
+
+    def list(self, state: str | None = None, queue: str | None = None, limit: int = 1000) -> list[Job]:
+        where, params = [], []
+        if state:
+            where.append("state=?")
+            params.append(state)
+        if queue:
+            where.append("queue=?")
+            params.append(queue)
+        sql = f"SELECT {COLUMNS} FROM jobs {'WHERE ' + ' AND '.join(where) if where else ''} ORDER BY id DESC LIMIT ?"
+        with self._lock:
+            return [self._row(self._conn, r) for r in self._conn.execute(sql, (*params, limit)).fetchall()]
+
+    def count_by_state(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._conn.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall())
+
+    def purge(self, states: Sequence[str], keep: int = 0, max_age: float | None = None) -> int:
+        """Delete done jobs in `states`: all but the newest `keep`, or (with max_age) those older than it."""
+        marks = ",".join("?" * len(states))
+        with self.transaction() as c:
+            if max_age is not None:
+                ids = [r[0] for r in c.execute(f"SELECT id FROM jobs WHERE state IN ({marks}) AND finished < ?",
+                                               (*states, time.time() - max_age))]
+            else:
+                ids = [r[0] for r in c.execute(f"SELECT id FROM jobs WHERE state IN ({marks}) ORDER BY finished DESC, "
+                                               "id DESC LIMIT -1 OFFSET ?", (*states, keep))]
+            for chunk in range(0, len(ids), 500):
+                part = ids[chunk:chunk + 500]
+                q = ",".join("?" * len(part))
+                c.execute(f"DELETE FROM job_logs WHERE job IN ({q})", part)
+                c.execute(f"DELETE FROM job_deps WHERE job IN ({q})", part)
+                c.execute(f"DELETE FROM jobs WHERE id IN ({q})", part)
+            return len(ids)
+
+    def set_progress(self, job_id: int, done: int, total: int | None) -> None:
+        with self.transaction() as c:
+            c.execute("UPDATE jobs SET done=?, total=? WHERE id=?", (done, total, job_id))
+
+    def append_log(self, job_id: int, lines: Sequence[tuple[float, str, str]]) -> None:
+        with self.transaction() as c:
+            c.executemany("INSERT INTO job_logs(job, ts, level, line) VALUES (?,?,?,?)",
+                          [(job_id, *line) for line in lines])
+
+    def log_lines(self, job_id: int, limit: int = 200) -> list[tuple[float, str, str]]:
+        with self._lock:
+            rows = self._conn.execute("SELECT ts, level, line FROM job_logs WHERE job=? ORDER BY rowid DESC LIMIT ?",
+                                      (job_id, limit)).fetchall()
+        return list(reversed(rows))
+
+    def set_paused(self, queue: str, paused: bool) -> None:
+        with self.transaction() as c:
+            c.execute("INSERT INTO queues(name, paused) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET paused=excluded.paused",
+                      (queue, int(paused)))
+
+    def paused(self) -> set[str]:
+        with self._lock:
+            return {r[0] for r in self._conn.execute("SELECT name FROM queues WHERE paused=1")}
+
+    def next_due(self, queue: str) -> float | None:
+        with self._lock:
+            row = self._conn.execute("SELECT MIN(next_attempt_at) FROM jobs WHERE queue=? AND state IN "
+                                     "('waiting','interrupted')", (queue,)).fetchone()
+        return row[0] if row else None
+
+    def queues_with_work(self) -> set[str]:
+        with self._lock:
+            return {r[0] for r in self._conn.execute("SELECT DISTINCT queue FROM jobs WHERE state IN "
+                                                     "('waiting','interrupted','running')")}
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+
+def open_job_store(state_dir: Path) -> SqliteJobStore:
+    return SqliteJobStore(state_dir / "jobs.db")

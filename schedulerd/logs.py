@@ -1,0 +1,173 @@
+"""Logging: one scheduler log, one log per task, rotation, secret redaction, live tail.
+
+Lines look like `2026-11-23T06:34:47.123+00:00 INFO [photos] message`.
+"""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import re
+import time
+from collections.abc import Iterable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+SCHEDULER_LOGGER = "schedulerd"
+TASK_LOGGER = "schedulerd.task"
+_SECRET_ARG = re.compile(r"((?:--?|\b)[\w.-]*(?:password|secret|passphrase|token)[\w.-]*\s*[=:]\s*)(\S+)", re.I)
+
+
+class Formatter(logging.Formatter):
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
+        return datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds")
+
+    def format(self, record: logging.LogRecord) -> str:
+        who = getattr(record, "task", None) or "scheduler"
+        record.who = who
+        return super().format(record)
+
+
+FORMAT = "%(asctime)s %(levelname)s [%(who)s] %(message)s"
+
+
+class Redactor(logging.Filter):
+    """Replaces every known secret value, and `password=...`-like arguments, with stars."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.values: set[str] = set()
+
+    def add(self, values: Iterable[str]) -> None:
+        self.values.update(v for v in values if v and len(v) >= 3)
+
+    def redact(self, text: str) -> str:
+        for v in sorted(self.values, key=len, reverse=True):
+            if v in text:
+                text = text.replace(v, "********")
+        return _SECRET_ARG.sub(lambda m: m.group(1) + "********", text)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        red = self.redact(msg)
+        if red != msg or record.args:
+            record.msg, record.args = red, None
+        if record.exc_text:
+            record.exc_text = self.redact(record.exc_text)
+        return True
+
+
+REDACTOR = Redactor()
+
+
+class Broadcast(logging.Handler):
+    """Hands formatted lines to live subscribers (`log -f` over the control socket)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.subscribers: dict[Any, str | None] = {}  # send stream -> task name or None for all
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self.subscribers:
+            return
+        line = self.format(record)
+        task = getattr(record, "task", None)
+        for stream, want in list(self.subscribers.items()):
+            if want is None or want == task:
+                try:
+                    stream.send_nowait(line)
+                except Exception:  # full or closed: a slow reader loses lines, never blocks us
+                    pass
+
+
+BROADCAST = Broadcast()
+
+
+class TaskAdapter(logging.LoggerAdapter):
+    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+        kwargs.setdefault("extra", {})["task"] = self.extra["task"]
+        return msg, kwargs
+
+
+def _handler(path: Path, max_bytes: int, backups: int) -> logging.Handler:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    h = logging.handlers.RotatingFileHandler(path, maxBytes=max_bytes, backupCount=backups, encoding="utf-8")
+    h.setFormatter(Formatter(FORMAT))
+    h.addFilter(REDACTOR)
+    return h
+
+
+def task_log_path(log_dir: Path, name: str) -> Path:
+    return log_dir / f"task-{name}.log"
+
+
+def scheduler_log_path(log_dir: Path) -> Path:
+    return log_dir / "scheduler.log"
+
+
+def setup_scheduler_log(log_dir: Path, level: str, max_bytes: int, backups: int, *, stderr: bool = False) -> None:
+    root = logging.getLogger(SCHEDULER_LOGGER)
+    for h in list(root.handlers):
+        root.removeHandler(h)
+        h.close()
+    root.setLevel(level.upper())
+    root.propagate = False
+    root.addHandler(_handler(scheduler_log_path(log_dir), max_bytes, backups))
+    BROADCAST.setFormatter(Formatter(FORMAT))
+    if BROADCAST not in BROADCAST.filters:
+        BROADCAST.addFilter(REDACTOR)
+    root.addHandler(BROADCAST)
+    if stderr:
+        sh = logging.StreamHandler()
+        sh.setFormatter(Formatter(FORMAT))
+        sh.addFilter(REDACTOR)
+        root.addHandler(sh)
+
+
+def task_logger(name: str, log_dir: Path, level: str, max_bytes: int, backups: int,
+                *, extra_handlers: Iterable[logging.Handler] = ()) -> logging.LoggerAdapter:
+    """A logger writing to `task-NAME.log` (and the live tail), not to the scheduler log."""
+    logger = logging.getLogger(f"{TASK_LOGGER}.{name}")
+    for h in list(logger.handlers):
+        logger.removeHandler(h)
+        h.close()
+    logger.setLevel(level.upper())
+    logger.propagate = False
+    logger.addHandler(_handler(task_log_path(log_dir, name), max_bytes, backups))
+    logger.addHandler(BROADCAST)
+    for h in extra_handlers:
+        logger.addHandler(h)
+    return TaskAdapter(logger, {"task": name})
+
+
+def close_task_logger(name: str) -> None:
+    logger = logging.getLogger(f"{TASK_LOGGER}.{name}")
+    for h in list(logger.handlers):
+        logger.removeHandler(h)
+        if h is not BROADCAST:
+            h.close()
+
+
+def tail(path: Path, n: int) -> list[str]:
+    """The last `n` lines of a file, read from its end (logs can be large)."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, 2)
+            size = fh.tell()
+            block, data = 8192, b""
+            while size > 0 and data.count(b"\n") <= n:
+                step = min(block, size)
+                size -= step
+                fh.seek(size)
+                data = fh.read(step) + data
+    except FileNotFoundError:
+        return []
+    lines = data.decode("utf-8", "replace").splitlines()
+    return lines[-n:] if n > 0 else []
+
+
+def now() -> float:
+    return time.time()

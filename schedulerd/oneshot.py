@@ -1,0 +1,96 @@
+"""`task:run`: one iteration in the CLI's own process, under the same per-task lock."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+import traceback
+from typing import Any
+
+import anyio
+
+from . import logs
+from .context import TaskContext
+from .registry import task_type
+from .store import Run, open_store
+from .tasklock import TaskLock
+
+BUSY = 3
+
+
+class ProgressBar:
+    """A one-line bar on stderr: `[#####.....]  50/100`."""
+
+    def __init__(self, stream: Any = sys.stderr, width: int = 30):
+        self.stream = stream
+        self.width = width
+        self.shown = False
+
+    def __call__(self, done: int, total: int | None) -> None:
+        if total:
+            filled = int(self.width * min(done, total) / total)
+            text = f"\r[{'#' * filled}{'.' * (self.width - filled)}] {done}/{total}"
+        else:
+            text = f"\r{done} done"
+        self.stream.write(text)
+        self.stream.flush()
+        self.shown = True
+
+    def close(self) -> None:
+        if self.shown:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def run_one(config: Any, name: str, *, progress: bool = False) -> int:
+    sch = config.scheduler
+    tc = config.tasks[name]
+    lock = TaskLock(sch.state_dir / "locks", name)
+    if not lock.try_acquire("task:run"):
+        print(f"console task:run: task {name} is running an iteration elsewhere ({lock.holder()}); try again later",
+              file=sys.stderr)
+        return BUSY
+    logs.REDACTOR.add(config.secrets())
+    echo = logging.StreamHandler(sys.stderr)
+    echo.setFormatter(logs.Formatter(logs.FORMAT))
+    echo.addFilter(logs.REDACTOR)
+    log = logs.task_logger(name, sch.log_dir, sch.log_level, sch.log_max_bytes, sch.log_backups, extra_handlers=[echo])
+    bar = ProgressBar() if progress else None
+    state_dir = sch.state_dir / "tasks" / name
+    state_dir.mkdir(parents=True, exist_ok=True)
+    store = open_store(sch.state_dir)
+    task = task_type(tc.type)(tc.settings)
+    ctx = TaskContext(name, tc.settings, log, config, state_dir, store, on_progress=bar)
+    started = time.time()
+    outcome, error, summary = "ok", None, None
+
+    async def once() -> Any:
+        try:
+            with anyio.fail_after(tc.timeout):
+                return await task.run_once(ctx)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await task.shutdown(ctx)
+
+    try:
+        log.info("one-shot iteration started by task:run")
+        result = anyio.run(once)
+        summary = None if result is None else str(result)
+        log.info("one-shot iteration ok%s", f": {summary}" if summary else "")
+    except TimeoutError:
+        outcome, error = "timeout", f"iteration timed out after {tc.timeout:g}s"
+        log.error("%s", error)
+    except KeyboardInterrupt:
+        outcome, error = "cancelled", "interrupted"
+    except Exception as e:
+        outcome, error = "failed", f"{type(e).__name__}: {e}"
+        log.error("iteration failed: %s\n%s", error, traceback.format_exc().rstrip())
+    finally:
+        if bar:
+            bar.close()
+        lock.release()
+        store.record_run(Run(name, started, time.time(), outcome, error, summary, "cli"))
+        store.close()
+        logs.close_task_logger(name)
+    return 0 if outcome == "ok" else 1

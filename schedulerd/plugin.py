@@ -1,0 +1,93 @@
+"""The contract between the engine and task/job types.
+
+A task type is a class with a frozen `Settings` dataclass and one `run_once(ctx)`;
+a job type is the same with `run(ctx, payload)`. The engine never imports a type
+by module path it knows: it looks them up by name (see `registry`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, ClassVar, Protocol
+
+
+@dataclasses.dataclass(frozen=True)
+class NoSettings:
+    """For types that take no settings of their own."""
+
+
+class Context(Protocol):
+    """What the engine hands to one iteration of a task or one attempt of a job."""
+
+    name: str  # the task name, or "job-<id>"
+    settings: Any  # the type's frozen Settings instance
+    log: logging.Logger  # writes to the task's own log file (or the job's log lines)
+    config: Any  # the whole loaded Config (databoxes, ftp_destinations, ...)
+    state_dir: Path  # where a type may keep its own files (ledgers, journals)
+    store: Any  # the state store (schedulerd.store.StateStore)
+
+    def progress(self, done: int, total: int | None = None) -> None:
+        """Report progress; shown by `state`, `job:list` and the CLI progress bar."""
+
+    def set_info(self, **fields: Any) -> None:
+        """Extra facts shown in the task state (pid, last error, ...). None removes a key."""
+
+    async def sleep(self, seconds: float) -> bool:
+        """Sleep, cancel-safe; returns True early when the task was woken (events, watchers)."""
+
+    def emit(self, event: str, **data: Any) -> None:
+        """Publish an event (`record.created`, ...) to the task types that listen for it."""
+
+    def add_job(self, type: str, payload: Mapping[str, Any], **options: Any) -> int:
+        """Queue a one-off job; returns its id."""
+
+
+class TaskType:
+    """Base of task types. Subclasses set `type_name` and `Settings`."""
+
+    type_name: ClassVar[str] = ""
+    Settings: ClassVar[type] = NoSettings
+    # events (see Context.emit) that wake this task before its period ends
+    wake_on: ClassVar[tuple[str, ...]] = ()
+    # default period when the config gives none, in seconds
+    default_period: ClassVar[float] = 60.0
+
+    def __init__(self, settings: Any):
+        self.settings = settings
+
+    def check(self, config: Any) -> None:
+        """Cross-check settings against the whole config; raise ValueError naming the key."""
+
+    async def run_once(self, ctx: Context) -> str | None:
+        """One iteration; the returned text is its summary in the run history."""
+        raise NotImplementedError
+
+    async def background(self, ctx: Context) -> None:
+        """Optional companion coroutine while the task is started (watchers); default none."""
+
+    async def shutdown(self, ctx: Context) -> None:
+        """Called, shielded, when the task stops: end children gracefully."""
+
+
+class JobType:
+    """Base of job types: one-off work from the queue."""
+
+    type_name: ClassVar[str] = ""
+    Settings: ClassVar[type] = NoSettings
+    default_queue: ClassVar[str] = "default"
+
+    def __init__(self, settings: Any = None):
+        self.settings = settings if settings is not None else self.Settings()
+
+    def check_payload(self, payload: Mapping[str, Any], config: Any) -> None:
+        """Reject a bad payload at `job:add` time: raise ValueError naming the key."""
+
+    def title(self, payload: Mapping[str, Any]) -> str:
+        """A short human title for `job:list`."""
+        return self.type_name
+
+    async def run(self, ctx: Context, payload: Mapping[str, Any]) -> str | None:
+        raise NotImplementedError

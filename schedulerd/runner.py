@@ -1,0 +1,263 @@
+"""One runner per task: the periodic loop and its state machine.
+
+Transitions (every one goes through `_change`):
+  stopped  -> starting   task:start / daemon start with wanted=started
+  starting -> running    first iteration begins at once
+  running  -> waiting    iteration succeeded; sleep until the next tick
+  running  -> backoff    iteration failed; sleep backoff_delay(crashes)
+  backoff  -> running    backoff elapsed (or run-now)
+  waiting  -> running    tick reached (or run-now / an event woke the task)
+  backoff  -> crashed    max_crashes consecutive failures: stays until task:start
+  *        -> stopping   task:stop / daemon stop: the iteration gets stop_timeout, then is cancelled
+  stopping -> stopped
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+from anyio.abc import TaskGroup
+
+from .config import TaskConfig
+from .context import TaskContext
+from .plugin import TaskType
+from .registry import task_type
+from .states import STOPPED_STATES, TaskState, Wanted
+from .store import Run
+from .tasklock import TaskLock
+
+log = logging.getLogger("schedulerd.runner")
+
+
+def next_run(scheduled: float, period: float, now: float) -> float:
+    """The next tick: one period after the previous *scheduled* start, so there is no drift;
+    an iteration that overran its period is followed at once, never by a burst of catch-ups."""
+    nxt = scheduled + period
+    return nxt if nxt > now else now
+
+
+def backoff_delay(crashes: int, initial: float, maximum: float) -> float:
+    """Exponential: initial, 2x, 4x ... capped at maximum."""
+    return min(maximum, initial * (2 ** max(0, crashes - 1)))
+
+
+@dataclass
+class RunnerEnv:
+    """What the daemon shares with its runners."""
+
+    config: Any
+    store: Any
+    lock_dir: Path
+    history: list[Run] = field(default_factory=list)
+    make_logger: Callable[[str], Any] = lambda name: logging.getLogger(f"schedulerd.task.{name}")
+    emit: Callable[[str, dict], None] | None = None
+    add_job: Callable[..., int] | None = None
+
+
+class TaskRunner:
+    def __init__(self, tc: TaskConfig, env: RunnerEnv, wanted: Wanted):
+        self.tc = tc
+        self.env = env
+        self.wanted = wanted
+        self.state = TaskState.STOPPED
+        self.task: TaskType = task_type(tc.type)(tc.settings)
+        self.log = env.make_logger(tc.name)
+        self.ctx = TaskContext(tc.name, tc.settings, self.log, env.config, env.config.scheduler.state_dir / "tasks" / tc.name,
+                               env.store, emitter=env.emit, job_adder=env.add_job)
+        self.ctx.state_dir.mkdir(parents=True, exist_ok=True)
+        rec = env.store.task(tc.name)
+        self.crashes = rec.crashes
+        self.runs = rec.runs
+        self.failures = rec.failures
+        self.last: Run | None = rec.last_run
+        self.started_at: float | None = None  # wall time the task was started
+        self.iteration_started: float | None = None
+        self.next_at: float | None = None  # monotonic
+        self._scope: anyio.CancelScope | None = None
+        self._iteration_scope: anyio.CancelScope | None = None
+        self._done = anyio.Event()
+        self._done.set()
+        self.lock = TaskLock(env.lock_dir, tc.name)
+
+    # --- state ---------------------------------------------------------------
+    def _change(self, new: TaskState, why: str = "") -> None:
+        old = self.state
+        if old is new:
+            return
+        self.state = new
+        level = logging.DEBUG if {old, new} <= {TaskState.RUNNING, TaskState.WAITING} else logging.INFO
+        self.log.log(level, "state %s -> %s%s", old, new, f" ({why})" if why else "")
+        if self.env.emit:
+            self.env.emit("task.state", {"task": self.tc.name, "from": old.value, "to": new.value})
+
+    @property
+    def settings(self) -> Any:
+        return self.env.config.scheduler
+
+    def snapshot(self) -> dict[str, Any]:
+        now_m = anyio.current_time() if self.next_at is not None else None
+        last = self.last
+        return {
+            "name": self.tc.name,
+            "type": self.tc.type,
+            "wanted": self.wanted.value,
+            "state": self.state.value,
+            "period": self.tc.period,
+            "timeout": self.tc.timeout,
+            "crashes": self.crashes,
+            "runs": self.runs,
+            "failures": self.failures,
+            "started_at": self.started_at,
+            "iteration_started": self.iteration_started if self.state is TaskState.RUNNING else None,
+            "next_run_in": (max(0.0, self.next_at - now_m) if self.next_at is not None and now_m is not None
+                            and self.state in (TaskState.WAITING, TaskState.BACKOFF) else None),
+            "progress": {"done": self.ctx.done, "total": self.ctx.total} if self.ctx.done is not None else None,
+            "last_run": None if last is None else {
+                "started": last.started, "ended": last.ended, "outcome": last.outcome,
+                "error": last.error, "summary": last.summary, "source": last.source},
+            "info": dict(self.ctx.info),
+        }
+
+    # --- control -------------------------------------------------------------
+    def start(self, tg: TaskGroup) -> None:
+        """Start the loop in the daemon's task group (no-op if already active)."""
+        if self.state not in STOPPED_STATES:
+            return
+        if self.state is TaskState.CRASHED:
+            self._set_crashes(0)
+        self._done = anyio.Event()
+        self._change(TaskState.STARTING)
+        tg.start_soon(self._run, name=f"task:{self.tc.name}")
+
+    async def stop(self, timeout: float | None = None) -> None:
+        """Let the current iteration finish within `timeout` (stop_timeout), then cancel it."""
+        if self.state in STOPPED_STATES:
+            return
+        if self.state is not TaskState.STOPPING:
+            self._change(TaskState.STOPPING)
+        if self._iteration_scope is None and self._scope is not None:
+            self._scope.cancel()
+        grace = self.settings.stop_timeout if timeout is None else timeout
+        with anyio.move_on_after(grace):
+            await self._done.wait()
+        if not self._done.is_set():
+            self.log.warning("iteration still running after %.1fs: cancelling it", grace)
+            if self._iteration_scope is not None:
+                self._iteration_scope.cancel()
+            with anyio.move_on_after(10):
+                await self._done.wait()
+        if not self._done.is_set() and self._scope is not None:
+            self._scope.cancel()
+            with anyio.move_on_after(10):
+                await self._done.wait()
+
+    def run_now(self) -> None:
+        self.ctx.wake()
+
+    # --- the loop ------------------------------------------------------------
+    async def _run(self) -> None:
+        self.started_at = time.time()
+        try:
+            with anyio.CancelScope() as self._scope:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(self._background, name=f"task:{self.tc.name}:background")
+                    await self._loop()
+                    tg.cancel_scope.cancel()
+        finally:
+            self._scope = None
+            with anyio.CancelScope(shield=True):
+                try:
+                    with anyio.move_on_after(self.settings.stop_timeout + 5):
+                        await self.task.shutdown(self.ctx)
+                except Exception:
+                    self.log.exception("shutdown failed")
+            self.next_at = None
+            self.started_at = None
+            if self.state is not TaskState.CRASHED:
+                self._change(TaskState.STOPPED)
+            self._done.set()
+
+    async def _background(self) -> None:
+        try:
+            await self.task.background(self.ctx)
+        except Exception:
+            self.log.exception("background watcher failed; the periodic scan goes on")
+
+    async def _loop(self) -> None:
+        scheduled = anyio.current_time()
+        self.next_at = scheduled
+        while self.state is not TaskState.STOPPING:
+            now = anyio.current_time()
+            if self.next_at > now:
+                if await self.ctx.sleep(self.next_at - now):
+                    scheduled = self.next_at = anyio.current_time()  # woken: run now, re-base the ticks
+            if self.state is TaskState.STOPPING:
+                break
+            ok = await self._iteration()
+            if self.state is TaskState.STOPPING:
+                break
+            now = anyio.current_time()
+            if ok is None:  # skipped: the one-shot holds the lock
+                scheduled = self.next_at = next_run(scheduled, self.tc.period, now)
+                self._change(TaskState.WAITING)
+            elif ok:
+                if self.crashes:
+                    self._set_crashes(0)
+                scheduled = self.next_at = next_run(scheduled, self.tc.period, now)
+                self._change(TaskState.WAITING)
+            else:
+                self._set_crashes(self.crashes + 1)
+                if self.crashes >= self.settings.max_crashes:
+                    self._change(TaskState.CRASHED, f"{self.crashes} consecutive failures")
+                    return
+                delay = backoff_delay(self.crashes, self.settings.backoff_initial, self.settings.backoff_max)
+                self.next_at = now + delay
+                scheduled = self.next_at
+                self._change(TaskState.BACKOFF, f"failure {self.crashes}/{self.settings.max_crashes}, retry in {delay:.1f}s")
+
+    def _set_crashes(self, n: int) -> None:
+        self.crashes = n
+        self.env.store.set_crashes(self.tc.name, n)
+
+    async def _iteration(self) -> bool | None:
+        """One run_once under the per-task lock and the task's timeout; True ok, False failed."""
+        if not self.lock.try_acquire("daemon"):
+            self.log.warning("iteration skipped: a one-shot task:run holds the lock (%s)", self.lock.holder())
+            return None
+        self._change(TaskState.RUNNING)
+        self.iteration_started = time.time()
+        self.ctx.done = self.ctx.total = None
+        outcome, error, summary = "cancelled", "cancelled at stop", None
+        try:
+            with anyio.CancelScope() as self._iteration_scope:
+                try:
+                    with anyio.fail_after(self.tc.timeout):
+                        result = await self.task.run_once(self.ctx)
+                    outcome, error = "ok", None
+                    summary = None if result is None else str(result)[:2000]
+                except TimeoutError:
+                    outcome, error = "timeout", f"iteration timed out after {self.tc.timeout:g}s"
+                    self.log.error("%s", error)
+                except Exception as e:
+                    outcome, error = "failed", f"{type(e).__name__}: {e}"[:2000]
+                    self.log.error("iteration failed: %s\n%s", error, traceback.format_exc().rstrip())
+        finally:
+            self._iteration_scope = None
+            self.lock.release()
+            run = Run(self.tc.name, self.iteration_started, time.time(), outcome, error, summary)
+            self.last = run
+            self.runs += 1
+            self.failures += outcome != "ok"
+            self.env.history.append(run)
+        if outcome == "cancelled":
+            return None
+        if outcome == "ok":
+            self.log.debug("iteration ok in %.3fs%s", run.ended - run.started, f": {summary}" if summary else "")
+        return outcome == "ok"

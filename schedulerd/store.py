@@ -1,0 +1,184 @@
+"""The state store: wanted states, counters and run history of tasks.
+
+Behind the small `StateStore` protocol so that a PostgreSQL store can replace the
+embedded SQLite one when several daemons share one cluster.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from .states import Wanted
+
+
+@dataclass(frozen=True)
+class Run:
+    task: str
+    started: float
+    ended: float
+    outcome: str  # ok | failed | timeout | cancelled
+    error: str | None = None
+    summary: str | None = None
+    source: str = "daemon"  # daemon | cli
+
+
+@dataclass(frozen=True)
+class TaskRecord:
+    name: str
+    wanted: Wanted | None
+    crashes: int
+    runs: int
+    failures: int
+    last_run: Run | None
+
+
+class StateStore(Protocol):
+    def wanted(self, task: str) -> Wanted | None: ...
+    def set_wanted(self, task: str, wanted: Wanted) -> None: ...
+    def set_crashes(self, task: str, crashes: int) -> None: ...
+    def record_run(self, run: Run) -> None: ...
+    def task(self, task: str) -> TaskRecord: ...
+    def history(self, task: str, limit: int = 20) -> list[Run]: ...
+    def purge_history(self, keep_ok: int, keep_failed: int, max_age_ok: float, max_age_failed: float) -> int: ...
+    def get_value(self, key: str) -> Any: ...
+    def set_value(self, key: str, value: str | None) -> None: ...
+    def close(self) -> None: ...
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    """A WAL-mode connection: readers never block the writer, a commit is atomic."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("PRAGMA busy_timeout=30000")
+    conn.execute("PRAGMA foreign_keys=ON")
+    return conn
+
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS tasks (
+    name TEXT PRIMARY KEY, wanted TEXT, crashes INTEGER NOT NULL DEFAULT 0,
+    runs INTEGER NOT NULL DEFAULT 0, failures INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY, task TEXT NOT NULL, started REAL NOT NULL, ended REAL NOT NULL,
+    outcome TEXT NOT NULL, error TEXT, summary TEXT, source TEXT NOT NULL DEFAULT 'daemon');
+CREATE INDEX IF NOT EXISTS runs_task ON runs(task, id);
+CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT);
+"""
+
+
+class SqliteStateStore:
+    """One SQLite file under state_dir; every write is its own short transaction."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._conn = connect(path)
+        self._lock = threading.RLock()
+        self._conn.executescript(SCHEMA)
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
+    def _ensure(self, c: sqlite3.Connection, task: str) -> None:
+        c.execute("INSERT OR IGNORE INTO tasks(name) VALUES (?)", (task,))
+
+    def wanted(self, task: str) -> Wanted | None:
+        with self._lock:
+            row = self._conn.execute("SELECT wanted FROM tasks WHERE name=?", (task,)).fetchone()
+        return Wanted(row[0]) if row and row[0] else None
+
+    def set_wanted(self, task: str, wanted: Wanted) -> None:
+        with self.transaction() as c:
+            self._ensure(c, task)
+            c.execute("UPDATE tasks SET wanted=? WHERE name=?", (wanted.value, task))
+
+    def set_crashes(self, task: str, crashes: int) -> None:
+        with self.transaction() as c:
+            self._ensure(c, task)
+            c.execute("UPDATE tasks SET crashes=? WHERE name=?", (crashes, task))
+
+    def record_run(self, run: Run) -> None:
+        self.record_runs([run])
+
+    def record_runs(self, runs: list[Run]) -> None:
+        """Many runs in one transaction: the runner batches them to keep the loop responsive."""
+        if not runs:
+            return
+        with self.transaction() as c:
+            for run in runs:
+                self._ensure(c, run.task)
+                c.execute(
+                    "INSERT INTO runs(task, started, ended, outcome, error, summary, source) VALUES (?,?,?,?,?,?,?)",
+                    (run.task, run.started, run.ended, run.outcome, run.error, run.summary, run.source),
+                )
+                c.execute(
+                    "UPDATE tasks SET runs=runs+1, failures=failures+? WHERE name=?",
+                    (0 if run.outcome == "ok" else 1, run.task),
+                )
+
+    def task(self, task: str) -> TaskRecord:
+        with self._lock:
+            row = self._conn.execute("SELECT wanted, crashes, runs, failures FROM tasks WHERE name=?", (task,)).fetchone()
+        hist = self.history(task, 1)
+        if not row:
+            return TaskRecord(task, None, 0, 0, 0, hist[0] if hist else None)
+        return TaskRecord(task, Wanted(row[0]) if row[0] else None, row[1], row[2], row[3], hist[0] if hist else None)
+
+    def history(self, task: str, limit: int = 20) -> list[Run]:
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT task, started, ended, outcome, error, summary, source FROM runs WHERE task=? "
+                "ORDER BY id DESC LIMIT ?", (task, limit)).fetchall()
+        return [Run(*r) for r in rows]
+
+    def purge_history(self, keep_ok: int, keep_failed: int, max_age_ok: float, max_age_failed: float) -> int:
+        """Retention set separately for successful and failed runs, by count and by age."""
+        now = time.time()
+        with self.transaction() as c:
+            n = 0
+            for ok, keep, age in ((True, keep_ok, max_age_ok), (False, keep_failed, max_age_failed)):
+                cond = "outcome = 'ok'" if ok else "outcome != 'ok'"
+                n += c.execute(f"DELETE FROM runs WHERE {cond} AND ended < ?", (now - age,)).rowcount
+                n += c.execute(
+                    f"DELETE FROM runs WHERE {cond} AND id IN (SELECT id FROM (SELECT id, ROW_NUMBER() OVER "
+                    f"(PARTITION BY task ORDER BY id DESC) AS rn FROM runs WHERE {cond}) WHERE rn > ?)",
+                    (keep,),
+                ).rowcount
+            return n
+
+    def get_value(self, key: str) -> str | None:
+        with self._lock:
+            row = self._conn.execute("SELECT value FROM kv WHERE key=?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def set_value(self, key: str, value: str | None) -> None:
+        with self.transaction() as c:
+            if value is None:
+                c.execute("DELETE FROM kv WHERE key=?", (key,))
+            else:
+                c.execute("INSERT INTO kv(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+                          (key, value))
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+
+def open_store(state_dir: Path) -> SqliteStateStore:
+    return SqliteStateStore(state_dir / "schedulerd.db")
