@@ -127,7 +127,10 @@ class Daemon:
             async for sig in signals:
                 if sig == signal.SIGHUP:
                     log.info("SIGHUP: reloading the configuration")
-                    await self.reload()
+                    try:
+                        await self.reload()
+                    except ControlError:
+                        pass  # logged by reload(); the old configuration stays in force
                 else:
                     log.info("%s: stopping", signal.Signals(sig).name)
                     self.request_stop()

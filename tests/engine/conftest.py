@@ -1,0 +1,102 @@
+"""Fixtures for the engine: a scratch checkout (etc/ + var/) and the real daemon as a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+CONSOLE = ROOT / "bin" / "console"
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+class Site:
+    """A config in tmp/etc/schedulerd.toml with var/ beside it, and the CLI pointed at it."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.etc = root / "etc"
+        self.etc.mkdir(parents=True, exist_ok=True)
+        self.config = self.etc / "schedulerd.toml"
+        self.var = root / "var"
+
+    def write(self, body: str, scheduler: str = "") -> None:
+        head = textwrap.dedent(f"""
+            [scheduler]
+            socket = "{self.root}/var/run/s.sock"
+            stop_timeout = "3s"
+            backoff_initial = "50ms"
+            backoff_max = "200ms"
+            """) + textwrap.dedent(scheduler)
+        self.config.write_text(head + textwrap.dedent(body))
+
+    def console(self, *args: str, timeout: float = 60, check: bool = False) -> subprocess.CompletedProcess:
+        env = {k: v for k, v in os.environ.items() if k != "SCHEDULERD_CONFIG"}
+        p = subprocess.run([str(CONSOLE), "--config", str(self.config), *args], capture_output=True, text=True,
+                           timeout=timeout, env=env, cwd=self.root)
+        if check and p.returncode != 0:
+            raise AssertionError(f"console {args} exited {p.returncode}: {p.stderr}{p.stdout}")
+        return p
+
+    def json(self, *args: str) -> object:
+        p = self.console(*args, "--json")
+        return json.loads(p.stdout)
+
+    @property
+    def pidfile(self) -> Path:
+        return self.var / "run" / "schedulerd.pid"
+
+    def pid(self) -> int | None:
+        try:
+            return int(self.pidfile.read_text())
+        except (OSError, ValueError):
+            return None
+
+    def task(self, name: str) -> dict:
+        return self.json("task:state", name)  # type: ignore[return-value]
+
+    def wait_for(self, predicate, timeout: float = 15.0, what: str = "condition"):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = predicate()
+            if value:
+                return value
+            time.sleep(0.05)
+        raise AssertionError(f"timed out waiting for {what}")
+
+    def log(self, name: str | None = None) -> str:
+        path = self.var / "log" / (f"task-{name}.log" if name else "scheduler.log")
+        return path.read_text() if path.exists() else ""
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Iterator[Site]:
+    s = Site(tmp_path / "site")
+    yield s
+    pid = s.pid()
+    if pid:
+        s.console("scheduler:stop", "--timeout", "10")
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def fd_count(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+PY = sys.executable

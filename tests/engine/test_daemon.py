@@ -1,0 +1,206 @@
+"""The daemon as a real subprocess, driven through bin/console."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import sys
+
+PY = sys.executable
+
+TICK = f"""
+[tasks.tick]
+type = "command"
+period = "200ms"
+argv = ["{PY}", "-c", "print('tick')"]
+"""
+
+
+def test_start_state_stop_lifecycle(site):
+    site.write(TICK)
+    r = site.console("scheduler:state", "--short")
+    assert (r.returncode, r.stdout.strip()) == (11, "stopped")
+    r = site.console("scheduler:start")
+    assert r.returncode == 0, r.stderr
+    pid = site.pid()
+    assert pid and f"pid {pid}" in r.stdout
+    r = site.console("scheduler:start")  # twice: says so, exit 0, same daemon
+    assert r.returncode == 0 and "already running" in r.stdout and site.pid() == pid
+    r = site.console("scheduler:state", "--short")
+    assert (r.returncode, r.stdout.strip()) == (10, f"started({pid})")
+    r = site.console("scheduler:state")
+    assert r.returncode == 10 and "tick" in r.stdout and "started" in r.stdout
+    st = site.json("scheduler:state")
+    assert st["pid"] == pid and st["tasks"][0]["name"] == "tick"
+    site.wait_for(lambda: site.task("tick")["runs"] >= 2, what="two iterations")
+    assert "tick" in site.log("tick")
+    mode = os.stat(site.var / "run" / "s.sock").st_mode & 0o777
+    assert mode == 0o600
+    r = site.console("scheduler:stop")
+    assert r.returncode == 0 and "stopped" in r.stdout
+    assert not site.pidfile.exists()
+    assert not (site.var / "run" / "s.sock").exists()
+    r = site.console("scheduler:stop")  # stop when stopped
+    assert r.returncode == 0 and "not running" in r.stdout
+
+
+def test_kill_9_leaves_stale_pidfile_and_socket_that_are_replaced(site):
+    site.write(TICK)
+    assert site.console("scheduler:start").returncode == 0
+    pid = site.pid()
+    os.kill(pid, signal.SIGKILL)
+    site.wait_for(lambda: not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z",
+                  what="the daemon to die")
+    assert site.pidfile.exists() and (site.var / "run" / "s.sock").exists()  # stale leftovers
+    r = site.console("scheduler:state", "--short")
+    assert r.returncode == 11, r.stdout + r.stderr  # a stale pidfile is never trusted
+    r = site.console("scheduler:start")
+    assert r.returncode == 0, r.stderr
+    assert site.pid() != pid
+    assert site.console("ping" if False else "scheduler:state").returncode == 10
+
+
+def test_task_stop_survives_restart_and_start_clears(site):
+    site.write(TICK)
+    site.console("scheduler:start", check=True)
+    r = site.console("task:stop", "tick")
+    assert r.returncode == 0 and "stopped" in r.stdout
+    r = site.console("task:state", "tick")
+    assert r.returncode == 0  # configured stopped, actually stopped
+    assert site.console("task:list").returncode == 0
+    site.console("scheduler:stop", check=True)
+    site.console("scheduler:start", check=True)
+    snap = site.task("tick")
+    assert (snap["wanted"], snap["state"]) == ("stopped", "stopped")
+    site.console("task:start", "tick", check=True)
+    site.wait_for(lambda: site.task("tick")["state"] in ("running", "waiting"), what="tick to run")
+
+
+def test_sighup_reload_valid_and_invalid(site):
+    site.write(TICK + f"""
+[tasks.other]
+type = "command"
+period = "1h"
+argv = ["{PY}", "-c", "print('other')"]
+""")
+    site.console("scheduler:start", check=True)
+    pid = site.pid()
+    before = site.task("tick")["started_at"]
+    # valid: one task added, one removed, "tick" unchanged (not restarted)
+    site.write(TICK + f"""
+[tasks.added]
+type = "command"
+period = "1h"
+argv = ["{PY}", "-c", "print('added')"]
+""")
+    os.kill(pid, signal.SIGHUP)
+    site.wait_for(lambda: {t["name"] for t in site.json("task:list")} == {"tick", "added"}, what="reload")
+    assert site.task("tick")["started_at"] == before
+    # invalid: logged, the old configuration stays in force, the daemon keeps running
+    site.config.write_text(site.config.read_text().replace('period = "1h"', "period = -1"))
+    os.kill(pid, signal.SIGHUP)
+    site.wait_for(lambda: "reload refused" in site.log(), what="the refusal in the log")
+    assert "tasks.added.period" in site.log()
+    assert {t["name"] for t in site.json("task:list")} == {"tick", "added"}
+    r = site.console("scheduler:reload")
+    assert r.returncode == 2 and "tasks.added.period" in r.stderr
+    assert site.console("scheduler:state").returncode == 10 and site.pid() == pid
+
+
+def test_crashing_task_backs_off_then_crashes_while_neighbour_keeps_period(site):
+    site.write(f"""
+[tasks.bad]
+type = "command"
+period = "100ms"
+argv = ["{PY}", "-c", "import sys; sys.exit(3)"]
+
+[tasks.good]
+type = "command"
+period = "200ms"
+argv = ["{PY}", "-c", "print('ok')"]
+""", scheduler="max_crashes = 3\n")
+    site.console("scheduler:start", check=True)
+    site.wait_for(lambda: site.task("bad")["state"] == "crashed", what="bad to crash")
+    assert "state running -> backoff" in site.log("bad")
+    assert "exited with status 3" in site.log("bad")
+    bad = site.task("bad")
+    assert bad["crashes"] == 3 and bad["last_run"]["outcome"] == "failed"
+    r = site.console("task:state", "bad")
+    assert r.returncode == 1 and "crashed" in r.stdout  # configured started, actually crashed
+    assert site.console("task:list").returncode == 1
+    time.sleep(1.0)
+    assert site.task("bad")["state"] == "crashed"  # stays crashed
+    # the neighbour kept its period: its iteration starts are ~200 ms apart
+    hist = site.json("task:history", "good", "-n", "6")
+    starts = sorted(h["started"] for h in hist)
+    gaps = [b - a for a, b in zip(starts, starts[1:])]
+    assert len(gaps) >= 4 and all(0.1 < g < 0.45 for g in gaps), gaps
+    assert all(h["outcome"] == "ok" for h in hist)
+    site.console("task:start", "bad", check=True)  # clears crashed
+    assert site.task("bad")["state"] != "crashed"
+
+
+def test_timeout_kills_the_process_group(site, tmp_path):
+    marker = tmp_path / "child.pid"
+    site.write(f"""
+[tasks.slow]
+type = "command"
+period = "1h"
+timeout = "500ms"
+argv = ["sh", "-c", "sleep 60 & echo $! > {marker}; wait"]
+""")
+    site.console("scheduler:start", check=True)
+    site.wait_for(lambda: site.task("slow")["last_run"], what="the first iteration to end")
+    last = site.task("slow")["last_run"]
+    assert last["outcome"] == "timeout" and "timed out after 0.5s" in last["error"]
+    child = int(marker.read_text())
+    site.wait_for(lambda: not os.path.exists(f"/proc/{child}"), timeout=5, what="the grandchild to be killed")
+
+
+def test_graceful_stop_waits_for_the_iteration(site, tmp_path):
+    done = tmp_path / "done"
+    site.write(f"""
+[tasks.work]
+type = "command"
+period = "1h"
+argv = ["sh", "-c", "sleep 1; touch {done}"]
+""")
+    site.console("scheduler:start", check=True)
+    site.wait_for(lambda: site.task("work")["state"] == "running", what="the iteration")
+    assert site.console("scheduler:stop").returncode == 0
+    assert done.exists()  # finished within stop_timeout (3 s), not cancelled
+
+
+def test_sigterm_stops_gracefully(site):
+    site.write(TICK)
+    site.console("scheduler:start", check=True)
+    pid = site.pid()
+    os.kill(pid, signal.SIGTERM)
+    site.wait_for(lambda: site.console("scheduler:state").returncode == 11, what="the daemon to stop")
+    assert "SIGTERM: stopping" in site.log()
+
+
+def test_task_commands_errors(site):
+    site.write(TICK)
+    site.console("scheduler:start", check=True)
+    r = site.console("task:state", "nope")
+    assert r.returncode == 2 and "no task named 'nope'" in r.stderr
+    r = site.console("task:start", "nope")
+    assert r.returncode == 2 and "no task named 'nope'" in r.stderr
+    r = site.console("no:such-command")
+    assert r.returncode == 2
+
+
+def test_log_tail_through_the_socket(site):
+    site.write(TICK)
+    site.console("scheduler:start", check=True)
+    site.wait_for(lambda: site.task("tick")["runs"] >= 1, what="a run")
+    r = site.console("task:log", "tick", "-n", "5")
+    assert r.returncode == 0 and "[tick]" in r.stdout
+    r = site.console("scheduler:log", "-n", "3")
+    assert r.returncode == 0 and "started" in site.log()
+    site.console("scheduler:stop", check=True)
+    r = site.console("task:log", "tick", "-n", "5")  # daemon down: reads the file
+    assert r.returncode == 0 and "[tick]" in r.stdout
