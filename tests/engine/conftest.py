@@ -32,11 +32,12 @@ class Site:
         self.etc.mkdir(parents=True, exist_ok=True)
         self.config = self.etc / "schedulerd.toml"
         self.var = root / "var"
+        self.socket = root / "var" / "run" / "s.sock"
 
     def write(self, body: str, scheduler: str = "") -> None:
         head = textwrap.dedent(f"""
             [scheduler]
-            socket = "{self.root}/var/run/s.sock"
+            socket = "{self.socket}"
             stop_timeout = "3s"
             backoff_initial = "50ms"
             backoff_max = "200ms"
