@@ -68,7 +68,11 @@ class Daemon:
     async def _serve(self) -> None:
         sch = self.config.scheduler
         from .jobs import JobService
+        from .process import ChildRegistry, use_registry
 
+        registry = ChildRegistry(sch.state_dir / "children")
+        await anyio.to_thread.run_sync(registry.reap_orphans, log)
+        use_registry(registry)
         self.jobs = JobService(self.config, sch.state_dir, self._make_logger, emit=self.emit)
         self.jobs.recover()
         server = ControlServer(sch.socket, sch.socket_mode, sch.socket_group, Access(sch.allowed_uids, sch.socket_group),

@@ -12,6 +12,7 @@ import anyio
 
 from . import logs
 from .context import TaskContext
+from .process import ChildRegistry, use_registry
 from .registry import task_type
 from .store import Run, open_store
 from .tasklock import TaskLock
@@ -60,6 +61,7 @@ def run_one(config: Any, name: str, *, progress: bool = False) -> int:
     state_dir = sch.state_dir / "tasks" / name
     state_dir.mkdir(parents=True, exist_ok=True)
     store = open_store(sch.state_dir)
+    use_registry(ChildRegistry(sch.state_dir / "children"))
     task = task_type(tc.type)(tc.settings)
     ctx = TaskContext(name, tc.settings, log, config, state_dir, store, on_progress=bar)
     started = time.time()

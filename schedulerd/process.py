@@ -10,12 +10,73 @@ import logging
 import os
 import signal
 import subprocess
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import anyio
 from anyio.abc import Process
+
+
+def start_time(pid: int) -> str | None:
+    """The kernel's start time of `pid` (field 22 of /proc/PID/stat): tells a recycled pid apart."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+class ChildRegistry:
+    """Child process groups written down under state_dir, so that after a `kill -9` of their
+    owner the next daemon finds the orphans and ends them before starting the same work again."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def add(self, pid: int) -> None:
+        me = os.getpid()
+        (self.folder / str(pid)).write_text(f"{start_time(pid)} {me} {start_time(me)}\n")
+
+    def remove(self, pid: int) -> None:
+        try:
+            (self.folder / str(pid)).unlink()
+        except FileNotFoundError:
+            pass
+
+    def reap_orphans(self, log: Any) -> list[int]:
+        """End the groups whose owner is dead; a live owner (a one-shot task:run) keeps its children."""
+        ended = []
+        for entry in self.folder.iterdir():
+            try:
+                pid = int(entry.name)
+                child_start, owner, owner_start = entry.read_text().split()
+            except (ValueError, OSError):
+                entry.unlink(missing_ok=True)
+                continue
+            if start_time(int(owner)) == owner_start:
+                continue
+            if start_time(pid) == child_start:
+                log.warning("ending orphaned process group %d left by a dead owner (pid %s)", pid, owner)
+                kill_group(pid, signal.SIGTERM)
+                for _ in range(40):
+                    if start_time(pid) != child_start:
+                        break
+                    time.sleep(0.05)
+                kill_group(pid, signal.SIGKILL)
+                ended.append(pid)
+            entry.unlink(missing_ok=True)
+        return ended
+
+
+REGISTRY: ChildRegistry | None = None
+
+
+def use_registry(registry: ChildRegistry | None) -> None:
+    global REGISTRY
+    REGISTRY = registry
 
 
 def kill_group(pid: int, sig: int = signal.SIGTERM) -> bool:
@@ -74,6 +135,8 @@ async def run_logged(
         list(argv), cwd=cwd, env=full_env, stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
     )
+    if REGISTRY is not None:
+        REGISTRY.add(proc.pid)
     try:
         async with anyio.create_task_group() as tg:
             tg.start_soon(pump_lines, proc.stdout, log, logging.INFO, "")
@@ -82,5 +145,7 @@ async def run_logged(
     finally:
         await end_process(proc, grace)
         await proc.aclose()
+        if REGISTRY is not None:
+            REGISTRY.remove(proc.pid)
     assert proc.returncode is not None
     return proc.returncode
