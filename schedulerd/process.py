@@ -20,12 +20,14 @@ from anyio.abc import Process
 
 
 def start_time(pid: int) -> str | None:
-    """The kernel's start time of `pid` (field 22 of /proc/PID/stat): tells a recycled pid apart."""
+    """The kernel's start time of a live `pid` (field 22 of /proc/PID/stat): tells a recycled pid
+    apart; None for a zombie, which is dead even while nobody has reaped it."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    return stat.rsplit(")", 1)[1].split()[19]
+    fields = stat.rsplit(")", 1)[1].split()
+    return None if fields[0] in ("Z", "X") else fields[19]
 
 
 class ChildRegistry:

@@ -35,14 +35,17 @@ class Site:
         self.socket = root / "var" / "run" / "s.sock"
 
     def write(self, body: str, scheduler: str = "") -> None:
+        extra = textwrap.dedent(scheduler)
+        given = {line.split("=")[0].strip() for line in extra.splitlines() if "=" in line}
         head = textwrap.dedent(f"""
             [scheduler]
             socket = "{self.socket}"
             stop_timeout = "3s"
             backoff_initial = "50ms"
             backoff_max = "200ms"
-            """) + textwrap.dedent(scheduler)
-        self.config.write_text(head + textwrap.dedent(body))
+            """)
+        head = "\n".join(line for line in head.splitlines() if line.split("=")[0].strip() not in given)
+        self.config.write_text(head + "\n" + extra + textwrap.dedent(body))
 
     def console(self, *args: str, timeout: float = 60, check: bool = False) -> subprocess.CompletedProcess:
         env = {k: v for k, v in os.environ.items() if k != "SCHEDULERD_CONFIG"}

@@ -1,0 +1,292 @@
+"""The job queue through the real daemon and CLI: durability, chains, retries, limits."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+
+import pytest
+
+PY = sys.executable
+
+JOBS_CONFIG = """
+[jobs.types.command]
+max_attempts = 3
+retry_delay = "300ms"
+retry_backoff = true
+
+[queues.default]
+workers = 4
+
+[queues.two]
+workers = 2
+"""
+
+
+def add(site, payload: dict, *extra: str) -> int:
+    r = site.console("job:add", "command", "--payload", json.dumps(payload), *extra)
+    assert r.returncode == 0, r.stderr
+    return int(r.stdout.strip())
+
+
+def job(site, jid: int) -> dict:
+    return site.json("job:show", str(jid))
+
+
+def wait_state(site, jid: int, state: str, timeout: float = 20) -> dict:
+    return site.wait_for(lambda: (j := job(site, jid))["state"] == state and j, timeout, f"job {jid} {state}")
+
+
+def script(body: str) -> list[str]:
+    return [PY, "-c", body]
+
+
+def test_job_added_while_down_waits_then_runs_and_one_added_live_starts_at_once(site, tmp_path):
+    site.write(JOBS_CONFIG)
+    out = tmp_path / "out"
+    jid = add(site, {"argv": ["sh", "-c", f"echo first >> {out}"]})
+    assert job(site, jid)["state"] == "waiting"
+    site.console("scheduler:start", check=True)
+    wait_state(site, jid, "finished")
+    t0 = time.time()
+    jid2 = add(site, {"argv": ["sh", "-c", f"echo second >> {out}"]})
+    j = wait_state(site, jid2, "finished")
+    assert j["started"] - t0 < 1.5  # the CLI told the daemon: no polling interval
+    assert out.read_text() == "first\nsecond\n"
+    assert j["summary"] == "exit 0" and any("run sh -c" in e["line"] for e in j["log"])
+    listing = site.json("job:list")
+    assert {x["id"] for x in listing} == {jid, jid2}
+    r = site.console("job:list")
+    assert r.returncode == 0 and "finished" in r.stdout and "1/3" in r.stdout
+
+
+def test_bad_input_exit_2(site):
+    site.write(JOBS_CONFIG)
+    r = site.console("job:add", "nosuchtype")
+    assert r.returncode == 2 and "unknown job type 'nosuchtype'" in r.stderr
+    r = site.console("job:add", "command", "--payload", "{nope")
+    assert r.returncode == 2 and "--payload: invalid JSON" in r.stderr
+    r = site.console("job:add", "command", "--payload", '{"argv": ["true"]}', "--after", "999")
+    assert r.returncode == 2 and "no job with id 999" in r.stderr
+    r = site.console("job:add", "command", "--payload", '{"argv": ["true"], "colour": 1}')
+    assert r.returncode == 2 and "payload.colour: unknown setting" in r.stderr
+    r = site.console("job:show", "12345")
+    assert r.returncode == 2 and "no job with id 12345" in r.stderr
+    assert "Traceback" not in r.stderr
+    assert site.json("job:list") == []  # nothing half-added
+
+
+def test_chain_runs_in_order_and_a_failed_link_fails_its_dependents(site, tmp_path):
+    site.write(JOBS_CONFIG.replace("max_attempts = 3", "max_attempts = 1"))
+    log = tmp_path / "chain"
+    a = add(site, {"argv": ["sh", "-c", f"sleep 0.3; echo a >> {log}"]})
+    b = add(site, {"argv": ["sh", "-c", f"echo b >> {log}"]}, "--after", str(a))
+    c = add(site, {"argv": ["sh", "-c", f"echo c >> {log}"]}, "--after", str(b), "--priority", "9")
+    bad = add(site, {"argv": ["false"]})
+    d = add(site, {"argv": ["true"]}, "--after", str(bad))
+    e = add(site, {"argv": ["true"]}, "--after", str(d))
+    site.console("scheduler:start", check=True)
+    wait_state(site, c, "finished")
+    assert log.read_text() == "a\nb\nc\n"
+    assert job(site, b)["started"] >= job(site, a)["finished"]
+    wait_state(site, bad, "failed")
+    jd = wait_state(site, d, "failed")
+    assert f"dependency #{bad}" in jd["error"]
+    assert f"dependency #{d}" in wait_state(site, e, "failed")["error"]
+    assert jd["attempts"] == 0  # never ran
+
+
+def test_retries_with_growing_delays_then_attempts_exhausted(site):
+    site.write(JOBS_CONFIG)
+    jid = add(site, {"argv": script("import sys; print('attempt'); sys.exit(7)")})
+    site.console("scheduler:start", check=True)
+    j = wait_state(site, jid, "failed")
+    assert j["attempts"] == 3 and "exited with status 7" in j["error"]
+    starts = [e["ts"] for e in j["log"] if e["line"].startswith("run ")]
+    assert len(starts) == 3
+    gaps = [b - a for a, b in zip(starts, starts[1:])]
+    assert gaps[0] >= 0.3 and gaps[1] >= 0.6, gaps  # 300 ms, then doubled
+    assert gaps[1] < 3
+    # retry: attempts reset, runs again (and fails again)
+    r = site.console("job:retry", str(jid))
+    assert r.returncode == 0 and "waiting" in r.stdout
+    site.wait_for(lambda: job(site, jid)["attempts"] >= 1 and job(site, jid)["state"] in ("waiting", "running", "failed"))
+    r = site.console("job:retry", "999")
+    assert r.returncode == 2
+
+
+def test_cancel_waiting_and_running(site, tmp_path):
+    site.write(JOBS_CONFIG)
+    pidfile = tmp_path / "child"
+    run = add(site, {"argv": ["sh", "-c", f"echo $$ > {pidfile}; exec sleep 30"]})
+    site.console("scheduler:start", check=True)
+    wait_state(site, run, "running")
+    site.wait_for(lambda: pidfile.exists() and pidfile.read_text().strip())
+    child = int(pidfile.read_text())
+    site.console("queue:pause", "default", check=True)
+    waiting = add(site, {"argv": ["true"]})
+    r = site.console("job:cancel", str(waiting))
+    assert r.returncode == 0 and "cancelled" in r.stdout
+    t0 = time.monotonic()
+    assert site.console("job:cancel", str(run)).returncode == 0
+    j = wait_state(site, run, "cancelled")
+    assert time.monotonic() - t0 < 10
+    site.wait_for(lambda: not os.path.exists(f"/proc/{child}"), 10, "the job's process to end")
+    assert j["state"] == "cancelled"
+    r = site.console("job:cancel", str(run))
+    assert r.returncode == 2 and "cancelled" in r.stderr  # cannot cancel twice
+
+
+def test_paused_queue_keeps_jobs_waiting(site):
+    site.write(JOBS_CONFIG)
+    site.console("scheduler:start", check=True)
+    site.console("queue:pause", "two", check=True)
+    jid = add(site, {"argv": ["true"]}, "--queue", "two")
+    other = add(site, {"argv": ["true"]})
+    wait_state(site, other, "finished")  # other queues go on
+    time.sleep(0.8)
+    assert job(site, jid)["state"] == "waiting"
+    conf = site.json("worker:show-configuration")
+    assert conf["queues"]["two"] == {"workers": 2, "paused": True}
+    site.console("queue:resume", "two", check=True)
+    wait_state(site, jid, "finished")
+
+
+def test_worker_limit_per_queue_is_never_exceeded(site, tmp_path):
+    site.write(JOBS_CONFIG)
+    marks = tmp_path / "marks"
+    body = (f"import time,fcntl; f=open({str(marks)!r},'a'); f.write('+\\n'); f.flush(); time.sleep(0.4); "
+            "f.write('-\\n'); f.flush()")
+    ids = [add(site, {"argv": script(body)}, "--queue", "two") for _ in range(6)]
+    site.console("scheduler:start", check=True)
+    for jid in ids:
+        wait_state(site, jid, "finished")
+    spans = sorted((job(site, j)["started"], job(site, j)["finished"]) for j in ids)
+    events = sorted([(s, 1) for s, _ in spans] + [(f, -1) for _, f in spans], key=lambda e: (e[0], e[1]))
+    level = peak = 0
+    for _, d in events:
+        level += d
+        peak = max(peak, level)
+    assert peak == 2  # two at a time: really concurrent, never more
+
+
+def test_kill_9_during_running_jobs_interrupts_then_reruns_once(site, tmp_path):
+    site.write(JOBS_CONFIG.replace('retry_delay = "300ms"', 'retry_delay = "1h"'))
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    # each attempt notes its pid and whether an earlier attempt of the same job is still alive
+    body = ("import os,sys,time; d=sys.argv[1]; n=sys.argv[2]; "
+            "alive=lambda p: os.path.exists('/proc/'+p) and open('/proc/'+p+'/stat').read().rsplit(')',1)[1].split()[0] != 'Z'; "
+            "prev=[p for p in os.listdir(d) if p.startswith(n+'-')]; "
+            "alive=[p for p in prev if alive(p.split('-')[1])]; "
+            "open(os.path.join(d, n+'-'+str(os.getpid())),'w').write('overlap' if alive else 'ok'); time.sleep(1.5)")
+    ids = [add(site, {"argv": [PY, "-c", body, str(runs), f"j{i}"]}) for i in range(3)]
+    site.console("scheduler:start", check=True)
+    for jid in ids:
+        wait_state(site, jid, "running")
+    site.wait_for(lambda: len(os.listdir(runs)) == 3, what="three attempts to begin")
+    pid = site.pid()
+    os.kill(pid, signal.SIGKILL)
+    site.wait_for(lambda: site.console("scheduler:state").returncode == 11, what="the daemon to be dead")
+    assert all(job(site, j)["state"] == "running" for j in ids)  # the store still says running
+    site.console("scheduler:start", check=True)
+    for jid in ids:
+        j = wait_state(site, jid, "finished")
+        assert j["attempts"] == 2
+    files = sorted(os.listdir(runs))
+    assert len(files) == 6  # each job ran exactly twice: once killed, once to the end; none lost
+    assert all((runs / f).read_text() == "ok" for f in files)  # never two attempts of one job at once
+    assert "interrupted" in site.log()
+
+
+def test_graceful_stop_interrupts_long_jobs_and_they_resume(site):
+    site.write(JOBS_CONFIG, scheduler='stop_timeout = "500ms"\n')
+    jid = add(site, {"argv": ["sleep", "30"]})
+    site.console("scheduler:start", check=True)
+    wait_state(site, jid, "running")
+    assert site.console("scheduler:stop").returncode == 0
+    j = job(site, jid)
+    assert j["state"] == "interrupted" and "interrupted" in j["error"]
+    site.console("scheduler:start", check=True)
+    wait_state(site, jid, "running")
+
+
+def test_purge_cli(site):
+    site.write(JOBS_CONFIG.replace("max_attempts = 3", "max_attempts = 1"))
+    ok = add(site, {"argv": ["true"]})
+    bad = add(site, {"argv": ["false"]})
+    site.console("scheduler:start", check=True)
+    wait_state(site, ok, "finished")
+    wait_state(site, bad, "failed")
+    assert site.console("job:purge").returncode == 2
+    r = site.console("job:purge", "--finished")
+    assert r.returncode == 0 and "purged 1" in r.stdout
+    assert [j["id"] for j in site.json("job:list")] == [bad]
+    site.console("job:purge", "--all", check=True)
+    assert site.json("job:list") == []
+
+
+@pytest.fixture
+def store(tmp_path):
+    from schedulerd.jobstore import SqliteJobStore
+
+    s = SqliteJobStore(tmp_path / "jobs.db")
+    yield s
+    s.close()
+
+
+def _finish(store, n: int, state: str, age: float) -> list[int]:
+    ids = []
+    for _ in range(n):
+        jid = store.add("command", "q", {"argv": ["true"]}, max_attempts=1)
+        store.claim("q", "node")
+        if state == "finished":
+            store.finish(jid, None)
+        else:
+            store.fail_attempt(jid, "boom", None)
+        with store.transaction() as c:
+            c.execute("UPDATE jobs SET finished = finished - ? WHERE id = ?", (age, jid))
+        ids.append(jid)
+    return ids
+
+
+def test_retention_by_count_and_by_age_set_separately(store):
+    old_ok = _finish(store, 3, "finished", 10 * 86400)
+    new_ok = _finish(store, 4, "finished", 0)
+    old_bad = _finish(store, 2, "failed", 5 * 86400)
+    new_bad = _finish(store, 2, "failed", 3600)
+    assert store.purge(["finished"], max_age=7 * 86400) == 3
+    assert store.purge(["finished"], keep=2) == 2
+    assert {j.id for j in store.list("finished")} == set(new_ok[-2:])
+    assert store.purge(["failed", "cancelled"], max_age=96 * 3600) == 2  # the default age for failed jobs
+    assert {j.id for j in store.list("failed")} == set(new_bad)
+    assert not set(old_ok) & {j.id for j in store.list()}
+    assert not set(old_bad) & {j.id for j in store.list()}
+
+
+def test_claims_are_exclusive_across_connections(tmp_path):
+    """Two daemons on one store: two connections race for the same jobs; each job is claimed once."""
+    import threading
+
+    from schedulerd.jobstore import SqliteJobStore
+
+    a, b = SqliteJobStore(tmp_path / "j.db"), SqliteJobStore(tmp_path / "j.db")
+    ids = a.add_many([("command", "q", {}, "") for _ in range(200)])
+    got: dict[str, list[int]] = {"a": [], "b": []}
+
+    def worker(store, key):
+        while (j := store.claim("q", key)) is not None:
+            got[key].append(j.id)
+
+    threads = [threading.Thread(target=worker, args=(s, k)) for s, k in ((a, "a"), (b, "b"))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(got["a"] + got["b"]) == ids
+    assert got["a"] and got["b"]
+    a.close()
+    b.close()
