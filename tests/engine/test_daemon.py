@@ -107,6 +107,18 @@ argv = ["{PY}", "-c", "print('added')"]
     r = site.console("scheduler:reload")
     assert r.returncode == 2 and "tasks.added.period" in r.stderr
     assert site.console("scheduler:state").returncode == 10 and site.pid() == pid
+    # changed: "tick" gets a new period and is restarted; "added" is untouched
+    added_since = site.task("added")["started_at"]
+    site.write(TICK.replace("200ms", "300ms") + f"""
+[tasks.added]
+type = "command"
+period = "1h"
+argv = ["{PY}", "-c", "print('added')"]
+""")
+    r = site.console("scheduler:reload")
+    assert r.returncode == 0 and "changed ['tick']" in r.stdout
+    assert site.task("tick")["period"] == 0.3 and site.task("tick")["started_at"] != before
+    assert site.task("added")["started_at"] == added_since
 
 
 def test_crashing_task_backs_off_then_crashes_while_neighbour_keeps_period(site):

@@ -1,0 +1,77 @@
+"""systemd notify datagrams from `scheduler:run`, and secrets kept out of every log line."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+CONSOLE = Path(__file__).resolve().parents[2] / "bin" / "console"
+
+
+def test_scheduler_run_notifies_systemd(site, tmp_path):
+    site.write('[tasks.t]\ntype = "command"\nperiod = "1h"\nargv = ["true"]\n')
+    addr = str(tmp_path / "notify.sock")
+    rx = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    rx.bind(addr)
+    rx.settimeout(15)
+    env = {**os.environ, "NOTIFY_SOCKET": addr, "WATCHDOG_USEC": "400000"}
+    env.pop("SCHEDULERD_CONFIG", None)
+    proc = subprocess.Popen([str(CONSOLE), "--config", str(site.config), "scheduler:run"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        got = []
+        while not any(m.startswith("READY=1") for m in got):
+            got.append(rx.recv(4096).decode())
+        assert f"MAINPID={proc.pid}" in next(m for m in got if m.startswith("READY=1"))
+        while sum(m == "WATCHDOG=1" for m in got) < 2:  # pings every WATCHDOG_USEC / 2
+            got.append(rx.recv(4096).decode())
+        assert site.console("scheduler:state").returncode == 10
+        proc.send_signal(signal.SIGTERM)
+        while "STOPPING=1" not in got:
+            got.append(rx.recv(4096).decode())
+        assert proc.wait(15) == 0
+    finally:
+        proc.kill()
+        rx.close()
+
+
+def test_secrets_never_reach_the_logs(site, tmp_path):
+    secret = "pw-Zx81-very-secret"
+    site.write(f"""
+[tasks.leaky]
+type = "command"
+period = "1h"
+argv = ["sh", "-c", "echo connecting with $DB_PASSWORD; echo --password={secret} >&2; exit 1"]
+env = {{ DB_PASSWORD = "{secret}" }}
+""", scheduler="max_crashes = 1\n")
+    site.console("scheduler:start", check=True)
+    site.wait_for(lambda: site.task("leaky")["state"] == "crashed", what="the iteration")
+    log = site.log("leaky")
+    assert "connecting with ********" in log
+    assert secret not in log
+    assert secret not in site.log()
+    r = site.console("task:run", "leaky")
+    assert r.returncode == 1 and secret not in r.stderr + r.stdout
+    assert secret not in site.console("task:state", "leaky", "--json").stdout
+    assert secret not in site.console("config:check", "--json").stdout
+
+
+def test_run_history_retention(tmp_path):
+    from schedulerd.store import Run, SqliteStateStore
+
+    store = SqliteStateStore(tmp_path / "s.db")
+    now = time.time()
+    runs = [Run("a", now - 10 * 86400, now - 10 * 86400, "ok")] + [Run("a", now - i, now - i, "ok") for i in range(5)]
+    runs += [Run("a", now - i, now - i, "failed", "boom") for i in range(4)] + [Run("b", now, now, "ok")]
+    store.record_runs(runs)
+    assert store.task("a").runs == 10 and store.task("a").failures == 4
+    store.purge_history(keep_ok=3, keep_failed=10, max_age_ok=7 * 86400, max_age_failed=30 * 86400)
+    hist = store.history("a", 100)
+    assert sum(r.outcome == "ok" for r in hist) == 3
+    assert sum(r.outcome == "failed" for r in hist) == 4
+    assert len(store.history("b")) == 1  # counted per task
+    store.close()
