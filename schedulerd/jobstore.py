@@ -8,16 +8,14 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import threading
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from .states import JobState
-from .store import connect
+from .store import SqliteFile
 
 CLAIMABLE = ("waiting", "interrupted")
 
@@ -98,23 +96,8 @@ COLUMNS = ("id, type, queue, payload, title, priority, attempts, max_attempts, n
            "summary, error, created, started, finished, node")
 
 
-class SqliteJobStore:
-    def __init__(self, path: Path):
-        self.path = path
-        self._conn = connect(path)
-        self._lock = threading.RLock()
-        self._conn.executescript(SCHEMA)
-
-    @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._conn
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            self._conn.execute("COMMIT")
+class SqliteJobStore(SqliteFile):
+    SCHEMA = SCHEMA
 
     def _row(self, c: sqlite3.Connection, row: tuple) -> Job:
         deps = tuple(r[0] for r in c.execute("SELECT dep FROM job_deps WHERE job=? ORDER BY dep", (row[0],)))
@@ -312,10 +295,6 @@ class SqliteJobStore:
         with self._lock:
             return {r[0] for r in self._conn.execute("SELECT DISTINCT queue FROM jobs WHERE state IN "
                                                      "('waiting','interrupted','running')")}
-
-    def close(self) -> None:
-        with self._lock:
-            self._conn.close()
 
 
 def open_job_store(state_dir: Path) -> SqliteJobStore:

@@ -9,6 +9,8 @@ import fcntl
 import os
 from pathlib import Path
 
+from .tasklock import lock_file
+
 
 class AlreadyRunning(Exception):
     def __init__(self, pid: int | None):
@@ -22,15 +24,9 @@ class PidFile:
         self._fd: int | None = None
 
     def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise AlreadyRunning(read_pid(self.path)) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        fd = lock_file(self.path, f"{os.getpid()}\n", 0o644)
+        if fd is None:
+            raise AlreadyRunning(read_pid(self.path))
         os.fsync(fd)
         self._fd = fd
 

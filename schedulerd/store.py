@@ -75,14 +75,17 @@ CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT);
 """
 
 
-class SqliteStateStore:
-    """One SQLite file under state_dir; every write is its own short transaction."""
+class SqliteFile:
+    """One SQLite file shared by threads: a lock around one WAL connection, and
+    write transactions taken IMMEDIATE so that two processes never interleave."""
+
+    SCHEMA = ""
 
     def __init__(self, path: Path):
         self.path = path
         self._conn = connect(path)
         self._lock = threading.RLock()
-        self._conn.executescript(SCHEMA)
+        self._conn.executescript(self.SCHEMA)
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
@@ -94,6 +97,16 @@ class SqliteStateStore:
                 self._conn.execute("ROLLBACK")
                 raise
             self._conn.execute("COMMIT")
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+
+class SqliteStateStore(SqliteFile):
+    """One SQLite file under state_dir; every write is its own short transaction."""
+
+    SCHEMA = SCHEMA
 
     def _ensure(self, c: sqlite3.Connection, task: str) -> None:
         c.execute("INSERT OR IGNORE INTO tasks(name) VALUES (?)", (task,))
@@ -174,10 +187,6 @@ class SqliteStateStore:
             else:
                 c.execute("INSERT INTO kv(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value",
                           (key, value))
-
-    def close(self) -> None:
-        with self._lock:
-            self._conn.close()
 
 
 def open_store(state_dir: Path) -> SqliteStateStore:

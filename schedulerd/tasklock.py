@@ -11,23 +11,28 @@ import os
 from pathlib import Path
 
 
+def lock_file(path: Path, content: str, mode: int) -> int | None:
+    """Take an exclusive flock on `path` without blocking and write `content`; None when held."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, mode)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    os.ftruncate(fd, 0)
+    os.write(fd, content.encode())
+    return fd
+
+
 class TaskLock:
     def __init__(self, lock_dir: Path, name: str):
         self.path = lock_dir / f"{name}.lock"
         self._fd: int | None = None
 
     def try_acquire(self, holder: str = "") -> bool:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            return False
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()} {holder}".encode())
-        self._fd = fd
-        return True
+        self._fd = lock_file(self.path, f"{os.getpid()} {holder}", 0o600)
+        return self._fd is not None
 
     def holder(self) -> str:
         try:

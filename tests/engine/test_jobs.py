@@ -280,6 +280,7 @@ def test_claims_are_exclusive_across_connections(tmp_path):
     def worker(store, key):
         while (j := store.claim("q", key)) is not None:
             got[key].append(j.id)
+            time.sleep(0.001)  # "work": lets the other claimer in
 
     threads = [threading.Thread(target=worker, args=(s, k)) for s, k in ((a, "a"), (b, "b"))]
     for t in threads:
