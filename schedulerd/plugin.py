@@ -54,6 +54,9 @@ class TaskType:
     wake_on: ClassVar[tuple[str, ...]] = ()
     # default period when the config gives none, in seconds
     default_period: ClassVar[float] = 60.0
+    # the iteration is the whole run (a supervised process): a stop cancels it at once
+    # instead of waiting stop_timeout; the type ends its work gracefully on cancellation
+    long_running: ClassVar[bool] = False
 
     def __init__(self, settings: Any):
         self.settings = settings

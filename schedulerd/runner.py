@@ -144,6 +144,8 @@ class TaskRunner:
             self._change(TaskState.STOPPING)
         if self._iteration_scope is None and self._scope is not None:
             self._scope.cancel()
+        elif self._iteration_scope is not None and self.task.long_running:
+            self._iteration_scope.cancel()
         grace = self.settings.stop_timeout if timeout is None else timeout
         with anyio.move_on_after(grace):
             await self._done.wait()

@@ -1,0 +1,530 @@
+"""Task type `record_mover`: Phraseanet's RecordMover rules (expiry, status-bit workflows).
+
+Each active rule is one set-based statement in one transaction: records matching its
+`from` conditions (ANDed) are moved / get status bits set or cleared (`update`), or are
+deleted with their documents (`delete`, the files only after the commit). Records already
+in the target state are not matched, so a second pass changes nothing. Every changed id
+is logged, and `record.updated` / `record.deleted` are emitted once per rule.
+
+`preview` runs the same statements in a transaction that is rolled back: what it shows
+is exactly what a run at the same moment would do.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sqlite3
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, Literal
+
+import anyio
+
+from schedulerd import settings as s
+from schedulerd.databox.fields import now_iso
+from schedulerd.databox.settings import FIELD_NAME_RE
+from schedulerd.databox.status import ALL, NO_MASK, StatusMask, format_mask, parse_mask
+from schedulerd.plugin import Context, TaskType
+from schedulerd.settings import ConfigError
+
+PREVIEW_IDS = 10
+IDS_PER_LOG_LINE = 500
+COMPARE_SQL = {"<": "<", ">": ">", "<=": "<=", ">=": ">=", "=": "=", "!=": "<>"}
+
+# --- settings ------------------------------------------------------------------------
+
+
+def mask(value: Any, path: str) -> StatusMask:
+    """A status mask like `"x1x0"` (rightmost is bit 0; x: any / keep)."""
+    try:
+        return parse_mask(value, "status mask")
+    except ValueError as e:
+        raise ConfigError(path, str(e).removeprefix("status mask: ")) from None
+
+
+def text_value(value: Any, path: str) -> str:
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise ConfigError(path, f"expected a string or a number, got {value!r}")
+    return str(value)
+
+
+def field_name(value: Any, path: str) -> str:
+    if not isinstance(value, str) or not FIELD_NAME_RE.match(value):
+        raise ConfigError(path, f"bad field name {value!r}: starts with a letter, then letters, digits, _ . : -")
+    return value
+
+
+def one_or_many(cls: type) -> Callable[[Any, str], tuple]:
+    """A table, or a list of tables: several conditions of one kind are ANDed."""
+
+    def convert(value: Any, path: str) -> tuple:
+        if isinstance(value, Mapping):
+            return (s.build(cls, value, path),)
+        if isinstance(value, (list, tuple)):
+            return tuple(s.build(cls, v, f"{path}[{i}]") if isinstance(v, Mapping)
+                         else _not_table(v, f"{path}[{i}]") for i, v in enumerate(value))
+        raise ConfigError(path, f"expected a table or a list of tables, got {value!r}")
+
+    return convert
+
+
+def _not_table(value: Any, path: str) -> Any:
+    raise ConfigError(path, f"expected a table, got {value!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class DateCondition:
+    """The field's date is before/after now + delta_days (a date without time is midnight UTC)."""
+
+    field: Annotated[str, field_name]
+    direction: Literal["before", "after"]
+    delta_days: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class TextCondition:
+    """The field's value compared with `value` (as numbers when the field is declared a number)."""
+
+    field: Annotated[str, field_name]
+    value: Annotated[str, text_value]
+    compare: Literal["<", ">", "<=", ">=", "=", "!="] = "="
+
+
+@dataclasses.dataclass(frozen=True)
+class Condition:
+    type: Literal["record", "story"] | None = None
+    collection: tuple[str, ...] = ()
+    not_collection: tuple[str, ...] = ()
+    status: Annotated[StatusMask, mask] = NO_MASK
+    date: Annotated[tuple[DateCondition, ...], one_or_many(DateCondition)] = ()
+    text: Annotated[tuple[TextCondition, ...], one_or_many(TextCondition)] = ()
+
+    @property
+    def empty(self) -> bool:
+        return not (self.type or self.collection or self.not_collection or not self.status.empty
+                    or self.date or self.text)
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    collection: str | None = None
+    status: Annotated[StatusMask, mask] = NO_MASK
+
+    def check(self) -> None:
+        if self.collection is None and self.status.empty:
+            raise ConfigError("", "give a collection and/or a status mask to set")
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    name: str
+    databox: str
+    from_: Condition  # `from` in the TOML
+    action: Literal["update", "delete"] = "update"
+    active: bool = True
+    to: Target | None = None
+    delete_children: bool = False
+
+    def check(self) -> None:
+        if not self.name.strip():
+            raise ConfigError("name", "a rule needs a name")
+        if self.action == "update" and self.to is None:
+            raise ConfigError("to", 'missing: an "update" rule needs a `to` (collection and/or status)')
+        if self.action == "delete" and self.to is not None:
+            raise ConfigError("to", 'a "delete" rule takes no `to`')
+        if self.delete_children and self.action != "delete":
+            raise ConfigError("delete_children", 'only for action = "delete"')
+        if self.action == "delete" and self.from_.empty:
+            raise ConfigError("from", "a delete rule needs at least one condition (it would delete every record)")
+
+
+def rule(value: Any, path: str) -> Rule:
+    """One rule table: `from` is a Python keyword, so it is `from_` inside."""
+    if not isinstance(value, Mapping):
+        raise ConfigError(path, f"expected a table, got {value!r}")
+    if "from_" in value:
+        raise ConfigError(f"{path}.from_", "unknown setting (did you mean `from`?)")
+    data = {("from_" if k == "from" else k): v for k, v in value.items()}
+    try:
+        return s.build(Rule, data, path)
+    except ConfigError as e:
+        raise ConfigError(e.path.replace(f"{path}.from_", f"{path}.from"), e.message.replace("from_", "from")) from None
+
+
+def rules(value: Any, path: str) -> tuple[Rule, ...]:
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(path, "expected a list of rule tables ([[tasks.NAME.rules]])")
+    return tuple(rule(v, f"{path}[{i}]") for i, v in enumerate(value))
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    rules: Annotated[tuple[Rule, ...], rules]
+
+    def check(self) -> None:
+        if not self.rules:
+            raise ConfigError("rules", "give at least one rule")
+        seen: set[str] = set()
+        for i, r in enumerate(self.rules):
+            if r.name in seen:
+                raise ConfigError(f"rules[{i}].name", f"duplicate rule name {r.name!r}")
+            seen.add(r.name)
+
+
+# --- checking rules against the config and the databox ---------------------------------
+
+
+def known_collections(path: Path) -> set[str] | None:
+    """Collection names of a databox file, read only; None when it cannot be read yet."""
+    if not Path(path).is_file():
+        return None
+    try:
+        conn = sqlite3.connect(f"file:{Path(path).resolve()}?mode=ro", uri=True, timeout=5)
+        try:
+            return {r[0] for r in conn.execute("SELECT name FROM collections")}
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError:
+        return None
+
+
+def check_rule(r: Rule, config: Any, where: Callable[[str], str]) -> None:
+    """Raise ConfigError at `where(key)` for an unknown databox, field or collection."""
+    databoxes = getattr(config, "databoxes", {}) or {}
+    if r.databox not in databoxes:
+        known = ", ".join(sorted(databoxes)) or "none configured"
+        raise ConfigError(where("databox"), f"unknown databox {r.databox!r} (known: {known})")
+    dbs = databoxes[r.databox]
+    declared: Mapping[str, str] = getattr(dbs, "fields", {}) or {}
+
+    def field_kind(key: str, name: str) -> str:
+        if declared and name not in declared:
+            raise ConfigError(where(key), f"unknown field {name!r} in databox {r.databox} "
+                                          f"(known: {', '.join(sorted(declared))})")
+        return declared.get(name, "text")
+
+    c = r.from_
+    for j, d in enumerate(c.date):
+        key = "from.date" + (f"[{j}]" if len(c.date) > 1 else "") + ".field"
+        kind = field_kind(key, d.field)
+        if declared and kind != "date":
+            raise ConfigError(where(key), f"field {d.field!r} is declared {kind}, not date")
+    for j, t in enumerate(c.text):
+        base = "from.text" + (f"[{j}]" if len(c.text) > 1 else "")
+        if field_kind(base + ".field", t.field) == "number":
+            try:
+                float(t.value)
+            except ValueError:
+                raise ConfigError(where(base + ".value"), f"field {t.field!r} is a number, got {t.value!r}") from None
+    names = known_collections(dbs.path)
+    if names is None:
+        return  # the databox is not created yet: the run will name what is missing
+    refs = [(f"from.collection[{j}]", n) for j, n in enumerate(c.collection)]
+    refs += [(f"from.not_collection[{j}]", n) for j, n in enumerate(c.not_collection)]
+    if r.to is not None and r.to.collection is not None:
+        refs.append(("to.collection", r.to.collection))
+    for key, name in refs:
+        if name not in names:
+            raise ConfigError(where(key), f"unknown collection {name!r} in databox {r.databox} "
+                                          f"(known: {', '.join(sorted(names)) or 'none'})")
+
+
+# --- SQL -----------------------------------------------------------------------------
+
+
+def _utc(now: datetime) -> datetime:
+    return now.astimezone(timezone.utc) if now.tzinfo else now.replace(tzinfo=timezone.utc)
+
+
+def threshold(d: DateCondition, now: datetime) -> str:
+    """now + delta_days, as SQLite time text (UTC)."""
+    return (_utc(now) + timedelta(days=d.delta_days)).strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
+class RuleError(Exception):
+    """A rule cannot run now (a collection it names is gone): the message names the rule."""
+
+
+def _collection_ids(conn: sqlite3.Connection, r: Rule, names: Iterable[str]) -> list[int]:
+    ids = []
+    for n in names:
+        row = conn.execute("SELECT id FROM collections WHERE name = ?", (n,)).fetchone()
+        if row is None:
+            raise RuleError(f"rule {r.name!r}: unknown collection {n!r} in databox {r.databox}")
+        ids.append(row[0])
+    return ids
+
+
+def where_clause(conn: sqlite3.Connection, r: Rule, now: datetime,
+                 declared: Mapping[str, str] | None = None) -> tuple[str, list[Any]]:
+    """The rule's `from` (and, for update, "not already in the target state") on `records r`."""
+    parts: list[str] = []
+    params: list[Any] = []
+    c = r.from_
+    if c.type:
+        parts.append("r.type = ?")
+        params.append(c.type)
+    if c.collection:
+        ids = _collection_ids(conn, r, c.collection)
+        parts.append(f"r.collection_id IN ({','.join('?' * len(ids))})")
+        params += ids
+    if c.not_collection:
+        ids = _collection_ids(conn, r, c.not_collection)
+        parts.append(f"r.collection_id NOT IN ({','.join('?' * len(ids))})")
+        params += ids
+    if not c.status.empty:
+        parts.append("(r.status & ?) = ?")
+        params += [c.status.mask, c.status.value]
+    for d in c.date:
+        op = "<" if d.direction == "before" else ">"
+        parts.append("r.id IN (SELECT f.record_id FROM fields f WHERE f.name = ? "
+                     f"AND julianday(f.value) {op} julianday(?))")
+        params += [d.field, threshold(d, now)]
+    for t in c.text:
+        op = COMPARE_SQL[t.compare]
+        if (declared or {}).get(t.field) == "number":
+            parts.append(f"r.id IN (SELECT f.record_id FROM fields f WHERE f.name = ? AND CAST(f.value AS REAL) {op} ?)")
+            params += [t.field, float(t.value)]
+        else:
+            parts.append(f"r.id IN (SELECT f.record_id FROM fields f WHERE f.name = ? AND f.value {op} ?)")
+            params += [t.field, t.value]
+    if r.action == "update" and r.to is not None:
+        target: list[str] = []
+        if r.to.collection is not None:
+            target.append("r.collection_id = ?")
+            params.append(_collection_ids(conn, r, [r.to.collection])[0])
+        if not r.to.status.empty:
+            target.append("(r.status & ?) = ?")
+            params += [r.to.status.mask, r.to.status.value]
+        parts.append(f"NOT ({' AND '.join(target)})")
+    return " AND ".join(parts) or "1", params
+
+
+def apply_rule(db: Any, r: Rule, now: datetime) -> list[int]:
+    """Run one rule inside the caller's `db.transaction()`; the changed (or deleted) ids, sorted."""
+    conn = db.connection
+    declared = getattr(db.settings, "fields", {}) or {}
+    where, params = where_clause(conn, r, now, declared)
+    if r.action == "delete":
+        ids = [row[0] for row in conn.execute(f"SELECT r.id FROM records r WHERE {where}", params)]
+        return sorted(db.delete_records(ids, delete_children=r.delete_children)) if ids else []
+    assert r.to is not None
+    coll = None if r.to.collection is None else _collection_ids(conn, r, [r.to.collection])[0]
+    keep = ALL & ~r.to.status.mask
+    rows = conn.execute(
+        "UPDATE records SET collection_id = coalesce(?, collection_id), status = ((status & ?) | ?), updated = ? "
+        f"WHERE id IN (SELECT r.id FROM records r WHERE {where}) RETURNING id",
+        [coll, keep, r.to.status.value, now_iso(), *params],
+    ).fetchall()
+    return sorted(row[0] for row in rows)
+
+
+# --- words ---------------------------------------------------------------------------
+
+
+def _names(names: Sequence[str]) -> str:
+    return ", ".join(repr(n) for n in names)
+
+
+def _bits(m: StatusMask) -> str:
+    on = [str(i) for i in range(32) if m.mask >> i & 1 and m.value >> i & 1]
+    off = [str(i) for i in range(32) if m.mask >> i & 1 and not m.value >> i & 1]
+    return "; ".join(filter(None, [f"bit {', '.join(on)} set" if on else "", f"bit {', '.join(off)} clear" if off else ""]))
+
+
+def describe_condition(r: Rule, now: datetime) -> str:
+    c = r.from_
+    words = []
+    if c.type:
+        words.append(f"{c.type}s")
+    if c.collection:
+        words.append(f"in collection {_names(c.collection)}")
+    if c.not_collection:
+        words.append(f"not in collection {_names(c.not_collection)}")
+    if not c.status.empty:
+        words.append(f"status {format_mask(c.status)} ({_bits(c.status)})")
+    for d in c.date:
+        sign = "+" if d.delta_days >= 0 else "-"
+        words.append(f"{d.field} {d.direction} now {sign} {abs(d.delta_days)} days ({threshold(d, now)[:16]} UTC)")
+    for t in c.text:
+        words.append(f"{t.field} {t.compare} {t.value!r}")
+    return "records " + (" and ".join(words) if words else "(every record)") + f" in databox {r.databox}"
+
+
+def describe_action(r: Rule) -> str:
+    if r.action == "delete":
+        return "delete them and their documents" + (" (and the records of matched stories)" if r.delete_children else "")
+    assert r.to is not None
+    what = []
+    if r.to.collection is not None:
+        what.append(f"move them to collection {r.to.collection!r}")
+    if not r.to.status.empty:
+        what.append(f"set status {format_mask(r.to.status)} ({_bits(r.to.status)})")
+    return " and ".join(what) + " (skipping those already there)"
+
+
+def id_ranges(ids: Sequence[int]) -> str:
+    """`1-4, 7, 9-10`: every id, compactly."""
+    out: list[str] = []
+    start = prev = None
+    for i in ids:
+        if start is None:
+            start = prev = i
+        elif i == prev + 1:  # type: ignore[operator]
+            prev = i
+        else:
+            out.append(f"{start}" if start == prev else f"{start}-{prev}")
+            start = prev = i
+    if start is not None:
+        out.append(f"{start}" if start == prev else f"{start}-{prev}")
+    return ", ".join(out)
+
+
+# --- the task ------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Outcome:
+    rule: Rule
+    ids: list[int] = dataclasses.field(default_factory=list)
+    error: str | None = None
+
+
+class _Rollback(Exception):
+    pass
+
+
+def _utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class RecordMover(TaskType):
+    type_name: ClassVar[str] = "record_mover"
+    Settings: ClassVar[type] = Settings
+    default_period: ClassVar[float] = 3600.0
+
+    def __init__(self, settings: Any):
+        super().__init__(settings)
+        self.clock: Callable[[], datetime] = _utcnow  # tests freeze time here
+
+    @property
+    def rules(self) -> tuple[Rule, ...]:
+        return self.settings.rules
+
+    def where(self, key: str, index: int) -> str:
+        """The settings key path of a rule's `key`, for config errors."""
+        return f"rules[{index}].{key}"
+
+    def check(self, config: Any) -> None:
+        for i, r in enumerate(self.rules):
+            check_rule(r, config, lambda key, i=i: self.where(key, i))
+
+    # --- databoxes -------------------------------------------------------------------
+    @staticmethod
+    def _open(config: Any, name: str) -> Any:
+        from schedulerd.databox import DataboxError, open_databox
+
+        databoxes = getattr(config, "databoxes", {}) or {}
+        if name not in databoxes:
+            raise RuleError(f"unknown databox {name!r}")
+        try:
+            return open_databox(databoxes[name], create=False)
+        except DataboxError as e:
+            raise RuleError(str(e)) from None
+
+    def _each(self, config: Any, work: Callable[[Any, list[Rule]], list[Outcome]]) -> list[Outcome]:
+        """Run `work(db, rules)` per databox, rules kept in their configured order."""
+        order: list[str] = []
+        for r in self.rules:
+            if r.databox not in order:
+                order.append(r.databox)
+        outcomes: dict[Rule, Outcome] = {}
+        for name in order:
+            rs = [r for r in self.rules if r.databox == name]
+            try:
+                db = self._open(config, name)
+            except RuleError as e:
+                outcomes.update({r: Outcome(r, error=str(e)) for r in rs})
+                continue
+            try:
+                outcomes.update({o.rule: o for o in work(db, rs)})
+            finally:
+                db.close()
+        return [outcomes[r] for r in self.rules]
+
+    # --- run -------------------------------------------------------------------------
+    def run_sync(self, config: Any, log: Any, now: datetime) -> list[Outcome]:
+        def work(db: Any, rs: list[Rule]) -> list[Outcome]:
+            out = []
+            for r in rs:
+                o = Outcome(r)
+                if not r.active:
+                    out.append(o)
+                    continue
+                try:
+                    with db.transaction():
+                        o.ids = apply_rule(db, r, now)
+                except (RuleError, sqlite3.DatabaseError) as e:
+                    o.error = f"rule {r.name!r}: {e}" if isinstance(e, sqlite3.DatabaseError) else str(e)
+                    log.error("%s", o.error)
+                else:
+                    verb = "deleted" if r.action == "delete" else "updated"
+                    if o.ids:
+                        log.info("rule %r: %s %d records (%s)", r.name, verb, len(o.ids), describe_action(r))
+                        for k in range(0, len(o.ids), IDS_PER_LOG_LINE):
+                            log.info("rule %r: %s ids %s", r.name, verb, id_ranges(o.ids[k : k + IDS_PER_LOG_LINE]))
+                    else:
+                        log.debug("rule %r: nothing to change", r.name)
+                out.append(o)
+            return out
+
+        return self._each(config, work)
+
+    async def run_once(self, ctx: Context) -> str | None:
+        now = self.clock()
+        outcomes = await anyio.to_thread.run_sync(self.run_sync, ctx.config, ctx.log, now)
+        for o in outcomes:  # after the commits: listeners see the new state
+            if o.ids:
+                event = "record.deleted" if o.rule.action == "delete" else "record.updated"
+                ctx.emit(event, databox=o.rule.databox, ids=o.ids, rule=o.rule.name, task=ctx.name)
+        summary = "; ".join(
+            f"{o.rule.name}: " + ("inactive" if not o.rule.active else "failed" if o.error else
+                                  f"{len(o.ids)} {'deleted' if o.rule.action == 'delete' else 'updated'}")
+            for o in outcomes)
+        errors = [o.error for o in outcomes if o.error]
+        if errors:
+            raise RuleError("; ".join(errors) + f" ({summary})")
+        return summary
+
+    # --- preview ---------------------------------------------------------------------
+    def preview(self, config: Any, now: datetime | None = None) -> list[dict[str, Any]]:
+        """Per rule: condition and action in words, how many records a run now would change,
+        and the first ids. Runs the rules in a transaction that is always rolled back."""
+        now = now or self.clock()
+
+        def work(db: Any, rs: list[Rule]) -> list[Outcome]:
+            out = [Outcome(r) for r in rs]
+            try:
+                with db.transaction():
+                    for o in out:
+                        if o.rule.active:
+                            try:
+                                with db.transaction():  # nested: joins the outer one
+                                    o.ids = apply_rule(db, o.rule, now)
+                            except RuleError as e:
+                                o.error = str(e)
+                    raise _Rollback
+            except _Rollback:
+                pass
+            return out
+
+        result = []
+        for o in self._each(config, work):
+            r = o.rule
+            result.append({
+                "rule": r.name, "databox": r.databox, "action": r.action, "active": r.active,
+                "condition": describe_condition(r, now), "then": describe_action(r),
+                "count": len(o.ids), "first_ids": o.ids[:PREVIEW_IDS], "error": o.error,
+            })
+        return result
