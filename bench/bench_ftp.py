@@ -1,0 +1,245 @@
+"""Benchmark: ftp_pull / ftp_push beside `lftp mirror` / `lftp mirror -R`, same servers, same run.
+
+    .venv/bin/python bench/bench_ftp.py [--files 1000] [--size 100KB] [--big-mb 512]
+                                        [--parallel 4] [--protocols ftp,ftps,sftp] [--repeat 1]
+
+Servers are started on 127.0.0.1 (vsftpd plain and explicit FTPS at its defaults,
+OpenSSH sshd for SFTP: root is needed). Each row times our task and lftp with
+the same parallelism on the same data; `ratio` is lftp seconds / our seconds
+(>= 1.0: we are as fast or faster). Our side does more per file on purpose
+(size check, fsync, rename, mtime), lftp does neither fsync nor temp names.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import anyio  # noqa: E402
+
+from schedulerd.context import TaskContext  # noqa: E402
+from schedulerd.settings import build  # noqa: E402
+from tasks.ftp_pull import FtpPull, PullSettings  # noqa: E402
+from tasks.ftp_push import FtpPush, PushSettings  # noqa: E402
+from tests.transfer import servers  # noqa: E402
+
+
+def parse_size(text: str) -> int:
+    from schedulerd.settings import byte_size
+
+    return byte_size(text, "--size")
+
+
+def make_files(folder: Path, count: int, size: int) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    block = os.urandom(min(size, 1 << 20))
+    for i in range(count):
+        with open(folder / f"file{i:05}.bin", "wb") as f:
+            left = size
+            while left:
+                n = min(left, len(block))
+                f.write(block[:n])
+                left -= n
+
+
+def link_tree(src: Path, dst: Path) -> None:
+    """Hard links: the push task removes what it sent, the source stays for the next row."""
+    dst.mkdir(parents=True)
+    for p in src.iterdir():
+        os.link(p, dst / p.name)
+
+
+def clear(folder: Path) -> None:
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def check_same(a: Path, b: Path) -> None:
+    left = {p.name: p.stat().st_size for p in a.iterdir() if not p.name.startswith(".")}
+    right = {p.name: p.stat().st_size for p in b.iterdir() if not p.name.startswith(".")}
+    if left != right:
+        raise SystemExit(f"bench: {a} and {b} differ ({len(left)} vs {len(right)} files)")
+
+
+class Target:
+    """One server + how both clients reach it."""
+
+    def __init__(self, protocol: str, server: Any, certs: servers.Certs | None, remote_root: str, local_root: Path):
+        self.protocol = protocol
+        self.server = server
+        self.certs = certs
+        self.remote_root = remote_root  # remote path of local_root
+        self.local_root = local_root  # the server-side folder on disk
+
+    def settings(self) -> dict[str, Any]:
+        s = self.server
+        d: dict[str, Any] = {"host": s.host, "port": s.port, "user": s.user, "timeout": 30, "retries": 0}
+        if self.protocol == "sftp":
+            d.update(protocol="sftp", key_file=str(s.key_file), known_hosts=str(s.known_hosts))
+        else:
+            d["password"] = s.password
+        if self.protocol == "ftps":
+            d.update(protocol="ftps", ca_file=str(self.certs.ca_file))  # type: ignore[union-attr]
+        return d
+
+    def lftp(self, parallel: int, commands: str) -> list[str]:
+        s = self.server
+        sets = [f"set mirror:parallel-transfer-count {parallel}", "set net:max-retries 1", "set cmd:fail-exit yes"]
+        if self.protocol == "sftp":
+            ssh = (f"ssh -a -x -i {s.key_file} -o UserKnownHostsFile={s.known_hosts} "
+                   "-o StrictHostKeyChecking=yes -o BatchMode=yes")
+            sets.append(f"set sftp:connect-program \"{ssh}\"")
+            opener = f"open -u {s.user}, -p {s.port} sftp://{s.host}"
+        else:
+            sets.append("set ftp:passive-mode yes")
+            if self.protocol == "ftps":
+                sets += ["set ftp:ssl-force yes", "set ftp:ssl-protect-data yes", f"set ssl:ca-file {self.certs.ca_file}"]  # type: ignore[union-attr]
+            else:
+                sets.append("set ftp:ssl-allow no")
+            opener = f"open -u {s.user},{s.password} -p {s.port} ftp://{s.host}"
+        return ["lftp", "-c", "; ".join([*sets, opener, commands])]
+
+
+def timed(fn: Callable[[], Any]) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def run_ours_pull(t: Target, remote_dir: str, local: Path, parallel: int, state: Path) -> None:
+    data = {**t.settings(), "remote_dir": remote_dir, "local_dir": str(local), "stable": 0,
+            "delete_remote": False, "on_exists": "overwrite", "parallel": parallel, "block_size": "1MB"}
+    task = FtpPull(build(PullSettings, data, "bench"))
+    clear(state)
+    ctx = TaskContext.for_test("bench", task.settings, tmp_path=state)
+    anyio.run(task.run_once, ctx)
+
+
+def run_ours_push(t: Target, local: Path, remote_dir: str, parallel: int, state: Path) -> None:
+    data = {**t.settings(), "remote_dir": remote_dir, "local_dir": str(local), "stable": 0,
+            "parallel": parallel, "block_size": "1MB"}
+    task = FtpPush(build(PushSettings, data, "bench"))
+    clear(state)
+    ctx = TaskContext.for_test("bench", task.settings, tmp_path=state)
+    anyio.run(task.run_once, ctx)
+
+
+def run_lftp(cmd: list[str]) -> None:
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode:
+        raise SystemExit(f"bench: lftp failed ({r.returncode}): {r.stderr.strip()[-500:]}")
+
+
+def owned_by_server(t: Target, path: Path) -> None:
+    owner = getattr(t.server, "owner", -1)
+    if owner >= 0:
+        for p in [path, *path.rglob("*")]:
+            os.chown(p, owner, -1)
+
+
+def bench_rows(t: Target, datasets: dict[str, Path], parallel: int, repeat: int, work: Path,
+               directions: list[str]) -> Iterator[tuple[str, str, str, float, float]]:
+    for label, src in datasets.items():
+        if "pull" in directions:
+            remote_src = t.local_root / f"src-{label}"
+            if not remote_src.exists():
+                shutil.copytree(src, remote_src, copy_function=os.link)  # type: ignore[arg-type]
+                owned_by_server(t, remote_src)
+                os.sync()
+            remote_path = f"{t.remote_root}/src-{label}"
+            ours, theirs = [], []
+            for _ in range(repeat):
+                a, b = work / "pull-ours", work / "pull-lftp"
+                clear(a), clear(b)
+                ours.append(timed(lambda: run_ours_pull(t, remote_path, a, parallel, work / "state")))
+                os.sync()  # lftp never syncs: leave it no writeback of ours to wait behind
+                theirs.append(timed(lambda: run_lftp(t.lftp(parallel, f"mirror {remote_path} {b}"))))
+                os.sync()
+                check_same(a, src), check_same(b, src)
+                clear(a), clear(b)
+            yield t.protocol, "pull", label, min(ours), min(theirs)
+        if "push" in directions:
+            ours, theirs = [], []
+            for i in range(repeat):
+                outbox = work / "outbox"
+                clear(outbox)
+                link_tree(src, outbox)
+                dst_a, dst_b = f"dst-ours-{label}-{i}", f"dst-lftp-{label}-{i}"
+                ours.append(timed(lambda: run_ours_push(t, outbox, f"{t.remote_root}/{dst_a}", parallel, work / "state")))
+                clear(outbox)
+                link_tree(src, outbox)
+                theirs.append(timed(lambda: run_lftp(t.lftp(parallel, f"mirror -R {outbox} {t.remote_root}/{dst_b}"))))
+                check_same(t.local_root / dst_a, src), check_same(t.local_root / dst_b, src)
+                clear(t.local_root / dst_a), clear(t.local_root / dst_b), clear(outbox)
+            yield t.protocol, "push", label, min(ours), min(theirs)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--files", type=int, default=1000)
+    p.add_argument("--size", type=parse_size, default=100 * 1024)
+    p.add_argument("--big-mb", type=int, default=512, help="size of the one-big-file row (0: skip)")
+    p.add_argument("--parallel", type=int, default=4)
+    p.add_argument("--protocols", default="ftp,ftps,sftp")
+    p.add_argument("--directions", default="pull,push")
+    p.add_argument("--repeat", type=int, default=1, help="runs per row; the best is kept")
+    p.add_argument("--workdir", type=Path, default=None, help="default: a temp folder, removed at the end")
+    opts = p.parse_args()
+    if shutil.which("lftp") is None:
+        print("bench: lftp is not installed", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.ERROR)
+    protocols = [x for x in opts.protocols.split(",") if x]
+    directions = [x for x in opts.directions.split(",") if x]
+    with contextlib.ExitStack() as stack:
+        work = opts.workdir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-ftp-")))
+        work.mkdir(parents=True, exist_ok=True)
+        datasets: dict[str, Path] = {}
+        if opts.files:
+            datasets[f"{opts.files}x{opts.size // 1024}KB"] = work / "data-many"
+            make_files(work / "data-many", opts.files, opts.size)
+        if opts.big_mb:
+            datasets[f"1x{opts.big_mb}MB"] = work / "data-big"
+            make_files(work / "data-big", 1, opts.big_mb * 1024 * 1024)
+        os.sync()  # the data sets' own writeback must not be charged to the first row
+        certs = servers.make_certs(work / "certs")
+        targets: list[Target] = []
+        try:
+            if "ftp" in protocols:
+                s = stack.enter_context(servers.vsftpd(work / "vsftpd"))
+                targets.append(Target("ftp", s, None, s.remote, s.pub))
+            if "ftps" in protocols:
+                s = stack.enter_context(servers.vsftpd(work / "vsftpd-tls", "explicit", certs))
+                targets.append(Target("ftps", s, certs, s.remote, s.pub))
+            if "sftp" in protocols:
+                ssh = stack.enter_context(servers.sshd(work / "sshd"))
+                targets.append(Target("sftp", ssh, None, str(ssh.root), ssh.root))
+        except servers.Missing as e:
+            print(f"bench: {e}", file=sys.stderr)
+            return 2
+        print(f"{'protocol':8} {'dir':5} {'data':14} {'ours s':>8} {'lftp s':>8} {'ratio':>6}   (parallel {opts.parallel})")
+        worst = None
+        for t in targets:
+            for proto, direction, label, ours, theirs in bench_rows(t, datasets, opts.parallel, opts.repeat, work, directions):
+                ratio = theirs / ours if ours else float("inf")
+                worst = ratio if worst is None else min(worst, ratio)
+                print(f"{proto:8} {direction:5} {label:14} {ours:8.2f} {theirs:8.2f} {ratio:6.2f}x", flush=True)
+        if worst is not None:
+            print(f"worst ratio {worst:.2f}x (lftp seconds / ours; target >= 1.0)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,280 @@
+"""`ftp_pull`: fetch what agencies drop on an FTP/FTPS/SFTP server into a local folder.
+
+As Phraseanet: list, wait `stable`, list again, and fetch only files whose size
+and time did not change (an upload in progress is left for the next pass). A
+file is visible locally only once complete (see `transfer.fetch`); the remote
+copy is deleted only after that. With `delete_remote = false` a ledger of
+(path, size, mtime) keeps anything from being pulled twice. `local_dir` is
+often an archive task's hotfolder: temp files are hidden, which hotfolders skip.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fnmatch
+import time
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, Literal
+
+import anyio
+
+from schedulerd.plugin import Context, TaskType
+from schedulerd.settings import duration, int_range
+from tasks.transfer import ConnectError, RemoteClient, RemoteEntry, TransferError, connect
+from tasks.transfer.fetch import PART_RE, Committer, Downloaded, LocalError, download, inside, part_path
+from tasks.transfer.ledger import Ledger
+from tasks.transfer.names import printable
+from tasks.transfer.progress import Progress
+from tasks.transfer.settings import ConnectionSettings
+
+
+def check_remote_dir(value: str, key: str = "remote_dir") -> None:
+    if not value or any(c in value for c in "\r\n\0"):
+        raise ValueError(f"{key}: must be a non-empty path without CR, LF or NUL")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PullSettings(ConnectionSettings):
+    """The connection fields (flattened) plus what to pull and where."""
+
+    local_dir: Path
+    remote_dir: str = "/"
+    recursive: bool = False
+    masks: tuple[str, ...] = ()  # e.g. ["*.jpg", "*.tif"], case-insensitive; none: every file
+    include_hidden: bool = False  # dot files are usually uploads in progress
+    stable: Annotated[float, duration] = 25.0
+    delete_remote: bool = True
+    on_exists: Literal["skip", "overwrite", "rename"] = "rename"
+    parallel: Annotated[int, int_range(1, 32)] = 1
+    max_depth: Annotated[int, int_range(1, 100)] = 20
+
+    def check(self) -> None:
+        super().check()
+        check_remote_dir(self.remote_dir)
+        for i, m in enumerate(self.masks):
+            if not m or "/" in m:
+                raise ValueError(f"masks[{i}]: a file name pattern like \"*.jpg\", got {m!r}")
+
+
+async def walk(client: RemoteClient, s: PullSettings, log: Any) -> dict[str, RemoteEntry]:
+    """Files under `remote_dir` by relative path (safe names only, masks applied)."""
+    found: dict[str, RemoteEntry] = {}
+    todo: list[tuple[str, str, int]] = [("", s.remote_dir, 0)]
+    masks = [m.lower() for m in s.masks]
+    while todo:
+        rel_dir, remote, depth = todo.pop(0)
+        for e in await client.list(remote):
+            if e.name.startswith(".") and not s.include_hidden:
+                continue
+            rel = f"{rel_dir}/{e.name}" if rel_dir else e.name
+            if e.type == "dir":
+                if s.recursive and depth + 1 < s.max_depth:
+                    todo.append((rel, e.path, depth + 1))
+                continue
+            if e.type != "file":
+                log.debug("skipping %s: a %s", printable(e.path), e.type)
+                continue
+            if masks and not any(fnmatch.fnmatchcase(e.name.lower(), m) for m in masks):
+                continue
+            found[rel] = e
+    return found
+
+
+def remove_stale_parts(local_dir: Path, wanted: dict[Path, Path]) -> int:
+    """Drop our temp files for targets being pulled whose remote file changed since."""
+    keep = set(wanted.values())
+    stems: dict[Path, set[str]] = {}
+    for target in wanted:
+        stems.setdefault(target.parent, set()).add(target.name)
+    removed = 0
+    for folder, names in stems.items():
+        with contextlib.suppress(OSError):
+            for p in folder.iterdir():
+                if PART_RE.match(p.name) and p not in keep and p.name[1:-18] in names:
+                    p.unlink(missing_ok=True)
+                    removed += 1
+    return removed
+
+
+class FtpPull(TaskType):
+    type_name: ClassVar[str] = "ftp_pull"
+    Settings: ClassVar[type] = PullSettings
+    default_period: ClassVar[float] = 900.0
+
+    settings: PullSettings
+
+    def ledger_path(self, ctx: Context) -> Path:
+        return ctx.state_dir / f"{ctx.name}.pulled.json"
+
+    async def _stable_wait(self, ctx: Context, seconds: float) -> None:
+        """Wait the whole `stable` time: a wake-up must not shorten it."""
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            await ctx.sleep(left)
+
+    async def run_once(self, ctx: Context) -> str | None:
+        s = self.settings
+        ledger = Ledger(self.ledger_path(ctx))
+        listed: dict[str, RemoteEntry] | None = None
+        try:
+            client = await connect(s, ctx.log)
+            try:
+                listed = await walk(client, s, ctx.log)
+                todo = {rel: e for rel, e in listed.items() if not ledger.seen(rel, e.size, e.mtime)}
+                if not todo:
+                    return f"nothing new in {s.remote_dir} ({len(listed)} files listed)"
+                waiting = 0
+                if s.stable > 0:
+                    ctx.log.debug("%d new files; waiting %.0fs to see they are stable", len(todo), s.stable)
+                    await self._stable_wait(ctx, s.stable)
+                    try:
+                        again = await walk(client, s, ctx.log)
+                    except ConnectError:  # the idle session may have been dropped meanwhile
+                        await _close(client)
+                        client = await connect(s, ctx.log)
+                        again = await walk(client, s, ctx.log)
+                    listed = again
+                    stable = {rel: e for rel, e in todo.items()
+                              if (n := again.get(rel)) is not None and (n.size, n.mtime) == (e.size, e.mtime)}
+                    waiting = len(todo) - len(stable)
+                    todo = stable
+                    if waiting:
+                        ctx.log.info("%d files still changing: left for the next pass", waiting)
+                return await self._pull(ctx, client, todo, ledger, waiting)
+            finally:
+                await _close(client)
+        finally:
+            ledger.compact(keep=listed.keys() if listed is not None else None)
+
+    async def _pull(self, ctx: Context, client: RemoteClient, todo: dict[str, RemoteEntry], ledger: Ledger,
+                    waiting: int) -> str:
+        s = self.settings
+        local_dir = s.local_dir
+        local_dir.mkdir(parents=True, exist_ok=True)
+        targets: dict[str, Path] = {}
+        for rel, e in todo.items():
+            target = local_dir.joinpath(*rel.split("/"))
+            if not inside(local_dir, target):  # a local symlink pointing elsewhere
+                ctx.log.warning("refusing %s: %s is outside %s", printable(rel), target.parent, local_dir)
+                continue
+            targets[rel] = target
+        remove_stale_parts(local_dir, {t: part_path(t, todo[rel]) for rel, t in targets.items()})
+        progress = Progress(ctx, len(targets), sum(todo[r].size or 0 for r in targets))
+        errors: list[str] = []
+        fatal: list[BaseException] = []
+        work = iter(sorted(targets.items()))
+        committer = Committer()
+
+        async def worker(first: RemoteClient | None) -> None:
+            c = first
+            mine: list[tuple[str, RemoteEntry, Downloaded]] = []
+            try:
+                for rel, target in work:
+                    if fatal:
+                        break
+                    c = await self._usable(ctx, c, first, fatal)
+                    if c is None:
+                        break
+                    await self._settle(ctx, c, mine, ledger, progress, fatal, wait=False)
+                    d = await self._download(ctx, c, todo[rel], target, progress, errors, fatal)
+                    if d is not None:
+                        mine.append((rel, todo[rel], committer.submit(d)))
+                    await committer.maybe_flush()
+                await committer.flush()
+                if mine:
+                    c = await self._usable(ctx, c, first, fatal)
+                await self._settle(ctx, c, mine, ledger, progress, fatal, wait=True)
+            finally:
+                if c is not None and c is not first:
+                    await _close(c)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(worker, client)
+            for _ in range(min(s.parallel, len(targets)) - 1):
+                tg.start_soon(worker, None)
+        progress.clear()
+        summary = progress.summary("pulled")
+        if waiting:
+            summary += f", {waiting} still changing"
+        pulled = progress.files_done - progress.failed - progress.skipped
+        if pulled > 0:
+            ctx.emit("ftp.pulled", local_dir=str(local_dir), files=pulled)
+        if fatal:
+            raise fatal[0] if isinstance(fatal[0], TransferError) else TransferError(str(fatal[0]))
+        if errors:
+            raise TransferError(f"{summary}; first error: {errors[0]}")
+        return summary
+
+    async def _usable(self, ctx: Context, c: RemoteClient | None, first: RemoteClient | None,
+                      fatal: list[BaseException]) -> RemoteClient | None:
+        """This worker's session, reconnected when it broke; None (and `fatal`) when that fails."""
+        if c is not None and not c.broken:
+            return c
+        if c is not None and c is not first:
+            await _close(c)
+        try:
+            return await connect(self.settings, ctx.log)
+        except TransferError as e:
+            fatal.append(e)
+            return None
+
+    async def _download(self, ctx: Context, c: RemoteClient, e: RemoteEntry, target: Path, progress: Progress,
+                        errors: list[str], fatal: list[BaseException]) -> Downloaded | None:
+        try:
+            d = await download(c, e, target, on_exists=self.settings.on_exists, log=ctx.log, on_bytes=progress.on_bytes)
+        except LocalError as err:  # disk full...: stop the pass, delete nothing
+            ctx.log.error("cannot store %s: %s; stopping this pass", printable(e.path), err)
+            fatal.append(err)
+            progress.file_done(failed=True)
+            return None
+        except TransferError as err:
+            ctx.log.warning("cannot pull %s: %s", printable(e.path), err)
+            errors.append(str(err))
+            progress.file_done(failed=True)
+            return None
+        if d is None:
+            ctx.log.info("%s exists locally (on_exists = \"skip\"): left on the server", target)
+            progress.file_done(skipped=True)
+        return d
+
+    async def _settle(self, ctx: Context, c: RemoteClient | None, mine: list[tuple[str, RemoteEntry, Downloaded]],
+                      ledger: Ledger, progress: Progress, fatal: list[BaseException], *, wait: bool) -> None:
+        """For files now durable under their name: delete the remote copy, or remember it."""
+        s = self.settings
+        left = []
+        for rel, e, d in mine:
+            if not d.done.is_set():
+                if not wait:
+                    left.append((rel, e, d))
+                    continue
+                await d.done.wait()
+            if d.error is not None:
+                ctx.log.error("cannot store %s: %s; stopping this pass", printable(e.path), d.error)
+                fatal.append(d.error)
+                progress.file_done(failed=True)
+                continue
+            if d.result is None:
+                ctx.log.info("%s exists locally (on_exists = \"skip\"): left on the server", d.target)
+                progress.file_done(skipped=True)
+                continue
+            ctx.log.info("pulled %s -> %s (%s bytes)", printable(e.path), d.result, d.size)
+            if s.delete_remote and c is not None and not c.broken:
+                try:
+                    await c.delete(e.path)
+                except TransferError as err:
+                    ctx.log.warning("pulled %s but cannot delete it on the server (%s): remembered, not pulled again",
+                                    printable(e.path), err)
+                    ledger.add(rel, e.size, e.mtime)
+            else:
+                if s.delete_remote:
+                    ctx.log.warning("pulled %s; the session broke before it was deleted: remembered, not pulled again",
+                                    printable(e.path))
+                ledger.add(rel, e.size, e.mtime)
+            progress.file_done()
+        mine[:] = left
+
+
+async def _close(client: RemoteClient) -> None:
+    with anyio.CancelScope(shield=True):
+        await client.aclose()

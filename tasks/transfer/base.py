@@ -1,0 +1,72 @@
+"""The small async client interface every protocol implements."""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from collections.abc import Callable
+from typing import BinaryIO, Literal
+
+EntryType = Literal["file", "dir", "link", "other"]
+OnBytes = Callable[[int], None]
+
+
+@dataclasses.dataclass(frozen=True)
+class RemoteEntry:
+    """One listed remote object. `mtime` is epoch seconds (UTC); `precise` when to the second."""
+
+    name: str
+    path: str
+    type: EntryType
+    size: int | None
+    mtime: float | None
+    precise: bool = True
+
+
+class RemoteClient(abc.ABC):
+    """One logged-in session. Not safe for concurrent use: open one client per parallel worker."""
+
+    broken: bool = False  # the session is unusable (lost, or out of step): reconnect
+    acked_writes: bool = False  # every write is acknowledged (SFTP): no size check needed after upload
+
+    @abc.abstractmethod
+    async def list(self, path: str) -> list[RemoteEntry]:
+        """Entries of directory `path` whose names are safe (others skipped with a warning)."""
+
+    @abc.abstractmethod
+    async def stat(self, path: str) -> RemoteEntry | None:
+        """Size (and time when cheap) of one file, or None when it does not exist."""
+
+    @abc.abstractmethod
+    async def mtime(self, path: str) -> float | None:
+        """Exact modification time of one file (UTC epoch), None when the server cannot tell."""
+
+    @abc.abstractmethod
+    async def download(self, path: str, dest: BinaryIO, offset: int = 0, on_bytes: OnBytes | None = None,
+                       size: int | None = None) -> int:
+        """Write the file from `offset` into `dest`; returns bytes written. `size`: expected, when known."""
+
+    @abc.abstractmethod
+    async def upload(self, src: BinaryIO, path: str, on_bytes: OnBytes | None = None) -> int:
+        """Store `src` (from its current position) as `path`; returns bytes sent."""
+
+    @abc.abstractmethod
+    async def delete(self, path: str) -> None: ...
+
+    @abc.abstractmethod
+    async def rename(self, src: str, dst: str) -> None:
+        """Rename, replacing `dst` if it exists."""
+
+    @abc.abstractmethod
+    async def mkdir(self, path: str) -> None:
+        """Create `path` and its missing parents; an existing folder is fine."""
+
+    @abc.abstractmethod
+    async def aclose(self) -> None:
+        """Log out politely (bounded in time) and close."""
+
+    async def __aenter__(self) -> RemoteClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()

@@ -1,0 +1,56 @@
+"""Transfer errors: messages safe to log and show (secrets scrubbed before raising)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+class TransferError(Exception):
+    """A transfer failed. `permanent` errors are not worth retrying in the same pass."""
+
+    permanent = False
+
+
+class ConnectError(TransferError):
+    """The server could not be reached or the session could not be set up."""
+
+
+class AuthError(ConnectError):
+    """Login refused: retrying with the same password will not help."""
+
+    permanent = True
+
+
+class HostKeyError(ConnectError):
+    """An SFTP host key is unknown or changed."""
+
+    permanent = True
+
+
+class RemoteError(TransferError):
+    """The server refused one operation (no such file, permission denied...)."""
+
+    code: str | None = None  # the FTP reply code, when there is one
+
+
+class NotFound(RemoteError):
+    permanent = True
+
+
+class IntegrityError(TransferError):
+    """A transferred file does not have the expected size."""
+
+
+def scrub(text: str, secrets: Iterable[str]) -> str:
+    """Replace every secret value found in `text` by stars."""
+    for s in sorted((s for s in secrets if s), key=len, reverse=True):
+        text = text.replace(s, "********")
+    return text
+
+
+def first_leaf(eg: BaseExceptionGroup) -> BaseException:
+    """The first non-group exception inside an exception group."""
+    e: BaseException = eg
+    while isinstance(e, BaseExceptionGroup):
+        e = e.exceptions[0]
+    return e

@@ -1,0 +1,521 @@
+"""FTP and FTPS (explicit and implicit) on top of aioftp's command machinery.
+
+aioftp parses replies; the data connections are ours, because aioftp has no
+active mode, no SOCKS and completes the TLS handshake before sending RETR,
+which deadlocks vsftpd (it accepts, replies 150, and only then handshakes).
+Here the handshake runs while the command waits for its 1xx reply, and it
+resumes the control connection's TLS session (vsftpd `require_ssl_reuse`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import socket
+import ssl
+from collections.abc import AsyncIterator, Callable
+from datetime import datetime, timezone
+from typing import BinaryIO
+
+import aioftp
+import anyio
+from aioftp.common import ThrottleStreamIO
+
+from . import tls
+from .base import OnBytes, RemoteClient, RemoteEntry
+from .errors import AuthError, ConnectError, NotFound, RemoteError, TransferError, scrub
+from .listing import parse_listing
+from .proxy import open_socket
+from .settings import ConnectionSettings
+
+MAX_LISTING = 256 * 1024 * 1024
+
+
+class ControlStream(ThrottleStreamIO):
+    """aioftp's control stream without its per-call `wait_for` task (no throttling here)."""
+
+    async def readline(self) -> bytes:
+        async with asyncio.timeout(self.read_timeout):
+            return await self.reader.readline()
+
+    async def write(self, data: bytes) -> None:
+        self.writer.write(data)
+        async with asyncio.timeout(self.write_timeout):
+            await self.writer.drain()
+
+
+class ResumeUnsupported(RemoteError):
+    """The server refused REST: restart the transfer from zero."""
+
+
+def _reply(e: aioftp.StatusCodeError) -> tuple[str, str]:
+    code = str(e.received_codes[-1]) if e.received_codes else "???"
+    text = " ".join(str(i).strip() for i in (e.info if isinstance(e.info, list) else [e.info]) if str(i).strip())
+    return code, text[:300]
+
+
+def _tls_reason(e: BaseException) -> str:
+    if isinstance(e, ssl.SSLCertVerificationError):
+        return f"certificate verify failed: {e.verify_message}"
+    return getattr(e, "reason", None) or str(e) or type(e).__name__
+
+
+def _private(host: str) -> bool:
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return ip.is_unspecified or ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_reserved
+
+
+class FtpClient(RemoteClient):
+    """One FTP/FTPS session (see module doc)."""
+
+    def __init__(self, settings: ConnectionSettings, log: logging.Logger):
+        self.s = settings
+        self.log = log
+        self._ftp = aioftp.Client(socket_timeout=settings.timeout, encoding=settings.encoding)
+        self._ctx: ssl.SSLContext | None = tls.client_context(settings, log) if settings.tls else None
+        proxy = settings.proxy_spec
+        self._gateway = proxy if proxy and proxy.scheme == "ftp" else None
+        self._socks = proxy if proxy and proxy.scheme != "ftp" else None
+        self._ctrl_host = self._gateway.host if self._gateway else settings.host
+        self._ctrl_port = self._gateway.port if self._gateway else settings.port
+        self._features: set[str] = set()
+        self._epsv = True
+        self._mlsd: bool | None = None
+        self._dirs: set[str] = set()
+        self._home = "/"
+        self._data_host = self._ctrl_host  # where EPSV (and a private PASV address) points
+        self.broken = False
+
+    # --- session -----------------------------------------------------------
+
+    @classmethod
+    async def open(cls, settings: ConnectionSettings, log: logging.Logger) -> FtpClient:
+        client = cls(settings, log)
+        try:
+            await client._connect()
+        except BaseException:
+            client._abort()
+            raise
+        return client
+
+    def _secrets(self) -> list[str]:
+        return self.s.secrets()
+
+    def _error(self, cls: type[TransferError], text: str) -> TransferError:
+        return cls(scrub(text, self._secrets()))
+
+    async def _connect(self) -> None:
+        s = self.s
+        sock = await open_socket(self._ctrl_host, self._ctrl_port, proxy=self._socks,
+                                 proxy_password=s.proxy_password.reveal() if s.proxy_password else None,
+                                 timeout=s.timeout)
+        try:
+            with anyio.fail_after(s.timeout):
+                if s.protocol == "ftps-implicit":
+                    reader, writer = await asyncio.open_connection(
+                        sock=sock, ssl=self._ctx, server_hostname=s.host, ssl_handshake_timeout=s.timeout)
+                else:
+                    reader, writer = await asyncio.open_connection(sock=sock)
+        except ssl.SSLError as e:
+            sock.close()
+            raise self._error(ConnectError, f"TLS handshake with {s.host}:{s.port} failed: {_tls_reason(e)}") from None
+        except (OSError, TimeoutError) as e:
+            sock.close()
+            raise self._error(ConnectError, f"cannot connect to {s.host}:{s.port}: {e}") from None
+        self._ftp.server_host, self._ftp.server_port = self._ctrl_host, self._ctrl_port
+        if self._socks is None:  # data connections go to the address already resolved, no lookup each
+            with contextlib.suppress(OSError, IndexError, TypeError):
+                self._data_host = writer.get_extra_info("peername")[0]
+        self._ftp._stream = ControlStream(reader, writer, throttles={"_": self._ftp.throttle}, timeout=s.timeout)
+        await self._cmd(None, "220", "120", what="greeting")
+        if s.protocol == "ftps":
+            await self._cmd("AUTH TLS", "234", what="AUTH TLS")
+            try:
+                with anyio.fail_after(s.timeout):
+                    await writer.start_tls(self._ctx, server_hostname=s.host)  # type: ignore[arg-type]
+            except (ssl.SSLError, OSError, TimeoutError) as e:
+                raise self._error(ConnectError, f"TLS handshake with {s.host}:{s.port} failed: {_tls_reason(e)}") from None
+        await self._login()
+        if s.tls:
+            await self._cmd("PBSZ 0", "200", what="PBSZ")
+            await self._cmd("PROT P", "200", what="PROT P")
+        await self._feat()
+        if "UTF8" in self._features and s.encoding.lower().replace("-", "") == "utf8":
+            with contextlib.suppress(RemoteError):
+                await self._cmd("OPTS UTF8 ON", "2xx", what="OPTS")
+        await self._cmd("TYPE I", "200", what="TYPE")
+        with contextlib.suppress(RemoteError):
+            _, info = await self._cmd("PWD", "257", what="PWD")
+            self._home = aioftp.Client.parse_directory_response(info[-1]).as_posix()
+        self.log.debug("connected to %s", s.describe())
+
+    async def _login(self) -> None:
+        s = self.s
+        user = s.user
+        if self._gateway:  # Phraseanet's gateway: USER user@host, then ACCT with the proxy password
+            user = f"{s.user}@{s.host}" + (f":{s.port}" if s.port != 21 else "")
+        acct = s.proxy_password.reveal() if (self._gateway and s.proxy_password) else ""
+        try:
+            code, info = await self._ftp.command("USER " + user, ("230", "33x"))
+            sent_acct = False
+            while code.matches("33x"):
+                if code == "331":
+                    code, info = await self._ftp.command("PASS " + s.secret_password(), ("230", "202", "33x"), censor_after=5)
+                elif code == "332":
+                    code, info = await self._ftp.command("ACCT " + acct, ("230", "202", "33x"), censor_after=5)
+                    sent_acct = True
+                else:
+                    raise self._error(AuthError, f"login to {s.host} failed: unexpected reply {code}")
+            if acct and not sent_acct:
+                code, info = await self._ftp.command("ACCT " + acct, censor_after=5, expected_codes=("2xx", "5xx"))
+                if code.matches("5xx") and not code.matches("500") and not code.matches("502"):
+                    raise self._error(AuthError, f"FTP gateway {self._ctrl_host} refused the proxy password: {code}")
+        except aioftp.StatusCodeError as e:
+            code, text = _reply(e)
+            raise self._error(AuthError, f"login to {s.host} as {s.user} refused: {code} {text}") from None
+        except (OSError, TimeoutError, ValueError) as e:
+            self.broken = True
+            raise self._error(ConnectError, f"connection to {s.host} lost during login: {e or type(e).__name__}") from None
+
+    async def _feat(self) -> None:
+        try:
+            _, info = await self._ftp.command("FEAT", "2xx")
+        except aioftp.StatusCodeError:
+            return
+        for line in info[1:]:
+            word = line.strip().split(" ", 1)[0].upper()
+            if word:
+                self._features.add(word)
+                if word == "REST" and "STREAM" in line.upper():
+                    self._features.add("REST STREAM")
+        self._mlsd = "MLST" in self._features
+
+    async def _cmd(self, line: str | None, expected: str | tuple[str, ...] = (), wait: str | tuple[str, ...] = (),
+                   *, what: str = "", not_found: bool = False) -> tuple[aioftp.Code, list[str]]:
+        """One command; server refusals become RemoteError, lost connections ConnectError (broken)."""
+        try:
+            result = await self._ftp.command(line, expected, wait)
+            assert result is not None
+            return result
+        except aioftp.StatusCodeError as e:
+            code, text = _reply(e)
+            cls = NotFound if (not_found and code in ("550", "450")) else RemoteError
+            err = self._error(cls, f"{what or (line or '').split(' ')[0]}: {code} {text}")
+            err.code = code  # type: ignore[attr-defined]
+            raise err from None
+        except (OSError, TimeoutError, ValueError, EOFError, aioftp.AIOFTPException) as e:
+            self.broken = True
+            raise self._error(ConnectError, f"{what or 'connection'}: connection to {self.s.host} lost ({e or type(e).__name__})") from None
+
+    def _abort(self) -> None:
+        self.broken = True
+        with contextlib.suppress(Exception):
+            self._ftp.close()
+
+    async def aclose(self) -> None:
+        if not self.broken and self._ftp._stream is not None:
+            with anyio.move_on_after(min(self.s.timeout, 5)), contextlib.suppress(TransferError):
+                await self._cmd("QUIT", "2xx")
+        self._abort()
+
+    # --- data connections --------------------------------------------------
+
+    async def _passive_address(self) -> tuple[str, int]:
+        if self._epsv:
+            try:
+                _, info = await self._cmd("EPSV", "229")
+                return self._data_host, aioftp.Client.parse_epsv_response(info[-1])[1]
+            except RemoteError as e:
+                if self.broken:
+                    raise
+                self.log.debug("EPSV refused (%s), using PASV", e)
+                self._epsv = False
+        _, info = await self._cmd("PASV", "227")
+        try:
+            host, port = aioftp.Client.parse_pasv_response(info[-1])
+        except (ValueError, IndexError):
+            self.broken = True
+            raise self._error(RemoteError, f"PASV: cannot parse reply {info[-1][:100]!r}") from None
+        if _private(host) and host != self._data_host:
+            self.log.debug("PASV address %s replaced by the control host %s", host, self._data_host)
+            host = self._data_host
+        return host, port
+
+    def _control_socket(self) -> socket.socket:
+        return self._ftp.stream.writer.get_extra_info("socket")
+
+    async def _active_listener(self) -> socket.socket:
+        """Listen beside the control connection and announce it with PORT (IPv4) or EPRT (IPv6)."""
+        local = self._control_socket().getsockname()[0]
+        family = socket.AF_INET6 if ":" in local else socket.AF_INET
+        lsock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            lsock.bind((local, 0))
+            lsock.listen(1)
+            lsock.setblocking(False)
+            port = lsock.getsockname()[1]
+            announced = self.s.active_address or local
+            if ":" in announced:
+                await self._cmd(f"EPRT |2|{announced}|{port}|", "200", what="EPRT")
+            else:
+                await self._cmd("PORT " + ",".join(announced.split(".") + [str(port >> 8), str(port & 255)]), "200", what="PORT")
+        except BaseException:
+            lsock.close()
+            raise
+        return lsock
+
+    async def _accept(self, lsock: socket.socket) -> socket.socket:
+        loop = asyncio.get_running_loop()
+        peer = self._control_socket().getpeername()[0]
+        while True:
+            conn, addr = await loop.sock_accept(lsock)
+            if addr[0] == peer:
+                conn.setblocking(False)
+                return conn
+            self.log.warning("refusing an active data connection from %s (server is %s)", addr[0], peer)
+            conn.close()
+
+    @contextlib.asynccontextmanager
+    async def _data(self, command: str, offset: int = 0, *, not_found: bool = False) -> AsyncIterator[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
+        """A data connection carrying `command`; on clean exit the 226 is read."""
+        if self.broken:
+            raise ConnectError("connection is broken")
+        s = self.s
+        what = command.split(" ", 1)[0]
+        lsock: socket.socket | None = None
+        sock: socket.socket | None = None
+        if s.passive:
+            host, port = await self._passive_address()
+            sock = await open_socket(host, port, proxy=self._socks, timeout=s.timeout,
+                                     proxy_password=s.proxy_password.reveal() if s.proxy_password else None)
+        else:
+            lsock = await self._active_listener()
+        streams: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+        failure: list[BaseException] = []
+        try:
+            if offset:
+                try:
+                    await self._cmd(f"REST {offset}", "350", what="REST")
+                except RemoteError:
+                    if self.broken:
+                        raise
+                    raise ResumeUnsupported(f"{s.host} does not resume transfers (REST refused)") from None
+            data_ctx = tls.data_context(self._ctx, self._ftp.stream.writer.get_extra_info("ssl_object")) if self._ctx else None
+
+            async def establish(on_failure: Callable[[], None]) -> None:
+                nonlocal sock
+                try:
+                    with anyio.fail_after(s.timeout):
+                        if lsock is not None:
+                            sock = await self._accept(lsock)
+                        limit = max(4 * s.block_size, 2**16)
+                        reader, writer = await asyncio.open_connection(sock=sock, limit=limit)
+                        sock = None  # owned by the transport now
+                        streams.append((reader, writer))
+                        writer.transport.set_write_buffer_limits(high=limit)
+                        if data_ctx is not None:
+                            await writer.start_tls(data_ctx, server_hostname=s.host)  # type: ignore[arg-type]
+                except Exception as e:  # reported after the group, not as an ExceptionGroup
+                    failure.append(e)
+                    on_failure()
+
+            if lsock is None and data_ctx is None:  # plain passive: nothing to wait for, no task needed
+                await establish(lambda: None)
+                if not failure:
+                    await self._cmd(command, "1xx", what=what, not_found=not_found)
+            else:  # the handshake (or accept) runs while the command waits for its 1xx
+                refused: list[TransferError] = []
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(establish, tg.cancel_scope.cancel)
+                    try:
+                        await self._cmd(command, "1xx", what=what, not_found=not_found)
+                    except TransferError as e:  # 550...: the data connection is not wanted any more
+                        refused.append(e)
+                        tg.cancel_scope.cancel()
+                if refused:
+                    raise refused[0]
+            if failure:
+                e = failure[0]
+                self.broken = True
+                if isinstance(e, TimeoutError):
+                    raise self._error(ConnectError, f"{what}: data connection timed out ({'passive' if s.passive else 'active'} mode)")
+                raise self._error(ConnectError, f"{what}: data connection failed: {_tls_reason(e)}")
+            if not streams:  # pragma: no cover - cancelled from outside
+                raise ConnectError(f"{what}: no data connection")
+            reader, writer = streams[0]
+            try:
+                yield reader, writer
+            except BaseException:
+                self.broken = True
+                raise
+            await self._close_data(writer)
+            await self._cmd(None, "2xx", "1xx", what=what)
+        finally:
+            if lsock is not None:
+                lsock.close()
+            if sock is not None:
+                sock.close()
+            for _, w in streams:
+                if not w.is_closing():
+                    w.transport.abort()
+
+    async def _close_data(self, writer: asyncio.StreamWriter) -> None:
+        writer.close()
+        with anyio.move_on_after(self.s.timeout), contextlib.suppress(OSError, ssl.SSLError):
+            await writer.wait_closed()
+
+    # --- operations ----------------------------------------------------------
+
+    async def list(self, path: str) -> list[RemoteEntry]:
+        data = b""
+        mlsd = self._mlsd is not False
+        if mlsd:
+            try:
+                data = await self._read_all(f"MLSD {path}")
+            except RemoteError as e:
+                if self.broken:
+                    raise
+                if e.code not in ("500", "502", "504"):
+                    raise NotFound(f"{path}: no such remote folder ({e})") if e.code in ("501", "550", "450") else e from None
+                self._mlsd = mlsd = False
+        if not mlsd:
+            try:
+                data = await self._read_all(f"LIST {path}")
+            except NotFound as e:
+                raise NotFound(f"{path}: no such remote folder ({e})") from None
+        return parse_listing(data, path, mlsd=mlsd, encoding=self.s.encoding, zone=self.s.zone, log=self.log)
+
+    async def _read_all(self, command: str) -> bytes:
+        chunks = bytearray()
+        async with self._data(command, not_found=True) as (reader, _):
+            while True:
+                with anyio.fail_after(self.s.timeout):
+                    chunk = await reader.read(1 << 20)
+                if not chunk:
+                    break
+                chunks += chunk
+                if len(chunks) > MAX_LISTING:
+                    raise self._error(RemoteError, f"{command.split(' ')[0]}: listing larger than {MAX_LISTING} bytes")
+        return bytes(chunks)
+
+    async def stat(self, path: str) -> RemoteEntry | None:
+        name = path.rstrip("/").rsplit("/", 1)[-1]
+        try:
+            _, info = await self._cmd(f"SIZE {path}", "213", what="SIZE", not_found=True)
+        except NotFound:
+            return None
+        except RemoteError:
+            if self.broken:
+                raise
+            parent = path.rsplit("/", 1)[0] if "/" in path else "."
+            for e in await self.list(parent or "/"):
+                if e.name == name:
+                    return e
+            return None
+        try:
+            size = int(info[-1].strip().split()[-1])
+        except (ValueError, IndexError):
+            raise self._error(RemoteError, f"SIZE: cannot parse reply {info[-1][:60]!r}") from None
+        return RemoteEntry(name, path, "file", size, None, False)
+
+    async def mtime(self, path: str) -> float | None:
+        if self._features and "MDTM" not in self._features:
+            return None
+        try:
+            _, info = await self._cmd(f"MDTM {path}", "213", what="MDTM", not_found=True)
+            stamp = info[-1].strip().split()[-1]
+            main, _, frac = stamp.partition(".")
+            d = datetime.strptime(main, "%Y%m%d%H%M%S").replace(tzinfo=timezone.utc)
+            return d.timestamp() + (float("0." + frac) if frac.isdigit() else 0.0)
+        except (NotFound, ValueError, IndexError):
+            return None
+        except RemoteError:
+            if self.broken:
+                raise
+            return None
+
+    async def download(self, path: str, dest: BinaryIO, offset: int = 0, on_bytes: OnBytes | None = None,
+                       size: int | None = None) -> int:
+        if offset and self._features and "REST STREAM" not in self._features:
+            raise ResumeUnsupported(f"{self.s.host} does not announce REST STREAM")
+        n = 0
+        block = self.s.block_size
+        timeout = self.s.timeout
+        async with self._data(f"RETR {path}", offset, not_found=True) as (reader, _):
+            while True:
+                with anyio.fail_after(timeout):
+                    chunk = await reader.read(block)
+                if not chunk:
+                    break
+                dest.write(chunk)
+                n += len(chunk)
+                if on_bytes:
+                    on_bytes(len(chunk))
+        return n
+
+    async def upload(self, src: BinaryIO, path: str, on_bytes: OnBytes | None = None) -> int:
+        n = 0
+        block = self.s.block_size
+        timeout = self.s.timeout
+        async with self._data(f"STOR {path}") as (_, writer):
+            while True:
+                chunk = src.read(block)
+                if not chunk:
+                    break
+                writer.write(chunk)
+                with anyio.fail_after(timeout):
+                    await writer.drain()
+                n += len(chunk)
+                if on_bytes:
+                    on_bytes(len(chunk))
+        return n
+
+    async def delete(self, path: str) -> None:
+        await self._cmd(f"DELE {path}", "2xx", what="DELE", not_found=True)
+
+    async def rename(self, src: str, dst: str) -> None:
+        try:
+            await self._cmd(f"RNFR {src}", "350", what="RNFR", not_found=True)
+            await self._cmd(f"RNTO {dst}", "2xx", what="RNTO")
+        except NotFound:
+            raise
+        except RemoteError:
+            if self.broken or await self.stat(dst) is None:
+                raise
+            await self.delete(dst)  # servers that refuse to replace: delete, then rename
+            await self._cmd(f"RNFR {src}", "350", what="RNFR", not_found=True)
+            await self._cmd(f"RNTO {dst}", "2xx", what="RNTO")
+
+    async def mkdir(self, path: str) -> None:
+        path = path.rstrip("/") or "/"
+        if path in self._dirs or path in ("/", ".", ""):
+            return
+        try:
+            await self._cmd(f"MKD {path}", "257", what="MKD")
+        except RemoteError:
+            if self.broken:
+                raise
+            if await self._is_dir(path):
+                self._dirs.add(path)
+                return
+            parent = path.rsplit("/", 1)[0] if "/" in path else ""
+            if not parent or parent == path:
+                raise
+            await self.mkdir(parent)
+            await self._cmd(f"MKD {path}", "257", what="MKD")
+        self._dirs.add(path)
+
+    async def _is_dir(self, path: str) -> bool:
+        try:
+            await self._cmd(f"CWD {path}", "2xx", what="CWD")
+        except RemoteError:
+            if self.broken:
+                raise
+            return False
+        await self._cmd(f"CWD {self._home}", "2xx", what="CWD")
+        return True

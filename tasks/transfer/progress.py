@@ -1,0 +1,65 @@
+"""Progress of a pass: files for `ctx.progress`, bytes and rate for `ctx.set_info` (throttled)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+
+def human(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n) < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GB"  # pragma: no cover
+
+
+class Progress:
+    def __init__(self, ctx: Any, files_total: int, bytes_total: int | None, every: float = 0.25):
+        self.ctx = ctx
+        self.files_total = files_total
+        self.bytes_total = bytes_total
+        self.files_done = 0
+        self.failed = 0
+        self.skipped = 0
+        self.bytes_done = 0
+        self.start = time.monotonic()
+        self.every = every
+        self._last = 0.0
+        self._publish(force=True)
+
+    def on_bytes(self, n: int) -> None:
+        self.bytes_done += n
+        self._publish()
+
+    def file_done(self, *, failed: bool = False, skipped: bool = False) -> None:
+        self.files_done += 1
+        self.failed += failed
+        self.skipped += skipped
+        self._publish(force=True)
+
+    @property
+    def rate(self) -> float:
+        elapsed = time.monotonic() - self.start
+        return self.bytes_done / elapsed if elapsed > 0 else 0.0
+
+    def _publish(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last < self.every:
+            return
+        self._last = now
+        self.ctx.progress(self.files_done, self.files_total)
+        self.ctx.set_info(bytes_done=self.bytes_done, bytes_total=self.bytes_total, bytes_per_second=round(self.rate))
+
+    def clear(self) -> None:
+        self.ctx.set_info(bytes_done=None, bytes_total=None, bytes_per_second=None)
+
+    def summary(self, verb: str) -> str:
+        elapsed = time.monotonic() - self.start
+        ok = self.files_done - self.failed - self.skipped
+        text = f"{verb} {ok} file{'s' if ok != 1 else ''} ({human(self.bytes_done)}) in {elapsed:.1f}s, {human(self.rate)}/s"
+        if self.skipped:
+            text += f", {self.skipped} skipped"
+        if self.failed:
+            text += f", {self.failed} failed"
+        return text

@@ -1,0 +1,56 @@
+"""Upload one local file safely: temp remote name, size check, rename."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from pathlib import Path
+
+from .base import OnBytes, RemoteClient
+from .errors import IntegrityError, RemoteError, TransferError
+from .names import join, unsafe_reason
+
+
+def temp_name(name: str) -> str:
+    return f".{name}.part"
+
+
+async def send(
+    client: RemoteClient,
+    src: Path,
+    remote_dir: str,
+    name: str | None = None,
+    *,
+    log: logging.Logger,
+    on_bytes: OnBytes | None = None,
+) -> str:
+    """Upload `src` as `remote_dir/name` via a temp name; returns the final remote path."""
+    name = name or src.name
+    reason = unsafe_reason(name)
+    if reason is not None:
+        raise RemoteError(f"refusing to upload under the name {name!r}: {reason}")
+    await client.mkdir(remote_dir)
+    tmp, final = join(remote_dir, temp_name(name)), join(remote_dir, name)
+    try:
+        with open(src, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            sent = await client.upload(f, tmp, on_bytes)
+    except OSError as e:
+        raise TransferError(f"cannot read {src}: {e.strerror or e}") from None
+    except Exception:
+        if not client.broken:
+            with contextlib.suppress(TransferError):
+                await client.delete(tmp)
+        raise
+    # FTP: a cut data connection can look like a complete upload to the server, so ask
+    # for the size; SFTP acknowledged every write already
+    st = None if client.acked_writes and sent == size else await client.stat(tmp)
+    if sent != size or (st is not None and st.size is not None and st.size != size):
+        with contextlib.suppress(TransferError):
+            await client.delete(tmp)
+        got = st.size if st is not None else sent
+        raise IntegrityError(f"{final}: remote size {got}, local size {size}")
+    await client.rename(tmp, final)
+    log.debug("sent %s to %s (%d bytes)", src, final, size)
+    return final
