@@ -20,13 +20,24 @@ from .tasklock import TaskLock
 BUSY = 3
 
 
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TB"
+
+
 class ProgressBar:
-    """A one-line bar on stderr: `[#####.....]  50/100`."""
+    """A one-line bar on stderr: `[#####.....] 50/100  12.0 MB/40.0 MB  3.1 MB/s`.
+
+    Byte figures come from the task's info (`bytes_done`, `bytes_total`, `bytes_per_second`)."""
 
     def __init__(self, stream: Any = sys.stderr, width: int = 30):
         self.stream = stream
         self.width = width
         self.shown = False
+        self.info: dict[str, Any] = {}
 
     def __call__(self, done: int, total: int | None) -> None:
         if total:
@@ -34,7 +45,13 @@ class ProgressBar:
             text = f"\r[{'#' * filled}{'.' * (self.width - filled)}] {done}/{total}"
         else:
             text = f"\r{done} done"
-        self.stream.write(text)
+        if self.info.get("bytes_done") is not None:
+            text += f"  {human_bytes(self.info['bytes_done'])}"
+            if self.info.get("bytes_total"):
+                text += f"/{human_bytes(self.info['bytes_total'])}"
+        if self.info.get("bytes_per_second"):
+            text += f"  {human_bytes(self.info['bytes_per_second'])}/s"
+        self.stream.write(text + "\x1b[K")
         self.stream.flush()
         self.shown = True
 
@@ -64,6 +81,8 @@ def run_one(config: Any, name: str, *, progress: bool = False) -> int:
     use_registry(ChildRegistry(sch.state_dir / "children"))
     task = task_type(tc.type)(tc.settings)
     ctx = TaskContext(name, tc.settings, log, config, state_dir, store, on_progress=bar)
+    if bar:
+        bar.info = ctx.info
     started = time.time()
     outcome, error, summary = "ok", None, None
 
@@ -80,6 +99,7 @@ def run_one(config: Any, name: str, *, progress: bool = False) -> int:
         result = anyio.run(once)
         summary = None if result is None else str(result)
         log.info("one-shot iteration ok%s", f": {summary}" if summary else "")
+        print(f"{name}: ok{': ' + summary if summary else ''}")
     except TimeoutError:
         outcome, error = "timeout", f"iteration timed out after {tc.timeout:g}s"
         log.error("%s", error)
