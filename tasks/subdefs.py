@@ -1,0 +1,202 @@
+"""Task type `subdefs`: thumbnails and previews for the records of one databox.
+
+Each pass takes up to `batch` records that have no sub-definitions yet, or whose
+document changed since, and builds the sub-definitions declared for their media
+class (`[databoxes.NAME.subdefs.*]`). It also runs at once on `record.created`.
+
+- A video or PDF record with no declarations of its own class gets the image
+  class's still-format ones (a video's thumbnail is a frame, a PDF's is page 1).
+- Files go to `<storage>/subdefs/<name>/<document path>.<ext>`, written atomically;
+  the record gets them, their sizes and `status_bit` in one transaction.
+- A broken document marks its record in error once (until the document changes).
+- A missing tool (ffmpeg, pdftoppm) is a state of the host: the record is left
+  for later, reported in the task info, and does not hold up the others.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Annotated, Any, ClassVar
+
+import anyio
+
+from schedulerd import settings as s
+from schedulerd.plugin import Context, TaskType
+from tasks.media import Made, MediaError, Spec, ToolNotFound, as_specs, classify, make_subdefs
+from tasks.media.maker import check_spec, extension
+from tasks.media.tools import PACKAGES
+
+SUBDEF_DIR = "subdefs"
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    databox: str
+    batch: Annotated[int, s.int_range(1, 10000)] = 50
+    status_bit: Annotated[int, s.int_range(0, 31)] | None = None  # set once a record's sub-definitions are built
+    workers: Annotated[int, s.int_range(0, 256)] = 0  # records built at once; 0: one per CPU
+    tool_timeout: Annotated[float, s.positive_duration] = 300.0  # per ffmpeg / pdftoppm run
+
+    def check(self) -> None:
+        if not self.databox:
+            raise ValueError("databox: expected a databox name")
+
+    @property
+    def concurrency(self) -> int:
+        return self.workers or os.cpu_count() or 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+    """What happened to one record."""
+
+    record_id: int
+    built: tuple[tuple[str, Made], ...] = ()
+    error: str | None = None  # the document is broken or unsupported: record marked
+    waiting: str | None = None  # a tool is missing: record left for later
+
+
+def specs_for(specs: Sequence[Spec], media_class: str | None) -> list[Spec]:
+    """The declarations a record of `media_class` gets (see the module docstring)."""
+    own = [sp for sp in specs if sp.media_class == media_class]
+    if own or media_class not in ("video", "document"):
+        return own
+    return [dataclasses.replace(sp, media_class=media_class) for sp in specs
+            if sp.media_class == "image" and sp.format != "mp4"]
+
+
+def subdef_path(storage: Path, document: str, spec: Spec) -> Path:
+    """`storage/subdefs/thumbnail/2024/05/01/<token>.jpg` for document `2024/05/01/<token>.tif`."""
+    rel = Path(document)
+    return storage / SUBDEF_DIR / spec.name / rel.parent / (rel.stem + extension(spec))
+
+
+def task_settings_for(config: Any, databox: str) -> Settings | None:
+    """The settings of the first `subdefs` task of `databox` (for the CLI's one-off builds)."""
+    for tc in (getattr(config, "tasks", None) or {}).values():
+        if tc.type == SubdefsTask.type_name and tc.settings.databox == databox:
+            return tc.settings
+    return None
+
+
+async def build_record(db: Any, record: Any, specs: Sequence[Spec], *, timeout: float,
+                       status_bit: int | None = None, log: Any = None) -> Outcome:
+    """Build one record's sub-definitions and register them (or its error) in the databox."""
+    from schedulerd.databox import StatusMask
+
+    if record.document_path is None:
+        return Outcome(record.id, error="record has no document")
+    media_class = classify(record.document_path, record.mime)
+    chosen = specs_for(specs, media_class)
+    if not chosen:
+        what = f"{media_class} documents" if media_class else f"documents of type {record.mime or 'unknown'}"
+        return await _mark(db, record, f"no sub-definitions are declared for {what}", log)
+    jobs = [(sp, subdef_path(db.store.root, record.document, sp)) for sp in chosen]
+    try:
+        made = await make_subdefs(record.document_path, media_class or "", jobs, timeout=timeout)
+    except ToolNotFound as e:
+        return Outcome(record.id, waiting=str(e))
+    except MediaError as e:
+        return await _mark(db, record, str(e), log)
+
+    def register() -> None:
+        with db.transaction():
+            for spec, m in made:
+                db.set_subdef(record.id, spec.name, m.path, m.width, m.height, m.bytes, doc_version=record.doc_version)
+            if status_bit is not None:
+                db.set_status(record.id, StatusMask(1 << status_bit, 1 << status_bit))
+
+    await anyio.to_thread.run_sync(register)
+    return Outcome(record.id, built=tuple((spec.name, m) for spec, m in made))
+
+
+async def _mark(db: Any, record: Any, message: str, log: Any) -> Outcome:
+    if log is not None:
+        log.warning("record %s: %s", record.id, message)
+    await anyio.to_thread.run_sync(lambda: db.mark_subdef_error(record.id, message, doc_version=record.doc_version))
+    return Outcome(record.id, error=message)
+
+
+class SubdefsTask(TaskType):
+    """Builds sub-definitions of new and changed records of one databox."""
+
+    type_name: ClassVar[str] = "subdefs"
+    Settings: ClassVar[type] = Settings
+    wake_on: ClassVar[tuple[str, ...]] = ("record.created",)
+    default_period: ClassVar[float] = 30.0
+
+    def __init__(self, settings: Settings):
+        super().__init__(settings)
+        # record id -> the missing tool's message; such records are skipped until the tool appears
+        self._waiting: dict[int, str] = {}
+
+    def check(self, config: Any) -> None:
+        boxes = getattr(config, "databoxes", None) or {}
+        if self.settings.databox not in boxes:
+            raise ValueError(f"databox: unknown databox {self.settings.databox!r} (known: {', '.join(boxes) or 'none'})")
+        for spec in as_specs(boxes[self.settings.databox].subdefs):
+            try:
+                check_spec(spec)
+            except ValueError as e:
+                raise ValueError(f"databoxes.{self.settings.databox}.subdefs.{e}") from None
+
+    def _tools_back(self) -> None:
+        """Forget waiting records whose tool is now installed."""
+        missing = {tool for tool in PACKAGES if shutil.which(tool) is None}
+        self._waiting = {rid: msg for rid, msg in self._waiting.items() if msg.split(" ", 1)[0] in missing}
+
+    async def run_once(self, ctx: Context) -> str | None:
+        from schedulerd.databox import DataboxMissing, open_databox
+
+        st: Settings = self.settings
+        box = ctx.config.databoxes[st.databox]
+        specs = as_specs(box.subdefs)
+        try:
+            db = await anyio.to_thread.run_sync(lambda: open_databox(box, create=False))
+        except DataboxMissing as e:
+            ctx.log.warning("%s", e)
+            return f"databox {st.databox} does not exist yet"
+        try:
+            self._tools_back()
+            found = await anyio.to_thread.run_sync(db.records_needing_subdefs, st.batch + len(self._waiting))
+            records = [r for r in found if r.id not in self._waiting][: st.batch]
+            outcomes: list[Outcome] = []
+            ctx.progress(0, len(records))
+            limiter = anyio.CapacityLimiter(st.concurrency)
+
+            async def one(record: Any) -> None:
+                async with limiter:
+                    outcome = await build_record(db, record, specs, timeout=st.tool_timeout,
+                                                 status_bit=st.status_bit, log=ctx.log)
+                outcomes.append(outcome)
+                if outcome.waiting:
+                    ctx.log.warning("record %s left for later: %s", record.id, outcome.waiting)
+                    self._waiting[record.id] = outcome.waiting
+                ctx.progress(len(outcomes), len(records))
+
+            async with anyio.create_task_group() as tg:
+                for record in records:
+                    tg.start_soon(one, record)
+        finally:
+            await anyio.to_thread.run_sync(db.close)
+        return self._summarise(ctx, outcomes)
+
+    def _summarise(self, ctx: Context, outcomes: list[Outcome]) -> str:
+        tools = sorted({m.split(" ", 1)[0] for m in self._waiting.values()})
+        ctx.set_info(missing_tools=", ".join(f"{t} not found" for t in tools) or None,
+                     waiting_records=len(self._waiting) or None)
+        if not outcomes:
+            return "nothing to do" + (f" ({len(self._waiting)} records wait for {', '.join(tools)})" if tools else "")
+        built = sum(len(o.built) for o in outcomes)
+        done = sum(1 for o in outcomes if o.built)
+        errors = sum(1 for o in outcomes if o.error)
+        text = f"{done} records: {built} sub-definitions built"
+        if errors:
+            text += f", {errors} in error"
+        if self._waiting:
+            text += f", {len(self._waiting)} waiting for {', '.join(tools)}"
+        return text

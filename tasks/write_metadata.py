@@ -1,0 +1,215 @@
+"""Task type `write_metadata`: put records' fields into their files with exiftool.
+
+Runs for records whose fields changed since the last write (`metadata_dirty`, set
+by `record:set-field` and workflows). A pass with work starts one `exiftool
+-stay_open` child and sends it every file of the batch, so a batch costs one
+process, not one per file.
+
+- `fields` maps a databox field to one or more tags (`Title = "XMP-dc:Title"`,
+  `Caption = ["IPTC:Caption-Abstract", "XMP-dc:Description"]`); a field the record
+  lacks removes its tags. `id_tag` receives the record id.
+- With `subdefs` (true, or a list of names) the sub-definitions get them too.
+- exiftool writes a temporary and renames it over the file; the write is then
+  checked: no temporary left behind, and the record id read back from the file.
+  The record's size and checksum are updated and its flag cleared, unless a field
+  changed meanwhile (then the next pass writes again).
+- A file exiftool refuses is logged once and skipped until the record changes again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import types
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, ClassVar
+
+import anyio
+
+from schedulerd import settings as s
+from schedulerd.plugin import Context, TaskType
+from tasks.media import MediaError
+from tasks.media.exiftool import ExifTool, check_tag
+
+DEFAULT_ID_TAG = "XMP-dc:Identifier"
+
+
+def _no_fields() -> Mapping[str, str | tuple[str, ...]]:
+    return types.MappingProxyType({})
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    databox: str
+    fields: Mapping[str, str | tuple[str, ...]] = dataclasses.field(default_factory=_no_fields)
+    id_tag: str | None = DEFAULT_ID_TAG  # the record id goes there; "" or none: not written
+    subdefs: bool | tuple[str, ...] = False  # also write into sub-definitions (all, or these names)
+    separator: str | None = None  # split values into list-type tags (exiftool -sep), e.g. ";"
+    batch: Annotated[int, s.int_range(1, 10000)] = 100
+    request_timeout: Annotated[float, s.positive_duration] = 60.0  # per exiftool request
+    exiftool: str = "exiftool"
+
+    def check(self) -> None:
+        if not self.databox:
+            raise ValueError("databox: expected a databox name")
+        seen: dict[str, str] = {}
+        for field, tags in self.fields.items():
+            for tag in self.tags_of(field):
+                try:
+                    check_tag(tag)
+                except ValueError as e:
+                    raise ValueError(f"fields.{field}: {e}") from None
+                if tag.lower() in seen:
+                    raise ValueError(f"fields.{field}: tag {tag} is also written by field {seen[tag.lower()]}")
+                seen[tag.lower()] = field
+            if not tags:
+                raise ValueError(f"fields.{field}: expected a tag like \"XMP-dc:Title\" or a list of tags")
+        if self.id_tag:
+            try:
+                check_tag(self.id_tag)
+            except ValueError as e:
+                raise ValueError(f"id_tag: {e}") from None
+            if self.id_tag.lower() in seen:
+                raise ValueError(f"id_tag: {self.id_tag} is also written by field {seen[self.id_tag.lower()]}")
+        if not self.fields and not self.id_tag:
+            raise ValueError("fields: nothing to write (no fields and no id_tag)")
+        if self.separator == "":
+            raise ValueError("separator: expected a non-empty string like \";\"")
+
+    def tags_of(self, field: str) -> tuple[str, ...]:
+        tags = self.fields[field]
+        return (tags,) if isinstance(tags, str) else tuple(tags)
+
+    def tags_for(self, record: Any) -> dict[str, str | None]:
+        """Tag -> value for one record; None deletes the tag (the record lacks the field)."""
+        out: dict[str, str | None] = {}
+        for field in self.fields:
+            value = record.fields.get(field)
+            for tag in self.tags_of(field):
+                out[tag] = value if value not in (None, "") else None
+        if self.id_tag:
+            out[self.id_tag] = str(record.id)
+        return out
+
+
+class WriteFailed(MediaError):
+    pass
+
+
+def _sha256(path: Path) -> tuple[int, str]:
+    h = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+            size += len(chunk)
+    return size, h.hexdigest()
+
+
+class WriteMetadataTask(TaskType):
+    """Writes changed records' fields into their documents (and sub-definitions)."""
+
+    type_name: ClassVar[str] = "write_metadata"
+    Settings: ClassVar[type] = Settings
+    default_period: ClassVar[float] = 60.0
+
+    def __init__(self, settings: Settings):
+        super().__init__(settings)
+        # record id -> its metadata_dirty when the write failed: skipped until that changes
+        self._failed: dict[int, int] = {}
+
+    def check(self, config: Any) -> None:
+        st: Settings = self.settings
+        boxes = getattr(config, "databoxes", None) or {}
+        if st.databox not in boxes:
+            raise ValueError(f"databox: unknown databox {st.databox!r} (known: {', '.join(boxes) or 'none'})")
+        box = boxes[st.databox]
+        declared = getattr(box, "fields", None) or {}
+        for field in st.fields:
+            if declared and field not in declared:
+                raise ValueError(f"fields.{field}: not a field of databox {st.databox} (known: {', '.join(declared)})")
+        if isinstance(st.subdefs, tuple):
+            for name in st.subdefs:
+                if name not in box.subdefs:
+                    raise ValueError(f"subdefs: {name!r} is not a sub-definition of databox {st.databox} "
+                                     f"(known: {', '.join(box.subdefs)})")
+
+    async def run_once(self, ctx: Context) -> str | None:
+        from schedulerd.databox import DataboxMissing, open_databox
+
+        st: Settings = self.settings
+        box = ctx.config.databoxes[st.databox]
+        try:
+            db = await anyio.to_thread.run_sync(lambda: open_databox(box, create=False))
+        except DataboxMissing as e:
+            ctx.log.warning("%s", e)
+            return f"databox {st.databox} does not exist yet"
+        try:
+            found = await anyio.to_thread.run_sync(db.records_with_dirty_metadata, st.batch + len(self._failed))
+            live = {r.id for r in found}
+            self._failed = {rid: seen for rid, seen in self._failed.items() if rid in live}
+            records = [r for r in found if self._failed.get(r.id) != r.metadata_dirty][: st.batch]
+            if not records:
+                return "nothing to do" + (f" ({len(self._failed)} records failed)" if self._failed else "")
+            written = files = 0
+            ctx.progress(0, len(records))
+            async with ExifTool(st.exiftool, timeout=st.request_timeout, log=ctx.log) as et:
+                ctx.set_info(exiftool_pid=et.pid)
+                for i, record in enumerate(records):
+                    try:
+                        files += await self._write_record(et, db, record)
+                        written += 1
+                        self._failed.pop(record.id, None)
+                    except MediaError as e:  # ExifToolError, timeouts, WriteFailed
+                        ctx.log.warning("record %s: metadata not written: %s", record.id, e)
+                        self._failed[record.id] = record.metadata_dirty
+                    ctx.progress(i + 1, len(records))
+            ctx.set_info(exiftool_pid=None, failed_records=len(self._failed) or None)
+        finally:
+            await anyio.to_thread.run_sync(db.close)
+        text = f"{written} records written ({files} files)"
+        failed = len(records) - written
+        return text + (f", {failed} failed" if failed else "")
+
+    def _targets(self, db: Any, record: Any) -> list[tuple[Path, Any]]:
+        """(path, Subdef or None for the document) to write for one record."""
+        st: Settings = self.settings
+        out: list[tuple[Path, Any]] = [(record.document_path, None)]
+        if st.subdefs:
+            for name, sub in db.subdefs(record.id).items():
+                if st.subdefs is True or name in st.subdefs:
+                    out.append((sub.path, sub))
+        return out
+
+    async def _write_record(self, et: ExifTool, db: Any, record: Any) -> int:
+        """Write, verify, account; the number of files written."""
+        st: Settings = self.settings
+        tags = st.tags_for(record)
+        options = ["-sep", st.separator] if st.separator else []
+        targets = await anyio.to_thread.run_sync(self._targets, db, record)
+        done = 0
+        for path, sub in targets:
+            if not path.is_file():
+                if sub is None:
+                    raise WriteFailed(f"document {path} is missing")
+                continue  # a sub-definition being rebuilt: it gets the fields on the next change
+            await et.write_tags(path, tags, options)
+            done += 1
+            if st.id_tag:
+                back = await et.read_tags(path, [st.id_tag])
+                if str(record.id) not in {str(v) for v in back.values()}:
+                    raise WriteFailed(f"{path.name}: {st.id_tag} reads back as {back or 'nothing'}, "
+                                      f"not {record.id}")
+            size, digest = await anyio.to_thread.run_sync(_sha256, path)
+
+            def account(path: Path = path, sub: Any = sub, size: int = size, digest: str = digest) -> None:
+                if sub is None:
+                    db.document_written(record.id, size=size, sha256=digest)
+                elif sub.doc_version == record.doc_version:  # a stale one is about to be rebuilt anyway
+                    db.set_subdef(record.id, sub.name, path, sub.width, sub.height, size, doc_version=sub.doc_version)
+
+            await anyio.to_thread.run_sync(account)
+        # not cleared if a field changed during the write: the next pass writes again
+        await anyio.to_thread.run_sync(lambda: db.clear_metadata_dirty(record.id, record.metadata_dirty))
+        return done
