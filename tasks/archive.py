@@ -1,0 +1,514 @@
+"""The `archive` task type: files dropped in a hotfolder become records of a databox.
+
+A pass scans the tree (size, mtime, ctime), waits `cold`, rescans, and archives
+only what did not change, in journaled batches (see schedulerd.databox.ingest):
+a crash at any instant loses nothing and archives nothing twice. A watcher wakes
+the task early when files arrive; the scan stays the truth.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import functools
+import logging
+import re
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, Literal
+
+import anyio
+
+from schedulerd.plugin import TaskType
+from schedulerd.settings import ConfigError, duration
+
+MAX_COLD = 300.0
+MAX_BATCH_BYTES = 512 * 1024 * 1024
+_CAPTION_RE = re.compile(r"^(?:[^{}]|\{stem\}|\{name\})+$")
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """`[tasks.NAME]` of type "archive" (besides type, period, enabled, timeout)."""
+
+    databox: str
+    collection: str  # name or id; a folder's .phrasea.xml may choose another for its subtree
+    hotfolder: Path
+    cold: Annotated[float, duration] = 30.0
+    move_archived: bool = False  # keep a copy in <hotfolder>_archived (same sub-paths)
+    move_error: bool = True  # send failures to <hotfolder>_error with a .error.txt
+    status: str = ""  # mask given to new records, e.g. "x1x0"
+    accept: tuple[str, ...] = ("*",)  # file-name patterns (case-insensitive) to archive
+    refuse: tuple[str, ...] = ()  # patterns sent to the error folder
+    captions: tuple[str, ...] = ()  # sidecar names, e.g. "{stem}.xml", "{name}.json"
+    duplicates: Literal["allow", "skip", "error"] = "allow"  # same sha256 in the collection
+    delete_empty_folders: bool = False
+    force_polling: bool = False  # network shares: poll instead of inotify
+    batch: int = 5000  # files per journaled transaction (one durable sync each)
+    bootstrap: bool = False  # create a missing hotfolder, its .phrasea.xml and the collection
+
+    def check(self) -> None:
+        from schedulerd.databox import parse_mask
+
+        if not 0 <= self.cold <= MAX_COLD:
+            raise ConfigError("cold", f"expected 0 to {MAX_COLD:.0f} seconds, got {self.cold:g}")
+        try:
+            parse_mask(self.status, "status mask")
+        except ValueError as e:
+            raise ConfigError("status", str(e)) from None
+        if not 1 <= self.batch <= 100000:
+            raise ConfigError("batch", f"expected 1 to 100000 files, got {self.batch}")
+        for i, p in enumerate(self.captions):
+            if not _CAPTION_RE.match(p) or "/" in p or "{" not in p:
+                raise ConfigError(f"captions[{i}]", f'expected a name made with {{stem}} or {{name}}, like "{{stem}}.xml", got {p!r}')
+        for key in ("accept", "refuse"):
+            for i, p in enumerate(getattr(self, key)):
+                if not p or "/" in p:
+                    raise ConfigError(f"{key}[{i}]", f'expected a file-name pattern like "*.jpg", got {p!r}')
+
+
+def sibling(hotfolder: Path, suffix: str) -> Path:
+    return hotfolder.parent / f"{hotfolder.name}{suffix}"
+
+
+def _inside(a: Path, b: Path) -> bool:
+    a, b = a.resolve(), b.resolve()
+    return a == b or b in a.parents
+
+
+@dataclasses.dataclass
+class _Open:
+    """What a configured task keeps open between passes."""
+
+    db: Any
+    journal: Any
+    hot: Any
+    scanner: Any
+    ingestor: Any
+
+
+class ArchiveTask(TaskType):
+    type_name: ClassVar[str] = "archive"
+    Settings: ClassVar[type] = Settings
+    default_period: ClassVar[float] = 30.0
+
+    def __init__(self, settings: Settings):
+        super().__init__(settings)
+        self._open: _Open | None = None
+        self._seen: dict[str, tuple[int, float]] = {}  # path -> (hash of its stat, unchanged since)
+        self._said: dict[str, str] = {}  # problem key -> message already logged
+        self._archived_total = 0
+        self._lock = anyio.Lock()
+
+    # --- configuration -------------------------------------------------------------------
+
+    def check(self, config: Any) -> None:
+        s = self.settings
+        boxes = getattr(config, "databoxes", None) or {}
+        if s.databox not in boxes:
+            known = ", ".join(sorted(boxes)) or "none configured"
+            raise ConfigError("databox", f"unknown databox {s.databox!r} (known: {known})")
+        box = boxes[s.databox]
+        for p in (s.hotfolder, sibling(s.hotfolder, "_archived"), sibling(s.hotfolder, "_error")):
+            if _inside(p, Path(box.storage)) or _inside(Path(box.storage), p):
+                raise ConfigError("hotfolder", f"{p} and the storage of databox {s.databox!r} ({box.storage}) overlap")
+
+    def _databox_settings(self, ctx: Any) -> Any:
+        boxes = getattr(ctx.config, "databoxes", None) or {}
+        try:
+            return boxes[self.settings.databox]
+        except KeyError:
+            raise RuntimeError(f"databox {self.settings.databox!r} is not configured") from None
+
+    def _ensure_open(self, ctx: Any) -> _Open:
+        if self._open is not None:
+            return self._open
+        from schedulerd.databox import open_databox
+        from schedulerd.databox.hotfolder import Scanner, Tree
+        from schedulerd.databox.ingest import Ingestor, Journal
+
+        s = self.settings
+        db = open_databox(self._databox_settings(ctx))
+        name = re.sub(r"[^A-Za-z0-9_.-]", "_", ctx.name)
+        try:
+            journal = Journal(Path(ctx.state_dir) / f"archive-{name}.journal.sqlite")
+        except BaseException:
+            db.close()
+            raise
+        hot = Tree(s.hotfolder)
+        ingestor = Ingestor(
+            db, hot, journal,
+            archived=Tree(sibling(s.hotfolder, "_archived")) if s.move_archived else None,
+            error=Tree(sibling(s.hotfolder, "_error")) if s.move_error else None,
+            duplicates=s.duplicates,
+            log=ctx.log,
+            on_failed=lambda rel, why: self._failed(ctx, rel, why),
+        )
+        self._open = _Open(db, journal, hot, Scanner(hot), ingestor)
+        return self._open
+
+    def _close(self) -> None:
+        o, self._open = self._open, None
+        if o is None:
+            return
+        o.hot.close()
+        for t in (o.ingestor.archived, o.ingestor.error):
+            if t is not None:
+                t.close()
+        o.journal.close()
+        o.db.close()
+
+    async def shutdown(self, ctx: Any) -> None:
+        async with self._lock:
+            await anyio.to_thread.run_sync(self._close)
+
+    # --- reporting -----------------------------------------------------------------------
+
+    def _say(self, ctx: Any, key: str, message: str, level: int = logging.WARNING) -> None:
+        """Log a problem once (again only if its text changes)."""
+        if self._said.get(key) != message:
+            self._said[key] = message
+            ctx.log.log(level, "%s", message)
+
+    def _clear(self, key_prefix: str, keep: Iterable[str] = ()) -> None:
+        keep = set(keep)
+        for k in [k for k in self._said if k.startswith(key_prefix) and k not in keep]:
+            del self._said[k]
+
+    def _failed(self, ctx: Any, rel: str, why: str) -> None:
+        from schedulerd.databox.repository import _display_name
+
+        where = "moved to the error folder" if self.settings.move_error else "left in place"
+        ctx.log.warning("%s: %s (%s)", _display_name(rel), why, where)
+
+    # --- one pass ------------------------------------------------------------------------
+
+    async def run_once(self, ctx: Any) -> str | None:
+        async with self._lock:
+            return await self._pass(ctx)
+
+    async def _pass(self, ctx: Any) -> str:
+        s = self.settings
+        o = await anyio.to_thread.run_sync(self._ensure_open, ctx)
+        await anyio.to_thread.run_sync(o.ingestor.recover)
+
+        problem = await anyio.to_thread.run_sync(self._check_root, ctx, o)
+        if problem:
+            ctx.set_info(error=problem)
+            self._say(ctx, "root", problem, logging.ERROR)
+            return problem
+        if "root" in self._said:
+            ctx.log.info("hotfolder %s is usable again", s.hotfolder)
+            self._said.pop("root", None)
+        ctx.set_info(error=None)
+
+        scan = await anyio.to_thread.run_sync(o.scanner.scan)
+        ready, pending = self._stable(scan)
+        if pending and not ready and s.cold > 0:
+            now = time.monotonic()
+            wait = max(s.cold - (now - self._seen[rel][1]) for rel in pending)
+            await self._sleep_full(ctx, min(s.cold, max(wait, 0.0)) + 0.01)
+            scan = ready = pending = None  # type: ignore[assignment]  # (100,000 files: free before rescanning)
+            scan = await anyio.to_thread.run_sync(o.scanner.scan)
+            ready, pending = self._stable(scan)
+
+        units, errors, waiting, problems = await anyio.to_thread.run_sync(self._plan, o, scan, ready)
+        self._report_problems(ctx, scan, problems)
+
+        for rel, why, caption in errors:
+            await anyio.to_thread.run_sync(
+                functools.partial(o.ingestor.fail, rel, why, caption=caption, stat=scan.files.get(rel))
+            )
+
+        created = skipped = 0
+        changed: list[str] = []
+        touched_dirs: set[str] = {rel.rpartition("/")[0] for rel, _, _ in errors}
+        total = len(units)
+        done = 0
+        ctx.progress(0, total)
+        for batch in _batches(units, s.batch, MAX_BATCH_BYTES):
+            res = await anyio.to_thread.run_sync(o.ingestor.ingest, batch)
+            for rid, rel in res.created:
+                ctx.emit("record.created", databox=s.databox, record_id=rid)
+                touched_dirs.add(rel.rpartition("/")[0])
+                self._seen.pop(rel, None)
+            for rel, _ in res.skipped + res.errors:
+                touched_dirs.add(rel.rpartition("/")[0])
+                self._seen.pop(rel, None)
+            created += len(res.created)
+            skipped += len(res.skipped)
+            changed += res.changed
+            done += len(batch)
+            ctx.progress(done, total)
+        for rel in changed:
+            self._seen.pop(rel, None)
+
+        still = set(pending) | set(changed) | set(waiting)
+        await anyio.to_thread.run_sync(self._tidy, ctx, o, scan, still, touched_dirs)
+
+        self._archived_total += created
+        ctx.set_info(waiting=len(still) or None, archived_total=self._archived_total)
+        if still:
+            wake = getattr(ctx, "wake", None)
+            if wake is not None:
+                wake()  # files still warming up: come back as soon as they can be cold
+        parts = [f"archived {created}"]
+        if skipped:
+            parts.append(f"skipped {skipped} duplicates")
+        if errors:
+            parts.append(f"errors {len(errors)}")
+        if still:
+            parts.append(f"waiting {len(still)}")
+        return ", ".join(parts)
+
+    async def _sleep_full(self, ctx: Any, seconds: float) -> None:
+        """Wait the whole cold time: being woken (new files) does not make files colder."""
+        deadline = time.monotonic() + seconds
+        woken = False
+        while (left := deadline - time.monotonic()) > 0:
+            woken |= bool(await ctx.sleep(left))
+        if woken and getattr(ctx, "wake", None):
+            ctx.wake()
+
+    def _stable(self, scan: Any) -> tuple[list[str], list[str]]:
+        """Files unchanged for `cold` seconds (ready), and the others (pending)."""
+        now = time.monotonic()
+        cold = self.settings.cold
+        seen = self._seen
+        ready, pending = [], []
+        fresh: dict[str, tuple[int, float]] = {}
+        for rel, fs in scan.files.items():
+            key = hash(fs.key)  # not the FileStat itself: the previous scan can be freed
+            old = seen.get(rel)
+            since = old[1] if old is not None and old[0] == key else now
+            fresh[rel] = (key, since)
+            (ready if cold <= 0 or now - since >= cold else pending).append(rel)
+        self._seen = fresh
+        return ready, pending
+
+    def _check_root(self, ctx: Any, o: _Open) -> str | None:
+        from schedulerd.databox import UnknownCollection
+        from schedulerd.databox.phrasea_xml import NAME, render_phrasea_xml
+
+        s = self.settings
+        if s.bootstrap:
+            if not s.hotfolder.exists():
+                s.hotfolder.mkdir(parents=True)
+                o.hot.reset()
+                o.hot.write_atomic(NAME, render_phrasea_xml(s.collection))
+                ctx.log.info("created hotfolder %s with its %s", s.hotfolder, NAME)
+            try:
+                o.db.collection(s.collection)
+            except UnknownCollection:
+                o.db.create_collection(s.collection)
+                ctx.log.info("created collection %r in databox %s", s.collection, s.databox)
+        if not s.hotfolder.is_dir():
+            return f"hotfolder {s.hotfolder} does not exist"
+        if not (s.hotfolder / NAME).is_file():
+            return f"no {NAME} at {s.hotfolder}"
+        return None
+
+    # --- planning: what to archive, what is an error, what waits -------------------------
+
+    def _plan(self, o: _Open, scan: Any, ready: list[str]):
+        """Group ready files with their captions, resolve collections and status."""
+        from schedulerd.databox import UnknownCollection, parse_mask
+        from schedulerd.databox.caption import MAX_BYTES, CaptionError, parse_caption
+        from schedulerd.databox.hotfolder import split
+        from schedulerd.databox.ingest import Unit
+
+        s = self.settings
+        failed = o.journal.failed_keys() if not s.move_error else {}
+        if failed:
+            gone = [r for r in failed if r not in scan.files]
+            o.journal.drop_failed(gone)
+        base_status = parse_mask(s.status, "status").apply(0)
+        declared = o.db.settings.fields
+        ready_set = set(ready)
+        colls: dict[str, Any] = {}
+
+        def resolve(ref: str) -> Any:
+            if ref not in colls:
+                try:
+                    colls[ref] = o.db.collection(ref)
+                except UnknownCollection as e:
+                    colls[ref] = e
+            return colls[ref]
+
+        problems: dict[str, str] = {}
+        root_coll = resolve(scan.rules[""].collection or s.collection) if "" in scan.rules else None
+        if isinstance(root_coll, Exception):
+            src = scan.rules[""].collection_from or "the task setting collection"
+            problems["collection"] = f"{root_coll} (set in {src}): nothing archived"
+            return [], [], [], problems
+
+        accept_all = "*" in s.accept
+        by_dir: dict[str, list[str]] = {}  # folder -> its files' paths (the scan's own strings)
+        for rel in scan.files:
+            by_dir.setdefault(split(rel)[0], []).append(rel)
+
+        units, errors, waiting = [], [], []
+        for d in sorted(by_dir):  # files in name order: record ids follow names
+            rels = sorted(by_dir[d])
+            cut = len(d) + 1 if d else 0
+            caption_of: dict[str, str] = {}
+            claimed: set[str] = set()
+            if s.captions:
+                names_set = {rel[cut:] for rel in rels}
+                for n in names_set:
+                    stem = n.rsplit(".", 1)[0] if "." in n[1:] else n
+                    for pat in s.captions:
+                        c = pat.replace("{stem}", stem).replace("{name}", n)
+                        if c != n and c in names_set:
+                            caption_of[n] = c
+                            claimed.add(c)
+                            break
+            rules = scan.rules.get(d)
+            for rel in rels:
+                n = rel[cut:]
+                if n in claimed:
+                    continue  # a caption, archived with its document
+                fs = scan.files[rel]
+                cap = caption_of.get(n)
+                cap_rel = (f"{d}/{cap}" if d else cap) if cap else None
+                if rel in failed and failed[rel] == (fs.ino, fs.size, fs.mtime_ns):
+                    continue  # failed before, unchanged since: reported once, not retried
+                if rel not in ready_set or (cap_rel and cap_rel not in ready_set):
+                    if rel in ready_set:
+                        waiting.append(rel)
+                    continue
+                lower = n.lower()
+                refused = next((p for p in s.refuse if fnmatch.fnmatchcase(lower, p.lower())), None)
+                if refused:
+                    errors.append((rel, f"refused by mask {refused!r}", cap_rel))
+                    continue
+                if not accept_all and not any(fnmatch.fnmatchcase(lower, p.lower()) for p in s.accept):
+                    errors.append((rel, f"not accepted by masks {list(s.accept)}", cap_rel))
+                    continue
+                coll = resolve(rules.collection) if rules and rules.collection else root_coll
+                if isinstance(coll, Exception):
+                    errors.append((rel, f"{coll} (set in {rules.collection_from})", cap_rel))
+                    continue
+                status = base_status
+                for m in rules.status if rules else ():
+                    status = m.apply(status)
+                fields: dict[str, str] = {}
+                cap_stat = scan.files.get(cap_rel) if cap_rel else None
+                if cap_rel:
+                    try:
+                        caption = parse_caption(o.hot.read_small(cap_rel, MAX_BYTES), cap, declared)
+                    except (CaptionError, ValueError) as e:
+                        errors.append((rel, f"bad caption {cap}: {e}", cap_rel))
+                        continue
+                    except OSError as e:
+                        errors.append((rel, f"cannot read caption {cap}: {e.strerror}", cap_rel))
+                        continue
+                    fields = dict(caption.fields)
+                    if caption.status is not None:
+                        status = caption.status.apply(status)
+                units.append(Unit(rel, fs, coll.id, status, fields, cap_rel, cap_stat))
+        return units, errors, waiting, problems
+
+    def _report_problems(self, ctx: Any, scan: Any, problems: dict[str, str]) -> None:
+        from schedulerd.databox.repository import _display_name
+
+        keys = []
+        for key, msg in problems.items():
+            keys.append(f"p:{key}")
+            self._say(ctx, f"p:{key}", msg, logging.ERROR)
+        for d, why in scan.broken.items():
+            keys.append(f"b:{d}")
+            self._say(ctx, f"b:{d}", f"{why}: files under {_display_name(d) or '.'} are not archived")
+        for d, why in scan.skipped.items():
+            keys.append(f"s:{d}")
+            self._say(ctx, f"s:{d}", f"skipping {_display_name(d) or '.'}: {why}", logging.INFO)
+        for rel, why in scan.odd.items():
+            keys.append(f"o:{rel}")
+            self._say(ctx, f"o:{rel}", f"left alone {_display_name(rel)}: {why}", logging.INFO)
+        self._clear("p:", keys)
+        self._clear("b:", keys)
+        self._clear("s:", keys)
+        self._clear("o:", keys)
+        shown = [m for k, m in self._said.items() if k[:2] in ("p:", "b:")]
+        ctx.set_info(problems=shown[:20] or None)
+
+    def _tidy(self, ctx: Any, o: _Open, scan: Any, still: set[str], touched_dirs: set[str]) -> None:
+        """Remove used UNLOCK files and, when asked, folders emptied by this pass."""
+        for d, name in scan.unlock.items():
+            prefix = f"{d}/" if d else ""
+            if any(r.startswith(prefix) for r in still):
+                continue
+            rel = f"{prefix}{name}"
+            try:
+                o.hot.unlink(rel)
+            except FileNotFoundError:
+                pass
+            except OSError as e:
+                ctx.log.warning("cannot remove magic file %s: %s", rel, e.strerror)
+        if not self.settings.delete_empty_folders:
+            return
+        todo: set[str] = set()
+        for d in touched_dirs:
+            while d:
+                todo.add(d)
+                d = d.rpartition("/")[0]
+        for d in sorted(todo, key=lambda x: x.count("/"), reverse=True):
+            try:
+                o.hot.rmdir(d)
+            except OSError:
+                pass  # not empty (or gone): fine
+
+    # --- the watcher ---------------------------------------------------------------------
+
+    async def background(self, ctx: Any) -> None:
+        """Wake the task when something changes in the hotfolder (inotify, or polling)."""
+        from watchfiles import awatch
+
+        s = self.settings
+        while True:
+            if not s.hotfolder.is_dir():
+                await anyio.sleep(5)
+                continue
+            stop = anyio.Event()
+            try:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(_set_when_cancelled, stop)
+                    try:
+                        async for _changes in awatch(
+                            s.hotfolder, stop_event=stop, force_polling=s.force_polling,
+                            poll_delay_ms=1000, debounce=400, rust_timeout=1000,
+                            watch_filter=None, ignore_permission_denied=True,
+                        ):
+                            waker = getattr(ctx, "wake", None)
+                            if waker is not None:
+                                waker()
+                    finally:
+                        tg.cancel_scope.cancel()
+            except (FileNotFoundError, OSError, RuntimeError) as e:
+                ctx.log.debug("watcher on %s stopped (%s); polling again soon", s.hotfolder, e)
+            await anyio.sleep(1)
+
+
+async def _set_when_cancelled(event: anyio.Event) -> None:
+    """awatch's thread only notices its stop event: set it as soon as we are cancelled."""
+    try:
+        await anyio.sleep_forever()
+    finally:
+        event.set()
+
+
+def _batches(units: list[Any], count: int, max_bytes: int) -> Iterable[list[Any]]:
+    batch: list[Any] = []
+    size = 0
+    for u in units:
+        if batch and (len(batch) >= count or size + u.stat.size > max_bytes):
+            yield batch
+            batch, size = [], 0
+        batch.append(u)
+        size += u.stat.size
+    if batch:
+        yield batch
+
+
+__all__ = ["ArchiveTask", "Settings"]
