@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 from . import settings as s
 from .settings import ConfigError, Secret
 
-ENGINE_TASK_KEYS = ("type", "period", "enabled", "timeout")
+ENGINE_TASK_KEYS = ("type", "period", "enabled", "timeout", "trigger")
 CONFIG_ENV = "SCHEDULERD_CONFIG"
 CHECKOUT = Path(__file__).resolve().parent.parent
 
@@ -59,6 +59,7 @@ class TaskConfig:
     enabled: bool
     timeout: float | None
     settings: Any
+    trigger: tuple[str, ...] = ()  # events that start an iteration early (record.created, ...)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -258,9 +259,10 @@ def _task(name: str, table: Any, base: Path) -> TaskConfig:
     enabled = s.convert(bool, table.get("enabled", True), f"{path}.enabled")
     timeout = table.get("timeout")
     timeout = None if timeout is None else s.positive_duration(timeout, f"{path}.timeout")
+    trigger = s.convert(tuple[str, ...], table.get("trigger", ()), f"{path}.trigger")
     rest = {k: v for k, v in table.items() if k not in ENGINE_TASK_KEYS}
     settings = s.build(cls.Settings, rest, path, base)
-    return TaskConfig(name, type_name, period, enabled, timeout, settings)
+    return TaskConfig(name, type_name, period, enabled, timeout, settings, trigger)
 
 
 def _cross_check(tc: TaskConfig, config: Config) -> None:

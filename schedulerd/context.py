@@ -47,6 +47,7 @@ class TaskContext:
         emitter: Callable[[str, Mapping[str, Any]], None] | None = None,
         job_adder: Callable[..., int] | None = None,
         on_progress: Callable[[int, int | None], None] | None = None,
+        on_started: Callable[[], None] | None = None,
     ):
         self.name = name
         self.settings = settings
@@ -61,6 +62,7 @@ class TaskContext:
         self._emitter = emitter
         self._job_adder = job_adder
         self._on_progress = on_progress
+        self._on_started = on_started
 
     @classmethod
     def for_test(cls, name: str, settings: Any, *, config: Any = None, tmp_path: Path, store: Any = None) -> TaskContext:
@@ -83,6 +85,12 @@ class TaskContext:
                 self.info.pop(k, None)
             else:
                 self.info[k] = v
+
+    def mark_started(self) -> None:
+        """A long-running iteration reached its steady state (supervisord's startsecs):
+        the consecutive-crash counter starts again from zero."""
+        if self._on_started:
+            self._on_started()
 
     async def sleep(self, seconds: float) -> bool:
         return await self.waker.wait(seconds)

@@ -193,7 +193,7 @@ class Daemon:
                 runner = self.runners[name] = TaskRunner(tc, self._env, self._wanted(tc))
                 if runner.wanted is Wanted.STARTED:
                     runner.start(self._tg)
-            for event in runner.task.wake_on:
+            for event in {*runner.task.wake_on, *tc.trigger}:
                 self._listeners.setdefault(event, []).append(runner)
 
     async def reload(self) -> dict[str, list[str]]:
@@ -224,7 +224,7 @@ class Daemon:
 
     def emit(self, event: str, data: dict[str, Any]) -> None:
         for runner in self._listeners.get(event, ()):
-            if runner.state in (TaskState.WAITING, TaskState.BACKOFF):
+            if runner.state in (TaskState.WAITING, TaskState.RUNNING):  # running: one more pass right after
                 runner.ctx.wake()
 
     def _add_job(self, type: str, payload: Any, **options: Any) -> int:

@@ -35,6 +35,9 @@ class Context(Protocol):
     def set_info(self, **fields: Any) -> None:
         """Extra facts shown in the task state (pid, last error, ...). None removes a key."""
 
+    def mark_started(self) -> None:
+        """A long-running iteration is up and healthy: the crash counter resets."""
+
     async def sleep(self, seconds: float) -> bool:
         """Sleep, cancel-safe; returns True early when the task was woken (events, watchers)."""
 

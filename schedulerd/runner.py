@@ -70,7 +70,7 @@ class TaskRunner:
         self.task: TaskType = task_type(tc.type)(tc.settings)
         self.log = env.make_logger(tc.name)
         self.ctx = TaskContext(tc.name, tc.settings, self.log, env.config, env.config.scheduler.state_dir / "tasks" / tc.name,
-                               env.store, emitter=env.emit, job_adder=env.add_job)
+                               env.store, emitter=env.emit, job_adder=env.add_job, on_started=self._healthy)
         self.ctx.state_dir.mkdir(parents=True, exist_ok=True)
         rec = env.store.task(tc.name)
         self.crashes = rec.crashes
@@ -223,6 +223,10 @@ class TaskRunner:
                 self.next_at = now + delay
                 scheduled = self.next_at
                 self._change(TaskState.BACKOFF, f"failure {self.crashes}/{self.settings.max_crashes}, retry in {delay:.1f}s")
+
+    def _healthy(self) -> None:
+        if self.crashes:
+            self._set_crashes(0)
 
     def _set_crashes(self, n: int) -> None:
         self.crashes = n

@@ -201,6 +201,17 @@ class Indexer(TaskType):
         argv.extend(st.extra_args)
         return argv
 
+    async def _ensure_databox(self, config: Any) -> None:
+        """The shipped indexer reads the databox file: create an empty one rather than fail a first start."""
+        databoxes = getattr(config, "databoxes", {}) or {}
+        if self.settings.base in databoxes and self._is_shipped(config):
+            from schedulerd.databox import open_databox
+
+            def touch() -> None:
+                open_databox(databoxes[self.settings.base], create=True).close()
+
+            await anyio.to_thread.run_sync(touch)
+
     # --- orphans -------------------------------------------------------------------
     def _pidfile(self, ctx: Context) -> Path:
         return Path(ctx.state_dir) / PIDFILE
@@ -269,6 +280,7 @@ class Indexer(TaskType):
         if await port_in_use(st.socket):
             raise PortBusy(f"port 127.0.0.1:{st.socket} is already in use by a process this task did not start: "
                            "refusing to run a second indexer on it")
+        await self._ensure_databox(ctx.config)
         argv = self.argv(ctx.config)
         secret = st.password.reveal()
         ctx.log.info("starting: %s", mask_argv(argv, secret))
@@ -306,7 +318,7 @@ class Indexer(TaskType):
     async def _supervise(self, ctx: Context, proc: Process, started: float, secret: str) -> int:
         """Wait for the child's exit; on cancellation stop it while its last lines still reach the log."""
         async with anyio.create_task_group() as tg:
-            tg.start_soon(self._uptime, ctx, started)
+            tg.start_soon(self._uptime, ctx, started, self.settings.startsecs)
             pumps: anyio.CancelScope = await tg.start(self._pump, proc, _MaskedLog(ctx.log, secret))
             try:
                 code = await proc.wait()
@@ -329,10 +341,15 @@ class Indexer(TaskType):
                 tg.start_soon(pump_lines, proc.stderr, log, logging.WARNING, "stderr: ")
 
     @staticmethod
-    async def _uptime(ctx: Context, started: float) -> None:
+    async def _uptime(ctx: Context, started: float, startsecs: float) -> None:
+        healthy = False
         while True:
-            ctx.set_info(uptime=round(time.time() - started))
-            await anyio.sleep(1.0)
+            uptime = time.time() - started
+            ctx.set_info(uptime=round(uptime))
+            if not healthy and uptime >= startsecs:
+                healthy = True
+                ctx.mark_started()  # past startsecs: a good start, the crash counter resets
+            await anyio.sleep(min(1.0, max(0.05, startsecs - uptime)) if not healthy else 1.0)
 
     async def stop_process(self, ctx: Context, proc: Process) -> int | None:
         """Q on the socket, stop_wait, then SIGTERM/kill_wait/SIGKILL to the group (shielded)."""

@@ -236,7 +236,7 @@ async def test_an_exit_within_startsecs_is_a_failed_start(tmp_path: Path, fake: 
             await task.run_once(ctx)
         assert ctx.info["last_exit"] == 3 and ctx.info["restarts"] == n
     with pytest.raises(FailedStart, match="cannot start"):
-        await Indexer(settings(binary=str(tmp_path / "missing"))).run_once(ctx)
+        await Indexer(settings(binary=str(tmp_path / "missing"), socket=free_port())).run_once(ctx)
 
 
 @pytest.mark.anyio
