@@ -216,3 +216,21 @@ def test_log_tail_through_the_socket(site):
     site.console("scheduler:stop", check=True)
     r = site.console("task:log", "tick", "-n", "5")  # daemon down: reads the file
     assert r.returncode == 0 and "[tick]" in r.stdout
+
+
+def test_log_follow_streams_new_lines(site):
+    import subprocess
+    from pathlib import Path
+
+    site.write(TICK)
+    site.console("scheduler:start", check=True)
+    console = Path(__file__).resolve().parents[2] / "bin" / "console"
+    proc = subprocess.Popen([str(console), "--config", str(site.config), "task:log", "tick", "-f", "-n", "0"],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        lines = [proc.stdout.readline() for _ in range(3)]  # live lines, as iterations happen
+        assert all("[tick]" in line for line in lines), lines
+    finally:
+        proc.kill()
+        proc.wait()
+    assert site.console("scheduler:state").returncode == 10  # the daemon shrugs off the dropped follower
