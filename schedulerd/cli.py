@@ -103,9 +103,10 @@ class Env:
             jid = add_job(store, self.config(), type, payload, queue=queue, priority=priority, after=after)
         except JobError as e:
             raise CommandError(str(e), 2) from None
+            queue = store.get(jid).queue
         finally:
             store.close()
-        self.try_call("job.wake")
+        self.try_call("job.wake", queue=queue)
         return jid
 
 

@@ -52,6 +52,7 @@ class Daemon:
         sch = self.config.scheduler
         logs.REDACTOR.add(self.config.secrets())
         logs.setup_scheduler_log(sch.log_dir, sch.log_level, sch.log_max_bytes, sch.log_backups, stderr=self.log_to_stderr)
+        raise_fd_limit()
         pidfile = PidFile(sch.pidfile)
         pidfile.acquire()
         try:
@@ -147,9 +148,14 @@ class Daemon:
     async def _flush_history(self) -> None:
         """Run history is written in batches so a thousand tasks never stall the loop."""
         sch = self.config.scheduler
+        sink = self._env.history
         last_purge = 0.0
         while True:
-            await anyio.sleep(0.5)
+            sink.ready = anyio.Event()
+            if not sink.runs:
+                with anyio.move_on_after(300):  # idle: wake for nothing but the periodic purge
+                    await sink.ready.wait()
+            await anyio.sleep(0.5)  # gather a batch
             await anyio.to_thread.run_sync(self._write_history)
             if time.monotonic() - last_purge > 300:
                 last_purge = time.monotonic()
@@ -159,7 +165,9 @@ class Daemon:
     def _write_history(self) -> None:
         if self.store is None:
             return
-        batch, self._env.history[:] = list(self._env.history), []
+        batch = self._env.history.take()
+        if not batch:
+            return
         try:
             self.store.record_runs(batch)
         except Exception:
@@ -340,6 +348,18 @@ class Daemon:
             logs.BROADCAST.subscribers.pop(send, None)
             send.close()
             receive.close()
+
+
+def raise_fd_limit() -> None:
+    """Many tasks, children and clients: take the hard limit of open files, not the soft 1024."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 1 << 20), hard))
+        except (ValueError, OSError):
+            pass
 
 
 def run(config_path: Path | None = None, *, log_to_stderr: bool = False) -> int:

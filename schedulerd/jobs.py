@@ -126,10 +126,11 @@ class JobService:
                     self._last_purge = time.monotonic()
                     await anyio.to_thread.run_sync(self.purge_by_retention)
 
-    def _ensure_dispatchers(self) -> None:
+    def _ensure_dispatchers(self, queues: set[str] | None = None) -> None:
         if not self._accepting or self._tg is None:
             return
-        queues = set(self.config.queues) | self.store.queues_with_work() | {"default"}
+        if queues is None:
+            queues = set(self.config.queues) | self.store.queues_with_work() | {"default"}
         for q in queues - self.dispatchers:
             self.dispatchers.add(q)
             self._tg.start_soon(self._dispatch, q, name=f"queue:{q}")
@@ -169,14 +170,15 @@ class JobService:
         waker = self.wakers.setdefault(queue, Waker())
         assert self._tg is not None
         while self._accepting:
-            workers = self.config.queue(queue).workers
-            claimed = None
-            if self._running_in(queue) < workers and queue not in self.store.paused():
-                claimed = await anyio.to_thread.run_sync(self.store.claim, queue, self.node)
-            if claimed is not None:
+            free = self.config.queue(queue).workers - self._running_in(queue)
+            claimed: list[Job] = []
+            if free > 0:  # a paused queue claims nothing (checked in the claim's SQL)
+                claimed = await anyio.to_thread.run_sync(self.store.claim_many, queue, self.node, free)
+            for job in claimed:
                 scope = anyio.CancelScope()
-                self.running[claimed.id] = RunningJob(claimed, scope)
-                self._tg.start_soon(self._run, claimed, scope, name=f"job:{claimed.id}")
+                self.running[job.id] = RunningJob(job, scope)
+                self._tg.start_soon(self._run, job, scope, name=f"job:{job.id}")
+            if claimed:
                 continue
             due = self.store.next_due(queue)
             timeout = POLL if due is None else max(0.0, min(POLL, due - time.time()))
@@ -184,9 +186,9 @@ class JobService:
 
     async def _run(self, job: Job, scope: anyio.CancelScope) -> None:
         handler_log = JobLogHandler()
-        logger = logging.getLogger(f"schedulerd.job.{job.id}")
+        # not registered with logging's manager: a logger per job would never be freed
+        logger = logging.Logger(f"schedulerd.job.{job.id}", logging.DEBUG)
         logger.propagate = False
-        logger.setLevel(logging.DEBUG)
         logger.addHandler(handler_log)
         running = self.running[job.id]
         last_write = [0.0]
@@ -199,7 +201,7 @@ class JobService:
 
         tc = self.config.jobs.type_config(job.type)
         outcome, error, summary = "interrupted", "interrupted: the daemon stopped while it ran", None
-        log.info("job %d (%s, queue %s) attempt %d/%d started", job.id, job.type, job.queue, job.attempts, job.max_attempts)
+        log.debug("job %d (%s, queue %s) attempt %d/%d started", job.id, job.type, job.queue, job.attempts, job.max_attempts)
         try:
             with scope:
                 try:
@@ -220,16 +222,18 @@ class JobService:
                 outcome, error = "cancelled", "cancelled by job:cancel"
         finally:
             with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(self._settle, job, tc, outcome, error, summary, handler_log.lines)
-                logger.removeHandler(handler_log)
+                wake = await anyio.to_thread.run_sync(self._settle, job, tc, outcome, error, summary,
+                                                      handler_log.lines)
                 del self.running[job.id]
                 if not self.running:
                     self._idle.set()
-                self.wake(job.queue)
-                self.wake("")
+                self._ensure_dispatchers(wake)
+                for q in wake:  # its own queue (a free slot) and those of its dependents
+                    self.wake(q)
 
     def _settle(self, job: Job, tc: Any, outcome: str, error: str | None, summary: str | None,
-                lines: list[tuple[float, str, str]]) -> None:
+                lines: list[tuple[float, str, str]]) -> set[str]:
+        """Write the attempt's outcome; returns the queues to wake."""
         from .logs import REDACTOR
 
         error = REDACTOR.redact(error) if error else error
@@ -252,12 +256,14 @@ class JobService:
             else:
                 self.store.fail_attempt(job.id, error or "failed", None)
                 log.error("job %d failed, attempts used up: %s", job.id, error)
+        return {job.queue, *self.store.dependent_queues(job.id)}
 
     # --- operations ------------------------------------------------------------
     def add(self, type: str, payload: Mapping[str, Any], **options: Any) -> int:
         jid = add_job(self.store, self.config, type, payload, **options)
-        self.wake_all()
-        self.wake("")
+        queue = self.store.get(jid).queue
+        self._ensure_dispatchers({queue})
+        self.wake(queue)
         return jid
 
     def cancel(self, job_id: int) -> Job:
@@ -304,8 +310,13 @@ def routes(server: Any, service: Callable[[], JobService]) -> None:
 
     async def wake(args: dict[str, Any]) -> dict[str, Any]:
         s = service()
-        s._ensure_dispatchers()
-        s.wake_all()
+        queue = args.get("queue")
+        if isinstance(queue, str):  # a job was added to this queue
+            s._ensure_dispatchers({queue})
+            s.wake(queue)
+        else:  # something changed somewhere (pause, resume, retry)
+            s._ensure_dispatchers()
+            s.wake_all()
         return {"woken": True}
 
     async def cancel(args: dict[str, Any]) -> dict[str, Any]:

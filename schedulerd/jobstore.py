@@ -6,6 +6,7 @@ LOCKED), so a job runs once even with two daemons on one store.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sqlite3
 import time
@@ -57,6 +58,8 @@ class JobStore(Protocol):
     def add(self, type: str, queue: str, payload: dict[str, Any], *, title: str = "", priority: int = 0,
             max_attempts: int = 1, deps: Sequence[int] = (), delay: float = 0.0) -> int: ...
     def claim(self, queue: str, node: str) -> Job | None: ...
+    def claim_many(self, queue: str, node: str, limit: int) -> list[Job]: ...
+    def dependent_queues(self, job_id: int) -> set[str]: ...
     def finish(self, job_id: int, summary: str | None) -> None: ...
     def fail_attempt(self, job_id: int, error: str, retry_at: float | None) -> None: ...
     def interrupt(self, job_id: int, error: str) -> None: ...
@@ -72,6 +75,11 @@ class JobStore(Protocol):
     def set_paused(self, queue: str, paused: bool) -> None: ...
     def paused(self) -> set[str]: ...
     def next_due(self, queue: str) -> float | None: ...
+    def dependent_queues(self, job_id: int) -> set[str]:
+        with self._lock:
+            return {r[0] for r in self._conn.execute(
+                "SELECT DISTINCT j.queue FROM job_deps d JOIN jobs j ON j.id=d.job WHERE d.dep=?", (job_id,))}
+
     def queues_with_work(self) -> set[str]: ...
     def close(self) -> None: ...
 
@@ -85,6 +93,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     finished REAL, node TEXT);
 CREATE INDEX IF NOT EXISTS jobs_claim ON jobs(queue, state, priority DESC, id);
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, finished);
+CREATE INDEX IF NOT EXISTS jobs_ready ON jobs(queue, priority DESC, id) WHERE state IN ('waiting','interrupted');
+CREATE INDEX IF NOT EXISTS jobs_queue_state ON jobs(state, queue);
 CREATE TABLE IF NOT EXISTS job_deps (job INTEGER NOT NULL, dep INTEGER NOT NULL, PRIMARY KEY (job, dep));
 CREATE INDEX IF NOT EXISTS job_deps_dep ON job_deps(dep);
 CREATE TABLE IF NOT EXISTS job_logs (job INTEGER NOT NULL, ts REAL NOT NULL, level TEXT NOT NULL, line TEXT NOT NULL);
@@ -149,18 +159,28 @@ class SqliteJobStore(SqliteFile):
             self._fail(c, dep, f"dependency #{jid} failed or was cancelled")
 
     def claim(self, queue: str, node: str) -> Job | None:
+        jobs = self.claim_many(queue, node, 1)
+        return jobs[0] if jobs else None
+
+    def claim_many(self, queue: str, node: str, limit: int) -> list[Job]:
+        """Up to `limit` ready jobs of an unpaused queue, marked running for `node`, in one transaction."""
         now = time.time()
         with self.transaction() as c:
-            row = c.execute(
+            rows = c.execute(
                 f"SELECT {COLUMNS} FROM jobs WHERE queue=? AND state IN ('waiting','interrupted') AND next_attempt_at<=? "
+                "AND NOT EXISTS (SELECT 1 FROM queues q WHERE q.name=jobs.queue AND q.paused=1) "
                 "AND NOT EXISTS (SELECT 1 FROM job_deps d JOIN jobs p ON p.id=d.dep WHERE d.job=jobs.id "
-                "AND p.state != 'finished') ORDER BY priority DESC, id LIMIT 1", (queue, now)).fetchone()
-            if row is None:
-                return None
-            c.execute("UPDATE jobs SET state='running', attempts=attempts+1, started=?, node=?, done=NULL, total=NULL "
-                      "WHERE id=?", (now, node, row[0]))
-            row = c.execute(f"SELECT {COLUMNS} FROM jobs WHERE id=?", (row[0],)).fetchone()
-            return self._row(c, row)
+                "AND p.state != 'finished') ORDER BY priority DESC, id LIMIT ?", (queue, now, limit)).fetchall()
+            if not rows:
+                return []
+            c.executemany("UPDATE jobs SET state='running', attempts=attempts+1, started=?, node=?, done=NULL, "
+                          "total=NULL WHERE id=?", [(now, node, r[0]) for r in rows])
+            jobs = []
+            for r in rows:
+                job = self._row(c, r)
+                jobs.append(dataclasses.replace(job, state=JobState.RUNNING, attempts=job.attempts + 1, started=now,
+                                                node=node, done=None, total=None))
+            return jobs
 
     def finish(self, job_id: int, summary: str | None) -> None:
         with self.transaction() as c:
@@ -290,6 +310,11 @@ class SqliteJobStore(SqliteFile):
             row = self._conn.execute("SELECT MIN(next_attempt_at) FROM jobs WHERE queue=? AND state IN "
                                      "('waiting','interrupted')", (queue,)).fetchone()
         return row[0] if row else None
+
+    def dependent_queues(self, job_id: int) -> set[str]:
+        with self._lock:
+            return {r[0] for r in self._conn.execute(
+                "SELECT DISTINCT j.queue FROM job_deps d JOIN jobs j ON j.id=d.job WHERE d.dep=?", (job_id,))}
 
     def queues_with_work(self) -> set[str]:
         with self._lock:

@@ -70,9 +70,12 @@ class Broadcast(logging.Handler):
         super().__init__()
         self.subscribers: dict[Any, str | None] = {}  # send stream -> task name or None for all
 
+    def handle(self, record: logging.LogRecord) -> bool:
+        if not self.subscribers:  # nobody follows: skip the redaction filter and formatting
+            return False
+        return bool(super().handle(record))
+
     def emit(self, record: logging.LogRecord) -> None:
-        if not self.subscribers:
-            return
         line = self.format(record)
         task = getattr(record, "task", None)
         for stream, want in list(self.subscribers.items()):
@@ -94,7 +97,9 @@ class TaskAdapter(logging.LoggerAdapter):
 
 def _handler(path: Path, max_bytes: int, backups: int) -> logging.Handler:
     path.parent.mkdir(parents=True, exist_ok=True)
-    h = logging.handlers.RotatingFileHandler(path, maxBytes=max_bytes, backupCount=backups, encoding="utf-8")
+    # delay: a task's log file is opened at its first line, not held open by a thousand idle tasks
+    h = logging.handlers.RotatingFileHandler(path, maxBytes=max_bytes, backupCount=backups, encoding="utf-8",
+                                             delay=True)
     h.setFormatter(Formatter(FORMAT))
     h.addFilter(REDACTOR)
     return h

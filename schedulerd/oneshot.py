@@ -68,6 +68,7 @@ def run_one(config: Any, name: str, *, progress: bool = False) -> int:
     if not lock.try_acquire("task:run"):
         print(f"console task:run: task {name} is running an iteration elsewhere ({lock.holder()}); try again later",
               file=sys.stderr)
+        lock.close()
         return BUSY
     logs.REDACTOR.add(config.secrets())
     echo = logging.StreamHandler(sys.stderr)
@@ -111,7 +112,7 @@ def run_one(config: Any, name: str, *, progress: bool = False) -> int:
     finally:
         if bar:
             bar.close()
-        lock.release()
+        lock.close()
         store.record_run(Run(name, started, time.time(), outcome, error, summary, "cli"))
         store.close()
         logs.close_task_logger(name)

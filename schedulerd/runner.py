@@ -48,6 +48,23 @@ def backoff_delay(crashes: int, initial: float, maximum: float) -> float:
     return min(maximum, initial * (2 ** max(0, crashes - 1)))
 
 
+class HistorySink:
+    """Finished runs waiting to be written in one batch; `ready` wakes the writer."""
+
+    def __init__(self) -> None:
+        self.runs: list[Run] = []
+        self.ready: anyio.Event | None = None
+
+    def append(self, run: Run) -> None:
+        self.runs.append(run)
+        if self.ready is not None:
+            self.ready.set()
+
+    def take(self) -> list[Run]:
+        batch, self.runs = self.runs, []
+        return batch
+
+
 @dataclass
 class RunnerEnv:
     """What the daemon shares with its runners."""
@@ -55,7 +72,7 @@ class RunnerEnv:
     config: Any
     store: Any
     lock_dir: Path
-    history: list[Run] = field(default_factory=list)
+    history: HistorySink = field(default_factory=lambda: HistorySink())
     make_logger: Callable[[str], Any] = lambda name: logging.getLogger(f"schedulerd.task.{name}")
     emit: Callable[[str, dict], None] | None = None
     add_job: Callable[..., int] | None = None
@@ -180,6 +197,7 @@ class TaskRunner:
                         await self.task.shutdown(self.ctx)
                 except Exception:
                     self.log.exception("shutdown failed")
+            self.lock.close()
             self.next_at = None
             self.started_at = None
             if self.state is not TaskState.CRASHED:

@@ -133,17 +133,19 @@ class SqliteStateStore(SqliteFile):
         """Many runs in one transaction: the runner batches them to keep the loop responsive."""
         if not runs:
             return
+        counts: dict[str, list[int]] = {}
+        for run in runs:
+            n = counts.setdefault(run.task, [0, 0])
+            n[0] += 1
+            n[1] += run.outcome != "ok"
         with self.transaction() as c:
-            for run in runs:
-                self._ensure(c, run.task)
-                c.execute(
-                    "INSERT INTO runs(task, started, ended, outcome, error, summary, source) VALUES (?,?,?,?,?,?,?)",
-                    (run.task, run.started, run.ended, run.outcome, run.error, run.summary, run.source),
-                )
-                c.execute(
-                    "UPDATE tasks SET runs=runs+1, failures=failures+? WHERE name=?",
-                    (0 if run.outcome == "ok" else 1, run.task),
-                )
+            c.executemany(
+                "INSERT INTO runs(task, started, ended, outcome, error, summary, source) VALUES (?,?,?,?,?,?,?)",
+                [(r.task, r.started, r.ended, r.outcome, r.error, r.summary, r.source) for r in runs])
+            c.executemany(
+                "INSERT INTO tasks(name, runs, failures) VALUES (?,?,?) ON CONFLICT(name) DO UPDATE SET "
+                "runs=runs+excluded.runs, failures=failures+excluded.failures",
+                [(task, n[0], n[1]) for task, n in counts.items()])
 
     def task(self, task: str) -> TaskRecord:
         with self._lock:

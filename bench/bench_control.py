@@ -1,0 +1,155 @@
+"""Control-path latency: `bin/console scheduler:state` vs `supervisorctl status`.
+
+Why: admins and cron scripts call the CLI constantly; it must answer at least as fast
+as the tool they know. Both servers run here with the same number of entries; the two
+commands are timed alternately (wall time of the whole process), median of N each.
+Target: ratio <= 1.0 and ours <= 150 ms.
+
+    .venv/bin/python bench/bench_control.py [--quick] [--runs N] [--entries N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from _common import CONSOLE, PY, REPO, Reaper, child_env, machine, median, percentile, ratio, start_daemon, tempdir, \
+    verdict, wait_for, write_config
+
+VENV_BIN = Path(PY).parent
+SUPERVISORD = VENV_BIN / "supervisord"
+SUPERVISORCTL = VENV_BIN / "supervisorctl"
+
+SUPERVISOR_CONF = """\
+[unix_http_server]
+file = {root}/supervisor.sock
+chmod = 0700
+
+[supervisord]
+logfile = {root}/supervisord.log
+pidfile = {root}/supervisord.pid
+childlogdir = {root}/childlogs
+nodaemon = true
+user = {user}
+
+[rpcinterface:supervisor]
+supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
+
+[supervisorctl]
+serverurl = unix://{root}/supervisor.sock
+"""
+
+PROGRAM = """
+[program:p{i}]
+command = /bin/sleep 1000000
+autorestart = true
+startsecs = 0
+"""
+
+
+def start_supervisord(reaper: Reaper, root: Path, entries: int) -> tuple[subprocess.Popen, Path]:
+    (root / "childlogs").mkdir(parents=True, exist_ok=True)
+    import pwd
+
+    conf = root / "supervisord.conf"
+    conf.write_text(SUPERVISOR_CONF.format(root=root, user=pwd.getpwuid(os.getuid()).pw_name)
+                    + "".join(PROGRAM.format(i=i) for i in range(entries)))
+    p = reaper.popen([str(SUPERVISORD), "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                     cwd=root)
+
+    def all_running() -> bool:
+        if p.poll() is not None:
+            raise RuntimeError(f"supervisord exited ({p.returncode}); see {root}/supervisord.log")
+        r = subprocess.run([str(SUPERVISORCTL), "-c", str(conf), "status"], capture_output=True, text=True)
+        return r.stdout.count("RUNNING") == entries
+
+    wait_for(all_running, 60, "supervisord", step=0.2)
+    return p, conf
+
+
+def cli_env() -> dict[str, str]:
+    """As on a normal install: Python may keep its bytecode cache (__pycache__, git-ignored).
+    Some CI/sandbox shells set PYTHONDONTWRITEBYTECODE, which would make our checkout recompile
+    every module on every call while supervisor's site-packages ship compiled."""
+    env = child_env()
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    return env
+
+
+def timed(argv: list[str], expect: set[int]) -> float:
+    t0 = time.perf_counter()
+    r = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=cli_env())
+    dt = time.perf_counter() - t0
+    if r.returncode not in expect:
+        raise RuntimeError(f"{' '.join(argv)}: exit {r.returncode}: {r.stderr.decode(errors='replace')[-500:]}")
+    return dt
+
+
+def import_profile(config: Path, top: int = 12, tries: int = 5) -> tuple[float, list[tuple[int, int, str]]]:
+    """`-X importtime` of our CLI path (the quietest of `tries` runs): total import time in
+    seconds and the heaviest modules (self µs, cumulative µs, name)."""
+    best: tuple[float, list[tuple[int, int, str]]] | None = None
+    for _ in range(tries):
+        r = subprocess.run([PY, "-X", "importtime", "-m", "schedulerd.cli", "--config", str(config), "scheduler:state"],
+                           capture_output=True, text=True, env=cli_env(), cwd=REPO)
+        rows = []
+        for line in r.stderr.splitlines():
+            if not line.startswith("import time:") or "self [us]" in line:
+                continue
+            self_us, cum_us, name = line[len("import time:"):].split("|")
+            rows.append((int(self_us), int(cum_us), name.rstrip()))
+        total = sum(s for s, _, _ in rows) / 1e6
+        if best is None or total < best[0]:
+            best = (total, sorted(rows, key=lambda r: r[1], reverse=True)[:top])
+    assert best is not None
+    return best
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="10 runs each")
+    ap.add_argument("--runs", type=int, default=None, help="runs of each command (default 30)")
+    ap.add_argument("--entries", type=int, default=5, help="tasks / programs on each side (default 5)")
+    ap.add_argument("--keep", action="store_true", help="keep the temp dir")
+    a = ap.parse_args()
+    runs = a.runs or (10 if a.quick else 30)
+    print(f"# bench_control  {machine()}")
+    print(f"# {runs} runs each, {a.entries} tasks (schedulerd) / programs (supervisord), alternating, after 3 warm-ups")
+    with tempdir("bench-control-", a.keep) as tmp, Reaper() as reaper:
+        body = "".join(f'[tasks.t{i}]\ntype = "command"\nperiod = "1h"\nargv = ["true"]\n\n' for i in range(a.entries))
+        config = write_config(tmp / "sd", body)
+        start_daemon(reaper, config)
+        _, sconf = start_supervisord(reaper, tmp / "sv", a.entries)
+        ours_argv = [str(CONSOLE), "--config", str(config), "scheduler:state"]
+        theirs_argv = [str(SUPERVISORCTL), "-c", str(sconf), "status"]
+        for _ in range(3):
+            timed(ours_argv, {10})
+            timed(theirs_argv, {0})
+        floor_argv = [PY, "-c", "pass"]  # the interpreter alone: what no CLI in Python can beat
+        ours, theirs, floor = [], [], []
+        for _ in range(runs):
+            ours.append(timed(ours_argv, {10}))
+            theirs.append(timed(theirs_argv, {0}))
+            floor.append(timed(floor_argv, {0}))
+        total, heavy = import_profile(config)
+    mo, mt = median(ours), median(theirs)
+    r = ratio(mo, mt)
+    print(f"schedulerd  scheduler:state   median {mo * 1000:7.1f} ms   p90 {percentile(ours, 90) * 1000:7.1f} ms   "
+          f"min {min(ours) * 1000:6.1f} ms")
+    print(f"supervisor  supervisorctl     median {mt * 1000:7.1f} ms   p90 {percentile(theirs, 90) * 1000:7.1f} ms   "
+          f"min {min(theirs) * 1000:6.1f} ms")
+    print(f"(floor)     python -c pass    median {median(floor) * 1000:7.1f} ms")
+    print(f"ratio (ours / supervisorctl, medians): {r:.2f}x   target <= 1.0x and <= 150 ms: "
+          f"{verdict(r <= 1.0 and mo <= 0.150)}")
+    print(f"\n# import time of our CLI path (python -X importtime): {total * 1000:.1f} ms in all; heaviest (cumulative):")
+    for self_us, cum_us, name in heavy:
+        print(f"#   {cum_us / 1000:6.1f} ms cum  {self_us / 1000:6.1f} ms self  {name.strip()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,223 @@
+"""Job queue throughput: 10,000 no-op jobs through schedulerd's queue vs huey's SqliteHuey.
+
+Why: the queue carries every one-off job of the repository (exports, re-indexing); it must
+not be the bottleneck next to a well-known SQLite-backed queue. Both sides, one after the
+other, on this machine:
+
+- the consumer runs from the start: schedulerd's daemon (queue `default`, `workers = W`,
+  job type `noop`) / `huey_consumer -w W -k thread` (task returns time.time());
+- this process adds N jobs as fast as it can, the way each product's producer does it:
+  schedulerd like `bin/console job:add` (write the job to the store, then `job.wake` on the
+  control socket) / huey `task()` (one INSERT);
+- also "drain": the N jobs are added first, then the consumer starts (clock from the
+  first job start): the consumer's own rate, without the producer in the way;
+- the end is when a reader (polling every 20 ms on both) sees all N finished (our `jobs`
+  rows in state finished / huey's N results).
+Durability matched: SQLite WAL with synchronous=NORMAL on both (huey's default would be FULL),
+both log two INFO lines per job to a file, both keep a finished record per job.
+
+stream jobs/s = N / (last finished seen - first add) (the headline); add->start latency: ours `started - created`
+of each job (claim time), huey (task start - time taken before enqueue). Target: our
+throughput >= 1.0x huey's.
+
+    .venv/bin/python bench/bench_jobs.py [--quick] [--jobs N] [--workers W]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from _common import PY, Reaper, child_env, machine, percentile, ratio, start_daemon, tempdir, verdict, wait_for, \
+    write_config
+
+HUEY_APP = '''\
+"""The huey side of bench_jobs: a SqliteHuey with schedulerd's durability (WAL + synchronous=NORMAL)."""
+import os
+import time
+
+from huey import SqliteHuey
+from huey.storage import SqliteStorage
+
+
+class MatchedStorage(SqliteStorage):
+    def _create_connection(self):
+        conn = super()._create_connection()
+        conn.execute("pragma synchronous=1")  # NORMAL, like schedulerd's store
+        return conn
+
+
+huey = SqliteHuey("bench", filename=os.environ["BENCH_HUEY_DB"], storage_class=MatchedStorage)
+
+
+@huey.task()
+def noop():
+    return time.time()
+'''
+
+POLL = 0.02
+
+
+def summary(n: int, t_first_add: float, t_last_add: float, t_done: float, lat: list[float]) -> dict[str, Any]:
+    return {"jobs": n, "seconds": t_done - t_first_add, "rate": n / (t_done - t_first_add),
+            "add_rate": n / (t_last_add - t_first_add) if t_last_add > t_first_add else float("inf"),
+            "lat_p50": percentile(lat, 50), "lat_p99": percentile(lat, 99)}
+
+
+def wait_all(count: Any, n: int, timeout: float, what: str) -> float:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if count() >= n:
+            return time.time()
+        time.sleep(POLL)
+    raise TimeoutError(f"{what}: only {count()} of {n} jobs finished within {timeout:g}s")
+
+
+# --- schedulerd ----------------------------------------------------------------
+def run_ours(tmp: Path, n: int, workers: int, timeout: float, drain: bool) -> dict[str, Any]:
+    """stream: the daemon runs while we add (and wake it after each add, like `job:add`);
+    drain: the N jobs wait in the store before the daemon starts."""
+    from schedulerd.client import Client
+    from schedulerd.config import load
+    from schedulerd.jobs import add_job
+    from schedulerd.jobstore import open_job_store
+
+    body = f"[jobs]\nkeep_finished = {n * 2}\n\n[jobs.types.noop]\nmax_attempts = 1\n\n[queues.default]\nworkers = {workers}\n"
+    path = write_config(tmp / ("sd-drain" if drain else "sd"), body)
+    config = load(path)
+    with Reaper() as reaper:
+        store = open_job_store(config.scheduler.state_dir)
+        db = sqlite3.connect(config.scheduler.state_dir / "jobs.db", timeout=30)
+        try:
+            if drain:
+                t0 = time.time()
+                for _ in range(n):
+                    add_job(store, config, "noop", {})
+                t1 = time.time()
+                daemon = start_daemon(reaper, path)
+            else:
+                daemon = start_daemon(reaper, path)
+                client = Client(config.scheduler.socket, 30)
+                t0 = time.time()
+                for _ in range(n):
+                    add_job(store, config, "noop", {})
+                    client.call("job.wake")
+                t1 = time.time()
+            t_done = wait_all(lambda: db.execute("SELECT COUNT(*) FROM jobs WHERE state='finished'").fetchone()[0],
+                              n, timeout, "schedulerd")
+            rows = db.execute("SELECT created, started, finished FROM jobs").fetchall()
+        finally:
+            db.close()
+            store.close()
+        code = reaper.stop(daemon, 60)
+    if code != 0:
+        raise RuntimeError(f"the daemon exited with {code}; see {tmp}/sd/var/log")
+    if drain:  # the clock starts when the first job starts
+        t0 = t1 = min(s for _, s, _ in rows)
+    return summary(n, t0, t1, t_done, [s - c for c, s, _ in rows])
+
+
+# --- huey ------------------------------------------------------------------------
+def run_huey(tmp: Path, n: int, workers: int, timeout: float, drain: bool) -> dict[str, Any]:
+    app_dir = tmp / ("huey-drain" if drain else "huey")
+    app_dir.mkdir(parents=True)
+    (app_dir / "bench_huey_app.py").write_text(HUEY_APP)
+    db_path = app_dir / "huey.db"
+    os.environ["BENCH_HUEY_DB"] = str(db_path)
+    sys.path.insert(0, str(app_dir))
+    sys.modules.pop("bench_huey_app", None)
+    import bench_huey_app  # noqa: E402  (written just above)
+
+    env = child_env(BENCH_HUEY_DB=str(db_path))
+    env["PYTHONPATH"] = os.pathsep.join([str(app_dir), env["PYTHONPATH"]])
+    handles = []
+
+    def add_all() -> None:
+        for _ in range(n):
+            t = time.time()
+            handles.append((t, bench_huey_app.noop()))
+
+    with Reaper() as reaper:
+        t0 = time.time()
+        if drain:
+            add_all()
+        t1 = time.time()
+        consumer = reaper.popen([str(Path(PY).parent / "huey_consumer"), "bench_huey_app.huey", "-w", str(workers),
+                                 "-k", "thread", "-l", str(app_dir / "consumer.log")],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=app_dir)
+        wait_for(lambda: _dead(consumer) or "consumer started" in _read(app_dir / "consumer.log").lower(),
+                 30, "huey_consumer")
+        if consumer.poll() is not None:
+            raise RuntimeError(f"huey_consumer exited ({consumer.returncode}); see {app_dir}/consumer.log")
+        db = sqlite3.connect(db_path, timeout=30)
+        try:
+            if not drain:
+                t0 = time.time()
+                add_all()
+                t1 = time.time()
+            t_done = wait_all(lambda: db.execute("SELECT COUNT(*) FROM kv WHERE queue='bench'").fetchone()[0],
+                              n, timeout, "huey")
+        finally:
+            db.close()
+        starts = [(t, r.get(blocking=False)) for t, r in handles]
+        reaper.stop(consumer, 30)
+    sys.path.remove(str(app_dir))
+    if drain:
+        t0 = t1 = min(s for _, s in starts)
+    return summary(n, t0, t1, t_done, [s - t for t, s in starts])
+
+
+def _read(p: Path) -> str:
+    try:
+        return p.read_text()
+    except OSError:
+        return ""
+
+
+def _dead(p: subprocess.Popen) -> bool:
+    return p.poll() is not None
+
+
+def show(name: str, r: dict[str, Any], drain: bool) -> None:
+    line = f"{name:11} {r['jobs']} jobs in {r['seconds']:6.2f}s = {r['rate']:7.0f} jobs/s"
+    if not drain:  # in drain mode every job waits for the whole backlog: no latency worth showing
+        line += (f"  (adds {r['add_rate']:6.0f}/s)   add->start p50 {r['lat_p50'] * 1000:8.1f} ms  "
+                 f"p99 {r['lat_p99'] * 1000:8.1f} ms")
+    print(line)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="2,000 jobs instead of 10,000")
+    ap.add_argument("--jobs", type=int, default=None)
+    ap.add_argument("--workers", type=int, default=4, help="workers on each side (default 4)")
+    ap.add_argument("--timeout", type=float, default=600.0, help="give up on a side after this long")
+    ap.add_argument("--keep", action="store_true", help="keep the temp dir")
+    a = ap.parse_args()
+    n = a.jobs or (2000 if a.quick else 10_000)
+    print(f"# bench_jobs  {machine()}")
+    print(f"# {n} no-op jobs, {a.workers} workers each side, one side after the other")
+    results = {}
+    with tempdir("bench-jobs-", a.keep) as tmp:
+        for drain in (False, True):
+            results[drain] = (run_ours(tmp, n, a.workers, a.timeout, drain),
+                              run_huey(tmp, n, a.workers, a.timeout, drain))
+    for drain, (ours, theirs) in results.items():
+        print("drain: the jobs wait in the store, then the consumer starts (clock from the first job start)" if drain
+              else "stream: the consumer runs, this process adds the jobs one by one (clock from the first add)")
+        show("schedulerd", ours, drain)
+        show("huey", theirs, drain)
+        r = ratio(ours["rate"], theirs["rate"])
+        head = "" if drain else "   target >= 1.0x: " + verdict(r >= 1.0)
+        print(f"ratio (ours / huey, jobs/s): {r:.2f}x{head}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
