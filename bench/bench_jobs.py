@@ -81,12 +81,12 @@ def wait_all(count: Any, n: int, timeout: float, what: str) -> float:
 
 # --- schedulerd ----------------------------------------------------------------
 def run_ours(tmp: Path, n: int, workers: int, timeout: float, drain: bool) -> dict[str, Any]:
-    """stream: the daemon runs while we add (and wake it after each add, like `job:add`);
+    """stream: the daemon runs while we add (and wake it after each add with the datagram `job:add` sends);
     drain: the N jobs wait in the store before the daemon starts."""
-    from schedulerd.client import Client
     from schedulerd.config import load
     from schedulerd.jobs import add_job
     from schedulerd.jobstore import open_job_store
+    from schedulerd.wake import send_wake
 
     body = f"[jobs]\nkeep_finished = {n * 2}\n\n[jobs.types.noop]\nmax_attempts = 1\n\n[queues.default]\nworkers = {workers}\n"
     path = write_config(tmp / ("sd-drain" if drain else "sd"), body)
@@ -103,11 +103,10 @@ def run_ours(tmp: Path, n: int, workers: int, timeout: float, drain: bool) -> di
                 daemon = start_daemon(reaper, path)
             else:
                 daemon = start_daemon(reaper, path)
-                client = Client(config.scheduler.socket, 30)
                 t0 = time.time()
                 for _ in range(n):
                     add_job(store, config, "noop", {})
-                    client.call("job.wake")
+                    send_wake(config.scheduler.state_dir, "default")
                 t1 = time.time()
             t_done = wait_all(lambda: db.execute("SELECT COUNT(*) FROM jobs WHERE state='finished'").fetchone()[0],
                               n, timeout, "schedulerd")

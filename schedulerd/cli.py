@@ -98,15 +98,16 @@ class Env:
         from .jobs import add_job
         from .jobstore import JobError
 
+        from .wake import send_wake
+
         store = self.job_store()
         try:
             jid = add_job(store, self.config(), type, payload, queue=queue, priority=priority, after=after)
+            send_wake(self.scheduler().state_dir, store.get(jid).queue)
         except JobError as e:
             raise CommandError(str(e), 2) from None
-            queue = store.get(jid).queue
         finally:
             store.close()
-        self.try_call("job.wake", queue=queue)
         return jid
 
 

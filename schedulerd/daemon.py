@@ -28,6 +28,7 @@ from .runner import RunnerEnv, TaskRunner
 from .settings import ConfigError
 from .states import TaskState, Wanted
 from .store import SqliteStateStore, open_store
+from .wake import serve_wakes
 
 log = logging.getLogger("schedulerd")
 
@@ -93,6 +94,7 @@ class Daemon:
                     tg.start_soon(self._watchdog, interval)
                 self._apply_tasks(self.config, first=True)
                 await tg.start(self.jobs.serve)
+                await tg.start(serve_wakes, sch.state_dir, sch.socket_mode, self.jobs.wake_queue)
                 log.info("schedulerd %s started (pid %d, %d tasks, socket %s)", __version__, os.getpid(),
                          len(self.runners), sch.socket)
                 sd_notify(f"READY=1\nMAINPID={os.getpid()}\nSTATUS=running {len(self.runners)} tasks")

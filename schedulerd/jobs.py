@@ -19,7 +19,7 @@ from anyio.abc import TaskGroup
 
 from .config import Config
 from .context import TaskContext, Waker
-from .jobstore import Job, JobError, SqliteJobStore, open_job_store
+from .jobstore import Job, JobError, Outcome, SqliteJobStore, open_job_store
 from .protocol import ControlError, Fault
 from .registry import UnknownType, job_type
 from .states import JobState
@@ -102,6 +102,8 @@ class JobService:
         self._accepting = True
         self._last_purge = 0.0
         self._idle = anyio.Event()
+        self._ended: list[Outcome] = []
+        self._ended_ready = anyio.Event()
 
     def recover(self) -> None:
         ids = self.store.recover(self.node)
@@ -116,6 +118,7 @@ class JobService:
     async def serve(self, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
         async with anyio.create_task_group() as tg:
             self._tg = tg
+            tg.start_soon(self._settler, name="jobs:settler")
             self._ensure_dispatchers()
             task_status.started()
             waker = self.wakers.setdefault("", Waker())
@@ -147,6 +150,7 @@ class JobService:
             r.scope.cancel()
         with anyio.move_on_after(10):
             await self._drained()
+        await self._write_ended()  # nothing ended is left unwritten
         if self._tg is not None:
             self._tg.cancel_scope.cancel()
 
@@ -157,6 +161,12 @@ class JobService:
 
     def wake(self, queue: str) -> None:
         self.wakers.setdefault(queue, Waker()).wake()
+
+    def wake_queue(self, queue: str) -> None:
+        """A job was added to `queue` (by the CLI: see schedulerd.wake)."""
+        if queue:
+            self._ensure_dispatchers({queue})
+            self.wake(queue)
 
     def wake_all(self) -> None:
         for w in list(self.wakers.values()):
@@ -222,41 +232,53 @@ class JobService:
                 outcome, error = "cancelled", "cancelled by job:cancel"
         finally:
             with anyio.CancelScope(shield=True):
-                wake = await anyio.to_thread.run_sync(self._settle, job, tc, outcome, error, summary,
-                                                      handler_log.lines)
+                # the work is over: the slot frees now, the outcome is written with the next batch
+                # (until then the job stays `running` in the store, so nothing claims it twice)
+                self._ended.append(self._outcome(job, tc, outcome, error, summary, handler_log.lines))
+                self._ended_ready.set()
                 del self.running[job.id]
                 if not self.running:
                     self._idle.set()
-                self._ensure_dispatchers(wake)
-                for q in wake:  # its own queue (a free slot) and those of its dependents
-                    self.wake(q)
+                self.wake(job.queue)
 
-    def _settle(self, job: Job, tc: Any, outcome: str, error: str | None, summary: str | None,
-                lines: list[tuple[float, str, str]]) -> set[str]:
-        """Write the attempt's outcome; returns the queues to wake."""
+    def _outcome(self, job: Job, tc: Any, outcome: str, error: str | None, summary: str | None,
+                 lines: list[tuple[float, str, str]]) -> Outcome:
+        """Decide what an ended attempt means (retry or not) and say it in the scheduler log."""
         from .logs import REDACTOR
 
         error = REDACTOR.redact(error) if error else error
-        if lines:
-            self.store.append_log(job.id, lines)
+        kind, retry_at = outcome, None
         if outcome == "finished":
-            self.store.finish(job.id, summary)
             log.info("job %d finished%s", job.id, f": {summary}" if summary else "")
         elif outcome == "cancelled":
             log.info("job %d cancelled while running", job.id)
         elif outcome == "interrupted":
-            self.store.interrupt(job.id, error or "interrupted")
             log.warning("job %d interrupted by the daemon's stop", job.id)
+        elif job.attempts < job.max_attempts:
+            delay = retry_delay(job.attempts, tc.retry_delay, tc.retry_backoff, tc.retry_max_delay)
+            kind, retry_at = "retry", time.time() + delay
+            log.warning("job %d attempt %d/%d failed (%s); retry in %.1fs", job.id, job.attempts,
+                        job.max_attempts, error, delay)
         else:
-            if job.attempts < job.max_attempts:
-                delay = retry_delay(job.attempts, tc.retry_delay, tc.retry_backoff, tc.retry_max_delay)
-                self.store.fail_attempt(job.id, error or "failed", time.time() + delay)
-                log.warning("job %d attempt %d/%d failed (%s); retry in %.1fs", job.id, job.attempts,
-                            job.max_attempts, error, delay)
-            else:
-                self.store.fail_attempt(job.id, error or "failed", None)
-                log.error("job %d failed, attempts used up: %s", job.id, error)
-        return {job.queue, *self.store.dependent_queues(job.id)}
+            kind = "failed"
+            log.error("job %d failed, attempts used up: %s", job.id, error)
+        return Outcome(job.id, kind, time.time(), summary, error, retry_at, tuple(lines))
+
+    async def _settler(self) -> None:
+        """Writes ended attempts in batches: one transaction for all that ended meanwhile."""
+        while True:
+            if not self._ended:
+                self._ended_ready = anyio.Event()
+                await self._ended_ready.wait()
+            await self._write_ended()
+
+    async def _write_ended(self) -> None:
+        with anyio.CancelScope(shield=True):
+            batch, self._ended = self._ended, []
+            wake = await anyio.to_thread.run_sync(self.store.settle_many, batch)
+        self._ensure_dispatchers(wake)
+        for q in wake:
+            self.wake(q)
 
     # --- operations ------------------------------------------------------------
     def add(self, type: str, payload: Mapping[str, Any], **options: Any) -> int:

@@ -54,12 +54,52 @@ class Job:
         return d
 
 
+@dataclass(frozen=True)
+class Outcome:
+    """How one attempt ended, written with others in one transaction by `settle_many`."""
+
+    job_id: int
+    kind: str  # finished | retry | failed | interrupted | cancelled
+    ended: float
+    summary: str | None = None
+    error: str | None = None
+    retry_at: float | None = None
+    lines: tuple[tuple[float, str, str], ...] = ()
+
+
 class JobStore(Protocol):
     def add(self, type: str, queue: str, payload: dict[str, Any], *, title: str = "", priority: int = 0,
             max_attempts: int = 1, deps: Sequence[int] = (), delay: float = 0.0) -> int: ...
     def claim(self, queue: str, node: str) -> Job | None: ...
     def claim_many(self, queue: str, node: str, limit: int) -> list[Job]: ...
+    def settle_many(self, outcomes: Sequence[Outcome]) -> set[str]: ...
     def dependent_queues(self, job_id: int) -> set[str]: ...
+    def settle_many(self, outcomes: Sequence[Outcome]) -> set[str]:
+        """Record ended attempts in one transaction; returns the queues that may now have work
+        (the jobs' own, for their free slots, and those of their dependents)."""
+        if not outcomes:
+            return set()
+        with self.transaction() as c:
+            for o in outcomes:
+                if o.lines:
+                    c.executemany("INSERT INTO job_logs(job, ts, level, line) VALUES (?,?,?,?)",
+                                  [(o.job_id, *line) for line in o.lines])
+                if o.kind == "finished":
+                    c.execute("UPDATE jobs SET state='finished', summary=?, error=NULL, finished=? "
+                              "WHERE id=? AND state='running'", (o.summary, o.ended, o.job_id))
+                elif o.kind == "retry":
+                    c.execute("UPDATE jobs SET state='waiting', error=?, next_attempt_at=? WHERE id=? AND state='running'",
+                              (o.error, o.retry_at, o.job_id))
+                elif o.kind == "failed":
+                    self._fail(c, o.job_id, o.error or "failed")
+                elif o.kind == "interrupted":
+                    self._interrupt(c, o.job_id, o.error or "interrupted")
+            ids = [o.job_id for o in outcomes]
+            marks = ",".join("?" * len(ids))
+            return {r[0] for r in c.execute(
+                f"SELECT DISTINCT queue FROM jobs WHERE id IN ({marks}) UNION SELECT DISTINCT j.queue FROM job_deps d "
+                f"JOIN jobs j ON j.id=d.job WHERE d.dep IN ({marks})", ids + ids)}
+
     def finish(self, job_id: int, summary: str | None) -> None: ...
     def fail_attempt(self, job_id: int, error: str, retry_at: float | None) -> None: ...
     def interrupt(self, job_id: int, error: str) -> None: ...
@@ -181,6 +221,32 @@ class SqliteJobStore(SqliteFile):
                 jobs.append(dataclasses.replace(job, state=JobState.RUNNING, attempts=job.attempts + 1, started=now,
                                                 node=node, done=None, total=None))
             return jobs
+
+    def settle_many(self, outcomes: Sequence[Outcome]) -> set[str]:
+        """Record ended attempts in one transaction; returns the queues that may now have work
+        (the jobs' own, for their free slots, and those of their dependents)."""
+        if not outcomes:
+            return set()
+        with self.transaction() as c:
+            for o in outcomes:
+                if o.lines:
+                    c.executemany("INSERT INTO job_logs(job, ts, level, line) VALUES (?,?,?,?)",
+                                  [(o.job_id, *line) for line in o.lines])
+                if o.kind == "finished":
+                    c.execute("UPDATE jobs SET state='finished', summary=?, error=NULL, finished=? "
+                              "WHERE id=? AND state='running'", (o.summary, o.ended, o.job_id))
+                elif o.kind == "retry":
+                    c.execute("UPDATE jobs SET state='waiting', error=?, next_attempt_at=? WHERE id=? AND state='running'",
+                              (o.error, o.retry_at, o.job_id))
+                elif o.kind == "failed":
+                    self._fail(c, o.job_id, o.error or "failed")
+                elif o.kind == "interrupted":
+                    self._interrupt(c, o.job_id, o.error or "interrupted")
+            ids = [o.job_id for o in outcomes]
+            marks = ",".join("?" * len(ids))
+            return {r[0] for r in c.execute(
+                f"SELECT DISTINCT queue FROM jobs WHERE id IN ({marks}) UNION SELECT DISTINCT j.queue FROM job_deps d "
+                f"JOIN jobs j ON j.id=d.job WHERE d.dep IN ({marks})", ids + ids)}
 
     def finish(self, job_id: int, summary: str | None) -> None:
         with self.transaction() as c:
