@@ -74,32 +74,6 @@ class JobStore(Protocol):
     def claim_many(self, queue: str, node: str, limit: int) -> list[Job]: ...
     def settle_many(self, outcomes: Sequence[Outcome]) -> set[str]: ...
     def dependent_queues(self, job_id: int) -> set[str]: ...
-    def settle_many(self, outcomes: Sequence[Outcome]) -> set[str]:
-        """Record ended attempts in one transaction; returns the queues that may now have work
-        (the jobs' own, for their free slots, and those of their dependents)."""
-        if not outcomes:
-            return set()
-        with self.transaction() as c:
-            for o in outcomes:
-                if o.lines:
-                    c.executemany("INSERT INTO job_logs(job, ts, level, line) VALUES (?,?,?,?)",
-                                  [(o.job_id, *line) for line in o.lines])
-                if o.kind == "finished":
-                    c.execute("UPDATE jobs SET state='finished', summary=?, error=NULL, finished=? "
-                              "WHERE id=? AND state='running'", (o.summary, o.ended, o.job_id))
-                elif o.kind == "retry":
-                    c.execute("UPDATE jobs SET state='waiting', error=?, next_attempt_at=? WHERE id=? AND state='running'",
-                              (o.error, o.retry_at, o.job_id))
-                elif o.kind == "failed":
-                    self._fail(c, o.job_id, o.error or "failed")
-                elif o.kind == "interrupted":
-                    self._interrupt(c, o.job_id, o.error or "interrupted")
-            ids = [o.job_id for o in outcomes]
-            marks = ",".join("?" * len(ids))
-            return {r[0] for r in c.execute(
-                f"SELECT DISTINCT queue FROM jobs WHERE id IN ({marks}) UNION SELECT DISTINCT j.queue FROM job_deps d "
-                f"JOIN jobs j ON j.id=d.job WHERE d.dep IN ({marks})", ids + ids)}
-
     def finish(self, job_id: int, summary: str | None) -> None: ...
     def fail_attempt(self, job_id: int, error: str, retry_at: float | None) -> None: ...
     def interrupt(self, job_id: int, error: str) -> None: ...
