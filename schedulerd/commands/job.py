@@ -99,37 +99,34 @@ def job_show(args: Any, env: Any) -> int:
     return 0
 
 
-@command("job:retry", "Queue a failed, cancelled or interrupted job again (attempts reset)", JOB_ID)
-def job_retry(args: Any, env: Any) -> int:
+def _change(env: Any, op: str, job_id: int) -> Any:
+    """One store operation on a job; its JobError becomes a clean exit 2."""
     from ..jobstore import JobError
 
     store = _store(env)
     try:
-        job = store.retry(args.id)
+        return getattr(store, op)(job_id)
     except JobError as e:
         raise CommandError(str(e), 2) from None
     finally:
         store.close()
-    env.try_call("job.wake")
+
+
+@command("job:retry", "Queue a failed, cancelled or interrupted job again (attempts reset)", JOB_ID)
+def job_retry(args: Any, env: Any) -> int:
+    job = _change(env, "retry", args.id)
+    env.try_call("job.wake", queue=job.queue)
     print(f"job {job.id}: {job.state.value}")
     return 0
 
 
 @command("job:cancel", "Cancel a waiting or running job (its dependents fail)", JOB_ID)
 def job_cancel(args: Any, env: Any) -> int:
-    from ..jobstore import JobError
-
-    if env.running_pid():
+    if env.running_pid():  # the daemon may be running it: it cancels the attempt too
         job = env.call("job.cancel", id=args.id)
         print(f"job {job['id']}: {job['state']}")
         return 0
-    store = _store(env)
-    try:
-        job = store.cancel(args.id)
-    except JobError as e:
-        raise CommandError(str(e), 2) from None
-    finally:
-        store.close()
+    job = _change(env, "cancel", args.id)
     print(f"job {job.id}: {job.state.value}")
     return 0
 
