@@ -181,9 +181,12 @@ class JobService:
         assert self._tg is not None
         while self._accepting:
             free = self.config.queue(queue).workers - self._running_in(queue)
-            claimed: list[Job] = []
-            if free > 0:  # a paused queue claims nothing (checked in the claim's SQL)
-                claimed = await anyio.to_thread.run_sync(self.store.claim_many, queue, self.node, free)
+            if free <= 0:  # every slot busy: a job's end wakes us
+                await waker.wait(POLL)
+                continue
+            # On the loop, not in a thread: one short IMMEDIATE transaction (~0.2 ms) costs less than
+            # two thread hand-offs per claim. A paused queue claims nothing (checked in the SQL).
+            claimed = self.store.claim_many(queue, self.node, free)
             for job in claimed:
                 scope = anyio.CancelScope()
                 self.running[job.id] = RunningJob(job, scope)
@@ -249,7 +252,7 @@ class JobService:
         error = REDACTOR.redact(error) if error else error
         kind, retry_at = outcome, None
         if outcome == "finished":
-            log.info("job %d finished%s", job.id, f": {summary}" if summary else "")
+            log.debug("job %d finished%s", job.id, f": {summary}" if summary else "")
         elif outcome == "cancelled":
             log.info("job %d cancelled while running", job.id)
         elif outcome == "interrupted":
