@@ -153,9 +153,13 @@ class FtpPull(TaskType):
         local_dir = s.local_dir
         local_dir.mkdir(parents=True, exist_ok=True)
         targets: dict[str, Path] = {}
+        folder_ok: dict[Path, bool] = {}  # one resolve per folder, not per file
         for rel, e in todo.items():
             target = local_dir.joinpath(*rel.split("/"))
-            if not inside(local_dir, target):  # a local symlink pointing elsewhere
+            ok = folder_ok.get(target.parent)
+            if ok is None:
+                ok = folder_ok[target.parent] = inside(local_dir, target)
+            if not ok:  # a local symlink pointing elsewhere
                 ctx.log.warning("refusing %s: %s is outside %s", printable(rel), target.parent, local_dir)
                 continue
             targets[rel] = target
@@ -164,7 +168,7 @@ class FtpPull(TaskType):
         errors: list[str] = []
         fatal: list[BaseException] = []
         work = iter(sorted(targets.items()))
-        committer = Committer()
+        committer = Committer()  # syncs in the background: downloads never wait for it
 
         async def worker(first: RemoteClient | None) -> None:
             c = first
@@ -180,19 +184,21 @@ class FtpPull(TaskType):
                     d = await self._download(ctx, c, todo[rel], target, progress, errors, fatal)
                     if d is not None:
                         mine.append((rel, todo[rel], committer.submit(d)))
-                    await committer.maybe_flush()
-                await committer.flush()
                 if mine:
+                    committer.urge()
                     c = await self._usable(ctx, c, first, fatal)
                 await self._settle(ctx, c, mine, ledger, progress, fatal, wait=True)
             finally:
                 if c is not None and c is not first:
                     await _close(c)
 
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(worker, client)
-            for _ in range(min(s.parallel, len(targets)) - 1):
-                tg.start_soon(worker, None)
+        async with anyio.create_task_group() as outer:
+            outer.start_soon(committer.run)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(worker, client)
+                for _ in range(min(s.parallel, len(targets)) - 1):
+                    tg.start_soon(worker, None)
+            committer.close()
         progress.clear()
         summary = progress.summary("pulled")
         if waiting:

@@ -25,7 +25,7 @@ from tasks.transfer import RemoteClient, TransferError, connect
 from tasks.transfer.ledger import write_atomic
 from tasks.transfer.names import join, printable, unsafe_reason
 from tasks.transfer.progress import Progress
-from tasks.transfer.send import send
+from tasks.transfer.send import Staged, finish, send, stage
 from tasks.transfer.settings import ConnectionSettings
 
 
@@ -115,38 +115,71 @@ class FtpPush(TaskType):
         work = iter(sorted(todo.items()))
         fatal: list[TransferError] = []
 
+        async def put(client: RemoteClient, rel: str, path: Path) -> Staged | None:
+            remote_dir = join(s.remote_dir, rel.rsplit("/", 1)[0]) if "/" in rel else s.remote_dir
+            try:
+                return await stage(client, path, remote_dir, on_bytes=progress.on_bytes)
+            except TransferError as e:
+                ctx.log.warning("cannot send %s: %s", path, e)
+                errors.append(str(e))
+                progress.file_done(failed=True)
+                return None
+
+        async def done(client: RemoteClient, staged: Staged, size: int, mtime_ns: int) -> None:
+            path = staged.src
+            try:
+                final = await finish(client, staged, log=ctx.log)
+            except TransferError as e:
+                ctx.log.warning("cannot send %s: %s", path, e)
+                errors.append(str(e))
+                progress.file_done(failed=True)
+                return
+            try:
+                st = path.stat()
+                if (st.st_size, st.st_mtime_ns) == (size, mtime_ns):
+                    path.unlink()
+                else:
+                    ctx.log.warning("%s changed while it was sent: kept, sent again next pass", path)
+            except FileNotFoundError:
+                pass
+            ctx.log.info("sent %s -> %s", path, final)
+            progress.file_done()
+
         async def worker() -> None:
             client: RemoteClient | None = None
+            # on a client taking overlapping requests (SFTP) a file's rename goes with the
+            # next file's upload: one round trip fewer per file, same files in flight
+            renaming: tuple[Staged, int, int] | None = None
             try:
                 for rel, (path, size, mtime_ns) in work:
                     if fatal:
-                        return
+                        break
                     if client is None or client.broken:
+                        if renaming is not None and client is not None:
+                            await done(client, *renaming)  # fails fast, and is counted
+                            renaming = None
                         await _close(client)
                         client = None
                         try:
                             client = await connect(s, ctx.log)
                         except TransferError as e:
                             fatal.append(e)
-                            return
-                    remote_dir = join(s.remote_dir, rel.rsplit("/", 1)[0]) if "/" in rel else s.remote_dir
-                    try:
-                        final = await send(client, path, remote_dir, log=ctx.log, on_bytes=progress.on_bytes)
-                    except TransferError as e:
-                        ctx.log.warning("cannot send %s: %s", path, e)
-                        errors.append(str(e))
-                        progress.file_done(failed=True)
+                            break
+                    if renaming is None:
+                        staged = await put(client, rel, path)
+                    else:
+                        async with anyio.create_task_group() as tg:
+                            tg.start_soon(done, client, *renaming)
+                            staged = await put(client, rel, path)
+                        renaming = None
+                    if staged is None:
                         continue
-                    try:
-                        st = path.stat()
-                        if (st.st_size, st.st_mtime_ns) == (size, mtime_ns):
-                            path.unlink()
-                        else:
-                            ctx.log.warning("%s changed while it was sent: kept, sent again next pass", path)
-                    except FileNotFoundError:
-                        pass
-                    ctx.log.info("sent %s -> %s", path, final)
-                    progress.file_done()
+                    if client.concurrent:
+                        renaming = (staged, size, mtime_ns)
+                    else:
+                        await done(client, staged, size, mtime_ns)
+                if renaming is not None and client is not None:
+                    await done(client, *renaming)
             finally:
                 await _close(client)
 

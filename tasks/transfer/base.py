@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import BinaryIO, Literal
 
 EntryType = Literal["file", "dir", "link", "other"]
@@ -24,10 +24,11 @@ class RemoteEntry:
 
 
 class RemoteClient(abc.ABC):
-    """One logged-in session. Not safe for concurrent use: open one client per parallel worker."""
+    """One logged-in session. Not safe for concurrent use (unless `concurrent`): one client per worker."""
 
     broken: bool = False  # the session is unusable (lost, or out of step): reconnect
     acked_writes: bool = False  # every write is acknowledged (SFTP): no size check needed after upload
+    concurrent: bool = False  # requests may overlap (SFTP): one file's rename beside the next upload
 
     @abc.abstractmethod
     async def list(self, path: str) -> list[RemoteEntry]:
@@ -40,6 +41,14 @@ class RemoteClient(abc.ABC):
     @abc.abstractmethod
     async def mtime(self, path: str) -> float | None:
         """Exact modification time of one file (UTC epoch), None when the server cannot tell."""
+
+    def mtime_later(self, path: str) -> Callable[[], Awaitable[float | None]]:
+        """`mtime`, asked when cheapest: FTP sends it with the next data command; await the result."""
+
+        async def get() -> float | None:
+            return await self.mtime(path)
+
+        return get
 
     @abc.abstractmethod
     async def download(self, path: str, dest: BinaryIO, offset: int = 0, on_bytes: OnBytes | None = None,

@@ -12,7 +12,9 @@ import ctypes
 import ctypes.util
 import dataclasses
 import hashlib
+import io
 import logging
+import math
 import os
 import re
 import time
@@ -114,6 +116,20 @@ class Downloaded:
     done: anyio.Event = dataclasses.field(default_factory=anyio.Event)
     result: Path | None = None  # the final path (None: skipped because it exists)
     error: LocalError | None = None
+    data: bytes | None = None  # a small file still in memory: `_commit` writes it to `part` first
+
+
+class _Capped(io.BytesIO):
+    """Memory for a small file that refuses more than its listed size (a file growing meanwhile)."""
+
+    def __init__(self, entry: RemoteEntry):
+        super().__init__()
+        self.entry = entry
+
+    def write(self, data: Any) -> int:
+        if self.tell() + len(data) > (self.entry.size or 0):
+            raise IntegrityError(f"{self.entry.path}: more than the {self.entry.size} bytes listed")
+        return super().write(data)
 
 
 async def download(
@@ -131,26 +147,57 @@ async def download(
     if on_exists == "skip" and target.exists():
         return None
     mtime = entry.mtime
-    if not entry.precise:  # LIST times are to the minute at best: ask (MDTM) for the exact one
-        mtime = await client.mtime(entry.path) or mtime
     part = part_path(target, entry)
+    if entry.size is not None and entry.size <= SMALL_FILE and not os.path.lexists(part):
+        # a small file stays in memory; the committer's thread writes it with the
+        # others of its batch: no thread hop of its own per file
+        later = None if entry.precise else client.mtime_later(entry.path)
+        buf = _Capped(entry)
+        await client.download(entry.path, buf, 0, on_bytes, size=entry.size)
+        if later is not None:  # LIST times are to the minute at best: MDTM gives the exact one
+            mtime = await later() or mtime
+        data = buf.getvalue()
+        if len(data) != entry.size:
+            raise IntegrityError(f"{entry.path}: got {len(data)} bytes, expected {entry.size}")
+        return Downloaded(part, target, on_exists, mtime, len(data), data=data)
     # blocking file calls run in a worker thread: an open() waiting on the journal
     # must not stall the other transfers of the event loop
-    try:
-        f, offset = await anyio.to_thread.run_sync(_open_part, part, entry.size)
-    except OSError as e:
-        raise LocalError(f"cannot write {part}: {e.strerror or e}") from None
+    if entry.precise:
+        opened = await _open_in_thread(part, entry.size)
+    else:  # LIST times are to the minute at best: ask (MDTM) for the exact one meanwhile
+        refined: list[float | None] = []
+        lost: list[TransferError] = []
+        async with anyio.create_task_group() as tg:
+
+            async def refine() -> None:
+                try:
+                    refined.append(await client.mtime(entry.path))
+                except TransferError as e:  # the session broke: raised below, unwrapped
+                    lost.append(e)
+
+            tg.start_soon(refine)
+            opened = await _open_in_thread(part, entry.size)
+        if lost:
+            if not isinstance(opened, OSError):
+                opened[0].close()
+            raise lost[0]
+        mtime = (refined[0] if refined else None) or mtime
+    if isinstance(opened, OSError):
+        raise LocalError(f"cannot write {part}: {opened.strerror or opened}")
+    f, offset = opened
     try:
         if offset:
             log.info("resuming %s at %d of %s bytes", entry.path, offset, entry.size)
         if entry.size is None or offset < entry.size:
+            dest: Any = EarlyWriteback(f, offset) if (entry.size or 0) - offset > WRITEBACK_EVERY else f
             try:
-                await client.download(entry.path, f, offset, on_bytes, size=entry.size)
+                await client.download(entry.path, dest, offset, on_bytes, size=entry.size)
             except ResumeUnsupported as e:
                 log.info("%s; downloading %s from the start", e, entry.path)
                 f.seek(0)
                 f.truncate()
-                await client.download(entry.path, f, 0, on_bytes, size=entry.size)
+                dest = EarlyWriteback(f, 0) if (entry.size or 0) > WRITEBACK_EVERY else f
+                await client.download(entry.path, dest, 0, on_bytes, size=entry.size)
         f.flush()
         size = os.fstat(f.fileno()).st_size
     except OSError as e:
@@ -183,6 +230,14 @@ async def fetch(
     return d.result
 
 
+async def _open_in_thread(part: Path, size: int | None) -> tuple[BinaryIO, int] | OSError:
+    """The temp file, or the error (not raised: a task group beside it must not wrap it)."""
+    try:
+        return await anyio.to_thread.run_sync(_open_part, part, size)
+    except OSError as e:
+        return e
+
+
 def _open_part(part: Path, size: int | None) -> tuple[BinaryIO, int]:
     """The temp file (and its folder), positioned where a resumed download continues."""
     part.parent.mkdir(parents=True, exist_ok=True)
@@ -211,8 +266,67 @@ def _load_syncfs() -> Any:
 _syncfs = _load_syncfs()
 
 
+def _load_sync_file_range() -> Any:
+    try:
+        fn = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_sync_file_range = _load_sync_file_range()
+SYNC_FILE_RANGE_WRITE = 2
+WRITEBACK_EVERY = 8 * 1024 * 1024
+SMALL_FILE = 512 * 1024  # at most this is downloaded to memory, written by the committer
+
+
+class EarlyWriteback:
+    """A temp file that asks the kernel to start writing back every 8 MB as it is filled.
+
+    Only a start (SYNC_FILE_RANGE_WRITE waits for nothing): the final sync of a big
+    file then finds most of it on disk, and dirty pages never pile up to the point
+    where a write stalls the event loop. Small files never reach the threshold.
+    """
+
+    def __init__(self, f: BinaryIO, start: int):
+        self.f = f
+        self._done = start  # bytes already handed to writeback
+        self._at = start
+
+    def write(self, data: bytes) -> int:
+        n = self.f.write(data)
+        self._at += n
+        if self._at - self._done >= WRITEBACK_EVERY and _sync_file_range is not None:
+            self.f.flush()
+            _sync_file_range(self.f.fileno(), self._done, self._at - self._done, SYNC_FILE_RANGE_WRITE)
+            self._done = self._at
+        return n
+
+    def __getattr__(self, name: str) -> Any:  # seek, truncate, flush...: the file's own
+        return getattr(self.f, name)
+
+
+def _write_part(d: Downloaded) -> bool:
+    """Write a small file kept in memory to its temp name; False (and `error`) when that fails."""
+    data, d.data = d.data, None
+    assert data is not None
+    try:
+        d.part.parent.mkdir(parents=True, exist_ok=True)
+        with open(d.part, "wb") as f:
+            f.write(data)
+    except OSError as e:
+        d.error = LocalError(f"cannot write {d.part}: {e.strerror or e}")
+        return False
+    return True
+
+
 def _commit(batch: list[Downloaded], whole_fs: bool) -> None:
     """Make the temp files durable (one syncfs for a batch, or one fsync each), then name them."""
+    batch = [d for d in batch if d.data is None or _write_part(d)]
+    if not batch:
+        return
     try:
         if whole_fs and _syncfs is not None:
             folders = {os.stat(d.part.parent).st_dev: d.part.parent for d in batch}
@@ -249,38 +363,76 @@ def _commit(batch: list[Downloaded], whole_fs: bool) -> None:
 
 
 class Committer:
-    """Durability in groups: downloads finish without fsync; one syncfs covers many files.
+    """Durability in groups, off the download path: one syncfs covers many finished files.
 
+    Workers `submit` finished temp files and go on downloading; `run` (one task
+    beside the workers) syncs a batch once it holds `max_batch` files or its first
+    file waited `max_age` (or at once when a worker `urge`s it: it waits for its
+    files), names the files, sets `done`, and goes on with what arrived meanwhile.
     A file gets its final name only after its data is durable (as with fetch); the
-    caller deletes the remote copy only once `done` is set without error. The
-    other workers keep downloading while a batch is synced.
+    caller deletes the remote copy only once `done` is set without error. `close`
+    ends `run` once all is named.
     """
 
-    def __init__(self, max_batch: int = 64, max_age: float = 0.2):
+    def __init__(self, max_batch: int = 64, max_age: float = 0.05, max_bytes: int = 16 * 1024 * 1024):
         self.max_batch = max_batch
         self.max_age = max_age
+        self.max_bytes = max_bytes  # of small files held in memory
+        self._held = 0
         self._pending: list[Downloaded] = []
         self._since = 0.0
-        self._lock = anyio.Lock()
+        self._wake = anyio.Event()
+        self._urgent = False
+        self._closed = False
 
     def submit(self, d: Downloaded) -> Downloaded:
+        if self._closed:  # pragma: no cover - a caller bug
+            raise RuntimeError("Committer is closed")
         if not self._pending:
             self._since = time.monotonic()
+            self._wake.set()  # `run` starts the clock
         self._pending.append(d)
+        self._held += len(d.data or b"")
+        if self._full():
+            self._wake.set()
         return d
 
-    async def maybe_flush(self) -> None:
-        if len(self._pending) >= self.max_batch or (self._pending and time.monotonic() - self._since >= self.max_age):
-            await self.flush()
+    def _full(self) -> bool:
+        return len(self._pending) >= self.max_batch or self._held >= self.max_bytes
+
+    def urge(self) -> None:
+        """Someone waits for the pending files: sync them now."""
+        self._urgent = True
+        self._wake.set()
+
+    def close(self) -> None:
+        """No more submissions: `run` returns once the pending files are named."""
+        self._closed = True
+        self._wake.set()
+
+    async def run(self) -> None:
+        while True:
+            if not self._pending:
+                if self._closed:
+                    return
+            elif self._urgent or self._closed or self._full():
+                self._urgent = False
+                await self.flush()
+                continue
+            with anyio.move_on_after(self._since + self.max_age - time.monotonic() if self._pending else math.inf):
+                await self._wake.wait()
+            if self._wake.is_set():
+                self._wake = anyio.Event()
+            elif self._pending:  # the first pending file waited max_age
+                self._urgent = True
 
     async def flush(self) -> None:
-        async with self._lock:
-            batch, self._pending = self._pending, []
-            if not batch:
-                return
-            try:
-                with anyio.CancelScope(shield=True):  # a batch is named as a whole, even when cancelled
-                    await anyio.to_thread.run_sync(_commit, batch, True)
-            finally:
-                for d in batch:
-                    d.done.set()
+        batch, self._pending, self._held = self._pending, [], 0
+        if not batch:
+            return
+        try:
+            with anyio.CancelScope(shield=True):  # a batch is named as a whole, even when cancelled
+                await anyio.to_thread.run_sync(_commit, batch, True)
+        finally:
+            for d in batch:
+                d.done.set()

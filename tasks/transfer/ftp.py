@@ -5,19 +5,23 @@ active mode, no SOCKS and completes the TLS handshake before sending RETR,
 which deadlocks vsftpd (it accepts, replies 150, and only then handshakes).
 Here the handshake runs while the command waits for its 1xx reply, and it
 resumes the control connection's TLS session (vsftpd `require_ssl_reuse`).
+Passive FTPS data moves in a worker thread on a blocking TLS socket (`_threaded`):
+asyncio's Python TLS layer cost more per small file than the whole rest.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import ipaddress
 import logging
 import socket
 import ssl
-from collections.abc import AsyncIterator, Callable
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime, timezone
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import aioftp
 import anyio
@@ -44,6 +48,32 @@ class ControlStream(ThrottleStreamIO):
         self.writer.write(data)
         async with asyncio.timeout(self.write_timeout):
             await self.writer.drain()
+
+
+@dataclasses.dataclass
+class _Piggyback:
+    """A command waiting to share the next EPSV/PASV packet (see `FtpClient.mtime_later`)."""
+
+    line: str
+    sent: bool = False
+    value: float | None = None
+
+
+def _mdtm(info: list[str]) -> float:
+    """`213 YYYYMMDDHHMMSS[.sss]` (UTC) as epoch seconds; ValueError/IndexError when malformed."""
+    stamp = info[-1].strip().split()[-1]
+    main, _, frac = stamp.partition(".")
+    d = datetime.strptime(main, "%Y%m%d%H%M%S").replace(tzinfo=timezone.utc)
+    return d.timestamp() + (float("0." + frac) if frac.isdigit() else 0.0)
+
+
+class _LocalFailure(Exception):
+    """Raised in a transfer thread from the local file's error (its __cause__)."""
+
+
+def _shutdown(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
 
 
 class ResumeUnsupported(RemoteError):
@@ -73,11 +103,20 @@ def _private(host: str) -> bool:
 class FtpClient(RemoteClient):
     """One FTP/FTPS session (see module doc)."""
 
+    # passive TLS transfers move their bytes in a worker thread (see `_threaded`); plain
+    # ones measured faster on asyncio's transports (no thread hop per file)
+    threaded_data: bool | None = None  # None: for TLS only
+
+    def _threaded_data(self) -> bool:
+        return self._ctx is not None if self.threaded_data is None else self.threaded_data
+
     def __init__(self, settings: ConnectionSettings, log: logging.Logger):
         self.s = settings
         self.log = log
         self._ftp = aioftp.Client(socket_timeout=settings.timeout, encoding=settings.encoding)
         self._ctx: ssl.SSLContext | None = tls.client_context(settings, log) if settings.tls else None
+        self._data_ctx: ssl.SSLContext | None = None  # resumes the control session (see `tls`)
+        self._piggyback: list[_Piggyback] = []  # sent with the next EPSV/PASV
         proxy = settings.proxy_spec
         self._gateway = proxy if proxy and proxy.scheme == "ftp" else None
         self._socks = proxy if proxy and proxy.scheme != "ftp" else None
@@ -226,16 +265,20 @@ class FtpClient(RemoteClient):
     # --- data connections --------------------------------------------------
 
     async def _passive_address(self) -> tuple[str, int]:
+        sent = None  # EPSV or PASV, already sent with queued MDTMs
+        if self._piggyback:
+            sent = "EPSV" if self._epsv else "PASV"
+            await self._send_piggyback(sent)
         if self._epsv:
             try:
-                _, info = await self._cmd("EPSV", "229")
+                _, info = await self._cmd(None if sent == "EPSV" else "EPSV", "229", what="EPSV")
                 return self._data_host, aioftp.Client.parse_epsv_response(info[-1])[1]
             except RemoteError as e:
                 if self.broken:
                     raise
                 self.log.debug("EPSV refused (%s), using PASV", e)
                 self._epsv = False
-        _, info = await self._cmd("PASV", "227")
+        _, info = await self._cmd(None if sent == "PASV" else "PASV", "227", what="PASV")
         try:
             host, port = aioftp.Client.parse_pasv_response(info[-1])
         except (ValueError, IndexError):
@@ -305,7 +348,7 @@ class FtpClient(RemoteClient):
                     if self.broken:
                         raise
                     raise ResumeUnsupported(f"{s.host} does not resume transfers (REST refused)") from None
-            data_ctx = tls.data_context(self._ctx, self._ftp.stream.writer.get_extra_info("ssl_object")) if self._ctx else None
+            data_ctx = self._data_context()
 
             async def establish(on_failure: Callable[[], None]) -> None:
                 nonlocal sock
@@ -363,6 +406,123 @@ class FtpClient(RemoteClient):
             for _, w in streams:
                 if not w.is_closing():
                     w.transport.abort()
+
+    async def _threaded(self, command: str, offset: int, job: Callable[[socket.socket, Callable[[int], None]], int],
+                        on_bytes: OnBytes | None, *, not_found: bool = False) -> int:
+        """A passive data transfer whose bytes (and TLS) move in a worker thread on a blocking socket.
+
+        The event loop only sends `command` and reads the replies: asyncio's
+        per-connection transport and its Python TLS layer were most of our CPU per
+        small file. The handshake, as in `_data`, runs while the command waits for
+        its 1xx. `job(conn, report)` moves the data and returns the byte count; an
+        OSError of the local file (or our own TransferError) comes back unchanged.
+        """
+        if self.broken:
+            raise ConnectError("connection is broken")
+        s = self.s
+        what = command.split(" ", 1)[0]
+        host, port = await self._passive_address()
+        sock = await open_socket(host, port, proxy=self._socks, timeout=s.timeout,
+                                 proxy_password=s.proxy_password.reveal() if s.proxy_password else None)
+        data_ctx = self._data_context()
+        sent: list[int] = []
+        net: list[BaseException] = []  # the data connection failed
+        local: list[BaseException] = []  # the local file (or the job) failed
+        lock = threading.Lock()  # guards `state`: the loop may shut the socket the thread uses
+        state: dict[str, Any] = {"conn": sock, "closed": False, "reported": 0}
+
+        def report(n: int) -> None:
+            with lock:
+                state["reported"] += n
+
+        def take_reported() -> int:
+            with lock:
+                n, state["reported"] = state["reported"], 0
+            return n
+
+        def stop() -> None:  # unblocks the thread: refused command, cancellation
+            with lock:
+                if not state["closed"]:
+                    _shutdown(state["conn"])
+
+        def run() -> None:
+            conn = sock
+            try:
+                sock.settimeout(s.timeout)
+                if data_ctx is not None:
+                    with lock:
+                        conn = state["conn"] = data_ctx.wrap_socket(sock, server_hostname=s.host,
+                                                                     do_handshake_on_connect=False)
+                    conn.do_handshake()
+                n = job(conn, report)
+                if data_ctx is not None and command.startswith("STOR"):
+                    conn.unwrap()  # close_notify: the server sees a clean end of the upload
+                sent.append(n)
+            except _LocalFailure as e:
+                local.append(e.__cause__ or e)
+            except Exception as e:  # reported by the event loop
+                net.append(e)
+            finally:
+                with lock:
+                    state["closed"] = True
+                    conn.close()
+
+        refused: list[TransferError] = []
+        try:
+            if offset:
+                try:
+                    await self._cmd(f"REST {offset}", "350", what="REST")
+                except RemoteError:
+                    if self.broken:
+                        raise
+                    raise ResumeUnsupported(f"{s.host} does not resume transfers (REST refused)") from None
+            finished = anyio.Event()
+            async with anyio.create_task_group() as tg:
+
+                async def in_thread() -> None:
+                    state["owned"] = True  # the thread closes the socket from now on
+                    try:
+                        await anyio.to_thread.run_sync(run, abandon_on_cancel=True)
+                    finally:
+                        finished.set()
+
+                tg.start_soon(in_thread)
+                try:
+                    await self._cmd(command, "1xx", what=what, not_found=not_found)
+                except TransferError as e:  # 550...: the thread stops waiting for the server
+                    refused.append(e)
+                    stop()
+                while on_bytes and not finished.is_set():  # live progress while the thread works
+                    with anyio.move_on_after(0.25):
+                        await finished.wait()
+                    if n := take_reported():
+                        on_bytes(n)
+        finally:
+            if state.get("owned"):
+                stop()  # an abandoned (cancelled) thread ends at once
+            else:  # REST refused, or cancelled before: no thread to close it
+                sock.close()
+        if on_bytes and (n := take_reported()):
+            on_bytes(n)
+        if refused:
+            raise refused[0]
+        if local:
+            self.broken = True
+            raise local[0]
+        if net:
+            self.broken = True
+            e = net[0]
+            if isinstance(e, TimeoutError):
+                raise self._error(ConnectError, f"{what}: data connection timed out (passive mode)")
+            raise self._error(ConnectError, f"{what}: data connection failed: {_tls_reason(e)}")
+        await self._cmd(None, "2xx", "1xx", what=what)
+        return sent[0]
+
+    def _data_context(self) -> ssl.SSLContext | None:
+        """Made once per session: reading the control session copies it, and a context is costly."""
+        if self._ctx is not None and self._data_ctx is None:
+            self._data_ctx = tls.data_context(self._ctx, self._ftp.stream.writer.get_extra_info("ssl_object"))
+        return self._data_ctx
 
     async def _close_data(self, writer: asyncio.StreamWriter) -> None:
         writer.close()
@@ -428,10 +588,7 @@ class FtpClient(RemoteClient):
             return None
         try:
             _, info = await self._cmd(f"MDTM {path}", "213", what="MDTM", not_found=True)
-            stamp = info[-1].strip().split()[-1]
-            main, _, frac = stamp.partition(".")
-            d = datetime.strptime(main, "%Y%m%d%H%M%S").replace(tzinfo=timezone.utc)
-            return d.timestamp() + (float("0." + frac) if frac.isdigit() else 0.0)
+            return _mdtm(info)
         except (NotFound, ValueError, IndexError):
             return None
         except RemoteError:
@@ -439,12 +596,72 @@ class FtpClient(RemoteClient):
                 raise
             return None
 
+    def mtime_later(self, path: str) -> Callable[[], Awaitable[float | None]]:
+        """MDTM sent in the same packet as the next EPSV/PASV (passive, no proxy): one round trip fewer.
+
+        Only these two harmless commands ever share a packet: no side effect, and
+        an FTP-aware firewall rewriting PORT or PASV replies sees nothing unusual.
+        When no EPSV/PASV follows (the download failed first), a plain MDTM is sent.
+        """
+        if not self.s.passive or self.s.proxy or (self._features and "MDTM" not in self._features):
+            return super().mtime_later(path)
+        later = _Piggyback(f"MDTM {path}")
+        self._piggyback.append(later)
+
+        async def get() -> float | None:
+            if not later.sent:
+                with contextlib.suppress(ValueError):
+                    self._piggyback.remove(later)
+                return await self.mtime(path)
+            return later.value
+
+        return get
+
+    async def _send_piggyback(self, line: str) -> None:
+        """Send the queued MDTMs with `line` in one write and read their replies (in order)."""
+        queued, self._piggyback = self._piggyback, []
+        payload = "".join(q.line + "\r\n" for q in queued) + line + "\r\n"
+        try:
+            await self._ftp.stream.write(payload.encode(self.s.encoding))
+        except (OSError, TimeoutError) as e:
+            self.broken = True
+            raise self._error(ConnectError, f"connection to {self.s.host} lost ({e or type(e).__name__})") from None
+        for q in queued:
+            q.sent = True
+            try:
+                _, info = await self._cmd(None, "213", what="MDTM", not_found=True)
+                q.value = _mdtm(info)
+            except (NotFound, ValueError, IndexError):
+                pass
+            except RemoteError:
+                if self.broken:
+                    raise
+
     async def download(self, path: str, dest: BinaryIO, offset: int = 0, on_bytes: OnBytes | None = None,
                        size: int | None = None) -> int:
         if offset and self._features and "REST STREAM" not in self._features:
             raise ResumeUnsupported(f"{self.s.host} does not announce REST STREAM")
-        n = 0
         block = self.s.block_size
+        if self.s.passive and self._threaded_data():
+
+            # a small file needs no 1 MB buffer (zeroed at each allocation)
+            room = block if size is None else min(block, max(65536, size - offset + 1))
+
+            def receive(conn: socket.socket, report: Callable[[int], None]) -> int:
+                buf = bytearray(room)
+                view = memoryview(buf)
+                got = 0
+                while k := conn.recv_into(buf):
+                    try:
+                        dest.write(view[:k])
+                    except (OSError, TransferError) as e:
+                        raise _LocalFailure() from e
+                    got += k
+                    report(k)
+                return got
+
+            return await self._threaded(f"RETR {path}", offset, receive, on_bytes, not_found=True)
+        n = 0
         timeout = self.s.timeout
         async with self._data(f"RETR {path}", offset, not_found=True) as (reader, _):
             while True:
@@ -459,8 +676,24 @@ class FtpClient(RemoteClient):
         return n
 
     async def upload(self, src: BinaryIO, path: str, on_bytes: OnBytes | None = None) -> int:
-        n = 0
         block = self.s.block_size
+        if self.s.passive and self._threaded_data():
+
+            def transmit(conn: socket.socket, report: Callable[[int], None]) -> int:
+                done = 0
+                while True:
+                    try:
+                        chunk = src.read(block)
+                    except OSError as e:
+                        raise _LocalFailure() from e
+                    if not chunk:
+                        return done
+                    conn.sendall(chunk)
+                    done += len(chunk)
+                    report(len(chunk))
+
+            return await self._threaded(f"STOR {path}", 0, transmit, on_bytes)
+        n = 0
         timeout = self.s.timeout
         async with self._data(f"STOR {path}") as (_, writer):
             while True:

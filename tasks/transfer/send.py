@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 from pathlib import Path
@@ -16,16 +17,25 @@ def temp_name(name: str) -> str:
     return f".{name}.part"
 
 
-async def send(
+@dataclasses.dataclass(frozen=True)
+class Staged:
+    """A file complete and size-checked under its temp name, waiting for its rename."""
+
+    tmp: str
+    final: str
+    size: int
+    src: Path
+
+
+async def stage(
     client: RemoteClient,
     src: Path,
     remote_dir: str,
     name: str | None = None,
     *,
-    log: logging.Logger,
     on_bytes: OnBytes | None = None,
-) -> str:
-    """Upload `src` as `remote_dir/name` via a temp name; returns the final remote path."""
+) -> Staged:
+    """Upload `src` under the temp name of `remote_dir/name` and check its remote size."""
     name = name or src.name
     reason = unsafe_reason(name)
     if reason is not None:
@@ -44,13 +54,31 @@ async def send(
                 await client.delete(tmp)
         raise
     # FTP: a cut data connection can look like a complete upload to the server, so ask
-    # for the size; SFTP acknowledged every write already
+    # for the size; SFTP acknowledged every write (and the close) already
     st = None if client.acked_writes and sent == size else await client.stat(tmp)
     if sent != size or (st is not None and st.size is not None and st.size != size):
         with contextlib.suppress(TransferError):
             await client.delete(tmp)
         got = st.size if st is not None else sent
         raise IntegrityError(f"{final}: remote size {got}, local size {size}")
-    await client.rename(tmp, final)
-    log.debug("sent %s to %s (%d bytes)", src, final, size)
-    return final
+    return Staged(tmp, final, size, src)
+
+
+async def finish(client: RemoteClient, staged: Staged, *, log: logging.Logger) -> str:
+    """Give a staged file its final name; returns the final remote path."""
+    await client.rename(staged.tmp, staged.final)
+    log.debug("sent %s to %s (%d bytes)", staged.src, staged.final, staged.size)
+    return staged.final
+
+
+async def send(
+    client: RemoteClient,
+    src: Path,
+    remote_dir: str,
+    name: str | None = None,
+    *,
+    log: logging.Logger,
+    on_bytes: OnBytes | None = None,
+) -> str:
+    """Upload `src` as `remote_dir/name` via a temp name; returns the final remote path."""
+    return await finish(client, await stage(client, src, remote_dir, name, on_bytes=on_bytes), log=log)
