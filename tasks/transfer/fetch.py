@@ -318,6 +318,8 @@ def _write_part(d: Downloaded) -> bool:
             f.write(data)
     except OSError as e:
         d.error = LocalError(f"cannot write {d.part}: {e.strerror or e}")
+        with contextlib.suppress(OSError):  # a half temp would only be resumed: the file is small
+            d.part.unlink(missing_ok=True)
         return False
     return True
 
