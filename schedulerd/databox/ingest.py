@@ -37,13 +37,15 @@ from pathlib import Path
 from typing import Literal
 
 from .fields import now_iso
-from .hotfolder import FileStat, Tree, split
+from .hotfolder import _FILE_FLAGS, FileStat, Tree, split
 from .model import NewRecord
 from .repository import Databox, _display_name
 from .storage import SourceError, StorageError, guess_mime, hash_fd
 
 Duplicates = Literal["allow", "skip", "error"]
 PARALLEL_MIN_SIZE = 4 << 20  # files at least this big are hashed by several threads
+_DIR_OPEN = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+_NOATIME = getattr(os, "O_NOATIME", 0)  # reading a source need not dirty its inode (owner or root only)
 _WORKERS = min(4, os.cpu_count() or 1)
 
 # Crash injection for tests: SCHEDULERD_CRASH_AT="point[:n]" kills the process with
@@ -201,6 +203,8 @@ class Ingestor:
         self.log = log or logging.getLogger("schedulerd.archive")
         self.on_failed = on_failed
         self._storage_dev: int | None = None
+        self._doc_fds: dict[str, int] = {}  # storage folder -> fd, for the life of one batch
+        self._noatime = _NOATIME  # dropped for the rest of a batch at the first file we do not own
 
     # --- helpers ---------------------------------------------------------------------
 
@@ -347,6 +351,7 @@ class Ingestor:
         ]
         if not work:
             return res
+        self._noatime = _NOATIME
         batch_id = self.journal.add([(w.token, w.unit.rel, w.unit.stat.ino, w.unit.caption,
                                       w.unit.caption_stat.ino if w.unit.caption_stat else None, w.doc, w.mode)
                                      for w in work])
@@ -356,8 +361,28 @@ class Ingestor:
         except BaseException:
             self._undo(work)
             raise
+        finally:
+            self._close_doc_dirs()
         self.journal.done([batch_id])
         return res
+
+    def _doc_dir(self, rel_dir: str) -> int:
+        """An fd on a storage folder: documents are renamed and checked relative to it
+        (no path walk from / for each of thousands of files)."""
+        fd = self._doc_fds.get(rel_dir)
+        if fd is None:
+            path = self.db.store.ensure_dir(rel_dir)
+            try:
+                fd = os.open(path, _DIR_OPEN)
+            except OSError as e:
+                raise StorageError(e.errno, f"cannot open storage folder {path}: {e.strerror}") from None
+            self._doc_fds[rel_dir] = fd
+        return fd
+
+    def _close_doc_dirs(self) -> None:
+        fds, self._doc_fds = self._doc_fds, {}
+        for fd in fds.values():
+            os.close(fd)
 
     def _undo(self, work: Sequence[_Work]) -> None:
         """Nothing was committed: put everything back as it was, then forget the batch."""
@@ -390,7 +415,7 @@ class Ingestor:
         keep: list[_Work] = []
         skip: list[tuple[_Work, int]] = []
         seen: dict[tuple[int, str], _Work] = {}
-        for w in hashed:
+        for w in hashed if self.duplicates != "allow" else ():
             key = (w.unit.collection_id, w.sha256)
             other = dups.get(key)
             if other is None and key in seen and self.duplicates != "allow":
@@ -407,11 +432,13 @@ class Ingestor:
                 continue
             seen[key] = w
             keep.append(w)
+        if self.duplicates == "allow":
+            keep = hashed
 
         # move-mode documents: the source itself goes into storage now
         for w in keep:
-            if w.mode == "move":
-                self._move_in(w, res)
+            if w.mode == "move" and not self._move_in(w):
+                res.changed.append(w.unit.rel)
         keep = [w for w in keep if w.stored]
         crashpoint("stored")
         if keep:
@@ -419,9 +446,10 @@ class Ingestor:
         crashpoint("synced")
         if keep:
             ids = self.db.insert_ingested([
-                NewRecord(w.unit.collection_id, _display_name(split(w.unit.rel)[1]) or "", w.doc, w.size, w.sha256,
-                          w.mime, w.unit.status, dict(w.unit.fields), w.token)
+                NewRecord(w.unit.collection_id, n if n.isascii() else _display_name(n) or "", w.doc, w.size,
+                          w.sha256, w.mime, w.unit.status, dict(w.unit.fields), w.token)
                 for w in keep
+                for n in (w.unit.rel.rpartition("/")[2],)
             ])
             res.created = [(rid, w.unit.rel) for rid, w in zip(ids, keep, strict=True)]
         crashpoint("committed")
@@ -456,42 +484,61 @@ class Ingestor:
                 elif w.unit.stat.size >= PARALLEL_MIN_SIZE and _WORKERS > 1:
                     big.append((i, opened))
                 else:
-                    whys[i] = self._digest(w, opened)
+                    whys[i] = self._digest(w, *opened)
         except BaseException:
-            for _, fd in big:
+            for _, (fd, _) in big:
                 os.close(fd)
             raise
         if big:
             with concurrent.futures.ThreadPoolExecutor(_WORKERS, thread_name_prefix="archive-hash") as pool:
-                done = pool.map(lambda item: self._digest(work[item[0]], item[1]), big)
+                done = pool.map(lambda item: self._digest(work[item[0]], *item[1]), big)
                 for (i, _), why in zip(big, done, strict=True):
                     whys[i] = why
         return whys
 
-    def _open(self, w: _Work) -> int | str:
-        """An fd on the unit's source (the Tree's fd cache is only used from this thread)."""
+    def _open(self, w: _Work) -> tuple[int, os.stat_result] | str:
+        """An fd on the unit's source, never through a symlink, and its stat (the Tree's fd
+        cache is only used from this thread)."""
+        d, _, n = w.unit.rel.rpartition("/")
         try:
-            return self.hot.open_file(w.unit.rel)
+            try:
+                fd = os.open(n, _FILE_FLAGS | self._noatime, dir_fd=self.hot.dir_fd(d))
+            except PermissionError as e:
+                if not self._noatime or e.errno != errno.EPERM:
+                    raise
+                self._noatime = 0  # O_NOATIME on a file owned by someone else: EPERM
+                fd = os.open(n, _FILE_FLAGS, dir_fd=self.hot.dir_fd(d))
         except FileNotFoundError:
             return "changed"
         except OSError as e:
             if e.errno in (errno.ELOOP, errno.EINVAL, errno.ENOTDIR):
                 return "changed"  # replaced by a symlink or something else since the scan
             return f"cannot read: {e.strerror}"
+        try:
+            b = os.fstat(fd)
+        except OSError as e:
+            os.close(fd)
+            return f"cannot read: {e.strerror}"
+        if not st.S_ISREG(b.st_mode):
+            os.close(fd)
+            return "changed"  # a FIFO, a device... swapped in since the scan
+        return fd, b
 
-    def _digest(self, w: _Work, fd: int) -> str | None:
+    def _digest(self, w: _Work, fd: int, b: os.stat_result) -> str | None:
         """Check unchanged, hash (copy mode: copy as well), close. Returns why not, or None."""
         fs = w.unit.stat
         try:
-            b = os.fstat(fd)
             if (b.st_ino, b.st_size, b.st_mtime_ns, b.st_ctime_ns) != fs.key:
                 return "changed"
             if w.mode == "copy":
                 digest = self.db.store.copy_in(fd, w.doc, w.token, fsync=False)
                 w.stored = True
+                a = os.fstat(fd)
             else:
                 digest = hash_fd(fd, b.st_size)
-            a = os.fstat(fd)
+                # a moved document is stat'ed again once renamed (ino, size, mtime: see _move_in),
+                # later than a check here could be; one is still needed when it may not be moved
+                a = b if self.duplicates == "allow" else os.fstat(fd)
         except SourceError as e:
             return f"cannot read: {e.strerror}"
         finally:
@@ -505,33 +552,34 @@ class Ingestor:
         w.mime = guess_mime(split(w.unit.rel)[1], digest.head)
         return None
 
-    def _move_in(self, w: _Work, res: BatchResult) -> None:
-        d, n = split(w.unit.rel)
-        dst_dir = self.db.store.ensure_dir(os.path.dirname(w.doc))
-        dst = self.db.store.path_str(w.doc)
+    def _move_in(self, w: _Work) -> bool:
+        """Rename the source into storage, then check the renamed file is the one hashed:
+        same inode, size and mtime. False when it changed or vanished (left in the hotfolder)."""
+        d, _, n = w.unit.rel.rpartition("/")
+        dd, _, dn = w.doc.rpartition("/")
+        dfd = self._doc_dir(dd)
         try:
-            os.rename(n, dst, src_dir_fd=self.hot.dir_fd(d))
+            os.rename(n, dn, src_dir_fd=self.hot.dir_fd(d), dst_dir_fd=dfd)
         except FileNotFoundError:
-            res.changed.append(w.unit.rel)
-            return
+            return False
         except OSError as e:
             if e.errno == errno.EXDEV:  # another mount after all (bind mounts): copy from now on
                 self._storage_dev = -1
-                res.changed.append(w.unit.rel)
-                return
-            raise StorageError(e.errno, f"cannot move {_display_name(w.unit.rel)} into storage {dst_dir}: {e.strerror}") from None
+                return False
+            raise StorageError(e.errno, f"cannot move {_display_name(w.unit.rel)} into storage "
+                                        f"{self.db.store.path_str(dd)}: {e.strerror}") from None
         w.stored = True
-        s = os.stat(dst, follow_symlinks=False)
+        s = os.stat(dn, dir_fd=dfd, follow_symlinks=False)
         if s.st_ino != w.unit.stat.ino or s.st_size != w.size or s.st_mtime_ns != w.unit.stat.mtime_ns:
-            # replaced between the hash and the rename: put it back untouched
-            dd, dn = split(self.hot.free_name(w.unit.rel))
-            os.rename(dst, dn, dst_dir_fd=self.hot.dir_fd(dd, create=True))
+            # changed or replaced between the hash and the rename: put it back untouched
+            hd, hn = split(self.hot.free_name(w.unit.rel))
+            os.rename(dn, hn, src_dir_fd=dfd, dst_dir_fd=self.hot.dir_fd(hd, create=True))
             w.stored = False
-            res.changed.append(w.unit.rel)
-            return
+            return False
         mode = st.S_IMODE(s.st_mode)
         if mode & 0o022:  # a document writable by others (a share's 0666) must not stay so
             try:
-                os.chmod(dst, mode & ~0o022)
+                os.chmod(dn, mode & ~0o022, dir_fd=dfd)
             except OSError:
                 pass
+        return True

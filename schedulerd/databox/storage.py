@@ -80,24 +80,41 @@ def guess_mime(name: str, head: bytes) -> str:
         if brand.startswith(b"qt"):
             return "video/quicktime"
         return "video/mp4"
-    guessed = _by_extension(os.path.splitext(name)[1].lower())
+    guessed = _by_extension(os.path.splitext(name)[1])
     return guessed or sniffed or "application/octet-stream"
 
 
 @functools.lru_cache(maxsize=512)
 def _by_extension(ext: str) -> str | None:
-    return mimetypes.guess_type("x" + ext, strict=False)[0] if ext else None
+    """Cached on the extension as written (`.JPG`): once per kind of file, not per file."""
+    return mimetypes.guess_type("x" + ext.lower(), strict=False)[0] if ext else None
+
+
+_SAFE_EXT = re.compile(r"\.[a-z0-9]{1,10}")
 
 
 def safe_extension(name: str) -> str:
     """`photo.JPG` -> `.jpg`; odd extensions are dropped, never copied into storage names."""
-    ext = os.path.splitext(name)[1].lower()
-    return ext if re.fullmatch(r"\.[a-z0-9]{1,10}", ext) else ""
+    return _safe_extension(os.path.splitext(name)[1])
+
+
+@functools.lru_cache(maxsize=512)
+def _safe_extension(ext: str) -> str:
+    ext = ext.lower()
+    return ext if _SAFE_EXT.fullmatch(ext) else ""
 
 
 def hash_fd(fd: int, expected: int = -1) -> Digest:
     """Hash an open file from offset 0 to its end. With the `expected` size, a small file
     takes one read: a short read of a regular file is its end."""
+    if 0 <= expected < CHUNK:  # the common small file: one read, no loop
+        try:
+            data = os.pread(fd, expected + 1, 0)
+        except OSError as e:
+            raise SourceError(e.errno, f"cannot read: {e.strerror}") from None
+        if len(data) <= expected:
+            return Digest(hashlib.sha256(data).hexdigest(), len(data), data[:64])
+        # it grew since its stat: read it all below (the caller sees the size differ)
     h = hashlib.sha256()
     size = 0
     head = b""

@@ -701,7 +701,9 @@ def test_kill_9_the_daemon_during_a_2000_file_ingest(tmp_path):
     with open(tmp_path / "daemon.out", "ab") as out:
         for _ in range(20):
             before = _count(box.path)
-            target = before + rnd.randint(1, 90)
+            if before >= 1900:  # leave room: every kill must land in the middle of the ingest
+                break
+            target = before + rnd.randint(1, 60)
             p = subprocess.Popen([console, "scheduler:run"], stdout=out, stderr=out, env=env)
             deadline = time.monotonic() + 30
             while _count(box.path) < target and p.poll() is None and time.monotonic() < deadline:
@@ -711,7 +713,7 @@ def test_kill_9_the_daemon_during_a_2000_file_ingest(tmp_path):
             p.wait(10)
             assert p.returncode == -signal.SIGKILL, (tmp_path / "daemon.out").read_text()[-2000:]
             counts.append(_count(box.path))
-    assert 0 < counts[0] and counts[-1] < 2000, counts  # every kill landed in the middle of the ingest
+    assert len(counts) >= 10 and 0 < counts[0] and counts[-1] < 2000, counts  # kills landed mid-ingest
     print("records after each kill:", counts)
     done = subprocess.run([console, "task:run", "inbox"], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
