@@ -333,16 +333,7 @@ class Databox:
         if source is not None:
             source = Path(source)
             name = original_name or source.name
-            token = uuid.uuid4().hex
-            doc = self.store.new_name(name, token)
-            try:
-                fd = os.open(source, os.O_RDONLY)
-            except OSError as e:
-                raise SourceError(e.errno, f"cannot read {source}: {e.strerror}") from None
-            try:
-                digest = self.store.copy_in(fd, doc, token)
-            finally:
-                os.close(fd)
+            doc, digest = self._store_document(source, name)
             mime = guess_mime(name, digest.head)
         try:
             with self.transaction() as c:
@@ -473,11 +464,8 @@ class Databox:
                 raise UnknownRecord(f"no record {record_id} in databox {self.settings.path}")
         return self.get_record(record_id)
 
-    def replace_document(self, record_id: int, source: Path | str, *, original_name: str | None = None) -> Record:
-        """Store a new document for a record; its sub-definitions become out of date."""
-        old = self.get_record(record_id)
-        source = Path(source)
-        name = original_name or old.original_name or source.name
+    def _store_document(self, source: Path, name: str) -> tuple[str, Any]:
+        """Copy a source into storage under a new name (atomic, durable); (relative path, digest)."""
         token = uuid.uuid4().hex
         doc = self.store.new_name(name, token)
         try:
@@ -485,9 +473,16 @@ class Databox:
         except OSError as e:
             raise SourceError(e.errno, f"cannot read {source}: {e.strerror}") from None
         try:
-            digest = self.store.copy_in(fd, doc, token)
+            return doc, self.store.copy_in(fd, doc, token)
         finally:
             os.close(fd)
+
+    def replace_document(self, record_id: int, source: Path | str, *, original_name: str | None = None) -> Record:
+        """Store a new document for a record; its sub-definitions become out of date."""
+        old = self.get_record(record_id)
+        source = Path(source)
+        name = original_name or old.original_name or source.name
+        doc, digest = self._store_document(source, name)
         try:
             with self.transaction() as c:
                 now = now_iso()

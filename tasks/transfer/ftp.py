@@ -292,6 +292,15 @@ class FtpClient(RemoteClient):
     def _control_socket(self) -> socket.socket:
         return self._ftp.stream.writer.get_extra_info("socket")
 
+    async def _rest(self, offset: int) -> None:
+        """REST before a resumed transfer; a refusal means this server cannot resume."""
+        try:
+            await self._cmd(f"REST {offset}", "350", what="REST")
+        except RemoteError:
+            if self.broken:
+                raise
+            raise ResumeUnsupported(f"{self.s.host} does not resume transfers (REST refused)") from None
+
     async def _active_listener(self) -> socket.socket:
         """Listen beside the control connection and announce it with PORT (IPv4) or EPRT (IPv6)."""
         local = self._control_socket().getsockname()[0]
@@ -342,12 +351,7 @@ class FtpClient(RemoteClient):
         failure: list[BaseException] = []
         try:
             if offset:
-                try:
-                    await self._cmd(f"REST {offset}", "350", what="REST")
-                except RemoteError:
-                    if self.broken:
-                        raise
-                    raise ResumeUnsupported(f"{s.host} does not resume transfers (REST refused)") from None
+                await self._rest(offset)
             data_ctx = self._data_context()
 
             async def establish(on_failure: Callable[[], None]) -> None:
@@ -470,12 +474,7 @@ class FtpClient(RemoteClient):
         refused: list[TransferError] = []
         try:
             if offset:
-                try:
-                    await self._cmd(f"REST {offset}", "350", what="REST")
-                except RemoteError:
-                    if self.broken:
-                        raise
-                    raise ResumeUnsupported(f"{s.host} does not resume transfers (REST refused)") from None
+                await self._rest(offset)
             finished = anyio.Event()
             async with anyio.create_task_group() as tg:
 
