@@ -8,8 +8,6 @@ filesystem so the final rename is atomic.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import functools
 import hashlib
 import mimetypes
@@ -19,6 +17,8 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+
+from ..durable import SYNCFS, fsync_dir  # noqa: F401  (fsync_dir is part of this module's API)
 
 CHUNK = 1 << 20
 TMP = ".tmp"
@@ -136,26 +136,7 @@ def hash_fd(fd: int, expected: int = -1) -> Digest:
     return Digest(h.hexdigest(), size, head)
 
 
-def fsync_dir(path: Path | str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _load_syncfs():
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
-        fn = libc.syncfs
-    except (OSError, AttributeError):
-        return None
-    fn.argtypes = [ctypes.c_int]
-    fn.restype = ctypes.c_int
-    return fn
-
-
-_syncfs = _load_syncfs()
+_syncfs = SYNCFS
 
 
 def sync_filesystem(path: Path | str) -> None:

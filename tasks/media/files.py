@@ -15,20 +15,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+from schedulerd.durable import fsync_dir
+
 TMP_SUFFIX = ".tmp"
 
 
 def temp_name(dest: Path) -> Path:
     """A unique hidden temporary beside `dest` (same filesystem, so rename is atomic)."""
     return dest.with_name(f".{dest.name}.{secrets.token_hex(4)}{TMP_SUFFIX}")
-
-
-def fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def fsync_file(path: Path) -> None:

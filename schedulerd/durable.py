@@ -1,0 +1,35 @@
+"""Durability primitives shared by every writer: fsync of a folder, syncfs(2) of a filesystem.
+
+One syncfs covers a whole batch of files (archive ingest, FTP pulls) where one fsync each
+would dominate the cost of small files.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+from pathlib import Path
+from typing import Any
+
+
+def fsync_dir(path: Path | str) -> None:
+    """Make a folder's entries (renames, new names) durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _load_syncfs() -> Any:
+    try:
+        fn = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True).syncfs
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+SYNCFS = _load_syncfs()  # None where libc has no syncfs: callers fall back to os.sync()
