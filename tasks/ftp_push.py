@@ -12,7 +12,7 @@ import dataclasses
 import json
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, ClassVar
 
@@ -25,7 +25,7 @@ from tasks.transfer import RemoteClient, TransferError, connect
 from tasks.transfer.ledger import write_atomic
 from tasks.transfer.names import join, printable, unsafe_reason
 from tasks.transfer.progress import Progress
-from tasks.transfer.send import Staged, finish, send, stage
+from tasks.transfer.send import Staged, finish, finish_later, send, stage
 from tasks.transfer.settings import ConnectionSettings
 
 
@@ -125,10 +125,11 @@ class FtpPush(TaskType):
                 progress.file_done(failed=True)
                 return None
 
-        async def done(client: RemoteClient, staged: Staged, size: int, mtime_ns: int) -> None:
+        async def done(client: RemoteClient, staged: Staged, size: int, mtime_ns: int,
+                       later: Callable[[], Awaitable[str]] | None = None) -> None:
             path = staged.src
             try:
-                final = await finish(client, staged, log=ctx.log)
+                final = await (later() if later is not None else finish(client, staged, log=ctx.log))
             except TransferError as e:
                 ctx.log.warning("cannot send %s: %s", path, e)
                 errors.append(str(e))
@@ -148,8 +149,9 @@ class FtpPush(TaskType):
         async def worker() -> None:
             client: RemoteClient | None = None
             # on a client taking overlapping requests (SFTP) a file's rename goes with the
-            # next file's upload: one round trip fewer per file, same files in flight
-            renaming: tuple[Staged, int, int] | None = None
+            # next file's upload: one round trip fewer per file, same files in flight; on
+            # FTP it is queued and sent in the packet of the next upload's EPSV
+            renaming: tuple[Staged, int, int, Callable[[], Awaitable[str]] | None] | None = None
             try:
                 for rel, (path, size, mtime_ns) in work:
                     if fatal:
@@ -167,15 +169,21 @@ class FtpPush(TaskType):
                             break
                     if renaming is None:
                         staged = await put(client, rel, path)
-                    else:
+                    elif client.concurrent:
                         async with anyio.create_task_group() as tg:
                             tg.start_soon(done, client, *renaming)
                             staged = await put(client, rel, path)
                         renaming = None
+                    else:  # the queued rename went out with this upload's EPSV (or goes now)
+                        staged = await put(client, rel, path)
+                        await done(client, *renaming)
+                        renaming = None
                     if staged is None:
                         continue
                     if client.concurrent:
-                        renaming = (staged, size, mtime_ns)
+                        renaming = (staged, size, mtime_ns, None)
+                    elif client.pipelined_renames:
+                        renaming = (staged, size, mtime_ns, finish_later(client, staged, log=ctx.log))
                     else:
                         await done(client, staged, size, mtime_ns)
                 if renaming is not None and client is not None:

@@ -50,6 +50,19 @@ class RemoteClient(abc.ABC):
 
         return get
 
+    @property
+    def pipelined_renames(self) -> bool:
+        """`rename_later` sends the rename with the next data command (FTP): await it after that."""
+        return False
+
+    def rename_later(self, src: str, dst: str) -> Callable[[], Awaitable[None]]:
+        """`rename`, sent when cheapest (see `pipelined_renames`); await the result."""
+
+        async def get() -> None:
+            await self.rename(src, dst)
+
+        return get
+
     @abc.abstractmethod
     async def download(self, path: str, dest: BinaryIO, offset: int = 0, on_bytes: OnBytes | None = None,
                        size: int | None = None) -> int:

@@ -52,23 +52,33 @@ class ControlStream(ThrottleStreamIO):
 
 @dataclasses.dataclass
 class _Piggyback:
-    """A command waiting to share the next EPSV/PASV packet (see `FtpClient.mtime_later`)."""
+    """Commands waiting to share the next EPSV/PASV packet (`mtime_later`, `rename_later`)."""
 
-    line: str
-    sent: bool = False
-    value: float | None = None
+    lines: tuple[str, ...]  # one MDTM, or RNFR + RNTO
+    sent: bool = False  # written: its replies are (being) read with the EPSV's
+    done: bool = False  # all its replies read
+    value: float | None = None  # MDTM's time
+    error: RemoteError | None = None  # the rename's first refusal
 
 
 def _mdtm(info: list[str]) -> float:
     """`213 YYYYMMDDHHMMSS[.sss]` (UTC) as epoch seconds; ValueError/IndexError when malformed."""
     stamp = info[-1].strip().split()[-1]
     main, _, frac = stamp.partition(".")
-    d = datetime.strptime(main, "%Y%m%d%H%M%S").replace(tzinfo=timezone.utc)
+    if len(main) != 14 or not main.isdigit():
+        raise ValueError(f"not a time: {stamp!r}")
+    # by hand: strptime cost more than the rest of a small file's MDTM
+    d = datetime(int(main[:4]), int(main[4:6]), int(main[6:8]), int(main[8:10]), int(main[10:12]),
+                 int(main[12:14]), tzinfo=timezone.utc)
     return d.timestamp() + (float("0." + frac) if frac.isdigit() else 0.0)
 
 
 class _LocalFailure(Exception):
     """Raised in a transfer thread from the local file's error (its __cause__)."""
+
+
+class _NetFailure(Exception):
+    """Raised in a direct transfer from the data socket's error or timeout (its __cause__)."""
 
 
 def _shutdown(sock: socket.socket) -> None:
@@ -517,6 +527,43 @@ class FtpClient(RemoteClient):
         await self._cmd(None, "2xx", "1xx", what=what)
         return sent[0]
 
+    async def _direct(self, command: str, offset: int, job: Callable[[socket.socket], Awaitable[int]],
+                      *, not_found: bool = False) -> int:
+        """A plain passive transfer on the bare non-blocking socket: no transport, no stream objects.
+
+        Per small file, asyncio's transport and stream objects (an epoll registration,
+        a reader, a writer, a close handshake) cost more than the bytes;
+        `sock_recv_into` / `sock_sendall` try the socket first and wait in epoll only
+        when it has nothing ready. `job(sock)` moves the data; a socket error in it
+        comes back as `_NetFailure`, anything else (the local file) unchanged.
+        """
+        if self.broken:
+            raise ConnectError("connection is broken")
+        s = self.s
+        what = command.split(" ", 1)[0]
+        host, port = await self._passive_address()
+        sock = await open_socket(host, port, proxy=self._socks, timeout=s.timeout,
+                                 proxy_password=s.proxy_password.reveal() if s.proxy_password else None)
+        try:
+            if offset:
+                await self._rest(offset)
+            await self._cmd(command, "1xx", what=what, not_found=not_found)
+            try:
+                n = await job(sock)
+            except _NetFailure as e:
+                self.broken = True
+                cause = e.__cause__
+                if isinstance(cause, TimeoutError):
+                    raise self._error(ConnectError, f"{what}: data connection timed out (passive mode)") from None
+                raise self._error(ConnectError, f"{what}: data connection failed: {cause or e}") from None
+            except BaseException:
+                self.broken = True  # the server still waits on the data connection or its reply
+                raise
+        finally:
+            sock.close()  # after an upload: the kernel still delivers what it holds, then the FIN
+        await self._cmd(None, "2xx", "1xx", what=what)
+        return n
+
     def _data_context(self) -> ssl.SSLContext | None:
         """Made once per session: reading the control session copies it, and a context is costly."""
         if self._ctx is not None and self._data_ctx is None:
@@ -598,13 +645,14 @@ class FtpClient(RemoteClient):
     def mtime_later(self, path: str) -> Callable[[], Awaitable[float | None]]:
         """MDTM sent in the same packet as the next EPSV/PASV (passive, no proxy): one round trip fewer.
 
-        Only these two harmless commands ever share a packet: no side effect, and
-        an FTP-aware firewall rewriting PORT or PASV replies sees nothing unusual.
+        Only MDTM and a size-checked file's RNFR/RNTO (`rename_later`) ever share a
+        packet with EPSV/PASV: an FTP-aware firewall rewriting PORT or PASV replies
+        sees nothing unusual, and each reply is read in the order of its command.
         When no EPSV/PASV follows (the download failed first), a plain MDTM is sent.
         """
-        if not self.s.passive or self.s.proxy or (self._features and "MDTM" not in self._features):
+        if not self._pipelined() or (self._features and "MDTM" not in self._features):
             return super().mtime_later(path)
-        later = _Piggyback(f"MDTM {path}")
+        later = _Piggyback((f"MDTM {path}",))
         self._piggyback.append(later)
 
         async def get() -> float | None:
@@ -616,25 +664,73 @@ class FtpClient(RemoteClient):
 
         return get
 
+    def _pipelined(self) -> bool:
+        return self.s.passive and not self.s.proxy
+
+    @property
+    def pipelined_renames(self) -> bool:
+        return self._pipelined()
+
+    def rename_later(self, src: str, dst: str) -> Callable[[], Awaitable[None]]:
+        """RNFR + RNTO sent in the same packet as the next EPSV/PASV: two round trips fewer per upload.
+
+        Queued only once the file is complete and size-checked (its rename is due
+        anyway); it then waits for the next data command, whose packet it shares.
+        The replies are read in order: a refused RNFR makes the server answer the
+        RNTO with 503, and every refusal goes to this rename, never to the EPSV.
+        Awaiting the result sends a plain RNFR/RNTO when no EPSV came first.
+        """
+        if not self._pipelined():
+            return super().rename_later(src, dst)
+        later = _Piggyback((f"RNFR {src}", f"RNTO {dst}"))
+        self._piggyback.append(later)
+
+        async def get() -> None:
+            if not later.sent:
+                with contextlib.suppress(ValueError):
+                    self._piggyback.remove(later)
+                if self.broken:
+                    raise self._error(ConnectError, f"RNFR: connection to {self.s.host} lost before the rename of {dst}")
+                return await self.rename(src, dst)
+            if not later.done:  # the session was lost while its replies were read
+                raise self._error(ConnectError, f"RNTO: connection to {self.s.host} lost (rename of {dst} unknown)")
+            if later.error is not None:
+                if isinstance(later.error, NotFound) or self.broken:
+                    raise later.error
+                await self._replace(src, dst, later.error)
+
+        return get
+
     async def _send_piggyback(self, line: str) -> None:
-        """Send the queued MDTMs with `line` in one write and read their replies (in order)."""
+        """Send the queued commands with `line` in one write and read their replies (in order)."""
         queued, self._piggyback = self._piggyback, []
-        payload = "".join(q.line + "\r\n" for q in queued) + line + "\r\n"
+        payload = "".join(x + "\r\n" for q in queued for x in q.lines) + line + "\r\n"
+        for q in queued:
+            q.sent = True
         try:
             await self._ftp.stream.write(payload.encode(self.s.encoding))
         except (OSError, TimeoutError) as e:
             self.broken = True
             raise self._error(ConnectError, f"connection to {self.s.host} lost ({e or type(e).__name__})") from None
         for q in queued:
-            q.sent = True
-            try:
-                _, info = await self._cmd(None, "213", what="MDTM", not_found=True)
-                q.value = _mdtm(info)
-            except (NotFound, ValueError, IndexError):
-                pass
-            except RemoteError:
-                if self.broken:
-                    raise
+            if len(q.lines) == 1:  # MDTM
+                try:
+                    _, info = await self._cmd(None, "213", what="MDTM", not_found=True)
+                    q.value = _mdtm(info)
+                except (NotFound, ValueError, IndexError):
+                    pass
+                except RemoteError:
+                    if self.broken:
+                        raise
+            else:  # RNFR + RNTO: both answered whatever the first said
+                for expected, what, nf in (("350", "RNFR", True), ("2xx", "RNTO", False)):
+                    try:
+                        await self._cmd(None, expected, what=what, not_found=nf)
+                    except RemoteError as e:
+                        if self.broken:
+                            raise
+                        q.error = q.error or e
+            q.done = True
 
     async def download(self, path: str, dest: BinaryIO, offset: int = 0, on_bytes: OnBytes | None = None,
                        size: int | None = None) -> int:
@@ -660,6 +756,33 @@ class FtpClient(RemoteClient):
                 return got
 
             return await self._threaded(f"RETR {path}", offset, receive, on_bytes, not_found=True)
+        if self.s.passive and self._ctx is None:
+            room = block if size is None else min(block, max(65536, size - offset + 1))
+            timeout = self.s.timeout
+
+            async def receive_direct(sock: socket.socket) -> int:
+                loop = asyncio.get_running_loop()
+                buf = bytearray(room)
+                view = memoryview(buf)
+                got = 0
+                try:
+                    async with asyncio.timeout(timeout) as cm:
+                        while True:
+                            try:
+                                k = await loop.sock_recv_into(sock, buf)
+                            except OSError as e:
+                                raise _NetFailure() from e
+                            if not k:
+                                return got
+                            cm.reschedule(loop.time() + timeout)
+                            dest.write(view[:k])
+                            got += k
+                            if on_bytes:
+                                on_bytes(k)
+                except TimeoutError as e:
+                    raise _NetFailure() from e
+
+            return await self._direct(f"RETR {path}", offset, receive_direct, not_found=True)
         n = 0
         timeout = self.s.timeout
         async with self._data(f"RETR {path}", offset, not_found=True) as (reader, _):
@@ -692,6 +815,24 @@ class FtpClient(RemoteClient):
                     report(len(chunk))
 
             return await self._threaded(f"STOR {path}", 0, transmit, on_bytes)
+        if self.s.passive and self._ctx is None:
+            timeout = self.s.timeout
+
+            async def transmit_direct(sock: socket.socket) -> int:
+                loop = asyncio.get_running_loop()
+                done = 0
+                while chunk := src.read(block):
+                    try:
+                        async with asyncio.timeout(timeout):
+                            await loop.sock_sendall(sock, chunk)
+                    except (OSError, TimeoutError) as e:
+                        raise _NetFailure() from e
+                    done += len(chunk)
+                    if on_bytes:
+                        on_bytes(len(chunk))
+                return done
+
+            return await self._direct(f"STOR {path}", 0, transmit_direct)
         n = 0
         timeout = self.s.timeout
         async with self._data(f"STOR {path}") as (_, writer):
@@ -716,12 +857,18 @@ class FtpClient(RemoteClient):
             await self._cmd(f"RNTO {dst}", "2xx", what="RNTO")
         except NotFound:
             raise
-        except RemoteError:
-            if self.broken or await self.stat(dst) is None:
+        except RemoteError as e:
+            if self.broken:
                 raise
-            await self.delete(dst)  # servers that refuse to replace: delete, then rename
-            await self._cmd(f"RNFR {src}", "350", what="RNFR", not_found=True)
-            await self._cmd(f"RNTO {dst}", "2xx", what="RNTO")
+            await self._replace(src, dst, e)
+
+    async def _replace(self, src: str, dst: str, refusal: RemoteError) -> None:
+        """After a refused rename: servers that refuse to replace get dst deleted, then the rename."""
+        if await self.stat(dst) is None:
+            raise refusal
+        await self.delete(dst)
+        await self._cmd(f"RNFR {src}", "350", what="RNFR", not_found=True)
+        await self._cmd(f"RNTO {dst}", "2xx", what="RNTO")
 
     async def mkdir(self, path: str) -> None:
         path = path.rstrip("/") or "/"

@@ -11,8 +11,6 @@ import ipaddress
 import socket
 import struct
 
-import anyio
-
 from .errors import ConnectError
 from .settings import Proxy
 
@@ -115,7 +113,7 @@ async def open_socket(host: str, port: int, *, proxy: Proxy | None, proxy_passwo
     """A connected socket to host:port, through the SOCKS proxy when one is set."""
     target = f"{host}:{port}"
     try:
-        with anyio.fail_after(timeout):
+        async with asyncio.timeout(timeout):  # asyncio's own: anyio's scope cost more than a loopback connect
             if proxy is None or proxy.scheme == "ftp":
                 return await _tcp(host, port)
             try:

@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from .base import OnBytes, RemoteClient
@@ -69,6 +70,18 @@ async def finish(client: RemoteClient, staged: Staged, *, log: logging.Logger) -
     await client.rename(staged.tmp, staged.final)
     log.debug("sent %s to %s (%d bytes)", staged.src, staged.final, staged.size)
     return staged.final
+
+
+def finish_later(client: RemoteClient, staged: Staged, *, log: logging.Logger) -> Callable[[], Awaitable[str]]:
+    """`finish`, its rename sent with the client's next data command when it pipelines them (FTP)."""
+    renamed = client.rename_later(staged.tmp, staged.final)
+
+    async def get() -> str:
+        await renamed()
+        log.debug("sent %s to %s (%d bytes)", staged.src, staged.final, staged.size)
+        return staged.final
+
+    return get
 
 
 async def send(
