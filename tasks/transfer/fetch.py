@@ -23,6 +23,8 @@ from typing import Any, BinaryIO, Literal
 
 import anyio
 
+from schedulerd.durable import SYNCFS, fsync_dir
+
 from .base import OnBytes, RemoteClient, RemoteEntry
 from .errors import IntegrityError, TransferError
 
@@ -97,11 +99,7 @@ def _place(part: Path, target: Path, on_exists: OnExists) -> Path | None:
 
 def _fsync_dir(folder: Path) -> None:
     with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_dir(folder)
 
 
 @dataclasses.dataclass
@@ -253,17 +251,7 @@ def _open_part(part: Path, size: int | None) -> tuple[BinaryIO, int]:
     return f, offset
 
 
-def _load_syncfs() -> Any:
-    try:
-        fn = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True).syncfs
-    except (OSError, AttributeError):
-        return None
-    fn.argtypes = [ctypes.c_int]
-    fn.restype = ctypes.c_int
-    return fn
-
-
-_syncfs = _load_syncfs()
+_syncfs = SYNCFS  # a module global, so that tests can watch the syncs
 
 
 def _load_sync_file_range() -> Any:
