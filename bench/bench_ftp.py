@@ -181,14 +181,17 @@ def bench_rows(t: Target, datasets: dict[str, Path], parallel: int, repeat: int,
                 os.sync()
             remote_path = f"{t.remote_root}/src-{label}"
             ours, theirs = [], []
-            for _ in range(repeat):
+            for i in range(repeat):
                 a, b = work / "pull-ours", work / "pull-lftp"
                 clear(a), clear(b)
                 os.sync()  # our syncfs must not flush what an earlier run wrote
-                ours.append(timed(lambda: run_ours_pull(t, remote_path, a, parallel, work / "state")))
-                os.sync()  # nor lftp wait behind our writeback
-                theirs.append(timed(lambda: run_lftp(t.lftp(parallel, f"mirror {remote_path} {b}"))))
-                os.sync()
+                # alternate who goes first: the side right after the clear pays for the inodes
+                # and blocks just freed (ext4 inode reuse checks, discard on this VM's disk)
+                sides = [(ours, lambda: run_ours_pull(t, remote_path, a, parallel, work / "state")),
+                         (theirs, lambda: run_lftp(t.lftp(parallel, f"mirror {remote_path} {b}")))]
+                for times, run in (sides if i % 2 == 0 else sides[::-1]):
+                    times.append(timed(run))
+                    os.sync()  # neither side waits behind the other's writeback
                 check_same(a, src), check_same(b, src)
                 clear(a), clear(b)
             yield t.protocol, "pull", label, min(ours), min(theirs)

@@ -713,7 +713,8 @@ def test_kill_9_the_daemon_during_a_2000_file_ingest(tmp_path):
             p.wait(10)
             assert p.returncode == -signal.SIGKILL, (tmp_path / "daemon.out").read_text()[-2000:]
             counts.append(_count(box.path))
-    assert len(counts) >= 10 and 0 < counts[0] and counts[-1] < 2000, counts  # kills landed mid-ingest
+    mid = [c for c in counts if 0 < c < 2000]
+    assert len(mid) >= 10, counts  # at least ten kills landed in the middle of the ingest
     print("records after each kill:", counts)
     done = subprocess.run([console, "task:run", "inbox"], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
