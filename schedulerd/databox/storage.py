@@ -14,6 +14,7 @@ import mimetypes
 import os
 import re
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -115,25 +116,8 @@ def hash_fd(fd: int, expected: int = -1) -> Digest:
         if len(data) <= expected:
             return Digest(hashlib.sha256(data).hexdigest(), len(data), data[:64])
         # it grew since its stat: read it all below (the caller sees the size differ)
-    h = hashlib.sha256()
-    size = 0
-    head = b""
-    want = CHUNK if expected < 0 or expected >= CHUNK else expected + 1
-    while True:
-        try:
-            chunk = os.pread(fd, want, size)
-        except OSError as e:
-            raise SourceError(e.errno, f"cannot read: {e.strerror}") from None
-        if not chunk:
-            break
-        if not head:
-            head = chunk[:64]
-        h.update(chunk)
-        size += len(chunk)
-        if len(chunk) < want:
-            break
-        want = CHUNK
-    return Digest(h.hexdigest(), size, head)
+    first = CHUNK if expected < 0 or expected >= CHUNK else expected + 1
+    return _digest(_chunks(fd, first, "cannot read", stop_short=True))
 
 
 _syncfs = SYNCFS
@@ -264,31 +248,51 @@ class SourceError(OSError):
     """Reading the source failed: the document's fault, not the storage's."""
 
 
-def _copy(src_fd: int, out_fd: int) -> Digest:
+def _chunks(fd: int, first: int, what: str, *, stop_short: bool) -> Iterator[bytes]:
+    """A file's bytes from offset 0: a first read of `first` bytes, then CHUNK at a time.
+    With stop_short, a short read ends it (a regular file's end) without one more read."""
+    offset, want = 0, first
+    while True:
+        try:
+            chunk = os.pread(fd, want, offset)
+        except OSError as e:
+            raise SourceError(e.errno, f"{what}: {e.strerror}") from None
+        if not chunk:
+            return
+        yield chunk
+        offset += len(chunk)
+        if stop_short and len(chunk) < want:
+            return
+        want = CHUNK
+
+
+def _digest(chunks: Iterable[bytes], out_fd: int | None = None) -> Digest:
+    """sha256, size and head of the chunks, each also written to `out_fd` when given."""
     h = hashlib.sha256()
     size = 0
     head = b""
-    offset = 0
-    while True:
-        try:
-            chunk = os.pread(src_fd, CHUNK, offset)
-        except OSError as e:
-            raise SourceError(e.errno, f"cannot read the source: {e.strerror}") from None
-        if not chunk:
-            break
+    for chunk in chunks:
         if not head:
             head = chunk[:64]
         h.update(chunk)
-        view = memoryview(chunk)
-        while view:
-            try:
-                n = os.write(out_fd, view)
-            except OSError as e:
-                raise StorageError(e.errno, f"cannot write in storage: {e.strerror}") from None
-            view = view[n:]
         size += len(chunk)
-        offset += len(chunk)
+        if out_fd is not None:
+            _write_all(out_fd, chunk)
     return Digest(h.hexdigest(), size, head)
+
+
+def _write_all(out_fd: int, chunk: bytes) -> None:
+    view = memoryview(chunk)
+    while view:
+        try:
+            n = os.write(out_fd, view)
+        except OSError as e:
+            raise StorageError(e.errno, f"cannot write in storage: {e.strerror}") from None
+        view = view[n:]
+
+
+def _copy(src_fd: int, out_fd: int) -> Digest:
+    return _digest(_chunks(src_fd, CHUNK, "cannot read the source", stop_short=False), out_fd)
 
 
 def _unlink_quiet(path: Path | str) -> None:
