@@ -7,12 +7,11 @@ The CLI is a thin client: commands that talk to the daemon load only the
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
-from .commands import COMMANDS, CommandError, find, load_all
+from .commands import CommandError, find, load_all
 
 
 class Env:
@@ -102,8 +101,8 @@ class Env:
 
         store = self.job_store()
         try:
-            jid = add_job(store, self.config(), type, payload, queue=queue, priority=priority, after=after)
-            send_wake(self.scheduler().state_dir, store.get(jid).queue)
+            jid, to_queue = add_job(store, self.config(), type, payload, queue=queue, priority=priority, after=after)
+            send_wake(self.scheduler().state_dir, to_queue)
         except JobError as e:
             raise CommandError(str(e), 2) from None
         finally:

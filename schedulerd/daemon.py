@@ -46,6 +46,7 @@ class Daemon:
         self._tg: TaskGroup | None = None
         self.store: SqliteStateStore | None = None
         self.jobs: Any = None
+        self._env: RunnerEnv | None = None  # what the runners share; made once the store is open
         self._listeners: dict[str, list[TaskRunner]] = {}
 
     # --- entry ---------------------------------------------------------------
@@ -59,6 +60,8 @@ class Daemon:
         try:
             sch.state_dir.mkdir(parents=True, exist_ok=True)
             self.store = open_store(sch.state_dir)
+            self._env = RunnerEnv(self.config, self.store, sch.state_dir / "locks",
+                                  make_logger=self._make_logger, emit=self.emit, add_job=self._add_job)
             try:
                 await self._serve()
             finally:
@@ -150,6 +153,7 @@ class Daemon:
     async def _flush_history(self) -> None:
         """Run history is written in batches so a thousand tasks never stall the loop."""
         sch = self.config.scheduler
+        assert self._env is not None
         sink = self._env.history
         last_purge = 0.0
         while True:
@@ -165,7 +169,7 @@ class Daemon:
                     sch.history_keep_ok, sch.history_keep_failed, sch.history_max_age_ok, sch.history_max_age_failed))
 
     def _write_history(self) -> None:
-        if self.store is None:
+        if self.store is None or self._env is None:
             return
         batch = self._env.history.take()
         if not batch:
@@ -180,13 +184,6 @@ class Daemon:
         sch = self.config.scheduler
         return logs.task_logger(name, sch.log_dir, sch.log_level, sch.log_max_bytes, sch.log_backups)
 
-    @property
-    def _env(self) -> RunnerEnv:
-        if not hasattr(self, "_runner_env"):
-            self._runner_env = RunnerEnv(self.config, self.store, self.config.scheduler.state_dir / "locks",
-                                         make_logger=self._make_logger, emit=self.emit, add_job=self._add_job)
-        return self._runner_env
-
     def _wanted(self, tc: TaskConfig) -> Wanted:
         if not tc.enabled:
             return Wanted.DISABLED
@@ -195,6 +192,7 @@ class Daemon:
 
     def _apply_tasks(self, config: Config, first: bool = False) -> None:
         assert self._tg is not None
+        assert self._env is not None
         self._env.config = config
         self._listeners = {}
         for name, tc in config.tasks.items():

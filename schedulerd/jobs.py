@@ -20,9 +20,9 @@ from anyio.abc import TaskGroup
 from .config import Config
 from .context import TaskContext, Waker
 from .jobstore import Job, JobError, Outcome, SqliteJobStore, open_job_store
+from .logs import REDACTOR
 from .protocol import ControlError, Fault
 from .registry import UnknownType, job_type
-from .states import JobState
 
 log = logging.getLogger("schedulerd.jobs")
 PROGRESS_EVERY = 0.5  # seconds between progress writes to the store
@@ -47,8 +47,6 @@ class JobLogHandler(logging.Handler):
         self.lines: list[tuple[float, str, str]] = []
 
     def emit(self, record: logging.LogRecord) -> None:
-        from .logs import REDACTOR
-
         msg = REDACTOR.redact(record.getMessage())
         if record.exc_info:
             msg += "\n" + REDACTOR.redact("".join(traceback.format_exception(*record.exc_info)).rstrip())
@@ -72,12 +70,15 @@ def validate(config: Config, type_name: str, payload: Any) -> Any:
 
 
 def add_job(store: SqliteJobStore, config: Config, type_name: str, payload: Mapping[str, Any], *,
-            queue: str | None = None, priority: int = 0, after: tuple[int, ...] = (), delay: float = 0.0) -> int:
+            queue: str | None = None, priority: int = 0, after: tuple[int, ...] = (),
+            delay: float = 0.0) -> tuple[int, str]:
+    """Validate and store a job; (its id, the queue it went to) — the queue is what to wake."""
     handler = validate(config, type_name, payload)
     tc = config.jobs.type_config(type_name)
     q = queue or tc.queue or handler.default_queue
-    return store.add(type_name, q, dict(payload), title=handler.title(payload)[:200], priority=priority,
-                     max_attempts=tc.max_attempts, deps=after, delay=delay)
+    jid = store.add(type_name, q, dict(payload), title=handler.title(payload)[:200], priority=priority,
+                    max_attempts=tc.max_attempts, deps=after, delay=delay)
+    return jid, q
 
 
 class RunningJob:
@@ -247,8 +248,6 @@ class JobService:
     def _outcome(self, job: Job, tc: Any, outcome: str, error: str | None, summary: str | None,
                  lines: list[tuple[float, str, str]]) -> Outcome:
         """Decide what an ended attempt means (retry or not) and say it in the scheduler log."""
-        from .logs import REDACTOR
-
         error = REDACTOR.redact(error) if error else error
         kind, retry_at = outcome, None
         if outcome == "finished":
@@ -285,10 +284,8 @@ class JobService:
 
     # --- operations ------------------------------------------------------------
     def add(self, type: str, payload: Mapping[str, Any], **options: Any) -> int:
-        jid = add_job(self.store, self.config, type, payload, **options)
-        queue = self.store.get(jid).queue
-        self._ensure_dispatchers({queue})
-        self.wake(queue)
+        jid, queue = add_job(self.store, self.config, type, payload, **options)
+        self.wake_queue(queue)
         return jid
 
     def cancel(self, job_id: int) -> Job:
@@ -310,11 +307,8 @@ class JobService:
 
     def queue_states(self) -> list[dict[str, Any]]:
         paused = self.store.paused()
-        counts: dict[str, dict[str, int]] = {}
-        for q in sorted(self.dispatchers | set(self.config.queues)):
-            counts[q] = {"running": self._running_in(q)}
-        return [{"name": q, "workers": self.config.queue(q).workers, "paused": q in paused, **c}
-                for q, c in counts.items()]
+        return [{"name": q, "workers": self.config.queue(q).workers, "paused": q in paused,
+                 "running": self._running_in(q)} for q in sorted(self.dispatchers | set(self.config.queues))]
 
 
 def job_view(job: Job, running: RunningJob | None = None) -> dict[str, Any]:
@@ -337,8 +331,7 @@ def routes(server: Any, service: Callable[[], JobService]) -> None:
         s = service()
         queue = args.get("queue")
         if isinstance(queue, str):  # a job was added to this queue
-            s._ensure_dispatchers({queue})
-            s.wake(queue)
+            s.wake_queue(queue)
         else:  # something changed somewhere (pause, resume, retry)
             s._ensure_dispatchers()
             s.wake_all()

@@ -38,12 +38,14 @@ class Redactor(logging.Filter):
     def __init__(self) -> None:
         super().__init__()
         self.values: set[str] = set()
+        self._longest_first: list[str] = []  # sorted once per add, not per log record
 
     def add(self, values: Iterable[str]) -> None:
         self.values.update(v for v in values if v and len(v) >= 3)
+        self._longest_first = sorted(self.values, key=len, reverse=True)
 
     def redact(self, text: str) -> str:
-        for v in sorted(self.values, key=len, reverse=True):
+        for v in self._longest_first:
             if v in text:
                 text = text.replace(v, "********")
         return _SECRET_ARG.sub(lambda m: m.group(1) + "********", text)

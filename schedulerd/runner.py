@@ -119,8 +119,8 @@ class TaskRunner:
         return self.env.config.scheduler
 
     def snapshot(self) -> dict[str, Any]:
-        now_m = anyio.current_time() if self.next_at is not None else None
         last = self.last
+        sleeping = self.next_at is not None and self.state in (TaskState.WAITING, TaskState.BACKOFF)
         return {
             "name": self.tc.name,
             "type": self.tc.type,
@@ -133,8 +133,7 @@ class TaskRunner:
             "failures": self.failures,
             "started_at": self.started_at,
             "iteration_started": self.iteration_started if self.state is TaskState.RUNNING else None,
-            "next_run_in": (max(0.0, self.next_at - now_m) if self.next_at is not None and now_m is not None
-                            and self.state in (TaskState.WAITING, TaskState.BACKOFF) else None),
+            "next_run_in": max(0.0, self.next_at - anyio.current_time()) if sleeping else None,
             "progress": {"done": self.ctx.done, "total": self.ctx.total} if self.ctx.done is not None else None,
             "last_run": None if last is None else {
                 "started": last.started, "ended": last.ended, "outcome": last.outcome,
