@@ -15,7 +15,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from tests.transfer.conftest import all_logs, anyio_backend, certs, pyftpd, sshd, vsftpd, vsftpd_tls  # noqa: E402,F401
-from tests.transfer.servers import FtpServer, SshServer  # noqa: E402
+from tests.transfer.servers import FtpServer, SshServer, task_table  # noqa: E402
 
 from schedulerd.context import TaskContext  # noqa: E402
 from schedulerd.settings import build  # noqa: E402
@@ -26,14 +26,7 @@ pytestmark = pytest.mark.anyio
 
 
 def pull_task(server: FtpServer | SshServer, local: Path, **over: Any) -> FtpPull:
-    data: dict[str, Any] = {"host": server.host, "port": server.port, "user": server.user, "timeout": 5,
-                            "retries": 0, "local_dir": str(local), "stable": 0}
-    if isinstance(server, SshServer):
-        data.update(protocol="sftp", key_file=str(server.key_file), known_hosts=str(server.known_hosts),
-                    remote_dir=str(server.root))
-    else:
-        data.update(password=server.password, remote_dir=server.remote)
-    data.update(over)
+    data = task_table(server, local, **over)
     return FtpPull(build(PullSettings, data, "tasks.agency"))
 
 

@@ -11,7 +11,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from tests.transfer.conftest import anyio_backend, pyftpd, sshd, vsftpd  # noqa: E402,F401
-from tests.transfer.servers import FtpServer, SshServer  # noqa: E402
+from tests.transfer.servers import FtpServer, SshServer, task_table  # noqa: E402
 
 from schedulerd.context import TaskContext  # noqa: E402
 from schedulerd.settings import build  # noqa: E402
@@ -22,14 +22,7 @@ pytestmark = pytest.mark.anyio
 
 
 def push_task(server: FtpServer | SshServer, local: Path, **over: Any) -> FtpPush:
-    data: dict[str, Any] = {"host": server.host, "port": server.port, "user": server.user, "timeout": 5,
-                            "retries": 0, "local_dir": str(local), "stable": 0}
-    if isinstance(server, SshServer):
-        data.update(protocol="sftp", key_file=str(server.key_file), known_hosts=str(server.known_hosts),
-                    remote_dir=str(server.root))
-    else:
-        data.update(password=server.password, remote_dir=server.remote + "/dropped")
-    data.update(over)
+    data = task_table(server, local, "/dropped", **over)
     return FtpPush(build(PushSettings, data, "tasks.dropbox"))
 
 

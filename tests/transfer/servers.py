@@ -332,3 +332,16 @@ def settings_for(server: FtpServer | SshServer, **overrides: object):  # type: i
         data["password"] = server.password
     data.update(overrides)
     return build(ConnectionSettings, data, "test")
+
+
+def task_table(server: FtpServer | SshServer, local: Path, ftp_subdir: str = "", **over: object) -> dict[str, object]:
+    """A task's connection settings for one of these servers (SFTP uses its key and known_hosts)."""
+    data: dict[str, object] = {"host": server.host, "port": server.port, "user": server.user, "timeout": 5,
+                               "retries": 0, "local_dir": str(local), "stable": 0}
+    if isinstance(server, SshServer):
+        data.update(protocol="sftp", key_file=str(server.key_file), known_hosts=str(server.known_hosts),
+                    remote_dir=str(server.root))
+    else:
+        data.update(password=server.password, remote_dir=server.remote + ftp_subdir)
+    data.update(over)
+    return data
