@@ -81,20 +81,27 @@ async def walk(client: RemoteClient, s: PullSettings, log: Any) -> dict[str, Rem
     return found
 
 
-def remove_stale_parts(local_dir: Path, wanted: dict[Path, Path]) -> int:
-    """Drop our temp files for targets being pulled whose remote file changed since."""
+def remove_stale_parts(local_dir: Path, wanted: dict[Path, Path]) -> set[Path]:
+    """Drop our temp files for targets being pulled whose remote file changed since.
+
+    Returns the temp files of `wanted` that exist (to be resumed): one listing per
+    folder here instead of a lookup per file later, in a folder the committer is filling.
+    """
     keep = set(wanted.values())
     stems: dict[Path, set[str]] = {}
     for target in wanted:
         stems.setdefault(target.parent, set()).add(target.name)
-    removed = 0
+    existing: set[Path] = set()
     for folder, names in stems.items():
         with contextlib.suppress(OSError):
             for p in folder.iterdir():
-                if PART_RE.match(p.name) and p not in keep and p.name[1:-18] in names:
+                if not PART_RE.match(p.name):
+                    continue
+                if p in keep:
+                    existing.add(p)
+                elif p.name[1:-18] in names:
                     p.unlink(missing_ok=True)
-                    removed += 1
-    return removed
+    return existing
 
 
 class FtpPull(TaskType):
@@ -163,7 +170,8 @@ class FtpPull(TaskType):
                 ctx.log.warning("refusing %s: %s is outside %s", printable(rel), target.parent, local_dir)
                 continue
             targets[rel] = target
-        remove_stale_parts(local_dir, {t: part_path(t, todo[rel]) for rel, t in targets.items()})
+        parts = {t: part_path(t, todo[rel]) for rel, t in targets.items()}
+        resumable = remove_stale_parts(local_dir, parts)
         progress = Progress(ctx, len(targets), sum(todo[r].size or 0 for r in targets))
         errors: list[str] = []
         fatal: list[BaseException] = []
@@ -181,7 +189,7 @@ class FtpPull(TaskType):
                     if c is None:
                         break
                     await self._settle(ctx, c, mine, ledger, progress, fatal, wait=False)
-                    d = await self._download(ctx, c, todo[rel], target, progress, errors, fatal)
+                    d = await self._download(ctx, c, todo[rel], target, parts[target] in resumable, progress, errors, fatal)
                     if d is not None:
                         mine.append((rel, todo[rel], committer.submit(d)))
                 if mine:
@@ -225,10 +233,11 @@ class FtpPull(TaskType):
             fatal.append(e)
             return None
 
-    async def _download(self, ctx: Context, c: RemoteClient, e: RemoteEntry, target: Path, progress: Progress,
-                        errors: list[str], fatal: list[BaseException]) -> Downloaded | None:
+    async def _download(self, ctx: Context, c: RemoteClient, e: RemoteEntry, target: Path, resume: bool,
+                        progress: Progress, errors: list[str], fatal: list[BaseException]) -> Downloaded | None:
         try:
-            d = await download(c, e, target, on_exists=self.settings.on_exists, log=ctx.log, on_bytes=progress.on_bytes)
+            d = await download(c, e, target, on_exists=self.settings.on_exists, log=ctx.log, on_bytes=progress.on_bytes,
+                               part_exists=resume)
         except LocalError as err:  # disk full...: stop the pass, delete nothing
             ctx.log.error("cannot store %s: %s; stopping this pass", printable(e.path), err)
             fatal.append(err)
@@ -278,6 +287,7 @@ class FtpPull(TaskType):
                                     printable(e.path))
                 ledger.add(rel, e.size, e.mtime)
             progress.file_done()
+        ledger.flush()
         mine[:] = left
 
 

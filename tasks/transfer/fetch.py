@@ -109,7 +109,7 @@ class Downloaded:
     part: Path
     target: Path
     on_exists: OnExists
-    mtime: float | None
+    mtime: float | None  # the remote time, still to be set (None: unknown, or set with the data)
     size: int
     done: anyio.Event = dataclasses.field(default_factory=anyio.Event)
     result: Path | None = None  # the final path (None: skipped because it exists)
@@ -138,15 +138,22 @@ async def download(
     on_exists: OnExists = "rename",
     log: logging.Logger,
     on_bytes: OnBytes | None = None,
+    part_exists: bool | None = None,
 ) -> Downloaded | None:
-    """Download `entry` to its hidden temp beside `target` (resuming), check its size; None when skipped."""
+    """Download `entry` to its hidden temp beside `target` (resuming), check its size; None when skipped.
+
+    `part_exists`: whether the temp file is there, when the caller listed the folder
+    already (None: looked up here).
+    """
     from .ftp import ResumeUnsupported
 
     if on_exists == "skip" and target.exists():
         return None
     mtime = entry.mtime
     part = part_path(target, entry)
-    if entry.size is not None and entry.size <= SMALL_FILE and not os.path.lexists(part):
+    if part_exists is None:
+        part_exists = os.path.lexists(part)
+    if entry.size is not None and entry.size <= SMALL_FILE and not part_exists:
         # a small file stays in memory; the committer's thread writes it with the
         # others of its batch: no thread hop of its own per file
         later = None if entry.precise else client.mtime_later(entry.path)
@@ -296,14 +303,32 @@ class EarlyWriteback:
         return getattr(self.f, name)
 
 
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+
+
 def _write_part(d: Downloaded) -> bool:
-    """Write a small file kept in memory to its temp name; False (and `error`) when that fails."""
+    """Write a small file kept in memory to its temp name, with its time; False (and `error`) on failure.
+
+    Bare os calls, no file object: this thread shares the GIL with the transfers, and
+    every system call is a GIL hand-over (a file object adds fstat, ioctl and lseek).
+    """
     data, d.data = d.data, None
     assert data is not None
     try:
-        d.part.parent.mkdir(parents=True, exist_ok=True)
-        with open(d.part, "wb") as f:
-            f.write(data)
+        try:
+            fd = os.open(d.part, _CREATE, 0o666)
+        except FileNotFoundError:  # a new subfolder: made once, by its first file
+            d.part.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(d.part, _CREATE, 0o666)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            if d.mtime is not None:
+                os.utime(fd, (d.mtime, d.mtime))
+                d.mtime = None  # set: `_commit` need not look the file up again
+        finally:
+            os.close(fd)
     except OSError as e:
         d.error = LocalError(f"cannot write {d.part}: {e.strerror or e}")
         with contextlib.suppress(OSError):  # a half temp would only be resumed: the file is small
@@ -319,7 +344,7 @@ def _commit(batch: list[Downloaded], whole_fs: bool) -> None:
         return
     try:
         if whole_fs and _syncfs is not None:
-            folders = {os.stat(d.part.parent).st_dev: d.part.parent for d in batch}
+            folders = {os.stat(p).st_dev: p for p in {d.part.parent for d in batch}}
             for folder in folders.values():  # one syncfs per filesystem involved
                 fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
                 try:

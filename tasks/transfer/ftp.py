@@ -134,6 +134,7 @@ class FtpClient(RemoteClient):
         self._ctrl_port = self._gateway.port if self._gateway else settings.port
         self._features: set[str] = set()
         self._epsv = True
+        self._epsv_seen = False  # a 229 came back: later data commands may share its packet
         self._mlsd: bool | None = None
         self._dirs: set[str] = set()
         self._home = "/"
@@ -274,18 +275,35 @@ class FtpClient(RemoteClient):
 
     # --- data connections --------------------------------------------------
 
-    async def _passive_address(self) -> tuple[str, int]:
+    async def _passive_address(self, then: str | None = None) -> tuple[str, int, bool]:
+        """Where to connect, and whether `then` (the data command) went in the EPSV's packet.
+
+        Once EPSV has worked on this session, the command follows it in the same
+        packet: the server reads it as soon as it has answered the EPSV and waits for
+        our connection, so the transfer starts one round trip earlier.
+        """
         sent = None  # EPSV or PASV, already sent with queued MDTMs
-        if self._piggyback:
+        early = then is not None and self._epsv and self._epsv_seen and self._pipelined()
+        if self._piggyback or early:
             sent = "EPSV" if self._epsv else "PASV"
-            await self._send_piggyback(sent)
+            await self._send_piggyback(sent, *((then,) if early else ()))
         if self._epsv:
             try:
                 _, info = await self._cmd(None if sent == "EPSV" else "EPSV", "229", what="EPSV")
-                return self._data_host, aioftp.Client.parse_epsv_response(info[-1])[1]
+                self._epsv_seen = True
+                return self._data_host, aioftp.Client.parse_epsv_response(info[-1])[1], early
             except RemoteError as e:
                 if self.broken:
                     raise
+                if early:  # `then` came with no data connection announced: the server refuses it
+                    what = then.split(" ", 1)[0]  # type: ignore[union-attr]
+                    try:
+                        await self._cmd(None, ("4xx", "5xx"), what=what)
+                    except RemoteError as answer:  # anything else (a transfer started?): the session is lost
+                        self.broken = True
+                        raise self._error(ConnectError, f"EPSV refused ({e}) after it had worked on this session, "
+                                                        f"and {what} answered {answer}: session abandoned") from None
+                    early = False
                 self.log.debug("EPSV refused (%s), using PASV", e)
                 self._epsv = False
         _, info = await self._cmd(None if sent == "PASV" else "PASV", "227", what="PASV")
@@ -297,7 +315,7 @@ class FtpClient(RemoteClient):
         if _private(host) and host != self._data_host:
             self.log.debug("PASV address %s replaced by the control host %s", host, self._data_host)
             host = self._data_host
-        return host, port
+        return host, port, False
 
     def _control_socket(self) -> socket.socket:
         return self._ftp.stream.writer.get_extra_info("socket")
@@ -352,7 +370,7 @@ class FtpClient(RemoteClient):
         lsock: socket.socket | None = None
         sock: socket.socket | None = None
         if s.passive:
-            host, port = await self._passive_address()
+            host, port, _ = await self._passive_address()
             sock = await open_socket(host, port, proxy=self._socks, timeout=s.timeout,
                                      proxy_password=s.proxy_password.reveal() if s.proxy_password else None)
         else:
@@ -435,7 +453,7 @@ class FtpClient(RemoteClient):
             raise ConnectError("connection is broken")
         s = self.s
         what = command.split(" ", 1)[0]
-        host, port = await self._passive_address()
+        host, port, _ = await self._passive_address()
         sock = await open_socket(host, port, proxy=self._socks, timeout=s.timeout,
                                  proxy_password=s.proxy_password.reveal() if s.proxy_password else None)
         data_ctx = self._data_context()
@@ -541,13 +559,17 @@ class FtpClient(RemoteClient):
             raise ConnectError("connection is broken")
         s = self.s
         what = command.split(" ", 1)[0]
-        host, port = await self._passive_address()
-        sock = await open_socket(host, port, proxy=self._socks, timeout=s.timeout,
-                                 proxy_password=s.proxy_password.reveal() if s.proxy_password else None)
+        host, port, early = await self._passive_address(None if offset else command)
+        try:
+            sock = await open_socket(host, port, proxy=self._socks, timeout=s.timeout,
+                                     proxy_password=s.proxy_password.reveal() if s.proxy_password else None)
+        except BaseException:
+            self.broken = self.broken or early  # the server waits for this connection before it answers
+            raise
         try:
             if offset:
                 await self._rest(offset)
-            await self._cmd(command, "1xx", what=what, not_found=not_found)
+            await self._cmd(None if early else command, "1xx", what=what, not_found=not_found)
             try:
                 n = await job(sock)
             except _NetFailure as e:
@@ -701,10 +723,10 @@ class FtpClient(RemoteClient):
 
         return get
 
-    async def _send_piggyback(self, line: str) -> None:
-        """Send the queued commands with `line` in one write and read their replies (in order)."""
+    async def _send_piggyback(self, *lines: str) -> None:
+        """Send the queued commands and `lines` in one write; read the queued commands' replies (in order)."""
         queued, self._piggyback = self._piggyback, []
-        payload = "".join(x + "\r\n" for q in queued for x in q.lines) + line + "\r\n"
+        payload = "".join(x + "\r\n" for q in queued for x in q.lines) + "".join(x + "\r\n" for x in lines)
         for q in queued:
             q.sent = True
         try:

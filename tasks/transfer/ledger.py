@@ -1,8 +1,10 @@
 """What was already pulled (path, size, mtime), so that nothing is pulled twice.
 
 A snapshot written atomically (temp + fsync + rename) plus an append-only
-journal of one JSON line per pulled file, flushed at once: a crash mid-pass
-loses nothing the journal holds, and the next `compact()` folds it in.
+journal of one JSON line per pulled file, handed to the kernel by `flush()`
+after each group of settled files: a crash mid-pass loses nothing flushed
+(a file not yet flushed is pulled again, as if the crash came a moment earlier),
+and the next `compact()` folds the journal in.
 """
 
 from __future__ import annotations
@@ -64,7 +66,10 @@ class Ledger:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._fh = open(self.journal, "a", encoding="utf-8")
         self._fh.write(json.dumps([rel, size, mtime]) + "\n")
-        self._fh.flush()
+
+    def flush(self) -> None:
+        if self._fh is not None:
+            self._fh.flush()
 
     def compact(self, keep: Iterable[str] | None = None) -> None:
         """Fold the journal into the snapshot; with `keep`, forget files no longer on the server."""

@@ -64,7 +64,8 @@ def make_handler(opts):
 
         def ftp_EPSV(self, line):
             global epsv_ok
-            notes.write("EPSV\n")
+            nxt = self.ac_in_buffer.split(b"\r\n", 1)[0].decode(errors="replace")
+            notes.write(f"EPSV +{nxt.split(' ', 1)[0]}\n" if nxt else "EPSV\n")  # +RETR: same packet
             if epsv_ok == 0:
                 self.respond("502 EPSV not implemented.")
                 return None
@@ -155,6 +156,13 @@ async def test_mdtm_piggyback_when_epsv_is_refused_falls_back_to_pasv(tmp_path: 
         made = put_files(server, ["a.txt", "b.txt", "c-nomdtm.txt", "d.txt"])
         async with await connect(settings_for(server), log) as c:
             entries = sorted(await c.list("/"), key=lambda e: e.name)
+            # the LIST's EPSV worked, so RETR went in the next EPSV's packet; that EPSV is
+            # refused, and this server answers the orphaned RETR with 150: the session is lost
+            with pytest.raises(ConnectError, match="EPSV refused .* after it had worked .* session abandoned"):
+                await fetch(c, entries[0], tmp_path / "in" / entries[0].name, log=log)
+            assert c.broken
+        assert not (tmp_path / "in" / "a.txt").exists()
+        async with await connect(settings_for(server), log) as c:  # a new session: EPSV refused, PASV
             for e in entries:
                 p = await fetch(c, e, tmp_path / "in" / e.name, log=log)
                 assert p is not None and p.read_bytes() == made[e.name][0]
@@ -162,10 +170,11 @@ async def test_mdtm_piggyback_when_epsv_is_refused_falls_back_to_pasv(tmp_path: 
                 assert os.stat(p).st_mtime == expected, e.name
             assert not c.broken
     lines = noted(notes)
-    first = lines.index("MDTM a.txt +EPSV")  # the LIST's EPSV worked: EPSV first, then refused
-    assert lines[first:first + 4] == ["MDTM a.txt +EPSV", "EPSV", "PASV", "RETR a.txt"]
-    tail = lines[first + 4:]
-    assert tail == [x for n in ("b.txt", "c-nomdtm.txt", "d.txt") for x in (f"MDTM {n} +PASV", "PASV", f"RETR {n}")]
+    first = lines.index("MDTM a.txt +EPSV")  # after the LIST's EPSV: MDTM, EPSV and RETR in one packet
+    assert lines[first:first + 3] == ["MDTM a.txt +EPSV", "EPSV +RETR", "RETR a.txt"]
+    # the new session saw no 229: nothing goes with the EPSV; refused, then PASV from there on
+    assert lines[first + 3:] == ["MDTM a.txt +EPSV", "EPSV", "PASV", "RETR a.txt"] + [
+        x for n in ("b.txt", "c-nomdtm.txt", "d.txt") for x in (f"MDTM {n} +PASV", "PASV", f"RETR {n}")]
 
 
 # --- 2. FTPS data TLS in a worker thread ----------------------------------------------
