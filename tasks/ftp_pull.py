@@ -189,7 +189,7 @@ class FtpPull(TaskType):
                     if c is None:
                         break
                     await self._settle(ctx, c, mine, ledger, progress, fatal, wait=False)
-                    d = await self._download(ctx, c, todo[rel], target, parts[target] in resumable, progress, errors, fatal)
+                    d = await self._download(ctx, c, todo[rel], target, parts[target], resumable, progress, errors, fatal)
                     if d is not None:
                         mine.append((rel, todo[rel], committer.submit(d)))
                 if mine:
@@ -233,11 +233,12 @@ class FtpPull(TaskType):
             fatal.append(e)
             return None
 
-    async def _download(self, ctx: Context, c: RemoteClient, e: RemoteEntry, target: Path, resume: bool,
-                        progress: Progress, errors: list[str], fatal: list[BaseException]) -> Downloaded | None:
+    async def _download(self, ctx: Context, c: RemoteClient, e: RemoteEntry, target: Path, part: Path,
+                        resumable: set[Path], progress: Progress, errors: list[str],
+                        fatal: list[BaseException]) -> Downloaded | None:
         try:
             d = await download(c, e, target, on_exists=self.settings.on_exists, log=ctx.log, on_bytes=progress.on_bytes,
-                               part_exists=resume)
+                               part=part, part_exists=part in resumable)
         except LocalError as err:  # disk full...: stop the pass, delete nothing
             ctx.log.error("cannot store %s: %s; stopping this pass", printable(e.path), err)
             fatal.append(err)
@@ -257,13 +258,13 @@ class FtpPull(TaskType):
                       ledger: Ledger, progress: Progress, fatal: list[BaseException], *, wait: bool) -> None:
         """For files now durable under their name: delete the remote copy, or remember it."""
         s = self.settings
-        left = []
+        settled = 0
         for rel, e, d in mine:
             if not d.done.is_set():
-                if not wait:
-                    left.append((rel, e, d))
-                    continue
+                if not wait:  # the committer names files in the order they came: the rest wait too
+                    break
                 await d.done.wait()
+            settled += 1
             if d.error is not None:
                 ctx.log.error("cannot store %s: %s; stopping this pass", printable(e.path), d.error)
                 fatal.append(d.error)
@@ -288,7 +289,7 @@ class FtpPull(TaskType):
                 ledger.add(rel, e.size, e.mtime)
             progress.file_done()
         ledger.flush()
-        mine[:] = left
+        del mine[:settled]
 
 
 async def _close(client: RemoteClient) -> None:

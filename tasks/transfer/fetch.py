@@ -138,19 +138,20 @@ async def download(
     on_exists: OnExists = "rename",
     log: logging.Logger,
     on_bytes: OnBytes | None = None,
+    part: Path | None = None,
     part_exists: bool | None = None,
 ) -> Downloaded | None:
     """Download `entry` to its hidden temp beside `target` (resuming), check its size; None when skipped.
 
-    `part_exists`: whether the temp file is there, when the caller listed the folder
-    already (None: looked up here).
+    `part` (`part_path` of target and entry) and `part_exists` (whether it is there),
+    when the caller listed the folder already; None: found here.
     """
     from .ftp import ResumeUnsupported
 
     if on_exists == "skip" and target.exists():
         return None
     mtime = entry.mtime
-    part = part_path(target, entry)
+    part = part or part_path(target, entry)
     if part_exists is None:
         part_exists = os.path.lexists(part)
     if entry.size is not None and entry.size <= SMALL_FILE and not part_exists:
@@ -339,7 +340,7 @@ def _write_part(d: Downloaded) -> bool:
 
 def _commit(batch: list[Downloaded], whole_fs: bool) -> None:
     """Make the temp files durable (one syncfs for a batch, or one fsync each), then name them."""
-    batch = [d for d in batch if d.data is None or _write_part(d)]
+    batch = [d for d in batch if d.error is None and (d.data is None or _write_part(d))]
     if not batch:
         return
     try:
@@ -377,6 +378,9 @@ def _commit(batch: list[Downloaded], whole_fs: bool) -> None:
         _fsync_dir(folder)
 
 
+INLINE_WRITE_LIMIT = 0.002  # seconds: a small file's write slower than this goes to the thread from then on
+
+
 class Committer:
     """Durability in groups, off the download path: one syncfs covers many finished files.
 
@@ -387,9 +391,17 @@ class Committer:
     A file gets its final name only after its data is durable (as with fetch); the
     caller deletes the remote copy only once `done` is set without error. `close`
     ends `run` once all is named.
+
+    A small file in memory is written to its temp name by `submit` itself, on the
+    event loop, while such writes take well under a millisecond: handing each one
+    to the thread cost more (on two cores: a GIL hand-over per system call, and a
+    third runnable thread beside the loop and the server) than the write. The
+    first write slower than INLINE_WRITE_LIMIT (a busy or remote disk) sends the
+    rest to the thread, so the loop never waits on a slow disk twice.
     """
 
     def __init__(self, max_batch: int = 64, max_age: float = 0.05, max_bytes: int = 16 * 1024 * 1024):
+        self.inline = True
         self.max_batch = max_batch
         self.max_age = max_age
         self.max_bytes = max_bytes  # of small files held in memory
@@ -403,6 +415,11 @@ class Committer:
     def submit(self, d: Downloaded) -> Downloaded:
         if self._closed:  # pragma: no cover - a caller bug
             raise RuntimeError("Committer is closed")
+        if d.data is not None and self.inline:
+            started = time.perf_counter()
+            _write_part(d)  # a failure is kept in d.error: reported once the batch is named, in order
+            if time.perf_counter() - started > INLINE_WRITE_LIMIT:
+                self.inline = False
         if not self._pending:
             self._since = time.monotonic()
             self._wake.set()  # `run` starts the clock

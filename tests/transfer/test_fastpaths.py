@@ -387,6 +387,35 @@ async def test_files_visible_only_once_synced_and_deleted_remotely_only_after(
             assert name in remote, f"{name} deleted remotely before its sync"
 
 
+async def test_small_files_written_on_the_loop_until_one_write_is_slow(
+        pyftpd, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    writers: list[int] = []
+    real = fetch_mod._write_part
+
+    def spy(d: Any) -> bool:
+        writers.append(threading.get_ident())
+        return real(d)
+
+    monkeypatch.setattr(fetch_mod, "_write_part", spy)
+    loop_thread = threading.get_ident()
+    with pyftpd() as server:
+        for i in range(5):
+            server.put(f"a{i}.jpg", os.urandom(3000))
+        task = pull_task(server, tmp_path / "in")
+        ctx = TaskContext.for_test("agency", task.settings, tmp_path=tmp_path)
+        await task.run_once(ctx)
+        assert writers == [loop_thread] * 5  # a fast disk: written where they arrived
+        writers.clear()
+        monkeypatch.setattr(fetch_mod, "INLINE_WRITE_LIMIT", -1.0)  # every write now counts as slow
+        for i in range(5):
+            server.put(f"b{i}.jpg", os.urandom(3000))
+        await task.run_once(ctx)
+        assert writers[0] == loop_thread and len(writers) == 5
+        assert loop_thread not in writers[1:]  # the first slow one sent the rest to the thread
+    assert sorted(p.name for p in (tmp_path / "in").iterdir()) == sorted(
+        [f"a{i}.jpg" for i in range(5)] + [f"b{i}.jpg" for i in range(5)])
+
+
 # --- 5. SFTP push: pipelined renames, coalescing ---------------------------------------------
 
 
