@@ -378,7 +378,7 @@ def _commit(batch: list[Downloaded], whole_fs: bool) -> None:
         _fsync_dir(folder)
 
 
-INLINE_WRITE_LIMIT = 0.002  # seconds: a small file's write slower than this goes to the thread from then on
+INLINE_WRITE_LIMIT = 0.001  # seconds, the running mean of small writes on the loop beyond which they go to the thread
 
 
 class Committer:
@@ -395,13 +395,14 @@ class Committer:
     A small file in memory is written to its temp name by `submit` itself, on the
     event loop, while such writes take well under a millisecond: handing each one
     to the thread cost more (on two cores: a GIL hand-over per system call, and a
-    third runnable thread beside the loop and the server) than the write. The
-    first write slower than INLINE_WRITE_LIMIT (a busy or remote disk) sends the
-    rest to the thread, so the loop never waits on a slow disk twice.
+    third runnable thread beside the loop and the server) than the write. Once the
+    running mean of those writes passes INLINE_WRITE_LIMIT (a busy or remote disk;
+    one write stalled by a sync does not count alone), the rest go to the thread.
     """
 
     def __init__(self, max_batch: int = 64, max_age: float = 0.05, max_bytes: int = 16 * 1024 * 1024):
         self.inline = True
+        self._write_mean = 0.0  # seconds, a running mean of the writes done on the loop
         self.max_batch = max_batch
         self.max_age = max_age
         self.max_bytes = max_bytes  # of small files held in memory
@@ -418,7 +419,8 @@ class Committer:
         if d.data is not None and self.inline:
             started = time.perf_counter()
             _write_part(d)  # a failure is kept in d.error: reported once the batch is named, in order
-            if time.perf_counter() - started > INLINE_WRITE_LIMIT:
+            self._write_mean = 0.9 * self._write_mean + 0.1 * (time.perf_counter() - started)
+            if self._write_mean > INLINE_WRITE_LIMIT:
                 self.inline = False
         if not self._pending:
             self._since = time.monotonic()
