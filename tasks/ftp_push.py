@@ -25,7 +25,7 @@ from tasks.transfer import RemoteClient, TransferError, connect
 from tasks.transfer.ledger import write_atomic
 from tasks.transfer.names import join, printable, unsafe_reason
 from tasks.transfer.progress import Progress
-from tasks.transfer.send import Staged, finish, finish_later, send, stage
+from tasks.transfer.send import Staged, checked, finish, finish_later, send, stage
 from tasks.transfer.settings import ConnectionSettings
 
 
@@ -82,6 +82,9 @@ def scan(s: PushSettings) -> dict[str, tuple[Path, int, int]]:
     return found
 
 
+Sending = tuple[Staged, int, int, Callable[[], Awaitable[str]] | None]  # staged, local size and mtime_ns, its rename
+
+
 class FtpPush(TaskType):
     """Send every stable file of `local_dir` to `remote_dir`; remove it locally once verified."""
 
@@ -115,15 +118,28 @@ class FtpPush(TaskType):
         work = iter(sorted(todo.items()))
         fatal: list[TransferError] = []
 
-        async def put(client: RemoteClient, rel: str, path: Path) -> Staged | None:
+        def failed(path: Path, e: TransferError) -> None:
+            ctx.log.warning("cannot send %s: %s", path, e)
+            errors.append(str(e))
+            progress.file_done(failed=True)
+
+        async def put(client: RemoteClient, rel: str, path: Path, check_later: bool) -> Staged | None:
             remote_dir = join(s.remote_dir, rel.rsplit("/", 1)[0]) if "/" in rel else s.remote_dir
             try:
-                return await stage(client, path, remote_dir, on_bytes=progress.on_bytes)
+                return await stage(client, path, remote_dir, on_bytes=progress.on_bytes, check_later=check_later)
             except TransferError as e:
-                ctx.log.warning("cannot send %s: %s", path, e)
-                errors.append(str(e))
-                progress.file_done(failed=True)
+                failed(path, e)
                 return None
+
+        async def check(client: RemoteClient, sending: Sending) -> Sending | None:
+            """A staged file whose size check was deferred, checked and its rename queued; None if it failed."""
+            staged, size, mtime_ns, _ = sending
+            try:
+                staged = await checked(client, staged)
+            except TransferError as e:
+                failed(staged.src, e)
+                return None
+            return staged, size, mtime_ns, finish_later(client, staged, log=ctx.log)
 
         async def done(client: RemoteClient, staged: Staged, size: int, mtime_ns: int,
                        later: Callable[[], Awaitable[str]] | None = None) -> None:
@@ -131,9 +147,7 @@ class FtpPush(TaskType):
             try:
                 final = await (later() if later is not None else finish(client, staged, log=ctx.log))
             except TransferError as e:
-                ctx.log.warning("cannot send %s: %s", path, e)
-                errors.append(str(e))
-                progress.file_done(failed=True)
+                failed(path, e)
                 return
             try:
                 st = path.stat()
@@ -148,18 +162,31 @@ class FtpPush(TaskType):
 
         async def worker() -> None:
             client: RemoteClient | None = None
-            # on a client taking overlapping requests (SFTP) a file's rename goes with the
-            # next file's upload: one round trip fewer per file, same files in flight; on
-            # FTP it is queued and sent in the packet of the next upload's EPSV
-            renaming: tuple[Staged, int, int, Callable[[], Awaitable[str]] | None] | None = None
+            # FTP (pipelined): a file's size check goes in the packet of the next upload's
+            # EPSV, and its rename, once checked, in the packet after that: neither costs a
+            # round trip. SFTP (concurrent requests): a file's rename runs beside the next upload.
+            checking: Sending | None = None  # uploaded, its size asked with the next upload
+            renaming: Sending | None = None  # checked, its rename sent with (or beside) the next upload
+
+            async def settle(client: RemoteClient) -> None:
+                """Finish what is in flight now (plain commands; on a lost session each fails fast, counted)."""
+                nonlocal checking, renaming
+                if renaming is not None:
+                    await done(client, *renaming)
+                    renaming = None
+                if checking is not None:
+                    last = await check(client, checking)
+                    checking = None
+                    if last is not None:
+                        await done(client, *last)
+
             try:
                 for rel, (path, size, mtime_ns) in work:
                     if fatal:
                         break
                     if client is None or client.broken:
-                        if renaming is not None and client is not None:
-                            await done(client, *renaming)  # fails fast, and is counted
-                            renaming = None
+                        if client is not None:
+                            await settle(client)
                         await _close(client)
                         client = None
                         try:
@@ -167,27 +194,29 @@ class FtpPush(TaskType):
                         except TransferError as e:
                             fatal.append(e)
                             break
-                    if renaming is None:
-                        staged = await put(client, rel, path)
-                    elif client.concurrent:
+                    if client.concurrent and renaming is not None:
                         async with anyio.create_task_group() as tg:
                             tg.start_soon(done, client, *renaming)
-                            staged = await put(client, rel, path)
+                            staged = await put(client, rel, path, False)
                         renaming = None
-                    else:  # the queued rename went out with this upload's EPSV (or goes now)
-                        staged = await put(client, rel, path)
-                        await done(client, *renaming)
-                        renaming = None
+                    else:
+                        staged = await put(client, rel, path, client.pipelined_renames)
+                        if renaming is not None:  # its rename went out with this upload's EPSV
+                            await done(client, *renaming)
+                            renaming = None
+                        if checking is not None:  # and its size question too
+                            renaming, checking = await check(client, checking), None
                     if staged is None:
                         continue
+                    sending = (staged, size, mtime_ns, None)
                     if client.concurrent:
-                        renaming = (staged, size, mtime_ns, None)
+                        renaming = sending
                     elif client.pipelined_renames:
-                        renaming = (staged, size, mtime_ns, finish_later(client, staged, log=ctx.log))
+                        checking = sending
                     else:
-                        await done(client, staged, size, mtime_ns)
-                if renaming is not None and client is not None:
-                    await done(client, *renaming)
+                        await done(client, *sending)
+                if client is not None:
+                    await settle(client)
             finally:
                 await _close(client)
 

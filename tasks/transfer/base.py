@@ -50,6 +50,15 @@ class RemoteClient(abc.ABC):
 
         return get
 
+    def size_later(self, path: str) -> Callable[[], Awaitable[int | None]]:
+        """A file's size (None: no such file), asked when cheapest: FTP sends it with the next data command."""
+
+        async def get() -> int | None:
+            st = await self.stat(path)
+            return None if st is None else st.size
+
+        return get
+
     @property
     def pipelined_renames(self) -> bool:
         """`rename_later` sends the rename with the next data command (FTP): await it after that."""

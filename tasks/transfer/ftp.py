@@ -52,13 +52,13 @@ class ControlStream(ThrottleStreamIO):
 
 @dataclasses.dataclass
 class _Piggyback:
-    """Commands waiting to share the next EPSV/PASV packet (`mtime_later`, `rename_later`)."""
+    """Commands waiting to share the next EPSV/PASV packet (`mtime_later`, `size_later`, `rename_later`)."""
 
-    lines: tuple[str, ...]  # one MDTM, or RNFR + RNTO
+    lines: tuple[str, ...]  # one MDTM, one SIZE, or RNFR + RNTO
     sent: bool = False  # written: its replies are (being) read with the EPSV's
     done: bool = False  # all its replies read
-    value: float | None = None  # MDTM's time
-    error: RemoteError | None = None  # the rename's first refusal
+    value: float | None = None  # MDTM's time, SIZE's size (None: no such file, or no answer)
+    error: RemoteError | None = None  # the rename's first refusal, SIZE's refusal
 
 
 def _mdtm(info: list[str]) -> float:
@@ -71,6 +71,11 @@ def _mdtm(info: list[str]) -> float:
     d = datetime(int(main[:4]), int(main[4:6]), int(main[6:8]), int(main[8:10]), int(main[10:12]),
                  int(main[12:14]), tzinfo=timezone.utc)
     return d.timestamp() + (float("0." + frac) if frac.isdigit() else 0.0)
+
+
+def _size(info: list[str]) -> int:
+    """`213 N` as an int; ValueError/IndexError when malformed."""
+    return int(info[-1].strip().split()[-1])
 
 
 class _LocalFailure(Exception):
@@ -645,11 +650,13 @@ class FtpClient(RemoteClient):
                 if e.name == name:
                     return e
             return None
+        return RemoteEntry(name, path, "file", self._parsed_size(info), None, False)
+
+    def _parsed_size(self, info: list[str]) -> int:
         try:
-            size = int(info[-1].strip().split()[-1])
+            return _size(info)
         except (ValueError, IndexError):
             raise self._error(RemoteError, f"SIZE: cannot parse reply {info[-1][:60]!r}") from None
-        return RemoteEntry(name, path, "file", size, None, False)
 
     async def mtime(self, path: str) -> float | None:
         if self._features and "MDTM" not in self._features:
@@ -683,6 +690,33 @@ class FtpClient(RemoteClient):
                     self._piggyback.remove(later)
                 return await self.mtime(path)
             return later.value
+
+        return get
+
+    def size_later(self, path: str) -> Callable[[], Awaitable[int | None]]:
+        """SIZE sent in the packet of the next EPSV/PASV (passive, no proxy): an upload's check costs no round trip.
+
+        Queued once the upload's 226 is read, so the server answers it after the
+        transfer, never during it. Awaiting the result sends a plain SIZE when no
+        EPSV/PASV came first.
+        """
+        if not self._pipelined() or (self._features and "SIZE" not in self._features):
+            return super().size_later(path)
+        later = _Piggyback((f"SIZE {path}",))
+        self._piggyback.append(later)
+
+        async def get() -> int | None:
+            if not later.sent:
+                with contextlib.suppress(ValueError):
+                    self._piggyback.remove(later)
+                if self.broken:
+                    raise self._error(ConnectError, f"SIZE: connection to {self.s.host} lost before the check of {path}")
+                return await super(FtpClient, self).size_later(path)()
+            if not later.done:
+                raise self._error(ConnectError, f"SIZE: connection to {self.s.host} lost (size of {path} unknown)")
+            if later.error is not None:  # SIZE refused or garbled: ask as `stat` does (a listing)
+                return await super(FtpClient, self).size_later(path)()
+            return None if later.value is None else int(later.value)
 
         return get
 
@@ -735,7 +769,17 @@ class FtpClient(RemoteClient):
             self.broken = True
             raise self._error(ConnectError, f"connection to {self.s.host} lost ({e or type(e).__name__})") from None
         for q in queued:
-            if len(q.lines) == 1:  # MDTM
+            if q.lines[0].startswith("SIZE "):
+                try:
+                    _, info = await self._cmd(None, "213", what="SIZE", not_found=True)
+                    q.value = self._parsed_size(info)
+                except NotFound:
+                    pass
+                except RemoteError as e:
+                    if self.broken:
+                        raise
+                    q.error = e
+            elif len(q.lines) == 1:  # MDTM
                 try:
                     _, info = await self._cmd(None, "213", what="MDTM", not_found=True)
                     q.value = _mdtm(info)

@@ -1,5 +1,6 @@
-"""Renames pipelined with the next upload's EPSV (`FtpClient.rename_later`): each reply goes to
-its own command, also when the piggybacked RNFR or RNTO is refused, and the session stays usable.
+"""Renames and size checks pipelined with the next upload's EPSV (`FtpClient.rename_later`,
+`size_later`): each reply goes to its own command, also when the piggybacked RNFR or RNTO is
+refused or a size does not match, and the session stays usable.
 """
 
 from __future__ import annotations
@@ -13,7 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from tasks.transfer import ConnectError, NotFound, RemoteError, connect
+from schedulerd.context import TaskContext
+from schedulerd.settings import build
+from tasks.ftp_push import FtpPush, PushSettings
+from tasks.transfer import ConnectError, NotFound, RemoteError, TransferError, connect
 from tasks.transfer.send import finish_later, stage
 from tests.transfer import servers
 from tests.transfer.servers import FtpServer, settings_for
@@ -50,6 +54,13 @@ def make_handler(opts):
                 self.respond("550 Rename refused.")
                 return None
             return super().ftp_RNTO(path)
+
+        def ftp_SIZE(self, path):
+            self._note("SIZE", path)
+            if "short" in os.path.basename(path):  # as after a data connection cut short
+                self.respond("213 1")
+                return None
+            return super().ftp_SIZE(path)
 
         def ftp_DELE(self, path):
             notes.write(f"DELE {os.path.basename(path)}\n")
@@ -165,3 +176,27 @@ async def test_rename_not_carried_when_the_session_is_lost(tmp_path: Path, log: 
         finally:
             await c.aclose()
     assert not (server.root / "up" / "a.bin").exists()
+
+
+async def test_push_checks_each_size_with_the_next_upload_and_renames_only_matching_files(tmp_path: Path) -> None:
+    outbox = tmp_path / "outbox"
+    made = local_files(outbox, ["a.bin", "b-short.bin", "c.bin", "d.bin"])
+    with quirky(tmp_path / "srv") as (server, notes):
+        data = {"host": server.host, "port": server.port, "user": server.user, "password": server.password,
+                "timeout": 5, "retries": 0, "local_dir": str(outbox), "remote_dir": "/up", "stable": 0}
+        task = FtpPush(build(PushSettings, data, "tasks.dropbox"))
+        ctx = TaskContext.for_test("dropbox", task.settings, tmp_path=tmp_path)
+        with pytest.raises(TransferError, match=r"sent 3 files.*1 failed.*b-short.bin: remote size 1, local size"):
+            await task.run_once(ctx)
+    up = server.root / "up"
+    assert sorted(p.name for p in up.iterdir()) == ["a.bin", "c.bin", "d.bin"]  # the short one: temp deleted
+    for name in ("a.bin", "c.bin", "d.bin"):
+        assert (up / name).read_bytes() == made[name]
+    assert sorted(p.name for p in outbox.iterdir()) == ["b-short.bin"]  # kept locally for the next pass
+    lines = notes.read_text().splitlines()
+    sizes = [ln for ln in lines if ln.startswith("SIZE ")]
+    assert [ln.split(" ")[1] for ln in sizes] == [".a.bin.part", ".b-short.bin.part", ".c.bin.part", ".d.bin.part"]
+    assert all(not ln.endswith(" +") for ln in sizes[:3]), sizes  # each in the packet of the next upload
+    assert sizes[3].endswith(" +")  # the last one went alone
+    assert lines.index("DELE .b-short.bin.part") < lines.index("RNTO d.bin +")  # refused at once, in order
+    assert not any(ln.startswith(("RNFR .b-short", "RNTO b-short")) for ln in lines)  # never renamed
