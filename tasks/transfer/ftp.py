@@ -38,15 +38,18 @@ MAX_LISTING = 256 * 1024 * 1024
 
 
 class ControlStream(ThrottleStreamIO):
-    """aioftp's control stream without its per-call `wait_for` task (no throttling here)."""
+    """aioftp's control stream without its per-call `wait_for` task nor any timeout of its own.
+
+    Every exchange on it (`FtpClient._command`, the piggyback write) runs under one
+    deadline: a timer per reply line cost more than parsing the line.
+    """
 
     async def readline(self) -> bytes:
-        async with asyncio.timeout(self.read_timeout):
-            return await self.reader.readline()
+        return await self.reader.readline()
 
     async def write(self, data: bytes) -> None:
         self.writer.write(data)
-        async with asyncio.timeout(self.write_timeout):
+        if self.writer.transport.get_write_buffer_size():  # the kernel did not take it all
             await self.writer.drain()
 
 
@@ -216,18 +219,18 @@ class FtpClient(RemoteClient):
             user = f"{s.user}@{s.host}" + (f":{s.port}" if s.port != 21 else "")
         acct = s.proxy_password.reveal() if (self._gateway and s.proxy_password) else ""
         try:
-            code, info = await self._ftp.command("USER " + user, ("230", "33x"))
+            code, info = await self._command("USER " + user, ("230", "33x"))
             sent_acct = False
             while code.matches("33x"):
                 if code == "331":
-                    code, info = await self._ftp.command("PASS " + s.secret_password(), ("230", "202", "33x"), censor_after=5)
+                    code, info = await self._command("PASS " + s.secret_password(), ("230", "202", "33x"), censor_after=5)
                 elif code == "332":
-                    code, info = await self._ftp.command("ACCT " + acct, ("230", "202", "33x"), censor_after=5)
+                    code, info = await self._command("ACCT " + acct, ("230", "202", "33x"), censor_after=5)
                     sent_acct = True
                 else:
                     raise self._error(AuthError, f"login to {s.host} failed: unexpected reply {code}")
             if acct and not sent_acct:
-                code, info = await self._ftp.command("ACCT " + acct, censor_after=5, expected_codes=("2xx", "5xx"))
+                code, info = await self._command("ACCT " + acct, ("2xx", "5xx"), censor_after=5)
                 if code.matches("5xx") and not code.matches("500") and not code.matches("502"):
                     raise self._error(AuthError, f"FTP gateway {self._ctrl_host} refused the proxy password: {code}")
         except aioftp.StatusCodeError as e:
@@ -239,7 +242,7 @@ class FtpClient(RemoteClient):
 
     async def _feat(self) -> None:
         try:
-            _, info = await self._ftp.command("FEAT", "2xx")
+            _, info = await self._command("FEAT", "2xx")
         except aioftp.StatusCodeError:
             return
         for line in info[1:]:
@@ -250,13 +253,19 @@ class FtpClient(RemoteClient):
                     self._features.add("REST STREAM")
         self._mlsd = "MLST" in self._features
 
+    async def _command(self, line: str | None, expected: str | tuple[str, ...] = (), wait: str | tuple[str, ...] = (),
+                       censor_after: int | None = None) -> tuple[aioftp.Code, list[str]]:
+        """aioftp's command (write, read the whole reply) under one `timeout` deadline."""
+        async with asyncio.timeout(self.s.timeout):
+            result = await self._ftp.command(line, expected, wait, censor_after)
+        assert result is not None
+        return result
+
     async def _cmd(self, line: str | None, expected: str | tuple[str, ...] = (), wait: str | tuple[str, ...] = (),
                    *, what: str = "", not_found: bool = False) -> tuple[aioftp.Code, list[str]]:
         """One command; server refusals become RemoteError, lost connections ConnectError (broken)."""
         try:
-            result = await self._ftp.command(line, expected, wait)
-            assert result is not None
-            return result
+            return await self._command(line, expected, wait)
         except aioftp.StatusCodeError as e:
             code, text = _reply(e)
             cls = NotFound if (not_found and code in ("550", "450")) else RemoteError
@@ -764,7 +773,8 @@ class FtpClient(RemoteClient):
         for q in queued:
             q.sent = True
         try:
-            await self._ftp.stream.write(payload.encode(self.s.encoding))
+            async with asyncio.timeout(self.s.timeout):
+                await self._ftp.stream.write(payload.encode(self.s.encoding))
         except (OSError, TimeoutError) as e:
             self.broken = True
             raise self._error(ConnectError, f"connection to {self.s.host} lost ({e or type(e).__name__})") from None
