@@ -467,9 +467,8 @@ class FtpClient(RemoteClient):
             raise ConnectError("connection is broken")
         s = self.s
         what = command.split(" ", 1)[0]
-        host, port, _ = await self._passive_address()
-        sock = await open_socket(host, port, proxy=self._socks, timeout=s.timeout,
-                                 proxy_password=s.proxy_password.reveal() if s.proxy_password else None)
+        host, port, early = await self._passive_address(None if offset else command)
+        sock = await self._data_socket(host, port, early)
         data_ctx = self._data_context()
         sent: list[int] = []
         net: list[BaseException] = []  # the data connection failed
@@ -529,7 +528,7 @@ class FtpClient(RemoteClient):
 
                 tg.start_soon(in_thread)
                 try:
-                    await self._cmd(command, "1xx", what=what, not_found=not_found)
+                    await self._cmd(None if early else command, "1xx", what=what, not_found=not_found)
                 except TransferError as e:  # 550...: the thread stops waiting for the server
                     refused.append(e)
                     stop()
@@ -574,12 +573,7 @@ class FtpClient(RemoteClient):
         s = self.s
         what = command.split(" ", 1)[0]
         host, port, early = await self._passive_address(None if offset else command)
-        try:
-            sock = await open_socket(host, port, proxy=self._socks, timeout=s.timeout,
-                                     proxy_password=s.proxy_password.reveal() if s.proxy_password else None)
-        except BaseException:
-            self.broken = self.broken or early  # the server waits for this connection before it answers
-            raise
+        sock = await self._data_socket(host, port, early)
         try:
             if offset:
                 await self._rest(offset)
@@ -599,6 +593,16 @@ class FtpClient(RemoteClient):
             sock.close()  # after an upload: the kernel still delivers what it holds, then the FIN
         await self._cmd(None, "2xx", "1xx", what=what)
         return n
+
+    async def _data_socket(self, host: str, port: int, early: bool) -> socket.socket:
+        """The passive data connection; `early`: its command is already sent (see `_passive_address`)."""
+        s = self.s
+        try:
+            return await open_socket(host, port, proxy=self._socks, timeout=s.timeout,
+                                     proxy_password=s.proxy_password.reveal() if s.proxy_password else None)
+        except BaseException:
+            self.broken = self.broken or early  # the server waits for this connection before it answers
+            raise
 
     def _data_context(self) -> ssl.SSLContext | None:
         """Made once per session: reading the control session copies it, and a context is costly."""
