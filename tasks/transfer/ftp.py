@@ -398,8 +398,7 @@ class FtpClient(RemoteClient):
         sock: socket.socket | None = None
         if s.passive:
             host, port, _ = await self._passive_address()
-            sock = await open_socket(host, port, proxy=self._socks, timeout=s.timeout,
-                                     proxy_password=s.proxy_password.reveal() if s.proxy_password else None)
+            sock = await self._data_socket(host, port, False)
         else:
             lsock = await self._active_listener()
         streams: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
