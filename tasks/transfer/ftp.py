@@ -699,24 +699,38 @@ class FtpClient(RemoteClient):
     def mtime_later(self, path: str) -> Callable[[], Awaitable[float | None]]:
         """MDTM sent in the same packet as the next EPSV/PASV (passive, no proxy): one round trip fewer.
 
-        Only MDTM and a size-checked file's RNFR/RNTO (`rename_later`) ever share a
-        packet with EPSV/PASV: an FTP-aware firewall rewriting PORT or PASV replies
-        sees nothing unusual, and each reply is read in the order of its command.
-        When no EPSV/PASV follows (the download failed first), a plain MDTM is sent.
+        Only MDTM, SIZE (`size_later`), a checked file's RNFR/RNTO (`rename_later`)
+        and, after an EPSV (never a PASV), the data command share a packet with
+        EPSV/PASV: an FTP-aware firewall rewriting PORT or PASV replies sees nothing
+        unusual, and each reply is read in the order of its command. When no
+        EPSV/PASV follows (the download failed first), a plain MDTM is sent.
         """
-        if not self._pipelined() or (self._features and "MDTM" not in self._features):
+        later = self._queue(f"MDTM {path}", "MDTM")
+        if later is None:
             return super().mtime_later(path)
-        later = _Piggyback((f"MDTM {path}",))
-        self._piggyback.append(later)
 
         async def get() -> float | None:
-            if not later.sent:
-                with contextlib.suppress(ValueError):
-                    self._piggyback.remove(later)
+            if self._unqueue(later):
                 return await self.mtime(path)
             return later.value
 
         return get
+
+    def _queue(self, line: str, feature: str) -> _Piggyback | None:
+        """`line` queued for the next EPSV/PASV packet; None when this session does not pipeline it."""
+        if not self._pipelined() or (self._features and feature not in self._features):
+            return None
+        later = _Piggyback((line,))
+        self._piggyback.append(later)
+        return later
+
+    def _unqueue(self, later: _Piggyback) -> bool:
+        """True (and `later` dropped from the queue) when it was never sent: the caller asks plainly."""
+        if later.sent:
+            return False
+        with contextlib.suppress(ValueError):
+            self._piggyback.remove(later)
+        return True
 
     def size_later(self, path: str) -> Callable[[], Awaitable[int | None]]:
         """SIZE sent in the packet of the next EPSV/PASV (passive, no proxy): an upload's check costs no round trip.
@@ -725,15 +739,12 @@ class FtpClient(RemoteClient):
         transfer, never during it. Awaiting the result sends a plain SIZE when no
         EPSV/PASV came first.
         """
-        if not self._pipelined() or (self._features and "SIZE" not in self._features):
+        later = self._queue(f"SIZE {path}", "SIZE")
+        if later is None:
             return super().size_later(path)
-        later = _Piggyback((f"SIZE {path}",))
-        self._piggyback.append(later)
 
         async def get() -> int | None:
-            if not later.sent:
-                with contextlib.suppress(ValueError):
-                    self._piggyback.remove(later)
+            if self._unqueue(later):
                 if self.broken:
                     raise self._error(ConnectError, f"SIZE: connection to {self.s.host} lost before the check of {path}")
                 return await super(FtpClient, self).size_later(path)()
@@ -767,9 +778,7 @@ class FtpClient(RemoteClient):
         self._piggyback.append(later)
 
         async def get() -> None:
-            if not later.sent:
-                with contextlib.suppress(ValueError):
-                    self._piggyback.remove(later)
+            if self._unqueue(later):
                 if self.broken:
                     raise self._error(ConnectError, f"RNFR: connection to {self.s.host} lost before the rename of {dst}")
                 return await self.rename(src, dst)
