@@ -221,8 +221,14 @@ def vsftpd(folder: Path, tls: str = "none", certs: Certs | None = None) -> Itera
 
 
 @contextlib.contextmanager
-def pyftpd(folder: Path, *args: str, user: str = "agency", password: str = "s3cr3t-Pa55", port: int = 0) -> Iterator[FtpServer]:
-    """pyftpdlib in a subprocess (see pyftpd_server.py for the quirk options)."""
+def pyftpd(folder: Path, *args: str, user: str = "agency", password: str = "s3cr3t-Pa55", port: int = 0,
+           subclass: str | None = None, env: dict[str, str] | None = None) -> Iterator[FtpServer]:
+    """pyftpdlib in a subprocess (see pyftpd_server.py for the quirk options).
+
+    `subclass`: Python code run with -c instead of pyftpd_server.py; it finds that module's
+    folder in argv[1] and subclasses its handler (quirks one test file needs). `env` is
+    added to the server's environment.
+    """
     folder.mkdir(parents=True, exist_ok=True)
     root = folder / "root"
     root.mkdir(exist_ok=True)
@@ -230,9 +236,10 @@ def pyftpd(folder: Path, *args: str, user: str = "agency", password: str = "s3cr
     pwfile = folder / "password"
     pwfile.write_text(password)
     log = folder / "pyftpd.log"
-    argv = [sys.executable, str(HERE / "pyftpd_server.py"), "--root", str(root), "--port", str(port),
+    program = ["-c", subclass, str(HERE)] if subclass else [str(HERE / "pyftpd_server.py")]
+    argv = [sys.executable, *program, "--root", str(root), "--port", str(port),
             "--user", user, "--password-file", str(pwfile), "--log", str(log), *args]
-    with running(argv, port, folder / "pyftpd.out") as proc:
+    with running(argv, port, folder / "pyftpd.out", env={**os.environ, **(env or {})}) as proc:
         yield FtpServer(HOST, port, root, root, "/", user, password, log, proc)
 
 

@@ -11,7 +11,6 @@ import os
 import resource
 import signal
 import ssl
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -91,18 +90,12 @@ base.main()
 @contextlib.contextmanager
 def quirky(folder: Path, *, mdtm_550: str = "", epsv_ok: int = -1) -> Iterator[tuple[FtpServer, Path]]:
     """A pyftpdlib server (no MLSD: LIST times, refined by MDTM) and the file of its notes."""
-    folder.mkdir(parents=True, exist_ok=True)
-    root = folder / "root"
-    root.mkdir(exist_ok=True)
-    (folder / "password").write_text("s3cr3t-Pa55")
     notes = folder / "notes.txt"
+    folder.mkdir(parents=True, exist_ok=True)
     notes.touch()
-    port = servers.free_port()
-    env = dict(os.environ, QUIRK_NOTES=str(notes), QUIRK_MDTM_550=mdtm_550, QUIRK_EPSV_OK=str(epsv_ok))
-    argv = [sys.executable, "-c", QUIRKS, str(servers.HERE), "--root", str(root), "--port", str(port),
-            "--user", "agency", "--password-file", str(folder / "password"), "--no-mlsd"]
-    with servers.running(argv, port, folder / "out.txt", env=env) as proc:
-        yield FtpServer(servers.HOST, port, root, root, "/", "agency", "s3cr3t-Pa55", folder / "out.txt", proc), notes
+    env = {"QUIRK_NOTES": str(notes), "QUIRK_MDTM_550": mdtm_550, "QUIRK_EPSV_OK": str(epsv_ok)}
+    with servers.pyftpd(folder, "--no-mlsd", subclass=QUIRKS, env=env) as server:
+        yield server, notes
 
 
 def noted(notes: Path) -> list[str]:

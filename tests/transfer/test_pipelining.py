@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -76,18 +75,11 @@ base.main()
 
 @contextlib.contextmanager
 def quirky(folder: Path) -> Iterator[tuple[FtpServer, Path]]:
-    folder.mkdir(parents=True, exist_ok=True)
-    root = folder / "root"
-    root.mkdir(exist_ok=True)
-    (folder / "password").write_text("s3cr3t-Pa55")
     notes = folder / "notes.txt"
+    folder.mkdir(parents=True, exist_ok=True)
     notes.touch()
-    port = servers.free_port()
-    env = dict(os.environ, QUIRK_NOTES=str(notes))
-    argv = [sys.executable, "-c", QUIRKS, str(servers.HERE), "--root", str(root), "--port", str(port),
-            "--user", "agency", "--password-file", str(folder / "password")]
-    with servers.running(argv, port, folder / "out.txt", env=env) as proc:
-        yield FtpServer(servers.HOST, port, root, root, "/", "agency", "s3cr3t-Pa55", folder / "out.txt", proc), notes
+    with servers.pyftpd(folder, subclass=QUIRKS, env={"QUIRK_NOTES": str(notes)}) as server:
+        yield server, notes
 
 
 @pytest.fixture
