@@ -94,19 +94,6 @@ def _shutdown(sock: socket.socket) -> None:
         sock.shutdown(socket.SHUT_RDWR)
 
 
-def _close_notify(conn: ssl.SSLSocket) -> None:
-    """Send TLS close_notify (the server sees a clean end of an upload) without waiting for the server's.
-
-    `unwrap()` on a blocking socket also waits for the peer's close_notify: a round
-    trip per uploaded file that the 226 on the control connection makes useless.
-    """
-    conn.setblocking(False)
-    try:
-        conn.unwrap()
-    except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
-        pass  # ours is sent (or queued in the kernel); theirs is not awaited
-
-
 class ResumeUnsupported(RemoteError):
     """The server refused REST: restart the transfer from zero."""
 
@@ -513,7 +500,10 @@ class FtpClient(RemoteClient):
                     conn.do_handshake()
                 n = job(conn, report)
                 if data_ctx is not None and command.startswith("STOR"):
-                    _close_notify(conn)  # type: ignore[arg-type]
+                    # close_notify, and wait for the server's: closing with its bytes unread
+                    # (its close_notify, TLS 1.3 tickets) sends a reset that can cost it the
+                    # end of the upload (vsftpd: "426 Failure reading network stream")
+                    conn.unwrap()
                 sent.append(n)
             except _LocalFailure as e:
                 local.append(e.__cause__ or e)
