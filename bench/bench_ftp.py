@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import logging
 import os
 import shutil
@@ -74,6 +75,7 @@ def link_tree(src: Path, dst: Path) -> None:
 
 
 TRASH: list[Path] = []  # where `clear` moves what it clears; emptied after the last row
+_trashed = itertools.count()
 
 
 def clear(folder: Path) -> None:
@@ -88,7 +90,7 @@ def clear(folder: Path) -> None:
         shutil.rmtree(folder, ignore_errors=True)
         return
     with contextlib.suppress(FileNotFoundError):
-        os.rename(folder, TRASH[0] / f"{len(list(TRASH[0].iterdir()))}-{folder.name}")
+        os.rename(folder, TRASH[0] / f"{next(_trashed)}-{folder.name}")
 
 
 def settle_deletions() -> float:
