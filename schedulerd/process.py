@@ -92,6 +92,13 @@ def kill_group(pid: int, sig: int = signal.SIGTERM) -> bool:
         return False
 
 
+async def spawn(argv: Sequence[str], **kwargs: Any) -> Process:
+    """anyio.open_process shielded from cancellation: cancelled while it still awaits its pipes,
+    asyncio kills only the direct child and its own children would live on, out of our reach."""
+    with anyio.CancelScope(shield=True):
+        return await anyio.open_process(list(argv), **kwargs)
+
+
 async def end_process(proc: Process, grace: float = 5.0) -> int | None:
     """SIGTERM the group, wait `grace`, then SIGKILL; shielded so cancellation cannot skip it."""
     with anyio.CancelScope(shield=True):
@@ -133,8 +140,8 @@ async def run_logged(
 ) -> int:
     """Run argv (no shell) to its end with stdout/stderr in the log; ends the group if cancelled."""
     full_env = {**os.environ, **env} if env else None
-    proc = await anyio.open_process(
-        list(argv), cwd=cwd, env=full_env, stdin=subprocess.DEVNULL,
+    proc = await spawn(
+        argv, cwd=cwd, env=full_env, stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
     )
     if REGISTRY is not None:

@@ -28,7 +28,7 @@ from anyio.abc import Process
 
 from schedulerd import settings as s
 from schedulerd.plugin import Context, TaskType
-from schedulerd.process import end_process, kill_group, pump_lines
+from schedulerd.process import end_process, kill_group, pump_lines, spawn
 from schedulerd.process import start_time as _start_time
 from schedulerd.settings import ConfigError, Secret
 
@@ -285,7 +285,7 @@ class Indexer(TaskType):
         secret = st.password.reveal()
         ctx.log.info("starting: %s", mask_argv(argv, secret))
         try:
-            proc = await anyio.open_process(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            proc = await spawn(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                             stderr=subprocess.PIPE, start_new_session=True)
         except OSError as e:
             raise FailedStart(f"cannot start {argv[0]}: {e.strerror or e}") from None

@@ -33,6 +33,8 @@ from anyio.abc import ByteReceiveStream, Process
 
 from .errors import ToolError, ToolTimeout
 from .files import fsync_dir, fsync_file
+from schedulerd.process import spawn
+
 from .tools import die_with_parent, find_tool, kill_group, tail
 
 TAG_RE = re.compile(r"^[A-Za-z][\w-]*(:[A-Za-z][\w-]*)*$")
@@ -191,7 +193,7 @@ class ExifTool:
             await self._discard()
         path = find_tool(self.executable)
         try:
-            self._process = await anyio.open_process(
+            self._process = await spawn(
                 die_with_parent([path, "-stay_open", "True", "-@", "-"]), start_new_session=True, stdin=subprocess.PIPE
             )
         except OSError as e:

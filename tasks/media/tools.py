@@ -19,6 +19,8 @@ from pathlib import Path
 import anyio
 from anyio.abc import ByteReceiveStream, Process
 
+from schedulerd.process import spawn
+
 from .errors import ToolError, ToolNotFound, ToolTimeout
 
 # Debian package to install for each tool, for the "not found" message.
@@ -84,7 +86,7 @@ async def run_tool(argv: Sequence[str | os.PathLike[str]], *, timeout: float, cw
     name = Path(os.fspath(argv[0])).name
     command = [find_tool(os.fspath(argv[0]))] + [os.fspath(a) for a in argv[1:]]
     try:
-        process = await anyio.open_process(
+        process = await spawn(
             die_with_parent(command), stdin=subprocess.DEVNULL, cwd=cwd, start_new_session=True
         )
     except OSError as e:

@@ -78,6 +78,24 @@ async def test_cancellation_kills_the_process_group(tmp_path: Path) -> None:
     assert gone(pid)
 
 
+@pytest.mark.anyio
+async def test_cancellation_while_starting_leaves_no_process(tmp_path: Path) -> None:
+    """Cancelled at each early checkpoint, even while the pipes are still being set up (asyncio
+    then kills only the direct child): no grandchild may survive."""
+    survivors = []
+    for point in range(36):
+        pidfile = tmp_path / f"grandchild{point}"
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(lambda: run_tool(["sh", "-c", f"sleep 30 & echo $! > {pidfile}; wait"], timeout=60))
+            for _ in range(point % 12):
+                await anyio.sleep(0)
+            tg.cancel_scope.cancel()
+        await anyio.sleep(0.05)  # a shell killed after its fork may still be writing the pid
+        if pidfile.exists() and pidfile.read_text().strip() and not gone(int(pidfile.read_text()), 1):
+            survivors.append(point)
+    assert survivors == []
+
+
 def test_tool_dies_with_a_killed_parent(tmp_path: Path) -> None:
     if shutil.which("setpriv") is None:
         pytest.skip("setpriv (util-linux) is not installed")
