@@ -25,6 +25,7 @@ import anyio
 
 from schedulerd.durable import SYNCFS, fsync_dir
 
+from . import bigwrite
 from .base import OnBytes, RemoteClient, RemoteEntry
 from .errors import IntegrityError, TransferError
 
@@ -146,8 +147,6 @@ async def download(
     `part` (`part_path` of target and entry) and `part_exists` (whether it is there),
     when the caller listed the folder already; None: found here.
     """
-    from .ftp import ResumeUnsupported
-
     if on_exists == "skip" and target.exists():
         return None
     mtime = entry.mtime
@@ -192,18 +191,8 @@ async def download(
         raise LocalError(f"cannot write {part}: {opened.strerror or opened}")
     f, offset = opened
     try:
-        if offset:
-            log.info("resuming %s at %d of %s bytes", entry.path, offset, entry.size)
         if entry.size is None or offset < entry.size:
-            dest: Any = EarlyWriteback(f, offset) if (entry.size or 0) - offset > WRITEBACK_EVERY else f
-            try:
-                await client.download(entry.path, dest, offset, on_bytes, size=entry.size)
-            except ResumeUnsupported as e:
-                log.info("%s; downloading %s from the start", e, entry.path)
-                f.seek(0)
-                f.truncate()
-                dest = EarlyWriteback(f, 0) if (entry.size or 0) > WRITEBACK_EVERY else f
-                await client.download(entry.path, dest, 0, on_bytes, size=entry.size)
+            await _receive(client, entry, f, part, offset, log, on_bytes)
         f.flush()
         size = os.fstat(f.fileno()).st_size
     except OSError as e:
@@ -215,6 +204,31 @@ async def download(
             part.unlink(missing_ok=True)
         raise IntegrityError(f"{entry.path}: got {size} bytes, expected {entry.size}")
     return Downloaded(part, target, on_exists, mtime, size)
+
+
+async def _receive(client: RemoteClient, entry: RemoteEntry, f: BinaryIO, part: Path, offset: int,
+                   log: logging.Logger, on_bytes: OnBytes | None) -> None:
+    """The remote bytes from `offset` on into `f` (big files: see bigwrite)."""
+    from .ftp import ResumeUnsupported
+
+    dest, offset = bigwrite.sink(f, part, offset, entry.size)
+    if offset:
+        log.info("resuming %s at %d of %s bytes", entry.path, offset, entry.size)
+    try:
+        try:
+            await client.download(entry.path, dest, offset, on_bytes, size=entry.size)
+        except ResumeUnsupported as e:
+            log.info("%s; downloading %s from the start", e, entry.path)
+            await bigwrite.finish(dest)
+            f.seek(0)
+            f.truncate()
+            dest, _ = bigwrite.sink(f, part, 0, entry.size)
+            await client.download(entry.path, dest, 0, on_bytes, size=entry.size)
+    except BaseException:  # what arrived is kept for the next pass to resume from
+        with anyio.CancelScope(shield=True), contextlib.suppress(OSError):
+            await bigwrite.finish(dest)
+        raise
+    await bigwrite.finish(dest)
 
 
 async def fetch(
@@ -262,46 +276,7 @@ def _open_part(part: Path, size: int | None) -> tuple[BinaryIO, int]:
 _syncfs = SYNCFS  # a module global, so that tests can watch the syncs
 
 
-def _load_sync_file_range() -> Any:
-    try:
-        fn = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True).sync_file_range
-    except (OSError, AttributeError):
-        return None
-    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-    fn.restype = ctypes.c_int
-    return fn
-
-
-_sync_file_range = _load_sync_file_range()
-SYNC_FILE_RANGE_WRITE = 2
-WRITEBACK_EVERY = 8 * 1024 * 1024
 SMALL_FILE = 512 * 1024  # at most this is downloaded to memory, written by the committer
-
-
-class EarlyWriteback:
-    """A temp file that asks the kernel to start writing back every 8 MB as it is filled.
-
-    Only a start (SYNC_FILE_RANGE_WRITE waits for nothing): the final sync of a big
-    file then finds most of it on disk, and dirty pages never pile up to the point
-    where a write stalls the event loop. Small files never reach the threshold.
-    """
-
-    def __init__(self, f: BinaryIO, start: int):
-        self.f = f
-        self._done = start  # bytes already handed to writeback
-        self._at = start
-
-    def write(self, data: bytes) -> int:
-        n = self.f.write(data)
-        self._at += n
-        if self._at - self._done >= WRITEBACK_EVERY and _sync_file_range is not None:
-            self.f.flush()
-            _sync_file_range(self.f.fileno(), self._done, self._at - self._done, SYNC_FILE_RANGE_WRITE)
-            self._done = self._at
-        return n
-
-    def __getattr__(self, name: str) -> Any:  # seek, truncate, flush...: the file's own
-        return getattr(self.f, name)
 
 
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
