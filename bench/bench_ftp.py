@@ -20,11 +20,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import filecmp
 import itertools
 import logging
+import mmap
 import os
 import shutil
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
@@ -56,15 +59,18 @@ def parse_size(text: str) -> int:
 
 
 def make_files(folder: Path, count: int, size: int) -> None:
+    """Random bytes; every 1 MB chunk starts with its file and chunk number, so a chunk
+    written at the wrong place shows in `check_same`."""
     folder.mkdir(parents=True, exist_ok=True)
     block = os.urandom(min(size, 1 << 20))
     for i in range(count):
         with open(folder / f"file{i:05}.bin", "wb") as f:
-            left = size
+            left, chunk = size, 0
             while left:
                 n = min(left, len(block))
-                f.write(block[:n])
+                f.write((struct.pack("<II", i, chunk) + block[8:n])[:n])
                 left -= n
+                chunk += 1
 
 
 def link_tree(src: Path, dst: Path) -> None:
@@ -89,8 +95,40 @@ def clear(folder: Path) -> None:
     if not TRASH:
         shutil.rmtree(folder, ignore_errors=True)
         return
-    with contextlib.suppress(FileNotFoundError):
-        os.rename(folder, TRASH[0] / f"{next(_trashed)}-{folder.name}")
+    moved = TRASH[0] / f"{next(_trashed)}-{folder.name}"
+    try:
+        os.rename(folder, moved)
+    except FileNotFoundError:
+        return
+    forget(moved)
+
+
+def forget(folder: Path) -> None:
+    """Drop the page cache of what a run wrote (files of one link only: the data sets stay cached).
+
+    On this VM a page the guest never used before costs ~10 us to write the first
+    time (512 MB into fresh pages: 1.3 s of system time; into recycled pages: 0.1 s).
+    Kept in the trash, each run's output would push the next run onto fresh pages, a
+    cost of the VM that landed on whichever side ran later. Once written back, the
+    dropped pages return to the free list, touched, for the next run.
+    """
+    os.sync()
+    for p in folder.rglob("*"):
+        with contextlib.suppress(OSError):
+            if p.is_file() and p.lstat().st_nlink == 1:
+                fd = os.open(p, os.O_RDONLY)
+                try:
+                    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+                finally:
+                    os.close(fd)
+
+
+def warm_memory(mb: int) -> None:
+    """Touch `mb` MB once and free them: pages the first timed runs find already used (see `forget`)."""
+    block = b"\1" * (1 << 20)
+    with mmap.mmap(-1, mb << 20) as m:
+        for off in range(0, mb << 20, 1 << 20):
+            m[off:off + (1 << 20)] = block
 
 
 def settle_deletions() -> float:
@@ -107,6 +145,9 @@ def check_same(a: Path, b: Path) -> None:
     right = {p.name: p.stat().st_size for p in b.iterdir() if not p.name.startswith(".")}
     if left != right:
         raise SystemExit(f"bench: {a} and {b} differ ({len(left)} vs {len(right)} files)")
+    for name in left:  # the bytes too, not only the sizes
+        if not filecmp.cmp(a / name, b / name, shallow=False):
+            raise SystemExit(f"bench: {a / name} and {b / name} differ")
 
 
 class Target:
@@ -292,6 +333,7 @@ def main() -> int:
         trash = work / "trash"
         trash.mkdir(exist_ok=True)
         TRASH.append(trash)
+        warm_memory(2 * max(opts.big_mb, opts.files * opts.size >> 20) + 256)
         settle = settle_deletions() if opts.settle is None else opts.settle
         if settle > 0:
             print(f"# waiting {settle:.0f}s: files deleted just before the bench slow down file creation (ext4)",
