@@ -9,8 +9,9 @@ the same parallelism on the same data; `ratio` is lftp seconds / our seconds
 (>= 1.0: we are as fast or faster). Our side does more per file on purpose and
 keeps doing it here: pull = hidden temp name, size check, data durable (syncfs)
 before the rename, remote mtime kept; push = temp remote name, size check (FTP),
-rename. lftp writes final names directly and never fsyncs: its last files may
-still be in the page cache when its clock stops. Every timed run starts after a
+rename, local file removed (the push task is a drop box; lftp is given the same
+job: `mirror -R --Remove-source-files`). lftp writes final names directly and never
+fsyncs: its last files may still be in the page cache when its clock stops. Every timed run starts after a
 `sync`, so neither side flushes what the other (or the previous row) wrote. Before
 a server's rows, one untimed pull of a few small files warms our side (imports,
 thread pool), as in the long-running daemon; lftp is a new process for every run.
@@ -219,6 +220,13 @@ def run_lftp(cmd: list[str]) -> None:
         raise SystemExit(f"bench: lftp failed ({r.returncode}): {r.stderr.strip()[-500:]}")
 
 
+def all_sent(outbox: Path, side: str) -> None:
+    """Both sides are given the drop-box job: every source file removed once sent."""
+    left = [p for p in outbox.rglob("*") if p.is_file()]
+    if left:
+        raise SystemExit(f"bench: {side} left {len(left)} source files in {outbox}")
+
+
 def owned_by_server(t: Target, path: Path) -> None:
     owner = getattr(t.server, "owner", -1)
     if owner >= 0:
@@ -271,11 +279,13 @@ def bench_rows(t: Target, datasets: dict[str, Path], parallel: int, repeat: int,
                 dst_a, dst_b = f"dst-ours-{label}-{i}", f"dst-lftp-{label}-{i}"
                 os.sync()
                 ours.append(timed(lambda: run_ours_push(t, outbox, f"{t.remote_root}/{dst_a}", parallel, work / "state")))
+                all_sent(outbox, "ours")
                 clear(outbox)
                 link_tree(src, outbox)
                 os.sync()
-                theirs.append(timed(lambda: run_lftp(t.lftp(parallel, f"mirror -R {outbox} {t.remote_root}/{dst_b}"))))
+                theirs.append(timed(lambda: run_lftp(t.lftp(parallel, f"mirror -R --Remove-source-files {outbox} {t.remote_root}/{dst_b}"))))
                 check_same(t.local_root / dst_a, src), check_same(t.local_root / dst_b, src)
+                all_sent(outbox, "lftp")
                 clear(t.local_root / dst_a), clear(t.local_root / dst_b), clear(outbox)
             yield t.protocol, "push", label, ours, theirs
 

@@ -14,9 +14,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import errno
 import ipaddress
 import logging
+import os
 import socket
+import stat
 import ssl
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -87,6 +90,59 @@ class _LocalFailure(Exception):
 
 class _NetFailure(Exception):
     """Raised in a direct transfer from the data socket's error or timeout (its __cause__)."""
+
+
+# sendfile errors that come from the data connection; any other comes from the local file
+_NET_ERRNOS = frozenset({errno.EPIPE, errno.ECONNRESET, errno.ECONNABORTED, errno.ENOTCONN, errno.ETIMEDOUT,
+                         errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ENETDOWN})
+
+
+def _regular_fd(src: BinaryIO) -> int | None:
+    try:
+        fd = src.fileno()
+        return fd if stat.S_ISREG(os.fstat(fd).st_mode) else None
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is both
+        return None
+
+
+async def _writable(sock: socket.socket) -> None:
+    loop = asyncio.get_running_loop()
+    ready = loop.create_future()
+    fd = sock.fileno()
+    loop.add_writer(fd, lambda: ready.done() or ready.set_result(None))
+    try:
+        await ready
+    finally:
+        loop.remove_writer(fd)
+
+
+async def _sendfile(sock: socket.socket, fd: int, offset: int, step: int, timeout: float,
+                    on_bytes: OnBytes | None) -> int:
+    """Send a regular file to EOF with os.sendfile: the bytes go from the page cache to the
+    socket without passing through Python (no read, no buffer, no copy), which on uploads
+    was a third of our CPU. Reads to EOF, not to the size seen at open: a file that grew
+    meanwhile must fail the caller's size check rather than go out cut short."""
+    start = offset
+    out = sock.fileno()
+    while True:
+        try:
+            n = os.sendfile(out, fd, offset, step)
+        except BlockingIOError:
+            try:
+                async with asyncio.timeout(timeout):
+                    await _writable(sock)
+            except TimeoutError as e:
+                raise _NetFailure() from e
+            continue
+        except OSError as e:
+            if e.errno in _NET_ERRNOS:
+                raise _NetFailure() from e
+            raise  # the local file's error
+        if n == 0:
+            return offset - start
+        offset += n
+        if on_bytes:
+            on_bytes(n)
 
 
 def _shutdown(sock: socket.socket) -> None:
@@ -910,6 +966,9 @@ class FtpClient(RemoteClient):
             timeout = self.s.timeout
 
             async def transmit_direct(sock: socket.socket) -> int:
+                fd = _regular_fd(src)
+                if fd is not None:
+                    return await _sendfile(sock, fd, src.tell(), max(block, 1 << 20), timeout, on_bytes)
                 loop = asyncio.get_running_loop()
                 done = 0
                 while chunk := src.read(block):

@@ -10,6 +10,7 @@ import logging
 import os
 import resource
 import signal
+import socket
 import ssl
 import threading
 import time
@@ -26,6 +27,7 @@ from schedulerd.settings import build
 from tasks.ftp_pull import FtpPull, PullSettings
 from tasks.ftp_push import FtpPush, PushSettings
 from tasks.transfer import ConnectError, IntegrityError, NotFound, RemoteError, TransferError, connect, fetch as fetch_mod
+from tasks.transfer import ftp as ftp_mod
 from tasks.transfer.fetch import fetch
 from tasks.transfer.send import send
 from tasks.transfer.sftp import SftpClient, coalesce_sends
@@ -465,3 +467,59 @@ async def test_coalescing_degrades_to_plain_sends_without_asyncssh_internals(
         conn.abort()
     async with await connect(settings, log) as c:  # with the internals there, coalescing is on
         assert "_send" in vars(c._conn)  # type: ignore[attr-defined]
+
+
+# --- 6. plain FTP uploads by sendfile --------------------------------------------------------
+
+
+async def test_plain_upload_goes_by_sendfile_through_a_full_socket(vsftpd: FtpServer, tmp_path: Path,
+                                                                  log: logging.Logger,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """20 MB fill the loopback socket several times over: the waits for room are exercised."""
+    calls = []
+    real = os.sendfile
+
+    def counted(*args: Any) -> int:
+        try:
+            n: int = real(*args)
+        except BlockingIOError:
+            calls.append("full")
+            raise
+        calls.append(n)
+        return n
+
+    monkeypatch.setattr(ftp_mod.os, "sendfile", counted)
+    payload = os.urandom(20 * 1024 * 1024)
+    src = tmp_path / "big.bin"
+    src.write_bytes(payload)
+    progress: list[int] = []
+    async with await connect(settings_for(vsftpd), log) as c:
+        final = await send(c, src, f"{vsftpd.remote}/up", log=log, on_bytes=progress.append)
+    assert (vsftpd.pub / "up/big.bin").read_bytes() == payload and final.endswith("/up/big.bin")
+    assert sum(n for n in calls if n != "full") == len(payload) == sum(progress)
+    assert calls[-1] == 0  # read to EOF, not to the size seen at open
+    assert "full" in calls
+
+
+async def test_sendfile_errors_tell_the_data_connection_from_the_local_file(tmp_path: Path) -> None:
+    src = tmp_path / "f.bin"
+    src.write_bytes(os.urandom(8 * 1024 * 1024))
+    ours, peer = socket.socketpair()
+    ours.setblocking(False)
+    with ours, open(src, "rb") as f:
+        peer.close()  # the server went away before or during the upload
+        with pytest.raises(ftp_mod._NetFailure) as caught:
+            await ftp_mod._sendfile(ours, f.fileno(), 0, 1 << 20, 5.0, None)
+        assert isinstance(caught.value.__cause__, OSError)
+    ours, peer = socket.socketpair()
+    ours.setblocking(False)
+    with ours, peer:
+        fd = os.open(src, os.O_WRONLY)  # a descriptor sendfile cannot read: the local side's error
+        try:
+            with pytest.raises(OSError) as local:
+                await ftp_mod._sendfile(ours, fd, 0, 1 << 20, 5.0, None)
+            assert not isinstance(local.value, ftp_mod._NetFailure)
+        finally:
+            os.close(fd)
+    with open(os.devnull, "rb") as dev:
+        assert ftp_mod._regular_fd(dev) is None  # not a regular file: the read/send path
