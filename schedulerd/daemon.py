@@ -83,12 +83,18 @@ class Daemon:
         server = ControlServer(sch.socket, sch.socket_mode, sch.socket_group, Access(sch.allowed_uids, sch.socket_group),
                                sch.max_connections, sch.idle_timeout)
         self._routes(server)
-        listener = await server.listen()
+        # handlers before the socket exists: a SIGTERM sent as soon as the daemon answers must be
+        # a clean stop, not the default action (no history written, socket file left behind)
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as received:
+            await self._serve_with(server, await server.listen(), received)
+
+    async def _serve_with(self, server: ControlServer, listener: Any, signals: AsyncIterator[int]) -> None:
+        sch = self.config.scheduler
         try:
             async with anyio.create_task_group() as tg:
                 self._tg = tg
                 await tg.start(server.serve, listener)
-                tg.start_soon(self._signals)
+                tg.start_soon(self._signals, signals)
                 tg.start_soon(self._flush_history)
                 if self.shutdown_trigger is not None:
                     tg.start_soon(self._trigger)
@@ -131,19 +137,18 @@ class Daemon:
         await self.shutdown_trigger()
         self.request_stop()
 
-    async def _signals(self) -> None:
+    async def _signals(self, signals: AsyncIterator[int]) -> None:
         """Signal handlers only set an event or schedule a reload; the task group does the work."""
-        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
-            async for sig in signals:
-                if sig == signal.SIGHUP:
-                    log.info("SIGHUP: reloading the configuration")
-                    try:
-                        await self.reload()
-                    except ControlError:
-                        pass  # logged by reload(); the old configuration stays in force
-                else:
-                    log.info("%s: stopping", signal.Signals(sig).name)
-                    self.request_stop()
+        async for sig in signals:
+            if sig == signal.SIGHUP:
+                log.info("SIGHUP: reloading the configuration")
+                try:
+                    await self.reload()
+                except ControlError:
+                    pass  # logged by reload(); the old configuration stays in force
+            else:
+                log.info("%s: stopping", signal.Signals(sig).name)
+                self.request_stop()
 
     async def _watchdog(self, interval: float) -> None:
         while True:

@@ -491,50 +491,52 @@ async def _serve(index: Index, args: argparse.Namespace) -> int:
                     except (anyio.BrokenResourceError, anyio.ClosedResourceError):
                         return
 
-    async def signals() -> None:
-        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as received:
-            async for sig in received:
-                say(f"{signal.Signals(sig).name}: stopping")
-                request_stop()
-                return
+    async def signals(received: Any) -> None:
+        async for sig in received:
+            say(f"{signal.Signals(sig).name}: stopping")
+            request_stop()
+            return
 
-    listener = None
-    where = ""
-    if args.socket is not None:  # bound before anything else: a busy port is a failed start (exit 2)
-        try:
-            listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=args.socket)
-        except OSError as e:
-            print(f"indexer: cannot listen on 127.0.0.1:{args.socket}: {e.strerror or e}", file=sys.stderr)
-            return 2
-        where = f", control socket 127.0.0.1:{args.socket}"
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(signals)
-        if listener is not None:
-            tg.start_soon(listener.serve, control)
-        say(f"indexer started (pid {os.getpid()}): databox {index.databox}, index {index.path}{where}")
-        failures = 0
-        while not stop.is_set():
-            full = index.due_full(args.full_every)
+    # handlers in place before anything listens: a SIGTERM sent as soon as the port answers must
+    # be a clean stop, not the default action (seen under load: killed, status -15)
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as received:
+        listener = None
+        where = ""
+        if args.socket is not None:  # bound before anything else: a busy port is a failed start (exit 2)
             try:
-                if full or await anyio.to_thread.run_sync(index.changed) or pokes[0].is_set():
-                    pokes[0] = anyio.Event()
-                    res = await anyio.to_thread.run_sync(
-                        lambda: index.run_pass(full=full, should_stop=lambda: stopping[0]))
-                    failures = 0
-                    if res.indexed or res.removed or args.debug:
-                        say(f"{'full pass' if res.full else 'pass'}: indexed {res.indexed}, removed {res.removed}, "
-                            f"total {index.count} in {res.seconds:.3f}s")
-            except sqlite3.OperationalError as e:  # locked or busy: try again; persistent: exit, be restarted
-                failures += 1
-                say(f"indexer: pass failed ({failures}/{MAX_FAILURES}): {e}", err=True)
-                if failures >= MAX_FAILURES:
-                    tg.cancel_scope.cancel()
-                    return 1
-            with anyio.move_on_after(args.interval):
-                await pokes[0].wait()
-        tg.cancel_scope.cancel()
-    say("indexer stopped")
-    return 0
+                listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=args.socket)
+            except OSError as e:
+                print(f"indexer: cannot listen on 127.0.0.1:{args.socket}: {e.strerror or e}", file=sys.stderr)
+                return 2
+            where = f", control socket 127.0.0.1:{args.socket}"
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(signals, received)
+            if listener is not None:
+                tg.start_soon(listener.serve, control)
+            say(f"indexer started (pid {os.getpid()}): databox {index.databox}, index {index.path}{where}")
+            failures = 0
+            while not stop.is_set():
+                full = index.due_full(args.full_every)
+                try:
+                    if full or await anyio.to_thread.run_sync(index.changed) or pokes[0].is_set():
+                        pokes[0] = anyio.Event()
+                        res = await anyio.to_thread.run_sync(
+                            lambda: index.run_pass(full=full, should_stop=lambda: stopping[0]))
+                        failures = 0
+                        if res.indexed or res.removed or args.debug:
+                            say(f"{'full pass' if res.full else 'pass'}: indexed {res.indexed}, removed {res.removed}, "
+                                f"total {index.count} in {res.seconds:.3f}s")
+                except sqlite3.OperationalError as e:  # locked or busy: try again; persistent: exit, be restarted
+                    failures += 1
+                    say(f"indexer: pass failed ({failures}/{MAX_FAILURES}): {e}", err=True)
+                    if failures >= MAX_FAILURES:
+                        tg.cancel_scope.cancel()
+                        return 1
+                with anyio.move_on_after(args.interval):
+                    await pokes[0].wait()
+            tg.cancel_scope.cancel()
+        say("indexer stopped")
+        return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import time
 
 import sys
+
+from tests.engine.conftest import CONSOLE
 
 PY = sys.executable
 
@@ -192,6 +195,30 @@ def test_sigterm_stops_gracefully(site):
     os.kill(pid, signal.SIGTERM)
     site.wait_for(lambda: site.console("scheduler:state").returncode == 11, what="the daemon to stop")
     assert "SIGTERM: stopping" in site.log()
+
+
+def test_sigterm_as_soon_as_the_socket_exists_is_a_clean_stop(site):
+    """The handlers are in place before the socket is: an admin's script (or systemd) may signal
+    the daemon the moment it answers, and the default action would leave the socket behind."""
+    site.write(TICK)
+    for _ in range(5):
+        p = subprocess.Popen([str(CONSOLE), "--config", str(site.config), "scheduler:run"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + 15
+            while not site.socket.exists():
+                assert p.poll() is None and time.monotonic() < deadline, p.stderr.read() if p.stderr else ""
+                time.sleep(0.0005)
+            p.send_signal(signal.SIGTERM)
+            assert p.wait(15) == 0
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+            if p.stderr:
+                p.stderr.close()
+        assert not site.socket.exists() and not site.pidfile.exists()
+    assert site.log().count("SIGTERM: stopping") == 5
 
 
 def test_task_commands_errors(site):
