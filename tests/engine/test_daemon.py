@@ -153,8 +153,11 @@ argv = ["{PY}", "-c", "print('ok')"]
     gaps = [b - a for a, b in zip(starts, starts[1:])]
     assert len(gaps) >= 4 and all(0.1 < g < 0.45 for g in gaps), gaps
     assert all(h["outcome"] == "ok" for h in hist)
+    assert "state crashed -> " not in site.log("bad")
     site.console("task:start", "bad", check=True)  # clears crashed
-    assert site.task("bad")["state"] != "crashed"
+    # it may crash again before a next console call could see it running (a loaded machine):
+    # the log tells that it left `crashed`
+    site.wait_for(lambda: "state crashed -> " in site.log("bad"), what="bad to leave crashed")
 
 
 def test_timeout_kills_the_process_group(site, tmp_path):
