@@ -472,10 +472,8 @@ async def test_coalescing_degrades_to_plain_sends_without_asyncssh_internals(
 # --- 6. plain FTP uploads by sendfile --------------------------------------------------------
 
 
-async def test_plain_upload_goes_by_sendfile_through_a_full_socket(vsftpd: FtpServer, tmp_path: Path,
-                                                                  log: logging.Logger,
-                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    """20 MB fill the loopback socket several times over: the waits for room are exercised."""
+async def test_plain_upload_goes_by_sendfile(vsftpd: FtpServer, tmp_path: Path, log: logging.Logger,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
     calls = []
     real = os.sendfile
 
@@ -483,22 +481,59 @@ async def test_plain_upload_goes_by_sendfile_through_a_full_socket(vsftpd: FtpSe
         try:
             n: int = real(*args)
         except BlockingIOError:
-            calls.append("full")
+            calls.append(-1)  # the socket was full: waited for room
             raise
         calls.append(n)
         return n
 
     monkeypatch.setattr(ftp_mod.os, "sendfile", counted)
-    payload = os.urandom(20 * 1024 * 1024)
+    payload = os.urandom(8 * 1024 * 1024)
     src = tmp_path / "big.bin"
     src.write_bytes(payload)
     progress: list[int] = []
     async with await connect(settings_for(vsftpd), log) as c:
         final = await send(c, src, f"{vsftpd.remote}/up", log=log, on_bytes=progress.append)
     assert (vsftpd.pub / "up/big.bin").read_bytes() == payload and final.endswith("/up/big.bin")
-    assert sum(n for n in calls if n != "full") == len(payload) == sum(progress)
+    assert sum(n for n in calls if n > 0) == len(payload) == sum(progress)
     assert calls[-1] == 0  # read to EOF, not to the size seen at open
-    assert "full" in calls
+
+
+async def test_sendfile_waits_for_room_in_a_slow_readers_socket(tmp_path: Path) -> None:
+    """A reader slower than the disk: the socket fills, `_sendfile` waits for room and goes on."""
+    payload = os.urandom(6 * 1024 * 1024)
+    src = tmp_path / "f.bin"
+    src.write_bytes(payload)
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        ours = socket.create_connection(server.getsockname())
+        peer, _ = server.accept()
+    ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * 1024)
+    ours.setblocking(False)
+    got = bytearray()
+
+    def read_slowly() -> None:
+        while chunk := peer.recv(256 * 1024):
+            got.extend(chunk)
+            time.sleep(0.002)
+
+    reader = threading.Thread(target=read_slowly)
+    reader.start()
+    waits = []
+    real_writable = ftp_mod._writable
+
+    async def counted(sock: socket.socket) -> None:
+        waits.append(1)
+        await real_writable(sock)
+
+    try:
+        with open(src, "rb") as f, pytest.MonkeyPatch.context() as mp:
+            mp.setattr(ftp_mod, "_writable", counted)
+            sent = await ftp_mod._sendfile(ours, f.fileno(), 0, 1 << 20, 10.0, None)
+    finally:
+        ours.close()
+        reader.join(10)
+        peer.close()
+    assert sent == len(payload) and bytes(got) == payload
+    assert waits  # the socket was full at least once
 
 
 async def test_sendfile_errors_tell_the_data_connection_from_the_local_file(tmp_path: Path) -> None:
