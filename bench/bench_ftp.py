@@ -11,8 +11,9 @@ keeps doing it here: pull = hidden temp name, size check, data durable (syncfs)
 before the rename, remote mtime kept; push = temp remote name, size check (FTP),
 rename, local file removed (the push task is a drop box; lftp is given the same
 job: `mirror -R --Remove-source-files`). lftp writes final names directly and never
-fsyncs: its last files may still be in the page cache when its clock stops. Every timed run starts after a
-`sync`, so neither side flushes what the other (or the previous row) wrote. Before
+fsyncs: its last files may still be in the page cache when its clock stops. Every
+timed run starts after a `sync`, so neither side flushes what the other (or the
+previous row) wrote. Before
 a server's rows, one untimed pull of a few small files warms our side (imports,
 thread pool), as in the long-running daemon; lftp is a new process for every run.
 """

@@ -31,10 +31,10 @@ from typing import Any
 import anyio
 from anyio.abc import ByteReceiveStream, Process
 
-from .errors import ToolError, ToolTimeout
-from .files import fsync_dir, fsync_file
 from schedulerd.process import spawn
 
+from .errors import ToolError, ToolTimeout
+from .files import fsync_dir, fsync_file
 from .tools import die_with_parent, find_tool, kill_group, tail
 
 TAG_RE = re.compile(r"^[A-Za-z][\w-]*(:[A-Za-z][\w-]*)*$")

@@ -42,7 +42,6 @@ def _load_sync_file_range() -> Any:
 
 _sync_file_range = _load_sync_file_range()
 SYNC_FILE_RANGE_WRITE = 2
-WRITEBACK_EVERY = BIG
 O_DIRECT = getattr(os, "O_DIRECT", 0)
 
 
@@ -82,7 +81,7 @@ class EarlyWriteback:
     def write(self, data: bytes) -> int:
         n = self.f.write(data)
         self._at += n
-        if self._at - self._done >= WRITEBACK_EVERY and _sync_file_range is not None:
+        if self._at - self._done >= BIG and _sync_file_range is not None:
             self.f.flush()
             _sync_file_range(self.f.fileno(), self._done, self._at - self._done, SYNC_FILE_RANGE_WRITE)
             self._done = self._at

@@ -105,17 +105,6 @@ def _regular_fd(src: BinaryIO) -> int | None:
         return None
 
 
-async def _writable(sock: socket.socket) -> None:
-    loop = asyncio.get_running_loop()
-    ready = loop.create_future()
-    fd = sock.fileno()
-    loop.add_writer(fd, lambda: ready.done() or ready.set_result(None))
-    try:
-        await ready
-    finally:
-        loop.remove_writer(fd)
-
-
 async def _sendfile(sock: socket.socket, fd: int, offset: int, step: int, timeout: float,
                     on_bytes: OnBytes | None) -> int:
     """Send a regular file to EOF with os.sendfile: the bytes go from the page cache to the
@@ -130,7 +119,7 @@ async def _sendfile(sock: socket.socket, fd: int, offset: int, step: int, timeou
         except BlockingIOError:
             try:
                 async with asyncio.timeout(timeout):
-                    await _writable(sock)
+                    await anyio.wait_writable(sock)
             except TimeoutError as e:
                 raise _NetFailure() from e
             continue

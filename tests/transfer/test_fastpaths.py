@@ -518,7 +518,7 @@ async def test_sendfile_waits_for_room_in_a_slow_readers_socket(tmp_path: Path) 
     reader = threading.Thread(target=read_slowly)
     reader.start()
     waits = []
-    real_writable = ftp_mod._writable
+    real_writable = anyio.wait_writable
 
     async def counted(sock: socket.socket) -> None:
         waits.append(1)
@@ -526,7 +526,7 @@ async def test_sendfile_waits_for_room_in_a_slow_readers_socket(tmp_path: Path) 
 
     try:
         with open(src, "rb") as f, pytest.MonkeyPatch.context() as mp:
-            mp.setattr(ftp_mod, "_writable", counted)
+            mp.setattr(anyio, "wait_writable", counted)
             sent = await ftp_mod._sendfile(ours, f.fileno(), 0, 1 << 20, 10.0, None)
     finally:
         ours.close()
