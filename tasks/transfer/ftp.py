@@ -3,11 +3,10 @@
 aioftp parses replies; the data connections are ours, because aioftp has no
 active mode, no SOCKS and completes the TLS handshake before sending RETR,
 which deadlocks vsftpd (it accepts, replies 150, and only then handshakes).
-Here the handshake runs while the command waits for its 1xx reply, and it
-resumes the control connection's TLS session (vsftpd `require_ssl_reuse`).
-Passive FTPS data moves in a worker thread on a blocking TLS socket (`_threaded`):
-asyncio's Python TLS layer cost more per small file than the whole rest.
-"""
+FTPS is pyOpenSSL's (see `tls`): the control connection on a bare socket
+(`control`), the data in a worker thread on a blocking socket (`_threaded`),
+its handshake run while the command waits for its 1xx reply, resuming a session
+of this client (vsftpd `require_ssl_reuse`)."""
 
 from __future__ import annotations
 
@@ -20,7 +19,6 @@ import logging
 import os
 import socket
 import stat
-import ssl
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime, timezone
@@ -32,6 +30,7 @@ from aioftp.common import ThrottleStreamIO
 
 from . import tls
 from .base import OnBytes, RemoteClient, RemoteEntry
+from .control import SocketControlStream
 from .errors import AuthError, ConnectError, NotFound, RemoteError, TransferError, scrub
 from .listing import parse_listing
 from .proxy import open_socket
@@ -149,12 +148,6 @@ def _reply(e: aioftp.StatusCodeError) -> tuple[str, str]:
     return code, text[:300]
 
 
-def _tls_reason(e: BaseException) -> str:
-    if isinstance(e, ssl.SSLCertVerificationError):
-        return f"certificate verify failed: {e.verify_message}"
-    return getattr(e, "reason", None) or str(e) or type(e).__name__
-
-
 def _private(host: str) -> bool:
     try:
         ip = ipaddress.ip_address(host)
@@ -166,19 +159,13 @@ def _private(host: str) -> bool:
 class FtpClient(RemoteClient):
     """One FTP/FTPS session (see module doc)."""
 
-    # passive TLS transfers move their bytes in a worker thread (see `_threaded`); plain
-    # ones measured faster on asyncio's transports (no thread hop per file)
-    threaded_data: bool | None = None  # None: for TLS only
-
-    def _threaded_data(self) -> bool:
-        return self._ctx is not None if self.threaded_data is None else self.threaded_data
-
     def __init__(self, settings: ConnectionSettings, log: logging.Logger):
         self.s = settings
         self.log = log
         self._ftp = aioftp.Client(socket_timeout=settings.timeout, encoding=settings.encoding)
-        self._ctx: ssl.SSLContext | None = tls.client_context(settings, log) if settings.tls else None
-        self._data_ctx: ssl.SSLContext | None = None  # resumes the control session (see `tls`)
+        # TLS transfers move their bytes in a worker thread (see `_threaded`); plain ones
+        # measured faster on the event loop (no thread hop per file)
+        self._tls = tls.Tls(settings, log) if settings.tls else None
         self._piggyback: list[_Piggyback] = []  # sent with the next EPSV/PASV
         proxy = settings.proxy_spec
         self._gateway = proxy if proxy and proxy.scheme == "ftp" else None
@@ -217,32 +204,26 @@ class FtpClient(RemoteClient):
         sock = await open_socket(self._ctrl_host, self._ctrl_port, proxy=self._socks,
                                  proxy_password=s.proxy_password.reveal() if s.proxy_password else None,
                                  timeout=s.timeout)
-        try:
-            with anyio.fail_after(s.timeout):
-                if s.protocol == "ftps-implicit":
-                    reader, writer = await asyncio.open_connection(
-                        sock=sock, ssl=self._ctx, server_hostname=s.host, ssl_handshake_timeout=s.timeout)
-                else:
-                    reader, writer = await asyncio.open_connection(sock=sock)
-        except ssl.SSLError as e:
-            sock.close()
-            raise self._error(ConnectError, f"TLS handshake with {s.host}:{s.port} failed: {_tls_reason(e)}") from None
-        except (OSError, TimeoutError) as e:
-            sock.close()
-            raise self._error(ConnectError, f"cannot connect to {s.host}:{s.port}: {e}") from None
+        throttles = {"_": self._ftp.throttle}
         self._ftp.server_host, self._ftp.server_port = self._ctrl_host, self._ctrl_port
         if self._socks is None:  # data connections go to the address already resolved, no lookup each
             with contextlib.suppress(OSError, IndexError, TypeError):
-                self._data_host = writer.get_extra_info("peername")[0]
-        self._ftp._stream = ControlStream(reader, writer, throttles={"_": self._ftp.throttle}, timeout=s.timeout)
+                self._data_host = sock.getpeername()[0]
+        if self._tls is None:
+            try:
+                reader, writer = await asyncio.open_connection(sock=sock)
+            except OSError as e:
+                sock.close()
+                raise self._error(ConnectError, f"cannot connect to {s.host}:{s.port}: {e}") from None
+            self._ftp._stream = ControlStream(reader, writer, throttles=throttles, timeout=s.timeout)
+        else:
+            stream = self._ftp._stream = SocketControlStream(sock, throttles=throttles, timeout=s.timeout)
+            if s.protocol == "ftps-implicit":
+                await self._start_tls(stream)
         await self._cmd(None, "220", "120", what="greeting")
         if s.protocol == "ftps":
             await self._cmd("AUTH TLS", "234", what="AUTH TLS")
-            try:
-                with anyio.fail_after(s.timeout):
-                    await writer.start_tls(self._ctx, server_hostname=s.host)  # type: ignore[arg-type]
-            except (ssl.SSLError, OSError, TimeoutError) as e:
-                raise self._error(ConnectError, f"TLS handshake with {s.host}:{s.port} failed: {_tls_reason(e)}") from None
+            await self._start_tls(stream)
         await self._login()
         if s.tls:
             await self._cmd("PBSZ 0", "200", what="PBSZ")
@@ -256,6 +237,16 @@ class FtpClient(RemoteClient):
             _, info = await self._cmd("PWD", "257", what="PWD")
             self._home = aioftp.Client.parse_directory_response(info[-1]).as_posix()
         self.log.debug("connected to %s", s.describe())
+
+    async def _start_tls(self, stream: SocketControlStream) -> None:
+        s = self.s
+        assert self._tls is not None
+        try:
+            with anyio.fail_after(s.timeout):
+                await stream.start_tls(self._tls)
+        except (tls.TlsFailure, OSError, TimeoutError) as e:
+            self.broken = True
+            raise self._error(ConnectError, f"TLS handshake with {s.host}:{s.port} failed: {e or type(e).__name__}") from None
 
     async def _login(self) -> None:
         s = self.s
@@ -377,7 +368,8 @@ class FtpClient(RemoteClient):
         return host, port, False
 
     def _control_socket(self) -> socket.socket:
-        return self._ftp.stream.writer.get_extra_info("socket")
+        stream = self._ftp.stream
+        return stream.sock if isinstance(stream, SocketControlStream) else stream.writer.get_extra_info("socket")
 
     async def _rest(self, offset: int) -> None:
         """REST before a resumed transfer; a refusal means this server cannot resume."""
@@ -421,7 +413,8 @@ class FtpClient(RemoteClient):
 
     @contextlib.asynccontextmanager
     async def _data(self, command: str, offset: int = 0, *, not_found: bool = False) -> AsyncIterator[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
-        """A data connection carrying `command`; on clean exit the 226 is read."""
+        """A plain data connection carrying `command`; on clean exit the 226 is read."""
+        assert self._tls is None, "TLS data connections move in a thread (`_threaded`)"
         if self.broken:
             raise ConnectError("connection is broken")
         s = self.s
@@ -438,7 +431,6 @@ class FtpClient(RemoteClient):
         try:
             if offset:
                 await self._rest(offset)
-            data_ctx = self._data_context()
 
             async def establish(on_failure: Callable[[], None]) -> None:
                 nonlocal sock
@@ -451,17 +443,15 @@ class FtpClient(RemoteClient):
                         sock = None  # owned by the transport now
                         streams.append((reader, writer))
                         writer.transport.set_write_buffer_limits(high=limit)
-                        if data_ctx is not None:
-                            await writer.start_tls(data_ctx, server_hostname=s.host)  # type: ignore[arg-type]
                 except Exception as e:  # reported after the group, not as an ExceptionGroup
                     failure.append(e)
                     on_failure()
 
-            if lsock is None and data_ctx is None:  # plain passive: nothing to wait for, no task needed
+            if lsock is None:  # passive: nothing to wait for, no task needed
                 await establish(lambda: None)
                 if not failure:
                     await self._cmd(command, "1xx", what=what, not_found=not_found)
-            else:  # the handshake (or accept) runs while the command waits for its 1xx
+            else:  # the accept runs while the command waits for its 1xx
                 refused: list[TransferError] = []
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(establish, tg.cancel_scope.cancel)
@@ -477,7 +467,7 @@ class FtpClient(RemoteClient):
                 self.broken = True
                 if isinstance(e, TimeoutError):
                     raise self._error(ConnectError, f"{what}: data connection timed out ({'passive' if s.passive else 'active'} mode)")
-                raise self._error(ConnectError, f"{what}: data connection failed: {_tls_reason(e)}")
+                raise self._error(ConnectError, f"{what}: data connection failed: {e}")
             if not streams:  # pragma: no cover - cancelled from outside
                 raise ConnectError(f"{what}: no data connection")
             reader, writer = streams[0]
@@ -497,28 +487,37 @@ class FtpClient(RemoteClient):
                 if not w.is_closing():
                     w.transport.abort()
 
-    async def _threaded(self, command: str, offset: int, job: Callable[[socket.socket, Callable[[int], None]], int],
+    async def _threaded(self, command: str, offset: int, job: Callable[[tls.BlockingTls, Callable[[int], None]], int],
                         on_bytes: OnBytes | None, *, not_found: bool = False) -> int:
-        """A passive data transfer whose bytes (and TLS) move in a worker thread on a blocking socket.
+        """A TLS data transfer whose bytes (and TLS) move in a worker thread on a blocking socket.
 
-        The event loop only sends `command` and reads the replies: asyncio's
-        per-connection transport and its Python TLS layer were most of our CPU per
-        small file. The handshake, as in `_data`, runs while the command waits for
-        its 1xx. `job(conn, report)` moves the data and returns the byte count; an
-        OSError of the local file (or our own TransferError) comes back unchanged.
+        The event loop only sends `command` and reads the replies: a TLS handshake
+        per file is most of our CPU for small files, and OpenSSL does it with the GIL
+        released. The handshake runs while the command waits for its 1xx (vsftpd
+        answers 150 before its side of the handshake). `job(conn, report)` moves the
+        data and returns the byte count; an OSError of the local file (or our own
+        TransferError) comes back unchanged.
         """
         if self.broken:
             raise ConnectError("connection is broken")
         s = self.s
+        t = self._tls
+        assert t is not None
         what = command.split(" ", 1)[0]
-        host, port, early = await self._passive_address(None if offset else command)
-        sock = await self._data_socket(host, port, early)
-        data_ctx = self._data_context()
+        mode = "passive" if s.passive else "active"
+        lsock: socket.socket | None = None
+        sock: socket.socket | None = None
+        early = False
+        if s.passive:
+            host, port, early = await self._passive_address(None if offset else command)
+            sock = await self._data_socket(host, port, early)
+        else:
+            lsock = await self._active_listener()
         sent: list[int] = []
         net: list[BaseException] = []  # the data connection failed
         local: list[BaseException] = []  # the local file (or the job) failed
         lock = threading.Lock()  # guards `state`: the loop may shut the socket the thread uses
-        state: dict[str, Any] = {"conn": sock, "closed": False, "reported": 0}
+        state: dict[str, Any] = {"sock": sock, "closed": False, "reported": 0}
 
         def report(n: int) -> None:
             with lock:
@@ -531,33 +530,27 @@ class FtpClient(RemoteClient):
 
         def stop() -> None:  # unblocks the thread: refused command, cancellation
             with lock:
-                if not state["closed"]:
-                    _shutdown(state["conn"])
+                if not state["closed"] and state["sock"] is not None:
+                    _shutdown(state["sock"])
 
-        def run() -> None:
-            conn = sock
+        def run(sock: socket.socket) -> None:
+            conn: tls.BlockingTls | None = None
             try:
-                sock.settimeout(s.timeout)
-                if data_ctx is not None:
-                    with lock:
-                        conn = state["conn"] = data_ctx.wrap_socket(sock, server_hostname=s.host,
-                                                                     do_handshake_on_connect=False)
-                    conn.do_handshake()
+                conn = tls.BlockingTls(t, sock, s.timeout)
+                conn.handshake()
                 n = job(conn, report)
-                if data_ctx is not None and command.startswith("STOR"):
-                    # close_notify, and wait for the server's: closing with its bytes unread
-                    # (its close_notify, TLS 1.3 tickets) sends a reset that can cost it the
-                    # end of the upload (vsftpd: "426 Failure reading network stream")
-                    conn.unwrap()
+                conn.finish(notify=command.startswith("STOR"))
                 sent.append(n)
             except _LocalFailure as e:
                 local.append(e.__cause__ or e)
             except Exception as e:  # reported by the event loop
                 net.append(e)
             finally:
+                if conn is not None:
+                    conn.release()
                 with lock:
                     state["closed"] = True
-                    conn.close()
+                    sock.close()
 
         refused: list[TransferError] = []
         try:
@@ -567,9 +560,18 @@ class FtpClient(RemoteClient):
             async with anyio.create_task_group() as tg:
 
                 async def in_thread() -> None:
-                    state["owned"] = True  # the thread closes the socket from now on
                     try:
-                        await anyio.to_thread.run_sync(run, abandon_on_cancel=True)
+                        if lsock is not None:
+                            try:
+                                with anyio.fail_after(s.timeout):
+                                    conn = await self._accept(lsock)
+                            except (OSError, TimeoutError) as e:
+                                net.append(e)
+                                return
+                            with lock:
+                                state["sock"] = conn
+                        state["owned"] = True  # the thread closes the socket from now on
+                        await anyio.to_thread.run_sync(run, state["sock"], abandon_on_cancel=True)
                     finally:
                         finished.set()
 
@@ -579,16 +581,19 @@ class FtpClient(RemoteClient):
                 except TransferError as e:  # 550...: the thread stops waiting for the server
                     refused.append(e)
                     stop()
+                    tg.cancel_scope.cancel()  # an active listener is not waited for
                 while on_bytes and not finished.is_set():  # live progress while the thread works
                     with anyio.move_on_after(0.25):
                         await finished.wait()
                     if n := take_reported():
                         on_bytes(n)
         finally:
+            if lsock is not None:
+                lsock.close()
             if state.get("owned"):
                 stop()  # an abandoned (cancelled) thread ends at once
-            else:  # REST refused, or cancelled before: no thread to close it
-                sock.close()
+            elif state["sock"] is not None:  # REST refused, or cancelled before: no thread to close it
+                state["sock"].close()
         if on_bytes and (n := take_reported()):
             on_bytes(n)
         if refused:
@@ -600,8 +605,8 @@ class FtpClient(RemoteClient):
             self.broken = True
             e = net[0]
             if isinstance(e, TimeoutError):
-                raise self._error(ConnectError, f"{what}: data connection timed out (passive mode)")
-            raise self._error(ConnectError, f"{what}: data connection failed: {_tls_reason(e)}")
+                raise self._error(ConnectError, f"{what}: data connection timed out ({mode} mode)")
+            raise self._error(ConnectError, f"{what}: data connection failed: {e}")
         await self._cmd(None, "2xx", "1xx", what=what)
         return sent[0]
 
@@ -651,15 +656,9 @@ class FtpClient(RemoteClient):
             self.broken = self.broken or early  # the server waits for this connection before it answers
             raise
 
-    def _data_context(self) -> ssl.SSLContext | None:
-        """Made once per session: reading the control session copies it, and a context is costly."""
-        if self._ctx is not None and self._data_ctx is None:
-            self._data_ctx = tls.data_context(self._ctx, self._ftp.stream.writer.get_extra_info("ssl_object"))
-        return self._data_ctx
-
     async def _close_data(self, writer: asyncio.StreamWriter) -> None:
         writer.close()
-        with anyio.move_on_after(self.s.timeout), contextlib.suppress(OSError, ssl.SSLError):
+        with anyio.move_on_after(self.s.timeout), contextlib.suppress(OSError):
             await writer.wait_closed()
 
     # --- operations ----------------------------------------------------------
@@ -685,6 +684,19 @@ class FtpClient(RemoteClient):
 
     async def _read_all(self, command: str) -> bytes:
         chunks = bytearray()
+        if self._tls is not None:
+
+            def receive(conn: tls.BlockingTls, report: Callable[[int], None]) -> int:
+                buf = bytearray(1 << 16)
+                while k := conn.recv_into(buf):
+                    chunks.extend(memoryview(buf)[:k])
+                    if len(chunks) > MAX_LISTING:
+                        raise _LocalFailure() from self._error(
+                            RemoteError, f"{command.split(' ')[0]}: listing larger than {MAX_LISTING} bytes")
+                return len(chunks)
+
+            await self._threaded(command, 0, receive, None, not_found=True)
+            return bytes(chunks)
         async with self._data(command, not_found=True) as (reader, _):
             while True:
                 with anyio.fail_after(self.s.timeout):
@@ -873,12 +885,12 @@ class FtpClient(RemoteClient):
         if offset and self._features and "REST STREAM" not in self._features:
             raise ResumeUnsupported(f"{self.s.host} does not announce REST STREAM")
         block = self.s.block_size
-        if self.s.passive and self._threaded_data():
+        if self._tls is not None:
 
             # a small file needs no 1 MB buffer (zeroed at each allocation)
             room = block if size is None else min(block, max(65536, size - offset + 1))
 
-            def receive(conn: socket.socket, report: Callable[[int], None]) -> int:
+            def receive(conn: tls.BlockingTls, report: Callable[[int], None]) -> int:
                 buf = bytearray(room)
                 view = memoryview(buf)
                 got = 0
@@ -892,7 +904,7 @@ class FtpClient(RemoteClient):
                 return got
 
             return await self._threaded(f"RETR {path}", offset, receive, on_bytes, not_found=True)
-        if self.s.passive and self._ctx is None:
+        if self.s.passive:
             room = block if size is None else min(block, max(65536, size - offset + 1))
             timeout = self.s.timeout
 
@@ -935,9 +947,9 @@ class FtpClient(RemoteClient):
 
     async def upload(self, src: BinaryIO, path: str, on_bytes: OnBytes | None = None) -> int:
         block = self.s.block_size
-        if self.s.passive and self._threaded_data():
+        if self._tls is not None:
 
-            def transmit(conn: socket.socket, report: Callable[[int], None]) -> int:
+            def transmit(conn: tls.BlockingTls, report: Callable[[int], None]) -> int:
                 done = 0
                 while True:
                     try:
@@ -951,7 +963,7 @@ class FtpClient(RemoteClient):
                     report(len(chunk))
 
             return await self._threaded(f"STOR {path}", 0, transmit, on_bytes)
-        if self.s.passive and self._ctx is None:
+        if self.s.passive:
             timeout = self.s.timeout
 
             async def transmit_direct(sock: socket.socket) -> int:

@@ -11,7 +11,6 @@ import os
 import resource
 import signal
 import socket
-import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -21,6 +20,7 @@ from typing import Any
 import anyio
 import asyncssh
 import pytest
+from OpenSSL import SSL
 
 from schedulerd.context import TaskContext
 from schedulerd.settings import build
@@ -197,7 +197,7 @@ async def test_ftps_threaded_data_reuses_session_and_survives_refusals(
     (tmp_path / "big.bin").write_bytes(big)
     vsftpd_tls.put("in/keep.txt", b"kept", mtime=OLD)
     async with await connect(settings_for(vsftpd_tls, protocol="ftps", ca_file=str(certs.ca_file)), log) as c:
-        assert c._threaded_data()  # type: ignore[attr-defined]
+        assert c._tls is not None  # type: ignore[attr-defined]
         for name in [*small, "big.bin"]:
             await send(c, tmp_path / name, "/pub/up", log=log)
         with pytest.raises(NotFound, match="RETR: 550"):  # a 550 mid-session
@@ -230,10 +230,11 @@ async def test_ftps_local_tls_error_in_the_thread_is_clear_and_resets_the_sessio
     s = settings_for(vsftpd_tls, protocol="ftps", ca_file=str(certs.ca_file))
     c = await connect(s, log)
     try:
-        assert c._threaded_data()  # type: ignore[attr-defined]
-        bad = ssl.create_default_context(cafile=str(certs.ca_file))
-        bad.minimum_version, bad.maximum_version = ssl.TLSVersion.TLSv1_3, ssl.TLSVersion.TLSv1_2  # fails locally
-        c._data_ctx = bad  # type: ignore[attr-defined]
+        bad = SSL.Context(SSL.TLS_CLIENT_METHOD)
+        bad.set_min_proto_version(SSL.TLS1_3_VERSION)
+        bad.set_max_proto_version(SSL.TLS1_2_VERSION)  # the next handshake fails locally
+        c._tls.ctx = bad  # type: ignore[attr-defined]
+        c._tls.resume_into = lambda conn: None  # type: ignore[attr-defined]  # (its sessions fit their own context only)
         started = time.monotonic()
         # which side notices first is a race: our local handshake failure, or vsftpd ending the
         # session over it (its plain-text "500 OOPS" then breaks the TLS control connection)

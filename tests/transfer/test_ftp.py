@@ -71,7 +71,7 @@ async def test_vsftpd_explicit_tls_reuses_the_session(vsftpd_tls: FtpServer, tmp
 async def test_vsftpd_refuses_data_connections_without_session_reuse(
         vsftpd_tls: FtpServer, log: logging.Logger, certs, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
     """Shows the reuse above is what makes vsftpd's defaults work (and that they are in force)."""
-    monkeypatch.setattr(tls, "data_context", lambda base, control: base)
+    monkeypatch.setattr(tls.Tls, "resume_into", lambda self, conn: None)
     vsftpd_tls.put("in/a.txt", b"a")
     async with await connect(settings_for(vsftpd_tls, protocol="ftps", ca_file=str(certs.ca_file)), log) as c:
         with pytest.raises(TransferError, match="session reuse required"):
