@@ -273,20 +273,22 @@ def bench_rows(t: Target, datasets: dict[str, Path], parallel: int, repeat: int,
             yield t.protocol, "pull", label, ours, theirs
         if "push" in directions:
             ours, theirs = [], []
+            outbox = work / "outbox"
             for i in range(repeat):
-                outbox = work / "outbox"
-                clear(outbox)
-                link_tree(src, outbox)
                 dst_a, dst_b = f"dst-ours-{label}-{i}", f"dst-lftp-{label}-{i}"
-                os.sync()
-                ours.append(timed(lambda: run_ours_push(t, outbox, f"{t.remote_root}/{dst_a}", parallel, work / "state")))
-                all_sent(outbox, "ours")
-                clear(outbox)
-                link_tree(src, outbox)
-                os.sync()
-                theirs.append(timed(lambda: run_lftp(t.lftp(parallel, f"mirror -R --Remove-source-files {outbox} {t.remote_root}/{dst_b}"))))
+                push_sides = [
+                    (ours, "ours", lambda: run_ours_push(t, outbox, f"{t.remote_root}/{dst_a}", parallel, work / "state")),
+                    (theirs, "lftp", lambda: run_lftp(t.lftp(parallel, f"mirror -R --Remove-source-files {outbox} {t.remote_root}/{dst_b}"))),
+                ]
+                # alternate who goes first, as for pulls: the first side pays for the files the
+                # previous row or round just deleted (ext4 frees their blocks and inodes lazily)
+                for times, side, run in (push_sides if i % 2 == 0 else push_sides[::-1]):
+                    clear(outbox)
+                    link_tree(src, outbox)
+                    os.sync()
+                    times.append(timed(run))
+                    all_sent(outbox, side)
                 check_same(t.local_root / dst_a, src), check_same(t.local_root / dst_b, src)
-                all_sent(outbox, "lftp")
                 clear(t.local_root / dst_a), clear(t.local_root / dst_b), clear(outbox)
             yield t.protocol, "push", label, ours, theirs
 
