@@ -3,10 +3,10 @@
 aioftp parses replies; the data connections are ours, because aioftp has no
 active mode, no SOCKS and completes the TLS handshake before sending RETR,
 which deadlocks vsftpd (it accepts, replies 150, and only then handshakes).
-FTPS is pyOpenSSL's (see `tls`): the control connection on a bare socket
-(`control`), the data in a worker thread on a blocking socket (`_threaded`),
-its handshake run while the command waits for its 1xx reply, resuming a session
-of this client (vsftpd `require_ssl_reuse`)."""
+FTPS is pyOpenSSL's (see `tls`), control and data connections on bare sockets
+driven by the event loop (`tlsloop`); a data connection's handshake runs while
+its command waits for the 1xx reply, and resumes a session of this client
+(vsftpd `require_ssl_reuse`)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,6 @@ import logging
 import os
 import socket
 import stat
-import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime, timezone
 from typing import Any, BinaryIO
@@ -27,14 +26,15 @@ from typing import Any, BinaryIO
 import aioftp
 import anyio
 from aioftp.common import ThrottleStreamIO
+from OpenSSL import SSL
 
 from . import tls
 from .base import OnBytes, RemoteClient, RemoteEntry
-from .control import SocketControlStream
 from .errors import AuthError, ConnectError, NotFound, RemoteError, TransferError, scrub
 from .listing import parse_listing
 from .proxy import open_socket
 from .settings import ConnectionSettings
+from .tlsloop import LoopTls, SocketControlStream
 
 MAX_LISTING = 256 * 1024 * 1024
 
@@ -83,8 +83,33 @@ def _size(info: list[str]) -> int:
     return int(info[-1].strip().split()[-1])
 
 
-class _LocalFailure(Exception):
-    """Raised in a transfer thread from the local file's error (its __cause__)."""
+def _receiver(keep: Callable[[memoryview], Any], room: int, timeout: float,
+              on_bytes: OnBytes | None) -> Callable[[LoopTls], Awaitable[int]]:
+    """The job of a TLS download: every chunk to `keep`; a network error as `_NetFailure`."""
+
+    async def receive(conn: LoopTls) -> int:
+        loop = asyncio.get_running_loop()
+        buf = bytearray(room)
+        view = memoryview(buf)
+        got = 0
+        try:
+            async with asyncio.timeout(timeout) as cm:  # one timer, moved on: a record is 16 KB
+                while True:
+                    try:
+                        k = await conn.recv_into(buf)
+                    except (SSL.Error, OSError) as e:
+                        raise _NetFailure() from e
+                    if not k:
+                        return got
+                    cm.reschedule(loop.time() + timeout)
+                    keep(view[:k])
+                    got += k
+                    if on_bytes:
+                        on_bytes(k)
+        except TimeoutError as e:
+            raise _NetFailure() from e
+
+    return receive
 
 
 class _NetFailure(Exception):
@@ -163,8 +188,6 @@ class FtpClient(RemoteClient):
         self.s = settings
         self.log = log
         self._ftp = aioftp.Client(socket_timeout=settings.timeout, encoding=settings.encoding)
-        # TLS transfers move their bytes in a worker thread (see `_threaded`); plain ones
-        # measured faster on the event loop (no thread hop per file)
         self._tls = tls.Tls(settings, log) if settings.tls else None
         self._piggyback: list[_Piggyback] = []  # sent with the next EPSV/PASV
         proxy = settings.proxy_spec
@@ -414,7 +437,7 @@ class FtpClient(RemoteClient):
     @contextlib.asynccontextmanager
     async def _data(self, command: str, offset: int = 0, *, not_found: bool = False) -> AsyncIterator[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
         """A plain data connection carrying `command`; on clean exit the 226 is read."""
-        assert self._tls is None, "TLS data connections move in a thread (`_threaded`)"
+        assert self._tls is None, "TLS data connections are `_tls_data`'s"
         if self.broken:
             raise ConnectError("connection is broken")
         s = self.s
@@ -487,16 +510,14 @@ class FtpClient(RemoteClient):
                 if not w.is_closing():
                     w.transport.abort()
 
-    async def _threaded(self, command: str, offset: int, job: Callable[[tls.BlockingTls, Callable[[int], None]], int],
-                        on_bytes: OnBytes | None, *, not_found: bool = False) -> int:
-        """A TLS data transfer whose bytes (and TLS) move in a worker thread on a blocking socket.
+    async def _tls_data(self, command: str, offset: int, job: Callable[[LoopTls], Awaitable[int]],
+                        *, not_found: bool = False) -> int:
+        """A TLS transfer on the event loop (see `tlsloop`); `job(conn)` moves the data.
 
-        The event loop only sends `command` and reads the replies: a TLS handshake
-        per file is most of our CPU for small files, and OpenSSL does it with the GIL
-        released. The handshake runs while the command waits for its 1xx (vsftpd
-        answers 150 before its side of the handshake). `job(conn, report)` moves the
-        data and returns the byte count; an OSError of the local file (or our own
-        TransferError) comes back unchanged.
+        The handshake runs while the command waits for its 1xx: vsftpd answers 150
+        before its side of the handshake, other servers after it. A data connection
+        error comes back as ConnectError (session broken), anything else of `job`
+        (the local file) unchanged.
         """
         if self.broken:
             raise ConnectError("connection is broken")
@@ -506,109 +527,65 @@ class FtpClient(RemoteClient):
         what = command.split(" ", 1)[0]
         mode = "passive" if s.passive else "active"
         lsock: socket.socket | None = None
-        sock: socket.socket | None = None
+        conns: list[LoopTls] = []
         early = False
         if s.passive:
             host, port, early = await self._passive_address(None if offset else command)
-            sock = await self._data_socket(host, port, early)
+            conns.append(LoopTls(t, await self._data_socket(host, port, early)))
+            conns[0].start()  # ClientHello out: the server answers it once it has read the command
         else:
             lsock = await self._active_listener()
-        sent: list[int] = []
-        net: list[BaseException] = []  # the data connection failed
-        local: list[BaseException] = []  # the local file (or the job) failed
-        lock = threading.Lock()  # guards `state`: the loop may shut the socket the thread uses
-        state: dict[str, Any] = {"sock": sock, "closed": False, "reported": 0}
-
-        def report(n: int) -> None:
-            with lock:
-                state["reported"] += n
-
-        def take_reported() -> int:
-            with lock:
-                n, state["reported"] = state["reported"], 0
-            return n
-
-        def stop() -> None:  # unblocks the thread: refused command, cancellation
-            with lock:
-                if not state["closed"] and state["sock"] is not None:
-                    _shutdown(state["sock"])
-
-        def run(sock: socket.socket) -> None:
-            conn: tls.BlockingTls | None = None
-            try:
-                conn = tls.BlockingTls(t, sock, s.timeout)
-                conn.handshake()
-                n = job(conn, report)
-                conn.finish(notify=command.startswith("STOR"))
-                sent.append(n)
-            except _LocalFailure as e:
-                local.append(e.__cause__ or e)
-            except Exception as e:  # reported by the event loop
-                net.append(e)
-            finally:
-                if conn is not None:
-                    conn.release()
-                with lock:
-                    state["closed"] = True
-                    sock.close()
-
-        refused: list[TransferError] = []
+        failure: list[BaseException] = []
         try:
             if offset:
                 await self._rest(offset)
-            finished = anyio.Event()
-            async with anyio.create_task_group() as tg:
 
-                async def in_thread() -> None:
-                    try:
+            async def establish(on_failure: Callable[[], None]) -> None:
+                try:
+                    with anyio.fail_after(s.timeout):
                         if lsock is not None:
-                            try:
-                                with anyio.fail_after(s.timeout):
-                                    conn = await self._accept(lsock)
-                            except (OSError, TimeoutError) as e:
-                                net.append(e)
-                                return
-                            with lock:
-                                state["sock"] = conn
-                        state["owned"] = True  # the thread closes the socket from now on
-                        await anyio.to_thread.run_sync(run, state["sock"], abandon_on_cancel=True)
-                    finally:
-                        finished.set()
+                            conns.append(LoopTls(t, await self._accept(lsock)))
+                        await conns[0].handshake()
+                except Exception as e:  # reported after the group, not as an ExceptionGroup
+                    failure.append(e)
+                    on_failure()
 
-                tg.start_soon(in_thread)
+            refused: list[TransferError] = []
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(establish, tg.cancel_scope.cancel)
                 try:
                     await self._cmd(None if early else command, "1xx", what=what, not_found=not_found)
-                except TransferError as e:  # 550...: the thread stops waiting for the server
+                except TransferError as e:  # 550...: the data connection is not wanted any more
                     refused.append(e)
-                    stop()
-                    tg.cancel_scope.cancel()  # an active listener is not waited for
-                while on_bytes and not finished.is_set():  # live progress while the thread works
-                    with anyio.move_on_after(0.25):
-                        await finished.wait()
-                    if n := take_reported():
-                        on_bytes(n)
+                    tg.cancel_scope.cancel()
+            if refused:
+                raise refused[0]
+            try:
+                if failure:
+                    raise _NetFailure() from failure[0]
+                n = await job(conns[0])
+                try:
+                    with anyio.fail_after(s.timeout):
+                        await conns[0].finish(notify=command.startswith("STOR"))
+                except (SSL.Error, OSError, TimeoutError) as e:
+                    raise _NetFailure() from e
+            except _NetFailure as e:
+                self.broken = True
+                cause = e.__cause__
+                if isinstance(cause, TimeoutError):
+                    raise self._error(ConnectError, f"{what}: data connection timed out ({mode} mode)") from None
+                raise self._error(ConnectError, f"{what}: data connection failed: {tls.reason(cause or e)}") from None
+            except BaseException:
+                self.broken = True  # the server still waits on the data connection or its reply
+                raise
         finally:
             if lsock is not None:
                 lsock.close()
-            if state.get("owned"):
-                stop()  # an abandoned (cancelled) thread ends at once
-            elif state["sock"] is not None:  # REST refused, or cancelled before: no thread to close it
-                state["sock"].close()
-        if on_bytes and (n := take_reported()):
-            on_bytes(n)
-        if refused:
-            raise refused[0]
-        if local:
-            self.broken = True
-            raise local[0]
-        if net:
-            self.broken = True
-            e = net[0]
-            if isinstance(e, TimeoutError):
-                raise self._error(ConnectError, f"{what}: data connection timed out ({mode} mode)")
-            raise self._error(ConnectError, f"{what}: data connection failed: {e}")
+            for conn in conns:
+                conn.release()
+                conn.sock.close()
         await self._cmd(None, "2xx", "1xx", what=what)
-        return sent[0]
+        return n
 
     async def _direct(self, command: str, offset: int, job: Callable[[socket.socket], Awaitable[int]],
                       *, not_found: bool = False) -> int:
@@ -686,16 +663,12 @@ class FtpClient(RemoteClient):
         chunks = bytearray()
         if self._tls is not None:
 
-            def receive(conn: tls.BlockingTls, report: Callable[[int], None]) -> int:
-                buf = bytearray(1 << 16)
-                while k := conn.recv_into(buf):
-                    chunks.extend(memoryview(buf)[:k])
-                    if len(chunks) > MAX_LISTING:
-                        raise _LocalFailure() from self._error(
-                            RemoteError, f"{command.split(' ')[0]}: listing larger than {MAX_LISTING} bytes")
-                return len(chunks)
+            def keep(chunk: memoryview) -> None:
+                chunks.extend(chunk)
+                if len(chunks) > MAX_LISTING:
+                    raise self._error(RemoteError, f"{command.split(' ')[0]}: listing larger than {MAX_LISTING} bytes")
 
-            await self._threaded(command, 0, receive, None, not_found=True)
+            await self._tls_data(command, 0, _receiver(keep, 1 << 16, self.s.timeout, None), not_found=True)
             return bytes(chunks)
         async with self._data(command, not_found=True) as (reader, _):
             while True:
@@ -890,20 +863,8 @@ class FtpClient(RemoteClient):
             # a small file needs no 1 MB buffer (zeroed at each allocation)
             room = block if size is None else min(block, max(65536, size - offset + 1))
 
-            def receive(conn: tls.BlockingTls, report: Callable[[int], None]) -> int:
-                buf = bytearray(room)
-                view = memoryview(buf)
-                got = 0
-                while k := conn.recv_into(buf):
-                    try:
-                        dest.write(view[:k])
-                    except (OSError, TransferError) as e:
-                        raise _LocalFailure() from e
-                    got += k
-                    report(k)
-                return got
-
-            return await self._threaded(f"RETR {path}", offset, receive, on_bytes, not_found=True)
+            return await self._tls_data(f"RETR {path}", offset, _receiver(dest.write, room, self.s.timeout, on_bytes),
+                                        not_found=True)
         if self.s.passive:
             room = block if size is None else min(block, max(65536, size - offset + 1))
             timeout = self.s.timeout
@@ -949,20 +910,22 @@ class FtpClient(RemoteClient):
         block = self.s.block_size
         if self._tls is not None:
 
-            def transmit(conn: tls.BlockingTls, report: Callable[[int], None]) -> int:
-                done = 0
-                while True:
-                    try:
-                        chunk = src.read(block)
-                    except OSError as e:
-                        raise _LocalFailure() from e
-                    if not chunk:
-                        return done
-                    conn.sendall(chunk)
-                    done += len(chunk)
-                    report(len(chunk))
+            timeout = self.s.timeout
 
-            return await self._threaded(f"STOR {path}", 0, transmit, on_bytes)
+            async def transmit(conn: LoopTls) -> int:
+                done = 0
+                while chunk := src.read(block):
+                    try:
+                        with anyio.fail_after(timeout):
+                            await conn.sendall(chunk)
+                    except (SSL.Error, OSError, TimeoutError) as e:
+                        raise _NetFailure() from e
+                    done += len(chunk)
+                    if on_bytes:
+                        on_bytes(len(chunk))
+                return done
+
+            return await self._tls_data(f"STOR {path}", 0, transmit)
         if self.s.passive:
             timeout = self.s.timeout
 

@@ -15,18 +15,12 @@ from __future__ import annotations
 import ipaddress
 import logging
 import socket
-import struct
 import threading
-import time
-from collections.abc import Callable
-from typing import Any, TypeVar
 
 from cryptography import x509
 from OpenSSL import SSL, crypto
 
 from .settings import ConnectionSettings
-
-T = TypeVar("T")
 
 # the X.509 verify errors an admin meets (OpenSSL's x509_vfy.h numbers)
 _VERIFY_ERRORS = {
@@ -100,7 +94,7 @@ class Tls:
         self.ctx = ctx
         self._session: SSL.Session | None = None
         self.control: SSL.Connection | None = None  # set once its handshake is checked
-        self._checked: crypto.X509 | None = None  # the server certificate whose name was checked
+        self._checked: bytes | None = None  # the server certificate (DER) whose name was checked
 
     def _note_verify(self, conn: SSL.Connection, cert: crypto.X509, errno: int, depth: int, ok: int) -> bool:
         if not ok:
@@ -138,16 +132,18 @@ class Tls:
         return TlsFailure(reason(e))
 
     def check(self, conn: SSL.Connection) -> None:
-        """After a handshake: the certificate names the host (checked once per certificate)."""
+        """After a handshake: the certificate names the host (checked once per certificate:
+        resumed data connections carry the control connection's)."""
         if not self.verify:
             return
         cert = conn.get_peer_certificate()
         if cert is None:
             raise TlsFailure("the server sent no certificate")
-        if self._checked is None or cert != self._checked:
-            if not names_host(cert.to_cryptography(), self.host):
+        der = crypto.dump_certificate(crypto.FILETYPE_ASN1, cert)
+        if der != self._checked:
+            if not names_host(x509.load_der_x509_certificate(der), self.host):
                 raise TlsFailure(f"certificate verify failed: the certificate does not name {self.host}")
-            self._checked = cert
+            self._checked = der
 
     def keep(self, conn: SSL.Connection) -> None:
         """A data connection's session (with the ticket it got) for the next one."""
@@ -155,76 +151,3 @@ class Tls:
         if session is not None:
             with self._lock:
                 self._session = session
-
-
-class BlockingTls:
-    """A data connection's TLS in a worker thread, on a blocking socket.
-
-    OpenSSL calls the socket itself, so Python's socket timeout (a non-blocking
-    socket polled by socket methods) does not apply: the kernel's SO_RCVTIMEO /
-    SO_SNDTIMEO do, and end a wait with EAGAIN. A signal handled meanwhile ends it
-    with EINTR: both come back from OpenSSL as "want read/write", told apart here
-    by the clock.
-    """
-
-    def __init__(self, tls: Tls, sock: socket.socket, timeout: float):
-        sock.settimeout(None)
-        tv = struct.pack("ll", int(timeout), int((timeout % 1) * 1_000_000))
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, tv)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, tv)
-        self.timeout = timeout
-        self.conn = tls.connection(sock)
-        self._tls = tls
-
-    def _io(self, op: Callable[..., T], *args: Any) -> T:
-        deadline = time.monotonic() + self.timeout
-        while True:
-            try:
-                return op(*args)
-            except (SSL.WantReadError, SSL.WantWriteError):
-                if time.monotonic() >= deadline - 0.05:
-                    raise TimeoutError(f"no progress for {self.timeout:g}s") from None
-
-    def handshake(self) -> None:
-        """Raises `TlsFailure` (or TimeoutError); the certificate checked."""
-        try:
-            self._io(self.conn.do_handshake)
-        except SSL.Error as e:
-            raise self._tls.failure(e) from None
-        self._tls.check(self.conn)
-
-    def recv_into(self, buf: bytearray) -> int:
-        """0 at the end: the server's close_notify, or a bare EOF (a short file shows in the size checks)."""
-        try:
-            return self._io(self.conn.recv_into, buf)
-        except SSL.ZeroReturnError:
-            return 0
-        except SSL.SysCallError as e:
-            if e.args and e.args[0] == -1:
-                return 0
-            raise
-
-    def sendall(self, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            view = view[self._io(self.conn.send, view):]
-
-    def finish(self, *, notify: bool) -> None:
-        """The end of a good transfer: `notify` sends our close_notify (the end of an
-        upload, for the server); then the server's is awaited, the tickets it sent
-        taken, and the newest session kept for the next data connection.
-
-        Closing with unread bytes (tickets, close_notify) sends a reset that can cost
-        the server the end of an upload (vsftpd: "426 Failure reading network stream").
-        """
-        if notify:
-            self._io(self.conn.shutdown)
-        buf = bytearray(16384)
-        for _ in range(64):
-            if not self.recv_into(buf):
-                break
-        self._tls.keep(self.conn)
-
-    def release(self) -> None:
-        """Marked shut down before it is freed: OpenSSL would otherwise mark the session it resumed unusable."""
-        self.conn.set_shutdown(SSL.SENT_SHUTDOWN | SSL.RECEIVED_SHUTDOWN)

@@ -172,23 +172,21 @@ async def test_mdtm_piggyback_when_epsv_is_refused_falls_back_to_pasv(tmp_path: 
         x for n in ("b.txt", "c-nomdtm.txt", "d.txt") for x in (f"MDTM {n} +PASV", "PASV", f"RETR {n}")]
 
 
-# --- 2. FTPS data TLS in a worker thread ----------------------------------------------
+# --- 2. FTPS data connections: each resumes the newest session -------------------------
 
 
-class ThreadSpy:
-    """A download destination that notes the thread writing to it."""
+class Sink:
+    """A download destination in memory."""
 
     def __init__(self) -> None:
         self.data = bytearray()
-        self.threads: set[int] = set()
 
     def write(self, b: Any) -> int:
-        self.threads.add(threading.get_ident())
         self.data += b
         return len(b)
 
 
-async def test_ftps_threaded_data_reuses_session_and_survives_refusals(
+async def test_ftps_data_connections_resume_sessions_and_survive_refusals(
         vsftpd_tls: FtpServer, certs, tmp_path: Path, log: logging.Logger) -> None:  # type: ignore[no-untyped-def]
     small = {f"s{i}.bin": os.urandom(1000 * (i + 1)) for i in range(4)}
     big = os.urandom(700_000)
@@ -201,16 +199,15 @@ async def test_ftps_threaded_data_reuses_session_and_survives_refusals(
         for name in [*small, "big.bin"]:
             await send(c, tmp_path / name, "/pub/up", log=log)
         with pytest.raises(NotFound, match="RETR: 550"):  # a 550 mid-session
-            await c.download("/pub/up/missing.bin", ThreadSpy())
+            await c.download("/pub/up/missing.bin", Sink())
         assert not c.broken
         with pytest.raises(RemoteError, match="STOR: 553"):  # refused upload (no such folder)
             with open(tmp_path / "s0.bin", "rb") as f:
                 await c.upload(f, "/pub/no/such/dir/x.bin")
         assert not c.broken
-        spy = ThreadSpy()
+        spy = Sink()
         assert await c.download("/pub/up/s1.bin", spy, size=len(small["s1.bin"])) == len(small["s1.bin"])
         assert bytes(spy.data) == small["s1.bin"]
-        assert spy.threads and threading.get_ident() not in spy.threads  # moved by a worker thread
         listed = {e.name: e for e in await c.list("/pub/up")}
         for name, data in [*small.items(), ("big.bin", big)]:  # memory path and disk path
             got = await fetch(c, listed[name], tmp_path / "down" / name, log=log)
@@ -224,7 +221,7 @@ async def test_ftps_threaded_data_reuses_session_and_survives_refusals(
     assert protocol.count("OK UPLOAD") == 5 and protocol.count("OK DOWNLOAD") == 7
 
 
-async def test_ftps_local_tls_error_in_the_thread_is_clear_and_resets_the_session(
+async def test_ftps_local_tls_error_on_a_data_connection_is_clear_and_resets_the_session(
         vsftpd_tls: FtpServer, certs, tmp_path: Path, log: logging.Logger) -> None:  # type: ignore[no-untyped-def]
     vsftpd_tls.put("f.bin", b"f" * 5000)
     s = settings_for(vsftpd_tls, protocol="ftps", ca_file=str(certs.ca_file))
@@ -240,14 +237,14 @@ async def test_ftps_local_tls_error_in_the_thread_is_clear_and_resets_the_sessio
         # session over it (its plain-text "500 OOPS" then breaks the TLS control connection)
         with pytest.raises(ConnectError,
                            match=r"RETR: (data connection failed: .*(PROTOCOL|protocol)|connection to .* lost)"):
-            await c.download("/pub/f.bin", ThreadSpy(), size=5000)
+            await c.download("/pub/f.bin", Sink(), size=5000)
         assert time.monotonic() - started < 3  # no wait for a timeout
         assert c.broken  # out of step with the server: reset, not reused
     finally:
         with anyio.fail_after(6):
             await c.aclose()
     async with await connect(s, log) as again:  # a new session works
-        spy = ThreadSpy()
+        spy = Sink()
         await again.download("/pub/f.bin", spy, size=5000)
         assert bytes(spy.data) == b"f" * 5000
 
