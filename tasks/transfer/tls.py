@@ -15,9 +15,9 @@ from __future__ import annotations
 import ipaddress
 import logging
 import socket
-import threading
 
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
 from OpenSSL import SSL, crypto
 
 from .settings import ConnectionSettings
@@ -71,17 +71,28 @@ def names_host(cert: x509.Certificate, host: str) -> bool:
     return False
 
 
+# server -> the NIST curve it chose when offered our default key shares (X25519MLKEM768,
+# X25519) and no P-256 one: it took neither, so every handshake cost it a HelloRetryRequest
+# (vsftpd sets prime256v1 only). Later sessions offer that curve alone: no group lost.
+_CURVES: dict[str, type[ec.EllipticCurve]] = {"secp256r1": ec.SECP256R1, "secp384r1": ec.SECP384R1,
+                                              "secp521r1": ec.SECP521R1}
+_LEARNED: dict[tuple[str, int], str] = {}
+
+
 class Tls:
     """One FTPS session's TLS: its context, the certificate checked once, the newest session."""
 
     def __init__(self, settings: ConnectionSettings, log: logging.Logger):
         self.host = settings.host
         self.verify = settings.verify
+        self._server = (settings.host, settings.port)
         ctx = SSL.Context(SSL.TLS_CLIENT_METHOD)
         ctx.set_min_proto_version(SSL.TLS1_2_VERSION)
         ctx.set_session_cache_mode(SSL.SESS_CACHE_CLIENT)  # keep the tickets the server sends
-        self._lock = threading.Lock()
-        self._verify_error: dict[int, tuple[int, int, str]] = {}  # thread -> (errno, depth, subject)
+        self._curve = _LEARNED.get(self._server)
+        if self._curve is not None:
+            ctx.set_tmp_ecdh(_CURVES[self._curve]())
+        self._verify_error: tuple[int, int, str] | None = None  # (errno, depth, subject)
         if settings.verify:
             if settings.ca_file is not None:
                 ctx.load_verify_locations(str(settings.ca_file))
@@ -93,13 +104,12 @@ class Tls:
             ctx.set_verify(SSL.VERIFY_NONE)
         self.ctx = ctx
         self._session: SSL.Session | None = None
-        self.control: SSL.Connection | None = None  # set once its handshake is checked
+        self.control: SSL.Connection | None = None  # set once its handshake is checked (`controlled`)
         self._checked: bytes | None = None  # the server certificate (DER) whose name was checked
 
     def _note_verify(self, conn: SSL.Connection, cert: crypto.X509, errno: int, depth: int, ok: int) -> bool:
         if not ok:
-            with self._lock:
-                self._verify_error[threading.get_ident()] = (errno, depth, cert.to_cryptography().subject.rfc4514_string())
+            self._verify_error = (errno, depth, cert.to_cryptography().subject.rfc4514_string())
         return bool(ok)
 
     def connection(self, sock: socket.socket, *, resume: bool = True) -> SSL.Connection:
@@ -112,10 +122,16 @@ class Tls:
         conn.set_connect_state()
         return conn
 
+    def controlled(self, conn: SSL.Connection) -> None:
+        """The control connection is up: its session is the first to resume, its group learnt."""
+        self.control = conn
+        group = conn.get_group_name()
+        if self._curve is None and group in _CURVES:
+            _LEARNED[self._server] = group
+
     def resume_into(self, conn: SSL.Connection) -> None:
         """The newest session: the control connection's until a data connection brings its own ticket."""
-        with self._lock:
-            session = self._session
+        session = self._session
         if session is None and self.control is not None:
             session = self.control.get_session()  # read late: TLS 1.3 tickets follow the handshake
         if session is not None:
@@ -123,8 +139,8 @@ class Tls:
 
     def failure(self, e: BaseException) -> TlsFailure:
         """The handshake error `e` as the admin should read it."""
-        with self._lock:
-            noted = self._verify_error.pop(threading.get_ident(), None)
+        _LEARNED.pop(self._server, None)  # the next session offers the default groups again
+        noted, self._verify_error = self._verify_error, None
         if noted is not None:
             errno, depth, subject = noted
             detail = _VERIFY_ERRORS.get(errno, f"X.509 error {errno}")
@@ -149,5 +165,4 @@ class Tls:
         """A data connection's session (with the ticket it got) for the next one."""
         session = conn.get_session()
         if session is not None:
-            with self._lock:
-                self._session = session
+            self._session = session

@@ -125,7 +125,7 @@ class SocketControlStream(ThrottleStreamIO):
         """The handshake (raises `TlsFailure`); its session is the one data connections resume first."""
         conn = LoopTls(tls, self.sock, resume=False)
         await conn.handshake()
-        tls.control = conn.conn
+        tls.controlled(conn.conn)
         self._tls = conn
 
     async def _recv(self) -> bytes:
