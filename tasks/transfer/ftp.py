@@ -158,11 +158,6 @@ async def _sendfile(sock: socket.socket, fd: int, offset: int, step: int, timeou
             on_bytes(n)
 
 
-def _shutdown(sock: socket.socket) -> None:
-    with contextlib.suppress(OSError):
-        sock.shutdown(socket.SHUT_RDWR)
-
-
 class ResumeUnsupported(RemoteError):
     """The server refused REST: restart the transfer from zero."""
 
@@ -570,11 +565,7 @@ class FtpClient(RemoteClient):
                 except (SSL.Error, OSError, TimeoutError) as e:
                     raise _NetFailure() from e
             except _NetFailure as e:
-                self.broken = True
-                cause = e.__cause__
-                if isinstance(cause, TimeoutError):
-                    raise self._error(ConnectError, f"{what}: data connection timed out ({mode} mode)") from None
-                raise self._error(ConnectError, f"{what}: data connection failed: {tls.reason(cause or e)}") from None
+                raise self._data_lost(e, what, mode) from None
             except BaseException:
                 self.broken = True  # the server still waits on the data connection or its reply
                 raise
@@ -599,7 +590,6 @@ class FtpClient(RemoteClient):
         """
         if self.broken:
             raise ConnectError("connection is broken")
-        s = self.s
         what = command.split(" ", 1)[0]
         host, port, early = await self._passive_address(None if offset else command)
         sock = await self._data_socket(host, port, early)
@@ -610,11 +600,7 @@ class FtpClient(RemoteClient):
             try:
                 n = await job(sock)
             except _NetFailure as e:
-                self.broken = True
-                cause = e.__cause__
-                if isinstance(cause, TimeoutError):
-                    raise self._error(ConnectError, f"{what}: data connection timed out (passive mode)") from None
-                raise self._error(ConnectError, f"{what}: data connection failed: {cause or e}") from None
+                raise self._data_lost(e, what, "passive") from None
             except BaseException:
                 self.broken = True  # the server still waits on the data connection or its reply
                 raise
@@ -622,6 +608,14 @@ class FtpClient(RemoteClient):
             sock.close()  # after an upload: the kernel still delivers what it holds, then the FIN
         await self._cmd(None, "2xx", "1xx", what=what)
         return n
+
+    def _data_lost(self, e: _NetFailure, what: str, mode: str) -> TransferError:
+        """A data connection that failed (its cause in `e`): the session is out of step, broken."""
+        self.broken = True
+        cause = e.__cause__ or e
+        if isinstance(cause, TimeoutError):
+            return self._error(ConnectError, f"{what}: data connection timed out ({mode} mode)")
+        return self._error(ConnectError, f"{what}: data connection failed: {tls.reason(cause)}")
 
     async def _data_socket(self, host: str, port: int, early: bool) -> socket.socket:
         """The passive data connection; `early`: its command is already sent (see `_passive_address`)."""
