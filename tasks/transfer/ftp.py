@@ -30,6 +30,7 @@ from OpenSSL import SSL
 
 from . import tls
 from .base import OnBytes, RemoteClient, RemoteEntry
+from .deadline import Deadline
 from .errors import AuthError, ConnectError, NotFound, RemoteError, TransferError, scrub
 from .listing import parse_listing
 from .proxy import open_socket
@@ -40,11 +41,8 @@ MAX_LISTING = 256 * 1024 * 1024
 
 
 class ControlStream(ThrottleStreamIO):
-    """aioftp's control stream without its per-call `wait_for` task nor any timeout of its own.
-
-    Every exchange on it (`FtpClient._command`, the piggyback write) runs under one
-    deadline: a timer per reply line cost more than parsing the line.
-    """
+    """aioftp's control stream without its per-call `wait_for` task nor any timeout of its own:
+    the session's `Deadline` watches every exchange on it."""
 
     async def readline(self) -> bytes:
         return await self.reader.readline()
@@ -53,6 +51,9 @@ class ControlStream(ThrottleStreamIO):
         self.writer.write(data)
         if self.writer.transport.get_write_buffer_size():  # the kernel did not take it all
             await self.writer.drain()
+
+    def abort(self) -> None:
+        self.writer.transport.abort()
 
 
 @dataclasses.dataclass
@@ -196,6 +197,7 @@ class FtpClient(RemoteClient):
         self._ftp = aioftp.Client(socket_timeout=settings.timeout, encoding=settings.encoding)
         self._tls = tls.Tls(settings, log) if settings.tls else None
         self._trace = log.isEnabledFor(logging.DEBUG)  # the protocol in the debug log (passwords starred)
+        self._deadline = Deadline(settings.timeout, self._expire)  # of each command's reply
         self._piggyback: list[_Piggyback] = []  # sent with the next EPSV/PASV
         proxy = settings.proxy_spec
         self._gateway = proxy if proxy and proxy.scheme == "ftp" else None
@@ -325,7 +327,7 @@ class FtpClient(RemoteClient):
         `expected`) under one `timeout` deadline, leaner: aioftp's per-line Code objects
         and mask matching cost as much as the rest of a small file's exchange."""
         stream = self._ftp.stream
-        async with asyncio.timeout(self.s.timeout):
+        async with self._watched():
             if line:
                 if "\r" in line or "\n" in line:
                     raise aioftp.errors.InvalidCommand("Command must not contain CR/LF")
@@ -339,6 +341,28 @@ class FtpClient(RemoteClient):
             expect = (expected,) if isinstance(expected, str) else expected
             raise aioftp.StatusCodeError(tuple(map(aioftp.Code, expect)), aioftp.Code(code), info)
         return aioftp.Code(code), info
+
+    @contextlib.asynccontextmanager
+    async def _watched(self) -> AsyncIterator[None]:
+        """An exchange on the control connection, under `timeout` (see `deadline`): when it
+        overruns, the connection is closed under it and it raises TimeoutError."""
+        d = self._deadline
+        d.start()
+        try:
+            yield
+        except (OSError, EOFError, anyio.ClosedResourceError) as e:
+            if d.expired:
+                raise TimeoutError(f"no reply within {d.timeout:g}s") from None
+            if isinstance(e, anyio.ClosedResourceError):
+                raise ConnectionResetError("control connection closed") from None
+            raise
+        finally:
+            d.stop()
+
+    def _expire(self) -> None:
+        self.broken = True
+        with contextlib.suppress(Exception):
+            self._ftp.stream.abort()
 
     async def _line(self) -> tuple[str, str]:
         raw = await self._ftp.stream.readline()
@@ -381,6 +405,7 @@ class FtpClient(RemoteClient):
 
     def _abort(self) -> None:
         self.broken = True
+        self._deadline.close()
         with contextlib.suppress(Exception):
             self._ftp.close()
 
@@ -863,7 +888,7 @@ class FtpClient(RemoteClient):
         if self._trace:
             self.log.debug("ftp> %s", payload.rstrip().replace("\r\n", " + "))
         try:
-            async with asyncio.timeout(self.s.timeout):
+            async with self._watched():
                 await self._ftp.stream.write(payload.encode(self.s.encoding))
         except (OSError, TimeoutError) as e:
             self.broken = True

@@ -170,5 +170,10 @@ class SocketControlStream(ThrottleStreamIO):
     def get_extra_info(self, name: str) -> Any:
         return self.sock if name == "socket" else None
 
+    def abort(self) -> None:
+        """Closed under a waiting command (its deadline passed): the wait ends at once."""
+        anyio.notify_closing(self.sock)
+        self.sock.close()
+
     def close(self) -> None:
         self.sock.close()
