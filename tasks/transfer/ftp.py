@@ -600,7 +600,13 @@ class FtpClient(RemoteClient):
         early = False
         if s.passive:
             host, port, early = await self._passive_address(None if offset else command)
-            conns.append(LoopTls(t, await self._data_socket(host, port, early)))
+            sock = await self._data_socket(host, port, early)
+            try:
+                conns.append(LoopTls(t, sock))
+            except BaseException:
+                self.broken = True
+                sock.close()
+                raise
             conns[0].start()  # ClientHello out: the server answers it once it has read the command
         else:
             lsock = await self._active_listener()

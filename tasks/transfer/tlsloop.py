@@ -18,8 +18,7 @@ import anyio
 from aioftp.common import ThrottleStreamIO
 from OpenSSL import SSL
 
-from .tls import Tls
-from .tls import reason as tls_reason
+from .tls import Tls, reason as tls_reason
 
 T = TypeVar("T")
 
