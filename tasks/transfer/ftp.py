@@ -38,6 +38,9 @@ from .settings import ConnectionSettings
 from .tlsloop import LoopTls, SocketControlStream
 
 MAX_LISTING = 256 * 1024 * 1024
+# the protocol, at debug level (passwords starred): its own logger, as aioftp's was, so a
+# task or job log kept at debug level does not get ten lines per file
+PROTOCOL_LOG = logging.getLogger("schedulerd.ftp.protocol")
 
 
 class ControlStream(ThrottleStreamIO):
@@ -196,7 +199,7 @@ class FtpClient(RemoteClient):
         self.log = log
         self._ftp = aioftp.Client(socket_timeout=settings.timeout, encoding=settings.encoding)
         self._tls = tls.Tls(settings, log) if settings.tls else None
-        self._trace = log.isEnabledFor(logging.DEBUG)  # the protocol in the debug log (passwords starred)
+        self._trace = PROTOCOL_LOG.isEnabledFor(logging.DEBUG)
         self._deadline = Deadline(settings.timeout, self._expire)  # of each command's reply
         self._piggyback: list[_Piggyback] = []  # sent with the next EPSV/PASV
         proxy = settings.proxy_spec
@@ -332,7 +335,7 @@ class FtpClient(RemoteClient):
                 if "\r" in line or "\n" in line:
                     raise aioftp.errors.InvalidCommand("Command must not contain CR/LF")
                 if self._trace:
-                    self.log.debug("ftp> %s", line[:5] + "********" if line[:5] in ("PASS ", "ACCT ") else line)
+                    PROTOCOL_LOG.debug("%s> %s", self.s.host, line[:5] + "********" if line[:5] in ("PASS ", "ACCT ") else line)
                 await stream.write((line + "\r\n").encode(self.s.encoding))
             code, info = await self._reply()
             while wait and _matches(code, wait):
@@ -370,7 +373,7 @@ class FtpClient(RemoteClient):
             raise ConnectionResetError("the server closed the control connection")
         text = raw.decode(self.s.encoding).rstrip()
         if self._trace:
-            self.log.debug("ftp< %s", text)
+            PROTOCOL_LOG.debug("%s< %s", self.s.host, text)
         return text[:3], text[3:]
 
     async def _reply(self) -> tuple[str, list[str]]:
@@ -892,7 +895,7 @@ class FtpClient(RemoteClient):
         for q in queued:
             q.sent = True
         if self._trace:
-            self.log.debug("ftp> %s", payload.rstrip().replace("\r\n", " + "))
+            PROTOCOL_LOG.debug("%s> %s", self.s.host, payload.rstrip().replace("\r\n", " + "))
         try:
             async with self._watched():
                 await self._ftp.stream.write(payload.encode(self.s.encoding))
