@@ -13,9 +13,9 @@ from collections.abc import Iterator
 import anyio
 import pytest
 
+from schedulerd.settings import build
 from tasks.transfer import ConnectError, connect
 from tasks.transfer.settings import ConnectionSettings
-from schedulerd.settings import build
 
 pytestmark = pytest.mark.anyio
 
