@@ -87,33 +87,30 @@ def _size(info: list[str]) -> int:
     return int(info[-1].strip().split()[-1])
 
 
-def _receiver(keep: Callable[[memoryview], Any], room: int, timeout: float,
-              on_bytes: OnBytes | None) -> Callable[[LoopTls], Awaitable[int]]:
-    """The job of a TLS download: every chunk to `keep`; a network error as `_NetFailure`."""
-
-    async def receive(conn: LoopTls) -> int:
-        loop = asyncio.get_running_loop()
-        buf = bytearray(room)
-        view = memoryview(buf)
-        got = 0
-        try:
-            async with asyncio.timeout(timeout) as cm:  # one timer, moved on: a record is 16 KB
-                while True:
-                    try:
-                        k = await conn.recv_into(buf)
-                    except (SSL.Error, OSError) as e:
-                        raise _NetFailure() from e
-                    if not k:
-                        return got
-                    cm.reschedule(loop.time() + timeout)
-                    keep(view[:k])
-                    got += k
-                    if on_bytes:
-                        on_bytes(k)
-        except TimeoutError as e:
-            raise _NetFailure() from e
-
-    return receive
+async def _receive_all(recv_into: Callable[[bytearray], Awaitable[int]], keep: Callable[[memoryview], Any],
+                       room: int, timeout: float, on_bytes: OnBytes | None) -> int:
+    """A download's bytes to `keep` until EOF; a network error, or `timeout` without a byte,
+    as `_NetFailure` (an error of `keep`, the local side, unchanged)."""
+    loop = asyncio.get_running_loop()
+    buf = bytearray(room)
+    view = memoryview(buf)
+    got = 0
+    try:
+        async with asyncio.timeout(timeout) as cm:  # one timer, moved on after each read
+            while True:
+                try:
+                    k = await recv_into(buf)
+                except (SSL.Error, OSError) as e:
+                    raise _NetFailure() from e
+                if not k:
+                    return got
+                cm.reschedule(loop.time() + timeout)
+                keep(view[:k])
+                got += k
+                if on_bytes:
+                    on_bytes(k)
+    except TimeoutError as e:
+        raise _NetFailure() from e
 
 
 class _NetFailure(Exception):
@@ -330,7 +327,7 @@ class FtpClient(RemoteClient):
         `expected`) under one `timeout` deadline, leaner: aioftp's per-line Code objects
         and mask matching cost as much as the rest of a small file's exchange."""
         stream = self._ftp.stream
-        async with self._watched():
+        with self._deadline:  # each wait for the server under `timeout`
             if line:
                 if "\r" in line or "\n" in line:
                     raise aioftp.errors.InvalidCommand("Command must not contain CR/LF")
@@ -344,23 +341,6 @@ class FtpClient(RemoteClient):
             expect = (expected,) if isinstance(expected, str) else expected
             raise aioftp.StatusCodeError(tuple(map(aioftp.Code, expect)), aioftp.Code(code), info)
         return aioftp.Code(code), info
-
-    @contextlib.asynccontextmanager
-    async def _watched(self) -> AsyncIterator[None]:
-        """An exchange on the control connection, under `timeout` (see `deadline`): when it
-        overruns, the connection is closed under it and it raises TimeoutError."""
-        d = self._deadline
-        d.start()
-        try:
-            yield
-        except (OSError, EOFError, anyio.ClosedResourceError) as e:
-            if d.expired:
-                raise TimeoutError(f"no reply within {d.timeout:g}s") from None
-            if isinstance(e, anyio.ClosedResourceError):
-                raise ConnectionResetError("control connection closed") from None
-            raise
-        finally:
-            d.stop()
 
     def _expire(self) -> None:
         self.broken = True
@@ -522,47 +502,33 @@ class FtpClient(RemoteClient):
         else:
             lsock = await self._active_listener()
         streams: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
-        failure: list[BaseException] = []
         try:
             if offset:
                 await self._rest(offset)
 
-            async def establish(on_failure: Callable[[], None]) -> None:
+            async def establish() -> None:
                 nonlocal sock
-                try:
-                    with anyio.fail_after(s.timeout):
-                        if lsock is not None:
-                            sock = await self._accept(lsock)
-                        limit = max(4 * s.block_size, 2**16)
-                        reader, writer = await asyncio.open_connection(sock=sock, limit=limit)
-                        sock = None  # owned by the transport now
-                        streams.append((reader, writer))
-                        writer.transport.set_write_buffer_limits(high=limit)
-                except Exception as e:  # reported after the group, not as an ExceptionGroup
-                    failure.append(e)
-                    on_failure()
+                if lsock is not None:
+                    sock = await self._accept(lsock)
+                limit = max(4 * s.block_size, 2**16)
+                reader, writer = await asyncio.open_connection(sock=sock, limit=limit)
+                sock = None  # owned by the transport now
+                streams.append((reader, writer))
+                writer.transport.set_write_buffer_limits(high=limit)
 
             if lsock is None:  # passive: nothing to wait for, no task needed
-                await establish(lambda: None)
-                if not failure:
+                try:
+                    with anyio.fail_after(s.timeout):
+                        await establish()
+                except Exception as e:
+                    failure = e
+                else:
+                    failure = None
                     await self._cmd(command, "1xx", what=what, not_found=not_found)
             else:  # the accept runs while the command waits for its 1xx
-                refused: list[TransferError] = []
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(establish, tg.cancel_scope.cancel)
-                    try:
-                        await self._cmd(command, "1xx", what=what, not_found=not_found)
-                    except TransferError as e:  # 550...: the data connection is not wanted any more
-                        refused.append(e)
-                        tg.cancel_scope.cancel()
-                if refused:
-                    raise refused[0]
-            if failure:
-                e = failure[0]
-                self.broken = True
-                if isinstance(e, TimeoutError):
-                    raise self._error(ConnectError, f"{what}: data connection timed out ({'passive' if s.passive else 'active'} mode)")
-                raise self._error(ConnectError, f"{what}: data connection failed: {e}")
+                failure = await self._beside_1xx(command, what, not_found, establish)
+            if failure is not None:
+                raise self._data_lost(failure, what, "passive" if s.passive else "active")
             if not streams:  # pragma: no cover - cancelled from outside
                 raise ConnectError(f"{what}: no data connection")
             reader, writer = streams[0]
@@ -586,10 +552,9 @@ class FtpClient(RemoteClient):
                         *, not_found: bool = False) -> int:
         """A TLS transfer on the event loop (see `tlsloop`); `job(conn)` moves the data.
 
-        The handshake runs while the command waits for its 1xx: vsftpd answers 150
-        before its side of the handshake, other servers after it. A data connection
-        error comes back as ConnectError (session broken), anything else of `job`
-        (the local file) unchanged.
+        The handshake runs beside the wait for the 1xx (`_beside_1xx`). A data connection
+        error comes back as ConnectError (session broken), anything else of `job` (the
+        local file) unchanged.
         """
         if self.broken:
             raise ConnectError("connection is broken")
@@ -613,34 +578,19 @@ class FtpClient(RemoteClient):
             conns[0].start()  # ClientHello out: the server answers it once it has read the command
         else:
             lsock = await self._active_listener()
-        failure: list[BaseException] = []
         try:
             if offset:
                 await self._rest(offset)
 
-            async def establish(on_failure: Callable[[], None]) -> None:
-                try:
-                    with anyio.fail_after(s.timeout):
-                        if lsock is not None:
-                            conns.append(LoopTls(t, await self._accept(lsock)))
-                        await conns[0].handshake()
-                except Exception as e:  # reported after the group, not as an ExceptionGroup
-                    failure.append(e)
-                    on_failure()
+            async def establish() -> None:
+                if lsock is not None:
+                    conns.append(LoopTls(t, await self._accept(lsock)))
+                await conns[0].handshake()
 
-            refused: list[TransferError] = []
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(establish, tg.cancel_scope.cancel)
-                try:
-                    await self._cmd(None if early else command, "1xx", what=what, not_found=not_found)
-                except TransferError as e:  # 550...: the data connection is not wanted any more
-                    refused.append(e)
-                    tg.cancel_scope.cancel()
-            if refused:
-                raise refused[0]
+            failure = await self._beside_1xx(None if early else command, what, not_found, establish)
             try:
-                if failure:
-                    raise _NetFailure() from failure[0]
+                if failure is not None:
+                    raise _NetFailure() from failure
                 n = await job(conns[0])
                 try:
                     with anyio.fail_after(s.timeout):
@@ -648,7 +598,7 @@ class FtpClient(RemoteClient):
                 except (SSL.Error, OSError, TimeoutError) as e:
                     raise _NetFailure() from e
             except _NetFailure as e:
-                raise self._data_lost(e, what, mode) from None
+                raise self._data_lost(e.__cause__ or e, what, mode) from None
             except BaseException:
                 self.broken = True  # the server still waits on the data connection or its reply
                 raise
@@ -683,7 +633,7 @@ class FtpClient(RemoteClient):
             try:
                 n = await job(sock)
             except _NetFailure as e:
-                raise self._data_lost(e, what, "passive") from None
+                raise self._data_lost(e.__cause__ or e, what, "passive") from None
             except BaseException:
                 self.broken = True  # the server still waits on the data connection or its reply
                 raise
@@ -692,10 +642,37 @@ class FtpClient(RemoteClient):
         await self._cmd(None, "2xx", "1xx", what=what)
         return n
 
-    def _data_lost(self, e: _NetFailure, what: str, mode: str) -> TransferError:
-        """A data connection that failed (its cause in `e`): the session is out of step, broken."""
+    async def _beside_1xx(self, command: str | None, what: str, not_found: bool,
+                          establish: Callable[[], Awaitable[None]]) -> BaseException | None:
+        """`command` (None: already sent) waits for its 1xx while `establish` makes the data
+        connection (an accept, a TLS handshake), within `timeout`: vsftpd answers 150 before
+        its side of a handshake, other servers after it. A refusal (550...) is raised; the
+        data connection's failure, which ends the wait, is returned."""
+        failure: list[BaseException] = []
+        refused: list[TransferError] = []
+        async with anyio.create_task_group() as tg:
+
+            async def run() -> None:
+                try:
+                    with anyio.fail_after(self.s.timeout):
+                        await establish()
+                except Exception as e:  # returned, not raised as an ExceptionGroup
+                    failure.append(e)
+                    tg.cancel_scope.cancel()
+
+            tg.start_soon(run)
+            try:
+                await self._cmd(command, "1xx", what=what, not_found=not_found)
+            except TransferError as e:  # the data connection is not wanted any more
+                refused.append(e)
+                tg.cancel_scope.cancel()
+        if refused:
+            raise refused[0]
+        return failure[0] if failure else None
+
+    def _data_lost(self, cause: BaseException, what: str, mode: str) -> TransferError:
+        """A data connection that failed for `cause`: the session is out of step, broken."""
         self.broken = True
-        cause = e.__cause__ or e
         if isinstance(cause, TimeoutError):
             return self._error(ConnectError, f"{what}: data connection timed out ({mode} mode)")
         return self._error(ConnectError, f"{what}: data connection failed: {tls.reason(cause)}")
@@ -745,7 +722,8 @@ class FtpClient(RemoteClient):
                 if len(chunks) > MAX_LISTING:
                     raise self._error(RemoteError, f"{command.split(' ')[0]}: listing larger than {MAX_LISTING} bytes")
 
-            await self._tls_data(command, 0, _receiver(keep, 1 << 16, self.s.timeout, None), not_found=True)
+            await self._tls_data(command, 0, lambda conn: _receive_all(conn.recv_into, keep, 1 << 16, self.s.timeout, None),
+                                 not_found=True)
             return bytes(chunks)
         async with self._data(command, not_found=True) as (reader, _):
             while True:
@@ -897,7 +875,7 @@ class FtpClient(RemoteClient):
         if self._trace:
             PROTOCOL_LOG.debug("%s> %s", self.s.host, payload.rstrip().replace("\r\n", " + "))
         try:
-            async with self._watched():
+            with self._deadline:  # each wait for the server under `timeout`
                 await self._ftp.stream.write(payload.encode(self.s.encoding))
         except (OSError, TimeoutError) as e:
             self.broken = True
@@ -937,42 +915,20 @@ class FtpClient(RemoteClient):
         if offset and self._features and "REST STREAM" not in self._features:
             raise ResumeUnsupported(f"{self.s.host} does not announce REST STREAM")
         block = self.s.block_size
-        if self._tls is not None:
-
-            # a small file needs no 1 MB buffer (zeroed at each allocation)
-            room = block if size is None else min(block, max(65536, size - offset + 1))
-
-            return await self._tls_data(f"RETR {path}", offset, _receiver(dest.write, room, self.s.timeout, on_bytes),
-                                        not_found=True)
-        if self.s.passive:
-            room = block if size is None else min(block, max(65536, size - offset + 1))
-            timeout = self.s.timeout
-
-            async def receive_direct(sock: socket.socket) -> int:
-                loop = asyncio.get_running_loop()
-                buf = bytearray(room)
-                view = memoryview(buf)
-                got = 0
-                try:
-                    async with asyncio.timeout(timeout) as cm:
-                        while True:
-                            try:
-                                k = await loop.sock_recv_into(sock, buf)
-                            except OSError as e:
-                                raise _NetFailure() from e
-                            if not k:
-                                return got
-                            cm.reschedule(loop.time() + timeout)
-                            dest.write(view[:k])
-                            got += k
-                            if on_bytes:
-                                on_bytes(k)
-                except TimeoutError as e:
-                    raise _NetFailure() from e
-
-            return await self._direct(f"RETR {path}", offset, receive_direct, not_found=True)
-        n = 0
         timeout = self.s.timeout
+        # a small file needs no 1 MB buffer (zeroed at each allocation)
+        room = block if size is None else min(block, max(65536, size - offset + 1))
+        if self._tls is not None:
+            return await self._tls_data(
+                f"RETR {path}", offset, lambda conn: _receive_all(conn.recv_into, dest.write, room, timeout, on_bytes),
+                not_found=True)
+        if self.s.passive:
+            loop = asyncio.get_running_loop()
+            return await self._direct(
+                f"RETR {path}", offset,
+                lambda sock: _receive_all(lambda buf: loop.sock_recv_into(sock, buf), dest.write, room, timeout, on_bytes),
+                not_found=True)
+        n = 0
         async with self._data(f"RETR {path}", offset, not_found=True) as (reader, _):
             while True:
                 with anyio.fail_after(timeout):

@@ -84,6 +84,7 @@ class Tls:
 
     def __init__(self, settings: ConnectionSettings, log: logging.Logger):
         self.host = settings.host
+        self._sni = None if _ip(settings.host) else settings.host.encode("idna")  # no SNI for an address
         self.verify = settings.verify
         self._server = (settings.host, settings.port)
         ctx = SSL.Context(SSL.TLS_CLIENT_METHOD)
@@ -115,8 +116,8 @@ class Tls:
     def connection(self, sock: socket.socket, *, resume: bool = True) -> SSL.Connection:
         """A client connection on `sock`; it resumes the newest session unless `resume` is false."""
         conn = SSL.Connection(self.ctx, sock)
-        if _ip(self.host) is None:
-            conn.set_tlsext_host_name(self.host.encode("idna"))
+        if self._sni is not None:
+            conn.set_tlsext_host_name(self._sni)
         if resume:
             self.resume_into(conn)
         conn.set_connect_state()

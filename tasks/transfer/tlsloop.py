@@ -62,27 +62,22 @@ class LoopTls:
             raise self.tls.failure(e) from None
         self.tls.check(self.conn)
 
-    async def recv_into(self, buf: bytearray) -> int:
-        """0 at the end: the server's close_notify, or a bare EOF (a short file shows in the size checks)."""
+    async def _read(self, op: Callable[[Any], T], arg: Any, end: T) -> T:
+        """`end` at the end: the server's close_notify, or a bare EOF (a short file shows in the size checks)."""
         try:
-            return await _retry(self.sock, self.conn.recv_into, buf)
+            return await _retry(self.sock, op, arg)
         except SSL.ZeroReturnError:
-            return 0
+            return end
         except SSL.SysCallError as e:
             if e.args and e.args[0] == -1:
-                return 0
+                return end
             raise
 
+    async def recv_into(self, buf: bytearray) -> int:
+        return await self._read(self.conn.recv_into, buf, 0)
+
     async def recv(self, n: int) -> bytes:
-        """b"" at the end, as `recv_into`."""
-        try:
-            return await _retry(self.sock, self.conn.recv, n)
-        except SSL.ZeroReturnError:
-            return b""
-        except SSL.SysCallError as e:
-            if e.args and e.args[0] == -1:
-                return b""
-            raise
+        return await self._read(self.conn.recv, n, b"")
 
     async def sendall(self, data: bytes | memoryview) -> None:
         view = memoryview(data)
@@ -165,9 +160,6 @@ class SocketControlStream(ThrottleStreamIO):
                 view = view[self.sock.send(view):]
             except BlockingIOError:
                 await anyio.wait_writable(self.sock)
-
-    def get_extra_info(self, name: str) -> Any:
-        return self.sock if name == "socket" else None
 
     def abort(self) -> None:
         """Closed under a waiting command (its deadline passed): the wait ends at once."""
