@@ -147,11 +147,11 @@ argv = ["{PY}", "-c", "print('ok')"]
     assert site.console("task:list").returncode == 1
     time.sleep(1.0)
     assert site.task("bad")["state"] == "crashed"  # stays crashed
-    # the neighbour kept its period: its iteration starts are ~200 ms apart
-    hist = site.json("task:history", "good", "-n", "6")
-    starts = sorted(h["started"] for h in hist)
-    gaps = [b - a for a, b in zip(starts, starts[1:])]
-    assert len(gaps) >= 4 and all(0.1 < g < 0.45 for g in gaps), gaps
+    # the neighbour kept its period: each start ~200 ms after the one before, or at once
+    # after an iteration that overran it (a python start-up on a machine short of CPU)
+    hist = sorted(site.json("task:history", "good", "-n", "6"), key=lambda h: h["started"])
+    gaps = [(b["started"] - a["started"], a["ended"] - a["started"]) for a, b in zip(hist, hist[1:])]
+    assert len(gaps) >= 4 and all(0.1 < g < max(0.2, took) + 0.25 for g, took in gaps), gaps
     assert all(h["outcome"] == "ok" for h in hist)
     assert "state crashed -> " not in site.log("bad")
     site.console("task:start", "bad", check=True)  # clears crashed
