@@ -7,9 +7,13 @@ control and data, TLS or not) and asyncssh (`sock=`).
 from __future__ import annotations
 
 import asyncio
+import errno
+import functools
 import ipaddress
+import os
 import socket
 import struct
+from typing import Any
 
 from .errors import ConnectError
 from .settings import Proxy
@@ -32,21 +36,46 @@ async def _recv_exactly(sock: socket.socket, n: int) -> bytes:
     return buf
 
 
+_NONBLOCK = getattr(socket, "SOCK_NONBLOCK", 0)  # Linux: non-blocking from the start, no ioctl
+
+
+@functools.lru_cache(maxsize=64)
+def _family(host: str) -> socket.AddressFamily | None:
+    """The family of an address literal; None for a name (to resolve)."""
+    try:
+        return socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
+    except ValueError:
+        return None
+
+
+async def _connect(loop: asyncio.AbstractEventLoop, sock: socket.socket, addr: Any) -> None:
+    """asyncio's `sock_connect`, without its wait when the handshake is over by the time the
+    non-blocking connect returns (loopback, a local server): asking again says EISCONN."""
+    err = sock.connect_ex(addr)
+    if err == errno.EINPROGRESS:
+        err = sock.connect_ex(addr)
+        if err == errno.EALREADY:
+            await loop.sock_connect(sock, addr)
+            return
+    if err not in (0, errno.EISCONN):
+        raise OSError(err, os.strerror(err))
+
+
 async def _tcp(host: str, port: int) -> socket.socket:
     """A connected non-blocking socket to host:port (first address that answers)."""
     loop = asyncio.get_running_loop()
-    try:  # an address needs no resolver (a thread hop per data connection otherwise)
-        ip = ipaddress.ip_address(host)
-        family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
+    family = _family(host)  # an address needs no resolver (a thread hop per data connection otherwise)
+    if family is not None:
         infos = [(family, socket.SOCK_STREAM, 0, "", (host, port))]
-    except ValueError:
+    else:
         infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     last: OSError | None = None
     for family, type_, proto, _, addr in infos:
-        sock = socket.socket(family, type_, proto)
-        sock.setblocking(False)
+        sock = socket.socket(family, type_ | _NONBLOCK, proto)
+        if not _NONBLOCK:
+            sock.setblocking(False)
         try:
-            await loop.sock_connect(sock, addr)
+            await _connect(loop, sock, addr)
         except OSError as e:
             sock.close()
             last = e

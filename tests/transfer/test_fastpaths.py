@@ -1,5 +1,5 @@
 """The transfer fast paths against real servers: MDTM piggybacked on EPSV/PASV, FTPS data
-TLS in a worker thread, small files via memory and the batch committer, pipelined SFTP
+TLS on the event loop, small files via memory and the batch committer, pipelined SFTP
 push renames, and asyncssh packet coalescing degrading on another asyncssh version.
 """
 
@@ -556,3 +556,121 @@ async def test_sendfile_errors_tell_the_data_connection_from_the_local_file(tmp_
             os.close(fd)
     with open(os.devnull, "rb") as dev:
         assert ftp_mod._regular_fd(dev) is None  # not a regular file: the read/send path
+
+
+# --- plain data connections: connect without a wait on loopback, one epoll registration per download
+
+
+def _pair() -> tuple[socket.socket, socket.socket]:
+    ours, peer = socket.socketpair()
+    ours.setblocking(False)
+    return ours, peer
+
+
+async def test_receive_socket_reads_a_slow_sender_to_the_end_and_moves_its_timer_on() -> None:
+    """Pauses shorter than the timeout, a transfer longer than it: all bytes, no timeout."""
+    payload = os.urandom(300 * 1024)
+    ours, peer = _pair()
+
+    def send_slowly() -> None:
+        with peer:
+            for i in range(0, len(payload), 50 * 1024):
+                peer.sendall(payload[i:i + 50 * 1024])
+                time.sleep(0.15)
+
+    sender = threading.Thread(target=send_slowly)
+    sender.start()
+    got = bytearray()
+    counted: list[int] = []
+    try:
+        with ours:
+            n = await ftp_mod._receive_socket(ours, got.extend, 64 * 1024, 0.5, counted.append)
+    finally:
+        sender.join(10)
+    assert n == len(payload) and bytes(got) == payload and sum(counted) == len(payload)
+
+
+async def test_receive_socket_gives_up_on_a_silent_sender_and_tells_local_errors_apart() -> None:
+    import asyncio
+
+    ours, peer = _pair()
+    with ours, peer:
+        started = time.monotonic()
+        with pytest.raises(ftp_mod._NetFailure) as caught:
+            await ftp_mod._receive_socket(ours, bytearray().extend, 1024, 0.3, None)
+        assert isinstance(caught.value.__cause__, TimeoutError) and time.monotonic() - started < 2
+        assert not asyncio.get_running_loop().remove_reader(ours.fileno())  # unregistered
+
+    class DiskFull(OSError):
+        pass
+
+    def keep(chunk: memoryview) -> None:
+        raise DiskFull(28, "No space left on device")
+
+    ours, peer = _pair()
+    with ours, peer:
+        peer.sendall(b"x" * 10)
+        with pytest.raises(DiskFull):  # the local side's error, unwrapped
+            await ftp_mod._receive_socket(ours, keep, 1024, 5.0, None)
+
+
+async def test_data_connect_skips_the_wait_on_loopback_and_reports_refusals_and_timeouts() -> None:
+    import asyncio
+
+    from tasks.transfer import proxy
+
+    loop = asyncio.get_running_loop()
+    waited = []
+    real = loop.sock_connect
+
+    async def counted(sock: socket.socket, addr: Any) -> None:
+        waited.append(addr)
+        await real(sock, addr)
+
+    with socket.create_server(("127.0.0.1", 0)) as server, pytest.MonkeyPatch.context() as mp:
+        mp.setattr(loop, "sock_connect", counted)
+        sock = await proxy.open_socket("127.0.0.1", server.getsockname()[1], proxy=None, proxy_password=None, timeout=5)
+        with sock:
+            assert sock.getpeername() == server.getsockname() and sock.gettimeout() == 0.0
+        assert not waited  # the handshake was over when connect returned: EISCONN on asking again
+        port = server.getsockname()[1]
+    with pytest.raises(ConnectError, match=f"cannot connect to 127.0.0.1:{port}: Connection refused"):
+        await proxy.open_socket("127.0.0.1", port, proxy=None, proxy_password=None, timeout=5)
+    # a listener whose queue is full drops SYNs: the connection stays in progress and is waited for
+    with socket.socket() as full:
+        full.bind(("127.0.0.1", 0))
+        full.listen(0)
+        queued = []
+        try:
+            for _ in range(8):  # fill the accept queue; later SYNs are dropped
+                s = socket.socket()
+                s.setblocking(False)
+                s.connect_ex(full.getsockname())
+                queued.append(s)
+            started = time.monotonic()
+            with pytest.raises(ConnectError, match="timed out connecting to 127.0.0.1"):
+                await proxy.open_socket("127.0.0.1", full.getsockname()[1], proxy=None, proxy_password=None, timeout=0.5)
+            assert 0.4 < time.monotonic() - started < 3
+        finally:
+            for s in queued:
+                s.close()
+
+
+async def test_receive_socket_reports_a_reset_data_connection_as_lost() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        ours = socket.create_connection(server.getsockname())
+        peer, _ = server.accept()
+    ours.setblocking(False)
+    with ours:
+        async def reset_later() -> None:
+            peer.sendall(b"y" * 1000)
+            await anyio.sleep(0.05)  # once the reader waits in epoll
+            peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")  # close = RST
+            peer.close()
+
+        got = bytearray()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(reset_later)
+            with pytest.raises(ftp_mod._NetFailure) as caught:
+                await ftp_mod._receive_socket(ours, got.extend, 1024, 5.0, None)
+        assert isinstance(caught.value.__cause__, ConnectionResetError) and bytes(got) == b"y" * 1000
