@@ -215,6 +215,26 @@ async def _sendfile(sock: socket.socket, fd: int, offset: int, step: int, timeou
             on_bytes(n)
 
 
+LOOPBACK_CHUNK = 128 * 1024  # bytes per read+send to a server on this host (see _on_this_host)
+
+
+def _on_this_host(sock: socket.socket) -> bool:
+    """The data connection goes to a loopback address: a server on this host.
+
+    There sendfile costs more than it saves. The server's reads copy our bytes on
+    the same CPUs, from the page-cache pages sendfile hands to the socket (4 KB
+    pieces, long out of the CPU caches) instead of from freshly copied buffers:
+    512 MB to a local vsftpd took it 1.24 s of CPU against 0.97 s with 128 KB
+    read+send, 0.99 s against 0.72 s of wall time (best of 6, bench/README.md).
+    To another host, sendfile's zero copy is the cheaper path (our CPU 0.16 s
+    against 0.38 s for those 512 MB).
+    """
+    try:
+        return ipaddress.ip_address(sock.getpeername()[0]).is_loopback
+    except (OSError, ValueError, IndexError):
+        return False
+
+
 class ResumeUnsupported(RemoteError):
     """The server refused REST: restart the transfer from zero."""
 
@@ -1021,11 +1041,12 @@ class FtpClient(RemoteClient):
 
             async def transmit_direct(sock: socket.socket) -> int:
                 fd = _regular_fd(src)
-                if fd is not None:
+                local = _on_this_host(sock)
+                if fd is not None and not local:
                     return await _sendfile(sock, fd, src.tell(), max(block, 1 << 20), timeout, on_bytes)
                 loop = asyncio.get_running_loop()
                 done = 0
-                while chunk := src.read(block):
+                while chunk := src.read(LOOPBACK_CHUNK if local else block):
                     try:
                         async with asyncio.timeout(timeout):
                             await loop.sock_sendall(sock, chunk)

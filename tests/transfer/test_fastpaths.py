@@ -467,11 +467,12 @@ async def test_coalescing_degrades_to_plain_sends_without_asyncssh_internals(
         assert "_send" in vars(c._conn)  # type: ignore[attr-defined]
 
 
-# --- 6. plain FTP uploads by sendfile --------------------------------------------------------
+# --- 6. plain FTP uploads: sendfile to another host, read+send to this one -------------------
 
 
-async def test_plain_upload_goes_by_sendfile(vsftpd: FtpServer, tmp_path: Path, log: logging.Logger,
-                                            monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("remote", [True, False], ids=["another-host", "this-host"])
+async def test_plain_upload_uses_sendfile_only_for_another_host(vsftpd: FtpServer, tmp_path: Path, log: logging.Logger,
+                                                                monkeypatch: pytest.MonkeyPatch, remote: bool) -> None:
     calls = []
     real = os.sendfile
 
@@ -485,6 +486,14 @@ async def test_plain_upload_goes_by_sendfile(vsftpd: FtpServer, tmp_path: Path, 
         return n
 
     monkeypatch.setattr(ftp_mod.os, "sendfile", counted)
+    seen: list[bool] = []
+    real_local = ftp_mod._on_this_host
+
+    def on_this_host(sock: socket.socket) -> bool:
+        seen.append(real_local(sock))
+        return not remote and seen[-1]
+
+    monkeypatch.setattr(ftp_mod, "_on_this_host", on_this_host)
     payload = os.urandom(8 * 1024 * 1024)
     src = tmp_path / "big.bin"
     src.write_bytes(payload)
@@ -492,8 +501,13 @@ async def test_plain_upload_goes_by_sendfile(vsftpd: FtpServer, tmp_path: Path, 
     async with await connect(settings_for(vsftpd), log) as c:
         final = await send(c, src, f"{vsftpd.remote}/up", log=log, on_bytes=progress.append)
     assert (vsftpd.pub / "up/big.bin").read_bytes() == payload and final.endswith("/up/big.bin")
-    assert sum(n for n in calls if n > 0) == len(payload) == sum(progress)
-    assert calls[-1] == 0  # read to EOF, not to the size seen at open
+    assert seen == [True]  # the test server listens on loopback
+    assert len(payload) == sum(progress)
+    if remote:
+        assert sum(n for n in calls if n > 0) == len(payload)
+        assert calls[-1] == 0  # read to EOF, not to the size seen at open
+    else:
+        assert not calls and max(progress) <= ftp_mod.LOOPBACK_CHUNK
 
 
 async def test_sendfile_waits_for_room_in_a_slow_readers_socket(tmp_path: Path) -> None:
