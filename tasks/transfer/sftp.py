@@ -331,11 +331,20 @@ class SftpClient(RemoteClient):
         sent = 0
         with self._errors("upload", path):
             async with self._sftp.open(path.encode(self.s.encoding), "wb", block_size=0) as f:
+                first = src.read(block)
+                second = src.read(block) if first else b""
+                if not second:  # one write (most files): no task group, no semaphore
+                    if first:
+                        async with asyncio.timeout(timeout):
+                            await f.write(first, 0)
+                        if on_bytes:
+                            on_bytes(len(first))
+                    return len(first)
                 limiter = anyio.Semaphore(self.s.sftp_requests)
 
                 async def put(data: bytes, pos: int) -> None:
                     try:
-                        with anyio.fail_after(timeout):
+                        async with asyncio.timeout(timeout):  # asyncio's own: anyio's scope costs more
                             await f.write(data, pos)
                     finally:
                         limiter.release()
@@ -343,13 +352,12 @@ class SftpClient(RemoteClient):
                         on_bytes(len(data))
 
                 async with anyio.create_task_group() as tg:
-                    while True:
-                        data = src.read(block)
-                        if not data:
-                            break
+                    data = first
+                    while data:
                         await limiter.acquire()
                         tg.start_soon(put, data, sent)
                         sent += len(data)
+                        data, second = (second, b"") if second else (src.read(block), b"")
         return sent
 
     async def delete(self, path: str) -> None:
