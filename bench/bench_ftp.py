@@ -1,7 +1,7 @@
 """Benchmark: ftp_pull / ftp_push beside `lftp mirror` / `lftp mirror -R`, same servers, same run.
 
     .venv/bin/python bench/bench_ftp.py [--files 1000] [--size 100KB] [--big-mb 512]
-                                        [--parallel 4] [--protocols ftp,ftps,sftp] [--repeat 1]
+                                        [--parallel 4] [--protocols ftp,ftps,sftp] [--repeat 1] [--warmup 1]
 
 Servers are started on 127.0.0.1 (vsftpd plain and explicit FTPS at its defaults,
 OpenSSH sshd for SFTP: root is needed). Each row times our task and lftp with
@@ -16,6 +16,9 @@ timed run starts after a `sync`, so neither side flushes what the other (or the
 previous row) wrote. Before
 a server's rows, one untimed pull of a few small files warms our side (imports,
 thread pool), as in the long-running daemon; lftp is a new process for every run.
+Each row then runs `--warmup` untimed rounds of both sides before its timed ones
+(the first round of a row ran slower whichever side went first, and the timed
+alternation always opens with ours).
 """
 
 from __future__ import annotations
@@ -246,7 +249,13 @@ def warm_up(t: Target, work: Path, parallel: int) -> None:
 
 
 def bench_rows(t: Target, datasets: dict[str, Path], parallel: int, repeat: int, work: Path,
-               directions: list[str]) -> Iterator[tuple[str, str, str, list[float], list[float]]]:
+               directions: list[str], warmup: int = 1) -> Iterator[tuple[str, str, str, list[float], list[float]]]:
+    """Each row: `warmup` untimed rounds of both sides, then `repeat` timed ones.
+
+    A row's first round ran slower than its later ones whichever side went first
+    (a fresh data set on the server, pages and inodes not yet recycled); timed, it
+    always fell on the side that opens the alternation.
+    """
     warm_up(t, work, parallel)
     for label, src in datasets.items():
         if "pull" in directions:
@@ -257,7 +266,7 @@ def bench_rows(t: Target, datasets: dict[str, Path], parallel: int, repeat: int,
                 os.sync()
             remote_path = f"{t.remote_root}/src-{label}"
             ours, theirs = [], []
-            for i in range(repeat):
+            for i in range(-warmup, repeat):  # i < 0: untimed
                 a, b = work / "pull-ours", work / "pull-lftp"
                 clear(a), clear(b)
                 os.sync()  # our syncfs must not flush what an earlier run wrote
@@ -266,7 +275,9 @@ def bench_rows(t: Target, datasets: dict[str, Path], parallel: int, repeat: int,
                 sides = [(ours, lambda: run_ours_pull(t, remote_path, a, parallel, work / "state")),
                          (theirs, lambda: run_lftp(t.lftp(parallel, f"mirror {remote_path} {b}")))]
                 for times, run in (sides if i % 2 == 0 else sides[::-1]):
-                    times.append(timed(run))
+                    took = timed(run)
+                    if i >= 0:
+                        times.append(took)
                     os.sync()  # neither side waits behind the other's writeback
                 check_same(a, src), check_same(b, src)
                 clear(a), clear(b)
@@ -274,7 +285,7 @@ def bench_rows(t: Target, datasets: dict[str, Path], parallel: int, repeat: int,
         if "push" in directions:
             ours, theirs = [], []
             outbox = work / "outbox"
-            for i in range(repeat):
+            for i in range(-warmup, repeat):  # i < 0: untimed
                 dst_a, dst_b = f"dst-ours-{label}-{i}", f"dst-lftp-{label}-{i}"
                 push_sides = [
                     (ours, "ours", lambda: run_ours_push(t, outbox, f"{t.remote_root}/{dst_a}", parallel, work / "state")),
@@ -286,7 +297,9 @@ def bench_rows(t: Target, datasets: dict[str, Path], parallel: int, repeat: int,
                     clear(outbox)
                     link_tree(src, outbox)
                     os.sync()
-                    times.append(timed(run))
+                    took = timed(run)
+                    if i >= 0:
+                        times.append(took)
                     all_sent(outbox, side)
                 check_same(t.local_root / dst_a, src), check_same(t.local_root / dst_b, src)
                 clear(t.local_root / dst_a), clear(t.local_root / dst_b), clear(outbox)
@@ -306,6 +319,7 @@ def main() -> int:
     p.add_argument("--protocols", default="ftp,ftps,sftp")
     p.add_argument("--directions", default="pull,push")
     p.add_argument("--repeat", type=int, default=1, help="runs per row; the best is kept")
+    p.add_argument("--warmup", type=int, default=1, help="untimed rounds of both sides before each row's timed ones")
     p.add_argument("--workdir", type=Path, default=None, help="default: a temp folder, removed at the end")
     p.add_argument("--settle", type=float, default=None,
                    help="seconds to wait before the first timed run, for deletions made before the bench "
@@ -355,10 +369,11 @@ def main() -> int:
         print(f"# {time.strftime('%Y-%m-%d %H:%M:%S %Z')}, {os.cpu_count()} CPUs, load {_load()} at start")
         print("# ours: temp names, size check, pull data durable before rename; lftp: no fsync, no temp names")
         print(f"{'protocol':8} {'dir':5} {'data':14} {'ours s':>8} {'lftp s':>8} {'ratio':>6}   "
-              f"{'median: ours':>12} {'lftp':>6} {'ratio':>6}   (parallel {opts.parallel}, best of {opts.repeat})")
+              f"{'median: ours':>12} {'lftp':>6} {'ratio':>6}   (parallel {opts.parallel}, best of {opts.repeat}"
+              f"{f' after {opts.warmup} untimed' if opts.warmup else ''})")
         worst = None
         for t in targets:
-            for proto, direction, label, ours, theirs in bench_rows(t, datasets, opts.parallel, opts.repeat, work, directions):
+            for proto, direction, label, ours, theirs in bench_rows(t, datasets, opts.parallel, opts.repeat, work, directions, opts.warmup):
                 ratio = min(theirs) / min(ours)
                 worst = ratio if worst is None else min(worst, ratio)
                 mo, mt = statistics.median(ours), statistics.median(theirs)
