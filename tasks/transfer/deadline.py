@@ -26,10 +26,13 @@ class Deadline:
         self._on_expiry = on_expiry
         self._at = math.inf  # inf: no command waiting
         self._handle: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # a connection lives in one loop
 
     def start(self) -> None:
         """A command begins: it must be answered within `timeout`."""
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        if loop is None:  # kept: on Python 3.11 each get_running_loop() is a getpid() call
+            loop = self._loop = asyncio.get_running_loop()
         self._at = loop.time() + self.timeout
         if self._handle is None:
             self._handle = loop.call_at(self._at, self._check)
@@ -54,7 +57,8 @@ class Deadline:
         self._handle = None
         if self._at == math.inf:
             return
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        assert loop is not None  # set by the `start` that scheduled this check
         if loop.time() < self._at:  # a later command moved the deadline
             self._handle = loop.call_at(self._at, self._check)
             return
