@@ -688,3 +688,36 @@ async def test_receive_socket_reports_a_reset_data_connection_as_lost() -> None:
             with pytest.raises(ftp_mod._NetFailure) as caught:
                 await ftp_mod._receive_socket(ours, got.extend, 1024, 5.0, None)
         assert isinstance(caught.value.__cause__, ConnectionResetError) and bytes(got) == b"y" * 1000
+
+
+async def test_receive_all_moves_its_timer_on_while_bytes_come_and_gives_up_on_silence() -> None:
+    """The TLS reader's timer moves on at most every 1 % of `timeout`: a transfer longer than
+    `timeout` with steady bytes completes, a pause of `timeout` fails (within that 1 %)."""
+    calls = []
+
+    async def steady(buf: bytearray) -> int:
+        calls.append(1)
+        if len(calls) > 12:
+            return 0
+        await anyio.sleep(0.05)
+        buf[:100] = b"s" * 100
+        return 100
+
+    got = bytearray()
+    started = time.monotonic()
+    assert await ftp_mod._receive_all(steady, got.extend, 1024, 0.3, None) == 1200
+    assert time.monotonic() - started > 0.5 and bytes(got) == b"s" * 1200  # longer than the timeout
+
+    async def stalls(buf: bytearray) -> int:
+        if not calls:
+            calls.append(1)
+            buf[:10] = b"x" * 10
+            return 10
+        await anyio.sleep(30)
+        return 0
+
+    calls.clear()
+    started = time.monotonic()
+    with pytest.raises(ftp_mod._NetFailure) as caught:
+        await ftp_mod._receive_all(stalls, bytearray().extend, 1024, 0.3, None)
+    assert isinstance(caught.value.__cause__, TimeoutError) and 0.25 < time.monotonic() - started < 2
