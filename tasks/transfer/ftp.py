@@ -702,8 +702,9 @@ class FtpClient(RemoteClient):
         Per small file, asyncio's transport and stream objects (an epoll registration,
         a reader, a writer, a close handshake) cost more than the bytes. A download
         reads the socket until it is empty at each wake-up (`_receive_socket`); an
-        upload's `sock_sendall` tries the socket first and waits only when it is full. `job(sock)` moves the data; a socket error in it
-        comes back as `_NetFailure`, anything else (the local file) unchanged.
+        upload's `sock_sendall` tries the socket first and waits only when it is full.
+        `job(sock)` moves the data; a socket error in it comes back as `_NetFailure`,
+        anything else (the local file) unchanged.
         """
         if self.broken:
             raise ConnectError("connection is broken")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import stat as statmod
 from typing import BinaryIO
@@ -344,12 +345,10 @@ class SftpClient(RemoteClient):
                         on_bytes(len(data))
 
                 async with anyio.create_task_group() as tg:
-                    data = first
-                    while data:
+                    for data in itertools.chain((first, second), iter(lambda: src.read(block), b"")):
                         await limiter.acquire()
                         tg.start_soon(put, data, sent)
                         sent += len(data)
-                        data, second = (second, b"") if second else (src.read(block), b"")
         return sent
 
     async def delete(self, path: str) -> None:
