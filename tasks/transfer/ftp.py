@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import dataclasses
 import errno
+import functools
 import ipaddress
 import logging
 import os
@@ -87,21 +88,36 @@ def _size(info: list[str]) -> int:
     return int(info[-1].strip().split()[-1])
 
 
+class _Stall:
+    """A download's no-progress timer: one `asyncio.timeout` for the transfer, moved on at
+    most every 1 % of `timeout` (no byte for `timeout` fails within 1 % of it), not after
+    each read: a TLS read is one 16 KB record, and a reschedule (a getpid() and a
+    timer-heap push on Python 3.11) after each was ~10 % of a 512 MB FTPS download's CPU."""
+
+    def __init__(self, scope: asyncio.Timeout, timeout: float) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.scope = scope
+        self.timeout = timeout
+        self.step = timeout / 100
+        self.moved = self.loop.time()
+
+    def progress(self) -> None:
+        now = self.loop.time()
+        if now - self.moved > self.step:
+            self.scope.reschedule(now + self.timeout)
+            self.moved = now
+
+
 async def _receive_all(recv_into: Callable[[bytearray], Awaitable[int]], keep: Callable[[memoryview], Any],
                        room: int, timeout: float, on_bytes: OnBytes | None) -> int:
     """A download's bytes to `keep` until EOF; a network error, or `timeout` without a byte,
     as `_NetFailure` (an error of `keep`, the local side, unchanged)."""
-    loop = asyncio.get_running_loop()
     buf = bytearray(room)
     view = memoryview(buf)
     got = 0
-    # the timer moves on at most every `step`, not after each read: a TLS read is one 16 KB
-    # record, and a reschedule (a getpid() and a timer-heap push on Python 3.11) after each
-    # was ~10 % of a 512 MB FTPS download's CPU
-    step = timeout / 100
     try:
-        async with asyncio.timeout(timeout) as cm:  # one timer for the whole transfer
-            moved = loop.time()
+        async with asyncio.timeout(timeout) as scope:
+            stall = _Stall(scope, timeout)
             while True:
                 try:
                     k = await recv_into(buf)
@@ -109,10 +125,7 @@ async def _receive_all(recv_into: Callable[[bytearray], Awaitable[int]], keep: C
                     raise _NetFailure() from e
                 if not k:
                     return got
-                now = loop.time()
-                if now - moved > step:  # no byte for `timeout` fails within 1 % of it
-                    cm.reschedule(now + timeout)
-                    moved = now
+                stall.progress()
                 keep(view[:k])
                 got += k
                 if on_bytes:
@@ -149,9 +162,10 @@ async def _receive_socket(sock: socket.socket, keep: Callable[[memoryview], Any]
                 on_bytes(k)
 
     try:
-        async with asyncio.timeout(timeout) as cm:  # one timer, moved on after each read
+        async with asyncio.timeout(timeout) as scope:
             if drain():
                 return got
+            stall = _Stall(scope, timeout)
             done = loop.create_future()
 
             def readable() -> None:
@@ -162,7 +176,7 @@ async def _receive_socket(sock: socket.socket, keep: Callable[[memoryview], Any]
                     if drain():
                         done.set_result(None)
                     elif got != at:
-                        cm.reschedule(loop.time() + timeout)
+                        stall.progress()
                 except BaseException as e:  # noqa: B036 - handed to the waiting task
                     done.set_exception(e)
 
@@ -175,6 +189,23 @@ async def _receive_socket(sock: socket.socket, keep: Callable[[memoryview], Any]
             return got
     except TimeoutError as e:
         raise _NetFailure() from e
+
+
+async def _send_all(send: Callable[[bytes], Awaitable[Any]], src: BinaryIO, size: int, timeout: float,
+                    on_bytes: OnBytes | None) -> int:
+    """`src` to EOF through `send`, `size` bytes at a time; a network error, or `timeout` on
+    one chunk, as `_NetFailure` (an error reading `src`, the local side, unchanged)."""
+    done = 0
+    while chunk := src.read(size):
+        try:
+            async with asyncio.timeout(timeout):
+                await send(chunk)
+        except (SSL.Error, OSError, TimeoutError) as e:
+            raise _NetFailure() from e
+        done += len(chunk)
+        if on_bytes:
+            on_bytes(len(chunk))
+    return done
 
 
 class _NetFailure(Exception):
@@ -238,8 +269,17 @@ def _on_this_host(sock: socket.socket) -> bool:
     against 0.38 s for those 512 MB).
     """
     try:
-        return ipaddress.ip_address(sock.getpeername()[0]).is_loopback
-    except (OSError, ValueError, IndexError):
+        return _loopback(sock.getpeername()[0])
+    except (OSError, IndexError):
+        return False
+
+
+@functools.lru_cache(maxsize=64)
+def _loopback(address: str) -> bool:
+    """Parsed once per address: the check runs for every upload."""
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
         return False
 
 
@@ -1027,26 +1067,11 @@ class FtpClient(RemoteClient):
 
     async def upload(self, src: BinaryIO, path: str, on_bytes: OnBytes | None = None) -> int:
         block = self.s.block_size
+        timeout = self.s.timeout
         if self._tls is not None:
-
-            timeout = self.s.timeout
-
-            async def transmit(conn: LoopTls) -> int:
-                done = 0
-                while chunk := src.read(block):
-                    try:
-                        with anyio.fail_after(timeout):
-                            await conn.sendall(chunk)
-                    except (SSL.Error, OSError, TimeoutError) as e:
-                        raise _NetFailure() from e
-                    done += len(chunk)
-                    if on_bytes:
-                        on_bytes(len(chunk))
-                return done
-
-            return await self._tls_data(f"STOR {path}", 0, transmit)
+            return await self._tls_data(f"STOR {path}", 0,
+                                        lambda conn: _send_all(conn.sendall, src, block, timeout, on_bytes))
         if self.s.passive:
-            timeout = self.s.timeout
 
             async def transmit_direct(sock: socket.socket) -> int:
                 fd = _regular_fd(src)
@@ -1054,21 +1079,11 @@ class FtpClient(RemoteClient):
                 if fd is not None and not local:
                     return await _sendfile(sock, fd, src.tell(), max(block, 1 << 20), timeout, on_bytes)
                 loop = asyncio.get_running_loop()
-                done = 0
-                while chunk := src.read(LOOPBACK_CHUNK if local else block):
-                    try:
-                        async with asyncio.timeout(timeout):
-                            await loop.sock_sendall(sock, chunk)
-                    except (OSError, TimeoutError) as e:
-                        raise _NetFailure() from e
-                    done += len(chunk)
-                    if on_bytes:
-                        on_bytes(len(chunk))
-                return done
+                return await _send_all(lambda chunk: loop.sock_sendall(sock, chunk), src,
+                                       LOOPBACK_CHUNK if local else block, timeout, on_bytes)
 
             return await self._direct(f"STOR {path}", 0, transmit_direct)
         n = 0
-        timeout = self.s.timeout
         async with self._data(f"STOR {path}") as (_, writer):
             while True:
                 chunk = src.read(block)
