@@ -136,13 +136,41 @@ def warm_memory(mb: int) -> None:
             m[off:off + (1 << 20)] = block
 
 
-def settle_deletions() -> float:
-    """Seconds to wait before timed runs: ext4 treats inodes freed within about
-    dirty_expire_centisecs (+5 s) as recently deleted, and creating files then costs more."""
-    try:
-        return int(Path("/proc/sys/vm/dirty_expire_centisecs").read_text()) / 100 + 5
-    except (OSError, ValueError):
-        return 35.0
+CREATE_CLEAN_US = 60.0  # median µs per file creation below which a folder counts as settled
+SETTLE_MAX = 305.0  # ext4 (no journal) skips inodes freed < 60 s ago, < 300 s while their table block is dirty
+
+
+def create_cost(folder: Path, count: int = 200) -> float:
+    """Median µs to create an empty file in `folder` (a new subfolder; the files are kept).
+
+    On ext4 without a journal, a new inode is searched for past every inode of the
+    group freed within the last 60 s (300 s while its inode table block is dirty):
+    after a large deletion (a test run, the previous bench's clean-up) each creation
+    in that group took 250-480 µs on this VM instead of ~16 µs, a cost of the machine
+    added to both sides alike that hides how they differ.
+    """
+    folder.mkdir(parents=True)
+    took = []
+    for i in range(count):
+        t = time.perf_counter()
+        os.close(os.open(folder / f"p{i}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+        took.append(time.perf_counter() - t)
+    return statistics.median(took) * 1e6
+
+
+def settle_deletions(work: Path, limit: float) -> float:
+    """Wait (at most `limit` s) until creating files in `work` costs what it costs on a quiet disk.
+
+    Returns the last measured cost (µs per file), printed in the header."""
+    os.sync()
+    deadline = time.monotonic() + limit
+    probes = itertools.count()
+    while True:
+        cost = create_cost(work / "trash" / f"probe-{next(probes)}")
+        if cost <= CREATE_CLEAN_US or time.monotonic() >= deadline:
+            return cost
+        print(f"# creating a file here costs {cost:.0f} us (recently deleted inodes, ext4): waiting", flush=True)
+        time.sleep(min(15.0, max(0.0, deadline - time.monotonic())))
 
 
 def check_same(a: Path, b: Path) -> None:
@@ -321,9 +349,10 @@ def main() -> int:
     p.add_argument("--repeat", type=int, default=1, help="runs per row; the best is kept")
     p.add_argument("--warmup", type=int, default=1, help="untimed rounds of both sides before each row's timed ones")
     p.add_argument("--workdir", type=Path, default=None, help="default: a temp folder, removed at the end")
-    p.add_argument("--settle", type=float, default=None,
-                   help="seconds to wait before the first timed run, for deletions made before the bench "
-                        "(default: the kernel's dirty expiry + 5 s; 0: no wait)")
+    p.add_argument("--settle", type=float, default=SETTLE_MAX,
+                   help="at most this many seconds to wait before the first timed run until creating a file in "
+                        f"the work folder costs <= {CREATE_CLEAN_US:.0f} us (files deleted shortly before the "
+                        f"bench make it cost far more on ext4; default {SETTLE_MAX:.0f}; 0: measure, no wait)")
     opts = p.parse_args()
     if shutil.which("lftp") is None:
         print("bench: lftp is not installed", file=sys.stderr)
@@ -361,12 +390,9 @@ def main() -> int:
         trash.mkdir(exist_ok=True)
         TRASH.append(trash)
         warm_memory(2 * max(opts.big_mb, opts.files * opts.size >> 20) + 256)
-        settle = settle_deletions() if opts.settle is None else opts.settle
-        if settle > 0:
-            print(f"# waiting {settle:.0f}s: files deleted just before the bench slow down file creation (ext4)",
-                  flush=True)
-            time.sleep(settle)
-        print(f"# {time.strftime('%Y-%m-%d %H:%M:%S %Z')}, {os.cpu_count()} CPUs, load {_load()} at start")
+        cost = settle_deletions(work, opts.settle)
+        print(f"# {time.strftime('%Y-%m-%d %H:%M:%S %Z')}, {os.cpu_count()} CPUs, load {_load()} at start, "
+              f"file creation {cost:.0f} us (median)")
         print("# ours: temp names, size check, pull data durable before rename; lftp: no fsync, no temp names")
         print(f"{'protocol':8} {'dir':5} {'data':14} {'ours s':>8} {'lftp s':>8} {'ratio':>6}   "
               f"{'median: ours':>12} {'lftp':>6} {'ratio':>6}   (parallel {opts.parallel}, best of {opts.repeat}"

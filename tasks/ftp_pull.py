@@ -13,7 +13,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fnmatch
+import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -22,7 +24,7 @@ import anyio
 from schedulerd.plugin import Context, TaskType
 from schedulerd.settings import duration, int_range
 from tasks.transfer import ConnectError, RemoteClient, RemoteEntry, TransferError, connect
-from tasks.transfer.fetch import PART_RE, Committer, Downloaded, LocalError, download, inside, part_path
+from tasks.transfer.fetch import PART_RE, Committer, Downloaded, LocalError, download, inside, part_name
 from tasks.transfer.ledger import Ledger
 from tasks.transfer.names import printable
 from tasks.transfer.progress import Progress
@@ -81,27 +83,51 @@ async def walk(client: RemoteClient, s: PullSettings, log: Any) -> dict[str, Rem
     return found
 
 
-def remove_stale_parts(local_dir: Path, wanted: dict[Path, Path]) -> set[Path]:
-    """Drop our temp files for targets being pulled whose remote file changed since.
+@dataclasses.dataclass
+class Plan:
+    """Where each wanted file goes: its target and hidden temp (by relative path), and
+    which temp files are there to be resumed."""
 
-    Returns the temp files of `wanted` that exist (to be resumed): one listing per
-    folder here instead of a lookup per file later, in a folder the committer is filling.
+    places: dict[str, tuple[Path, Path]]
+    resumable: set[Path]
+
+
+def plan(local_dir: Path, todo: dict[str, RemoteEntry], log: Any) -> Plan:
+    """Targets and temp files, worked out folder by folder: one symlink check and one
+    listing per folder, not a path parse and a lookup per file (this runs before the
+    first download). Our temp files for these targets whose remote file changed since
+    are removed; a target whose folder leads outside `local_dir` (a local symlink) is left out.
     """
-    keep = set(wanted.values())
-    stems: dict[Path, set[str]] = {}
-    for target in wanted:
-        stems.setdefault(target.parent, set()).add(target.name)
-    existing: set[Path] = set()
-    for folder, names in stems.items():
+    by_folder: dict[str, list[str]] = {}
+    for rel in todo:
+        folder_rel, _, name = rel.rpartition("/")
+        by_folder.setdefault(folder_rel, []).append(name)
+    places: dict[str, tuple[Path, Path]] = {}
+    resumable: set[Path] = set()
+    for folder_rel, names in by_folder.items():
+        folder = local_dir.joinpath(*folder_rel.split("/")) if folder_rel else local_dir
+        prefix = f"{folder_rel}/" if folder_rel else ""
+        if not inside(local_dir, folder / names[0]):
+            for name in names:
+                log.warning("refusing %s: %s is outside %s", printable(prefix + name), folder, local_dir)
+            continue
+        wanted: dict[str, str] = {}  # temp name -> relative path
+        for name in names:
+            rel = prefix + name
+            temp = part_name(name, todo[rel])
+            wanted[temp] = rel
+            places[rel] = (folder / name, folder / temp)
+        stems = set(names)
         with contextlib.suppress(OSError):
-            for p in folder.iterdir():
-                if not PART_RE.match(p.name):
+            for e in os.scandir(folder):
+                if not PART_RE.match(e.name):
                     continue
-                if p in keep:
-                    existing.add(p)
-                elif p.name[1:-18] in names:
-                    p.unlink(missing_ok=True)
-    return existing
+                if e.name in wanted:
+                    resumable.add(places[wanted[e.name]][1])
+                elif e.name[1:-18] in stems:  # ".{stem}.{12 hex}.part" of a changed remote file
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(e.path)
+    return Plan(places, resumable)
 
 
 class FtpPull(TaskType):
@@ -159,37 +185,29 @@ class FtpPull(TaskType):
         s = self.settings
         local_dir = s.local_dir
         local_dir.mkdir(parents=True, exist_ok=True)
-        targets: dict[str, Path] = {}
-        folder_ok: dict[Path, bool] = {}  # one resolve per folder, not per file
-        for rel, e in todo.items():
-            target = local_dir.joinpath(*rel.split("/"))
-            ok = folder_ok.get(target.parent)
-            if ok is None:
-                ok = folder_ok[target.parent] = inside(local_dir, target)
-            if not ok:  # a local symlink pointing elsewhere
-                ctx.log.warning("refusing %s: %s is outside %s", printable(rel), target.parent, local_dir)
-                continue
-            targets[rel] = target
-        parts = {t: part_path(t, todo[rel]) for rel, t in targets.items()}
-        resumable = remove_stale_parts(local_dir, parts)
-        progress = Progress(ctx, len(targets), sum(todo[r].size or 0 for r in targets))
         errors: list[str] = []
         fatal: list[BaseException] = []
-        work = iter(sorted(targets.items()))
         committer = Committer()  # syncs in the background: downloads never wait for it
+        ready = anyio.Event()  # the plan below is made
+        resumable: set[Path]
+        progress: Progress
+        work: Iterator[tuple[str, tuple[Path, Path]]]
 
         async def worker(first: RemoteClient | None) -> None:
             c = first
             mine: list[tuple[str, RemoteEntry, Downloaded]] = []
             try:
-                for rel, target in work:
+                if c is None:  # an extra session logs in while the plan is made (a few round trips)
+                    c = await self._usable(ctx, None, None, fatal)
+                await ready.wait()
+                for rel, (target, part) in work:
                     if fatal:
                         break
                     c = await self._usable(ctx, c, first, fatal)
                     if c is None:
                         break
                     await self._settle(ctx, c, mine, ledger, progress, fatal, wait=False)
-                    d = await self._download(ctx, c, todo[rel], target, parts[target], resumable, progress, errors, fatal)
+                    d = await self._download(ctx, c, todo[rel], target, part, part in resumable, progress, errors, fatal)
                     if d is not None:
                         mine.append((rel, todo[rel], committer.submit(d)))
                 if mine:
@@ -204,8 +222,14 @@ class FtpPull(TaskType):
             outer.start_soon(committer.run)
             async with anyio.create_task_group() as tg:
                 tg.start_soon(worker, client)
-                for _ in range(min(s.parallel, len(targets)) - 1):
+                for _ in range(min(s.parallel, len(todo)) - 1):
                     tg.start_soon(worker, None)
+                await anyio.lowlevel.checkpoint()  # the extra sessions start connecting first
+                p = plan(local_dir, todo, ctx.log)
+                resumable = p.resumable
+                progress = Progress(ctx, len(p.places), sum(todo[r].size or 0 for r in p.places))
+                work = iter(sorted(p.places.items()))
+                ready.set()
             committer.close()
         progress.clear()
         summary = progress.summary("pulled")
@@ -234,11 +258,11 @@ class FtpPull(TaskType):
             return None
 
     async def _download(self, ctx: Context, c: RemoteClient, e: RemoteEntry, target: Path, part: Path,
-                        resumable: set[Path], progress: Progress, errors: list[str],
+                        part_exists: bool, progress: Progress, errors: list[str],
                         fatal: list[BaseException]) -> Downloaded | None:
         try:
             d = await download(c, e, target, on_exists=self.settings.on_exists, log=ctx.log, on_bytes=progress.on_bytes,
-                               part=part, part_exists=part in resumable)
+                               part=part, part_exists=part_exists)
         except LocalError as err:  # disk full...: stop the pass, delete nothing
             ctx.log.error("cannot store %s: %s; stopping this pass", printable(e.path), err)
             fatal.append(err)

@@ -37,10 +37,16 @@ class LocalError(TransferError):
     """The local side failed (disk full, permission): the remote file is left alone."""
 
 
-def part_path(target: Path, entry: RemoteEntry) -> Path:
+def part_name(name: str, entry: RemoteEntry) -> str:
+    """The hidden temp name for `name`, keyed by the remote file's identity: a resume only
+    ever continues the same remote file."""
     key = hashlib.sha1(f"{entry.path}\0{entry.size}\0{entry.mtime}".encode("utf-8", "surrogateescape")).hexdigest()[:12]
-    stem = target.name.encode("utf-8", "surrogateescape")[:200].decode("utf-8", "ignore")
-    return target.with_name(f".{stem}.{key}.part")
+    stem = name.encode("utf-8", "surrogateescape")[:200].decode("utf-8", "ignore")
+    return f".{stem}.{key}.part"
+
+
+def part_path(target: Path, entry: RemoteEntry) -> Path:
+    return target.with_name(part_name(target.name, entry))
 
 
 def stale_parts(folder: Path, keep: set[Path]) -> list[Path]:

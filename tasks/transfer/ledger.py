@@ -79,7 +79,7 @@ class Ledger:
         self.close()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         files = {k: list(v) for k, v in sorted(self.items.items())}
-        write_atomic(self.path, json.dumps({"version": 1, "files": files}, indent=0).encode())
+        write_atomic(self.path, json.dumps({"version": 1, "files": files}, separators=(",", ":")).encode())
         with contextlib.suppress(FileNotFoundError):
             self.journal.unlink()
 

@@ -226,3 +226,30 @@ def test_settings_are_flat_and_checked(tmp_path: Path) -> None:
         build(PullSettings, {"host": "h"}, "tasks.x")
     with pytest.raises(ConfigError, match="masks"):
         build(PullSettings, {"host": "h", "local_dir": "/x", "masks": ["a/b"]}, "tasks.x")
+
+
+def test_plan_resumes_current_temps_drops_stale_ones_and_refuses_escapes(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from tasks.ftp_pull import plan
+    from tasks.transfer import RemoteEntry
+    from tasks.transfer.fetch import part_path
+
+    local, outside = tmp_path / "in", tmp_path / "elsewhere"
+    (local / "sub").mkdir(parents=True)
+    outside.mkdir()
+    (local / "esc").symlink_to(outside)
+    todo = {rel: RemoteEntry(name=rel.rsplit("/", 1)[-1], path=f"/drop/{rel}", type="file", size=10, mtime=1.7e9)
+            for rel in ("a.txt", "sub/b.txt", "esc/c.txt")}
+    current = part_path(local / "a.txt", todo["a.txt"])
+    current.write_bytes(b"half")
+    changed = RemoteEntry(name="b.txt", path="/drop/sub/b.txt", type="file", size=9, mtime=1.6e9)
+    stale = part_path(local / "sub" / "b.txt", changed)  # the remote file changed since it was started
+    stale.write_bytes(b"old")
+    unrelated = part_path(local / "sub" / "other.txt", changed)
+    unrelated.write_bytes(b"not ours to judge")
+    with caplog.at_level(logging.WARNING):
+        p = plan(local, todo, logging.getLogger("test"))
+    assert set(p.places) == {"a.txt", "sub/b.txt"}
+    assert p.places["sub/b.txt"] == (local / "sub" / "b.txt", part_path(local / "sub" / "b.txt", todo["sub/b.txt"]))
+    assert p.resumable == {current} and current.read_bytes() == b"half"
+    assert not stale.exists() and unrelated.exists()
+    assert "refusing 'esc/c.txt'" in caplog.text and not list(outside.iterdir())
