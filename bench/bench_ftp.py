@@ -276,9 +276,15 @@ def warm_up(t: Target, work: Path, parallel: int) -> None:
     clear(work / "warm-up"), clear(src)
 
 
+Row = tuple[str, str, str, list[float], list[float], tuple[list[float], list[float]] | None]
+
+
 def bench_rows(t: Target, datasets: dict[str, Path], parallel: int, repeat: int, work: Path,
-               directions: list[str], warmup: int = 1) -> Iterator[tuple[str, str, str, list[float], list[float]]]:
+               directions: list[str], warmup: int = 1) -> Iterator[Row]:
     """Each row: `warmup` untimed rounds of both sides, then `repeat` timed ones.
+
+    A pull row also has each side's times with the `sync` that follows it: lftp's
+    data reaches the disk only then, ours before its clock stops.
 
     A row's first round ran slower than its later ones whichever side went first
     (a fresh data set on the server, pages and inodes not yet recycled); timed, it
@@ -294,6 +300,7 @@ def bench_rows(t: Target, datasets: dict[str, Path], parallel: int, repeat: int,
                 os.sync()
             remote_path = f"{t.remote_root}/src-{label}"
             ours, theirs = [], []
+            synced: dict[int, list[float]] = {id(ours): [], id(theirs): []}  # each run + the sync after it
             for i in range(-warmup, repeat):  # i < 0: untimed
                 a, b = work / "pull-ours", work / "pull-lftp"
                 clear(a), clear(b)
@@ -304,12 +311,13 @@ def bench_rows(t: Target, datasets: dict[str, Path], parallel: int, repeat: int,
                          (theirs, lambda: run_lftp(t.lftp(parallel, f"mirror {remote_path} {b}")))]
                 for times, run in (sides if i % 2 == 0 else sides[::-1]):
                     took = timed(run)
+                    flushed = timed(os.sync)  # neither side waits behind the other's writeback
                     if i >= 0:
                         times.append(took)
-                    os.sync()  # neither side waits behind the other's writeback
+                        synced[id(times)].append(took + flushed)
                 check_same(a, src), check_same(b, src)
                 clear(a), clear(b)
-            yield t.protocol, "pull", label, ours, theirs
+            yield t.protocol, "pull", label, ours, theirs, (synced[id(ours)], synced[id(theirs)])
         if "push" in directions:
             ours, theirs = [], []
             outbox = work / "outbox"
@@ -331,7 +339,7 @@ def bench_rows(t: Target, datasets: dict[str, Path], parallel: int, repeat: int,
                     all_sent(outbox, side)
                 check_same(t.local_root / dst_a, src), check_same(t.local_root / dst_b, src)
                 clear(t.local_root / dst_a), clear(t.local_root / dst_b), clear(outbox)
-            yield t.protocol, "push", label, ours, theirs
+            yield t.protocol, "push", label, ours, theirs, None
 
 
 def _load() -> str:
@@ -396,15 +404,20 @@ def main() -> int:
         print("# ours: temp names, size check, pull data durable before rename; lftp: no fsync, no temp names")
         print(f"{'protocol':8} {'dir':5} {'data':14} {'ours s':>8} {'lftp s':>8} {'ratio':>6}   "
               f"{'median: ours':>12} {'lftp':>6} {'ratio':>6}   (parallel {opts.parallel}, best of {opts.repeat}"
-              f"{f' after {opts.warmup} untimed' if opts.warmup else ''})")
+              f"{f' after {opts.warmup} untimed' if opts.warmup else ''})   "
+              f"{'+ sync: ours':>12} {'lftp':>6} {'ratio':>6} (pulls, best)")
         worst = None
         for t in targets:
-            for proto, direction, label, ours, theirs in bench_rows(t, datasets, opts.parallel, opts.repeat, work, directions, opts.warmup):
+            for proto, direction, label, ours, theirs, synced in bench_rows(t, datasets, opts.parallel, opts.repeat, work, directions, opts.warmup):
                 ratio = min(theirs) / min(ours)
                 worst = ratio if worst is None else min(worst, ratio)
                 mo, mt = statistics.median(ours), statistics.median(theirs)
+                durable = ""
+                if synced:  # both sides' data on disk: best of (run + the sync after it)
+                    so, st = min(synced[0]), min(synced[1])
+                    durable = f"   {so:12.2f} {st:6.2f} {st / so:6.2f}x"
                 print(f"{proto:8} {direction:5} {label:14} {min(ours):8.2f} {min(theirs):8.2f} {ratio:6.2f}x   "
-                      f"{mo:12.2f} {mt:6.2f} {mt / mo:6.2f}x", flush=True)
+                      f"{mo:12.2f} {mt:6.2f} {mt / mo:6.2f}x{durable}", flush=True)
         if worst is not None:
             print(f"worst ratio {worst:.2f}x (best of each; lftp seconds / ours; target >= 1.0); load {_load()} at the end")
     return 0
