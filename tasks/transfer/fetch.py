@@ -49,14 +49,6 @@ def part_path(target: Path, entry: RemoteEntry) -> Path:
     return target.with_name(part_name(target.name, entry))
 
 
-def stale_parts(folder: Path, keep: set[Path]) -> list[Path]:
-    """Our temp files in `folder` that belong to no file being fetched now."""
-    try:
-        return [p for p in folder.iterdir() if PART_RE.match(p.name) and p not in keep and p.is_file()]
-    except OSError:
-        return []
-
-
 def inside(folder: Path, target: Path) -> bool:
     """`target`'s folder, symlinks resolved, is within `folder`."""
     try:
