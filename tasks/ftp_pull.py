@@ -23,7 +23,7 @@ import anyio
 
 from schedulerd.plugin import Context, TaskType
 from schedulerd.settings import duration, int_range
-from tasks.transfer import ConnectError, RemoteClient, RemoteEntry, TransferError, connect
+from tasks.transfer import ConnectError, RemoteClient, RemoteEntry, TransferError, connect, extra_session
 from tasks.transfer.fetch import PART_RE, Committer, Downloaded, LocalError, download, inside, part_name
 from tasks.transfer.ledger import Ledger
 from tasks.transfer.names import printable
@@ -198,7 +198,9 @@ class FtpPull(TaskType):
             mine: list[tuple[str, RemoteEntry, Downloaded]] = []
             try:
                 if c is None:  # an extra session logs in while the plan is made (a few round trips)
-                    c = await self._usable(ctx, None, None, fatal)
+                    c = await extra_session(self.settings, ctx.log)
+                    if c is None:
+                        return
                 await ready.wait()
                 for rel, (target, part) in work:
                     if fatal:

@@ -21,7 +21,7 @@ import anyio
 from schedulerd.plugin import Context, JobType, TaskType
 from schedulerd.settings import ConfigError, build, duration, int_range
 from tasks.ftp_pull import check_remote_dir
-from tasks.transfer import RemoteClient, TransferError, connect
+from tasks.transfer import RemoteClient, TransferError, connect, extra_session
 from tasks.transfer.ledger import write_atomic
 from tasks.transfer.names import join, printable, unsafe_reason
 from tasks.transfer.progress import Progress
@@ -160,7 +160,7 @@ class FtpPush(TaskType):
             ctx.log.info("sent %s -> %s", path, final)
             progress.file_done()
 
-        async def worker() -> None:
+        async def worker(first: bool) -> None:
             client: RemoteClient | None = None
             # FTP (pipelined): a file's size check goes in the packet of the next upload's
             # EPSV, and its rename, once checked, in the packet after that: neither costs a
@@ -181,6 +181,10 @@ class FtpPush(TaskType):
                         await done(client, *last)
 
             try:
+                if not first:  # logged in before it takes a file: one it could not send would be lost
+                    client = await extra_session(s, ctx.log)
+                    if client is None:
+                        return
                 for rel, (path, size, mtime_ns) in work:
                     if fatal:
                         break
@@ -221,8 +225,8 @@ class FtpPush(TaskType):
                 await _close(client)
 
         async with anyio.create_task_group() as tg:
-            for _ in range(min(s.parallel, len(todo))):
-                tg.start_soon(worker)
+            for i in range(min(s.parallel, len(todo))):
+                tg.start_soon(worker, i == 0)
         progress.clear()
         summary = progress.summary("sent")
         if fatal:

@@ -16,25 +16,39 @@ from .settings import ConnectionSettings
 
 __all__ = [
     "AuthError", "ConnectError", "ConnectionSettings", "HostKeyError", "IntegrityError", "NotFound",
-    "RemoteClient", "RemoteEntry", "RemoteError", "TransferError", "connect",
+    "RemoteClient", "RemoteEntry", "RemoteError", "TransferError", "connect", "extra_session",
 ]
 
 
-async def connect(settings: ConnectionSettings, log: logging.Logger) -> RemoteClient:
-    """Connect and log in, retrying `retries` times (doubling `retry_delay`); auth errors are final."""
+async def connect(settings: ConnectionSettings, log: logging.Logger, *, retries: int | None = None) -> RemoteClient:
+    """Connect and log in, retrying `retries` times (default: the setting's; doubling `retry_delay`);
+    auth errors are final."""
+    retries = settings.retries if retries is None else retries
     if settings.protocol == "sftp":
         from .sftp import SftpClient as impl
     else:
         from .ftp import FtpClient as impl  # type: ignore[assignment]
     delay = settings.retry_delay
-    for attempt in range(settings.retries + 1):
+    for attempt in range(retries + 1):
         try:
             return await impl.open(settings, log)
         except TransferError as e:
-            if e.permanent or attempt >= settings.retries:
+            if e.permanent or attempt >= retries:
                 raise
             log.warning("connecting to %s failed: %s; retry %d/%d in %.1fs",
-                        settings.describe(), e, attempt + 1, settings.retries, delay)
+                        settings.describe(), e, attempt + 1, retries, delay)
         await anyio.sleep(delay)
         delay *= 2
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+async def extra_session(settings: ConnectionSettings, log: logging.Logger) -> RemoteClient | None:
+    """One more session for `parallel`, tried once: None, with a warning, when it cannot be
+    opened (a server that allows fewer connections per address than `parallel`). The pass
+    goes on with the sessions it has; only the first session's failure fails it."""
+    try:
+        return await connect(settings, log, retries=0)
+    except TransferError as e:
+        log.warning("cannot open one more session to %s (%s): going on with fewer than parallel = %d",
+                    settings.describe(), e, getattr(settings, "parallel", 1))
+        return None

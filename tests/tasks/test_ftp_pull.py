@@ -253,3 +253,19 @@ def test_plan_resumes_current_temps_drops_stale_ones_and_refuses_escapes(tmp_pat
     assert p.resumable == {current} and current.read_bytes() == b"half"
     assert not stale.exists() and unrelated.exists()
     assert "refusing 'esc/c.txt'" in caplog.text and not list(outside.iterdir())
+
+
+async def test_a_server_allowing_fewer_sessions_than_parallel_is_still_emptied(  # type: ignore[no-untyped-def]
+        pyftpd, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    local = tmp_path / "in"
+    with pyftpd("--max-per-ip", "2") as server:
+        for i in range(8):
+            server.put(f"f{i}.txt", f"file {i}".encode())
+        task = pull_task(server, local, parallel=4)
+        with caplog.at_level(logging.WARNING):
+            summary = await task.run_once(context(task, tmp_path))
+        assert summary is not None and summary.startswith("pulled 8 files"), summary
+        assert sorted(p.name for p in local.iterdir()) == [f"f{i}.txt" for i in range(8)]
+        assert not [p for p in server.root.iterdir() if p.is_file()]  # all deleted once safe
+    assert "cannot open one more session" in caplog.text and "going on with fewer than parallel = 4" in caplog.text
+    assert server.password not in caplog.text

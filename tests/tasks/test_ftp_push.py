@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from pathlib import Path
@@ -206,3 +207,21 @@ def test_export_ftp_command_errors(tmp_path: Path, pyftpd, capsys: pytest.Captur
 def test_payload_dataclass_is_strict() -> None:
     p = build(ExportPayload, {"destination": "d", "files": ["/a"], "records": [1, 2]}, "")
     assert p.records == (1, 2) and p.remote_dir == "/"
+
+
+async def test_drop_box_to_a_server_allowing_fewer_sessions_than_parallel(  # type: ignore[no-untyped-def]
+        pyftpd, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    local = tmp_path / "outbox"
+    local.mkdir()
+    for i in range(8):
+        (local / f"f{i}.jpg").write_bytes(b"x" * (1000 + i))
+    with pyftpd("--max-per-ip", "2") as server:
+        task = push_task(server, local, parallel=4)
+        with caplog.at_level(logging.WARNING):
+            summary = await task.run_once(TaskContext.for_test("dropbox", task.settings, tmp_path=tmp_path))
+        assert summary is not None and summary.startswith("sent 8 files"), summary
+        remote = server.root / "dropped"
+        assert sorted(p.name for p in remote.iterdir()) == [f"f{i}.jpg" for i in range(8)]
+        assert all((remote / f"f{i}.jpg").stat().st_size == 1000 + i for i in range(8))
+        assert list(local.iterdir()) == []  # every file sent, none lost by a session that never opened
+    assert "cannot open one more session" in caplog.text

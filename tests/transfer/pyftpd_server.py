@@ -134,6 +134,7 @@ def main() -> None:
     p.add_argument("--gateway", help="proxy password the gateway wants in ACCT")
     p.add_argument("--read-limit", type=int, default=0, help="bytes/s")
     p.add_argument("--log", default=None)
+    p.add_argument("--max-per-ip", type=int, default=0, help="connections per client address (0: no limit)")
     opts = p.parse_args()
     if opts.password_file:
         with open(opts.password_file) as f:
@@ -154,6 +155,7 @@ def main() -> None:
 
         handler.dtp_handler = DTP
     server = FTPServer(("127.0.0.1", opts.port), handler)
+    server.max_cons_per_ip = opts.max_per_ip
     print("READY", flush=True)
     sys.stdout.close()
     server.serve_forever()
