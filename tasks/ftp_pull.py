@@ -198,7 +198,7 @@ class FtpPull(TaskType):
             mine: list[tuple[str, RemoteEntry, Downloaded]] = []
             try:
                 if c is None:  # an extra session logs in while the plan is made (a few round trips)
-                    c = await extra_session(self.settings, ctx.log)
+                    c = await extra_session(s, ctx.log, s.parallel)
                     if c is None:
                         return
                 await ready.wait()

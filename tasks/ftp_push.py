@@ -182,7 +182,7 @@ class FtpPush(TaskType):
 
             try:
                 if not first:  # logged in before it takes a file: one it could not send would be lost
-                    client = await extra_session(s, ctx.log)
+                    client = await extra_session(s, ctx.log, s.parallel)
                     if client is None:
                         return
                 for rel, (path, size, mtime_ns) in work:

@@ -42,7 +42,7 @@ async def connect(settings: ConnectionSettings, log: logging.Logger, *, retries:
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-async def extra_session(settings: ConnectionSettings, log: logging.Logger) -> RemoteClient | None:
+async def extra_session(settings: ConnectionSettings, log: logging.Logger, parallel: int) -> RemoteClient | None:
     """One more session for `parallel`, tried once: None, with a warning, when it cannot be
     opened (a server that allows fewer connections per address than `parallel`). The pass
     goes on with the sessions it has; only the first session's failure fails it."""
@@ -50,5 +50,5 @@ async def extra_session(settings: ConnectionSettings, log: logging.Logger) -> Re
         return await connect(settings, log, retries=0)
     except TransferError as e:
         log.warning("cannot open one more session to %s (%s): going on with fewer than parallel = %d",
-                    settings.describe(), e, getattr(settings, "parallel", 1))
+                    settings.describe(), e, parallel)
         return None
