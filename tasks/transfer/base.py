@@ -5,10 +5,51 @@ from __future__ import annotations
 import abc
 import dataclasses
 from collections.abc import Awaitable, Callable
-from typing import BinaryIO, Literal
+from typing import Any, BinaryIO, Literal
+
+from .errors import IntegrityError
 
 EntryType = Literal["file", "dir", "link", "other"]
 OnBytes = Callable[[int], None]
+
+
+class InMemory:
+    """A small file's bytes, received into one buffer of its listed size plus one byte
+    (a file growing meanwhile shows as that byte, refused at once).
+
+    A `download` destination like a file (`write`); a plain FTP data socket reads
+    straight into `spare()` instead. A BytesIO cost ~40 us per 100 KB file on top
+    (its growth, the copy in, `getvalue`'s copy out): ~10 % of a small-file pull's CPU.
+    """
+
+    def __init__(self, path: str, size: int):
+        self.path = path
+        self.size = size
+        self._view = memoryview(bytearray(size + 1))
+        self.at = 0
+
+    def spare(self) -> memoryview:
+        """Where the next bytes go; `filled(n)` once n of them are there."""
+        return self._view[self.at:]
+
+    def filled(self, n: int) -> None:
+        self.at += n
+        if self.at > self.size:
+            raise self._more()
+
+    def write(self, data: Any) -> int:
+        n = len(data)
+        if self.at + n > self.size:
+            raise self._more()
+        self._view[self.at:self.at + n] = data
+        self.at += n
+        return n
+
+    def value(self) -> memoryview:
+        return self._view[:self.at]
+
+    def _more(self) -> IntegrityError:
+        return IntegrityError(f"{self.path}: more than the {self.size} bytes listed")
 
 
 @dataclasses.dataclass(frozen=True)

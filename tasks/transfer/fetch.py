@@ -12,21 +12,20 @@ import ctypes
 import ctypes.util
 import dataclasses
 import hashlib
-import io
 import logging
 import math
 import os
 import re
 import time
 from pathlib import Path
-from typing import Any, BinaryIO, Literal
+from typing import BinaryIO, Literal
 
 import anyio
 
 from schedulerd.durable import SYNCFS, fsync_dir
 
 from . import bigwrite
-from .base import OnBytes, RemoteClient, RemoteEntry
+from .base import InMemory, OnBytes, RemoteClient, RemoteEntry
 from .errors import IntegrityError, TransferError
 
 OnExists = Literal["skip", "overwrite", "rename"]
@@ -113,20 +112,7 @@ class Downloaded:
     done: anyio.Event = dataclasses.field(default_factory=anyio.Event)
     result: Path | None = None  # the final path (None: skipped because it exists)
     error: LocalError | None = None
-    data: bytes | None = None  # a small file still in memory: `_commit` writes it to `part` first
-
-
-class _Capped(io.BytesIO):
-    """Memory for a small file that refuses more than its listed size (a file growing meanwhile)."""
-
-    def __init__(self, entry: RemoteEntry):
-        super().__init__()
-        self.entry = entry
-
-    def write(self, data: Any) -> int:
-        if self.tell() + len(data) > (self.entry.size or 0):
-            raise IntegrityError(f"{self.entry.path}: more than the {self.entry.size} bytes listed")
-        return super().write(data)
+    data: memoryview | None = None  # a small file still in memory: written to `part` before the sync
 
 
 async def download(
@@ -155,11 +141,11 @@ async def download(
         # a small file stays in memory; the committer's thread writes it with the
         # others of its batch: no thread hop of its own per file
         later = None if entry.precise else client.mtime_later(entry.path)
-        buf = _Capped(entry)
-        await client.download(entry.path, buf, 0, on_bytes, size=entry.size)
+        buf = InMemory(entry.path, entry.size)
+        await client.download(entry.path, buf, 0, on_bytes, size=entry.size)  # type: ignore[arg-type]
         if later is not None:  # LIST times are to the minute at best: MDTM gives the exact one
             mtime = await later() or mtime
-        data = buf.getvalue()
+        data = buf.value()
         if len(data) != entry.size:
             raise IntegrityError(f"{entry.path}: got {len(data)} bytes, expected {entry.size}")
         return Downloaded(part, target, on_exists, mtime, len(data), data=data)

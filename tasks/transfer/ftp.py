@@ -30,7 +30,7 @@ from aioftp.common import ThrottleStreamIO
 from OpenSSL import SSL
 
 from . import tls
-from .base import OnBytes, RemoteClient, RemoteEntry
+from .base import InMemory, OnBytes, RemoteClient, RemoteEntry
 from .deadline import Deadline
 from .errors import AuthError, ConnectError, NotFound, RemoteError, TransferError, scrub
 from .listing import parse_listing
@@ -108,11 +108,15 @@ class _Stall:
             self.moved = now
 
 
-async def _receive_all(recv_into: Callable[[bytearray], Awaitable[int]], keep: Callable[[memoryview], Any],
+Keep = Callable[[memoryview], Any] | InMemory  # where a download's bytes go: a function, or received in place
+
+
+async def _receive_all(recv_into: Callable[[Any], Awaitable[int]], keep: Keep,
                        room: int, timeout: float, on_bytes: OnBytes | None) -> int:
     """A download's bytes to `keep` until EOF; a network error, or `timeout` without a byte,
     as `_NetFailure` (an error of `keep`, the local side, unchanged)."""
-    buf = bytearray(room)
+    into = keep if isinstance(keep, InMemory) else None
+    buf = bytearray(0 if into else room)
     view = memoryview(buf)
     got = 0
     try:
@@ -120,13 +124,16 @@ async def _receive_all(recv_into: Callable[[bytearray], Awaitable[int]], keep: C
             stall = _Stall(scope, timeout)
             while True:
                 try:
-                    k = await recv_into(buf)
+                    k = await recv_into(into.spare() if into else buf)
                 except (SSL.Error, OSError) as e:
                     raise _NetFailure() from e
                 if not k:
                     return got
                 stall.progress()
-                keep(view[:k])
+                if into:
+                    into.filled(k)
+                else:
+                    keep(view[:k])  # type: ignore[operator]
                 got += k
                 if on_bytes:
                     on_bytes(k)
@@ -134,13 +141,14 @@ async def _receive_all(recv_into: Callable[[bytearray], Awaitable[int]], keep: C
         raise _NetFailure() from e
 
 
-async def _receive_socket(sock: socket.socket, keep: Callable[[memoryview], Any], room: int, timeout: float,
+async def _receive_socket(sock: socket.socket, keep: Keep, room: int, timeout: float,
                           on_bytes: OnBytes | None) -> int:
     """`_receive_all` for a plain socket, registered in epoll once per transfer and read until
     it has nothing more at each wake-up: `sock_recv_into` makes a future and registers and
     unregisters the socket for every wait (2-3 per 100 KB file on loopback)."""
     loop = asyncio.get_running_loop()
-    buf = bytearray(room)
+    into = keep if isinstance(keep, InMemory) else None
+    buf = bytearray(0 if into else room)
     view = memoryview(buf)
     got = 0
 
@@ -149,14 +157,17 @@ async def _receive_socket(sock: socket.socket, keep: Callable[[memoryview], Any]
         nonlocal got
         while True:
             try:
-                k = sock.recv_into(buf)
+                k = sock.recv_into(into.spare() if into else buf)
             except (BlockingIOError, InterruptedError):
                 return False
             except OSError as e:
                 raise _NetFailure() from e
             if not k:
                 return True
-            keep(view[:k])
+            if into:
+                into.filled(k)
+            else:
+                keep(view[:k])  # type: ignore[operator]
             got += k
             if on_bytes:
                 on_bytes(k)
@@ -1043,14 +1054,15 @@ class FtpClient(RemoteClient):
         timeout = self.s.timeout
         # a small file needs no 1 MB buffer (zeroed at each allocation)
         room = block if size is None else min(block, max(65536, size - offset + 1))
+        keep: Keep = dest if isinstance(dest, InMemory) else dest.write  # in memory: received in place
         if self._tls is not None:
             return await self._tls_data(
-                f"RETR {path}", offset, lambda conn: _receive_all(conn.recv_into, dest.write, room, timeout, on_bytes),
+                f"RETR {path}", offset, lambda conn: _receive_all(conn.recv_into, keep, room, timeout, on_bytes),
                 not_found=True)
         if self.s.passive:
             return await self._direct(
                 f"RETR {path}", offset,
-                lambda sock: _receive_socket(sock, dest.write, room, timeout, on_bytes),
+                lambda sock: _receive_socket(sock, keep, room, timeout, on_bytes),
                 not_found=True)
         n = 0
         async with self._data(f"RETR {path}", offset, not_found=True) as (reader, _):

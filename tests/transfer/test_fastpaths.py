@@ -604,6 +604,42 @@ async def test_receive_socket_reads_a_slow_sender_to_the_end_and_moves_its_timer
     assert n == len(payload) and bytes(got) == payload and sum(counted) == len(payload)
 
 
+@pytest.mark.parametrize("extra", [0, 1, 5000])
+async def test_small_file_received_in_place_exact_or_refused_at_its_first_extra_byte(extra: int) -> None:
+    """A real socket read straight into the InMemory buffer: the exact size arrives whole
+    (several reads, slow sender), one byte more is refused at once, mid-transfer."""
+    from tasks.transfer.base import InMemory
+
+    size = 200 * 1024
+    payload = os.urandom(size + extra)
+    ours, peer = _pair()
+
+    def send_in_pieces() -> None:
+        with peer, contextlib.suppress(OSError):  # refused: we may close before it is done
+            for i in range(0, len(payload), 30 * 1024):
+                peer.sendall(payload[i:i + 30 * 1024])
+                time.sleep(0.01)
+
+    sender = threading.Thread(target=send_in_pieces)
+    sender.start()
+    sink = InMemory("/drop/x.jpg", size)
+    try:
+        with ours:
+            if extra:
+                with pytest.raises(IntegrityError, match="x.jpg: more than the 204800 bytes listed"):
+                    await ftp_mod._receive_socket(ours, sink, 64 * 1024, 5.0, None)
+            else:
+                assert await ftp_mod._receive_socket(ours, sink, 64 * 1024, 5.0, None) == size
+                assert bytes(sink.value()) == payload
+    finally:
+        sender.join(10)
+    other = InMemory("/drop/y.jpg", 3)  # the other protocols hand chunks to `write`
+    assert other.write(b"ab") == 2 and other.write(b"c") == 1 and bytes(other.value()) == b"abc"
+    with pytest.raises(IntegrityError, match="more than the 3 bytes"):
+        other.write(b"d")
+    assert bytes(other.value()) == b"abc"  # nothing past its size was kept
+
+
 async def test_receive_socket_gives_up_on_a_silent_sender_and_tells_local_errors_apart() -> None:
     import asyncio
 
