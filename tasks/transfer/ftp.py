@@ -111,29 +111,44 @@ class _Stall:
 Keep = Callable[[memoryview], Any] | InMemory  # where a download's bytes go: a function, or received in place
 
 
+class _Buffered:
+    """A `keep` function behind InMemory's `spare`/`filled`: reads land in one reused buffer
+    of `room` bytes, each piece then handed to `keep`."""
+
+    def __init__(self, keep: Callable[[memoryview], Any], room: int) -> None:
+        self._keep = keep
+        self._buf = bytearray(room)
+        self._view = memoryview(self._buf)
+
+    def spare(self) -> bytearray:
+        return self._buf
+
+    def filled(self, n: int) -> None:
+        self._keep(self._view[:n])
+
+
+def _sink(keep: Keep, room: int) -> InMemory | _Buffered:
+    return keep if isinstance(keep, InMemory) else _Buffered(keep, room)
+
+
 async def _receive_all(recv_into: Callable[[Any], Awaitable[int]], keep: Keep,
                        room: int, timeout: float, on_bytes: OnBytes | None) -> int:
     """A download's bytes to `keep` until EOF; a network error, or `timeout` without a byte,
     as `_NetFailure` (an error of `keep`, the local side, unchanged)."""
-    into = keep if isinstance(keep, InMemory) else None
-    buf = bytearray(0 if into else room)
-    view = memoryview(buf)
+    sink = _sink(keep, room)
     got = 0
     try:
         async with asyncio.timeout(timeout) as scope:
             stall = _Stall(scope, timeout)
             while True:
                 try:
-                    k = await recv_into(into.spare() if into else buf)
+                    k = await recv_into(sink.spare())
                 except (SSL.Error, OSError) as e:
                     raise _NetFailure() from e
                 if not k:
                     return got
                 stall.progress()
-                if into:
-                    into.filled(k)
-                else:
-                    keep(view[:k])  # type: ignore[operator]
+                sink.filled(k)
                 got += k
                 if on_bytes:
                     on_bytes(k)
@@ -147,9 +162,7 @@ async def _receive_socket(sock: socket.socket, keep: Keep, room: int, timeout: f
     it has nothing more at each wake-up: `sock_recv_into` makes a future and registers and
     unregisters the socket for every wait (2-3 per 100 KB file on loopback)."""
     loop = asyncio.get_running_loop()
-    into = keep if isinstance(keep, InMemory) else None
-    buf = bytearray(0 if into else room)
-    view = memoryview(buf)
+    sink = _sink(keep, room)
     got = 0
 
     def drain() -> bool:
@@ -157,17 +170,14 @@ async def _receive_socket(sock: socket.socket, keep: Keep, room: int, timeout: f
         nonlocal got
         while True:
             try:
-                k = sock.recv_into(into.spare() if into else buf)
+                k = sock.recv_into(sink.spare())
             except (BlockingIOError, InterruptedError):
                 return False
             except OSError as e:
                 raise _NetFailure() from e
             if not k:
                 return True
-            if into:
-                into.filled(k)
-            else:
-                keep(view[:k])  # type: ignore[operator]
+            sink.filled(k)
             got += k
             if on_bytes:
                 on_bytes(k)
