@@ -86,10 +86,11 @@ async def walk(client: RemoteClient, s: PullSettings, log: Any) -> dict[str, Rem
 @dataclasses.dataclass
 class Plan:
     """Where each wanted file goes: its target and hidden temp (by relative path), and
-    which temp files are there to be resumed."""
+    which files have a temp there to be resumed (relative paths: a str hashes once,
+    a Path at every lookup)."""
 
     places: dict[str, tuple[Path, Path]]
-    resumable: set[Path]
+    resumable: set[str]
 
 
 def plan(local_dir: Path, todo: dict[str, RemoteEntry], log: Any) -> Plan:
@@ -103,7 +104,7 @@ def plan(local_dir: Path, todo: dict[str, RemoteEntry], log: Any) -> Plan:
         folder_rel, _, name = rel.rpartition("/")
         by_folder.setdefault(folder_rel, []).append(name)
     places: dict[str, tuple[Path, Path]] = {}
-    resumable: set[Path] = set()
+    resumable: set[str] = set()
     for folder_rel, names in by_folder.items():
         folder = local_dir.joinpath(*folder_rel.split("/")) if folder_rel else local_dir
         prefix = f"{folder_rel}/" if folder_rel else ""
@@ -123,7 +124,7 @@ def plan(local_dir: Path, todo: dict[str, RemoteEntry], log: Any) -> Plan:
                 if not PART_RE.match(e.name):
                     continue
                 if e.name in wanted:
-                    resumable.add(places[wanted[e.name]][1])
+                    resumable.add(wanted[e.name])
                 elif e.name[1:-18] in stems:  # ".{stem}.{12 hex}.part" of a changed remote file
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(e.path)
@@ -189,7 +190,7 @@ class FtpPull(TaskType):
         fatal: list[BaseException] = []
         committer = Committer()  # syncs in the background: downloads never wait for it
         ready = anyio.Event()  # the plan below is made
-        resumable: set[Path]
+        resumable: set[str]
         progress: Progress
         work: Iterator[tuple[str, tuple[Path, Path]]]
 
@@ -208,14 +209,14 @@ class FtpPull(TaskType):
                     c = await self._usable(ctx, c, first, fatal)
                     if c is None:
                         break
-                    await self._settle(ctx, c, mine, ledger, progress, fatal, wait=False)
-                    d = await self._download(ctx, c, todo[rel], target, part, part in resumable, progress, errors, fatal)
+                    await self._settle(ctx, c, mine, committer, ledger, progress, fatal, wait=False)
+                    d = await self._download(ctx, c, todo[rel], target, part, rel in resumable, progress, errors, fatal)
                     if d is not None:
                         mine.append((rel, todo[rel], committer.submit(d)))
                 if mine:
                     committer.urge()
                     c = await self._usable(ctx, c, first, fatal)
-                await self._settle(ctx, c, mine, ledger, progress, fatal, wait=True)
+                await self._settle(ctx, c, mine, committer, ledger, progress, fatal, wait=True)
             finally:
                 if c is not None and c is not first:
                     await _close(c)
@@ -281,15 +282,15 @@ class FtpPull(TaskType):
         return d
 
     async def _settle(self, ctx: Context, c: RemoteClient | None, mine: list[tuple[str, RemoteEntry, Downloaded]],
-                      ledger: Ledger, progress: Progress, fatal: list[BaseException], *, wait: bool) -> None:
+                      committer: Committer, ledger: Ledger, progress: Progress, fatal: list[BaseException], *, wait: bool) -> None:
         """For files now durable under their name: delete the remote copy, or remember it."""
         s = self.settings
         settled = 0
         for rel, e, d in mine:
-            if not d.done.is_set():
+            if not d.named:
                 if not wait:  # the committer names files in the order they came: the rest wait too
                     break
-                await d.done.wait()
+                await committer.named(d)
             settled += 1
             if d.error is not None:
                 ctx.log.error("cannot store %s: %s; stopping this pass", printable(e.path), d.error)

@@ -109,7 +109,7 @@ class Downloaded:
     on_exists: OnExists
     mtime: float | None  # the remote time, still to be set (None: unknown, or set with the data)
     size: int
-    done: anyio.Event = dataclasses.field(default_factory=anyio.Event)
+    named: bool = False  # the committer is through with it: `result` or `error` is set (see `Committer.named`)
     result: Path | None = None  # the final path (None: skipped because it exists)
     error: LocalError | None = None
     data: memoryview | None = None  # a small file still in memory: written to `part` before the sync
@@ -346,9 +346,9 @@ class Committer:
     Workers `submit` finished temp files and go on downloading; `run` (one task
     beside the workers) syncs a batch once it holds `max_batch` files or its first
     file waited `max_age` (or at once when a worker `urge`s it: it waits for its
-    files), names the files, sets `done`, and goes on with what arrived meanwhile.
+    files), names the files, marks them `named`, and goes on with what arrived meanwhile.
     A file gets its final name only after its data is durable (as with fetch); the
-    caller deletes the remote copy only once `done` is set without error. `close`
+    caller deletes the remote copy only once a file is `named` without error. `close`
     ends `run` once all is named.
 
     A small file in memory is written to its temp name by `submit` itself, on the
@@ -369,6 +369,7 @@ class Committer:
         self._pending: list[Downloaded] = []
         self._since = 0.0
         self._wake = anyio.Event()
+        self._named = anyio.Event()  # set (and replaced) each time a batch is through
         self._urgent = False
         self._closed = False
 
@@ -428,4 +429,12 @@ class Committer:
                 await anyio.to_thread.run_sync(_commit, batch, True)
         finally:
             for d in batch:
-                d.done.set()
+                d.named = True
+            self._named.set()
+            self._named = anyio.Event()
+
+    async def named(self, d: Downloaded) -> None:
+        """Wait until `d` is named (or failed). One event per batch, not one per file: an
+        anyio Event costs more to make than a small file's write."""
+        while not d.named:
+            await self._named.wait()

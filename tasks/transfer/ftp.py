@@ -11,6 +11,7 @@ its command waits for the 1xx reply, and resumes a session of this client
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import errno
@@ -26,7 +27,6 @@ from typing import Any, BinaryIO
 
 import aioftp
 import anyio
-from aioftp.common import ThrottleStreamIO
 from OpenSSL import SSL
 
 from . import tls
@@ -44,20 +44,107 @@ MAX_LISTING = 256 * 1024 * 1024
 PROTOCOL_LOG = logging.getLogger("schedulerd.ftp.protocol")
 
 
-class ControlStream(ThrottleStreamIO):
-    """aioftp's control stream without its per-call `wait_for` task nor any timeout of its own:
-    the session's `Deadline` watches every exchange on it."""
+class _Lines(asyncio.Protocol):
+    """The plain control connection's bytes cut into lines as they arrive."""
 
-    async def readline(self) -> bytes:
-        return await self.reader.readline()
+    def __init__(self) -> None:
+        self.lines: collections.deque[bytes] = collections.deque()
+        self.rest = b""  # a line still without its end
+        self.closed = False
+        self.waiter: asyncio.Future[None] | None = None  # a reader waiting for a line
+        self.drainer: asyncio.Future[None] | None = None  # a writer waiting for room
+        self.paused = False
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        if self.rest:
+            data = self.rest + data
+        *lines, self.rest = data.split(b"\n")
+        if lines:
+            self.lines.extend(lines)
+            self._wake()
+
+    def eof_received(self) -> bool:
+        self._end()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._end()
+        self.resume_writing()
+
+    def _end(self) -> None:
+        if self.rest:  # a last line without its end
+            self.lines.append(self.rest)
+            self.rest = b""
+        self.closed = True
+        self._wake()
+
+    def pause_writing(self) -> None:
+        self.paused = True
+
+    def resume_writing(self) -> None:
+        self.paused = False
+        _wake(self.drainer)
+
+    def _wake(self) -> None:
+        _wake(self.waiter)
+
+
+def _wake(waiter: asyncio.Future[None] | None) -> None:
+    if waiter is not None and not waiter.done():
+        waiter.set_result(None)
+
+
+class ControlStream:
+    """The plain control connection on a bare protocol: a reply line already received is
+    taken without a wait (`next_line`). asyncio's StreamReader cost a future and four
+    Python frames per line, and a small file's download has four replies."""
+
+    def __init__(self, protocol: _Lines) -> None:
+        self._p = protocol
+        self._loop = asyncio.get_running_loop()
+        self.sock: socket.socket = protocol.transport.get_extra_info("socket")  # type: ignore[union-attr]
+
+    def next_line(self) -> bytes | None:
+        """The next line (without its LF) if it is here; None: `readline` waits for it."""
+        lines = self._p.lines
+        return lines.popleft() if lines else None
+
+    async def readline(self) -> bytes | None:
+        """The next line (without its LF); None once the server closed the connection."""
+        p = self._p
+        while not p.lines:
+            if p.closed:
+                return None
+            p.waiter = self._loop.create_future()
+            try:
+                await p.waiter
+            finally:
+                p.waiter = None
+        return p.lines.popleft()
 
     async def write(self, data: bytes) -> None:
-        self.writer.write(data)
-        if self.writer.transport.get_write_buffer_size():  # the kernel did not take it all
-            await self.writer.drain()
+        p = self._p
+        if p.closed:
+            raise ConnectionResetError("the server closed the control connection")
+        p.transport.write(data)  # type: ignore[union-attr]
+        while p.paused:  # the kernel did not take it all: wait for room
+            p.drainer = self._loop.create_future()
+            try:
+                await p.drainer
+            finally:
+                p.drainer = None
+            if p.closed:
+                raise ConnectionResetError("the server closed the control connection")
 
     def abort(self) -> None:
-        self.writer.transport.abort()
+        self._p.transport.abort()  # type: ignore[union-attr]
+
+    def close(self) -> None:
+        self._p.transport.close()  # type: ignore[union-attr]
 
 
 @dataclasses.dataclass
@@ -160,8 +247,8 @@ async def _receive_socket(sock: socket.socket, keep: Keep, room: int, timeout: f
                           on_bytes: OnBytes | None) -> int:
     """`_receive_all` for a plain socket, registered in epoll once per transfer and read until
     it has nothing more at each wake-up: `sock_recv_into` makes a future and registers and
-    unregisters the socket for every wait (2-3 per 100 KB file on loopback)."""
-    loop = asyncio.get_running_loop()
+    unregisters the socket for every wait (2-3 per 100 KB file on loopback). A transfer
+    that is over by the time it is first read (a small file, a near server) sets no timer."""
     sink = _sink(keep, room)
     got = 0
 
@@ -182,10 +269,11 @@ async def _receive_socket(sock: socket.socket, keep: Keep, room: int, timeout: f
             if on_bytes:
                 on_bytes(k)
 
+    if drain():
+        return got
+    loop = asyncio.get_running_loop()
     try:
         async with asyncio.timeout(timeout) as scope:
-            if drain():
-                return got
             stall = _Stall(scope, timeout)
             done = loop.create_future()
 
@@ -314,8 +402,19 @@ def _reply(e: aioftp.StatusCodeError) -> tuple[str, str]:
     return code, text[:300]
 
 
+@functools.lru_cache(maxsize=256)
+def _prefixes(masks: str | tuple[str, ...]) -> tuple[str, ...] | None:
+    """Masks whose "x"s all come last ("2xx", "33x", "350") as the prefixes a code starts
+    with; None when an "x" comes before a digit."""
+    prefixes = tuple(m.rstrip("x") for m in ((masks,) if isinstance(masks, str) else masks))
+    return None if any("x" in p for p in prefixes) else prefixes
+
+
 def _matches(code: str, masks: str | tuple[str, ...]) -> bool:
     """aioftp's `Code.matches` for masks like "2xx", "33x", "350": an "x" matches any digit."""
+    prefixes = _prefixes(masks)
+    if prefixes is not None:
+        return code.startswith(prefixes)
     for mask in (masks,) if isinstance(masks, str) else masks:
         prefix = mask.rstrip("x")
         if code.startswith(prefix) and "x" not in prefix:
@@ -356,6 +455,7 @@ class FtpClient(RemoteClient):
         self._dirs: set[str] = set()
         self._home = "/"
         self._data_host = self._ctrl_host  # where EPSV (and a private PASV address) points
+        self._stream: ControlStream | SocketControlStream  # set by `_connect`
         self.broken = False
 
     # --- session -----------------------------------------------------------
@@ -381,20 +481,20 @@ class FtpClient(RemoteClient):
         sock = await open_socket(self._ctrl_host, self._ctrl_port, proxy=self._socks,
                                  proxy_password=s.proxy_password.reveal() if s.proxy_password else None,
                                  timeout=s.timeout)
-        throttles = {"_": self._ftp.throttle}
         self._ftp.server_host, self._ftp.server_port = self._ctrl_host, self._ctrl_port
         if self._socks is None:  # data connections go to the address already resolved, no lookup each
             with contextlib.suppress(OSError, IndexError, TypeError):
                 self._data_host = sock.getpeername()[0]
         if self._tls is None:
             try:
-                reader, writer = await asyncio.open_connection(sock=sock)
+                _, protocol = await asyncio.get_running_loop().create_connection(_Lines, sock=sock)
             except OSError as e:
                 sock.close()
                 raise self._error(ConnectError, f"cannot connect to {s.host}:{s.port}: {e}") from None
-            self._ftp._stream = ControlStream(reader, writer, throttles=throttles, timeout=s.timeout)
+            self._stream = self._ftp._stream = ControlStream(protocol)
         else:
-            stream = self._ftp._stream = SocketControlStream(sock, throttles=throttles, timeout=s.timeout)
+            stream = SocketControlStream(sock)
+            self._stream = self._ftp._stream = stream
             if s.protocol == "ftps-implicit":
                 await self._start_tls(stream)
         await self._cmd(None, "220", "120", what="greeting")
@@ -471,7 +571,7 @@ class FtpClient(RemoteClient):
         """aioftp's `command` (write `line`, read replies while they match `wait`, check
         `expected`) under one `timeout` deadline, leaner: aioftp's per-line Code objects
         and mask matching cost as much as the rest of a small file's exchange."""
-        stream = self._ftp.stream
+        stream = self._stream
         with self._deadline:  # each wait for the server under `timeout`
             if line:
                 if "\r" in line or "\n" in line:
@@ -490,21 +590,39 @@ class FtpClient(RemoteClient):
     def _expire(self) -> None:
         self.broken = True
         with contextlib.suppress(Exception):
-            self._ftp.stream.abort()
+            self._stream.abort()
 
     async def _line(self) -> tuple[str, str]:
-        raw = await self._ftp.stream.readline()
-        if not raw:
-            raise ConnectionResetError("the server closed the control connection")
+        """The next reply line, as code (3 characters) and the rest."""
+        raw = self._stream.next_line()
+        if raw is None:
+            raw = await self._wait_line()
         text = raw.decode(self.s.encoding).rstrip()
         if self._trace:
             PROTOCOL_LOG.debug("%s< %s", self.s.host, text)
         return text[:3], text[3:]
 
+    async def _wait_line(self) -> bytes:
+        raw = await self._stream.readline()
+        if raw is None:
+            raise ConnectionResetError("the server closed the control connection")
+        return raw
+
     async def _reply(self) -> tuple[str, list[str]]:
-        """One reply, multi-line ones too (RFC 959 4.2), as aioftp's `parse_response`."""
-        code, rest = await self._line()
+        """One reply, multi-line ones too (RFC 959 4.2), as aioftp's `parse_response`.
+
+        A one-line reply already received is taken without a wait nor a call per line
+        (a small file's download reads four replies)."""
+        raw = self._stream.next_line()
+        if raw is None:
+            raw = await self._wait_line()
+        text = raw.decode(self.s.encoding).rstrip()
+        if self._trace:
+            PROTOCOL_LOG.debug("%s< %s", self.s.host, text)
+        code, rest = text[:3], text[3:]
         info = [rest]
+        if rest[:1] != "-" and code.isdigit():
+            return code, info
         current = code
         while rest.startswith("-") or not current.isdigit():
             current, rest = await self._line()
@@ -588,8 +706,7 @@ class FtpClient(RemoteClient):
         return host, port, False
 
     def _control_socket(self) -> socket.socket:
-        stream = self._ftp.stream
-        return stream.sock if isinstance(stream, SocketControlStream) else stream.writer.get_extra_info("socket")
+        return self._stream.sock
 
     async def _rest(self, offset: int) -> None:
         """REST before a resumed transfer; a refusal means this server cannot resume."""
@@ -1022,7 +1139,7 @@ class FtpClient(RemoteClient):
             PROTOCOL_LOG.debug("%s> %s", self.s.host, payload.rstrip().replace("\r\n", " + "))
         try:
             with self._deadline:  # each wait for the server under `timeout`
-                await self._ftp.stream.write(payload.encode(self.s.encoding))
+                await self._stream.write(payload.encode(self.s.encoding))
         except (OSError, TimeoutError) as e:
             self.broken = True
             raise self._error(ConnectError, f"connection to {self.s.host} lost ({e or type(e).__name__})") from None

@@ -48,34 +48,35 @@ def _family(host: str) -> socket.AddressFamily | None:
         return None
 
 
-async def _connect(loop: asyncio.AbstractEventLoop, sock: socket.socket, addr: Any) -> None:
-    """asyncio's `sock_connect`, without its wait when the handshake is over by the time the
-    non-blocking connect returns (loopback, a local server): asking again says EISCONN."""
+async def _connect(sock: socket.socket, addr: Any, timeout: float) -> None:
+    """asyncio's `sock_connect`, without its wait, nor a timer, when the handshake is over by
+    the time the non-blocking connect returns (loopback, a local server): asking again says EISCONN."""
     err = sock.connect_ex(addr)
     if err == errno.EINPROGRESS:
         err = sock.connect_ex(addr)
         if err == errno.EALREADY:
-            await loop.sock_connect(sock, addr)
+            async with asyncio.timeout(timeout):
+                await asyncio.get_running_loop().sock_connect(sock, addr)
             return
     if err not in (0, errno.EISCONN):
         raise OSError(err, os.strerror(err))
 
 
-async def _tcp(host: str, port: int) -> socket.socket:
-    """A connected non-blocking socket to host:port (first address that answers)."""
-    loop = asyncio.get_running_loop()
+async def _tcp(host: str, port: int, timeout: float) -> socket.socket:
+    """A connected non-blocking socket to host:port (first address that answers; `timeout` for each wait)."""
     family = _family(host)  # an address needs no resolver (a thread hop per data connection otherwise)
     if family is not None:
         infos = [(family, socket.SOCK_STREAM, 0, "", (host, port))]
     else:
-        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        async with asyncio.timeout(timeout):
+            infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
     last: OSError | None = None
     for family, type_, proto, _, addr in infos:
         sock = socket.socket(family, type_ | _NONBLOCK, proto)
         if not _NONBLOCK:
             sock.setblocking(False)
         try:
-            await _connect(loop, sock, addr)
+            await _connect(sock, addr, timeout)
         except OSError as e:
             sock.close()
             last = e
@@ -139,14 +140,16 @@ async def _socks4(sock: socket.socket, proxy: Proxy, host: str, port: int) -> No
 
 
 async def open_socket(host: str, port: int, *, proxy: Proxy | None, proxy_password: str | None, timeout: float) -> socket.socket:
-    """A connected socket to host:port, through the SOCKS proxy when one is set."""
-    target = f"{host}:{port}"
+    """A connected socket to host:port, through the SOCKS proxy when one is set.
+
+    Each wait (a name lookup, a connection, the SOCKS exchange) is bounded by `timeout`;
+    a direct connection made at once (loopback, a near server) sets no timer at all."""
     try:
+        if proxy is None or proxy.scheme == "ftp":
+            return await _tcp(host, port, timeout)
         async with asyncio.timeout(timeout):  # asyncio's own: anyio's scope cost more than a loopback connect
-            if proxy is None or proxy.scheme == "ftp":
-                return await _tcp(host, port)
             try:
-                sock = await _tcp(proxy.host, proxy.port)
+                sock = await _tcp(proxy.host, proxy.port, timeout)
             except OSError as e:
                 raise ConnectError(f"cannot reach proxy {proxy.host}:{proxy.port}: {e.strerror or e}") from None
             try:
@@ -159,6 +162,6 @@ async def open_socket(host: str, port: int, *, proxy: Proxy | None, proxy_passwo
                 raise
             return sock
     except TimeoutError:
-        raise ConnectError(f"timed out connecting to {target}") from None
+        raise ConnectError(f"timed out connecting to {host}:{port}") from None
     except OSError as e:
-        raise ConnectError(f"cannot connect to {target}: {e.strerror or e}") from None
+        raise ConnectError(f"cannot connect to {host}:{port}: {e.strerror or e}") from None

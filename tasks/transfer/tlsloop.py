@@ -15,7 +15,6 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import anyio
-from aioftp.common import ThrottleStreamIO
 from OpenSSL import SSL
 
 from .tls import Tls, reason as tls_reason
@@ -105,11 +104,10 @@ class LoopTls:
         self.conn.set_shutdown(SSL.SENT_SHUTDOWN | SSL.RECEIVED_SHUTDOWN)
 
 
-class SocketControlStream(ThrottleStreamIO):
-    """aioftp's control stream over `sock`: plain until `start_tls`, then TLS."""
+class SocketControlStream:
+    """The control connection over `sock`: plain until `start_tls`, then TLS."""
 
-    def __init__(self, sock: socket.socket, **kwargs: Any) -> None:
-        super().__init__(None, None, **kwargs)  # type: ignore[arg-type]
+    def __init__(self, sock: socket.socket) -> None:
         sock.setblocking(False)
         self.sock = sock
         self._tls: LoopTls | None = None
@@ -134,17 +132,25 @@ class SocketControlStream(ThrottleStreamIO):
         except SSL.Error as e:
             raise ConnectionError(f"TLS error on the control connection: {tls_reason(e)}") from None
 
-    async def readline(self) -> bytes:
+    def next_line(self) -> bytes | None:
+        """The next line (without its LF) if it is here; None: `readline` waits for it."""
+        end = self._buf.find(b"\n")
+        if end < 0:
+            return None
+        line = bytes(self._buf[:end])
+        del self._buf[:end + 1]
+        return line
+
+    async def readline(self) -> bytes | None:
+        """The next line (without its LF); None once the server closed the connection."""
         while True:
-            end = self._buf.find(b"\n")
-            if end >= 0:
-                line = bytes(self._buf[:end + 1])
-                del self._buf[:end + 1]
+            line = self.next_line()
+            if line is not None:
                 return line
             data = await self._recv()
             if not data:
                 line, self._buf = bytes(self._buf), bytearray()
-                return line
+                return line or None
             self._buf += data
 
     async def write(self, data: bytes) -> None:

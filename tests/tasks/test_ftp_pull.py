@@ -250,7 +250,7 @@ def test_plan_resumes_current_temps_drops_stale_ones_and_refuses_escapes(tmp_pat
         p = plan(local, todo, logging.getLogger("test"))
     assert set(p.places) == {"a.txt", "sub/b.txt"}
     assert p.places["sub/b.txt"] == (local / "sub" / "b.txt", part_path(local / "sub" / "b.txt", todo["sub/b.txt"]))
-    assert p.resumable == {current} and current.read_bytes() == b"half"
+    assert p.resumable == {"a.txt"} and p.places["a.txt"][1] == current and current.read_bytes() == b"half"
     assert not stale.exists() and unrelated.exists()
     assert "refusing 'esc/c.txt'" in caplog.text and not list(outside.iterdir())
 
