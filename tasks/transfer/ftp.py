@@ -534,7 +534,7 @@ class FtpClient(RemoteClient):
         try:
             code, info = await self._command("USER " + user, ("230", "33x"))
             sent_acct = False
-            while code.matches("33x"):
+            while _matches(code, "33x"):
                 if code == "331":
                     code, info = await self._command("PASS " + s.secret_password(), ("230", "202", "33x"))
                 elif code == "332":
@@ -544,7 +544,7 @@ class FtpClient(RemoteClient):
                     raise self._error(AuthError, f"login to {s.host} failed: unexpected reply {code}")
             if acct and not sent_acct:
                 code, info = await self._command("ACCT " + acct, ("2xx", "5xx"))
-                if code.matches("5xx") and not code.matches("500") and not code.matches("502"):
+                if _matches(code, "5xx") and code not in ("500", "502"):
                     raise self._error(AuthError, f"FTP gateway {self._ctrl_host} refused the proxy password: {code}")
         except aioftp.StatusCodeError as e:
             code, text = _reply(e)
@@ -567,7 +567,7 @@ class FtpClient(RemoteClient):
         self._mlsd = "MLST" in self._features
 
     async def _command(self, line: str | None, expected: str | tuple[str, ...] = (),
-                       wait: str | tuple[str, ...] = ()) -> tuple[aioftp.Code, list[str]]:
+                       wait: str | tuple[str, ...] = ()) -> tuple[str, list[str]]:
         """aioftp's `command` (write `line`, read replies while they match `wait`, check
         `expected`) under one `timeout` deadline, leaner: aioftp's per-line Code objects
         and mask matching cost as much as the rest of a small file's exchange."""
@@ -585,7 +585,7 @@ class FtpClient(RemoteClient):
         if expected and not _matches(code, expected):
             expect = (expected,) if isinstance(expected, str) else expected
             raise aioftp.StatusCodeError(tuple(map(aioftp.Code, expect)), aioftp.Code(code), info)
-        return aioftp.Code(code), info
+        return code, info
 
     def _expire(self) -> None:
         self.broken = True
@@ -635,7 +635,7 @@ class FtpClient(RemoteClient):
         return code, info
 
     async def _cmd(self, line: str | None, expected: str | tuple[str, ...] = (), wait: str | tuple[str, ...] = (),
-                   *, what: str = "", not_found: bool = False) -> tuple[aioftp.Code, list[str]]:
+                   *, what: str = "", not_found: bool = False) -> tuple[str, list[str]]:
         """One command; server refusals become RemoteError, lost connections ConnectError (broken)."""
         try:
             return await self._command(line, expected, wait)

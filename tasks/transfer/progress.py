@@ -33,10 +33,12 @@ class Progress:
         self._publish()
 
     def file_done(self, *, failed: bool = False, skipped: bool = False) -> None:
+        """Counted at once, shown at most every `every` seconds (and at the last file, and
+        by `clear`): publishing cost more than a small file's download."""
         self.files_done += 1
         self.failed += failed
         self.skipped += skipped
-        self._publish(force=True)
+        self._publish(force=self.files_done == self.files_total)
 
     @property
     def rate(self) -> float:
@@ -52,6 +54,8 @@ class Progress:
         self.ctx.set_info(bytes_done=self.bytes_done, bytes_total=self.bytes_total, bytes_per_second=round(self.rate))
 
     def clear(self) -> None:
+        """The pass is over: its final file count shown, the byte figures dropped."""
+        self.ctx.progress(self.files_done, self.files_total)
         self.ctx.set_info(bytes_done=None, bytes_total=None, bytes_per_second=None)
 
     def summary(self, verb: str) -> str:
