@@ -330,7 +330,7 @@ def _commit(batch: list[Downloaded], whole_fs: bool) -> None:
             if d.mtime is not None:
                 os.utime(d.part, (d.mtime, d.mtime))
             d.result = _place(d.part, d.target, d.on_exists)
-            folders.add(d.target.parent)
+            folders.add(os.path.dirname(d.target))  # a str: a Path's parent is a new object to hash
         except (OSError, LocalError) as e:
             d.error = e if isinstance(e, LocalError) else LocalError(f"cannot move {d.part.name} to {d.target}: {e.strerror or e}")
     for folder in folders:

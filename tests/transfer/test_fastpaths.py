@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import aioftp
 import anyio
 import asyncssh
 import pytest
@@ -757,3 +758,40 @@ async def test_receive_all_moves_its_timer_on_while_bytes_come_and_gives_up_on_s
     with pytest.raises(ftp_mod._NetFailure) as caught:
         await ftp_mod._receive_all(stalls, bytearray().extend, 1024, 0.3, None)
     assert isinstance(caught.value.__cause__, TimeoutError) and 0.25 < time.monotonic() - started < 2
+
+
+async def test_control_lines_cut_across_packets_taken_at_once_when_there_and_a_close_ends_them() -> None:
+    """The plain control stream on a real socket: a reply split anywhere arrives whole,
+    lines already received are taken without a wait (`next_line`), a last line without
+    its end is still read, then the close reads as None (the caller's "connection lost")."""
+    import asyncio
+
+    ours, peer = _pair()
+    _, protocol = await asyncio.get_running_loop().create_connection(ftp_mod._Lines, sock=ours)
+    stream = ftp_mod.ControlStream(protocol)
+    assert stream.next_line() is None
+    with peer:
+        peer.sendall(b"211-Feat")
+        await anyio.sleep(0.05)
+        assert stream.next_line() is None  # half a line is not a line
+        peer.sendall(b"ures:\r\n MDTM\r\n211 End\r\n150 ")
+        assert await stream.readline() == b"211-Features:\r"
+        assert [stream.next_line(), stream.next_line(), stream.next_line()] == [b" MDTM\r", b"211 End\r", None]
+        await stream.write(b"RETR x\r\n")
+        assert peer.recv(100) == b"RETR x\r\n"
+        peer.sendall(b"Opening\r\n226 Done")
+    assert await stream.readline() == b"150 Opening\r"
+    assert await stream.readline() == b"226 Done"  # cut short by the close: kept
+    assert await stream.readline() is None
+    with pytest.raises(ConnectionResetError):
+        await stream.write(b"QUIT\r\n")
+    stream.close()
+
+
+def test_reply_masks_match_as_aioftps() -> None:
+    cases = [("2xx", "226", True), ("2xx", "150", False), ("33x", "331", True), ("33x", "350", False),
+             (("230", "33x"), "332", True), (("230", "202"), "200", False), ("1x0", "150", True), ("1x0", "151", False),
+             ("xxx", "999", True)]
+    for masks, code, expected in cases:
+        assert ftp_mod._matches(code, masks) is expected, (masks, code)
+        assert any(aioftp.Code(code).matches(m) for m in ((masks,) if isinstance(masks, str) else masks)) is expected
