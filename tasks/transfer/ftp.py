@@ -595,12 +595,14 @@ class FtpClient(RemoteClient):
     async def _line(self) -> tuple[str, str]:
         """The next reply line, as code (3 characters) and the rest."""
         raw = self._stream.next_line()
-        if raw is None:
-            raw = await self._wait_line()
+        text = self._text(raw if raw is not None else await self._wait_line())
+        return text[:3], text[3:]
+
+    def _text(self, raw: bytes) -> str:
         text = raw.decode(self.s.encoding).rstrip()
         if self._trace:
             PROTOCOL_LOG.debug("%s< %s", self.s.host, text)
-        return text[:3], text[3:]
+        return text
 
     async def _wait_line(self) -> bytes:
         raw = await self._stream.readline()
@@ -613,12 +615,8 @@ class FtpClient(RemoteClient):
 
         A one-line reply already received is taken without a wait nor a call per line
         (a small file's download reads four replies)."""
-        raw = self._stream.next_line()
-        if raw is None:
-            raw = await self._wait_line()
-        text = raw.decode(self.s.encoding).rstrip()
-        if self._trace:
-            PROTOCOL_LOG.debug("%s< %s", self.s.host, text)
+        raw = self._stream.next_line()  # as `_line`, without its frame
+        text = self._text(raw if raw is not None else await self._wait_line())
         code, rest = text[:3], text[3:]
         info = [rest]
         if rest[:1] != "-" and code.isdigit():
