@@ -438,7 +438,6 @@ class FtpClient(RemoteClient):
     def __init__(self, settings: ConnectionSettings, log: logging.Logger):
         self.s = settings
         self.log = log
-        self._ftp = aioftp.Client(socket_timeout=settings.timeout, encoding=settings.encoding)
         self._tls = tls.Tls(settings, log) if settings.tls else None
         self._trace = PROTOCOL_LOG.isEnabledFor(logging.DEBUG)
         self._deadline = Deadline(settings.timeout, self._expire)  # of each command's reply
@@ -455,7 +454,7 @@ class FtpClient(RemoteClient):
         self._dirs: set[str] = set()
         self._home = "/"
         self._data_host = self._ctrl_host  # where EPSV (and a private PASV address) points
-        self._stream: ControlStream | SocketControlStream  # set by `_connect`
+        self._stream: ControlStream | SocketControlStream | None = None  # set by `_connect`
         self.broken = False
 
     # --- session -----------------------------------------------------------
@@ -481,7 +480,6 @@ class FtpClient(RemoteClient):
         sock = await open_socket(self._ctrl_host, self._ctrl_port, proxy=self._socks,
                                  proxy_password=s.proxy_password.reveal() if s.proxy_password else None,
                                  timeout=s.timeout)
-        self._ftp.server_host, self._ftp.server_port = self._ctrl_host, self._ctrl_port
         if self._socks is None:  # data connections go to the address already resolved, no lookup each
             with contextlib.suppress(OSError, IndexError, TypeError):
                 self._data_host = sock.getpeername()[0]
@@ -491,10 +489,9 @@ class FtpClient(RemoteClient):
             except OSError as e:
                 sock.close()
                 raise self._error(ConnectError, f"cannot connect to {s.host}:{s.port}: {e}") from None
-            self._stream = self._ftp._stream = ControlStream(protocol)
+            self._stream = ControlStream(protocol)
         else:
-            stream = SocketControlStream(sock)
-            self._stream = self._ftp._stream = stream
+            stream = self._stream = SocketControlStream(sock)
             if s.protocol == "ftps-implicit":
                 await self._start_tls(stream)
         await self._cmd(None, "220", "120", what="greeting")
@@ -650,11 +647,12 @@ class FtpClient(RemoteClient):
     def _abort(self) -> None:
         self.broken = True
         self._deadline.close()
-        with contextlib.suppress(Exception):
-            self._ftp.close()
+        if self._stream is not None:
+            with contextlib.suppress(Exception):
+                self._stream.close()
 
     async def aclose(self) -> None:
-        if not self.broken and self._ftp._stream is not None:
+        if not self.broken and self._stream is not None:
             with anyio.move_on_after(min(self.s.timeout, 5)), contextlib.suppress(TransferError):
                 await self._cmd("QUIT", "2xx")
         self._abort()
