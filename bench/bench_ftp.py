@@ -4,7 +4,10 @@
                                         [--parallel 4] [--protocols ftp,ftps,sftp] [--repeat 1] [--warmup 1]
 
 Servers are started on 127.0.0.1 (vsftpd plain and explicit FTPS at its defaults,
-OpenSSH sshd for SFTP: root is needed). Each row times our task and lftp with
+OpenSSH sshd for SFTP: root is needed). vsftpd's protocol log (every command and
+reply, which the tests read) is off as by default: on, it costs the server two log
+writes per command, and our push sends one command more per file than lftp
+(`--protocol-log` turns it on). Each row times our task and lftp with
 the same parallelism on the same data; `ratio` is lftp seconds / our seconds
 (>= 1.0: we are as fast or faster). Our side does more per file on purpose and
 keeps doing it here: pull = hidden temp name, size check, data durable (syncfs)
@@ -356,6 +359,9 @@ def main() -> int:
     p.add_argument("--directions", default="pull,push")
     p.add_argument("--repeat", type=int, default=1, help="runs per row; the best is kept")
     p.add_argument("--warmup", type=int, default=1, help="untimed rounds of both sides before each row's timed ones")
+    p.add_argument("--protocol-log", action="store_true",
+                   help="vsftpd logs every command and reply (log_ftp_protocol=YES, as the tests' servers; "
+                        "vsftpd's default and this bench's is off)")
     p.add_argument("--workdir", type=Path, default=None, help="default: a temp folder, removed at the end")
     p.add_argument("--settle", type=float, default=SETTLE_MAX,
                    help="at most this many seconds to wait before the first timed run until creating a file in "
@@ -383,10 +389,10 @@ def main() -> int:
         targets: list[Target] = []
         try:
             if "ftp" in protocols:
-                s = stack.enter_context(servers.vsftpd(work / "vsftpd"))
+                s = stack.enter_context(servers.vsftpd(work / "vsftpd", protocol_log=opts.protocol_log))
                 targets.append(Target("ftp", s, None, s.remote, s.pub))
             if "ftps" in protocols:
-                s = stack.enter_context(servers.vsftpd(work / "vsftpd-tls", "explicit", certs))
+                s = stack.enter_context(servers.vsftpd(work / "vsftpd-tls", "explicit", certs, protocol_log=opts.protocol_log))
                 targets.append(Target("ftps", s, certs, s.remote, s.pub))
             if "sftp" in protocols:
                 ssh = stack.enter_context(servers.sshd(work / "sshd"))

@@ -185,13 +185,17 @@ seccomp_sandbox=NO
 xferlog_enable=YES
 vsftpd_log_file={log}
 dual_log_enable=YES
-log_ftp_protocol=YES
+log_ftp_protocol={protocol_log}
 {tls}"""
 
 
 @contextlib.contextmanager
-def vsftpd(folder: Path, tls: str = "none", certs: Certs | None = None) -> Iterator[FtpServer]:
-    """vsftpd with anonymous write access; TLS options at vsftpd's defaults (require_ssl_reuse=YES)."""
+def vsftpd(folder: Path, tls: str = "none", certs: Certs | None = None, protocol_log: bool = True) -> Iterator[FtpServer]:
+    """vsftpd with anonymous write access; TLS options at vsftpd's defaults (require_ssl_reuse=YES).
+
+    `protocol_log`: every command and reply in `log` (tests read it; vsftpd's default is off,
+    and it costs the server two log writes per command).
+    """
     binary = need("vsftpd")
     try:
         ftp_uid = pwd.getpwnam("ftp").pw_uid
@@ -215,7 +219,8 @@ def vsftpd(folder: Path, tls: str = "none", certs: Certs | None = None) -> Itera
             tls_conf += "implicit_ssl=YES\n"
     log = folder / "vsftpd.log"
     conf = folder / "vsftpd.conf"
-    conf.write_text(VSFTPD_CONF.format(host=HOST, port=port, root=root, log=log, tls=tls_conf))
+    conf.write_text(VSFTPD_CONF.format(host=HOST, port=port, root=root, log=log, tls=tls_conf,
+                                       protocol_log="YES" if protocol_log else "NO"))
     with running([binary, str(conf)], port, folder / "vsftpd.out") as proc:
         yield FtpServer(HOST, port, root, pub, "/pub", "anonymous", "guest-password", log, proc, ftp_uid)
 
