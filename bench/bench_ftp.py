@@ -92,15 +92,19 @@ TRASH: list[Path] = []  # where `clear` moves what it clears; emptied after the 
 _trashed = itertools.count()
 
 
+FEW_FILES = 64  # a folder with at most this many entries is deleted at once by `clear`
+
+
 def clear(folder: Path) -> None:
     """Move `folder` aside; it is deleted after the last row (see `settle_deletions`).
 
     Deleting thousands of files between timed runs made the next run's file creations
     slow on this VM's journal-less ext4 (perf: `recently_deleted`, a scan past every
     inode freed in the last half minute), charging the harness's cleanup to whichever
-    side ran next.
+    side ran next. A folder of a few files (the 512 MB rows) frees a few inodes and is
+    deleted now: kept, every such run's output stayed on disk until the end (~40 GB a run).
     """
-    if not TRASH:
+    if not TRASH or _few(folder):
         shutil.rmtree(folder, ignore_errors=True)
         return
     moved = TRASH[0] / f"{next(_trashed)}-{folder.name}"
@@ -109,6 +113,13 @@ def clear(folder: Path) -> None:
     except FileNotFoundError:
         return
     forget(moved)
+
+
+def _few(folder: Path) -> bool:
+    try:
+        return next(itertools.islice(folder.rglob("*"), FEW_FILES, None), None) is None
+    except OSError:
+        return False
 
 
 def forget(folder: Path) -> None:
