@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/bench_ftp.py [--files 1000] [--size 100KB] [--big-mb 512]
                                         [--parallel 4] [--protocols ftp,ftps,sftp] [--repeat 1] [--warmup 1]
+                                        [--protocol-log]
 
 Servers are started on 127.0.0.1 (vsftpd plain and explicit FTPS at its defaults,
 OpenSSH sshd for SFTP: root is needed). vsftpd's protocol log (every command and
@@ -375,7 +376,7 @@ def main() -> int:
     p.add_argument("--parallel", type=int, default=4)
     p.add_argument("--protocols", default="ftp,ftps,sftp")
     p.add_argument("--directions", default="pull,push")
-    p.add_argument("--repeat", type=int, default=1, help="runs per row; the best is kept")
+    p.add_argument("--repeat", type=int, default=1, help="timed rounds per row (best, median and paired ratio of them)")
     p.add_argument("--warmup", type=int, default=1, help="untimed rounds of both sides before each row's timed ones")
     p.add_argument("--protocol-log", action="store_true",
                    help="vsftpd logs every command and reply (log_ftp_protocol=YES, as the tests' servers; "
