@@ -121,11 +121,12 @@ def plan(local_dir: Path, todo: dict[str, RemoteEntry], log: Any) -> Plan:
         stems = set(names)
         with contextlib.suppress(OSError):
             for e in os.scandir(folder):
-                if not PART_RE.match(e.name):
+                m = PART_RE.match(e.name)
+                if m is None:
                     continue
                 if e.name in wanted:
                     resumable.add(wanted[e.name])
-                elif e.name[1:-18] in stems:  # ".{stem}.{12 hex}.part" of a changed remote file
+                elif m.group(1) in stems:  # the temp of a remote file that changed since
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(e.path)
     return Plan(places, resumable)

@@ -29,7 +29,7 @@ from .base import InMemory, OnBytes, RemoteClient, RemoteEntry
 from .errors import IntegrityError, TransferError
 
 OnExists = Literal["skip", "overwrite", "rename"]
-PART_RE = re.compile(r"^\..+\.[0-9a-f]{12}\.part$", re.S)
+PART_RE = re.compile(r"^\.(.+)\.[0-9a-f]{12}\.part$", re.S)  # group 1: the stem `part_name` kept
 
 
 class LocalError(TransferError):
