@@ -363,6 +363,20 @@ async def _sendfile(sock: socket.socket, fd: int, offset: int, step: int, timeou
             on_bytes(n)
 
 
+APPEND_FROM = 1024 * 1024
+"""Bytes from which an upload to a name not on the server goes up with APPE instead of STOR.
+
+vsftpd truncates every file it opens for STOR (ftruncate to 0, even a new one);
+ext4 marks a file truncated to 0 and, when it is closed, starts writing all of
+it back (auto_da_alloc), in vsftpd's close(), after the 226 and before the
+server reads our next command. 512 MB to a local vsftpd: 0.13-0.19 s on the
+clock of the size check that follows (strace: close() 0.19 s), a third of the
+upload. APPE of a name that does not exist creates it without the truncate. One
+SIZE round trip tells whether the name exists (it is our temp name: it does only
+after an interrupted upload, and then STOR replaces it); below a megabyte the
+round trip costs more than the writeback start it saves.
+"""
+
 LOOPBACK_CHUNK = 128 * 1024  # bytes per read+send to a server on this host (see _on_this_host)
 
 
@@ -451,6 +465,7 @@ class FtpClient(RemoteClient):
         self._epsv = True
         self._epsv_seen = False  # a 229 came back: later data commands may share its packet
         self._mlsd: bool | None = None
+        self._append = True  # big uploads to a new name use APPE (until the server refuses it)
         self._dirs: set[str] = set()
         self._home = "/"
         self._data_host = self._ctrl_host  # where EPSV (and a private PASV address) points
@@ -852,7 +867,7 @@ class FtpClient(RemoteClient):
                 n = await job(conns[0])
                 try:
                     with anyio.fail_after(s.timeout):
-                        await conns[0].finish(notify=command.startswith("STOR"))
+                        await conns[0].finish(notify=command.startswith(("STOR", "APPE")))
                 except (SSL.Error, OSError, TimeoutError) as e:
                     raise _NetFailure() from e
             except _NetFailure as e:
@@ -1201,14 +1216,57 @@ class FtpClient(RemoteClient):
         return n
 
     async def upload(self, src: BinaryIO, path: str, on_bytes: OnBytes | None = None) -> int:
+        if not await self._absent_and_big(src, path):
+            return await self._store("STOR", src, path, on_bytes)
+        start = src.tell()
+        accepted: list[bool] = []
+        try:
+            return await self._store("APPE", src, path, on_bytes, accepted)
+        except RemoteError as e:
+            if accepted or self.broken or not (e.code or "").startswith("5"):
+                raise
+        # refused before any byte went (not implemented, not allowed): STOR from now on
+        self._append = False
+        self.log.debug("%s refuses APPE: uploads use STOR", self.s.host)
+        src.seek(start)
+        return await self._store("STOR", src, path, on_bytes)
+
+    async def _absent_and_big(self, src: BinaryIO, path: str) -> bool:
+        """Whether `src` is big enough to go up with APPE, and `path` is not on the server (see APPEND_FROM)."""
+        if not self._append or (self._features and "SIZE" not in self._features):
+            return False
+        fd = _regular_fd(src)
+        if fd is None or os.fstat(fd).st_size - src.tell() < APPEND_FROM:
+            return False
+        try:
+            await self._cmd(f"SIZE {path}", "213", what="SIZE", not_found=True)
+        except NotFound:
+            return True
+        except RemoteError:
+            if self.broken:
+                raise
+        return False  # there (STOR replaces it), or the server cannot tell
+
+    async def _store(self, verb: str, src: BinaryIO, path: str, on_bytes: OnBytes | None,
+                     accepted: list[bool] | None = None) -> int:
+        """`verb` (STOR or APPE) `path` with the bytes of `src` from where it stands; `accepted`
+        gets an item once the server has accepted the command (its 1xx came)."""
         block = self.s.block_size
         timeout = self.s.timeout
+        command = f"{verb} {path}"
         if self._tls is not None:
-            return await self._tls_data(f"STOR {path}", 0,
-                                        lambda conn: _send_all(conn.sendall, src, block, timeout, on_bytes))
+
+            async def transmit_tls(conn: LoopTls) -> int:
+                if accepted is not None:
+                    accepted.append(True)
+                return await _send_all(conn.sendall, src, block, timeout, on_bytes)
+
+            return await self._tls_data(command, 0, transmit_tls)
         if self.s.passive:
 
             async def transmit_direct(sock: socket.socket) -> int:
+                if accepted is not None:
+                    accepted.append(True)
                 fd = _regular_fd(src)
                 local = _on_this_host(sock)
                 if fd is not None and not local:
@@ -1217,9 +1275,11 @@ class FtpClient(RemoteClient):
                 return await _send_all(lambda chunk: loop.sock_sendall(sock, chunk), src,
                                        LOOPBACK_CHUNK if local else block, timeout, on_bytes)
 
-            return await self._direct(f"STOR {path}", 0, transmit_direct)
+            return await self._direct(command, 0, transmit_direct)
         n = 0
-        async with self._data(f"STOR {path}") as (_, writer):
+        async with self._data(command) as (_, writer):
+            if accepted is not None:
+                accepted.append(True)
             while True:
                 chunk = src.read(block)
                 if not chunk:

@@ -135,6 +135,7 @@ def main() -> None:
     p.add_argument("--read-limit", type=int, default=0, help="bytes/s")
     p.add_argument("--log", default=None)
     p.add_argument("--max-per-ip", type=int, default=0, help="connections per client address (0: no limit)")
+    p.add_argument("--perm", default="elradfmwMT", help="pyftpdlib permissions of the user (no \"a\": APPE refused)")
     opts = p.parse_args()
     if opts.password_file:
         with open(opts.password_file) as f:
@@ -142,7 +143,7 @@ def main() -> None:
     logging.basicConfig(filename=opts.log, level=logging.INFO if opts.log else logging.CRITICAL)
     DyingFile.budget = opts.die_after
     auth = DummyAuthorizer()
-    auth.add_user(opts.user, opts.password, opts.root, perm="elradfmwMT")
+    auth.add_user(opts.user, opts.password, opts.root, perm=opts.perm)
     handler = make_handler(opts)
     handler.authorizer = auth
     handler.permit_foreign_addresses = False

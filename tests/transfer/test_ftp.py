@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tasks.transfer import AuthError, ConnectError, NotFound, TransferError, connect, tls
+from tasks.transfer import ftp as ftp_mod
 from tasks.transfer.fetch import fetch
 from tasks.transfer.send import send
 from tests.transfer.servers import FtpServer, settings_for
@@ -112,6 +113,48 @@ async def test_mlsd_first_then_list_fallback(pyftpd, tmp_path: Path, log: loggin
                 assert (entry.name, entry.size, entry.precise) == ("a.txt", 3, precise)
                 got = await fetch(c, entry, tmp_path / f"a-{precise}.txt", log=log)
                 assert got is not None and os.stat(got).st_mtime == 1_700_000_000  # MDTM when LIST is coarse
+
+
+@pytest.mark.parametrize("mode", ["passive", "active", "ftps"])
+async def test_big_upload_to_a_new_name_goes_up_with_appe(vsftpd: FtpServer, vsftpd_tls: FtpServer, certs,  # type: ignore[no-untyped-def]
+                                                          tmp_path: Path, log: logging.Logger, mode: str) -> None:
+    """No vsftpd truncate (see ftp.APPEND_FROM) for a temp name not on the server; a temp
+    left by an interrupted upload, longer or shorter, is replaced with STOR, never appended to."""
+    server = vsftpd_tls if mode == "ftps" else vsftpd
+    overrides = {"protocol": "ftps", "ca_file": str(certs.ca_file)} if mode == "ftps" else {"passive": mode == "passive"}
+    big = ftp_mod.APPEND_FROM + 12_345
+    for name, stale in (("new.bin", None), ("longer.bin", 3 * big), ("shorter.bin", 1000)):
+        if stale is not None:
+            server.put(f"out/.{name}.part", b"s" * stale)
+        payload = os.urandom(big)
+        (tmp_path / name).write_bytes(payload)
+        async with await connect(settings_for(server, **overrides), log) as c:
+            assert await send(c, tmp_path / name, f"{server.remote}/out", log=log) == f"{server.remote}/out/{name}"
+        assert (server.pub / "out" / name).read_bytes() == payload
+        assert not (server.pub / "out" / f".{name}.part").exists()
+    protocol = server.log.read_text()
+    assert f'"APPE {server.remote}/out/.new.bin.part"' in protocol
+    assert f'"STOR {server.remote}/out/.new.bin.part"' not in protocol
+    for name in ("longer.bin", "shorter.bin"):
+        assert f'"STOR {server.remote}/out/.{name}.part"' in protocol
+        assert f'"APPE {server.remote}/out/.{name}.part"' not in protocol
+
+
+async def test_small_uploads_and_servers_refusing_appe_use_stor(pyftpd, tmp_path: Path, log: logging.Logger,  # type: ignore[no-untyped-def]
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    big = ftp_mod.APPEND_FROM + 1
+    # small.bin first: a.bin's APPE then goes in the packet of its EPSV (the session has seen one)
+    files = {"small.bin": os.urandom(ftp_mod.APPEND_FROM - 1), "a.bin": os.urandom(big), "b.bin": os.urandom(big)}
+    for name, payload in files.items():
+        (tmp_path / name).write_bytes(payload)
+    with pyftpd("--perm", "elrdfmwMT") as server, caplog.at_level(logging.DEBUG, log.name):  # no "a": APPE refused
+        async with await connect(settings_for(server), log) as c:
+            for name in files:
+                await send(c, tmp_path / name, "/out", log=log)
+        for name, payload in files.items():
+            assert (server.root / "out" / name).read_bytes() == payload
+    refusals = [r for r in caplog.records if "refuses APPE" in r.getMessage()]
+    assert len(refusals) == 1  # the session remembers: b.bin went up with STOR at once
 
 
 async def test_pyftpd_active_mode(pyftpd, tmp_path: Path, log: logging.Logger) -> None:  # type: ignore[no-untyped-def]
