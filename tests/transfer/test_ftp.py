@@ -116,11 +116,11 @@ async def test_mlsd_first_then_list_fallback(pyftpd, tmp_path: Path, log: loggin
 
 
 @pytest.mark.parametrize("mode", ["passive", "active", "ftps"])
-async def test_big_upload_to_a_new_name_goes_up_with_appe(vsftpd: FtpServer, vsftpd_tls: FtpServer, certs,  # type: ignore[no-untyped-def]
+async def test_big_upload_to_a_new_name_goes_up_with_appe(request: pytest.FixtureRequest, certs,  # type: ignore[no-untyped-def]
                                                           tmp_path: Path, log: logging.Logger, mode: str) -> None:
     """No vsftpd truncate (see ftp.APPEND_FROM) for a temp name not on the server; a temp
     left by an interrupted upload, longer or shorter, is replaced with STOR, never appended to."""
-    server = vsftpd_tls if mode == "ftps" else vsftpd
+    server: FtpServer = request.getfixturevalue("vsftpd_tls" if mode == "ftps" else "vsftpd")
     overrides = {"protocol": "ftps", "ca_file": str(certs.ca_file)} if mode == "ftps" else {"passive": mode == "passive"}
     big = ftp_mod.APPEND_FROM + 12_345
     for name, stale in (("new.bin", None), ("longer.bin", 3 * big), ("shorter.bin", 1000)):
