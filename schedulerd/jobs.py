@@ -21,6 +21,7 @@ from .config import Config
 from .context import TaskContext, Waker
 from .jobstore import Job, JobError, Outcome, SqliteJobStore, open_job_store
 from .logs import REDACTOR
+from .plugin import failure_detail
 from .protocol import ControlError, Fault
 from .registry import UnknownType, job_type
 
@@ -231,7 +232,7 @@ class JobService:
                     outcome, error = "failed", f"timed out after {tc.timeout:g}s"
                 except Exception as e:
                     outcome, error = "failed", f"{type(e).__name__}: {e}"[:2000]
-                    logger.error("attempt failed: %s\n%s", error, traceback.format_exc().rstrip())
+                    logger.error("attempt failed: %s%s", error, failure_detail(e))
             if running.cancelled_by_user:
                 outcome, error = "cancelled", "cancelled by job:cancel"
         finally:

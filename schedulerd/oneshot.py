@@ -5,13 +5,13 @@ from __future__ import annotations
 import logging
 import sys
 import time
-import traceback
 from typing import Any
 
 import anyio
 
 from . import logs
 from .context import TaskContext
+from .plugin import failure_detail
 from .process import ChildRegistry, use_registry
 from .registry import task_type
 from .store import Run, open_store
@@ -108,7 +108,7 @@ def run_one(config: Any, name: str, *, progress: bool = False) -> int:
         outcome, error = "cancelled", "interrupted"
     except Exception as e:
         outcome, error = "failed", f"{type(e).__name__}: {e}"
-        log.error("iteration failed: %s\n%s", error, traceback.format_exc().rstrip())
+        log.error("iteration failed: %s%s", error, failure_detail(e))
     finally:
         if bar:
             bar.close()

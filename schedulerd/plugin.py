@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import traceback
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
@@ -46,6 +47,20 @@ class Context(Protocol):
 
     def add_job(self, type: str, payload: Mapping[str, Any], **options: Any) -> int:
         """Queue a one-off job; returns its id."""
+
+
+class TaskFailed(Exception):
+    """An expected failure of an iteration or a job attempt (a busy port, a program that
+    will not start): the engine logs its message on one line, without a traceback, and
+    counts it like any failure. Any other exception is logged with its traceback."""
+
+
+def failure_detail(e: Exception) -> str:
+    """What follows a failure's one-line message in a log: nothing for an expected
+    TaskFailed, the traceback (on its own lines) for anything else."""
+    if isinstance(e, TaskFailed):
+        return ""
+    return "\n" + "".join(traceback.format_exception(e)).rstrip()
 
 
 class TaskType:

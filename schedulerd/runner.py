@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import time
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +26,7 @@ from anyio.abc import TaskGroup
 
 from .config import TaskConfig
 from .context import TaskContext
-from .plugin import TaskType
+from .plugin import TaskType, failure_detail
 from .registry import task_type
 from .states import STOPPED_STATES, TaskState, Wanted
 from .store import Run
@@ -270,7 +269,7 @@ class TaskRunner:
                     self.log.error("%s", error)
                 except Exception as e:
                     outcome, error = "failed", f"{type(e).__name__}: {e}"[:2000]
-                    self.log.error("iteration failed: %s\n%s", error, traceback.format_exc().rstrip())
+                    self.log.error("iteration failed: %s%s", error, failure_detail(e))
         finally:
             self._iteration_scope = None
             self.lock.release()

@@ -27,7 +27,7 @@ import anyio
 from anyio.abc import Process
 
 from schedulerd import settings as s
-from schedulerd.plugin import Context, TaskType
+from schedulerd.plugin import Context, TaskFailed, TaskType
 from schedulerd.process import end_process, kill_group, pump_lines, spawn
 from schedulerd.process import start_time as _start_time
 from schedulerd.settings import ConfigError, Secret
@@ -68,11 +68,11 @@ class Settings:
             raise ConfigError("charset", f"expected a character set name like utf8, got {self.charset!r}")
 
 
-class FailedStart(RuntimeError):
+class FailedStart(TaskFailed):
     """The indexer exited within startsecs, or could not be started at all."""
 
 
-class PortBusy(RuntimeError):
+class PortBusy(TaskFailed):
     """Something that is not our orphan already listens on the control port."""
 
 
@@ -278,8 +278,9 @@ class Indexer(TaskType):
         st: Settings = self.settings
         await self.stop_orphan(ctx)
         if await port_in_use(st.socket):
-            raise PortBusy(f"port 127.0.0.1:{st.socket} is already in use by a process this task did not start: "
-                           "refusing to run a second indexer on it")
+            raise PortBusy(f"port 127.0.0.1:{st.socket} is already in use by a process this task did not start "
+                           f"(another checkout's indexer?): refusing to run a second indexer on it; "
+                           f"set tasks.{ctx.name}.socket to a free port")
         await self._ensure_databox(ctx.config)
         argv = self.argv(ctx.config)
         secret = st.password.reveal()

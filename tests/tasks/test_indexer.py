@@ -394,3 +394,40 @@ def test_daemon_kill9_then_restart_keeps_one_indexer_and_failed_starts_crash(tmp
             pass
         for pid in pids_with(f"--socket={port}") + pids_with(f"--socket={port2}"):
             os.killpg(pid, signal.SIGKILL)
+
+
+def test_a_port_taken_by_another_checkout_names_the_key_and_crashes_without_tracebacks(tmp_path: Path, box) -> None:
+    """Issue 25 item 20: a second checkout's indexer already holds the fixed port."""
+    import socket
+
+    dbs, _ = box
+    port = free_port()
+    site = tmp_path / "site"
+    cfg = site_config(site, f"""
+        [tasks.indexer]
+        type = "indexer"
+        base = "main"
+        socket = {port}
+        """, dbs)
+    pidfile = site / "var" / "run" / "schedulerd.pid"
+    with socket.socket() as other_checkout:
+        other_checkout.bind(("127.0.0.1", port))
+        other_checkout.listen(5)
+        try:
+            assert console(cfg, "scheduler:start").returncode == 0
+            st = wait_for(lambda: state(cfg, "indexer").get("state") == "crashed" and state(cfg, "indexer"),
+                          what="the indexer task to crash")
+            assert st["crashes"] == 3
+            error = st["last_run"]["error"]
+            assert f"port 127.0.0.1:{port} is already in use" in error and "set tasks.indexer.socket" in error
+            log = (site / "var" / "log" / "task-indexer.log").read_text()
+            failures = [line for line in log.splitlines() if "iteration failed" in line]
+            assert len(failures) == 3 and all("set tasks.indexer.socket to a free port" in f for f in failures)
+            assert "Traceback" not in log
+            assert pids_with(f"--socket={port}") == []  # no indexer was started beside the other one
+        finally:
+            console(cfg, "scheduler:stop")
+            try:
+                os.kill(int(pidfile.read_text()), signal.SIGKILL)
+            except (OSError, ValueError):
+                pass
