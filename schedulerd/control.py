@@ -72,9 +72,15 @@ class ControlServer:
         self.handlers: dict[str, Handler] = {}
         self.streams: dict[str, StreamHandler] = {}
         self.connections = 0
+        self.shutting_down = False  # set once the daemon stops: only `during_shutdown` commands answer
+        self._during_shutdown: set[str] = set()
 
-    def route(self, cmd: str, handler: Handler) -> None:
+    def route(self, cmd: str, handler: Handler, *, during_shutdown: bool = False) -> None:
+        """`during_shutdown`: the command changes nothing (a query), so it is still answered while
+        the daemon drains; every other command then gets SHUTTING_DOWN."""
         self.handlers[cmd] = handler
+        if during_shutdown:
+            self._during_shutdown.add(cmd)
 
     def route_stream(self, cmd: str, handler: StreamHandler) -> None:
         self.streams[cmd] = handler
@@ -159,6 +165,8 @@ class ControlServer:
         handler = self.handlers.get(cmd)
         if handler is None:
             return ControlError(Fault.UNKNOWN_COMMAND, f"unknown command {cmd!r}").to_json()
+        if self.shutting_down and cmd not in self._during_shutdown:
+            return ControlError(Fault.SHUTTING_DOWN, f"schedulerd is shutting down: {cmd} refused").to_json()
         try:
             return {"ok": True, "result": await handler(args)}
         except ControlError as e:

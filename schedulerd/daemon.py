@@ -48,6 +48,7 @@ class Daemon:
         self.jobs: Any = None
         self._env: RunnerEnv | None = None  # what the runners share; made once the store is open
         self._listeners: dict[str, list[TaskRunner]] = {}
+        self._server: ControlServer | None = None
 
     # --- entry ---------------------------------------------------------------
     async def serve(self) -> None:
@@ -83,6 +84,7 @@ class Daemon:
         server = ControlServer(sch.socket, sch.socket_mode, sch.socket_group, Access(sch.allowed_uids, sch.socket_group),
                                sch.max_connections, sch.idle_timeout)
         self._routes(server)
+        self._server = server
         # handlers before the socket exists: a SIGTERM sent as soon as the daemon answers must be
         # a clean stop, not the default action (no history written, socket file left behind)
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as received:
@@ -130,7 +132,14 @@ class Daemon:
             logs.close_task_logger(name)
 
     def request_stop(self) -> None:
+        """From now on nothing starts: state-changing commands get SHUTTING_DOWN, no reload."""
+        if self._server is not None:
+            self._server.shutting_down = True
         self._stop.set()
+
+    def _refuse_when_stopping(self, what: str) -> None:
+        if self._stop.is_set():
+            raise ControlError(Fault.SHUTTING_DOWN, f"schedulerd is shutting down: {what} refused")
 
     async def _trigger(self) -> None:
         assert self.shutdown_trigger is not None
@@ -144,8 +153,10 @@ class Daemon:
                 log.info("SIGHUP: reloading the configuration")
                 try:
                     await self.reload()
-                except ControlError:
-                    pass  # logged by reload(); the old configuration stays in force
+                except ControlError as e:
+                    if e.code == Fault.SHUTTING_DOWN:
+                        log.info("SIGHUP ignored: %s", e.message)
+                    # otherwise logged by reload(); the old configuration stays in force
             else:
                 log.info("%s: stopping", signal.Signals(sig).name)
                 self.request_stop()
@@ -211,6 +222,7 @@ class Daemon:
 
     async def reload(self) -> dict[str, list[str]]:
         """New tasks start, removed ones stop, changed ones restart, unchanged ones are untouched."""
+        self._refuse_when_stopping("reload")
         try:
             new = await anyio.to_thread.run_sync(load, self.config.file)
         except ConfigError as e:
@@ -228,6 +240,7 @@ class Daemon:
         for n in removed + changed:
             del self.runners[n]
             logs.close_task_logger(n)
+        self._refuse_when_stopping("reload")  # the stop came while the old tasks stopped: start nothing
         self.config = new
         logs.REDACTOR.add(new.secrets())
         self._apply_tasks(new)
@@ -255,17 +268,17 @@ class Daemon:
     # --- control commands ----------------------------------------------------
     def _routes(self, server: ControlServer) -> None:
         r = server.route
-        r("ping", self.c_ping)
-        r("state", self.c_state)
-        r("task.list", self.c_task_list)
-        r("task.state", self.c_task_state)
+        r("ping", self.c_ping, during_shutdown=True)
+        r("state", self.c_state, during_shutdown=True)
+        r("task.list", self.c_task_list, during_shutdown=True)
+        r("task.state", self.c_task_state, during_shutdown=True)
         r("task.start", self.c_task_start)
         r("task.stop", self.c_task_stop)
         r("task.restart", self.c_task_restart)
         r("task.run-now", self.c_task_run_now)
-        r("task.history", self.c_task_history)
+        r("task.history", self.c_task_history, during_shutdown=True)
         r("reload", self.c_reload)
-        r("shutdown", self.c_shutdown)
+        r("shutdown", self.c_shutdown, during_shutdown=True)  # asked twice: the same answer
         server.route_stream("log.tail", self.c_log_tail)
         from .jobs import routes
 
@@ -289,10 +302,11 @@ class Daemon:
         runner = self._runner(args)
         if runner.wanted is Wanted.DISABLED:
             raise ControlError(Fault.TASK_DISABLED, f"task {runner.tc.name} is disabled (tasks.{runner.tc.name}.enabled = false)")
-        runner.wanted = Wanted.STARTED
-        self.store.set_wanted(runner.tc.name, Wanted.STARTED)
         if runner.state is TaskState.STOPPING:
             await runner.stop()
+        self._refuse_when_stopping(f"task.start {runner.tc.name}")  # the daemon began to stop meanwhile
+        runner.wanted = Wanted.STARTED
+        self.store.set_wanted(runner.tc.name, Wanted.STARTED)
         assert self._tg is not None
         runner.start(self._tg)
         return runner.snapshot()

@@ -356,7 +356,7 @@ def routes(server: Any, service: Callable[[], JobService]) -> None:
         s = service()
         return [job_view(r.job, r) for r in s.running.values()]
 
-    server.route("job.wake", wake)
+    server.route("job.wake", wake, during_shutdown=True)  # the job is in the store already; no dispatch now
     server.route("job.cancel", cancel)
     server.route("job.add", add)
-    server.route("job.running", running)
+    server.route("job.running", running, during_shutdown=True)

@@ -264,3 +264,43 @@ def test_log_follow_streams_new_lines(site):
         proc.kill()
         proc.wait()
     assert site.console("scheduler:state").returncode == 10  # the daemon shrugs off the dropped follower
+
+
+def test_state_changing_commands_are_refused_while_the_daemon_drains(site, tmp_path):
+    """issue 25 item 7: after scheduler:stop nothing restarts a task; the socket answers queries and
+    refuses every state-changing command with SHUTTING_DOWN until the daemon is gone."""
+    ran = tmp_path / "other-ran"
+    site.write(f"""
+[tasks.slow]
+type = "command"
+period = "1h"
+argv = ["sh", "-c", "sleep 2"]
+
+[tasks.other]
+type = "command"
+period = "1h"
+argv = ["sh", "-c", "echo run >> {ran}"]
+""")
+    site.console("scheduler:start", check=True)
+    site.wait_for(lambda: ran.exists(), what="other's first run")
+    site.console("task:stop", "other", check=True)
+    site.wait_for(lambda: site.task("slow")["state"] == "running", what="slow's iteration")
+    runs_before = ran.read_text().count("run")
+    stop = subprocess.Popen([str(CONSOLE), "--config", str(site.config), "scheduler:stop"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        site.wait_for(lambda: "stopping: draining" in site.log(), what="the drain")
+        for args in (("task:start", "other"), ("task:restart", "other"), ("task:run-now", "slow"),
+                     ("task:stop", "slow"), ("scheduler:reload",)):
+            r = site.console(*args)
+            assert r.returncode == 1 and "shutting down" in r.stderr, (args, r.returncode, r.stderr)
+        assert site.task("other")["state"] == "stopped"  # queries still answer
+        assert stop.wait(30) == 0, stop.stderr.read() if stop.stderr else ""
+    finally:
+        if stop.poll() is None:
+            stop.kill()
+        stop.communicate()
+    assert ran.read_text().count("run") == runs_before  # never restarted while draining
+    snap = site.task("other")  # offline: the refused task:start changed nothing stored
+    assert (snap["wanted"], snap["state"]) == ("stopped", "stopped")
+    assert site.log("other").count("state stopped -> starting") == 1  # the first start only
