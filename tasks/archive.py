@@ -25,6 +25,7 @@ from schedulerd.settings import ConfigError, duration
 
 MAX_COLD = 300.0
 MAX_BATCH_BYTES = 512 * 1024 * 1024
+EMPTY_COLDS = 10  # a 0-byte file waits this many times `cold` to grow, then goes to _error
 _CAPTION_RE = re.compile(r"^(?:[^{}]|\{stem\}|\{name\})+$")
 
 
@@ -78,6 +79,21 @@ def _inside(a: Path, b: Path) -> bool:
 
 
 @dataclasses.dataclass
+class _Plan:
+    """What one pass does with the files it scanned."""
+
+    units: list[Any] = dataclasses.field(default_factory=list)  # to archive (ingest.Unit)
+    errors: list[tuple[str, str, str | None]] = dataclasses.field(default_factory=list)  # (path, why, caption)
+    waiting: list[str] = dataclasses.field(default_factory=list)  # ready, but their caption is not
+    empty: list[str] = dataclasses.field(default_factory=list)  # 0 bytes: wait until they grow
+    problems: dict[str, str] = dataclasses.field(default_factory=dict)  # what stops the whole hotfolder
+
+
+def _collection_names(db: Any) -> dict[int, str]:
+    return {c.id: c.name for c in db.collections()}
+
+
+@dataclasses.dataclass
 class _Open:
     """What a configured task keeps open between passes."""
 
@@ -91,6 +107,7 @@ class _Open:
 class ArchiveTask(TaskType):
     type_name: ClassVar[str] = "archive"
     Settings: ClassVar[type] = Settings
+    emits: ClassVar[tuple[str, ...]] = ("record.created",)
     default_period: ClassVar[float] = 30.0
 
     def __init__(self, settings: Settings):
@@ -143,7 +160,7 @@ class ArchiveTask(TaskType):
             error=Tree(sibling(s.hotfolder, "_error")) if s.move_error else None,
             duplicates=s.duplicates,
             log=ctx.log,
-            on_failed=lambda rel, why: self._failed(ctx, rel, why),
+            on_failed=lambda rel, why, target: self._failed(ctx, rel, why, target),
         )
         self._open = _Open(db, journal, hot, Scanner(hot), ingestor)
         return self._open
@@ -176,11 +193,27 @@ class ArchiveTask(TaskType):
         for k in [k for k in self._said if k.startswith(key_prefix) and k not in keep]:
             del self._said[k]
 
-    def _failed(self, ctx: Any, rel: str, why: str) -> None:
-        from schedulerd.databox.repository import _display_name
+    def _failed(self, ctx: Any, rel: str, why: str, target: str | None) -> None:
+        """One line per rejected file: its name, why, and where it went."""
+        from schedulerd.databox import display_name
 
-        where = "moved to the error folder" if self.settings.move_error else "left in place"
-        ctx.log.warning("%s: %s (%s)", _display_name(rel), why, where)
+        if target is None:
+            where = "left in place, not retried until it changes"
+        else:
+            where = f"moved to {display_name(str(sibling(self.settings.hotfolder, '_error') / target))}"
+        ctx.log.warning("rejected %s: %s (%s)", display_name(rel), why, where)
+
+    def _archived(self, ctx: Any, rel: str, record_id: int, collection: str) -> None:
+        from schedulerd.databox import display_name
+
+        ctx.log.info("archived %s -> record %d, collection %s", display_name(rel), record_id, collection)
+
+    def _skipped(self, ctx: Any, rel: str, twin: int) -> None:
+        from schedulerd.databox import display_name
+
+        where = f"moved to {sibling(self.settings.hotfolder, '_archived')}" if self.settings.move_archived else "removed"
+        of = f"record {twin}" if twin else "another file of this pass"
+        ctx.log.info("skipped %s: duplicate of %s (%s)", display_name(rel), of, where)
 
     # --- one pass ------------------------------------------------------------------------
 
@@ -205,7 +238,7 @@ class ArchiveTask(TaskType):
 
         scan = await anyio.to_thread.run_sync(o.scanner.scan)
         ready, pending = self._stable(scan)
-        if pending and not ready and s.cold > 0:
+        if pending and s.cold > 0 and not any(scan.files[rel].size for rel in ready):  # (empty files wait anyway)
             now = time.monotonic()
             wait = max(s.cold - (now - self._seen[rel][1]) for rel in pending)
             await self._sleep_full(ctx, min(s.cold, max(wait, 0.0)) + 0.01)
@@ -213,8 +246,9 @@ class ArchiveTask(TaskType):
             scan = await anyio.to_thread.run_sync(o.scanner.scan)
             ready, pending = self._stable(scan)
 
-        units, errors, waiting, problems = await anyio.to_thread.run_sync(self._plan, o, scan, ready)
-        self._report_problems(ctx, scan, problems)
+        plan = await anyio.to_thread.run_sync(self._plan, o, scan, ready)
+        units, errors, waiting = plan.units, plan.errors, plan.waiting
+        blocked = self._report_problems(ctx, scan, plan.problems)
 
         for rel, why, caption in errors:
             await anyio.to_thread.run_sync(
@@ -227,12 +261,17 @@ class ArchiveTask(TaskType):
         total = len(units)
         done = 0
         ctx.progress(0, total)
+        names = await anyio.to_thread.run_sync(_collection_names, o.db) if units else {}
         for batch in _batches(units, s.batch, MAX_BATCH_BYTES):
             res = await anyio.to_thread.run_sync(o.ingestor.ingest, batch)
+            coll_of = {u.rel: u.collection_id for u in batch}
             for rid, rel in res.created:
+                self._archived(ctx, rel, rid, names.get(coll_of[rel], str(coll_of[rel])))
                 ctx.emit("record.created", databox=s.databox, record_id=rid)
                 touched_dirs.add(rel.rpartition("/")[0])
                 self._seen.pop(rel, None)
+            for rel, twin in res.skipped:
+                self._skipped(ctx, rel, twin)
             for rel, _ in res.skipped + res.errors:
                 touched_dirs.add(rel.rpartition("/")[0])
                 self._seen.pop(rel, None)
@@ -244,15 +283,18 @@ class ArchiveTask(TaskType):
         for rel in changed:
             self._seen.pop(rel, None)
 
-        still = set(pending) | set(changed) | set(waiting)
+        warming = set(pending) | set(changed) | set(waiting)
+        still = warming | set(plan.empty)
         await anyio.to_thread.run_sync(self._tidy, ctx, o, scan, still, touched_dirs)
 
         self._archived_total += created
         ctx.set_info(waiting=len(still) or None, archived_total=self._archived_total)
-        if still:
+        if warming:
             wake = getattr(ctx, "wake", None)
             if wake is not None:
                 wake()  # files still warming up: come back as soon as they can be cold
+        if blocked:
+            return blocked
         parts = [f"archived {created}"]
         if skipped:
             parts.append(f"skipped {skipped} duplicates")
@@ -260,6 +302,8 @@ class ArchiveTask(TaskType):
             parts.append(f"errors {len(errors)}")
         if still:
             parts.append(f"waiting {len(still)}")
+        if plan.problems or scan.broken:
+            parts.append(f"problems {len(plan.problems) + len(scan.broken)}")
         return ", ".join(parts)
 
     async def _sleep_full(self, ctx: Any, seconds: float) -> None:
@@ -311,7 +355,7 @@ class ArchiveTask(TaskType):
 
     # --- planning: what to archive, what is an error, what waits -------------------------
 
-    def _plan(self, o: _Open, scan: Any, ready: list[str]):
+    def _plan(self, o: _Open, scan: Any, ready: list[str]) -> _Plan:
         """Group ready files with their captions, resolve collections and status."""
         from schedulerd.databox import UnknownCollection, parse_mask
         from schedulerd.databox.caption import MAX_BYTES, CaptionError, parse_caption
@@ -336,19 +380,20 @@ class ArchiveTask(TaskType):
                     colls[ref] = e
             return colls[ref]
 
-        problems: dict[str, str] = {}
+        plan = _Plan()
         root_coll = resolve(scan.rules[""].collection or s.collection) if "" in scan.rules else None
         if isinstance(root_coll, Exception):
             src = scan.rules[""].collection_from or "the task setting collection"
-            problems["collection"] = f"{root_coll} (set in {src}): nothing archived"
-            return [], [], [], problems
+            plan.problems["collection"] = f"{root_coll} (set in {src}): nothing archived"
+            return plan
 
         accept_all = "*" in s.accept
         by_dir: dict[str, list[str]] = {}  # folder -> its files' paths (the scan's own strings)
         for rel in scan.files:
             by_dir.setdefault(split(rel)[0], []).append(rel)
 
-        units, errors, waiting = [], [], []
+        units, errors, waiting = plan.units, plan.errors, plan.waiting
+        now = time.monotonic()
         for d in sorted(by_dir):  # files in name order: record ids follow names
             rels = sorted(by_dir[d])
             cut = len(d) + 1 if d else 0
@@ -377,6 +422,14 @@ class ArchiveTask(TaskType):
                 if rel not in ready_set or (cap_rel and cap_rel not in ready_set):
                     if rel in ready_set:
                         waiting.append(rel)
+                    continue
+                if fs.size == 0:
+                    unchanged = now - self._seen[rel][1] if rel in self._seen else 0.0
+                    if unchanged < s.cold * EMPTY_COLDS:
+                        plan.empty.append(rel)  # a writer may only have created it yet
+                    else:
+                        errors.append((rel, f"empty file (0 bytes) for {unchanged:.0f}s "
+                                            f"({EMPTY_COLDS} x cold): not archived", cap_rel))
                     continue
                 lower = n.lower()
                 refused = next((p for p in s.refuse if fnmatch.fnmatchcase(lower, p.lower())), None)
@@ -408,10 +461,12 @@ class ArchiveTask(TaskType):
                     if caption.status is not None:
                         status = caption.status.apply(status)
                 units.append(Unit(rel, fs, coll.id, status, fields, cap_rel, cap_stat))
-        return units, errors, waiting, problems
+        return plan
 
-    def _report_problems(self, ctx: Any, scan: Any, problems: dict[str, str]) -> None:
-        from schedulerd.databox.repository import _display_name
+    def _report_problems(self, ctx: Any, scan: Any, problems: dict[str, str]) -> str | None:
+        """Log each problem once and show them in the state; returns what keeps the whole
+        hotfolder from being archived (its root collection or .phrasea.xml), if anything."""
+        from schedulerd.databox import display_name
 
         keys = []
         for key, msg in problems.items():
@@ -419,19 +474,25 @@ class ArchiveTask(TaskType):
             self._say(ctx, f"p:{key}", msg, logging.ERROR)
         for d, why in scan.broken.items():
             keys.append(f"b:{d}")
-            self._say(ctx, f"b:{d}", f"{why}: files under {_display_name(d) or '.'} are not archived")
+            self._say(ctx, f"b:{d}", f"{why}: files under {display_name(d) or '.'} are not archived")
         for d, why in scan.skipped.items():
             keys.append(f"s:{d}")
-            self._say(ctx, f"s:{d}", f"skipping {_display_name(d) or '.'}: {why}", logging.INFO)
+            self._say(ctx, f"s:{d}", f"skipping {display_name(d) or '.'}: {why}", logging.INFO)
         for rel, why in scan.odd.items():
             keys.append(f"o:{rel}")
-            self._say(ctx, f"o:{rel}", f"left alone {_display_name(rel)}: {why}", logging.INFO)
+            self._say(ctx, f"o:{rel}", f"left alone {display_name(rel)}: {why}", logging.INFO)
         self._clear("p:", keys)
         self._clear("b:", keys)
         self._clear("s:", keys)
         self._clear("o:", keys)
         shown = [m for k, m in self._said.items() if k[:2] in ("p:", "b:")]
         ctx.set_info(problems=shown[:20] or None)
+        root = problems.get("collection") or (f"{scan.broken['']}: nothing archived" if "" in scan.broken else None)
+        if root:
+            ctx.set_info(error=root)
+        elif shown:
+            ctx.set_info(error=shown[0] + (f" (and {len(shown) - 1} more problems)" if len(shown) > 1 else ""))
+        return root
 
     def _tidy(self, ctx: Any, o: _Open, scan: Any, still: set[str], touched_dirs: set[str]) -> None:
         """Remove used UNLOCK files and, when asked, folders emptied by this pass."""

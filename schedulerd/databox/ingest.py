@@ -39,7 +39,7 @@ from typing import Literal
 from .fields import now_iso
 from .hotfolder import _FILE_FLAGS, FileStat, Tree, split
 from .model import NewRecord
-from .repository import Databox, _display_name
+from .repository import Databox, display_name
 from .storage import SourceError, StorageError, guess_mime, hash_fd
 
 Duplicates = Literal["allow", "skip", "error"]
@@ -192,7 +192,7 @@ class Ingestor:
         error: Tree | None,
         duplicates: Duplicates = "allow",
         log: logging.Logger | None = None,
-        on_failed: Callable[[str, str], None] | None = None,
+        on_failed: Callable[[str, str, str | None], None] | None = None,
     ):
         self.db = db
         self.hot = hot
@@ -270,14 +270,14 @@ class Ingestor:
                     return None
             self.journal.add_failed(rel, stat, reason)
             if self.on_failed:
-                self.on_failed(rel, reason)
+                self.on_failed(rel, reason, None)
             return None
         try:
             self.hot.lstat(rel)
         except FileNotFoundError:
             return None
         target = self.error.free_name(rel)
-        text = f"{_display_name(rel)}\n{now_iso()}\n{reason}\n"
+        text = f"{display_name(rel)}\n{now_iso()}\n{reason}\n"
         self.error.write_atomic(target + ".error.txt", text.encode("utf-8", "backslashreplace"))
         d, n = split(rel)
         td, tn = split(target)
@@ -296,9 +296,9 @@ class Ingestor:
             try:
                 self.hot.move_to(caption, self.error, caption)
             except OSError as e:
-                self.log.warning("cannot move caption %s to the error folder: %s", _display_name(caption), e.strerror)
+                self.log.warning("cannot move caption %s to the error folder: %s", display_name(caption), e.strerror)
         if self.on_failed:
-            self.on_failed(rel, reason)
+            self.on_failed(rel, reason, target)
         return target
 
     # --- recovery --------------------------------------------------------------------
@@ -427,7 +427,7 @@ class Ingestor:
                 if self.duplicates == "skip":
                     skip.append((w, other))
                 else:
-                    twin = f"record {other}" if other else f"{_display_name(seen[key].unit.rel)} (same batch)"
+                    twin = f"record {other}" if other else f"{display_name(seen[key].unit.rel)} (same batch)"
                     failed.append((w, f"duplicate of {twin}: same sha256 {w.sha256} in this collection"))
                 continue
             seen[key] = w
@@ -446,7 +446,7 @@ class Ingestor:
         crashpoint("synced")
         if keep:
             ids = self.db.insert_ingested([
-                NewRecord(w.unit.collection_id, n if n.isascii() else _display_name(n) or "", w.doc, w.size,
+                NewRecord(w.unit.collection_id, n if n.isascii() else display_name(n) or "", w.doc, w.size,
                           w.sha256, w.mime, w.unit.status, dict(w.unit.fields), w.token)
                 for w in keep
                 for n in (w.unit.rel.rpartition("/")[2],)
@@ -566,7 +566,7 @@ class Ingestor:
             if e.errno == errno.EXDEV:  # another mount after all (bind mounts): copy from now on
                 self._storage_dev = -1
                 return False
-            raise StorageError(e.errno, f"cannot move {_display_name(w.unit.rel)} into storage "
+            raise StorageError(e.errno, f"cannot move {display_name(w.unit.rel)} into storage "
                                         f"{self.db.store.path_str(dd)}: {e.strerror}") from None
         w.stored = True
         s = os.stat(dn, dir_fd=dfd, follow_symlinks=False)

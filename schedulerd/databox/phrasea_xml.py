@@ -9,10 +9,14 @@
 subtree until a deeper `.phrasea.xml` says otherwise; `<status>` may also be an
 element. A magic file makes the task skip the folder while it exists (LOCK) or
 until it exists (UNLOCK, removed once the folder was archived).
+
+An empty (or whitespace-only) file is what Phraseanet's documentation tells admins
+to create: it means "no per-folder settings". A non-empty file must be valid XML.
 """
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
 from typing import Literal
 
@@ -32,7 +36,10 @@ class FolderConfig:
 
 
 def parse_phrasea_xml(data: bytes) -> FolderConfig:
-    """Parse one `.phrasea.xml`; XmlError says what is wrong (the caller adds where)."""
+    """Parse one `.phrasea.xml`; XmlError says what is wrong (the caller adds where).
+    An empty or whitespace-only file (a UTF-8 BOM allowed) sets nothing."""
+    if not data.removeprefix(codecs.BOM_UTF8).strip():
+        return FolderConfig()
     root = parse(data, max_bytes=MAX_BYTES)
     collection = (root.get("collection") or "").strip() or None
     node = root.find("collection")

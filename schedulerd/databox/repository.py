@@ -337,7 +337,7 @@ class Databox:
             mime = guess_mime(name, digest.head)
         try:
             with self.transaction() as c:
-                rid = self._insert(c, NewRecord(coll.id, _display_name(name), doc or "", digest.size if digest else 0,
+                rid = self._insert(c, NewRecord(coll.id, display_name(name), doc or "", digest.size if digest else 0,
                                                 digest.sha256 if digest else "", mime or "", st, checked), type=type)
                 if story is not None:
                     self._link_story(c, story, rid)
@@ -651,8 +651,9 @@ class Databox:
                       (size, sha256, now_iso(), int(record_id)))
 
 
-def _display_name(name: str | None) -> str | None:
-    """File names may hold non-UTF-8 bytes: keep them visible, escaped, in the record."""
+def display_name(name: str | None) -> str | None:
+    """A file name (or relative path) as shown in records and messages: non-UTF-8 bytes
+    (kept as surrogate escapes) appear as `\\xNN` instead of breaking the text."""
     if name is None:
         return None
     return os.fsencode(name).decode("utf-8", "backslashreplace")
@@ -669,5 +670,6 @@ __all__ = [
     "Databox",
     "DataboxError",
     "StorageError",
+    "display_name",
     "open_databox",
 ]

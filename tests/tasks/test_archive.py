@@ -261,6 +261,45 @@ async def test_unknown_and_broken_folder_settings(env, caplog):
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize("content", [b"", b"  \n\t\n", b"\xef\xbb\xbf\n"])
+async def test_an_empty_phrasea_xml_means_no_folder_settings(env, content):
+    """Phraseanet's documentation: "write an empty .phrasea.xml file at the root of the HotFolder"."""
+    e = env(phrasea=content, collections=("photos", "press"))
+    e.put("a.jpg")
+    e.put("press/.phrasea.xml", b'<record collection="press"/>')
+    e.put("press/inner/.phrasea.xml", content)  # an empty one below inherits
+    e.put("press/inner/b.jpg")
+    assert await e.run() == "archived 2"
+    assert {n: r.collection for n, r in e.by_name().items()} == {"a.jpg": "photos", "b.jpg": "press"}
+    assert "problems" not in e.ctx.info and "error" not in e.ctx.info
+
+
+@pytest.mark.anyio
+async def test_a_broken_root_phrasea_xml_is_the_task_error_not_ok(env):
+    e = env(phrasea=b"<record collection=")
+    e.put("a.jpg")
+    for _ in range(2):
+        summary = await e.run()
+        assert summary.startswith(".phrasea.xml: line 1") and summary.endswith("nothing archived")
+        assert e.ctx.info["error"] == summary
+    assert e.records() == [] and e.left() == ["a.jpg"]
+    (e.hot / ".phrasea.xml").write_bytes(PX)
+    assert await e.run() == "archived 1" and "error" not in e.ctx.info
+
+
+@pytest.mark.anyio
+async def test_a_broken_sub_folder_phrasea_xml_shows_in_the_state(env):
+    e = env()
+    e.put("ok.jpg")
+    e.put("sub/.phrasea.xml", b"<record")
+    e.put("sub/b.jpg")
+    assert await e.run() == "archived 1, problems 1"
+    assert e.ctx.info["error"].startswith("sub/.phrasea.xml: line 1") and "sub are not archived" in e.ctx.info["error"]
+    (e.hot / "sub/.phrasea.xml").write_bytes(b"")
+    assert await e.run() == "archived 1" and "error" not in e.ctx.info
+
+
+@pytest.mark.anyio
 async def test_root_collection_unknown_is_a_task_problem(env):
     e = env(collection="nowhere")
     e.put("a.jpg")
@@ -357,6 +396,58 @@ async def test_errors_left_in_place_are_reported_once(env, caplog):
 
 
 @pytest.mark.anyio
+async def test_one_info_line_per_archived_and_rejected_file(env, caplog):
+    e = env(refuse=["*.tmp"], duplicates="skip", collections=("photos", "press"))
+    caplog.set_level(logging.INFO, logger="schedulerd.task.arch")
+    e.put("a.jpg", b"same bytes")
+    e.put("press/.phrasea.xml", b'<record collection="press"/>')
+    e.put("press/b b.jpg")
+    e.put("x.tmp")
+    await e.run()
+    recs = e.by_name()
+    e.put("again.jpg", b"same bytes")
+    await e.run()
+    lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO and "state" not in r.getMessage()]
+    assert lines == [
+        f"rejected x.tmp: refused by mask '*.tmp' (moved to {e.tmp / 'hot_error' / 'x.tmp'})",
+        f"archived a.jpg -> record {recs['a.jpg'].id}, collection photos",
+        f"archived press/b b.jpg -> record {recs['b b.jpg'].id}, collection press",
+        f"skipped again.jpg: duplicate of record {recs['a.jpg'].id} (removed)",
+    ]
+
+
+@pytest.mark.anyio
+async def test_a_rejected_file_left_in_place_says_so(env, caplog):
+    e = env(refuse=["*.tmp"], move_error=False)
+    caplog.set_level(logging.INFO, logger="schedulerd.task.arch")
+    e.put("x.tmp")
+    await e.run()
+    assert "rejected x.tmp: refused by mask '*.tmp' (left in place, not retried until it changes)" in caplog.messages
+
+
+@pytest.mark.anyio
+async def test_an_empty_file_waits_to_grow_then_goes_to_error_after_ten_colds(env):
+    cold = 0.2
+    e = env(cold=cold)
+    e.put("growing.jpg", b"")
+    e.put("forgotten.jpg", b"")
+    started = time.monotonic()
+    assert await e.run() == "archived 0, waiting 2"  # cold, but 0 bytes: not a record
+    assert e.records() == [] and e.left() == ["forgotten.jpg", "growing.jpg"] and e.ctx.info["waiting"] == 2
+    e.put("growing.jpg", b"now written")
+    await anyio.sleep(cold * 1.5)
+    assert await e.run() == "archived 1, waiting 1"
+    assert [r.original_name for r in e.records()] == ["growing.jpg"]
+    while time.monotonic() - started < cold * 10 + 0.1:
+        assert e.left() == ["forgotten.jpg"]
+        await anyio.sleep(cold)
+    assert await e.run() == "archived 0, errors 1"
+    assert e.left() == [] and [r.original_name for r in e.records()] == ["growing.jpg"]
+    reason = (e.tmp / "hot_error/forgotten.jpg.error.txt").read_text()
+    assert "forgotten.jpg" in reason and "empty file (0 bytes)" in reason and "10 x cold" in reason
+
+
+@pytest.mark.anyio
 async def test_symlinks_are_not_followed(env, tmp_path):
     outside = tmp_path / "outside"
     outside.mkdir()
@@ -381,7 +472,7 @@ async def test_a_file_swapped_for_a_symlink_after_the_scan_is_not_read(env, tmp_
     e.put("a.txt")
     o = await anyio.to_thread.run_sync(e.task._ensure_open, e.ctx)
     scan = o.scanner.scan()
-    units, *_ = e.task._plan(o, scan, list(scan.files))
+    units = e.task._plan(o, scan, list(scan.files)).units
     (e.hot / "a.txt").unlink()
     os.symlink(secret, e.hot / "a.txt")
     res = o.ingestor.ingest(units)
@@ -526,7 +617,7 @@ async def test_a_file_changed_during_the_pass_is_left_for_later(env):
     e.put("a.bin", b"a" * 10)
     o = await anyio.to_thread.run_sync(e.task._ensure_open, e.ctx)
     scan = o.scanner.scan()
-    units, errors, waiting, _ = e.task._plan(o, scan, list(scan.files))
+    units = e.task._plan(o, scan, list(scan.files)).units
     (e.hot / "a.bin").write_bytes(b"a" * 20)  # grows after the scan
     res = o.ingestor.ingest(units)
     assert res.changed == ["a.bin"] and res.created == [] and e.records() == []
