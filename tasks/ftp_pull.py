@@ -23,17 +23,12 @@ import anyio
 
 from schedulerd.plugin import Context, TaskType
 from schedulerd.settings import duration, int_range
-from tasks.transfer import ConnectError, RemoteClient, RemoteEntry, TransferError, connect, extra_session
+from tasks.transfer import ConnectError, RemoteClient, RemoteEntry, TransferError, close, connect, extra_session
 from tasks.transfer.fetch import PART_RE, Committer, Downloaded, LocalError, download, inside, part_name
 from tasks.transfer.ledger import Ledger
 from tasks.transfer.names import printable
 from tasks.transfer.progress import Progress
-from tasks.transfer.settings import ConnectionSettings
-
-
-def check_remote_dir(value: str, key: str = "remote_dir") -> None:
-    if not value or any(c in value for c in "\r\n\0"):
-        raise ValueError(f"{key}: must be a non-empty path without CR, LF or NUL")
+from tasks.transfer.settings import ConnectionSettings, check_remote_dir
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -135,6 +130,7 @@ def plan(local_dir: Path, todo: dict[str, RemoteEntry], log: Any) -> Plan:
 class FtpPull(TaskType):
     type_name: ClassVar[str] = "ftp_pull"
     Settings: ClassVar[type] = PullSettings
+    emits: ClassVar[tuple[str, ...]] = ("ftp.pulled",)
     default_period: ClassVar[float] = 900.0
 
     settings: PullSettings
@@ -166,7 +162,7 @@ class FtpPull(TaskType):
                     try:
                         again = await walk(client, s, ctx.log)
                     except ConnectError:  # the idle session may have been dropped meanwhile
-                        await _close(client)
+                        await close(client)
                         client = await connect(s, ctx.log)
                         again = await walk(client, s, ctx.log)
                     listed = again
@@ -178,7 +174,7 @@ class FtpPull(TaskType):
                         ctx.log.info("%d files still changing: left for the next pass", waiting)
                 return await self._pull(ctx, client, todo, ledger, waiting)
             finally:
-                await _close(client)
+                await close(client)
         finally:
             ledger.compact(keep=listed.keys() if listed is not None else None)
 
@@ -220,7 +216,7 @@ class FtpPull(TaskType):
                 await self._settle(ctx, c, mine, committer, ledger, progress, fatal, wait=True)
             finally:
                 if c is not None and c is not first:
-                    await _close(c)
+                    await close(c)
 
         async with anyio.create_task_group() as outer:
             outer.start_soon(committer.run)
@@ -254,7 +250,7 @@ class FtpPull(TaskType):
         if c is not None and not c.broken:
             return c
         if c is not None and c is not first:
-            await _close(c)
+            await close(c)
         try:
             return await connect(self.settings, ctx.log)
         except TransferError as e:
@@ -318,8 +314,3 @@ class FtpPull(TaskType):
             progress.file_done()
         ledger.flush()
         del mine[:settled]
-
-
-async def _close(client: RemoteClient) -> None:
-    with anyio.CancelScope(shield=True):
-        await client.aclose()

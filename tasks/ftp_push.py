@@ -12,7 +12,7 @@ import dataclasses
 import json
 import os
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, ClassVar
 
@@ -20,19 +20,12 @@ import anyio
 
 from schedulerd.plugin import Context, JobType, TaskType
 from schedulerd.settings import ConfigError, build, duration, int_range
-from tasks.ftp_pull import check_remote_dir
-from tasks.transfer import RemoteClient, TransferError, connect, extra_session
+from tasks.transfer import RemoteClient, TransferError, close, connect, extra_session
 from tasks.transfer.ledger import write_atomic
 from tasks.transfer.names import join, printable, unsafe_reason
 from tasks.transfer.progress import Progress
-from tasks.transfer.send import Staged, checked, finish, finish_later, send, stage
-from tasks.transfer.settings import ConnectionSettings
-
-
-async def _close(client: RemoteClient | None) -> None:
-    if client is not None:
-        with anyio.CancelScope(shield=True):
-            await client.aclose()
+from tasks.transfer.send import send
+from tasks.transfer.settings import ConnectionSettings, check_remote_dir
 
 
 # --- the drop-box task ------------------------------------------------------------
@@ -82,9 +75,6 @@ def scan(s: PushSettings) -> dict[str, tuple[Path, int, int]]:
     return found
 
 
-Sending = tuple[Staged, int, int, Callable[[], Awaitable[str]] | None]  # staged, local size and mtime_ns, its rename
-
-
 class FtpPush(TaskType):
     """Send every stable file of `local_dir` to `remote_dir`; remove it locally once verified."""
 
@@ -118,36 +108,14 @@ class FtpPush(TaskType):
         work = iter(sorted(todo.items()))
         fatal: list[TransferError] = []
 
-        def failed(path: Path, e: TransferError) -> None:
-            ctx.log.warning("cannot send %s: %s", path, e)
-            errors.append(str(e))
-            progress.file_done(failed=True)
-
-        async def put(client: RemoteClient, rel: str, path: Path, check_later: bool) -> Staged | None:
+        async def send_one(client: RemoteClient, rel: str, path: Path, size: int, mtime_ns: int) -> None:
             remote_dir = join(s.remote_dir, rel.rsplit("/", 1)[0]) if "/" in rel else s.remote_dir
             try:
-                return await stage(client, path, remote_dir, on_bytes=progress.on_bytes, check_later=check_later)
+                final = await send(client, path, remote_dir, log=ctx.log, on_bytes=progress.on_bytes)
             except TransferError as e:
-                failed(path, e)
-                return None
-
-        async def check(client: RemoteClient, sending: Sending) -> Sending | None:
-            """A staged file whose size check was deferred, checked and its rename queued; None if it failed."""
-            staged, size, mtime_ns, _ = sending
-            try:
-                staged = await checked(client, staged)
-            except TransferError as e:
-                failed(staged.src, e)
-                return None
-            return staged, size, mtime_ns, finish_later(client, staged, log=ctx.log)
-
-        async def done(client: RemoteClient, staged: Staged, size: int, mtime_ns: int,
-                       later: Callable[[], Awaitable[str]] | None = None) -> None:
-            path = staged.src
-            try:
-                final = await (later() if later is not None else finish(client, staged, log=ctx.log))
-            except TransferError as e:
-                failed(path, e)
+                ctx.log.warning("cannot send %s: %s", path, e)
+                errors.append(str(e))
+                progress.file_done(failed=True)
                 return
             try:
                 st = path.stat()
@@ -162,24 +130,6 @@ class FtpPush(TaskType):
 
         async def worker(first: bool) -> None:
             client: RemoteClient | None = None
-            # FTP (pipelined): a file's size check goes in the packet of the next upload's
-            # EPSV, and its rename, once checked, in the packet after that: neither costs a
-            # round trip. SFTP (concurrent requests): a file's rename runs beside the next upload.
-            checking: Sending | None = None  # uploaded, its size asked with the next upload
-            renaming: Sending | None = None  # checked, its rename sent with (or beside) the next upload
-
-            async def settle(client: RemoteClient) -> None:
-                """Finish what is in flight now (plain commands; on a lost session each fails fast, counted)."""
-                nonlocal checking, renaming
-                if renaming is not None:
-                    await done(client, *renaming)
-                    renaming = None
-                if checking is not None:
-                    last = await check(client, checking)
-                    checking = None
-                    if last is not None:
-                        await done(client, *last)
-
             try:
                 if not first:  # logged in before it takes a file: one it could not send would be lost
                     client = await extra_session(s, ctx.log, s.parallel)
@@ -189,40 +139,16 @@ class FtpPush(TaskType):
                     if fatal:
                         break
                     if client is None or client.broken:
-                        if client is not None:
-                            await settle(client)
-                        await _close(client)
+                        await close(client)
                         client = None
                         try:
                             client = await connect(s, ctx.log)
                         except TransferError as e:
                             fatal.append(e)
                             break
-                    if client.concurrent and renaming is not None:
-                        async with anyio.create_task_group() as tg:
-                            tg.start_soon(done, client, *renaming)
-                            staged = await put(client, rel, path, False)
-                        renaming = None
-                    else:
-                        staged = await put(client, rel, path, client.pipelined_renames)
-                        if renaming is not None:  # its rename went out with this upload's EPSV
-                            await done(client, *renaming)
-                            renaming = None
-                        if checking is not None:  # and its size question too
-                            renaming, checking = await check(client, checking), None
-                    if staged is None:
-                        continue
-                    sending = (staged, size, mtime_ns, None)
-                    if client.concurrent:
-                        renaming = sending
-                    elif client.pipelined_renames:
-                        checking = sending
-                    else:
-                        await done(client, *sending)
-                if client is not None:
-                    await settle(client)
+                    await send_one(client, rel, path, size, mtime_ns)
             finally:
-                await _close(client)
+                await close(client)
 
         async with anyio.create_task_group() as tg:
             for i in range(min(s.parallel, len(todo))):
@@ -370,7 +296,7 @@ class FtpExport(JobType):
         try:
             for e in todo:
                 if client is None or client.broken:
-                    await _close(client)
+                    await close(client)
                     client = None
                     client = await connect(dest, ctx.log)
                 try:
@@ -389,7 +315,7 @@ class FtpExport(JobType):
             if p.log_file and not failed:
                 client = await self._send_log(ctx, client, dest, p, elements, outcomes)
         finally:
-            await _close(client)
+            await close(client)
             progress.clear()
         if failed:
             first = outcomes.get(failed[0].key, {}).get("error", "not sent")
@@ -413,7 +339,7 @@ class FtpExport(JobType):
         write_atomic(local, "".join(lines).encode())
         try:
             if client is None or client.broken:
-                await _close(client)
+                await close(client)
                 client = await connect(dest, ctx.log)
             await send(client, local, p.remote_dir, p.log_file, log=ctx.log)
         finally:

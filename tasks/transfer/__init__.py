@@ -1,7 +1,8 @@
 """One transfer layer for FTP, FTPS and SFTP, shared by `ftp_pull` and `ftp_push`.
 
-`connect(settings, log)` gives a logged-in `RemoteClient` (see `base`); `fetch`
-and `send` move one file safely (temp name, size check, fsync, rename).
+`connect(settings, log)` gives a logged-in `RemoteClient` (see `base`: list, stat,
+mtime, get, put, rename, delete, mkdir); `fetch` and `send` move one file safely
+(temp name, size check, fsync, rename).
 """
 
 from __future__ import annotations
@@ -11,12 +12,14 @@ import logging
 import anyio
 
 from .base import RemoteClient, RemoteEntry
-from .errors import AuthError, ConnectError, HostKeyError, IntegrityError, NotFound, RemoteError, TransferError
+from .errors import (AuthError, ConnectError, HostKeyError, IntegrityError, NotFound, RemoteError, ResumeUnsupported,
+                     TransferError)
 from .settings import ConnectionSettings
 
 __all__ = [
     "AuthError", "ConnectError", "ConnectionSettings", "HostKeyError", "IntegrityError", "NotFound",
-    "RemoteClient", "RemoteEntry", "RemoteError", "TransferError", "connect", "extra_session",
+    "RemoteClient", "RemoteEntry", "RemoteError", "ResumeUnsupported", "TransferError", "close", "connect",
+    "extra_session",
 ]
 
 
@@ -52,3 +55,10 @@ async def extra_session(settings: ConnectionSettings, log: logging.Logger, paral
         log.warning("cannot open one more session to %s (%s): going on with fewer than parallel = %d",
                     settings.describe(), e, parallel)
         return None
+
+
+async def close(client: RemoteClient | None) -> None:
+    """Log out of `client` (if any), even from a cancelled task."""
+    if client is not None:
+        with anyio.CancelScope(shield=True):
+            await client.aclose()

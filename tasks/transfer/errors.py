@@ -37,6 +37,10 @@ class NotFound(RemoteError):
     permanent = True
 
 
+class ResumeUnsupported(RemoteError):
+    """The server cannot resume a transfer (REST refused): restart it from zero."""
+
+
 class IntegrityError(TransferError):
     """A transferred file does not have the expected size."""
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import dataclasses
 import hashlib
 import logging
@@ -24,9 +23,8 @@ import anyio
 
 from schedulerd.durable import SYNCFS, fsync_dir
 
-from . import bigwrite
-from .base import InMemory, OnBytes, RemoteClient, RemoteEntry
-from .errors import IntegrityError, TransferError
+from .base import OnBytes, RemoteClient, RemoteEntry
+from .errors import IntegrityError, ResumeUnsupported, TransferError
 
 OnExists = Literal["skip", "overwrite", "rename"]
 PART_RE = re.compile(r"^\.(.+)\.[0-9a-f]{12}\.part$", re.S)  # group 1: the stem `part_name` kept
@@ -107,12 +105,15 @@ class Downloaded:
     part: Path
     target: Path
     on_exists: OnExists
-    mtime: float | None  # the remote time, still to be set (None: unknown, or set with the data)
+    mtime: float | None  # the remote time, still to be set (None: unknown)
     size: int
     named: bool = False  # the committer is through with it: `result` or `error` is set (see `Committer.named`)
     result: Path | None = None  # the final path (None: skipped because it exists)
     error: LocalError | None = None
-    data: memoryview | None = None  # a small file still in memory: written to `part` before the sync
+    data: bytearray | None = None  # a small file still in memory: written to `part` before the sync
+
+
+SMALL_FILE = 512 * 1024  # at most this is downloaded to memory, written by the committer with its batch
 
 
 async def download(
@@ -133,52 +134,29 @@ async def download(
     """
     if on_exists == "skip" and target.exists():
         return None
-    mtime = entry.mtime
     part = part or part_path(target, entry)
     if part_exists is None:
         part_exists = os.path.lexists(part)
     if entry.size is not None and entry.size <= SMALL_FILE and not part_exists:
-        # a small file stays in memory; the committer's thread writes it with the
-        # others of its batch: no thread hop of its own per file
-        later = None if entry.precise else client.mtime_later(entry.path)
-        buf = InMemory(entry.path, entry.size)
-        await client.download(entry.path, buf, 0, on_bytes, size=entry.size)  # type: ignore[arg-type]
-        if later is not None:  # LIST times are to the minute at best: MDTM gives the exact one
-            mtime = await later() or mtime
-        data = buf.value()
+        data = bytearray()
+
+        async def keep(piece: memoryview) -> None:
+            data.extend(piece)
+            if len(data) > entry.size:  # type: ignore[operator]
+                raise IntegrityError(f"{entry.path}: more than the {entry.size} bytes listed")
+
+        await client.get(entry.path, keep, 0, entry.size, on_bytes)
         if len(data) != entry.size:
             raise IntegrityError(f"{entry.path}: got {len(data)} bytes, expected {entry.size}")
-        return Downloaded(part, target, on_exists, mtime, len(data), data=data)
-    # blocking file calls run in a worker thread: an open() waiting on the journal
-    # must not stall the other transfers of the event loop
-    if entry.precise:
-        opened = await _open_in_thread(part, entry.size)
-    else:  # LIST times are to the minute at best: ask (MDTM) for the exact one meanwhile
-        refined: list[float | None] = []
-        lost: list[TransferError] = []
-        async with anyio.create_task_group() as tg:
-
-            async def refine() -> None:
-                try:
-                    refined.append(await client.mtime(entry.path))
-                except TransferError as e:  # the session broke: raised below, unwrapped
-                    lost.append(e)
-
-            tg.start_soon(refine)
-            opened = await _open_in_thread(part, entry.size)
-        if lost:
-            if not isinstance(opened, OSError):
-                opened[0].close()
-            raise lost[0]
-        mtime = (refined[0] if refined else None) or mtime
-    if isinstance(opened, OSError):
-        raise LocalError(f"cannot write {part}: {opened.strerror or opened}")
-    f, offset = opened
+        return Downloaded(part, target, on_exists, await _exact_mtime(client, entry), len(data), data=data)
+    try:
+        f, offset = await anyio.to_thread.run_sync(_open_part, part, entry.size)
+    except OSError as e:
+        raise LocalError(f"cannot write {part}: {e.strerror or e}") from None
     try:
         if entry.size is None or offset < entry.size:
-            await _receive(client, entry, f, part, offset, log, on_bytes)
-        f.flush()
-        size = os.fstat(f.fileno()).st_size
+            await _receive(client, entry, f, offset, log, on_bytes)
+        size = await anyio.to_thread.run_sync(_flushed_size, f)
     except OSError as e:
         raise LocalError(f"cannot write {target}: {e.strerror or e}") from None
     finally:
@@ -187,32 +165,44 @@ async def download(
         if size > entry.size:
             part.unlink(missing_ok=True)
         raise IntegrityError(f"{entry.path}: got {size} bytes, expected {entry.size}")
-    return Downloaded(part, target, on_exists, mtime, size)
+    return Downloaded(part, target, on_exists, await _exact_mtime(client, entry), size)
 
 
-async def _receive(client: RemoteClient, entry: RemoteEntry, f: BinaryIO, part: Path, offset: int,
+async def _exact_mtime(client: RemoteClient, entry: RemoteEntry) -> float | None:
+    """The listed time, or (LIST times are to the minute at best) the server's exact one."""
+    if entry.precise:
+        return entry.mtime
+    return await client.mtime(entry.path) or entry.mtime
+
+
+async def _receive(client: RemoteClient, entry: RemoteEntry, f: BinaryIO, offset: int,
                    log: logging.Logger, on_bytes: OnBytes | None) -> None:
-    """The remote bytes from `offset` on into `f` (big files: see bigwrite)."""
-    from .ftp import ResumeUnsupported
+    """The remote bytes from `offset` on into `f`, written in a worker thread."""
 
-    dest, offset = bigwrite.sink(f, part, offset, entry.size)
+    async def write(piece: memoryview) -> None:
+        try:
+            await anyio.to_thread.run_sync(f.write, piece)
+        except OSError as e:  # the local side: not the session's fault
+            raise LocalError(f"cannot write {f.name}: {e.strerror or e}") from None
+
     if offset:
         log.info("resuming %s at %d of %s bytes", entry.path, offset, entry.size)
     try:
-        try:
-            await client.download(entry.path, dest, offset, on_bytes, size=entry.size)
-        except ResumeUnsupported as e:
-            log.info("%s; downloading %s from the start", e, entry.path)
-            await bigwrite.finish(dest)
-            f.seek(0)
-            f.truncate()
-            dest, _ = bigwrite.sink(f, part, 0, entry.size)
-            await client.download(entry.path, dest, 0, on_bytes, size=entry.size)
-    except BaseException:  # what arrived is kept for the next pass to resume from
-        with anyio.CancelScope(shield=True), contextlib.suppress(OSError):
-            await bigwrite.finish(dest)
-        raise
-    await bigwrite.finish(dest)
+        await client.get(entry.path, write, offset, entry.size, on_bytes)
+    except ResumeUnsupported as e:
+        log.info("%s; downloading %s from the start", e, entry.path)
+        await anyio.to_thread.run_sync(_restart, f)
+        await client.get(entry.path, write, 0, entry.size, on_bytes)
+
+
+def _restart(f: BinaryIO) -> None:
+    f.seek(0)
+    f.truncate()
+
+
+def _flushed_size(f: BinaryIO) -> int:
+    f.flush()
+    return os.fstat(f.fileno()).st_size
 
 
 async def fetch(
@@ -234,14 +224,6 @@ async def fetch(
     return d.result
 
 
-async def _open_in_thread(part: Path, size: int | None) -> tuple[BinaryIO, int] | OSError:
-    """The temp file, or the error (not raised: a task group beside it must not wrap it)."""
-    try:
-        return await anyio.to_thread.run_sync(_open_part, part, size)
-    except OSError as e:
-        return e
-
-
 def _open_part(part: Path, size: int | None) -> tuple[BinaryIO, int]:
     """The temp file (and its folder), positioned where a resumed download continues."""
     part.parent.mkdir(parents=True, exist_ok=True)
@@ -257,21 +239,11 @@ def _open_part(part: Path, size: int | None) -> tuple[BinaryIO, int]:
     return f, offset
 
 
-_syncfs = SYNCFS  # a module global, so that tests can watch the syncs
-
-
-SMALL_FILE = 512 * 1024  # at most this is downloaded to memory, written by the committer
-
-
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
 
 
 def _write_part(d: Downloaded) -> bool:
-    """Write a small file kept in memory to its temp name, with its time; False (and `error`) on failure.
-
-    Bare os calls, no file object: this thread shares the GIL with the transfers, and
-    every system call is a GIL hand-over (a file object adds fstat, ioctl and lseek).
-    """
+    """Write a small file kept in memory to its temp name, with its time; False (and `error`) on failure."""
     data, d.data = d.data, None
     assert data is not None
     try:
@@ -303,12 +275,12 @@ def _commit(batch: list[Downloaded], whole_fs: bool) -> None:
     if not batch:
         return
     try:
-        if whole_fs and _syncfs is not None:
+        if whole_fs and SYNCFS is not None:
             folders = {os.stat(p).st_dev: p for p in {d.part.parent for d in batch}}
             for folder in folders.values():  # one syncfs per filesystem involved
                 fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
                 try:
-                    if _syncfs(fd) != 0:
+                    if SYNCFS(fd) != 0:
                         err = ctypes.get_errno()
                         raise OSError(err, os.strerror(err))
                 finally:
@@ -337,31 +309,19 @@ def _commit(batch: list[Downloaded], whole_fs: bool) -> None:
         _fsync_dir(folder)
 
 
-INLINE_WRITE_LIMIT = 0.001  # seconds, the running mean of small writes on the loop beyond which they go to the thread
-
-
 class Committer:
     """Durability in groups, off the download path: one syncfs covers many finished files.
 
-    Workers `submit` finished temp files and go on downloading; `run` (one task
-    beside the workers) syncs a batch once it holds `max_batch` files or its first
-    file waited `max_age` (or at once when a worker `urge`s it: it waits for its
-    files), names the files, marks them `named`, and goes on with what arrived meanwhile.
-    A file gets its final name only after its data is durable (as with fetch); the
-    caller deletes the remote copy only once a file is `named` without error. `close`
-    ends `run` once all is named.
-
-    A small file in memory is written to its temp name by `submit` itself, on the
-    event loop, while such writes take well under a millisecond: handing each one
-    to the thread cost more (on two cores: a GIL hand-over per system call, and a
-    third runnable thread beside the loop and the server) than the write. Once the
-    running mean of those writes passes INLINE_WRITE_LIMIT (a busy or remote disk;
-    one write stalled by a sync does not count alone), the rest go to the thread.
+    Workers `submit` finished temp files (small ones still in memory) and go on
+    downloading; `run` (one task beside the workers) writes and syncs a batch once it
+    holds `max_batch` files or `max_bytes`, or its first file waited `max_age` (or at
+    once when a worker `urge`s it), names the files, marks them `named`, and goes on
+    with what arrived meanwhile. A file gets its final name only after its data is
+    durable; the caller deletes the remote copy only once a file is `named` without
+    error. `close` ends `run` once all is named.
     """
 
     def __init__(self, max_batch: int = 64, max_age: float = 0.05, max_bytes: int = 16 * 1024 * 1024):
-        self.inline = True
-        self._write_mean = 0.0  # seconds, a running mean of the writes done on the loop
         self.max_batch = max_batch
         self.max_age = max_age
         self.max_bytes = max_bytes  # of small files held in memory
@@ -376,12 +336,6 @@ class Committer:
     def submit(self, d: Downloaded) -> Downloaded:
         if self._closed:  # pragma: no cover - a caller bug
             raise RuntimeError("Committer is closed")
-        if d.data is not None and self.inline:
-            started = time.perf_counter()
-            _write_part(d)  # a failure is kept in d.error: reported once the batch is named, in order
-            self._write_mean = 0.9 * self._write_mean + 0.1 * (time.perf_counter() - started)
-            if self._write_mean > INLINE_WRITE_LIMIT:
-                self.inline = False
         if not self._pending:
             self._since = time.monotonic()
             self._wake.set()  # `run` starts the clock
@@ -390,7 +344,6 @@ class Committer:
         if self._full():
             self._wake.set()
         return d
-
     def _full(self) -> bool:
         return len(self._pending) >= self.max_batch or self._held >= self.max_bytes
 

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import itertools
 import logging
 import stat as statmod
-from typing import BinaryIO
 
 import anyio
 import asyncssh
 
-from .base import OnBytes, RemoteClient, RemoteEntry
+from .base import OnBytes, RemoteClient, RemoteEntry, Sink, Source
 from .errors import AuthError, ConnectError, HostKeyError, NotFound, RemoteError, TransferError, first_leaf, scrub
 from .names import check_name, join
 from .proxy import open_socket
@@ -39,39 +36,6 @@ def _entry_type(attrs: asyncssh.SFTPAttrs) -> str:
     return "other"
 
 
-def coalesce_sends(conn: asyncssh.SSHClientConnection) -> bool:
-    """Write what asyncssh sends in one event-loop turn with one send() instead of one per packet.
-
-    asyncssh writes every SSH packet, and an SSH_MSG_IGNORE before each, straight
-    to the socket: on a fast link those syscalls were a third of our CPU. Order is
-    kept (one buffer, flushed in order before anything queued after it, such as the
-    abort of a closing connection). False (nothing changed) on an asyncssh without
-    the `_send`/`_transport` this relies on.
-    """
-    transport = getattr(conn, "_transport", None)
-    if not isinstance(transport, asyncio.WriteTransport) or not callable(getattr(conn, "_send", None)):
-        return False
-    loop = asyncio.get_running_loop()
-    pending: list[bytes] = []
-
-    def flush() -> None:
-        data = b"".join(pending)
-        pending.clear()
-        if not transport.is_closing():
-            with contextlib.suppress(ConnectionError):
-                transport.write(data)
-
-    def send(data: bytes) -> None:
-        if getattr(conn, "_transport", None) is None:  # closed: asyncssh drops it too
-            return
-        if not pending:
-            loop.call_soon(flush)
-        pending.append(data)
-
-    conn._send = send  # type: ignore[method-assign]
-    return True
-
-
 class _Slot:
     __slots__ = ("data", "done")
 
@@ -82,7 +46,7 @@ class _Slot:
 
 class SftpClient(RemoteClient):
     acked_writes = True
-    concurrent = True  # asyncssh matches each reply to its request
+
     def __init__(self, settings: ConnectionSettings, log: logging.Logger, conn: asyncssh.SSHClientConnection,
                  sftp: asyncssh.SFTPClient):
         self.s = settings
@@ -91,7 +55,6 @@ class SftpClient(RemoteClient):
         self._sftp = sftp
         self.broken = False
         self._dirs: set[str] = set()
-        self._unclosed: asyncssh.SFTPClientFile | None = None  # see download
         self._block = min(settings.block_size, 255 * 1024)  # OpenSSH caps reads near 256 KiB
 
     @classmethod
@@ -122,7 +85,6 @@ class SftpClient(RemoteClient):
         try:
             with anyio.fail_after(s.timeout * 2):
                 conn = await asyncssh.connect(s.host, s.port, sock=sock, **options)  # type: ignore[arg-type]
-                coalesce_sends(conn)
                 sftp = await conn.start_sftp_client()
         except asyncssh.HostKeyNotVerifiable as e:
             raise HostKeyError(scrub(f"SSH host key of {s.host}:{s.port} refused: {e.reason}", secrets)) from None
@@ -175,7 +137,6 @@ class SftpClient(RemoteClient):
         self._conn.abort()
 
     async def list(self, path: str) -> list[RemoteEntry]:
-        await self._close_pending()
         with self._errors("list", path), anyio.fail_after(self.s.timeout * 4):
             names = await self._sftp.readdir(path.encode(self.s.encoding))
         out = []
@@ -194,7 +155,6 @@ class SftpClient(RemoteClient):
         return out
 
     async def stat(self, path: str) -> RemoteEntry | None:
-        await self._close_pending()
         try:
             with self._errors("stat", path), anyio.fail_after(self.s.timeout):
                 a = await self._sftp.stat(path.encode(self.s.encoding))
@@ -207,137 +167,84 @@ class SftpClient(RemoteClient):
         e = await self.stat(path)
         return e.mtime if e else None
 
-    async def download(self, path: str, dest: BinaryIO, offset: int = 0, on_bytes: OnBytes | None = None,
-                       size: int | None = None) -> int:
-        """Keep `sftp_requests` reads of one block in flight; write them in order.
-
-        With the size known (from the listing) no stat is needed; one more read at the
-        end offset, sent with the others, proves EOF without a round trip of its own.
-        The handle is closed together with the next download's open (one round trip
-        for both), or before any other request.
-        """
+    async def get(self, path: str, sink: Sink, offset: int = 0, size: int | None = None,
+                  on_bytes: OnBytes | None = None) -> int:
+        """Keep `sftp_requests` reads of one block in flight; hand them to `sink` in order."""
         with self._errors("download", path):
-            f = await self._open_read(path.encode(self.s.encoding))
-            try:
-                written = await self._read_into(f, dest, offset, size, on_bytes)
-            except Exception:  # (cancelled: the server drops the handle with the session)
-                await self._close_quietly(f)
-                raise
-            self._unclosed = f
-        return written
-
-    async def _open_read(self, path: bytes) -> asyncssh.SFTPClientFile:
-        # block_size=0: each read is one request (asyncssh would run a task per request
-        # for its own parallel reader; ours keeps them in flight already)
-        prev, self._unclosed = self._unclosed, None
-        with anyio.fail_after(self.s.timeout):
-            if prev is None:
-                return await self._sftp.open(path, "rb", block_size=0)
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(self._close_quietly, prev)
-                return await self._sftp.open(path, "rb", block_size=0)
-
-    async def _close_quietly(self, f: asyncssh.SFTPClientFile) -> None:
-        """Close a read handle: its data is already written, a refusal only gets logged."""
-        try:
             with anyio.fail_after(self.s.timeout):
-                await f.close()
-        except (asyncssh.Error, OSError, TimeoutError) as e:
-            if not isinstance(e, asyncssh.SFTPError):
-                self.broken = True
-            self.log.debug("closing a remote file on %s failed: %s", self.s.host, getattr(e, "reason", None) or e)
+                # block_size=0: each read is one request (ours keep many in flight already)
+                f = await self._sftp.open(path.encode(self.s.encoding), "rb", block_size=0)
+            try:
+                return await self._read_into(f, sink, offset, size, on_bytes)
+            finally:
+                with anyio.move_on_after(self.s.timeout, shield=True), contextlib.suppress(asyncssh.Error, OSError):
+                    await f.close()
 
-    async def _close_pending(self) -> None:
-        """The last download's handle, closed before a request that may need it closed (delete)."""
-        prev, self._unclosed = self._unclosed, None
-        if prev is not None:
-            await self._close_quietly(prev)
-
-    async def _read_into(self, f: asyncssh.SFTPClientFile, dest: BinaryIO, offset: int, size: int | None,
+    async def _read_into(self, f: asyncssh.SFTPClientFile, sink: Sink, offset: int, size: int | None,
                          on_bytes: OnBytes | None) -> int:
+        """Reads at known offsets up to the expected end (one more there proves the end); a short
+        read or bytes past the end (the file changed) and the rest is read one block at a time."""
         block, timeout = self._block, self.s.timeout
-        written = 0
-
-        def put(data: bytes) -> None:
-            nonlocal written
-            dest.write(data)
-            written += len(data)
-            if on_bytes:
-                on_bytes(len(data))
-
         if size is None:
             with anyio.fail_after(timeout):
                 size = (await f.stat()).size or 0
-        end = size
+        written = 0
+
+        async def put(data: bytes) -> bool:
+            """`data` to the sink; False when it is not what was expected (read on, one by one)."""
+            nonlocal written
+            await sink(memoryview(data))
+            written += len(data)
+            if on_bytes:
+                on_bytes(len(data))
+            at = offset + written
+            return not ((at < size and len(data) < block) or at > size)
 
         async def fetch(slot: _Slot, pos: int) -> None:
             with anyio.fail_after(timeout):
                 slot.data = await f.read(block, pos)
             slot.done.set()
 
-        more = False  # a short read, or data past the expected end: read on sequentially
-        if offset < end and end - offset < block:
-            # one read asking for more than is left: a file grown since its listing shows by
-            # the surplus, a short answer (some servers) by the missing bytes: read on then
-            async with asyncio.timeout(timeout):  # asyncio's own: anyio's scope costs more
-                data = await f.read(block, offset)
-            put(data)
-            more = offset + written != end
-        else:
-            send, recv = anyio.create_memory_object_stream[_Slot](self.s.sftp_requests)
-            async with anyio.create_task_group() as tg:
+        more = False
+        send, recv = anyio.create_memory_object_stream[_Slot](self.s.sftp_requests)
+        async with anyio.create_task_group() as tg:
 
-                async def produce() -> None:
-                    async with send:
-                        pos = offset
-                        while pos <= end:  # the last read, at `end`, is the EOF probe
-                            slot = _Slot()
-                            await send.send(slot)
-                            tg.start_soon(fetch, slot, pos)
-                            pos += block
+            async def produce() -> None:
+                async with send:
+                    for pos in range(offset, size + 1, block):  # a read at `size` finds the end
+                        slot = _Slot()
+                        await send.send(slot)
+                        tg.start_soon(fetch, slot, pos)
 
-                tg.start_soon(produce)
-                async with recv:
-                    async for slot in recv:
-                        await slot.done.wait()
-                        data = slot.data
-                        put(data)
-                        at = offset + written
-                        if (at < end and len(data) < block) or (at > end):
-                            more = True
-                            tg.cancel_scope.cancel()
-                            break
-                        if at == end and not data:
-                            break
+            tg.start_soon(produce)
+            async with recv:
+                async for slot in recv:
+                    await slot.done.wait()
+                    if not slot.data:
+                        break
+                    if not await put(slot.data):
+                        more = True
+                        break
+            tg.cancel_scope.cancel()  # the reads still in flight
         while more:
             with anyio.fail_after(timeout):
                 data = await f.read(block, offset + written)
             if not data:
                 break
-            put(data)
+            await put(data)
         return written
 
-    async def upload(self, src: BinaryIO, path: str, on_bytes: OnBytes | None = None) -> int:
-        """Parallel writes at known offsets, at most `sftp_requests` in flight."""
-        await self._close_pending()
-        block, timeout = self._block, self.s.timeout
+    async def put(self, source: Source, path: str, on_bytes: OnBytes | None = None) -> int:
+        """Writes at known offsets, at most `sftp_requests` in flight."""
+        timeout = self.s.timeout
         sent = 0
+        limiter = anyio.Semaphore(self.s.sftp_requests)
         with self._errors("upload", path):
             async with self._sftp.open(path.encode(self.s.encoding), "wb", block_size=0) as f:
-                first = src.read(block)
-                second = src.read(block) if first else b""
-                if not second:  # one write (most files): no task group, no semaphore
-                    if first:
-                        async with asyncio.timeout(timeout):
-                            await f.write(first, 0)
-                        if on_bytes:
-                            on_bytes(len(first))
-                    return len(first)
-                limiter = anyio.Semaphore(self.s.sftp_requests)
 
-                async def put(data: bytes, pos: int) -> None:
+                async def write(data: bytes, pos: int) -> None:
                     try:
-                        async with asyncio.timeout(timeout):  # asyncio's own: anyio's scope costs more
+                        with anyio.fail_after(timeout):
                             await f.write(data, pos)
                     finally:
                         limiter.release()
@@ -345,19 +252,19 @@ class SftpClient(RemoteClient):
                         on_bytes(len(data))
 
                 async with anyio.create_task_group() as tg:
-                    for data in itertools.chain((first, second), iter(lambda: src.read(block), b"")):
-                        await limiter.acquire()
-                        tg.start_soon(put, data, sent)
-                        sent += len(data)
+                    while piece := await source():
+                        for at in range(0, len(piece), self._block):
+                            data = piece[at:at + self._block]
+                            await limiter.acquire()
+                            tg.start_soon(write, data, sent)
+                            sent += len(data)
         return sent
 
     async def delete(self, path: str) -> None:
-        await self._close_pending()
         with self._errors("delete", path), anyio.fail_after(self.s.timeout):
             await self._sftp.remove(path.encode(self.s.encoding))
 
     async def rename(self, src: str, dst: str) -> None:
-        await self._close_pending()
         enc = self.s.encoding
         with self._errors("rename", src), anyio.fail_after(self.s.timeout):
             try:
@@ -370,7 +277,6 @@ class SftpClient(RemoteClient):
     async def mkdir(self, path: str) -> None:
         if path in self._dirs:
             return
-        await self._close_pending()
         with self._errors("mkdir", path), anyio.fail_after(self.s.timeout):
             await self._sftp.makedirs(path.encode(self.s.encoding), exist_ok=True)
         self._dirs.add(path)

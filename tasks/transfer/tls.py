@@ -1,13 +1,18 @@
-"""TLS for FTPS (pyOpenSSL): certificate and host name checks, session reuse on data connections.
+"""TLS for FTPS (pyOpenSSL): certificate and host name checks (service_identity), and
+data connections that resume a session of the control connection.
 
 vsftpd's default `require_ssl_reuse=YES` refuses a data connection that does not
-resume a TLS session of the same client. CPython's ssl can resume, but copies the
-session through DER at every connection (a workaround in its _ssl.c), parsing the
-server certificate again with the GIL held, on the system's OpenSSL 3.0: 2.4 ms of
-CPU per 100 KB upload, against 1.3 ms with pyOpenSSL, which hands OpenSSL the
-session as it is and runs on cryptography's current OpenSSL. A TLS 1.3 session is
-good for one resumption (RFC 8446 C.4), so each data connection resumes the newest
-one: the control connection's, then the ticket the previous data connection got.
+resume a TLS session of the same client: without it FTPS to vsftpd does not work at
+all. pyOpenSSL hands OpenSSL the session object as it is (CPython's ssl copies it
+through DER at every connection, and asyncio's TLS cannot be given one). A TLS 1.3
+session is good for one resumption (RFC 8446 C.4), so each data connection resumes
+the newest one: the control connection's, then the ticket the previous data
+connection got.
+
+`TlsConn` drives one connection on a bare non-blocking socket: OpenSSL reads and
+writes the socket itself, the event loop is asked only when it would block. It has
+the interface of the plain `SocketConn` (ftp.py), so TLS is a wrapper around the
+one data path.
 """
 
 from __future__ import annotations
@@ -15,12 +20,19 @@ from __future__ import annotations
 import ipaddress
 import logging
 import socket
+from collections.abc import Callable
+from typing import Any, TypeVar
 
+import anyio
+import service_identity
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from OpenSSL import SSL, crypto
+from service_identity.cryptography import verify_certificate_hostname, verify_certificate_ip_address
 
 from .settings import ConnectionSettings
+
+T = TypeVar("T")
 
 # the X.509 verify errors an admin meets (OpenSSL's x509_vfy.h numbers)
 _VERIFY_ERRORS = {
@@ -52,31 +64,15 @@ def _ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
 
 
 def names_host(cert: x509.Certificate, host: str) -> bool:
-    """RFC 6125 matching on the subjectAltName (no common-name fallback, as browsers and CPython):
-    an IP address by value, a DNS name label by label, `*` only as a whole leftmost label."""
+    """RFC 6125 matching (service_identity): subjectAltName only, an IP address as an IP entry."""
     try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
+        if _ip(host) is not None:
+            verify_certificate_ip_address(cert, host)
+        else:
+            verify_certificate_hostname(cert, host.rstrip("."))
+    except (service_identity.VerificationError, service_identity.CertificateError):
         return False
-    ip = _ip(host)
-    if ip is not None:
-        return ip in san.get_values_for_type(x509.IPAddress)
-    want = host.rstrip(".").lower().split(".")
-    for name in san.get_values_for_type(x509.DNSName):
-        have = name.rstrip(".").lower().split(".")
-        if len(have) != len(want) or not have[0]:
-            continue
-        if have == want or (have[0] == "*" and len(have) > 2 and have[1:] == want[1:]):
-            return True
-    return False
-
-
-# server -> the NIST curve it chose when offered our default key shares (X25519MLKEM768,
-# X25519) and no P-256 one: it took neither, so every handshake cost it a HelloRetryRequest
-# (vsftpd sets prime256v1 only). Later sessions offer that curve alone: no group lost.
-_CURVES: dict[str, type[ec.EllipticCurve]] = {"secp256r1": ec.SECP256R1, "secp384r1": ec.SECP384R1,
-                                              "secp521r1": ec.SECP521R1}
-_LEARNED: dict[tuple[str, int], str] = {}
+    return True
 
 
 class Tls:
@@ -84,15 +80,15 @@ class Tls:
 
     def __init__(self, settings: ConnectionSettings, log: logging.Logger):
         self.host = settings.host
-        self._sni = None if _ip(settings.host) else settings.host.encode("idna")  # no SNI for an address
+        self.timeout = settings.timeout
+        self.sni = None if _ip(settings.host) else settings.host.encode("idna")  # no SNI for an address
         self.verify = settings.verify
-        self._server = (settings.host, settings.port)
         ctx = SSL.Context(SSL.TLS_CLIENT_METHOD)
         ctx.set_min_proto_version(SSL.TLS1_2_VERSION)
         ctx.set_session_cache_mode(SSL.SESS_CACHE_CLIENT)  # keep the tickets the server sends
-        self._curve = _LEARNED.get(self._server)
-        if self._curve is not None:
-            ctx.set_tmp_ecdh(_CURVES[self._curve]())
+        # P-256, the group every TLS 1.3 server implements (RFC 8446 9.1): the key share is
+        # then one the server takes, no HelloRetryRequest on each data connection
+        ctx.set_tmp_ecdh(ec.SECP256R1())
         self._verify_error: tuple[int, int, str] | None = None  # (errno, depth, subject)
         if settings.verify:
             if settings.ca_file is not None:
@@ -104,8 +100,8 @@ class Tls:
             log.warning("TLS certificate of %s is NOT verified (verify = false)", settings.host)
             ctx.set_verify(SSL.VERIFY_NONE)
         self.ctx = ctx
-        self._session: SSL.Session | None = None
-        self.control: SSL.Connection | None = None  # set once its handshake is checked (`controlled`)
+        self.session: SSL.Session | None = None
+        self.control: SSL.Connection | None = None  # set once its handshake is checked
         self._checked: bytes | None = None  # the server certificate (DER) whose name was checked
 
     def _note_verify(self, conn: SSL.Connection, cert: crypto.X509, errno: int, depth: int, ok: int) -> bool:
@@ -113,26 +109,9 @@ class Tls:
             self._verify_error = (errno, depth, cert.to_cryptography().subject.rfc4514_string())
         return bool(ok)
 
-    def connection(self, sock: socket.socket, *, resume: bool = True) -> SSL.Connection:
-        """A client connection on `sock`; it resumes the newest session unless `resume` is false."""
-        conn = SSL.Connection(self.ctx, sock)
-        if self._sni is not None:
-            conn.set_tlsext_host_name(self._sni)
-        if resume:
-            self.resume_into(conn)
-        conn.set_connect_state()
-        return conn
-
-    def controlled(self, conn: SSL.Connection) -> None:
-        """The control connection is up: its session is the first to resume, its group learnt."""
-        self.control = conn
-        group = conn.get_group_name()
-        if self._curve is None and group in _CURVES:
-            _LEARNED[self._server] = group
-
     def resume_into(self, conn: SSL.Connection) -> None:
         """The newest session: the control connection's until a data connection brings its own ticket."""
-        session = self._session
+        session = self.session
         if session is None and self.control is not None:
             session = self.control.get_session()  # read late: TLS 1.3 tickets follow the handshake
         if session is not None:
@@ -140,7 +119,6 @@ class Tls:
 
     def failure(self, e: BaseException) -> TlsFailure:
         """The handshake error `e` as the admin should read it."""
-        _LEARNED.pop(self._server, None)  # the next session offers the default groups again
         noted, self._verify_error = self._verify_error, None
         if noted is not None:
             errno, depth, subject = noted
@@ -149,8 +127,8 @@ class Tls:
         return TlsFailure(reason(e))
 
     def check(self, conn: SSL.Connection) -> None:
-        """After a handshake: the certificate names the host (checked once per certificate:
-        resumed data connections carry the control connection's)."""
+        """After a handshake: the certificate names the host (once per certificate: resumed
+        data connections carry the control connection's)."""
         if not self.verify:
             return
         cert = conn.get_peer_certificate()
@@ -162,8 +140,76 @@ class Tls:
                 raise TlsFailure(f"certificate verify failed: the certificate does not name {self.host}")
             self._checked = der
 
-    def keep(self, conn: SSL.Connection) -> None:
-        """A data connection's session (with the ticket it got) for the next one."""
-        session = conn.get_session()
+
+async def wait_for(sock: socket.socket, readable: bool, timeout: float) -> None:
+    """Until `sock` is readable (or writable); TimeoutError after `timeout`."""
+    with anyio.fail_after(timeout):
+        await (anyio.wait_readable(sock) if readable else anyio.wait_writable(sock))
+
+
+class TlsConn:
+    """A TLS client connection on a non-blocking socket (control: `resume=False`; data: resumes)."""
+
+    def __init__(self, tls: Tls, sock: socket.socket, *, resume: bool = True) -> None:
+        self.sock = sock
+        self.tls = tls
+        conn = self.conn = SSL.Connection(tls.ctx, sock)
+        if tls.sni is not None:
+            conn.set_tlsext_host_name(tls.sni)
+        if resume:
+            tls.resume_into(conn)
+        conn.set_connect_state()
+
+    async def _retry(self, op: Callable[..., T], *args: Any) -> T:
+        while True:
+            try:
+                return op(*args)
+            except SSL.WantReadError:
+                await wait_for(self.sock, True, self.tls.timeout)
+            except SSL.WantWriteError:
+                await wait_for(self.sock, False, self.tls.timeout)
+
+    async def handshake(self) -> None:
+        """Raises `TlsFailure`; the certificate checked."""
+        try:
+            await self._retry(self.conn.do_handshake)
+        except (SSL.Error, OSError) as e:
+            raise self.tls.failure(e) from None
+        self.tls.check(self.conn)
+
+    async def recv_into(self, buf: bytearray | memoryview) -> int:
+        """0 at the end: the server's close_notify, or a bare EOF (a short file shows in the size checks)."""
+        try:
+            return await self._retry(self.conn.recv_into, buf)
+        except SSL.ZeroReturnError:
+            return 0
+        except SSL.SysCallError as e:
+            if e.args and e.args[0] == -1:
+                return 0
+            raise
+
+    async def sendall(self, data: bytes | memoryview) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[await self._retry(self.conn.send, view):]
+
+    async def finish(self, *, upload: bool) -> None:
+        """The end of a good transfer: after an upload our close_notify; then the server's is
+        awaited and the newest session kept for the next data connection.
+
+        Closing with unread bytes (tickets, close_notify) sends a reset that can cost
+        the server the end of an upload (vsftpd: "426 Failure reading network stream")."""
+        if upload:
+            await self._retry(self.conn.shutdown)
+        buf = bytearray(16384)
+        for _ in range(64):
+            if not await self.recv_into(buf):
+                break
+        session = self.conn.get_session()
         if session is not None:
-            self._session = session
+            self.tls.session = session
+
+    def close(self) -> None:
+        # marked shut down before it is freed: OpenSSL would otherwise mark the session it resumed unusable
+        self.conn.set_shutdown(SSL.SENT_SHUTDOWN | SSL.RECEIVED_SHUTDOWN)
+        self.sock.close()

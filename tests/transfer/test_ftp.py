@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 from tasks.transfer import AuthError, ConnectError, NotFound, TransferError, connect, tls
-from tasks.transfer import ftp as ftp_mod
 from tasks.transfer.fetch import fetch
 from tasks.transfer.send import send
 from tests.transfer.servers import FtpServer, settings_for
@@ -115,53 +114,6 @@ async def test_mlsd_first_then_list_fallback(pyftpd, tmp_path: Path, log: loggin
                 assert got is not None and os.stat(got).st_mtime == 1_700_000_000  # MDTM when LIST is coarse
 
 
-@pytest.mark.parametrize("mode", ["passive", "active", "ftps"])
-async def test_big_upload_to_a_new_name_goes_up_with_appe(request: pytest.FixtureRequest, certs,  # type: ignore[no-untyped-def]
-                                                          tmp_path: Path, log: logging.Logger, mode: str) -> None:
-    """No vsftpd truncate (see ftp.APPEND_FROM) for a temp name not on the server; a temp
-    left by an interrupted upload, longer or shorter, is replaced with STOR, never appended
-    to; a file under APPEND_FROM goes with STOR."""
-    server: FtpServer = request.getfixturevalue("vsftpd_tls" if mode == "ftps" else "vsftpd")
-    overrides = {"protocol": "ftps", "ca_file": str(certs.ca_file)} if mode == "ftps" else {"passive": mode == "passive"}
-    big = ftp_mod.APPEND_FROM + 12_345
-    cases = (("new.bin", big, None, "APPE"), ("longer.bin", big, 3 * big, "STOR"), ("shorter.bin", big, 1000, "STOR"),
-             ("small.bin", ftp_mod.APPEND_FROM - 1, None, "STOR"))
-    for name, size, stale, _ in cases:
-        if stale is not None:
-            server.put(f"out/.{name}.part", b"s" * stale)
-        payload = os.urandom(size)
-        (tmp_path / name).write_bytes(payload)
-        async with await connect(settings_for(server, **overrides), log) as c:
-            assert await send(c, tmp_path / name, f"{server.remote}/out", log=log) == f"{server.remote}/out/{name}"
-        assert (server.pub / "out" / name).read_bytes() == payload
-        assert not (server.pub / "out" / f".{name}.part").exists()
-    protocol = server.log.read_text()
-    for name, _, _, verb in cases:
-        other = "STOR" if verb == "APPE" else "APPE"
-        assert f'"{verb} {server.remote}/out/.{name}.part"' in protocol
-        assert f'"{other} {server.remote}/out/.{name}.part"' not in protocol
-
-
-async def test_a_server_refusing_appe_gets_stor(pyftpd, tmp_path: Path, log: logging.Logger,  # type: ignore[no-untyped-def]
-                                                caplog: pytest.LogCaptureFixture) -> None:
-    big = ftp_mod.APPEND_FROM + 1
-    # small.bin first: a.bin's APPE then goes in the packet of its EPSV (the session has seen one)
-    files = {"small.bin": os.urandom(ftp_mod.APPEND_FROM - 1), "a.bin": os.urandom(big), "b.bin": os.urandom(big)}
-    for name, payload in files.items():
-        (tmp_path / name).write_bytes(payload)
-    with pyftpd("--perm", "elrdfmwMT") as server, caplog.at_level(logging.DEBUG, log.name):  # no "a": APPE refused
-        async with await connect(settings_for(server), log) as c:
-            for name in files:
-                await send(c, tmp_path / name, "/out", log=log)
-        for name, payload in files.items():
-            assert (server.root / "out" / name).read_bytes() == payload
-    said = [r.getMessage() for r in caplog.records]
-    refusals = [i for i, m in enumerate(said) if "refuses APPE" in m]
-    assert len(refusals) == 1  # the session remembers: b.bin went up with STOR at once
-    small_sent = next(i for i, m in enumerate(said) if m.startswith("sent ") and "small.bin" in m)
-    assert small_sent < refusals[0]  # small.bin went with STOR, a.bin tried APPE
-
-
 async def test_pyftpd_active_mode(pyftpd, tmp_path: Path, log: logging.Logger) -> None:  # type: ignore[no-untyped-def]
     with pyftpd() as server:
         server.put("f.bin", b"z" * 100_000)
@@ -179,7 +131,7 @@ async def test_wrong_password_is_clear_and_never_shown(pyftpd, log: logging.Logg
         assert "refused" in str(e.value) and server.user in str(e.value)
         assert "Wr0ng-Secret-99" not in str(e.value) and "Wr0ng-Secret-99" not in repr(e.value)
         assert "Wr0ng-Secret-99" not in all_logs.text
-        assert "PASS" in all_logs.text  # aioftp's debug log was captured, censored
+        assert "PASS" in all_logs.text  # the protocol's debug log was captured, censored
 
 
 async def test_ftp_gateway_proxy_logs_in_with_acct(pyftpd, log: logging.Logger, all_logs) -> None:  # type: ignore[no-untyped-def]

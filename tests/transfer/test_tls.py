@@ -1,12 +1,10 @@
-"""FTPS TLS details: host name matching, the key exchange group learnt from vsftpd."""
+"""FTPS TLS details: host name matching."""
 
 from __future__ import annotations
 
 import datetime
 import ipaddress
 import logging
-import os
-from pathlib import Path
 
 import pytest
 from cryptography import x509
@@ -15,7 +13,6 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from tasks.transfer import ConnectError, connect, tls
-from tasks.transfer.send import send
 from tests.transfer.servers import FtpServer, settings_for
 
 pytestmark = pytest.mark.anyio
@@ -56,32 +53,3 @@ async def test_certificate_naming_another_host_is_refused(vsftpd_tls: FtpServer,
     with pytest.raises(ConnectError, match=r"TLS handshake with .* failed: certificate verify failed: "
                                            r"the certificate does not name 127\.0\.0\.1"):
         await connect(s, log)
-
-
-async def test_the_key_exchange_group_vsftpd_takes_is_learnt(vsftpd_tls: FtpServer, tmp_path: Path,
-                                                              log: logging.Logger, certs) -> None:  # type: ignore[no-untyped-def]
-    """vsftpd sets prime256v1 only: a default ClientHello (X25519MLKEM768 and X25519 key
-    shares) costs it a HelloRetryRequest on every data connection. The group is learnt
-    from the first session's control connection; the next sessions offer P-256 alone."""
-    server = (vsftpd_tls.host, vsftpd_tls.port)
-    tls._LEARNED.pop(server, None)
-    s = settings_for(vsftpd_tls, protocol="ftps", ca_file=str(certs.ca_file))
-    src = tmp_path / "a.bin"
-    src.write_bytes(os.urandom(50_000))
-    try:
-        async with await connect(s, log) as first:
-            assert first._tls._curve is None  # type: ignore[attr-defined]
-            await send(first, src, "/pub/one", log=log)
-        assert tls._LEARNED[server] == "secp256r1"
-        async with await connect(s, log) as second:
-            t = second._tls  # type: ignore[attr-defined]
-            assert t._curve == "secp256r1" and t.control.get_group_name() == "secp256r1"
-            for i in range(3):  # data connections on the P-256-only context resume as before
-                await send(second, src, f"/pub/two{i}", log=log)
-        assert (vsftpd_tls.pub / "two2" / "a.bin").read_bytes() == src.read_bytes()
-        assert "session reuse required" not in vsftpd_tls.log.read_text()
-        with pytest.raises(ConnectError, match="certificate verify failed"):
-            await connect(settings_for(vsftpd_tls, protocol="ftps", ca_file=str(certs.other_ca_file)), log)
-        assert server not in tls._LEARNED  # a failed handshake: the next session offers the defaults again
-    finally:
-        tls._LEARNED.pop(server, None)
