@@ -28,7 +28,7 @@ from .config import TaskConfig
 from .context import TaskContext
 from .plugin import TaskType, failure_detail
 from .registry import task_type
-from .states import STOPPED_STATES, TaskState, Wanted
+from .states import CLEAN_OUTCOMES, STOPPED_STATES, RunOutcome, TaskState, Wanted
 from .store import Run
 from .tasklock import TaskLock
 
@@ -98,6 +98,7 @@ class TaskRunner:
         self.next_at: float | None = None  # monotonic
         self._scope: anyio.CancelScope | None = None
         self._iteration_scope: anyio.CancelScope | None = None
+        self._cut: tuple[RunOutcome, str | None] = (RunOutcome.CANCELLED, "cancelled at stop")  # set by stop()
         self._done = anyio.Event()
         self._done.set()
         self.lock = TaskLock(env.lock_dir, tc.name)
@@ -160,12 +161,14 @@ class TaskRunner:
         if self._iteration_scope is None and self._scope is not None:
             self._scope.cancel()
         elif self._iteration_scope is not None and self.task.long_running:
+            self._cut = (RunOutcome.STOPPED, None)  # the way a long-running task ends: not an error
             self._iteration_scope.cancel()
         grace = self.settings.stop_timeout if timeout is None else timeout
         with anyio.move_on_after(grace):
             await self._done.wait()
         if not self._done.is_set():
             self.log.warning("iteration still running after %.1fs: cancelling it", grace)
+            self._cut = (RunOutcome.CANCELLED, f"cancelled at stop: still running after {grace:g}s")
             if self._iteration_scope is not None:
                 self._iteration_scope.cancel()
             with anyio.move_on_after(10):
@@ -256,30 +259,35 @@ class TaskRunner:
         self._change(TaskState.RUNNING)
         self.iteration_started = time.time()
         self.ctx.done = self.ctx.total = None
-        outcome, error, summary = "cancelled", "cancelled at stop", None
+        self._cut = (RunOutcome.CANCELLED, "cancelled at stop")
+        outcome: RunOutcome | None = None
+        error: str | None = None
+        summary: str | None = None
         try:
             with anyio.CancelScope() as self._iteration_scope:
                 try:
                     with anyio.fail_after(self.tc.timeout):
                         result = await self.task.run_once(self.ctx)
-                    outcome, error = "ok", None
+                    outcome, error = RunOutcome.OK, None
                     summary = None if result is None else str(result)[:2000]
                 except TimeoutError:
-                    outcome, error = "timeout", f"iteration timed out after {self.tc.timeout:g}s"
+                    outcome, error = RunOutcome.TIMEOUT, f"iteration timed out after {self.tc.timeout:g}s"
                     self.log.error("%s", error)
                 except Exception as e:
-                    outcome, error = "failed", f"{type(e).__name__}: {e}"[:2000]
+                    outcome, error = RunOutcome.FAILED, f"{type(e).__name__}: {e}"[:2000]
                     self.log.error("iteration failed: %s%s", error, failure_detail(e))
         finally:
             self._iteration_scope = None
             self.lock.release()
+            if outcome is None:  # cancelled: stop() says whether that was the planned end
+                outcome, error = self._cut
             run = Run(self.tc.name, self.iteration_started, time.time(), outcome, error, summary)
             self.last = run
             self.runs += 1
-            self.failures += outcome != "ok"
+            self.failures += outcome not in CLEAN_OUTCOMES
             self.env.history.append(run)
-        if outcome == "cancelled":
+        if outcome in (RunOutcome.CANCELLED, RunOutcome.STOPPED):
             return None
-        if outcome == "ok":
+        if outcome is RunOutcome.OK:
             self.log.debug("iteration ok in %.3fs%s", run.ended - run.started, f": {summary}" if summary else "")
-        return outcome == "ok"
+        return outcome is RunOutcome.OK

@@ -22,6 +22,19 @@ ACTIVE_STATES = frozenset({TaskState.STARTING, TaskState.RUNNING, TaskState.WAIT
 STOPPED_STATES = frozenset({TaskState.STOPPED, TaskState.CRASHED})
 
 
+class RunOutcome(enum.StrEnum):
+    """How one iteration of a task ended (`outcome` in the run history)."""
+
+    OK = "ok"
+    FAILED = "failed"
+    TIMEOUT = "timeout"
+    CANCELLED = "cancelled"  # cut short: still running when the stop's grace ran out
+    STOPPED = "stopped"  # ended by a stop as the type intends (a long-running task): no error
+
+
+CLEAN_OUTCOMES = frozenset({RunOutcome.OK, RunOutcome.STOPPED})  # not counted as failures
+
+
 class Wanted(enum.Enum):
     """The configured status an admin asked for (kept across restarts)."""
 

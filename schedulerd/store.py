@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from .states import Wanted
+from .states import CLEAN_OUTCOMES, Wanted
 
 
 @dataclass(frozen=True)
@@ -23,7 +23,7 @@ class Run:
     task: str
     started: float
     ended: float
-    outcome: str  # ok | failed | timeout | cancelled
+    outcome: str  # a RunOutcome value: ok | failed | timeout | cancelled | stopped
     error: str | None = None
     summary: str | None = None
     source: str = "daemon"  # daemon | cli
@@ -137,7 +137,7 @@ class SqliteStateStore(SqliteFile):
         for run in runs:
             n = counts.setdefault(run.task, [0, 0])
             n[0] += 1
-            n[1] += run.outcome != "ok"
+            n[1] += run.outcome not in CLEAN_OUTCOMES
         with self.transaction() as c:
             c.executemany(
                 "INSERT INTO runs(task, started, ended, outcome, error, summary, source) VALUES (?,?,?,?,?,?,?)",
@@ -168,7 +168,8 @@ class SqliteStateStore(SqliteFile):
         with self.transaction() as c:
             n = 0
             for ok, keep, age in ((True, keep_ok, max_age_ok), (False, keep_failed, max_age_failed)):
-                cond = "outcome = 'ok'" if ok else "outcome != 'ok'"
+                clean = ", ".join(f"'{o.value}'" for o in sorted(CLEAN_OUTCOMES))
+                cond = f"outcome IN ({clean})" if ok else f"outcome NOT IN ({clean})"
                 n += c.execute(f"DELETE FROM runs WHERE {cond} AND ended < ?", (now - age,)).rowcount
                 n += c.execute(
                     f"DELETE FROM runs WHERE {cond} AND id IN (SELECT id FROM (SELECT id, ROW_NUMBER() OVER "

@@ -274,13 +274,13 @@ def test_state_changing_commands_are_refused_while_the_daemon_drains(site, tmp_p
 [tasks.slow]
 type = "command"
 period = "1h"
-argv = ["sh", "-c", "sleep 2"]
+argv = ["sh", "-c", "sleep 6"]
 
 [tasks.other]
 type = "command"
 period = "1h"
 argv = ["sh", "-c", "echo run >> {ran}"]
-""")
+""", scheduler='stop_timeout = "10s"')  # the drain lasts while slow's iteration ends: ~6 s
     site.console("scheduler:start", check=True)
     site.wait_for(lambda: ran.exists(), what="other's first run")
     site.console("task:stop", "other", check=True)
@@ -304,3 +304,28 @@ argv = ["sh", "-c", "echo run >> {ran}"]
     snap = site.task("other")  # offline: the refused task:start changed nothing stored
     assert (snap["wanted"], snap["state"]) == ("stopped", "stopped")
     assert site.log("other").count("state stopped -> starting") == 1  # the first start only
+
+
+def test_an_iteration_cut_at_stop_says_so_but_a_finished_one_is_no_error(site):
+    """issue 25 item 8, the other side: a periodic iteration still running when the stop's grace
+    runs out was cut short, and says how; one that finished within the grace leaves no error."""
+    site.write("""
+[tasks.work]
+type = "command"
+period = "1h"
+argv = ["sh", "-c", "sleep 30"]
+
+[tasks.quick]
+type = "command"
+period = "1h"
+argv = ["sh", "-c", "sleep 1.5"]
+""")
+    site.console("scheduler:start", check=True)
+    site.wait_for(lambda: site.task("work")["state"] == "running", what="work's iteration")
+    site.wait_for(lambda: site.task("quick")["state"] == "running", what="quick's iteration")
+    assert site.console("task:stop", "work", "--timeout", "0.5").returncode == 0
+    assert site.console("task:stop", "quick").returncode == 0
+    work, quick = site.task("work"), site.task("quick")
+    assert work["last_run"]["outcome"] == "cancelled" and work["failures"] == 1
+    assert "last error: cancelled at stop: still running after 0.5s" in site.console("task:state", "work").stdout
+    assert quick["last_run"]["outcome"] == "ok" and "error" not in site.console("task:state", "quick").stdout

@@ -431,3 +431,44 @@ def test_a_port_taken_by_another_checkout_names_the_key_and_crashes_without_trac
                 os.kill(int(pidfile.read_text()), signal.SIGKILL)
             except (OSError, ValueError):
                 pass
+
+
+def test_a_stopped_indexer_shows_no_error(tmp_path: Path, box) -> None:
+    """Issue 25 item 8: stopping the indexer (task:stop, scheduler:stop) is its planned end: the run
+    is `stopped`, not a failure, and task:list/task:state show no `last error: cancelled at stop`."""
+    dbs, db = box
+    port = free_port()
+    site = tmp_path / "site"
+    cfg = site_config(site, f"""
+        [tasks.ix]
+        type = "indexer"
+        base = "main"
+        password = "{SECRET}"
+        socket = {port}
+        startsecs = "200ms"
+        extra_args = ["--interval=0.05"]
+        """, dbs)
+    pidfile = site / "var" / "run" / "schedulerd.pid"
+    try:
+        assert console(cfg, "scheduler:start").returncode == 0
+        wait_for(lambda: listening(port), what="the control socket")
+        assert console(cfg, "task:stop", "ix").returncode == 0
+        snap = state(cfg, "ix")
+        assert (snap["state"], snap["failures"]) == ("stopped", 0), snap
+        assert snap["last_run"]["outcome"] == "stopped" and snap["last_run"]["error"] is None
+        assert "error" not in console(cfg, "task:state", "ix").stdout
+        assert console(cfg, "task:start", "ix").returncode == 0
+        wait_for(lambda: listening(port), what="the control socket again")
+        assert console(cfg, "scheduler:stop").returncode == 0
+        listing = console(cfg, "task:list")  # the daemon down: from the stored history
+        assert "ix" in listing.stdout and "error" not in listing.stdout, listing.stdout
+        assert state(cfg, "ix")["failures"] == 0
+        history = console(cfg, "task:history", "ix").stdout
+        assert history.count("stopped") == 2 and "cancelled" not in history, history
+    finally:
+        try:
+            os.kill(int(pidfile.read_text()), signal.SIGKILL)
+        except (OSError, ValueError):
+            pass
+        for pid in pids_with(f"--socket={port}"):
+            os.killpg(pid, signal.SIGKILL)
