@@ -24,6 +24,7 @@ from .control import Access, ControlServer
 from .notify import sd_notify, watchdog_interval
 from .pidfile import PidFile
 from .protocol import ControlError, Fault
+from .registry import rescan
 from .runner import RunnerEnv, TaskRunner
 from .settings import ConfigError
 from .states import TaskState, Wanted
@@ -224,7 +225,7 @@ class Daemon:
         """New tasks start, removed ones stop, changed ones restart, unchanged ones are untouched."""
         self._refuse_when_stopping("reload")
         try:
-            new = await anyio.to_thread.run_sync(load, self.config.file)
+            new = await anyio.to_thread.run_sync(rescan_and_load, self.config.file)
         except ConfigError as e:
             log.error("reload refused, the running configuration stays in force: %s", e)
             raise ControlError(Fault.CONFIG_INVALID, str(e)) from None
@@ -367,6 +368,12 @@ class Daemon:
             logs.BROADCAST.subscribers.pop(send, None)
             send.close()
             receive.close()
+
+
+def rescan_and_load(file: Path | None) -> Config:
+    """The configuration on disk, its task and job types looked up afresh (new modules in tasks/)."""
+    rescan()
+    return load(file)
 
 
 def raise_fd_limit() -> None:

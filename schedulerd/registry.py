@@ -84,3 +84,14 @@ def job_type(name: str) -> type[JobType]:
         return job_types()[name]
     except KeyError:
         raise UnknownType(f"unknown job type {name!r} (known: {', '.join(sorted(job_types()))})") from None
+
+
+def rescan() -> None:
+    """Forget every type found so far (`scheduler:reload` calls this before reading the config):
+    the next lookups scan `tasks/` and the entry points again, so a type module dropped into
+    `tasks/`, or a plugin installed since, is found without a restart. A module already imported
+    keeps its code: a changed module needs a restart."""
+    importlib.invalidate_caches()  # the import system's directory listings, entry points' too
+    for value in list(globals().values()):
+        if callable(getattr(value, "cache_clear", None)):  # every @cache of this module
+            value.cache_clear()

@@ -329,3 +329,83 @@ argv = ["sh", "-c", "sleep 1.5"]
     assert work["last_run"]["outcome"] == "cancelled" and work["failures"] == 1
     assert "last error: cancelled at stop: still running after 0.5s" in site.console("task:state", "work").stdout
     assert quick["last_run"]["outcome"] == "ok" and "error" not in site.console("task:state", "quick").stdout
+
+
+PROBE_MODULE = '''
+from schedulerd.plugin import JobType, TaskType
+
+
+class ProbeTask(TaskType):
+    type_name = "probe"
+
+    async def run_once(self, ctx):
+        return "probe task ran"
+
+
+class ProbeJob(JobType):
+    type_name = "probe"
+
+    async def run(self, ctx, payload):
+        return "probe job ran"
+'''
+
+
+def scratch_checkout(root):
+    """A checkout of its own (bin/console, the engine, a tasks/ directory of links to the real
+    modules) so that a test may drop a module into tasks/ without touching the repository's."""
+    import shutil
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    (root / "bin").mkdir(parents=True)
+    shutil.copy2(repo / "bin" / "console", root / "bin" / "console")
+    (root / "schedulerd").symlink_to(repo / "schedulerd")
+    if (repo / ".venv").exists():
+        (root / ".venv").symlink_to(repo / ".venv")
+    (root / "tasks").mkdir()
+    for entry in (repo / "tasks").iterdir():
+        if entry.name != "__pycache__":
+            (root / "tasks" / entry.name).symlink_to(entry)
+    return root
+
+
+def test_reload_finds_a_task_and_a_job_type_dropped_into_tasks(site, tmp_path):
+    """issue 25 item 12: scheduler:reload re-scans the task and job types, no restart needed."""
+    import json
+
+    checkout = scratch_checkout(tmp_path / "checkout")
+
+    def console(*args):
+        env = {k: v for k, v in os.environ.items() if k != "SCHEDULERD_CONFIG"}
+        return subprocess.run([str(checkout / "bin" / "console"), "--config", str(site.config), *args],
+                              capture_output=True, text=True, timeout=60, env=env, cwd=site.root)
+
+    known = """
+[jobs.types.noop]
+max_attempts = 1
+"""  # the daemon looks the job types up at start: what it found then must not be all it knows
+    site.write(TICK + known)
+    assert console("scheduler:start").returncode == 0
+    pid = site.pid()
+    site.wait_for(lambda: site.task("tick")["runs"] >= 1, what="tick's first run")
+    (checkout / "tasks" / "probe.py").write_text(PROBE_MODULE)
+    site.write(TICK + known + """
+[tasks.p]
+type = "probe"
+period = "1h"
+
+[jobs.types.probe]
+max_attempts = 1
+""")
+    r = console("scheduler:reload")
+    assert r.returncode == 0 and "added ['p']" in r.stdout, r.stdout + r.stderr
+    snap = site.wait_for(lambda: (s := json.loads(console("task:state", "p", "--json").stdout))["runs"] and s,
+                         what="the new task type's first run")
+    assert snap["last_run"]["summary"] == "probe task ran"
+    r = console("job:add", "probe")
+    assert r.returncode == 0, r.stderr
+    jid = r.stdout.strip()
+    job = site.wait_for(lambda: (j := json.loads(console("job:show", jid, "--json").stdout))["state"]
+                        in ("finished", "failed") and j, what="the new job type's job")
+    assert (job["state"], job["summary"]) == ("finished", "probe job ran"), job
+    assert site.pid() == pid  # the same daemon: no restart
