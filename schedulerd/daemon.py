@@ -44,6 +44,7 @@ class Daemon:
         self.runners: dict[str, TaskRunner] = {}
         self.started_at = time.time()
         self._stop = anyio.Event()
+        self._reopen = anyio.Event()  # SIGUSR1: reopen the log files
         self._tg: TaskGroup | None = None
         self.store: SqliteStateStore | None = None
         self.jobs: Any = None
@@ -88,7 +89,7 @@ class Daemon:
         self._server = server
         # handlers before the socket exists: a SIGTERM sent as soon as the daemon answers must be
         # a clean stop, not the default action (no history written, socket file left behind)
-        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as received:
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1) as received:
             await self._serve_with(server, await server.listen(), received)
 
     async def _serve_with(self, server: ControlServer, listener: Any, signals: AsyncIterator[int]) -> None:
@@ -98,6 +99,7 @@ class Daemon:
                 self._tg = tg
                 await tg.start(server.serve, listener)
                 tg.start_soon(self._signals, signals)
+                tg.start_soon(self._reopen_logs)
                 tg.start_soon(self._flush_history)
                 if self.shutdown_trigger is not None:
                     tg.start_soon(self._trigger)
@@ -150,7 +152,9 @@ class Daemon:
     async def _signals(self, signals: AsyncIterator[int]) -> None:
         """Signal handlers only set an event or schedule a reload; the task group does the work."""
         async for sig in signals:
-            if sig == signal.SIGHUP:
+            if sig == signal.SIGUSR1:
+                self._reopen.set()
+            elif sig == signal.SIGHUP:
                 log.info("SIGHUP: reloading the configuration")
                 try:
                     await self.reload()
@@ -161,6 +165,14 @@ class Daemon:
             else:
                 log.info("%s: stopping", signal.Signals(sig).name)
                 self.request_stop()
+
+    async def _reopen_logs(self) -> None:
+        """After an external logrotate moved the log files (SIGUSR1): lines go to new files."""
+        while True:
+            await self._reopen.wait()
+            self._reopen = anyio.Event()
+            await anyio.to_thread.run_sync(logs.reopen_files)
+            log.info("SIGUSR1: log files reopened")
 
     async def _watchdog(self, interval: float) -> None:
         while True:

@@ -9,6 +9,7 @@ import logging
 import logging.handlers
 import re
 import time
+import weakref
 from collections.abc import Iterable
 from datetime import datetime, timezone
 from pathlib import Path
@@ -104,7 +105,24 @@ def _handler(path: Path, max_bytes: int, backups: int) -> logging.Handler:
                                              delay=True)
     h.setFormatter(Formatter(FORMAT))
     h.addFilter(REDACTOR)
+    FILE_HANDLERS.add(h)
     return h
+
+
+FILE_HANDLERS: weakref.WeakSet[logging.FileHandler] = weakref.WeakSet()  # every log file's handler
+
+
+def reopen_files() -> None:
+    """Close every log file; each is opened again, by its path, at its next line (SIGUSR1: after
+    an external logrotate moved the files, the lines go to new files, not to the moved ones)."""
+    for h in list(FILE_HANDLERS):
+        h.acquire()
+        try:
+            if h.stream is not None:
+                h.stream.close()
+                h.stream = None  # FileHandler.emit opens a handler without a stream (as with delay)
+        finally:
+            h.release()
 
 
 def task_log_path(log_dir: Path, name: str) -> Path:

@@ -409,3 +409,22 @@ max_attempts = 1
                         in ("finished", "failed") and j, what="the new job type's job")
     assert (job["state"], job["summary"]) == ("finished", "probe job ran"), job
     assert site.pid() == pid  # the same daemon: no restart
+
+
+def test_sigusr1_reopens_the_log_files_and_the_daemon_lives_on(site):
+    """issue 25 item 22: after an external logrotate moved the logs, SIGUSR1 makes the daemon write
+    to new files; it never kills the daemon."""
+    site.write(TICK)
+    site.console("scheduler:start", check=True)
+    pid = site.pid()
+    site.wait_for(lambda: "tick" in site.log("tick"), what="tick's log")
+    logdir = site.var / "log"
+    for name in ("scheduler.log", "task-tick.log"):
+        (logdir / name).rename(logdir / f"{name}.1")
+    os.kill(pid, signal.SIGUSR1)
+    site.wait_for(lambda: "SIGUSR1: log files reopened" in site.log(), what="a new scheduler.log")
+    site.wait_for(lambda: "tick" in site.log("tick"), what="a new task-tick.log")
+    assert "SIGUSR1" not in (logdir / "scheduler.log.1").read_text()
+    os.kill(pid, signal.SIGUSR1)  # twice: still alive, still the same daemon
+    site.wait_for(lambda: site.log().count("SIGUSR1: log files reopened") == 2, what="the second reopen")
+    assert site.console("scheduler:state").returncode == 10 and site.pid() == pid
