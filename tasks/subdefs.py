@@ -6,6 +6,8 @@ class (`[databoxes.NAME.subdefs.*]`). It also runs at once on `record.created`.
 
 - A video or PDF record with no declarations of its own class gets the image
   class's still-format ones (a video's thumbnail is a frame, a PDF's is page 1).
+- A document of a type with no declarations at all (a text file, an audio file)
+  has nothing to build: its record is done, not in error.
 - Files go to `<storage>/subdefs/<name>/<document path>.<ext>`, written atomically;
   the record gets them, their sizes and `status_bit` in one transaction.
 - A broken document marks its record in error once (until the document changes).
@@ -56,6 +58,7 @@ class Outcome:
 
     record_id: int
     built: tuple[tuple[str, Made], ...] = ()
+    nothing: str | None = None  # no sub-definition is declared for its type: done, nothing built
     error: str | None = None  # the document is broken or unsupported: record marked
     waiting: str | None = None  # a tool is missing: record left for later
 
@@ -92,31 +95,38 @@ async def build_record(db: Any, record: Any, specs: Sequence[Spec], *, timeout: 
         return Outcome(record.id, error="record has no document")
     media_class = classify(record.document_path, record.mime)
     chosen = specs_for(specs, media_class)
-    if not chosen:
-        what = f"{media_class} documents" if media_class else f"documents of type {record.mime or 'unknown'}"
-        return await _mark(db, record, f"no sub-definitions are declared for {what}", log)
-    jobs = [(sp, subdef_path(db.store.root, record.document, sp)) for sp in chosen]
-    try:
-        made = await make_subdefs(record.document_path, media_class or "", jobs, timeout=timeout)
-    except ToolNotFound as e:
-        return Outcome(record.id, waiting=str(e))
-    except MediaError as e:
-        return await _mark(db, record, str(e), log)
+    made: list[tuple[Spec, Made]] = []
+    if chosen:
+        jobs = [(sp, subdef_path(db.store.root, record.document, sp)) for sp in chosen]
+        try:
+            made = await make_subdefs(record.document_path, media_class or "", jobs, timeout=timeout)
+        except ToolNotFound as e:
+            return Outcome(record.id, waiting=str(e))
+        except MediaError as e:
+            return await _mark(db, record, str(e), log)
 
     def register() -> None:
         with db.transaction():
             for spec, m in made:
                 db.set_subdef(record.id, spec.name, m.path, m.width, m.height, m.bytes, doc_version=record.doc_version)
+            if not made:
+                db.mark_subdefs_built(record.id, doc_version=record.doc_version)
             if status_bit is not None:
                 db.set_status(record.id, StatusMask(1 << status_bit, 1 << status_bit))
 
     await anyio.to_thread.run_sync(register)
+    if not chosen:
+        what = f"{media_class} documents" if media_class else f"documents of type {record.mime or 'unknown'}"
+        note = f"nothing to build: no sub-definitions are declared for {what}"
+        if log is not None:
+            log.info("%s: %s", record.label, note)
+        return Outcome(record.id, nothing=note)
     return Outcome(record.id, built=tuple((spec.name, m) for spec, m in made))
 
 
 async def _mark(db: Any, record: Any, message: str, log: Any) -> Outcome:
     if log is not None:
-        log.warning("record %s: %s", record.id, message)
+        log.warning("%s: %s", record.label, message)
     await anyio.to_thread.run_sync(lambda: db.mark_subdef_error(record.id, message, doc_version=record.doc_version))
     return Outcome(record.id, error=message)
 
@@ -174,7 +184,7 @@ class SubdefsTask(TaskType):
                                                  status_bit=st.status_bit, log=ctx.log)
                 outcomes.append(outcome)
                 if outcome.waiting:
-                    ctx.log.warning("record %s left for later: %s", record.id, outcome.waiting)
+                    ctx.log.warning("%s left for later: %s", record.label, outcome.waiting)
                     self._waiting[record.id] = outcome.waiting
                 ctx.progress(len(outcomes), len(records))
 
@@ -194,7 +204,10 @@ class SubdefsTask(TaskType):
         built = sum(len(o.built) for o in outcomes)
         done = sum(1 for o in outcomes if o.built)
         errors = sum(1 for o in outcomes if o.error)
+        nothing = sum(1 for o in outcomes if o.nothing)
         text = f"{done} records: {built} sub-definitions built"
+        if nothing:
+            text += f", {nothing} with nothing to build"
         if errors:
             text += f", {errors} in error"
         if self._waiting:

@@ -162,7 +162,7 @@ class WriteMetadataTask(TaskType):
                         written += 1
                         self._failed.pop(record.id, None)
                     except MediaError as e:  # ExifToolError, timeouts, WriteFailed
-                        ctx.log.warning("record %s: metadata not written: %s", record.id, e)
+                        ctx.log.warning("%s: metadata not written: %s", record.label, e)
                         self._failed[record.id] = record.metadata_dirty
                     ctx.progress(i + 1, len(records))
             ctx.set_info(exiftool_pid=None, failed_records=len(self._failed) or None)

@@ -41,17 +41,17 @@ def record_subdefs(args: Any, env: Any) -> int:
         except UnknownRecord as e:
             raise CommandError(str(e), code=2) from None
         if record.document_path is None:
-            raise CommandError(f"record {rid} has no document (a story?): nothing to build", code=2)
+            raise CommandError(f"{record.label} has no document (a story?): nothing to build", code=2)
         specs = as_specs(db.settings.subdefs)
         current = record.subdefs_version is not None and record.subdefs_version >= record.doc_version
         have = db.subdefs(rid)
         if not args.rebuild:
             if record.subdef_error:
-                raise CommandError(f"record {rid} is marked in error: {record.subdef_error} (use --rebuild to retry)",
-                                   code=1)
+                raise CommandError(f"{record.label} is marked in error: {record.subdef_error} "
+                                   "(use --rebuild to retry)", code=1)
             wanted = {sp.name for sp in specs_for(specs, classify(record.document_path, record.mime))}
             if current and wanted <= set(have):
-                _report(args, rid, {n: s.to_json() for n, s in have.items()}, None, "up to date (use --rebuild)")
+                _report(args, record, {n: s.to_json() for n, s in have.items()}, None, "up to date (use --rebuild)")
                 return 0
         outcome = anyio.run(functools.partial(
             build_record, db, record, specs,
@@ -60,18 +60,21 @@ def record_subdefs(args: Any, env: Any) -> int:
         ))
     built = {n: {"path": str(m.path), "width": m.width, "height": m.height, "size": m.bytes} for n, m in outcome.built}
     problem = outcome.error or outcome.waiting
-    _report(args, rid, built, problem, None)
+    _report(args, record, built, problem, outcome.nothing)
     return 1 if problem else 0
 
 
-def _report(args: Any, rid: int, built: dict[str, Any], problem: str | None, note: str | None) -> None:
+def _report(args: Any, record: Any, built: dict[str, Any], problem: str | None, note: str | None) -> None:
     if args.json:
-        print_json({"record": rid, "subdefs": built, "error": problem, "note": note})
+        print_json({"record": record.id, "original_name": record.original_name, "subdefs": built, "error": problem,
+                    "note": note})
         return
     if problem:
-        print(f"record {rid}: {problem}", file=sys.stderr)
+        print(f"{record.label}: {problem}", file=sys.stderr)
         return
     if note:
-        print(f"record {rid}: {note}")
+        print(f"{record.label}: {note}")
+    if not built:
+        return
     print_table([[n, d["path"], f"{d['width']}x{d['height']}", d["size"]] for n, d in built.items()],
                 ["subdef", "path", "size", "bytes"])

@@ -69,6 +69,12 @@ class Record:
     def status_bits(self) -> str:
         return format_status(self.status)
 
+    @property
+    def label(self) -> str:
+        """How messages name a record: `record 12 (photo.jpg)`, its id and original file name
+        (its document's storage name means nothing to whoever dropped the file)."""
+        return f"record {self.id} ({self.original_name})" if self.original_name else f"record {self.id}"
+
     def to_json(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         d["document_path"] = str(self.document_path) if self.document_path else None

@@ -619,6 +619,18 @@ class Databox:
             if cur.rowcount == 0:
                 raise UnknownRecord(f"no record {record_id} in databox {self.settings.path}")
 
+    def mark_subdefs_built(self, record_id: int, *, doc_version: int | None = None) -> None:
+        """Nothing (more) to build for this document version: no sub-definition is declared for
+        its type. The record stops needing sub-definitions until its document changes."""
+        with self.transaction() as c:
+            cur = c.execute(
+                "UPDATE records SET subdefs_version = max(coalesce(subdefs_version, 0), coalesce(?, doc_version)), "
+                "subdef_error = NULL, subdef_error_version = NULL WHERE id = ?",
+                (doc_version, int(record_id)),
+            )
+            if cur.rowcount == 0:
+                raise UnknownRecord(f"no record {record_id} in databox {self.settings.path}")
+
     def invalidate_subdefs(self, record_id: int) -> None:
         """Make a record need its sub-definitions again (`record:subdefs --rebuild`)."""
         with self.transaction() as c:

@@ -112,7 +112,7 @@ async def test_every_kind_of_document(site: Site, tmp_path: Path, caplog: pytest
     with caplog.at_level(logging.WARNING, logger="schedulerd.task.thumbs"):
         summary = await site.task.run_once(site.ctx)
         good = len(ids) - 2
-        assert summary == f"{good} records: {2 * good} sub-definitions built, 2 in error"
+        assert summary == f"{good} records: {2 * good} sub-definitions built, 1 with nothing to build, 1 in error"
         assert (site.ctx.done, site.ctx.total) == (len(ids), len(ids))
         assert await site.task.run_once(site.ctx) == "nothing to do"  # errors are marked once, not every pass
     storage = Path(site.config.databoxes["main"].storage)
@@ -121,8 +121,12 @@ async def test_every_kind_of_document(site: Site, tmp_path: Path, caplog: pytest
     for kind, rid in ids.items():
         record = site.db.get_record(rid)
         subdefs = site.db.subdefs(rid)
-        if kind in ("corrupt", "audio"):
+        if kind == "corrupt":
             assert subdefs == {} and record.subdef_error and not record.status & (1 << 5)
+            continue
+        if kind == "audio":  # no sub-definition declared for audio: nothing to build, done
+            assert subdefs == {} and record.subdef_error is None and record.status & (1 << 5)
+            assert record.subdefs_version == record.doc_version
             continue
         assert record.subdef_error is None and record.status & (1 << 5), kind
         assert set(subdefs) == {"thumbnail", "preview"}, kind  # a PDF gets the image class's declarations
@@ -133,8 +137,8 @@ async def test_every_kind_of_document(site: Site, tmp_path: Path, caplog: pytest
             assert sub.path.is_relative_to(storage / "subdefs" / name)
             assert sub.path.stem == Path(record.document).stem and sub.path.suffix == ".jpg"
     assert "cannot decode image" in site.db.get_record(ids["corrupt"]).subdef_error
-    assert site.db.get_record(ids["audio"]).subdef_error == "no sub-definitions are declared for audio documents"
-    assert caplog.text.count(f"record {ids['corrupt']}:") == 1
+    assert caplog.text.count(f"record {ids['corrupt']} (broken.jpg): ") == 1  # its original name, not the storage name
+    assert "song.mp3" not in caplog.text  # nothing to build is not a warning
     assert not list(storage.rglob(".*.tmp"))  # atomic writes left nothing behind
 
 
@@ -203,6 +207,29 @@ async def test_missing_ffmpeg_leaves_videos_waiting(tmp_path: Path, monkeypatch:
         site.db.close()
 
 
+@pytest.mark.anyio
+async def test_a_type_without_sub_definitions_has_nothing_to_build(site: Site, tmp_path: Path,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    (tmp_path / "notes.txt").write_text("just text\n")
+    text = site.add(tmp_path / "notes.txt")
+    with caplog.at_level(logging.INFO, logger="schedulerd.task.thumbs"):
+        assert await site.task.run_once(site.ctx) == "0 records: 0 sub-definitions built, 1 with nothing to build"
+    assert f"record {text} (notes.txt): nothing to build: no sub-definitions are declared for documents of type " \
+           "text/plain" in caplog.messages
+    record = site.db.get_record(text)
+    assert record.subdef_error is None and record.subdefs_version == 1 and record.status & (1 << 5)
+    assert await site.task.run_once(site.ctx) == "nothing to do"  # done, not picked up again
+    (tmp_path / "notes2.txt").write_text("more text\n")
+    site.db.replace_document(text, tmp_path / "notes2.txt")  # a new document: looked at again, same answer
+    assert await site.task.run_once(site.ctx) == "0 records: 0 sub-definitions built, 1 with nothing to build"
+    other = site.add(tmp_path / "notes2.txt")
+    p = site.console("record:subdefs", str(other))
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == (f"record {other} (notes2.txt): nothing to build: no sub-definitions are declared "
+                                "for documents of type text/plain")
+    assert site.console("record:subdefs", str(other)).returncode == 0
+
+
 def test_cli_record_subdefs(site: Site, tmp_path: Path) -> None:
     good = site.add(samples.jpeg_rotated(tmp_path / "p.jpg"))
     bad = site.add(samples.corrupt_jpeg(tmp_path / "bad.jpg"))
@@ -219,9 +246,9 @@ def test_cli_record_subdefs(site: Site, tmp_path: Path) -> None:
     assert p.returncode == 0 and json.loads(p.stdout)["note"] is None
     assert site.db.subdefs(good)["thumbnail"].created >= first.created
     p = site.console("record:subdefs", str(bad))
-    assert p.returncode == 1 and "cannot decode image" in p.stderr
+    assert p.returncode == 1 and f"record {bad} (bad.jpg): " in p.stderr and "cannot decode image" in p.stderr
     p = site.console("record:subdefs", str(bad))
-    assert p.returncode == 1 and "is marked in error" in p.stderr and "--rebuild" in p.stderr
+    assert p.returncode == 1 and f"record {bad} (bad.jpg) is marked in error" in p.stderr and "--rebuild" in p.stderr
     p = site.console("record:subdefs", "999")
     assert p.returncode == 2 and "no record 999" in p.stderr
     p = site.console("record:subdefs", "x1")

@@ -151,12 +151,12 @@ async def test_a_refused_file_is_reported_once(site: Site, caplog: pytest.LogCap
     with caplog.at_level(logging.WARNING, logger="schedulerd.task.meta"):
         assert await site.task.run_once(site.ctx) == "1 records written (1 files), 1 failed"
         assert await site.task.run_once(site.ctx) == "nothing to do (1 records failed)"
-        assert caplog.text.count(f"record {bad}: metadata not written") == 1
+        assert caplog.text.count(f"record {bad} (notes.txt): metadata not written") == 1
         assert "Writing of TXT files is not yet supported" in caplog.text
         assert site.ctx.info["failed_records"] == 1
         site.db.set_field(bad, "Title", "changed")  # a new change earns a new try
         assert await site.task.run_once(site.ctx) == "0 records written (0 files), 1 failed"
-        assert caplog.text.count(f"record {bad}: metadata not written") == 2
+        assert caplog.text.count(f"record {bad} (notes.txt): metadata not written") == 2
     record = site.db.get_record(bad)
     assert record.document_path.read_text() == "just text\n" and record.metadata_dirty > 0
     assert read_back(site.db.get_record(good).document_path)["XMP-dc:Title"] == "y"
