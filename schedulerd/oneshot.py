@@ -37,6 +37,7 @@ class ProgressBar:
         self.stream = stream
         self.width = width
         self.shown = False
+        self.text = ""  # the bar as last drawn
         self.info: dict[str, Any] = {}
 
     def __call__(self, done: int, total: int | None) -> None:
@@ -51,14 +52,47 @@ class ProgressBar:
                 text += f"/{human_bytes(self.info['bytes_total'])}"
         if self.info.get("bytes_per_second"):
             text += f"  {human_bytes(self.info['bytes_per_second'])}/s"
-        self.stream.write(text + "\x1b[K")
+        self.text = text
+        self._draw()
+
+    def _draw(self) -> None:
+        self.stream.write(self.text + "\x1b[K")
         self.stream.flush()
         self.shown = True
 
+    def write_above(self, line: str) -> None:
+        """A log line shown above the bar: the bar's line cleared, the line written, the bar drawn again."""
+        if self.shown:
+            self.stream.write("\r\x1b[K")
+        self.stream.write(line)
+        if self.shown:
+            self._draw()
+        else:
+            self.stream.flush()
+
     def close(self) -> None:
+        """The bar's line ended, so what follows starts on a line of its own."""
         if self.shown:
             self.stream.write("\n")
             self.stream.flush()
+            self.shown = False
+
+
+class EchoHandler(logging.StreamHandler):
+    """The task's log on stderr; with a progress bar, each line goes above the bar, never glued to it."""
+
+    def __init__(self, bar: ProgressBar | None):
+        super().__init__(sys.stderr)
+        self.bar = bar
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.bar is None:
+            super().emit(record)
+            return
+        try:
+            self.bar.write_above(self.format(record) + "\n")
+        except Exception:
+            self.handleError(record)
 
 
 def run_one(config: Any, name: str, *, progress: bool = False) -> int:
@@ -71,11 +105,11 @@ def run_one(config: Any, name: str, *, progress: bool = False) -> int:
         lock.close()
         return BUSY
     logs.REDACTOR.add(config.secrets())
-    echo = logging.StreamHandler(sys.stderr)
+    bar = ProgressBar() if progress else None
+    echo = EchoHandler(bar)
     echo.setFormatter(logs.Formatter(logs.FORMAT))
     echo.addFilter(logs.REDACTOR)
     log = logs.task_logger(name, sch.log_dir, sch.log_level, sch.log_max_bytes, sch.log_backups, extra_handlers=[echo])
-    bar = ProgressBar() if progress else None
     state_dir = sch.state_dir / "tasks" / name
     state_dir.mkdir(parents=True, exist_ok=True)
     store = open_store(sch.state_dir)
@@ -94,6 +128,8 @@ def run_one(config: Any, name: str, *, progress: bool = False) -> int:
         finally:
             with anyio.CancelScope(shield=True):
                 await task.shutdown(ctx)
+            if bar:
+                bar.close()  # the outcome's lines (stderr and stdout) start on their own line
 
     try:
         log.info("one-shot iteration started by task:run")
