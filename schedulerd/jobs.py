@@ -23,7 +23,7 @@ from .jobstore import Job, JobError, Outcome, SqliteJobStore, open_job_store
 from .logs import REDACTOR
 from .plugin import failure_detail
 from .protocol import ControlError, Fault
-from .registry import UnknownType, job_type
+from .registry import UnknownType, job_type, job_types
 
 log = logging.getLogger("schedulerd.jobs")
 PROGRESS_EVERY = 0.5  # seconds between progress writes to the store
@@ -80,6 +80,19 @@ def add_job(store: SqliteJobStore, config: Config, type_name: str, payload: Mapp
     jid = store.add(type_name, q, dict(payload), title=handler.title(payload)[:200], priority=priority,
                     max_attempts=tc.max_attempts, deps=after, delay=delay)
     return jid, q
+
+
+def configured_queues(config: Config) -> set[str]:
+    """The queues the config knows: [queues.NAME], the job types' queues, and `default`."""
+    types = {config.jobs.type_config(name).queue or cls.default_queue for name, cls in job_types().items()}
+    return set(config.queues) | types | {"default"}
+
+
+def check_queue(store: SqliteJobStore, config: Config, name: str) -> None:
+    """Refuse a queue name that is neither configured nor holds jobs (a typo), naming the known ones."""
+    known = configured_queues(config) | store.queue_names()
+    if name not in known:
+        raise JobError(f"no queue named {name!r} (known: {', '.join(sorted(known))})")
 
 
 class RunningJob:

@@ -88,6 +88,7 @@ class JobStore(Protocol):
     def set_paused(self, queue: str, paused: bool) -> None: ...
     def paused(self) -> set[str]: ...
     def next_due(self, queue: str) -> float | None: ...
+    def queue_names(self) -> set[str]: ...
     def queues_with_work(self) -> set[str]: ...
     def close(self) -> None: ...
 
@@ -344,6 +345,11 @@ class SqliteJobStore(SqliteFile):
             row = self._conn.execute("SELECT MIN(next_attempt_at) FROM jobs WHERE queue=? AND state IN "
                                      "('waiting','interrupted')", (queue,)).fetchone()
         return row[0] if row else None
+
+    def queue_names(self) -> set[str]:
+        """Every queue that holds jobs, in any state."""
+        with self._lock:
+            return {r[0] for r in self._conn.execute("SELECT DISTINCT queue FROM jobs")}
 
     def queues_with_work(self) -> set[str]:
         with self._lock:

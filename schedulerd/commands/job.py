@@ -51,6 +51,8 @@ def job_list(args: Any, env: Any) -> int:
         raise CommandError(f"--state: expected one of {', '.join(s.value for s in JobState)}, got {args.state!r}", 2)
     store = _store(env)
     try:
+        if args.queue is not None:
+            _check_queue(env, store, args.queue)
         jobs = [j.to_json() for j in store.list(args.state, args.queue, args.limit)]
     finally:
         store.close()
@@ -83,20 +85,47 @@ def job_show(args: Any, env: Any) -> int:
     if args.json:
         print_json(job)
         return 0
-    for key in ("id", "type", "queue", "title", "state", "priority", "attempts", "max_attempts", "deps", "summary",
-                "error", "node"):
-        print(f"{key + ':':14}{job.get(key)}")
-    print(f"{'progress:':14}{_progress(job)}")
-    for key in ("created", "started", "finished", "next_attempt_at"):
-        v = job.get(key)
-        print(f"{key + ':':14}{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(v)) if v else '-'}")
-    payload = json.dumps(job["payload"])
-    print(f"{'payload:':14}{payload}")
+    _print_fields(_fields(job))
     if job["log"]:
         print("log:")
         for entry in job["log"]:
-            print(f"  {time.strftime('%H:%M:%S', time.localtime(entry['ts']))} {entry['level']} {entry['line']}")
+            print(f"  {time.strftime('%H:%M:%S', time.localtime(entry['ts']))} {entry['level']} "
+                  f"{_log_text(entry['line'], env.verbose)}")
     return 0
+
+
+def _when(ts: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+
+
+def _fields(job: dict[str, Any]) -> list[tuple[str, Any]]:
+    """job:show's lines: what the job has (no empty values), times readable."""
+    fields: list[tuple[str, Any]] = [
+        ("id", job["id"]), ("type", job["type"]), ("queue", job["queue"]), ("title", job["title"]),
+        ("state", job["state"]), ("priority", job["priority"]), ("attempts", f"{job['attempts']}/{job['max_attempts']}"),
+        ("after", ", ".join(map(str, job["deps"]))), ("progress", _progress(job)), ("summary", job.get("summary")),
+        ("error", job.get("error")), ("node", job.get("node"))]
+    fields += [(key, job.get(key) and _when(job[key])) for key in ("created", "started", "finished")]
+    if job["state"] in ("waiting", "interrupted"):
+        fields.append(("next attempt", _when(job["next_attempt_at"])))
+    fields.append(("payload", json.dumps(job["payload"])))
+    return [(k, v) for k, v in fields if v not in (None, "")]
+
+
+def _print_fields(fields: list[tuple[str, Any]]) -> None:
+    width = max(len(k) for k, _ in fields) + 2
+    for key, value in fields:
+        print(f"{key + ':':{width}}{value}")
+
+
+TRACEBACK = "\nTraceback (most recent call last):"
+
+
+def _log_text(line: str, verbose: bool) -> str:
+    """A log line as stored, its traceback only with -v; the lines after the first indented under it."""
+    if TRACEBACK in line and not verbose:
+        return line.split(TRACEBACK, 1)[0] + " (traceback with -v)"
+    return line.replace("\n", "\n    ")
 
 
 def _change(env: Any, op: str, job_id: int) -> Any:
@@ -150,9 +179,20 @@ def job_purge(args: Any, env: Any) -> int:
     return 0
 
 
+def _check_queue(env: Any, store: Any, queue: str) -> None:
+    from ..jobs import check_queue
+    from ..jobstore import JobError
+
+    try:
+        check_queue(store, env.config(), queue)
+    except JobError as e:
+        raise CommandError(str(e), 2) from None
+
+
 def _pause(env: Any, queue: str, paused: bool) -> int:
     store = _store(env)
     try:
+        _check_queue(env, store, queue)
         store.set_paused(queue, paused)
     finally:
         store.close()
@@ -173,6 +213,7 @@ def queue_resume(args: Any, env: Any) -> int:
 
 @command("worker:show-configuration", "Show queues, their workers and the job types' settings", JSON)
 def show_configuration(args: Any, env: Any) -> int:
+    from ..jobs import configured_queues
     from ..registry import job_types
     from ..settings import public_view
 
@@ -187,7 +228,7 @@ def show_configuration(args: Any, env: Any) -> int:
     for name, cls in sorted(job_types().items()):
         tc = config.jobs.type_config(name)
         types[name] = {**public_view(tc), "queue": tc.queue or cls.default_queue}
-    queues = sorted(set(config.queues) | {t["queue"] for t in types.values()} | {"default"})
+    queues = sorted(configured_queues(config))
     data = {"queues": {q: {"workers": config.queue(q).workers, "paused": q in paused} for q in queues},
             "job_types": types, "retention": {k: v for k, v in public_view(config.jobs).items() if k != "types"},
             "jobs_by_state": counts}
