@@ -68,11 +68,12 @@ class Env:
         except NotRunning as e:
             raise CommandError(str(e), 1) from None
         except ControlError as e:
-            raise CommandError(e.message, 2 if e.code in (3, 10, 13, 20, 21, 22, 30) else 1) from None
+            raise fault_error(e) from None
 
     def try_call(self, cmd: str, **args: Any) -> Any:
         """Like call, but None when the daemon is down (commands that also work offline)."""
         from .client import NotRunning
+        from .protocol import ControlError
 
         if self.running_pid() is None:
             return None
@@ -80,6 +81,8 @@ class Env:
             return self.client(10).call(cmd, **args)
         except (NotRunning, OSError):
             return None
+        except ControlError as e:
+            raise fault_error(e) from None
 
     def state_store(self) -> Any:
         from .store import open_store
@@ -108,6 +111,15 @@ class Env:
         finally:
             store.close()
         return jid
+
+
+def fault_error(e: Any) -> CommandError:
+    """The daemon's refusal as a clean CLI error: exit 2 for bad input (unknown name, bad argument)."""
+    from .protocol import Fault
+
+    bad_input = (Fault.BAD_ARGUMENTS, Fault.NO_SUCH_TASK, Fault.TASK_DISABLED, Fault.NO_SUCH_JOB, Fault.BAD_JOB_STATE,
+                 Fault.BAD_JOB, Fault.NO_SUCH_QUEUE, Fault.CONFIG_INVALID)
+    return CommandError(e.message, 2 if e.code in bad_input else 1)
 
 
 def _usage() -> str:

@@ -357,20 +357,25 @@ class Daemon:
         self.request_stop()
         return {"stopping": True, "pid": os.getpid()}
 
-    async def c_log_tail(self, args: dict[str, Any]) -> AsyncIterator[str]:
+    def _log_source(self, args: dict[str, Any]) -> tuple[str | logs.Follow, list[Path]]:
+        """What `log.tail` shows: the scheduler log, one task's log, or (all_tasks) every task's."""
+        log_dir = self.config.scheduler.log_dir
+        if args.get("all_tasks"):
+            return logs.Follow.ALL_TASKS, [logs.task_log_path(log_dir, name) for name in self.runners]
         task = args.get("task")
+        if task is None:
+            return logs.Follow.SCHEDULER, [logs.scheduler_log_path(log_dir)]
+        name = self._runner({"name": task}).tc.name
+        return name, [logs.task_log_path(log_dir, name)]
+
+    async def c_log_tail(self, args: dict[str, Any]) -> AsyncIterator[str]:
         n = int(args.get("lines", 20))
-        sch = self.config.scheduler
-        if task is not None:
-            self._runner({"name": task})
-            path = logs.task_log_path(sch.log_dir, task)
-        else:
-            path = logs.scheduler_log_path(sch.log_dir)
+        want, paths = self._log_source(args)
         send, receive = anyio.create_memory_object_stream[str](1000)
         if args.get("follow"):
-            logs.BROADCAST.subscribers[send] = task
+            logs.BROADCAST.subscribers[send] = want
         try:
-            for line in logs.tail(path, n):
+            for line in await anyio.to_thread.run_sync(logs.merged_tail, paths, n):
                 yield line
             if args.get("follow"):
                 async with receive:
@@ -411,8 +416,8 @@ def run(config_path: Path | None = None, *, log_to_stderr: bool = False) -> int:
         return 2
     try:
         anyio.run(Daemon(config, log_to_stderr=log_to_stderr).serve)
-    except AlreadyRunning as e:
-        print(f"schedulerd: {e}", file=os.sys.stderr)
+    except AlreadyRunning as e:  # one line, not "schedulerd: schedulerd is ..."
+        print(e, file=os.sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 0

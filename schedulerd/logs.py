@@ -12,6 +12,7 @@ import time
 import weakref
 from collections.abc import Iterable
 from datetime import datetime, timezone
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -66,12 +67,28 @@ class Redactor(logging.Filter):
 REDACTOR = Redactor()
 
 
+class Follow(Enum):
+    """What a live follower wants when it is not one task's log."""
+
+    SCHEDULER = "scheduler"  # the scheduler log: the lines of no task, as in scheduler.log
+    ALL_TASKS = "all tasks"  # every task's log at once
+
+
+def wants(want: str | Follow, task: str | None) -> bool:
+    """Whether a follower of `want` gets a line of `task` (None: a scheduler line)."""
+    if want is Follow.SCHEDULER:
+        return task is None
+    if want is Follow.ALL_TASKS:
+        return task is not None
+    return want == task
+
+
 class Broadcast(logging.Handler):
     """Hands formatted lines to live subscribers (`log -f` over the control socket)."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.subscribers: dict[Any, str | None] = {}  # send stream -> task name or None for all
+        self.subscribers: dict[Any, str | Follow] = {}  # send stream -> a task's name, or a Follow
 
     def handle(self, record: logging.LogRecord) -> bool:
         if not self.subscribers:  # nobody follows: skip the redaction filter and formatting
@@ -82,7 +99,7 @@ class Broadcast(logging.Handler):
         line = self.format(record)
         task = getattr(record, "task", None)
         for stream, want in list(self.subscribers.items()):
-            if want is None or want == task:
+            if wants(want, task):
                 try:
                     stream.send_nowait(line)
                 except Exception:  # full or closed: a slow reader loses lines, never blocks us
@@ -192,6 +209,29 @@ def tail(path: Path, n: int) -> list[str]:
         return []
     lines = data.decode("utf-8", "replace").splitlines()
     return lines[-n:] if n > 0 else []
+
+
+def merged_tail(paths: Iterable[Path], n: int) -> list[str]:
+    """The last `n` lines of several logs in time order (a traceback stays with its line)."""
+    paths = list(paths)
+    if len(paths) == 1:
+        return tail(paths[0], n)
+    entries: list[tuple[str, list[str]]] = []
+    for path in paths:
+        first = True
+        for line in tail(path, n):
+            stamped = _STAMP.match(line) is not None
+            if stamped or first:  # a file's leading unstamped lines belong to an entry cut off: first
+                entries.append((line[:29] if stamped else "", [line]))
+            else:
+                entries[-1][1].append(line)
+            first = False
+    entries.sort(key=lambda e: e[0])  # stable: one file's entries keep their order
+    lines = [line for _, group in entries for line in group]
+    return lines[-n:] if n > 0 else []
+
+
+_STAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d")
 
 
 def now() -> float:

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from . import CommandError, arg, command, print_json, print_table
@@ -104,11 +105,19 @@ def state(args: Any, env: Any) -> int:
     return STARTED
 
 
-@command("scheduler:run", "Run the daemon in the foreground (systemd Type=notify)")
+@command("scheduler:run", "Run the daemon in the foreground (systemd Type=notify); exit 1 if it already runs")
 def run(args: Any, env: Any) -> int:
     from ..daemon import run as run_daemon
 
+    pid = env.running_pid()
+    if pid:
+        raise CommandError(already_running(pid), 1)
     return run_daemon(env.config_path, log_to_stderr=True)
+
+
+def already_running(pid: int | None) -> str:
+    who = f"pid {pid}" if pid and pid > 0 else "its pidfile is locked"
+    return f"schedulerd is already running ({who}): see scheduler:state, stop it with scheduler:stop"
 
 
 @command("scheduler:reload", "Reload the configuration (like SIGHUP); an invalid one is refused")
@@ -118,48 +127,70 @@ def reload(args: Any, env: Any) -> int:
     return 0
 
 
-def follow_file(path: Any, n: int, follow: bool) -> int:
+def follow_files(paths: list[Path], n: int, follow: bool) -> int:
     """Print the last n lines; with follow, keep printing what is appended (daemon down)."""
-    from ..logs import tail
+    from ..logs import merged_tail
 
-    for line in tail(path, n):
+    for line in merged_tail(paths, n):
         print(line, flush=True)
     if not follow:
         return 0
+    offsets = {p: _size(p) for p in paths}
+    while True:
+        for p in paths:
+            offsets[p] = _print_appended(p, offsets[p])
+        time.sleep(0.2)
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def _print_appended(path: Path, offset: int) -> int:
+    """Print the whole lines written after `offset`; a file that shrank (rotated) is read from its start."""
     try:
         with open(path, "rb") as fh:
-            fh.seek(0, 2)
-            while True:
-                line = fh.readline()
-                if line:
-                    sys.stdout.write(line.decode("utf-8", "replace"))
-                    sys.stdout.flush()
-                else:
-                    time.sleep(0.2)
+            if os.fstat(fh.fileno()).st_size < offset:
+                offset = 0
+            fh.seek(offset)
+            data = fh.read()
     except FileNotFoundError:
-        raise CommandError(f"no log file {path}", 1) from None
+        return 0
+    end = data.rfind(b"\n") + 1
+    if end:
+        sys.stdout.write(data[:end].decode("utf-8", "replace"))
+        sys.stdout.flush()
+    return offset + end
 
 
-def show_log(env: Any, task: str | None, n: int, follow: bool) -> int:
+def show_log(env: Any, n: int, follow: bool, *, task: str | None = None, all_tasks: bool = False) -> int:
+    """The scheduler log, one task's log or every task's: from the daemon, or from the files when it is down."""
+    from ..client import NotRunning
+    from ..cli import fault_error
     from ..logs import scheduler_log_path, task_log_path
+    from ..protocol import ControlError
 
     if env.running_pid():
         try:
-            for line in env.client().stream("log.tail", task=task, lines=n, follow=follow):
+            for line in env.client().stream("log.tail", task=task, all_tasks=all_tasks, lines=n, follow=follow):
                 print(line, flush=True)
             return 0
-        except CommandError:
-            raise
-        except Exception as e:
-            from ..protocol import ControlError
-
-            if isinstance(e, ControlError):
-                raise CommandError(e.message, 2) from None
+        except ControlError as e:
+            raise fault_error(e) from None
+        except (NotRunning, OSError):
+            pass  # gone meanwhile: the files
     log_dir = env.scheduler().log_dir
-    return follow_file(task_log_path(log_dir, task) if task else scheduler_log_path(log_dir), n, follow)
+    if all_tasks:
+        paths = [task_log_path(log_dir, name) for name in env.config().tasks]
+    else:
+        paths = [task_log_path(log_dir, task) if task else scheduler_log_path(log_dir)]
+    return follow_files(paths, n, follow)
 
 
 @command("scheduler:log", "Show the scheduler log", arg("-f", "--follow", action="store_true"),
          arg("-n", "--lines", type=int, default=20))
 def log(args: Any, env: Any) -> int:
-    return show_log(env, None, args.lines, args.follow)
+    return show_log(env, args.lines, args.follow)

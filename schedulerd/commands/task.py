@@ -52,7 +52,7 @@ def task_list(args: Any, env: Any) -> int:
 def task_state(args: Any, env: Any) -> int:
     snap = next((s for s in _snapshots(env) if s["name"] == args.name), None)
     if snap is None:
-        raise CommandError(f"no task named {args.name!r}", 2)
+        raise unknown_task(args.name)
     if args.json:
         print_json(snap)
     else:
@@ -60,13 +60,23 @@ def task_state(args: Any, env: Any) -> int:
     return 0 if matches(snap) else 1
 
 
+def unknown_task(name: str) -> CommandError:
+    """The one wording of an unknown task name, as the daemon's NO_SUCH_TASK (exit 2)."""
+    return CommandError(f"no task named {name!r}", 2)
+
+
+def _configured(env: Any, name: str) -> Any:
+    """The task's config (the daemon down: the file is what knows the names)."""
+    tc = env.config().tasks.get(name)
+    if tc is None:
+        raise unknown_task(name)
+    return tc
+
+
 def _set_offline(env: Any, name: str, wanted: str) -> int:
     from ..states import Wanted
 
-    config = env.config()
-    if name not in config.tasks:
-        raise CommandError(f"no task named {name!r}", 2)
-    if not config.tasks[name].enabled:
+    if not _configured(env, name).enabled:
         raise CommandError(f"task {name} is disabled (tasks.{name}.enabled = false)", 2)
     store = env.state_store()
     try:
@@ -98,6 +108,8 @@ def task_stop(args: Any, env: Any) -> int:
 
 @command("task:restart", "Stop then start a task", NAME)
 def task_restart(args: Any, env: Any) -> int:
+    if not env.running_pid():
+        _configured(env, args.name)  # an unknown name is bad input before "not running"
     snap = env.call("task.restart", name=args.name)
     print(f"{args.name}: {snap['state']}")
     return 0
@@ -105,6 +117,8 @@ def task_restart(args: Any, env: Any) -> int:
 
 @command("task:run-now", "Ask the daemon to start the task's next iteration now", NAME)
 def task_run_now(args: Any, env: Any) -> int:
+    if not env.running_pid():
+        _configured(env, args.name)
     env.call("task.run-now", name=args.name)
     print(f"{args.name}: iteration requested")
     return 0
@@ -116,17 +130,22 @@ def task_run(args: Any, env: Any) -> int:
     from ..oneshot import run_one
 
     config = env.config()
-    if args.name not in config.tasks:
-        raise CommandError(f"no task named {args.name!r}", 2)
+    _configured(env, args.name)
     return run_one(config, args.name, progress=not args.no_progress and sys.stderr.isatty())
 
 
-@command("task:log", "Show a task's log (works when the daemon is down)", NAME,
+@command("task:log", "Show a task's log, or every task's with --all (works when the daemon is down)",
+         arg("name", nargs="?", help="task name, as in [tasks.NAME]"),
+         arg("--all", action="store_true", help="every task's log at once (with -f: follow them all)"),
          arg("-f", "--follow", action="store_true"), arg("-n", "--lines", type=int, default=20))
 def task_log(args: Any, env: Any) -> int:
     from .scheduler import show_log
 
-    return show_log(env, args.name, args.lines, args.follow)
+    if args.all == (args.name is not None):
+        raise CommandError("name one task, or give --all for every task's log", 2)
+    if args.name is not None and not env.running_pid():
+        _configured(env, args.name)
+    return show_log(env, args.lines, args.follow, task=args.name, all_tasks=args.all)
 
 
 @command("task:history", "Show a task's last runs", NAME, arg("-n", "--lines", type=int, default=20), JSON)
@@ -135,6 +154,7 @@ def task_history(args: Any, env: Any) -> int:
 
     res = env.try_call("task.history", name=args.name, limit=args.lines)
     if res is None:
+        _configured(env, args.name)
         store = env.state_store()
         try:
             res = [vars(r) for r in store.history(args.name, args.lines)]
