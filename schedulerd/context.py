@@ -59,6 +59,7 @@ class TaskContext:
         self.done: int | None = None
         self.total: int | None = None
         self.waker = Waker()
+        self._retry: float | None = None  # asked by wait_for during the current iteration
         self._emitter = emitter
         self._job_adder = job_adder
         self._on_progress = on_progress
@@ -106,3 +107,17 @@ class TaskContext:
         if self._job_adder is None:
             raise RuntimeError("no job queue in this process")
         return self._job_adder(type, payload, **options)
+
+    def wait_for(self, what: str, retry: float = 5.0) -> None:
+        if self.info.get("waiting_for") != what:
+            self.log.info("waiting for %s", what)
+        self.set_info(waiting_for=what)
+        self._retry = retry
+
+    def iteration_ended(self) -> float | None:
+        """The engine's side of `wait_for`, after each iteration: the retry delay it asked for,
+        or None (a wait shown until then is over)."""
+        retry, self._retry = self._retry, None
+        if retry is None and "waiting_for" in self.info:
+            self.log.info("done waiting for %s", self.info.pop("waiting_for"))
+        return retry

@@ -48,6 +48,12 @@ class Context(Protocol):
     def add_job(self, type: str, payload: Mapping[str, Any], **options: Any) -> int:
         """Queue a one-off job; returns its id."""
 
+    def wait_for(self, what: str, retry: float = 5.0) -> None:
+        """This iteration found nothing to work on because `what` does not exist yet (say, a
+        databox another task creates): no failure. The state shows `waiting for WHAT`, the
+        change is logged once, and a task runs again after `retry` seconds (its period, if
+        shorter) until an iteration ends without calling this."""
+
 
 class TaskFailed(Exception):
     """An expected failure of an iteration or a job attempt (a busy port, a program that

@@ -222,6 +222,7 @@ class TaskRunner:
             if self.state is TaskState.STOPPING:
                 break
             ok = await self._iteration()
+            retry = self.ctx.iteration_ended()  # the task waits for something (ctx.wait_for)
             if self.state is TaskState.STOPPING:
                 break
             now = anyio.current_time()
@@ -232,6 +233,8 @@ class TaskRunner:
                 if self.crashes:
                     self._set_crashes(0)
                 scheduled = self.next_at = next_run(scheduled, self.tc.period, now)
+                if retry is not None and now + retry < self.next_at:
+                    scheduled = self.next_at = now + retry
                 self._change(TaskState.WAITING)
             else:
                 self._set_crashes(self.crashes + 1)

@@ -391,6 +391,7 @@ class Outcome:
     rule: Rule
     ids: list[int] = dataclasses.field(default_factory=list)
     error: str | None = None
+    waiting: str | None = None  # its databox does not exist yet: nothing to do, not a failure
 
 
 class _Rollback(Exception):
@@ -425,13 +426,17 @@ class RecordMover(TaskType):
     # --- databoxes -------------------------------------------------------------------
     @staticmethod
     def _open(config: Any, name: str) -> Any:
-        from schedulerd.databox import DataboxError, open_databox
+        """The databox `name`, open; RuleError when it cannot be, DataboxMissing when it
+        does not exist yet."""
+        from schedulerd.databox import DataboxError, DataboxMissing, open_databox
 
         databoxes = getattr(config, "databoxes", {}) or {}
         if name not in databoxes:
             raise RuleError(f"unknown databox {name!r}")
         try:
             db = open_databox(databoxes[name], create=False)
+        except DataboxMissing:
+            raise
         except DataboxError as e:
             raise RuleError(str(e)) from None
         # This connection lives for one pass. A rule over many records builds large
@@ -447,6 +452,8 @@ class RecordMover(TaskType):
 
     def _each(self, config: Any, work: Callable[[Any, list[Rule]], list[Outcome]]) -> list[Outcome]:
         """Run `work(db, rules)` per databox, rules kept in their configured order."""
+        from schedulerd.databox import DataboxMissing, awaited
+
         order: list[str] = []
         for r in self.rules:
             if r.databox not in order:
@@ -458,6 +465,9 @@ class RecordMover(TaskType):
                 db = self._open(config, name)
             except RuleError as e:
                 outcomes.update({r: Outcome(r, error=str(e)) for r in rs})
+                continue
+            except DataboxMissing:
+                outcomes.update({r: Outcome(r, waiting=awaited(name, config.databoxes[name])) for r in rs})
                 continue
             try:
                 outcomes.update({o.rule: o for o in work(db, rs)})
@@ -500,8 +510,12 @@ class RecordMover(TaskType):
             if o.ids:
                 event = "record.deleted" if o.rule.action == "delete" else "record.updated"
                 ctx.emit(event, databox=o.rule.databox, ids=o.ids, rule=o.rule.name, task=ctx.name)
+        waiting = ", ".join(dict.fromkeys(o.waiting for o in outcomes if o.waiting))
+        if waiting:
+            ctx.wait_for(waiting)
         summary = "; ".join(
             f"{o.rule.name}: " + ("inactive" if not o.rule.active else "failed" if o.error else
+                                  f"waiting for {o.waiting}" if o.waiting else
                                   f"{len(o.ids)} {'deleted' if o.rule.action == 'delete' else 'updated'}")
             for o in outcomes)
         errors = [o.error for o in outcomes if o.error]
@@ -537,6 +551,7 @@ class RecordMover(TaskType):
             result.append({
                 "rule": r.name, "databox": r.databox, "action": r.action, "active": r.active,
                 "condition": describe_condition(r, now), "then": describe_action(r),
-                "count": len(o.ids), "first_ids": o.ids[:PREVIEW_IDS], "error": o.error,
+                "count": len(o.ids), "first_ids": o.ids[:PREVIEW_IDS],
+                "error": o.error or (f"{o.waiting}: nothing to preview yet" if o.waiting else None),
             })
         return result

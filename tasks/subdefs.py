@@ -160,16 +160,16 @@ class SubdefsTask(TaskType):
         self._waiting = {rid: msg for rid, msg in self._waiting.items() if msg.split(" ", 1)[0] in missing}
 
     async def run_once(self, ctx: Context) -> str | None:
-        from schedulerd.databox import DataboxMissing, open_databox
+        from schedulerd.databox import DataboxMissing, awaited, open_databox
 
         st: Settings = self.settings
         box = ctx.config.databoxes[st.databox]
         specs = as_specs(box.subdefs)
         try:
             db = await anyio.to_thread.run_sync(lambda: open_databox(box, create=False))
-        except DataboxMissing as e:
-            ctx.log.warning("%s", e)
-            return f"databox {st.databox} does not exist yet"
+        except DataboxMissing:  # not created yet (by an archive task, the indexer or databox:create)
+            ctx.wait_for(awaited(st.databox, box))
+            return f"waiting for {awaited(st.databox, box)}"
         try:
             self._tools_back()
             found = await anyio.to_thread.run_sync(db.records_needing_subdefs, st.batch + len(self._waiting))

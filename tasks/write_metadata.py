@@ -136,15 +136,15 @@ class WriteMetadataTask(TaskType):
                                      f"(known: {', '.join(box.subdefs)})")
 
     async def run_once(self, ctx: Context) -> str | None:
-        from schedulerd.databox import DataboxMissing, open_databox
+        from schedulerd.databox import DataboxMissing, awaited, open_databox
 
         st: Settings = self.settings
         box = ctx.config.databoxes[st.databox]
         try:
             db = await anyio.to_thread.run_sync(lambda: open_databox(box, create=False))
-        except DataboxMissing as e:
-            ctx.log.warning("%s", e)
-            return f"databox {st.databox} does not exist yet"
+        except DataboxMissing:  # not created yet (by an archive task, the indexer or databox:create)
+            ctx.wait_for(awaited(st.databox, box))
+            return f"waiting for {awaited(st.databox, box)}"
         try:
             found = await anyio.to_thread.run_sync(db.records_with_dirty_metadata, st.batch + len(self._failed))
             live = {r.id for r in found}

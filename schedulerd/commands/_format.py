@@ -37,6 +37,8 @@ def describe(snap: dict[str, Any]) -> str:
         parts.append(f"next in {snap['next_run_in']:.0f}s")
     if snap.get("crashes"):
         parts.append(f"crashes {snap['crashes']}")
+    if info.get("waiting_for"):
+        parts.append(f"waiting for {info['waiting_for']}")
     if info.get("error"):
         parts.append(f"error: {info['error']}")
     last = snap.get("last_run")

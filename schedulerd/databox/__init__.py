@@ -17,7 +17,7 @@ from .model import (
     UnknownCollection,
     UnknownRecord,
 )
-from .repository import Databox, display_name, open_databox
+from .repository import Databox, awaited, display_name, open_databox
 from .settings import DataboxSettings, FieldType, SubdefSettings
 from .status import NO_MASK, StatusMask, format_mask, format_status, parse_mask
 from .storage import DocumentStore, SourceError, StorageError, guess_mime
@@ -42,6 +42,7 @@ __all__ = [
     "SubdefSettings",
     "UnknownCollection",
     "UnknownRecord",
+    "awaited",
     "display_name",
     "format_mask",
     "format_status",

@@ -48,6 +48,12 @@ _CHUNK = 500
 _NAME_MAX = 200
 
 
+def awaited(name: str, settings: DataboxSettings) -> str:
+    """What a task shows while it waits for a databox that does not exist yet (another task,
+    an archive or the indexer, creates it on its first run): `databox main to be created (PATH)`."""
+    return f"databox {name} to be created ({settings.path})"
+
+
 def open_databox(settings: DataboxSettings, *, create: bool = True) -> Databox:
     """Open (and with `create`, make) the databox described by `settings`."""
     path = Path(settings.path)
@@ -682,6 +688,7 @@ __all__ = [
     "Databox",
     "DataboxError",
     "StorageError",
+    "awaited",
     "display_name",
     "open_databox",
 ]
