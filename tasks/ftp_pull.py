@@ -13,9 +13,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fnmatch
+import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -23,12 +24,11 @@ import anyio
 
 from schedulerd.plugin import Context, TaskType
 from schedulerd.settings import duration, int_range
+from tasks.ftp_common import Progress, check_remote_dir, write_atomic
 from tasks.transfer import ConnectError, RemoteClient, RemoteEntry, TransferError, close, connect, extra_session
-from tasks.transfer.fetch import PART_RE, Committer, Downloaded, LocalError, download, inside, part_name
-from tasks.transfer.ledger import Ledger
+from tasks.transfer.fetch import PART_RE, Downloaded, LocalError, commit, download, inside, part_name
 from tasks.transfer.names import printable
-from tasks.transfer.progress import Progress
-from tasks.transfer.settings import ConnectionSettings, check_remote_dir
+from tasks.transfer.settings import ConnectionSettings
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -127,6 +127,77 @@ def plan(local_dir: Path, todo: dict[str, RemoteEntry], log: Any) -> Plan:
     return Plan(places, resumable)
 
 
+Key = tuple[int | None, float | None]
+
+
+class Ledger:
+    """What was already pulled (path, size, mtime), so that nothing is pulled twice.
+
+    A snapshot written atomically plus an append-only journal of one JSON line per
+    pulled file, handed to the kernel by `flush()` after each group of settled files:
+    a crash mid-pass loses nothing flushed (a file not yet flushed is pulled again, as
+    if the crash came a moment earlier); the next `compact()` folds the journal in.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.journal = path.with_suffix(path.suffix + ".journal")
+        self.items: dict[str, Key] = {}
+        self._fh = None
+        self._load()
+
+    def _load(self) -> None:
+        try:
+            data = json.loads(self.path.read_text())
+            self.items = {k: (v[0], v[1]) for k, v in data.get("files", {}).items()}
+        except FileNotFoundError:
+            pass
+        except (ValueError, TypeError, AttributeError, IndexError) as e:
+            raise ValueError(f"ledger {self.path} is damaged ({e}); move it away to pull everything again") from None
+        with contextlib.suppress(FileNotFoundError):
+            for line in self.journal.read_text().splitlines():
+                try:
+                    k, size, mtime = json.loads(line)
+                except (ValueError, TypeError):
+                    continue  # a torn last line after a crash
+                self.items[k] = (size, mtime)
+
+    def seen(self, rel: str, size: int | None, mtime: float | None) -> bool:
+        return self.items.get(rel) == (size, mtime)
+
+    def add(self, rel: str, size: int | None, mtime: float | None) -> None:
+        self.items[rel] = (size, mtime)
+        if self._fh is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fh = open(self.journal, "a", encoding="utf-8")
+        self._fh.write(json.dumps([rel, size, mtime]) + "\n")
+
+    def flush(self) -> None:
+        if self._fh is not None:
+            self._fh.flush()
+
+    def compact(self, keep: Iterable[str] | None = None) -> None:
+        """Fold the journal into the snapshot; with `keep`, forget files no longer on the server."""
+        if keep is not None:
+            wanted = set(keep)
+            self.items = {k: v for k, v in self.items.items() if k in wanted}
+        self.close()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        files = {k: list(v) for k, v in sorted(self.items.items())}
+        write_atomic(self.path, json.dumps({"version": 1, "files": files}, separators=(",", ":")).encode())
+        with contextlib.suppress(FileNotFoundError):
+            self.journal.unlink()
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+
+BATCH_FILES = 64  # downloaded files made durable together (one syncfs) before their remote copies go
+BATCH_BYTES = 16 * 1024 * 1024
+
+
 class FtpPull(TaskType):
     type_name: ClassVar[str] = "ftp_pull"
     Settings: ClassVar[type] = PullSettings
@@ -181,63 +252,44 @@ class FtpPull(TaskType):
     async def _pull(self, ctx: Context, client: RemoteClient, todo: dict[str, RemoteEntry], ledger: Ledger,
                     waiting: int) -> str:
         s = self.settings
-        local_dir = s.local_dir
-        local_dir.mkdir(parents=True, exist_ok=True)
+        s.local_dir.mkdir(parents=True, exist_ok=True)
+        p = plan(s.local_dir, todo, ctx.log)
+        progress = Progress(ctx, len(p.places), sum(todo[r].size or 0 for r in p.places))
+        work = iter(sorted(p.places.items()))
         errors: list[str] = []
         fatal: list[BaseException] = []
-        committer = Committer()  # syncs in the background: downloads never wait for it
-        ready = anyio.Event()  # the plan below is made
-        resumable: set[str]
-        progress: Progress
-        work: Iterator[tuple[str, tuple[Path, Path]]]
 
         async def worker(first: RemoteClient | None) -> None:
-            c = first
-            mine: list[tuple[str, RemoteEntry, Downloaded]] = []
+            c = first or await extra_session(s, ctx.log, s.parallel)
+            if c is None:
+                return
+            batch: list[tuple[str, RemoteEntry, Downloaded]] = []
             try:
-                if c is None:  # an extra session logs in while the plan is made (a few round trips)
-                    c = await extra_session(s, ctx.log, s.parallel)
-                    if c is None:
-                        return
-                await ready.wait()
                 for rel, (target, part) in work:
-                    if fatal:
-                        break
                     c = await self._usable(ctx, c, first, fatal)
-                    if c is None:
+                    if c is None or fatal:
                         break
-                    await self._settle(ctx, c, mine, committer, ledger, progress, fatal, wait=False)
-                    d = await self._download(ctx, c, todo[rel], target, part, rel in resumable, progress, errors, fatal)
+                    d = await self._download(ctx, c, todo[rel], target, part, rel in p.resumable, progress, errors, fatal)
                     if d is not None:
-                        mine.append((rel, todo[rel], committer.submit(d)))
-                if mine:
-                    committer.urge()
-                    c = await self._usable(ctx, c, first, fatal)
-                await self._settle(ctx, c, mine, committer, ledger, progress, fatal, wait=True)
+                        batch.append((rel, todo[rel], d))
+                    if len(batch) >= BATCH_FILES or sum(x[2].size for x in batch) >= BATCH_BYTES:
+                        await self._settle(ctx, c, batch, ledger, progress, fatal)
+                await self._settle(ctx, c, batch, ledger, progress, fatal)
             finally:
                 if c is not None and c is not first:
                     await close(c)
 
-        async with anyio.create_task_group() as outer:
-            outer.start_soon(committer.run)
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(worker, client)
-                for _ in range(min(s.parallel, len(todo)) - 1):
-                    tg.start_soon(worker, None)
-                await anyio.lowlevel.checkpoint()  # the extra sessions start connecting first
-                p = plan(local_dir, todo, ctx.log)
-                resumable = p.resumable
-                progress = Progress(ctx, len(p.places), sum(todo[r].size or 0 for r in p.places))
-                work = iter(sorted(p.places.items()))
-                ready.set()
-            committer.close()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(worker, client)
+            for _ in range(min(s.parallel, len(todo)) - 1):
+                tg.start_soon(worker, None)
         progress.clear()
         summary = progress.summary("pulled")
         if waiting:
             summary += f", {waiting} still changing"
         pulled = progress.files_done - progress.failed - progress.skipped
         if pulled > 0:
-            ctx.emit("ftp.pulled", local_dir=str(local_dir), files=pulled)
+            ctx.emit("ftp.pulled", local_dir=str(s.local_dir), files=pulled)
         if fatal:
             raise fatal[0] if isinstance(fatal[0], TransferError) else TransferError(str(fatal[0]))
         if errors:
@@ -278,17 +330,14 @@ class FtpPull(TaskType):
             progress.file_done(skipped=True)
         return d
 
-    async def _settle(self, ctx: Context, c: RemoteClient | None, mine: list[tuple[str, RemoteEntry, Downloaded]],
-                      committer: Committer, ledger: Ledger, progress: Progress, fatal: list[BaseException], *, wait: bool) -> None:
-        """For files now durable under their name: delete the remote copy, or remember it."""
+    async def _settle(self, ctx: Context, c: RemoteClient | None, batch: list[tuple[str, RemoteEntry, Downloaded]],
+                      ledger: Ledger, progress: Progress, fatal: list[BaseException]) -> None:
+        """Make the batch durable under its names (see `commit`); then delete each remote copy, or remember it."""
+        if not batch:
+            return
         s = self.settings
-        settled = 0
-        for rel, e, d in mine:
-            if not d.named:
-                if not wait:  # the committer names files in the order they came: the rest wait too
-                    break
-                await committer.named(d)
-            settled += 1
+        await commit([d for _, _, d in batch])
+        for rel, e, d in batch:
             if d.error is not None:
                 ctx.log.error("cannot store %s: %s; stopping this pass", printable(e.path), d.error)
                 fatal.append(d.error)
@@ -313,4 +362,4 @@ class FtpPull(TaskType):
                 ledger.add(rel, e.size, e.mtime)
             progress.file_done()
         ledger.flush()
-        del mine[:settled]
+        batch.clear()

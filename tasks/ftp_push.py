@@ -20,12 +20,11 @@ import anyio
 
 from schedulerd.plugin import Context, JobType, TaskType
 from schedulerd.settings import ConfigError, build, duration, int_range
+from tasks.ftp_common import Progress, check_remote_dir, write_atomic
 from tasks.transfer import RemoteClient, TransferError, close, connect, extra_session
-from tasks.transfer.ledger import write_atomic
 from tasks.transfer.names import join, printable, unsafe_reason
-from tasks.transfer.progress import Progress
 from tasks.transfer.send import send
-from tasks.transfer.settings import ConnectionSettings, check_remote_dir
+from tasks.transfer.settings import ConnectionSettings
 
 
 # --- the drop-box task ------------------------------------------------------------

@@ -37,6 +37,10 @@ class NotFound(RemoteError):
     permanent = True
 
 
+class LocalError(TransferError):
+    """The local side failed (disk full, permission, unreadable file): the remote file is left alone."""
+
+
 class ResumeUnsupported(RemoteError):
     """The server cannot resume a transfer (REST refused): restart it from zero."""
 
@@ -50,11 +54,3 @@ def scrub(text: str, secrets: Iterable[str]) -> str:
     for s in sorted((s for s in secrets if s), key=len, reverse=True):
         text = text.replace(s, "********")
     return text
-
-
-def first_leaf(eg: BaseExceptionGroup) -> BaseException:
-    """The first non-group exception inside an exception group."""
-    e: BaseException = eg
-    while isinstance(e, BaseExceptionGroup):
-        e = e.exceptions[0]
-    return e

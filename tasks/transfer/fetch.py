@@ -12,10 +12,8 @@ import ctypes
 import dataclasses
 import hashlib
 import logging
-import math
 import os
 import re
-import time
 from pathlib import Path
 from typing import BinaryIO, Literal
 
@@ -24,14 +22,10 @@ import anyio
 from schedulerd.durable import SYNCFS, fsync_dir
 
 from .base import OnBytes, RemoteClient, RemoteEntry
-from .errors import IntegrityError, ResumeUnsupported, TransferError
+from .errors import IntegrityError, LocalError, ResumeUnsupported
 
 OnExists = Literal["skip", "overwrite", "rename"]
 PART_RE = re.compile(r"^\.(.+)\.[0-9a-f]{12}\.part$", re.S)  # group 1: the stem `part_name` kept
-
-
-class LocalError(TransferError):
-    """The local side failed (disk full, permission): the remote file is left alone."""
 
 
 def part_name(name: str, entry: RemoteEntry) -> str:
@@ -65,37 +59,22 @@ def free_name(target: Path) -> Path:
 
 
 def _place(part: Path, target: Path, on_exists: OnExists) -> Path | None:
-    """Move the finished temp to its final name without clobbering unless asked."""
+    """Move the finished temp to its final name without clobbering unless asked (a hard link
+    fails on an existing name, where a rename would replace it)."""
     if on_exists == "overwrite":
         os.replace(part, target)
         return target
     candidate = target
-    for _ in range(10000):
+    while True:
         try:
             os.link(part, candidate)
+            part.unlink()
+            return candidate
         except FileExistsError:
             if on_exists == "skip":
                 part.unlink()
                 return None
             candidate = free_name(target)
-            continue
-        except OSError:  # no hard links here: a (tiny) race is the price
-            if candidate.exists():
-                if on_exists == "skip":
-                    part.unlink()
-                    return None
-                candidate = free_name(target)
-                continue
-            os.rename(part, candidate)
-            return candidate
-        part.unlink()
-        return candidate
-    raise LocalError(f"no free name for {target}")
-
-
-def _fsync_dir(folder: Path) -> None:
-    with contextlib.suppress(OSError):
-        fsync_dir(folder)
 
 
 @dataclasses.dataclass
@@ -107,13 +86,12 @@ class Downloaded:
     on_exists: OnExists
     mtime: float | None  # the remote time, still to be set (None: unknown)
     size: int
-    named: bool = False  # the committer is through with it: `result` or `error` is set (see `Committer.named`)
     result: Path | None = None  # the final path (None: skipped because it exists)
     error: LocalError | None = None
     data: bytearray | None = None  # a small file still in memory: written to `part` before the sync
 
 
-SMALL_FILE = 512 * 1024  # at most this is downloaded to memory, written by the committer with its batch
+SMALL_FILE = 512 * 1024  # at most this is downloaded to memory, written with its batch by `commit`
 
 
 async def download(
@@ -239,28 +217,12 @@ def _open_part(part: Path, size: int | None) -> tuple[BinaryIO, int]:
     return f, offset
 
 
-_CREATE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
-
-
 def _write_part(d: Downloaded) -> bool:
-    """Write a small file kept in memory to its temp name, with its time; False (and `error`) on failure."""
+    """A small file kept in memory written to its temp name; False (and `error`) on failure."""
     data, d.data = d.data, None
-    assert data is not None
     try:
-        try:
-            fd = os.open(d.part, _CREATE, 0o666)
-        except FileNotFoundError:  # a new subfolder: made once, by its first file
-            d.part.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(d.part, _CREATE, 0o666)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            if d.mtime is not None:
-                os.utime(fd, (d.mtime, d.mtime))
-                d.mtime = None  # set: `_commit` need not look the file up again
-        finally:
-            os.close(fd)
+        d.part.parent.mkdir(parents=True, exist_ok=True)
+        d.part.write_bytes(data)  # type: ignore[arg-type]
     except OSError as e:
         d.error = LocalError(f"cannot write {d.part}: {e.strerror or e}")
         with contextlib.suppress(OSError):  # a half temp would only be resumed: the file is small
@@ -269,125 +231,50 @@ def _write_part(d: Downloaded) -> bool:
     return True
 
 
-def _commit(batch: list[Downloaded], whole_fs: bool) -> None:
-    """Make the temp files durable (one syncfs for a batch, or one fsync each), then name them."""
-    batch = [d for d in batch if d.error is None and (d.data is None or _write_part(d))]
-    if not batch:
+def _sync(batch: list[Downloaded], whole_fs: bool) -> None:
+    """The batch's data on disk: one syncfs per filesystem involved (or one fsync per file)."""
+    if whole_fs and SYNCFS is not None:
+        for folder in {os.stat(p).st_dev: p for p in {d.part.parent for d in batch}}.values():
+            fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                if SYNCFS(fd) != 0:
+                    raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+            finally:
+                os.close(fd)
         return
+    for d in batch:
+        fd = os.open(d.part, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _commit(batch: list[Downloaded], whole_fs: bool) -> None:
+    """Make the temp files durable, then give them their time and name (each gets `result` or `error`)."""
+    batch = [d for d in batch if d.error is None and (d.data is None or _write_part(d))]
     try:
-        if whole_fs and SYNCFS is not None:
-            folders = {os.stat(p).st_dev: p for p in {d.part.parent for d in batch}}
-            for folder in folders.values():  # one syncfs per filesystem involved
-                fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-                try:
-                    if SYNCFS(fd) != 0:
-                        err = ctypes.get_errno()
-                        raise OSError(err, os.strerror(err))
-                finally:
-                    os.close(fd)
-        else:
-            for d in batch:
-                fd = os.open(d.part, os.O_RDONLY)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
+        _sync(batch, whole_fs)
     except OSError as e:
         for d in batch:
             d.error = LocalError(f"cannot make {d.part} durable: {e.strerror or e}")
         return
-    folders = set()
     for d in batch:
         try:
             if d.mtime is not None:
                 os.utime(d.part, (d.mtime, d.mtime))
             d.result = _place(d.part, d.target, d.on_exists)
-            folders.add(os.path.dirname(d.target))  # a str: a Path's parent is a new object to hash
-        except (OSError, LocalError) as e:
-            d.error = e if isinstance(e, LocalError) else LocalError(f"cannot move {d.part.name} to {d.target}: {e.strerror or e}")
-    for folder in folders:
-        _fsync_dir(folder)
+        except OSError as e:
+            d.error = LocalError(f"cannot move {d.part.name} to {d.target}: {e.strerror or e}")
+        except LocalError as e:
+            d.error = e
+    for folder in {d.target.parent for d in batch}:
+        with contextlib.suppress(OSError):
+            fsync_dir(folder)
 
 
-class Committer:
-    """Durability in groups, off the download path: one syncfs covers many finished files.
-
-    Workers `submit` finished temp files (small ones still in memory) and go on
-    downloading; `run` (one task beside the workers) writes and syncs a batch once it
-    holds `max_batch` files or `max_bytes`, or its first file waited `max_age` (or at
-    once when a worker `urge`s it), names the files, marks them `named`, and goes on
-    with what arrived meanwhile. A file gets its final name only after its data is
-    durable; the caller deletes the remote copy only once a file is `named` without
-    error. `close` ends `run` once all is named.
-    """
-
-    def __init__(self, max_batch: int = 64, max_age: float = 0.05, max_bytes: int = 16 * 1024 * 1024):
-        self.max_batch = max_batch
-        self.max_age = max_age
-        self.max_bytes = max_bytes  # of small files held in memory
-        self._held = 0
-        self._pending: list[Downloaded] = []
-        self._since = 0.0
-        self._wake = anyio.Event()
-        self._named = anyio.Event()  # set (and replaced) each time a batch is through
-        self._urgent = False
-        self._closed = False
-
-    def submit(self, d: Downloaded) -> Downloaded:
-        if self._closed:  # pragma: no cover - a caller bug
-            raise RuntimeError("Committer is closed")
-        if not self._pending:
-            self._since = time.monotonic()
-            self._wake.set()  # `run` starts the clock
-        self._pending.append(d)
-        self._held += len(d.data or b"")
-        if self._full():
-            self._wake.set()
-        return d
-    def _full(self) -> bool:
-        return len(self._pending) >= self.max_batch or self._held >= self.max_bytes
-
-    def urge(self) -> None:
-        """Someone waits for the pending files: sync them now."""
-        self._urgent = True
-        self._wake.set()
-
-    def close(self) -> None:
-        """No more submissions: `run` returns once the pending files are named."""
-        self._closed = True
-        self._wake.set()
-
-    async def run(self) -> None:
-        while True:
-            if not self._pending:
-                if self._closed:
-                    return
-            elif self._urgent or self._closed or self._full():
-                self._urgent = False
-                await self.flush()
-                continue
-            with anyio.move_on_after(self._since + self.max_age - time.monotonic() if self._pending else math.inf):
-                await self._wake.wait()
-            if self._wake.is_set():
-                self._wake = anyio.Event()
-            elif self._pending:  # the first pending file waited max_age
-                self._urgent = True
-
-    async def flush(self) -> None:
-        batch, self._pending, self._held = self._pending, [], 0
-        if not batch:
-            return
-        try:
-            with anyio.CancelScope(shield=True):  # a batch is named as a whole, even when cancelled
-                await anyio.to_thread.run_sync(_commit, batch, True)
-        finally:
-            for d in batch:
-                d.named = True
-            self._named.set()
-            self._named = anyio.Event()
-
-    async def named(self, d: Downloaded) -> None:
-        """Wait until `d` is named (or failed). One event per batch, not one per file: an
-        anyio Event costs more to make than a small file's write."""
-        while not d.named:
-            await self._named.wait()
+async def commit(batch: list[Downloaded]) -> None:
+    """Make a batch durable with one syncfs (per filesystem), then name its files: each gets
+    `result` or `error`. Shielded: a batch is named as a whole, even when cancelled."""
+    with anyio.CancelScope(shield=True):
+        await anyio.to_thread.run_sync(_commit, batch, True)

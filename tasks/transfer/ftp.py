@@ -15,15 +15,13 @@ import logging
 import re
 import socket
 from collections.abc import Awaitable, Callable
-from datetime import datetime, timezone
-from typing import Protocol
 
 import anyio
 from OpenSSL import SSL
 
 from .base import OnBytes, RemoteClient, RemoteEntry, Sink, Source
 from .errors import AuthError, ConnectError, NotFound, RemoteError, ResumeUnsupported, TransferError, scrub
-from .listing import parse_listing
+from .listing import parse_listing, parse_mlsd_time
 from .proxy import open_socket
 from .settings import ConnectionSettings
 from .tls import Tls, TlsConn, TlsFailure, reason, wait_for
@@ -35,18 +33,6 @@ PROTOCOL_LOG = logging.getLogger("schedulerd.ftp.protocol")
 NET_ERRORS = (OSError, TimeoutError, SSL.Error, TlsFailure, EOFError)
 
 
-class Conn(Protocol):
-    """A connection on a bare non-blocking socket: `SocketConn`, or `TlsConn` around one."""
-
-    sock: socket.socket
-
-    async def handshake(self) -> None: ...
-    async def recv_into(self, buf: bytearray | memoryview) -> int: ...
-    async def sendall(self, data: bytes | memoryview) -> None: ...
-    async def finish(self, *, upload: bool) -> None: ...
-    def close(self) -> None: ...
-
-
 class SocketConn:
     """A plain connection; every wait for the socket bounded by `timeout`."""
 
@@ -54,8 +40,8 @@ class SocketConn:
         self.sock = sock
         self.timeout = timeout
 
-    async def handshake(self) -> None:
-        pass
+    async def handshake(self) -> None:  # TlsConn's interface: nothing to do
+        return
 
     async def recv_into(self, buf: bytearray | memoryview) -> int:
         while True:
@@ -72,24 +58,25 @@ class SocketConn:
             except (BlockingIOError, InterruptedError):
                 await wait_for(self.sock, False, self.timeout)
 
-    async def finish(self, *, upload: bool) -> None:
-        pass  # closing after an upload: the kernel still delivers what it holds, then the FIN
+    async def finish(self, *, upload: bool) -> None:  # closed after an upload: the kernel delivers the rest, then FIN
+        return
 
     def close(self) -> None:
         self.sock.close()
 
 
-class _Refused(Exception):
-    """A reply other than the expected one."""
+Conn = SocketConn | TlsConn  # one data path: TLS is a wrapper around the same socket
 
+
+class _Refused(Exception):  # a reply other than the expected one
     def __init__(self, code: str, info: list[str]) -> None:
         super().__init__(code)
         self.code = code
         self.text = " ".join(i.strip() for i in info if i.strip())[:300]
 
 
-class _DataLost(Exception):
-    """The data connection failed (its cause is `__cause__`); not the local side."""
+class _DataLost(Exception):  # the data connection failed (its `__cause__`), not the local side
+    pass
 
 
 def _matches(code: str, masks: str | tuple[str, ...]) -> bool:
@@ -97,44 +84,15 @@ def _matches(code: str, masks: str | tuple[str, ...]) -> bool:
     return code.startswith(tuple(m.rstrip("x") for m in ((masks,) if isinstance(masks, str) else masks)))
 
 
-def _mdtm(info: list[str]) -> float:
-    """`213 YYYYMMDDHHMMSS[.sss]` (UTC) as epoch seconds; ValueError when malformed."""
-    stamp = info[-1].strip().split()[-1] if info[-1].strip() else ""
-    main, _, frac = stamp.partition(".")
-    d = datetime.strptime(main, "%Y%m%d%H%M%S").replace(tzinfo=timezone.utc)
-    return d.timestamp() + (float("0." + frac) if frac.isdigit() else 0.0)
-
-
 def _private(host: str) -> bool:
-    try:
+    with contextlib.suppress(ValueError):
         ip = ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return ip.is_unspecified or ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_reserved
+        return ip.is_unspecified or ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_reserved
+    return False
 
 
 _EPSV = re.compile(r"\(([!-~])\1\1(\d+)\1\)")
 _PASV = re.compile(r"(\d+),(\d+),(\d+),(\d+),(\d+),(\d+)")
-_PWD = re.compile(r'"((?:[^"]|"")*)"')
-
-
-class Control:
-    """The control connection: lines read from a `Conn` (plain, or TLS once upgraded)."""
-
-    def __init__(self, conn: Conn) -> None:
-        self.conn = conn
-        self._buf = bytearray()
-        self._chunk = bytearray(65536)
-
-    async def readline(self) -> bytes:
-        while (end := self._buf.find(b"\n")) < 0:
-            n = await self.conn.recv_into(self._chunk)
-            if not n:
-                raise ConnectionResetError("the server closed the control connection")
-            self._buf += memoryview(self._chunk)[:n]
-        line = bytes(self._buf[:end])
-        del self._buf[:end + 1]
-        return line
 
 
 class FtpClient(RemoteClient):
@@ -154,11 +112,9 @@ class FtpClient(RemoteClient):
         self._epsv = True
         self._mlsd: bool | None = None
         self._dirs: set[str] = set()
-        self._home = "/"
-        self._control: Control | None = None
+        self._control: Conn | None = None
+        self._lines = bytearray()  # of the control connection, not yet read
         self.broken = False
-
-    # --- session -----------------------------------------------------------
 
     @classmethod
     async def open(cls, settings: ConnectionSettings, log: logging.Logger) -> FtpClient:
@@ -187,7 +143,7 @@ class FtpClient(RemoteClient):
         if self._socks is None:  # data connections go to the address already resolved
             with contextlib.suppress(OSError, IndexError):
                 self._data_host = sock.getpeername()[0]
-        self._control = Control(SocketConn(sock, s.timeout))
+        self._control = SocketConn(sock, s.timeout)
         if s.protocol == "ftps-implicit":
             await self._start_tls()
         await self._cmd(None, "220", "120", what="greeting")
@@ -203,15 +159,11 @@ class FtpClient(RemoteClient):
             with contextlib.suppress(RemoteError):
                 await self._cmd("OPTS UTF8 ON", "2xx", what="OPTS")
         await self._cmd("TYPE I", "200", what="TYPE")
-        with contextlib.suppress(RemoteError):
-            _, info = await self._cmd("PWD", "257", what="PWD")
-            if m := _PWD.search(info[-1]):
-                self._home = m.group(1).replace('""', '"')
         self.log.debug("connected to %s", s.describe())
 
     async def _start_tls(self) -> None:
         assert self._tls is not None and self._control is not None
-        conn = TlsConn(self._tls, self._control.conn.sock, resume=False)
+        conn = TlsConn(self._tls, self._control.sock, resume=False)
         try:
             await conn.handshake()
         except (TlsFailure, OSError, TimeoutError) as e:
@@ -219,7 +171,7 @@ class FtpClient(RemoteClient):
             raise self._error(ConnectError, f"TLS handshake with {self.s.host}:{self.s.port} failed: "
                                              f"{e or type(e).__name__}") from None
         self._tls.control = conn.conn  # its session is the first the data connections resume
-        self._control.conn = conn
+        self._control = conn
 
     async def _login(self) -> None:
         s = self.s
@@ -268,8 +220,6 @@ class FtpClient(RemoteClient):
             return f"no reply within {self.s.timeout:g}s"
         return reason(e)
 
-    # --- commands ------------------------------------------------------------
-
     async def _command(self, line: str | None, expected: str | tuple[str, ...] = (),
                        wait: str | tuple[str, ...] = ()) -> tuple[str, list[str]]:
         """Write `line` (None: already sent), read replies while they match `wait`, check `expected`."""
@@ -279,7 +229,7 @@ class FtpClient(RemoteClient):
                 raise ValueError("a command must not contain CR or LF")
             if PROTOCOL_LOG.isEnabledFor(logging.DEBUG):
                 PROTOCOL_LOG.debug("%s> %s", self.s.host, line[:5] + "********" if line[:5] in ("PASS ", "ACCT ") else line)
-            await self._control.conn.sendall((line + "\r\n").encode(self.s.encoding))
+            await self._control.sendall((line + "\r\n").encode(self.s.encoding))
         code, info = await self._reply()
         while wait and _matches(code, wait):
             code, info = await self._reply()
@@ -289,7 +239,13 @@ class FtpClient(RemoteClient):
 
     async def _line(self) -> str:
         assert self._control is not None
-        text = (await self._control.readline()).decode(self.s.encoding).rstrip()
+        chunk = bytearray(4096)
+        while (end := self._lines.find(b"\n")) < 0:
+            if not (n := await self._control.recv_into(chunk)):
+                raise ConnectionResetError("the server closed the control connection")
+            self._lines += chunk[:n]
+        text = self._lines[:end].decode(self.s.encoding).rstrip()
+        del self._lines[:end + 1]
         PROTOCOL_LOG.debug("%s< %s", self.s.host, text)
         return text
 
@@ -324,15 +280,13 @@ class FtpClient(RemoteClient):
         self.broken = True
         if self._control is not None:
             with contextlib.suppress(Exception):
-                self._control.conn.close()
+                self._control.close()
 
     async def aclose(self) -> None:
         if not self.broken and self._control is not None:
             with anyio.move_on_after(min(self.s.timeout, 5)), contextlib.suppress(TransferError):
                 await self._cmd("QUIT", "2xx", what="QUIT")
         self._abort()
-
-    # --- the data path -------------------------------------------------------
 
     async def _passive_address(self) -> tuple[str, int]:
         if self._epsv:
@@ -360,7 +314,7 @@ class FtpClient(RemoteClient):
     async def _active_listener(self) -> socket.socket:
         """Listen beside the control connection and announce it with PORT (IPv4) or EPRT (IPv6)."""
         assert self._control is not None
-        local = self._control.conn.sock.getsockname()[0]
+        local = self._control.sock.getsockname()[0]
         lsock = socket.socket(socket.AF_INET6 if ":" in local else socket.AF_INET, socket.SOCK_STREAM)
         try:
             lsock.bind((local, 0))
@@ -380,7 +334,7 @@ class FtpClient(RemoteClient):
     async def _accept(self, lsock: socket.socket) -> socket.socket:
         """The server's data connection; one from another address is refused."""
         assert self._control is not None
-        peer = self._control.conn.sock.getpeername()[0]
+        peer = self._control.sock.getpeername()[0]
         while True:
             await anyio.wait_readable(lsock)
             try:
@@ -414,7 +368,11 @@ class FtpClient(RemoteClient):
         conns: list[Conn] = []
         try:
             if self.s.passive:
-                sock = await self._data_socket(*await self._passive_address())
+                host, port = await self._passive_address()
+                try:
+                    sock = await self._socket(host, port)
+                except ConnectError as e:
+                    raise self._data_lost(e, what) from None
             else:
                 listener = await self._active_listener()
             if offset:
@@ -424,7 +382,8 @@ class FtpClient(RemoteClient):
                 nonlocal sock
                 if listener is not None:
                     sock = await self._accept(listener)
-                conns.append(SocketConn(sock, self.s.timeout) if self._tls is None else TlsConn(self._tls, sock))  # type: ignore[arg-type]
+                assert sock is not None
+                conns.append(SocketConn(sock, self.s.timeout) if self._tls is None else TlsConn(self._tls, sock))
                 sock = None  # the connection's now
                 await conns[0].handshake()
 
@@ -453,33 +412,30 @@ class FtpClient(RemoteClient):
         await self._cmd(None, "2xx", "1xx", what=what)
         return n
 
-    async def _data_socket(self, host: str, port: int) -> socket.socket:
-        try:
-            return await self._socket(host, port)
-        except ConnectError as e:
-            raise self._data_lost(e, "data connection") from None
-
     async def _beside_1xx(self, command: str, what: str, not_found: bool,
                           establish: Callable[[], Awaitable[None]]) -> None:
         """`command` waits for its 1xx while `establish` makes the data connection (an accept,
         a TLS handshake) within `timeout`. A refusal (550...) is raised as is."""
-        failure: list[BaseException] = []
+        failure: list[BaseException] = []  # raised below, not as an ExceptionGroup
+        refused: list[TransferError] = []
         async with anyio.create_task_group() as tg:
 
             async def run() -> None:
                 try:
                     with anyio.fail_after(self.s.timeout):
                         await establish()
-                except Exception as e:  # raised below, not as an ExceptionGroup
+                except Exception as e:
                     failure.append(e)
                     tg.cancel_scope.cancel()
 
             tg.start_soon(run)
             try:
                 await self._cmd(command, "1xx", what=what, not_found=not_found)
-            except TransferError:  # the data connection is not wanted any more
+            except TransferError as e:  # the data connection is not wanted any more
+                refused.append(e)
                 tg.cancel_scope.cancel()
-                raise
+        if refused:
+            raise refused[0]
         if failure:
             raise self._data_lost(failure[0], what)
 
@@ -510,8 +466,6 @@ class FtpClient(RemoteClient):
                 fill = 0
             if not k:
                 return got
-
-    # --- operations ----------------------------------------------------------
 
     async def list(self, path: str) -> list[RemoteEntry]:
         data = b""
@@ -561,10 +515,8 @@ class FtpClient(RemoteClient):
             return None
         try:
             _, info = await self._cmd(f"MDTM {path}", "213", what="MDTM", not_found=True)
-            return _mdtm(info)
-        except (ValueError, IndexError):
-            return None
-        except RemoteError:
+            return parse_mlsd_time(info[-1].split()[-1])  # UTC, as MLSD times
+        except (RemoteError, ValueError, IndexError):
             if self.broken:
                 raise
             return None
@@ -600,7 +552,7 @@ class FtpClient(RemoteClient):
             await self._rename(src, dst)
         except NotFound:
             raise
-        except RemoteError as e:
+        except RemoteError:
             if self.broken or await self.stat(dst) is None:
                 raise
             await self.delete(dst)  # a server that does not replace: dst deleted, then the rename
@@ -611,28 +563,15 @@ class FtpClient(RemoteClient):
         await self._cmd(f"RNTO {dst}", "2xx", what="RNTO")
 
     async def mkdir(self, path: str) -> None:
-        path = path.rstrip("/") or "/"
-        if path in self._dirs or path in ("/", ".", ""):
-            return
-        try:
-            await self._cmd(f"MKD {path}", "257", what="MKD")
-        except RemoteError:
-            if self.broken:
-                raise
-            if not await self._is_dir(path):
-                parent = path.rsplit("/", 1)[0] if "/" in path else ""
-                if not parent or parent == path:
-                    raise
-                await self.mkdir(parent)
-                await self._cmd(f"MKD {path}", "257", what="MKD")
-        self._dirs.add(path)
-
-    async def _is_dir(self, path: str) -> bool:
-        try:
-            await self._cmd(f"CWD {path}", "2xx", what="CWD")
-        except RemoteError:
-            if self.broken:
-                raise
-            return False
-        await self._cmd(f"CWD {self._home}", "2xx", what="CWD")
-        return True
+        """Each missing folder of `path`, parents first (once per session); a refusal (it exists,
+        or it may not be made) is left for the upload into it to report."""
+        parts = path.rstrip("/").split("/")
+        for i in range(1, len(parts) + 1):
+            folder = "/".join(parts[:i])
+            if folder and folder not in self._dirs:
+                try:
+                    await self._cmd(f"MKD {folder}", "257", what="MKD")
+                except RemoteError:
+                    if self.broken:
+                        raise
+                self._dirs.add(folder)

@@ -20,23 +20,14 @@ from .settings import Proxy
 _TYPES = {"socks5": ProxyType.SOCKS5, "socks4": ProxyType.SOCKS4}
 
 
-def _family(host: str) -> socket.AddressFamily | None:
-    """The family of an address literal; None for a name (to resolve)."""
-    try:
-        return socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
-    except ValueError:
-        return None
-
-
 async def _tcp(host: str, port: int, timeout: float) -> socket.socket:
-    """A connected non-blocking socket to the first address of host:port that answers.
-
-    An address needs no lookup: data connections go to the control connection's address."""
-    family = _family(host)
+    """A connected non-blocking socket to the first address of host:port that answers. An
+    address needs no lookup (a thread hop): data connections go to the control's address."""
     with anyio.fail_after(timeout):
-        if family is not None:
+        try:
+            family = socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
             infos = [(family, socket.SOCK_STREAM, 0, "", (host, port))]
-        else:
+        except ValueError:
             infos = await anyio.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         last: OSError | None = None
         for family, kind, proto, _, addr in infos:

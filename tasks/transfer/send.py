@@ -11,7 +11,7 @@ from typing import BinaryIO
 import anyio
 
 from .base import OnBytes, RemoteClient
-from .errors import IntegrityError, RemoteError, TransferError
+from .errors import IntegrityError, LocalError, RemoteError, TransferError
 from .names import join, unsafe_reason
 
 PIECE = 1024 * 1024  # bytes read from the local file per worker-thread call
@@ -19,10 +19,6 @@ PIECE = 1024 * 1024  # bytes read from the local file per worker-thread call
 
 def temp_name(name: str) -> str:
     return f".{name}.part"
-
-
-class LocalReadError(TransferError):
-    """The local file could not be read: the remote side is not at fault."""
 
 
 def _open(src: Path) -> tuple[BinaryIO, int, bytes]:
@@ -71,7 +67,7 @@ async def _upload(client: RemoteClient, src: Path, tmp: str, on_bytes: OnBytes |
     try:
         f, size, first = await anyio.to_thread.run_sync(_open, src)
     except OSError as e:
-        raise LocalReadError(f"cannot read {src}: {e.strerror or e}") from None
+        raise LocalError(f"cannot read {src}: {e.strerror or e}") from None
     pieces = [first] if len(first) == PIECE else [b"", first]  # short: the whole file, then the end
 
     async def source() -> bytes:
@@ -80,7 +76,7 @@ async def _upload(client: RemoteClient, src: Path, tmp: str, on_bytes: OnBytes |
         try:
             return await anyio.to_thread.run_sync(f.read, PIECE)
         except OSError as e:
-            raise LocalReadError(f"cannot read {src}: {e.strerror or e}") from None
+            raise LocalError(f"cannot read {src}: {e.strerror or e}") from None
 
     try:
         return size, await client.put(source, tmp, on_bytes)

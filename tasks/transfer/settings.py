@@ -54,11 +54,6 @@ def parse_proxy(value: str) -> Proxy:
     return Proxy(scheme, url.hostname, port or PROXY_PORTS[scheme], urllib.parse.unquote(url.username or "") or None)  # type: ignore[arg-type]
 
 
-def check_remote_dir(value: str, key: str = "remote_dir") -> None:
-    if not value or any(c in value for c in "\r\n\0"):
-        raise ValueError(f"{key}: must be a non-empty path without CR, LF or NUL")
-
-
 def _host(value: object, path: str) -> str:
     if not isinstance(value, str) or not value.strip():
         raise ConfigError(path, "expected a host name or address")

@@ -10,7 +10,7 @@ import anyio
 import asyncssh
 
 from .base import OnBytes, RemoteClient, RemoteEntry, Sink, Source
-from .errors import AuthError, ConnectError, HostKeyError, NotFound, RemoteError, TransferError, first_leaf, scrub
+from .errors import AuthError, ConnectError, HostKeyError, NotFound, RemoteError, TransferError, scrub
 from .names import check_name, join
 from .proxy import open_socket
 from .settings import ConnectionSettings
@@ -22,26 +22,15 @@ CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "chacha20-poly130
            "aes256-ctr", "aes192-ctr", "aes128-ctr")
 
 
+_TYPES = {asyncssh.FILEXFER_TYPE_REGULAR: "file", asyncssh.FILEXFER_TYPE_DIRECTORY: "dir",
+          asyncssh.FILEXFER_TYPE_SYMLINK: "link"}
+
+
 def _entry_type(attrs: asyncssh.SFTPAttrs) -> str:
-    t = attrs.type
-    if t == asyncssh.FILEXFER_TYPE_REGULAR:
-        return "file"
-    if t == asyncssh.FILEXFER_TYPE_DIRECTORY:
-        return "dir"
-    if t == asyncssh.FILEXFER_TYPE_SYMLINK:
-        return "link"
-    if attrs.permissions is not None:
-        mode = attrs.permissions
-        return "file" if statmod.S_ISREG(mode) else "dir" if statmod.S_ISDIR(mode) else "link" if statmod.S_ISLNK(mode) else "other"
-    return "other"
-
-
-class _Slot:
-    __slots__ = ("data", "done")
-
-    def __init__(self) -> None:
-        self.data = b""
-        self.done = anyio.Event()
+    if attrs.type in _TYPES:
+        return _TYPES[attrs.type]
+    mode = attrs.permissions or 0
+    return "file" if statmod.S_ISREG(mode) else "dir" if statmod.S_ISDIR(mode) else "link" if statmod.S_ISLNK(mode) else "other"
 
 
 class SftpClient(RemoteClient):
@@ -67,19 +56,13 @@ class SftpClient(RemoteClient):
                                      proxy_password=s.proxy_password.reveal() if s.proxy_password else None)
         if s.known_hosts == "off":
             log.warning("SSH host key of %s is NOT checked (known_hosts = \"off\")", s.host)
-        password = s.secret_password() or None
         options = dict(
-            username=s.user,
-            password=password,
+            username=s.user, password=s.secret_password() or None, agent_path=None, config=None,
             client_keys=[str(s.key_file)] if s.key_file else (),
             passphrase=s.key_passphrase.reveal() if s.key_passphrase else None,
             known_hosts=None if s.known_hosts == "off" else str(s.known_hosts),
-            agent_path=None,
-            connect_timeout=s.timeout,
-            login_timeout=s.timeout,
+            connect_timeout=s.timeout, login_timeout=s.timeout, encryption_algs=CIPHERS,
             preferred_auth="publickey,password,keyboard-interactive" if s.key_file else "password,keyboard-interactive",
-            encryption_algs=CIPHERS,
-            config=None,
         )
         conn = None
         try:
@@ -121,13 +104,6 @@ class SftpClient(RemoteClient):
             raise
         except (asyncssh.Error, OSError, TimeoutError) as e:
             raise self._wrap(e, what, path) from None
-        except BaseExceptionGroup as eg:  # from the parallel request groups
-            leaf = first_leaf(eg)
-            if isinstance(leaf, TransferError):
-                raise leaf from None
-            if isinstance(leaf, (asyncssh.Error, OSError, TimeoutError)):
-                raise self._wrap(leaf, what, path) from None
-            raise
 
     async def aclose(self) -> None:
         self._sftp.exit()
@@ -169,96 +145,48 @@ class SftpClient(RemoteClient):
 
     async def get(self, path: str, sink: Sink, offset: int = 0, size: int | None = None,
                   on_bytes: OnBytes | None = None) -> int:
-        """Keep `sftp_requests` reads of one block in flight; hand them to `sink` in order."""
+        """Read to the end in pieces of `sftp_requests` blocks, asyncssh keeping their reads in flight."""
+        piece = self._block * self.s.sftp_requests
+        got = 0
         with self._errors("download", path):
             with anyio.fail_after(self.s.timeout):
-                # block_size=0: each read is one request (ours keep many in flight already)
-                f = await self._sftp.open(path.encode(self.s.encoding), "rb", block_size=0)
+                f = await self._sftp.open(path.encode(self.s.encoding), "rb", block_size=self._block,
+                                          max_requests=self.s.sftp_requests)
             try:
-                return await self._read_into(f, sink, offset, size, on_bytes)
+                while True:
+                    with anyio.fail_after(self.s.timeout * 4):
+                        data = await f.read(piece, offset + got)
+                    if data:
+                        await sink(memoryview(data))
+                        got += len(data)
+                        if on_bytes:
+                            on_bytes(len(data))
+                    if len(data) < piece:  # a parallel read comes back short only at the end
+                        return got
             finally:
                 with anyio.move_on_after(self.s.timeout, shield=True), contextlib.suppress(asyncssh.Error, OSError):
                     await f.close()
 
-    async def _read_into(self, f: asyncssh.SFTPClientFile, sink: Sink, offset: int, size: int | None,
-                         on_bytes: OnBytes | None) -> int:
-        """Reads at known offsets up to the expected end (one more there proves the end); a short
-        read or bytes past the end (the file changed) and the rest is read one block at a time."""
-        block, timeout = self._block, self.s.timeout
-        if size is None:
-            with anyio.fail_after(timeout):
-                size = (await f.stat()).size or 0
-        written = 0
-
-        async def put(data: bytes) -> bool:
-            """`data` to the sink; False when it is not what was expected (read on, one by one)."""
-            nonlocal written
-            await sink(memoryview(data))
-            written += len(data)
-            if on_bytes:
-                on_bytes(len(data))
-            at = offset + written
-            return not ((at < size and len(data) < block) or at > size)
-
-        async def fetch(slot: _Slot, pos: int) -> None:
-            with anyio.fail_after(timeout):
-                slot.data = await f.read(block, pos)
-            slot.done.set()
-
-        more = False
-        send, recv = anyio.create_memory_object_stream[_Slot](self.s.sftp_requests)
-        async with anyio.create_task_group() as tg:
-
-            async def produce() -> None:
-                async with send:
-                    for pos in range(offset, size + 1, block):  # a read at `size` finds the end
-                        slot = _Slot()
-                        await send.send(slot)
-                        tg.start_soon(fetch, slot, pos)
-
-            tg.start_soon(produce)
-            async with recv:
-                async for slot in recv:
-                    await slot.done.wait()
-                    if not slot.data:
-                        break
-                    if not await put(slot.data):
-                        more = True
-                        break
-            tg.cancel_scope.cancel()  # the reads still in flight
-        while more:
-            with anyio.fail_after(timeout):
-                data = await f.read(block, offset + written)
-            if not data:
-                break
-            await put(data)
-        return written
-
     async def put(self, source: Source, path: str, on_bytes: OnBytes | None = None) -> int:
-        """Writes at known offsets, at most `sftp_requests` in flight."""
-        timeout = self.s.timeout
+        """Write in pieces of `sftp_requests` blocks, asyncssh keeping their writes in flight."""
+        piece = self._block * self.s.sftp_requests
         sent = 0
-        limiter = anyio.Semaphore(self.s.sftp_requests)
         with self._errors("upload", path):
-            async with self._sftp.open(path.encode(self.s.encoding), "wb", block_size=0) as f:
-
-                async def write(data: bytes, pos: int) -> None:
-                    try:
-                        with anyio.fail_after(timeout):
-                            await f.write(data, pos)
-                    finally:
-                        limiter.release()
-                    if on_bytes:
-                        on_bytes(len(data))
-
-                async with anyio.create_task_group() as tg:
-                    while piece := await source():
-                        for at in range(0, len(piece), self._block):
-                            data = piece[at:at + self._block]
-                            await limiter.acquire()
-                            tg.start_soon(write, data, sent)
-                            sent += len(data)
-        return sent
+            async with self._sftp.open(path.encode(self.s.encoding), "wb", block_size=self._block,
+                                       max_requests=self.s.sftp_requests) as f:
+                data = bytearray()
+                while True:
+                    more = await source()
+                    data += more
+                    if data and (len(data) >= piece or not more):
+                        with anyio.fail_after(self.s.timeout * 4):
+                            await f.write(bytes(data), sent)
+                        sent += len(data)
+                        if on_bytes:
+                            on_bytes(len(data))
+                        data.clear()
+                    if not more:
+                        return sent
 
     async def delete(self, path: str) -> None:
         with self._errors("delete", path), anyio.fail_after(self.s.timeout):

@@ -1,22 +1,15 @@
-"""TLS for FTPS (pyOpenSSL): certificate and host name checks (service_identity), and
-data connections that resume a session of the control connection.
-
-vsftpd's default `require_ssl_reuse=YES` refuses a data connection that does not
-resume a TLS session of the same client: without it FTPS to vsftpd does not work at
-all. pyOpenSSL hands OpenSSL the session object as it is (CPython's ssl copies it
-through DER at every connection, and asyncio's TLS cannot be given one). A TLS 1.3
-session is good for one resumption (RFC 8446 C.4), so each data connection resumes
-the newest one: the control connection's, then the ticket the previous data
-connection got.
-
-`TlsConn` drives one connection on a bare non-blocking socket: OpenSSL reads and
-writes the socket itself, the event loop is asked only when it would block. It has
-the interface of the plain `SocketConn` (ftp.py), so TLS is a wrapper around the
-one data path.
+"""TLS for FTPS (pyOpenSSL): certificate and host name checks (service_identity), and data
+connections that resume a session of the control connection, without which vsftpd's
+default (`require_ssl_reuse=YES`) refuses them. asyncio's TLS cannot be handed a session
+to resume; pyOpenSSL can. A TLS 1.3 session is good for one resumption (RFC 8446 C.4):
+each data connection resumes the newest one (the control connection's, then the ticket
+the previous data connection got). `TlsConn` has the interface of ftp.py's `SocketConn`:
+OpenSSL drives the bare non-blocking socket, the event loop waits only when it would block.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
 import socket
@@ -34,14 +27,6 @@ from .settings import ConnectionSettings
 
 T = TypeVar("T")
 
-# the X.509 verify errors an admin meets (OpenSSL's x509_vfy.h numbers)
-_VERIFY_ERRORS = {
-    2: "unable to get issuer certificate", 9: "certificate is not yet valid", 10: "certificate has expired",
-    18: "self-signed certificate", 19: "self-signed certificate in certificate chain",
-    20: "unable to get local issuer certificate", 21: "unable to verify the first certificate",
-    23: "certificate revoked", 26: "unsupported certificate purpose", 27: "certificate not trusted",
-}
-
 
 class TlsFailure(Exception):
     """A handshake or check failed; the message says why, for the admin."""
@@ -57,10 +42,9 @@ def reason(e: BaseException) -> str:
 
 
 def _ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    try:
+    with contextlib.suppress(ValueError):
         return ipaddress.ip_address(host)
-    except ValueError:
-        return None
+    return None
 
 
 def names_host(cert: x509.Certificate, host: str) -> bool:
@@ -89,13 +73,12 @@ class Tls:
         # P-256, the group every TLS 1.3 server implements (RFC 8446 9.1): the key share is
         # then one the server takes, no HelloRetryRequest on each data connection
         ctx.set_tmp_ecdh(ec.SECP256R1())
-        self._verify_error: tuple[int, int, str] | None = None  # (errno, depth, subject)
         if settings.verify:
             if settings.ca_file is not None:
                 ctx.load_verify_locations(str(settings.ca_file))
             else:
                 ctx.set_default_verify_paths()
-            ctx.set_verify(SSL.VERIFY_PEER, self._note_verify)
+            ctx.set_verify(SSL.VERIFY_PEER)
         else:
             log.warning("TLS certificate of %s is NOT verified (verify = false)", settings.host)
             ctx.set_verify(SSL.VERIFY_NONE)
@@ -103,11 +86,6 @@ class Tls:
         self.session: SSL.Session | None = None
         self.control: SSL.Connection | None = None  # set once its handshake is checked
         self._checked: bytes | None = None  # the server certificate (DER) whose name was checked
-
-    def _note_verify(self, conn: SSL.Connection, cert: crypto.X509, errno: int, depth: int, ok: int) -> bool:
-        if not ok:
-            self._verify_error = (errno, depth, cert.to_cryptography().subject.rfc4514_string())
-        return bool(ok)
 
     def resume_into(self, conn: SSL.Connection) -> None:
         """The newest session: the control connection's until a data connection brings its own ticket."""
@@ -117,23 +95,12 @@ class Tls:
         if session is not None:
             conn.set_session(session)
 
-    def failure(self, e: BaseException) -> TlsFailure:
-        """The handshake error `e` as the admin should read it."""
-        noted, self._verify_error = self._verify_error, None
-        if noted is not None:
-            errno, depth, subject = noted
-            detail = _VERIFY_ERRORS.get(errno, f"X.509 error {errno}")
-            return TlsFailure(f"certificate verify failed: {detail} (depth {depth}, {subject})")
-        return TlsFailure(reason(e))
-
     def check(self, conn: SSL.Connection) -> None:
         """After a handshake: the certificate names the host (once per certificate: resumed
         data connections carry the control connection's)."""
-        if not self.verify:
+        cert = conn.get_peer_certificate() if self.verify else None
+        if not self.verify or cert is None:  # no certificate: OpenSSL's verification failed already
             return
-        cert = conn.get_peer_certificate()
-        if cert is None:
-            raise TlsFailure("the server sent no certificate")
         der = crypto.dump_certificate(crypto.FILETYPE_ASN1, cert)
         if der != self._checked:
             if not names_host(x509.load_der_x509_certificate(der), self.host):
@@ -174,7 +141,7 @@ class TlsConn:
         try:
             await self._retry(self.conn.do_handshake)
         except (SSL.Error, OSError) as e:
-            raise self.tls.failure(e) from None
+            raise TlsFailure(reason(e)) from None
         self.tls.check(self.conn)
 
     async def recv_into(self, buf: bytearray | memoryview) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tasks.transfer.ledger import Ledger
+from tasks.ftp_pull import Ledger
 
 
 def test_journal_lines_are_json_and_read_back_exactly_even_after_a_torn_line(tmp_path: Path) -> None:

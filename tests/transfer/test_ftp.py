@@ -242,3 +242,25 @@ async def test_connect_retries_then_fails_clearly(log: logging.Logger, caplog: p
         await connect(s, log)
     assert len([r for r in caplog.records if "retry" in r.getMessage()]) == 2
     assert "Pw-Not-Shown" not in caplog.text
+
+
+@pytest.mark.parametrize("tls_on", [False, True], ids=["plain", "ftps"])
+@pytest.mark.parametrize("passive", [True, False], ids=["passive", "active"])
+async def test_a_missing_file_is_not_found_and_the_session_goes_on(request: pytest.FixtureRequest, certs,  # type: ignore[no-untyped-def]
+                                                                   log: logging.Logger, passive: bool, tls_on: bool) -> None:
+    """The refusal of RETR (550) comes while the data connection is being made (an accept, a TLS handshake)."""
+    server: FtpServer = request.getfixturevalue("vsftpd_tls" if tls_on else "vsftpd")
+    overrides: dict[str, object] = {"passive": passive}
+    if tls_on:
+        overrides.update(protocol="ftps", ca_file=str(certs.ca_file))
+    server.put("in/here.txt", b"here")
+    got = bytearray()
+
+    async def keep(piece: memoryview) -> None:
+        got.extend(piece)
+
+    async with await connect(settings_for(server, **overrides), log) as c:
+        with pytest.raises(NotFound):
+            await c.get(f"{server.remote}/in/missing.txt", keep)
+        assert not c.broken
+        assert await c.get(f"{server.remote}/in/here.txt", keep) == 4 and got == b"here"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from schedulerd.context import TaskContext
-from tasks.transfer.progress import Progress
+from tasks.ftp_common import Progress
 
 
 def test_file_counts_are_throttled_but_the_last_file_and_the_end_are_always_shown(tmp_path: Path) -> None:
