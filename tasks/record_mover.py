@@ -22,6 +22,7 @@ from typing import Annotated, Any, ClassVar, Literal
 import anyio
 
 from schedulerd import settings as s
+from schedulerd.databox.checks import collections_required
 from schedulerd.databox.fields import now_iso
 from schedulerd.databox.settings import FIELD_NAME_RE
 from schedulerd.databox.status import ALL, NO_MASK, StatusMask, format_mask, parse_mask
@@ -217,9 +218,9 @@ def check_rule(r: Rule, config: Any, where: Callable[[str], str]) -> None:
                 float(t.value)
             except ValueError:
                 raise ConfigError(where(base + ".value"), f"field {t.field!r} is a number, got {t.value!r}") from None
-    names = known_collections(dbs.path)
+    names = known_collections(dbs.path) if collections_required() else None
     if names is None:
-        return  # the databox is not created yet: the run will name what is missing
+        return  # the databox is not created yet (the run will name what is missing), or collection:create runs
     refs = [(f"from.collection[{j}]", n) for j, n in enumerate(c.collection)]
     refs += [(f"from.not_collection[{j}]", n) for j, n in enumerate(c.not_collection)]
     if r.to is not None and r.to.collection is not None:

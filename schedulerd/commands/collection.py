@@ -12,7 +12,10 @@ from .databox import DATABOX_ARG, JSON_ARG, fail, open_box
          JSON_ARG)
 def collection_create(args: Any, env: Any) -> int:
     from schedulerd.databox import DataboxError
+    from schedulerd.databox.checks import creating_collections
 
+    with creating_collections():  # the config may already name the collection made here
+        env.config()
     name, db = open_box(args, env, create=True)
     with db:
         try:

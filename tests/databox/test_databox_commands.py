@@ -101,3 +101,42 @@ def test_no_databox_configured(tmp_path):
     f = tmp_path / "schedulerd.toml"
     f.write_text("")
     assert "no databox configured" in run(f, "record:list", code=2)
+
+
+MOVER = """
+[tasks.mover]
+type = "record_mover"
+[[tasks.mover.rules]]
+name = "archive old"
+databox = "main"
+from = { collection = ["inbox"] }
+to = { collection = "archive" }
+"""
+
+
+def test_collection_create_runs_while_the_config_names_the_collections_it_creates(conf):
+    run(conf, "databox:create")
+    conf.write_text(conf.read_text() + MOVER)
+    err = run(conf, "collection:list", code=2)  # other commands still refuse such a config
+    assert "tasks.mover.rules[0].from.collection[0]: unknown collection 'inbox' in databox main" in err
+    assert "'inbox' created" in run(conf, "collection:create", "inbox")
+    assert "rules[0].to.collection: unknown collection 'archive'" in run(conf, "collection:list", code=2)
+    assert "'archive' created" in run(conf, "collection:create", "archive")
+    assert "ok (1 tasks)" in run(conf, "config:check")
+    assert [c["name"] for c in json.loads(run(conf, "collection:list", "--json"))] == ["inbox", "archive"]
+    assert "already exists" in run(conf, "collection:create", "inbox", code=2)
+
+
+@pytest.mark.parametrize("broken, where", [
+    ('status = "x2"', "tasks.mover.rules[0].status"),  # an unknown key
+    ('databox = "nowhere"', "tasks.mover.rules[0].databox: unknown databox 'nowhere'"),
+])
+def test_collection_create_still_applies_the_other_checks(conf, broken, where):
+    import sqlite3
+
+    run(conf, "databox:create")
+    conf.write_text(conf.read_text() + MOVER.replace('databox = "main"', broken if "databox" in broken
+                                                     else f'databox = "main"\n{broken}'))
+    assert where in run(conf, "collection:create", "inbox", code=2)
+    with sqlite3.connect(conf.parent.parent / "var/main.sqlite") as db:
+        assert db.execute("SELECT count(*) FROM collections").fetchone() == (0,)  # refused: nothing made
