@@ -45,8 +45,26 @@ class Env:
             try:
                 self.config_path, self._scheduler = load_scheduler(self.config_path)
             except ConfigError as e:
-                raise CommandError(str(e), 2) from None
+                self._scheduler = self._running_daemon(e)
         return self._scheduler
+
+    def _running_daemon(self, error: Exception) -> Any:
+        """The file does not load: a running daemon is still found from what it recorded at its
+        start, so that commands which only talk to it work (with a warning); else the error."""
+        import dataclasses
+
+        from .config import default_path, scheduler_fallback
+        from .pidfile import read_record, running_pid
+
+        self.config_path = self.config_path or default_path()
+        sch = scheduler_fallback(self.config_path)
+        pid = running_pid(sch.pidfile)
+        record = read_record(sch.pidfile)
+        if pid is None or record is None or record.pid != pid:
+            raise CommandError(str(error), 2)
+        print(f"console: warning: the config does not load ({error}); using the running daemon "
+              f"(pid {pid}, socket {record.socket}) until the file is repaired", file=sys.stderr)
+        return dataclasses.replace(sch, socket=record.socket, state_dir=record.state_dir, log_dir=record.log_dir)
 
     def client(self, timeout: float = 60.0) -> Any:
         from .client import Client

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -149,14 +150,42 @@ def base_dir_for(file: Path | None) -> Path:
 
 def _read_toml(file: Path) -> dict[str, Any]:
     try:
-        with open(file, "rb") as fh:
-            return tomllib.load(fh)
+        text = file.read_bytes().decode()
+        data = tomllib.loads(text)
     except FileNotFoundError:
         raise ConfigError("", "no such file", str(file)) from None
     except OSError as e:
         raise ConfigError("", f"cannot read: {e.strerror}", str(file)) from None
+    except UnicodeDecodeError as e:
+        raise ConfigError("", f"invalid TOML: not UTF-8 ({e.reason} at byte {e.start})", str(file)) from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError("", f"invalid TOML: {e}", str(file)) from None
+    _refuse_decimal_modes(data, text, file)
+    return data
+
+
+# An integer mode must be written in octal (`0o600`): tomllib reads `0o600` and `384` as the
+# same int, so the spelling is read from the file's own text. `key = <digits>` with the
+# value tomllib found is a decimal literal (600 would be 0o1130: the owner loses access).
+OCTAL_KEYS = {"scheduler": ("socket_mode",)}
+
+
+def _refuse_decimal_modes(data: Mapping[str, Any], text: str, file: Path) -> None:
+    for section, keys in OCTAL_KEYS.items():
+        table = data.get(section)
+        for key in keys:
+            value = table.get(key) if isinstance(table, Mapping) else None
+            if isinstance(value, int) and not isinstance(value, bool) and value > 7 \
+                    and _spelled_decimal(text, key, value):
+                digits = str(value) if set(str(value)) <= set("01234567") else f"{value:o}"
+                raise ConfigError(f"{section}.{key}", f"{value} is a decimal number (= 0o{value:o}), not an octal "
+                                  f'mode: write {key} = "0{digits}" or {key} = 0o{digits}', str(file))
+
+
+def _spelled_decimal(text: str, key: str, value: int) -> bool:
+    pattern = rf"""(?:^|[\s{{,.])["']?{key}["']?\s*=\s*([+-]?[0-9][0-9_]*)(?![0-9A-Za-z_.:-])"""
+    return any(int(m.group(1).replace("_", "")) == value for m in re.finditer(pattern, text, re.M)
+               if not re.match(r"[+-]?0[0-9]", m.group(1)))
 
 
 def _merge(files: list[Path]) -> tuple[dict[str, Any], dict[str, str]]:
@@ -212,7 +241,7 @@ def _build(data: dict[str, Any], file: Path | None, base: Path) -> Config:
     known = ("scheduler", "tasks", "jobs", "queues", "databoxes", "ftp_destinations")
     for section in data:
         if section not in known:
-            raise ConfigError(section, f"unknown section (known: {', '.join(known)})")
+            raise s.unknown_key(section, section, known, "section")
     scheduler = s.build(SchedulerSettings, data.get("scheduler", {}), "scheduler", base)
     jobs = s.build(JobsSettings, data.get("jobs", {}), "jobs", base)
     queues = s.convert(Mapping[str, QueueConfig], data.get("queues", {}), "queues", base)
@@ -259,10 +288,21 @@ def _task(name: str, table: Any, base: Path) -> TaskConfig:
     enabled = s.convert(bool, table.get("enabled", True), f"{path}.enabled")
     timeout = table.get("timeout")
     timeout = None if timeout is None else s.positive_duration(timeout, f"{path}.timeout")
-    trigger = s.convert(tuple[str, ...], table.get("trigger", ()), f"{path}.trigger")
+    trigger = _trigger(table.get("trigger", ()), f"{path}.trigger")
     rest = {k: v for k, v in table.items() if k not in ENGINE_TASK_KEYS}
-    settings = s.build(cls.Settings, rest, path, base)
+    settings = s.build(cls.Settings, rest, path, base, also_known=ENGINE_TASK_KEYS)
     return TaskConfig(name, type_name, period, enabled, timeout, settings, trigger)
+
+
+def _trigger(value: Any, path: str) -> tuple[str, ...]:
+    """Event names, each one the engine or a task or job type emits (a typo would never fire)."""
+    from .registry import known_events
+
+    events = s.convert(tuple[str, ...], value, path)
+    for i, event in enumerate(events):
+        if event not in known_events():
+            raise s.unknown_key(f"{path}[{i}]", event, known_events(), f"event {event!r}")
+    return events
 
 
 def _cross_check(tc: TaskConfig, config: Config) -> None:
@@ -271,7 +311,8 @@ def _cross_check(tc: TaskConfig, config: Config) -> None:
     try:
         task_type(tc.type)(tc.settings).check(config)
     except ValueError as e:
-        raise ConfigError(f"tasks.{tc.name}", str(e)) from None
+        keys = [s.toml_key(f) for f in dataclasses.fields(tc.settings)] if dataclasses.is_dataclass(tc.settings) else []
+        raise s.key_error(f"tasks.{tc.name}", e, keys) from None
     except ConfigError as e:
         raise ConfigError(f"tasks.{tc.name}.{e.path}".rstrip("."), e.message) from None
 
@@ -298,3 +339,40 @@ def load_scheduler(file: Path | None = None) -> tuple[Path | None, SchedulerSett
         return file, s.build(SchedulerSettings, merged.get("scheduler", {}), "scheduler", base_dir_for(file))
     except ConfigError as e:
         raise e.with_file(_file_for(e.path, origin, str(file))) from None
+
+
+def scheduler_fallback(file: Path | None) -> SchedulerSettings:
+    """[scheduler] as far as a file that does not load allows: its `[scheduler]` section
+    alone when that parses, bad keys left out, else the defaults. Only for finding a
+    running daemon (its pidfile) while the admin repairs the file."""
+    base = base_dir_for(file)
+    table: dict[str, Any] = {}
+    if file is not None:
+        for f in [file, *sorted((file.parent / "schedulerd.d").glob("*.toml"))]:
+            table.update(_scheduler_section(f))
+    while True:
+        try:
+            return s.build(SchedulerSettings, table, "scheduler", base)
+        except ConfigError as e:
+            key = e.path.removeprefix("scheduler.").split(".")[0].split("[")[0]
+            if key not in table:
+                return s.build(SchedulerSettings, {}, "scheduler", base)
+            del table[key]
+
+
+def _scheduler_section(file: Path) -> dict[str, Any]:
+    try:
+        lines = file.read_text().splitlines()
+    except (OSError, UnicodeDecodeError):
+        return {}
+    section: list[str] = []
+    inside = False
+    for line in lines:
+        if re.match(r"\s*\[", line):
+            inside = re.fullmatch(r"\s*\[\s*scheduler\s*\]\s*(#.*)?", line) is not None
+        elif inside:
+            section.append(line)
+    try:
+        return tomllib.loads("\n".join(section))
+    except tomllib.TOMLDecodeError:
+        return {}

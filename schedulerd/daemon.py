@@ -22,7 +22,7 @@ from . import __version__, logs
 from .config import Config, TaskConfig, load
 from .control import Access, ControlServer
 from .notify import sd_notify, watchdog_interval
-from .pidfile import PidFile
+from .pidfile import DaemonRecord, PidFile
 from .protocol import ControlError, Fault
 from .registry import rescan
 from .runner import RunnerEnv, TaskRunner
@@ -58,7 +58,7 @@ class Daemon:
         logs.REDACTOR.add(self.config.secrets())
         logs.setup_scheduler_log(sch.log_dir, sch.log_level, sch.log_max_bytes, sch.log_backups, stderr=self.log_to_stderr)
         raise_fd_limit()
-        pidfile = PidFile(sch.pidfile)
+        pidfile = PidFile(sch.pidfile, DaemonRecord(os.getpid(), sch.socket, sch.state_dir, sch.log_dir))
         pidfile.acquire()
         try:
             sch.state_dir.mkdir(parents=True, exist_ok=True)

@@ -18,7 +18,10 @@ from typing import Any
 
 SCHEDULER_LOGGER = "schedulerd"
 TASK_LOGGER = "schedulerd.task"
-_SECRET_ARG = re.compile(r"((?:--?|\b)[\w.-]*(?:password|secret|passphrase|token)[\w.-]*\s*[=:]\s*)(\S+)", re.I)
+# A value given to a secret-named key: `password=x`, `--token = x`, `password:x`, `"password": "x"`.
+# `password: expected a string` is prose (a colon, a space, a word), not a value: it stays.
+_SECRET_ARG = re.compile(r"""((?:--?|\b)[\w.-]*(?:password|secret|passphrase|token)[\w.-]*["']?"""
+                         r"""(?:\s*=\s*|:(?=\S)|:\s*(?=["'])))("[^"]*"|'[^']*'|\S+)""", re.I)
 
 
 class Formatter(logging.Formatter):
@@ -50,7 +53,7 @@ class Redactor(logging.Filter):
         for v in self._longest_first:
             if v in text:
                 text = text.replace(v, "********")
-        return _SECRET_ARG.sub(lambda m: m.group(1) + "********", text)
+        return _SECRET_ARG.sub(_stars, text)
 
     def filter(self, record: logging.LogRecord) -> bool:
         msg = record.getMessage()
@@ -62,6 +65,12 @@ class Redactor(logging.Filter):
         if record.exc_text:
             record.exc_text = self.redact(record.exc_text)
         return True
+
+
+def _stars(m: re.Match[str]) -> str:
+    value = m.group(2)
+    quote = value[0] if value[0] in "\"'" else ""
+    return f"{m.group(1)}{quote}********{quote}"
 
 
 REDACTOR = Redactor()

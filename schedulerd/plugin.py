@@ -15,6 +15,10 @@ from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
 
+# events the engine itself emits (a `trigger` may name them besides the types' `emits`)
+ENGINE_EVENTS: tuple[str, ...] = ("task.state",)
+
+
 @dataclasses.dataclass(frozen=True)
 class NoSettings:
     """For types that take no settings of their own."""
@@ -76,6 +80,8 @@ class TaskType:
     Settings: ClassVar[type] = NoSettings
     # events (see Context.emit) that wake this task before its period ends
     wake_on: ClassVar[tuple[str, ...]] = ()
+    # every event its iterations may emit: what a task's `trigger` is checked against
+    emits: ClassVar[tuple[str, ...]] = ()
     # default period when the config gives none, in seconds
     default_period: ClassVar[float] = 60.0
     # the iteration is the whole run (a supervised process): a stop cancels it at once
@@ -105,6 +111,7 @@ class JobType:
     type_name: ClassVar[str] = ""
     Settings: ClassVar[type] = NoSettings
     default_queue: ClassVar[str] = "default"
+    emits: ClassVar[tuple[str, ...]] = ()  # every event its attempts may emit
 
     def __init__(self, settings: Any = None):
         self.settings = settings if settings is not None else self.Settings()

@@ -86,6 +86,23 @@ def job_type(name: str) -> type[JobType]:
         raise UnknownType(f"unknown job type {name!r} (known: {', '.join(sorted(job_types()))})") from None
 
 
+@cache
+def known_events() -> tuple[str, ...]:
+    """Every event a `trigger` can name: the engine's own and those the task and job types
+    declare in `emits` (a type whose module cannot be imported declares none)."""
+    from .plugin import ENGINE_EVENTS
+
+    found = set(ENGINE_EVENTS)
+    for name in task_type_names():
+        try:
+            found.update(task_type(name).emits)
+        except (ImportError, UnknownType):
+            continue
+    for cls in job_types().values():
+        found.update(cls.emits)
+    return tuple(sorted(found))
+
+
 def rescan() -> None:
     """Forget every type found so far (`scheduler:reload` calls this before reading the config):
     the next lookups scan `tasks/` and the entry points again, so a type module dropped into

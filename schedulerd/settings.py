@@ -7,6 +7,7 @@ load time, once, with a message an admin can act on.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 import re
 import types
@@ -18,6 +19,9 @@ from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
 T = TypeVar("T")
 
 SECRET_WORDS = ("password", "secret", "passphrase", "token")
+# a field whose TOML key is not its Python name (`from` is a keyword):
+# `from_: Condition = dataclasses.field(metadata={TOML_KEY: "from"})`
+TOML_KEY = "toml"
 
 
 class ConfigError(Exception):
@@ -66,6 +70,41 @@ class Secret:
 def is_secret_key(key: str) -> bool:
     k = key.lower()
     return any(w in k for w in SECRET_WORDS)
+
+
+def unknown_key(path: str, key: str, known: Any, what: str = "setting") -> ConfigError:
+    """`path: unknown setting (known: a, b, c); did you mean b?` with difflib's closest name."""
+    names = sorted(known)
+    close = difflib.get_close_matches(key, names, n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]}?" if close else ""
+    return ConfigError(path, f"unknown {what} (known: {', '.join(names) or 'none'}){hint}")
+
+
+def toml_key(f: dataclasses.Field) -> str:
+    """The key a settings field has in the TOML file."""
+    return str(f.metadata.get(TOML_KEY, f.name))
+
+
+def key_error(path: str, e: ValueError, keys: Any) -> ConfigError:
+    """A check's `ValueError("argv: must name a program")` as `path.argv: must name a program`
+    when it starts with one of `keys`: every error names its key path the same way."""
+    key, sep, rest = str(e).partition(": ")
+    if sep and re.split(r"[.\[]", key)[0] in keys and " " not in key:
+        return ConfigError(f"{path}.{key}" if path else key, rest)
+    return ConfigError(path, str(e))
+
+
+def format_duration(seconds: float) -> str:
+    """The inverse of parse_duration: 604800 -> `7d`, 5400 -> `1h30m`, 0.25 -> `250ms`."""
+    ms = round(seconds * 1000)
+    if ms == 0:
+        return "0s"
+    parts = []
+    for unit in ("d", "h", "m", "s", "ms"):
+        n, ms = divmod(ms, round(_UNIT[unit] * 1000))
+        if n:
+            parts.append(f"{n}{unit}")
+    return "".join(parts)
 
 
 def _show(value: Any) -> str:
@@ -248,21 +287,25 @@ def convert(tp: Any, value: Any, path: str, base_dir: Path | None = None) -> Any
     raise ConfigError(path, f"expected {_type_name(tp)}, got {_show(value)}")
 
 
-def build(cls: type[T], data: Mapping[str, Any], path: str = "", base_dir: Path | None = None) -> T:
-    """Build the frozen dataclass `cls` from `data`, rejecting unknown and missing keys."""
+def build(cls: type[T], data: Mapping[str, Any], path: str = "", base_dir: Path | None = None,
+          also_known: tuple[str, ...] = ()) -> T:
+    """Build the frozen dataclass `cls` from `data`, rejecting unknown and missing keys.
+
+    `also_known`: keys the caller takes out of the table before (a task's engine keys),
+    listed among the known ones when a key is misspelt."""
     hints = typing.get_type_hints(cls, include_extras=True)
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
+    fields = {toml_key(f): f for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
     prefix = f"{path}." if path else ""
     for key in data:
         if key not in fields:
-            known = ", ".join(sorted(fields)) or "none"
-            raise ConfigError(f"{prefix}{key}", f"unknown setting (known: {known})")
+            raise unknown_key(f"{prefix}{key}", key, {*fields, *also_known})
     kwargs = {}
-    for name, f in fields.items():
-        if name in data:
-            kwargs[name] = convert(hints[name], data[name], f"{prefix}{name}", base_dir)
+    for key, f in fields.items():
+        name = f.name
+        if key in data:
+            kwargs[name] = convert(hints[name], data[key], f"{prefix}{key}", base_dir)
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise ConfigError(f"{prefix}{name}", "missing required setting")
+            raise ConfigError(f"{prefix}{key}", "missing required setting")
         elif base_dir is not None and hints[name] in (Path, Path | None) and isinstance(f.default, Path):
             kwargs[name] = f.default if f.default.is_absolute() else base_dir / f.default
     obj = cls(**kwargs)
@@ -271,7 +314,7 @@ def build(cls: type[T], data: Mapping[str, Any], path: str = "", base_dir: Path 
         try:
             check()
         except ValueError as e:
-            raise ConfigError(path, str(e)) from None
+            raise key_error(path, e, fields) from None
         except ConfigError as e:
             raise ConfigError(f"{prefix}{e.path}".rstrip("."), e.message) from None
     return obj
@@ -281,7 +324,7 @@ def public_view(obj: Any) -> Any:
     """A JSON-able view of settings with every secret replaced by stars."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return {
-            f.name: ("********" if is_secret_key(f.name) and getattr(obj, f.name) else public_view(getattr(obj, f.name)))
+            toml_key(f): ("********" if is_secret_key(f.name) and getattr(obj, f.name) else public_view(getattr(obj, f.name)))
             for f in dataclasses.fields(obj)
         }
     if isinstance(obj, Mapping):

@@ -121,7 +121,7 @@ class Target:
 class Rule:
     name: str
     databox: str
-    from_: Condition  # `from` in the TOML
+    from_: Condition = dataclasses.field(metadata={s.TOML_KEY: "from"})  # `from` is a Python keyword
     action: Literal["update", "delete"] = "update"
     active: bool = True
     to: Target | None = None
@@ -141,16 +141,10 @@ class Rule:
 
 
 def rule(value: Any, path: str) -> Rule:
-    """One rule table: `from` is a Python keyword, so it is `from_` inside."""
+    """One rule table (its key `from` is the field `from_`)."""
     if not isinstance(value, Mapping):
         raise ConfigError(path, f"expected a table, got {value!r}")
-    if "from_" in value:
-        raise ConfigError(f"{path}.from_", "unknown setting (did you mean `from`?)")
-    data = {("from_" if k == "from" else k): v for k, v in value.items()}
-    try:
-        return s.build(Rule, data, path)
-    except ConfigError as e:
-        raise ConfigError(e.path.replace(f"{path}.from_", f"{path}.from"), e.message.replace("from_", "from")) from None
+    return s.build(Rule, value, path)
 
 
 def rules(value: Any, path: str) -> tuple[Rule, ...]:
@@ -406,6 +400,7 @@ def _utcnow() -> datetime:
 class RecordMover(TaskType):
     type_name: ClassVar[str] = "record_mover"
     Settings: ClassVar[type] = Settings
+    emits: ClassVar[tuple[str, ...]] = ("record.updated", "record.deleted")
     default_period: ClassVar[float] = 3600.0
 
     def __init__(self, settings: Any):

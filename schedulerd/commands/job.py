@@ -215,7 +215,7 @@ def queue_resume(args: Any, env: Any) -> int:
 def show_configuration(args: Any, env: Any) -> int:
     from ..jobs import configured_queues
     from ..registry import job_types
-    from ..settings import public_view
+    from ..settings import format_duration, public_view
 
     config = env.config()
     store = _store(env)
@@ -238,11 +238,12 @@ def show_configuration(args: Any, env: Any) -> int:
     print_table([[q, v["workers"], "paused" if v["paused"] else "active"] for q, v in data["queues"].items()],
                 ["QUEUE", "WORKERS", "STATUS"])
     print()
-    print_table([[n, t["queue"], t["max_attempts"], f"{t['retry_delay']:g}s", "grows" if t["retry_backoff"] else "fixed",
-                  t["timeout"] or "-"] for n, t in types.items()],
+    print_table([[n, t["queue"], t["max_attempts"], format_duration(t["retry_delay"]),
+                  "grows" if t["retry_backoff"] else "fixed", format_duration(t["timeout"]) if t["timeout"] else "-"]
+                 for n, t in types.items()],
                 ["JOB TYPE", "QUEUE", "MAX ATTEMPTS", "RETRY DELAY", "DELAY", "TIMEOUT"])
     print()
-    r = data["retention"]
-    print(f"retention: finished keep {r['keep_finished']} / {hms(r['finished_max_age'])}, "
-          f"failed keep {r['keep_failed']} / {hms(r['failed_max_age'])}")
+    r = data["retention"]  # durations as written in the config (`7d`), not as a clock
+    print(f"retention: finished keep {r['keep_finished']} / {format_duration(r['finished_max_age'])}, "
+          f"failed keep {r['keep_failed']} / {format_duration(r['failed_max_age'])}")
     return 0

@@ -75,3 +75,51 @@ def test_run_history_retention(tmp_path):
     assert sum(r.outcome == "failed" for r in hist) == 4
     assert len(store.history("b")) == 1  # counted per task
     store.close()
+
+
+# --- the redactor hides values, not the words of a message (issue 25 item 28) --------------------
+
+import pytest  # noqa: E402
+
+from schedulerd.logs import Redactor  # noqa: E402
+
+
+@pytest.mark.parametrize("text", [
+    "tasks.p.password: expected a string",
+    "ftp_destinations.d.proxy_password: set only with proxy",
+    "tasks.x.api_token: environment variable TOK is not set",
+    "password: cannot read password file /etc/pw: No such file or directory",
+])
+def test_redactor_keeps_messages_about_secret_keys_readable(text):
+    assert Redactor().redact(text) == text
+
+
+@pytest.mark.parametrize("text,shown", [
+    ("sh -c run --password=pw-123 --x", "sh -c run --password=******** --x"),
+    ("PASSWORD = pw-123", "PASSWORD = ********"),
+    ("token:pw-123 next", "token:******** next"),
+    ('{"password": "pw 123", "user": "bob"}', '{"password": "********", "user": "bob"}'),
+    ("db_secret: 'pw 123'", "db_secret: '********'"),
+])
+def test_redactor_still_hides_values_given_to_secret_keys(text, shown):
+    assert Redactor().redact(text) == shown
+
+
+def test_redactor_hides_a_known_secret_anywhere():
+    r = Redactor()
+    r.add(["pw-Zx81"])
+    assert r.redact("tasks.p.password: expected a string, not pw-Zx81") == \
+        "tasks.p.password: expected a string, not ********"
+
+
+def test_refused_reload_logs_the_key_path_readably(site):
+    site.write('[ftp_destinations.d]\nhost = "ftp.example.org"\npassword = "pw-Zx81-kept"\n'
+               '[tasks.t]\ntype = "command"\nperiod = "1h"\nargv = ["true"]\n')
+    site.console("scheduler:start", check=True)
+    site.write('[ftp_destinations.d]\nhost = "ftp.example.org"\npassword = 5\n'
+               '[tasks.t]\ntype = "command"\nperiod = "1h"\nargv = ["true"]\n')
+    r = site.console("scheduler:reload")
+    assert r.returncode == 2 and "ftp_destinations.d.password: expected a string" in r.stderr
+    log = site.log()
+    assert "ftp_destinations.d.password: expected a string" in log
+    assert "pw-Zx81-kept" not in log

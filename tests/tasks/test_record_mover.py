@@ -292,7 +292,8 @@ async def test_inactive_rules_are_skipped(tmp_path: Path, box: Box) -> None:
     ('from = { status = "1" }', r"tasks\.m\.rules\[0\]\.to: missing: an \"update\" rule needs a `to`"),
     ('from = { status = "1" }\nto = {}', r"tasks\.m\.rules\[0\]\.to: give a collection and/or a status mask"),
     ('action = "delete"\nfrom = {}', r"tasks\.m\.rules\[0\]\.from: a delete rule needs at least one condition"),
-    ('from_ = {}', r"tasks\.m\.rules\[0\]\.from_: unknown setting \(did you mean `from`\?\)"),
+    ('from_ = {}', r"tasks\.m\.rules\[0\]\.from_: unknown setting \(known: action, active, databox, "
+                   r"delete_children, from, name, to\); did you mean from\?"),
     ('to = { status = "1" }', r"tasks\.m\.rules\[0\]\.from: missing required setting"),
 ])
 def test_invalid_rules_are_refused_at_config_load_with_the_key_path(tmp_path: Path, box: Box, rule_toml: str,

@@ -268,7 +268,7 @@ def test_type_and_config_checks(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"tasks.thumbs.size: unknown setting"):
         load(cfg)
     cfg.write_text('[tasks.thumbs]\ntype = "subdefs"\ndatabox = "nope"\n')
-    with pytest.raises(ConfigError, match=r"tasks.thumbs: databox: unknown databox 'nope' \(known: none\)"):
+    with pytest.raises(ConfigError, match=r"tasks.thumbs.databox: unknown databox 'nope' \(known: none\)"):
         load(cfg)
     cfg.write_text('[tasks.thumbs]\ntype = "subdefs"\ndatabox = "x"\nbatch = 0\n')
     with pytest.raises(ConfigError, match=r"tasks.thumbs.batch: expected an integer from 1 to 10000, got 0"):

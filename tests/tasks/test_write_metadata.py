@@ -173,13 +173,13 @@ async def test_exiftool_missing(site: Site, monkeypatch: pytest.MonkeyPatch, tmp
 
 
 @pytest.mark.parametrize("body,message", [
-    ('fields = { Title = "XMP-dc:Title -o x" }', r"tasks.meta: fields.Title: 'XMP-dc:Title -o x' is not an exiftool tag"),
+    ('fields = { Title = "XMP-dc:Title -o x" }', r"tasks.meta.fields.Title: 'XMP-dc:Title -o x' is not an exiftool tag"),
     ('fields = { Title = "XMP-dc:Title", Caption = "xmp-dc:title" }',
-     r"tasks.meta: fields.Caption: tag xmp-dc:title is also written by field Title"),
-    ('fields = { Nope = "XMP-dc:Title" }', r"tasks.meta: fields.Nope: not a field of databox main"),
-    ('subdefs = ["poster"]', r"tasks.meta: subdefs: 'poster' is not a sub-definition of databox main"),
-    ('fields = { Title = "XMP-dc:Identifier" }', r"tasks.meta: id_tag: XMP-dc:Identifier is also written by field Title"),
-    ('fields = { Title = [] }', r"tasks.meta: fields.Title: expected a tag"),
+     r"tasks.meta.fields.Caption: tag xmp-dc:title is also written by field Title"),
+    ('fields = { Nope = "XMP-dc:Title" }', r"tasks.meta.fields.Nope: not a field of databox main"),
+    ('subdefs = ["poster"]', r"tasks.meta.subdefs: 'poster' is not a sub-definition of databox main"),
+    ('fields = { Title = "XMP-dc:Identifier" }', r"tasks.meta.id_tag: XMP-dc:Identifier is also written by field Title"),
+    ('fields = { Title = [] }', r"tasks.meta.fields.Title: expected a tag"),
     ('timeout_per_file = "3s"', r"tasks.meta.timeout_per_file: unknown setting"),
 ])
 def test_config_checks(tmp_path: Path, body: str, message: str) -> None:
