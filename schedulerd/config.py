@@ -46,6 +46,9 @@ class SchedulerSettings:
     history_max_age_ok: Annotated[float, s.duration] = 7 * 86400.0
     history_max_age_failed: Annotated[float, s.duration] = 30 * 86400.0
     watchdog: bool = True
+    # how long a store write waits for another process's lock on jobs.db / schedulerd.db before it
+    # fails; the daemon then logs it once and retries (0.5 s doubling to 30 s) until it is written
+    store_busy_timeout: Annotated[float, s.positive_duration] = 30.0
 
     def check(self) -> None:
         if self.backoff_initial > self.backoff_max:

@@ -7,6 +7,7 @@ stages (no new work, drain each task within stop_timeout, cancel), then clean up
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import signal
@@ -28,7 +29,7 @@ from .registry import rescan
 from .runner import RunnerEnv, TaskRunner
 from .settings import ConfigError
 from .states import TaskState, Wanted
-from .store import SqliteStateStore, open_store
+from .store import STORE_ERRORS, SqliteStateStore, TaskRecord, open_store, store_call
 from .wake import serve_wakes
 
 log = logging.getLogger("schedulerd")
@@ -50,6 +51,7 @@ class Daemon:
         self.jobs: Any = None
         self._env: RunnerEnv | None = None  # what the runners share; made once the store is open
         self._listeners: dict[str, list[TaskRunner]] = {}
+        self._writing = anyio.Lock()  # held while a batch of the state sink is being saved
         self._server: ControlServer | None = None
 
     # --- entry ---------------------------------------------------------------
@@ -62,13 +64,16 @@ class Daemon:
         pidfile.acquire()
         try:
             sch.state_dir.mkdir(parents=True, exist_ok=True)
-            self.store = open_store(sch.state_dir)
+            self.store = open_store(sch.state_dir, sch.store_busy_timeout)
             self._env = RunnerEnv(self.config, self.store, sch.state_dir / "locks",
                                   make_logger=self._make_logger, emit=self.emit, add_job=self._add_job)
             try:
                 await self._serve()
             finally:
                 self.store.close()
+        except Exception:  # in scheduler.log, not only on the stderr nobody reads (scheduler.out)
+            log.critical("schedulerd is ending on an unexpected error", exc_info=True)
+            raise
         finally:
             pidfile.release()
             log.info("schedulerd stopped")
@@ -82,7 +87,7 @@ class Daemon:
         await anyio.to_thread.run_sync(registry.reap_orphans, log)
         use_registry(registry)
         self.jobs = JobService(self.config, sch.state_dir, self._make_logger, emit=self.emit)
-        self.jobs.recover()
+        await self.jobs.recover()
         server = ControlServer(sch.socket, sch.socket_mode, sch.socket_group, Access(sch.allowed_uids, sch.socket_group),
                                sch.max_connections, sch.idle_timeout)
         self._routes(server)
@@ -106,7 +111,7 @@ class Daemon:
                 interval = watchdog_interval()
                 if interval and sch.watchdog:
                     tg.start_soon(self._watchdog, interval)
-                self._apply_tasks(self.config, first=True)
+                await self._apply_tasks(self.config, first=True)
                 await tg.start(self.jobs.serve)
                 await tg.start(serve_wakes, sch.state_dir, sch.socket_mode, self.jobs.wake_queue)
                 log.info("schedulerd %s started (pid %d, %d tasks, socket %s)", __version__, os.getpid(),
@@ -119,7 +124,7 @@ class Daemon:
                 tg.cancel_scope.cancel()
         finally:
             with anyio.CancelScope(shield=True):
-                self._write_history()
+                await self._write_state(give_up_after=sch.stop_timeout + 5)
             try:
                 sch.socket.unlink()
             except FileNotFoundError:
@@ -180,54 +185,78 @@ class Daemon:
             await anyio.sleep(interval)
 
     async def _flush_history(self) -> None:
-        """Run history is written in batches so a thousand tasks never stall the loop."""
+        """Run history, crash counters and wanted states are written in batches, in a worker
+        thread, so a thousand tasks never stall the loop; a locked store delays them (retried), loses none."""
         sch = self.config.scheduler
         assert self._env is not None
         sink = self._env.history
         last_purge = 0.0
         while True:
             sink.ready = anyio.Event()
-            if not sink.runs:
+            if not sink.pending():
                 with anyio.move_on_after(300):  # idle: wake for nothing but the periodic purge
                     await sink.ready.wait()
             await anyio.sleep(0.5)  # gather a batch
-            await anyio.to_thread.run_sync(self._write_history)
+            await self._write_state()
             if time.monotonic() - last_purge > 300:
                 last_purge = time.monotonic()
-                await anyio.to_thread.run_sync(lambda: self.store.purge_history(
-                    sch.history_keep_ok, sch.history_keep_failed, sch.history_max_age_ok, sch.history_max_age_failed))
+                await self._purge_history()
 
-    def _write_history(self) -> None:
-        if self.store is None or self._env is None:
+    async def _write_state(self, give_up_after: float | None = None) -> None:
+        """Save what the sink holds; retried until written (or, at the end, for `give_up_after` s)."""
+        if self.store is None or self._env is None or not self._env.history.pending():
             return
-        batch = self._env.history.take()
-        if not batch:
-            return
-        try:
-            self.store.record_runs(batch)
-        except Exception:
-            log.exception("could not write the run history")
+        sink = self._env.history
+        async with self._writing:  # one batch at a time: a run is never saved twice
+            batch = sink.batch()
+            try:
+                await store_call("writing the run history and task states", self.store.save, *batch,
+                                 give_up_after=give_up_after)
+            except STORE_ERRORS as e:
+                log.error("the state store stays unwritable (%s): %d run(s) of the history and %d task state(s) "
+                          "are not saved yet", e, len(batch[0]), len(batch[1]) + len(batch[2]))
+                return
+            sink.written(*batch)
+
+    async def _purge_history(self) -> None:
+        sch = self.config.scheduler
+        assert self.store is not None
+        try:  # retention only: when the store is busy, the next purge (in 5 minutes) does it
+            await anyio.to_thread.run_sync(self.store.purge_history, sch.history_keep_ok, sch.history_keep_failed,
+                                           sch.history_max_age_ok, sch.history_max_age_failed)
+        except STORE_ERRORS as e:
+            log.warning("history retention skipped: the state store failed (%s: %s)", type(e).__name__, e)
 
     # --- tasks ---------------------------------------------------------------
     def _make_logger(self, name: str) -> Any:
         sch = self.config.scheduler
         return logs.task_logger(name, sch.log_dir, sch.log_level, sch.log_max_bytes, sch.log_backups)
 
-    def _wanted(self, tc: TaskConfig) -> Wanted:
+    @staticmethod
+    def _wanted(tc: TaskConfig, rec: TaskRecord) -> Wanted:
         if not tc.enabled:
             return Wanted.DISABLED
-        assert self.store is not None
-        return self.store.wanted(tc.name) or Wanted.STARTED
+        return rec.wanted or Wanted.STARTED
 
-    def _apply_tasks(self, config: Config, first: bool = False) -> None:
+    async def _records(self, names: list[str]) -> dict[str, TaskRecord]:
+        """The stored counters of tasks, read in a worker thread; pending writes not yet saved win."""
+        assert self.store is not None and self._env is not None
+        store, sink = self.store, self._env.history
+        stored = await store_call("reading the tasks' states", lambda: {n: store.task(n) for n in names})
+        return {n: dataclasses.replace(r, crashes=sink.crashes.get(n, r.crashes), wanted=sink.wanted.get(n, r.wanted))
+                for n, r in stored.items()}
+
+    async def _apply_tasks(self, config: Config, first: bool = False) -> None:
         assert self._tg is not None
         assert self._env is not None
+        records = await self._records([n for n in config.tasks if n not in self.runners])
         self._env.config = config
         self._listeners = {}
         for name, tc in config.tasks.items():
             runner = self.runners.get(name)
             if runner is None:
-                runner = self.runners[name] = TaskRunner(tc, self._env, self._wanted(tc))
+                rec = records[name]
+                runner = self.runners[name] = TaskRunner(tc, self._env, self._wanted(tc, rec), rec)
                 if runner.wanted is Wanted.STARTED:
                     runner.start(self._tg)
             for event in {*runner.task.wake_on, *tc.trigger}:
@@ -256,7 +285,7 @@ class Daemon:
         self._refuse_when_stopping("reload")  # the stop came while the old tasks stopped: start nothing
         self.config = new
         logs.REDACTOR.add(new.secrets())
-        self._apply_tasks(new)
+        await self._apply_tasks(new)
         self.jobs.reconfigure(new)
         log.info("configuration reloaded: %d added, %d changed, %d removed", len(added), len(changed), len(removed))
         return {"added": added, "changed": changed, "removed": removed}
@@ -303,7 +332,7 @@ class Daemon:
     async def c_state(self, args: dict[str, Any]) -> dict[str, Any]:
         return {"pid": os.getpid(), "version": __version__, "started_at": self.started_at,
                 "uptime": time.time() - self.started_at, "config": str(self.config.file),
-                "tasks": [r.snapshot() for r in self.runners.values()], "queues": self.jobs.queue_states()}
+                "tasks": [r.snapshot() for r in self.runners.values()], "queues": await self.jobs.queue_states()}
 
     async def c_task_list(self, args: dict[str, Any]) -> list[dict[str, Any]]:
         return [r.snapshot() for r in self.runners.values()]
@@ -319,7 +348,7 @@ class Daemon:
             await runner.stop()
         self._refuse_when_stopping(f"task.start {runner.tc.name}")  # the daemon began to stop meanwhile
         runner.wanted = Wanted.STARTED
-        self.store.set_wanted(runner.tc.name, Wanted.STARTED)
+        self._env.history.set_wanted(runner.tc.name, Wanted.STARTED)  # saved by the state writer
         assert self._tg is not None
         runner.start(self._tg)
         return runner.snapshot()
@@ -328,7 +357,7 @@ class Daemon:
         runner = self._runner(args)
         if runner.wanted is not Wanted.DISABLED:
             runner.wanted = Wanted.STOPPED
-            self.store.set_wanted(runner.tc.name, Wanted.STOPPED)
+            self._env.history.set_wanted(runner.tc.name, Wanted.STOPPED)
         await runner.stop(args.get("timeout"))
         return runner.snapshot()
 
@@ -347,8 +376,9 @@ class Daemon:
     async def c_task_history(self, args: dict[str, Any]) -> list[dict[str, Any]]:
         runner = self._runner(args)
         limit = args.get("limit", 20)
-        self._write_history()
-        return [vars(r) for r in self.store.history(runner.tc.name, int(limit))]
+        if not self._writing.locked():  # what ended just now is shown; a busy store: the writer saves it later
+            await self._write_state(give_up_after=0)
+        return [vars(r) for r in await anyio.to_thread.run_sync(self.store.history, runner.tc.name, int(limit))]
 
     async def c_reload(self, args: dict[str, Any]) -> dict[str, Any]:
         return await self.reload()

@@ -6,6 +6,7 @@ until a job is added (the CLI tells the daemon), a job ends, or the next retry i
 
 from __future__ import annotations
 
+import functools
 import logging
 import socket
 import time
@@ -24,6 +25,7 @@ from .logs import REDACTOR
 from .plugin import failure_detail
 from .protocol import ControlError, Fault
 from .registry import UnknownType, job_type, job_types
+from .store import STORE_ERRORS, store_call
 
 log = logging.getLogger("schedulerd.jobs")
 PROGRESS_EVERY = 0.5  # seconds between progress writes to the store
@@ -106,7 +108,7 @@ class RunningJob:
 class JobService:
     def __init__(self, config: Config, state_dir: Path, make_logger: Callable[[str], Any], emit: Callable | None = None):
         self.config = config
-        self.store = open_job_store(state_dir)
+        self.store = open_job_store(state_dir, config.scheduler.store_busy_timeout)
         self.node = node_id(state_dir)
         self.make_logger = make_logger
         self.emit = emit
@@ -118,10 +120,13 @@ class JobService:
         self._last_purge = 0.0
         self._idle = anyio.Event()
         self._ended: list[Outcome] = []
+        self._progress: dict[int, tuple[int, int | None]] = {}  # job id -> (done, total) not yet saved
         self._ended_ready = anyio.Event()
+        self._closing = False  # stop(): the settler saves what is left, then ends
+        self._settled = anyio.Event()
 
-    def recover(self) -> None:
-        ids = self.store.recover(self.node)
+    async def recover(self) -> None:
+        ids = await store_call("recovering the jobs of the last run", self.store.recover, self.node)
         if ids:
             log.warning("%d job(s) were running when the daemon last stopped: interrupted: %s", len(ids), ids)
 
@@ -134,21 +139,30 @@ class JobService:
         async with anyio.create_task_group() as tg:
             self._tg = tg
             tg.start_soon(self._settler, name="jobs:settler")
-            self._ensure_dispatchers()
+            self._ensure_dispatchers(set(self.config.queues) | {"default"})
             task_status.started()
             waker = self.wakers.setdefault("", Waker())
             while True:
+                await self._refresh_dispatchers()
                 await waker.wait(POLL)
-                self._ensure_dispatchers()
                 if time.monotonic() - self._last_purge > 60:
                     self._last_purge = time.monotonic()
-                    await anyio.to_thread.run_sync(self.purge_by_retention)
+                    await self._purge()
 
-    def _ensure_dispatchers(self, queues: set[str] | None = None) -> None:
+    async def _purge(self) -> None:
+        try:  # retention only: when the store is busy, the next purge (in a minute) does it
+            await anyio.to_thread.run_sync(self.purge_by_retention)
+        except STORE_ERRORS as e:
+            log.warning("job retention skipped: the job store failed (%s: %s)", type(e).__name__, e)
+
+    async def _refresh_dispatchers(self) -> None:
+        """A dispatcher for every queue holding work (another daemon or the CLI may have added some)."""
+        with_work = await store_call("listing the queues with work", self.store.queues_with_work)
+        self._ensure_dispatchers(set(self.config.queues) | with_work | {"default"})
+
+    def _ensure_dispatchers(self, queues: set[str]) -> None:
         if not self._accepting or self._tg is None:
             return
-        if queues is None:
-            queues = set(self.config.queues) | self.store.queues_with_work() | {"default"}
         for q in queues - self.dispatchers:
             self.dispatchers.add(q)
             self._tg.start_soon(self._dispatch, q, name=f"queue:{q}")
@@ -165,7 +179,13 @@ class JobService:
             r.scope.cancel()
         with anyio.move_on_after(10):
             await self._drained()
-        await self._write_ended()  # nothing ended is left unwritten
+        self._closing = True  # the settler saves every ended attempt, then ends
+        self._ended_ready.set()
+        with anyio.move_on_after(grace + 5):
+            await self._settled.wait()
+        if not self._settled.is_set():
+            log.error("the job store still fails: job attempts that ended are not saved; those jobs are "
+                      "recovered as interrupted at the next start")
         if self._tg is not None:
             self._tg.cancel_scope.cancel()
 
@@ -199,16 +219,16 @@ class JobService:
             if free <= 0:  # every slot busy: a job's end wakes us
                 await waker.wait(POLL)
                 continue
-            # On the loop, not in a thread: one short IMMEDIATE transaction (~0.2 ms) costs less than
-            # two thread hand-offs per claim. A paused queue claims nothing (checked in the SQL).
-            claimed = self.store.claim_many(queue, self.node, free)
+            # In a worker thread: a claim waits for another process's write lock (busy timeout), and
+            # a store that fails is retried (logged once). A paused queue claims nothing (checked in the SQL).
+            claimed = await store_call(f"claiming jobs of queue {queue}", self.store.claim_many, queue, self.node, free)
             for job in claimed:
                 scope = anyio.CancelScope()
                 self.running[job.id] = RunningJob(job, scope)
                 self._tg.start_soon(self._run, job, scope, name=f"job:{job.id}")
             if claimed:
                 continue
-            due = self.store.next_due(queue)
+            due = await store_call(f"reading the next due job of queue {queue}", self.store.next_due, queue)
             timeout = POLL if due is None else max(0.0, min(POLL, due - time.time()))
             await waker.wait(timeout if timeout > 0 else 0.01)
 
@@ -225,7 +245,8 @@ class JobService:
             now = time.monotonic()
             if now - last_write[0] >= PROGRESS_EVERY or (total is not None and done >= total):
                 last_write[0] = now
-                self.store.set_progress(job.id, done, total)
+                self._progress[job.id] = (done, total)  # saved by the settler
+                self._ended_ready.set()
 
         tc = self.config.jobs.type_config(job.type)
         outcome, error, summary = "interrupted", "interrupted: the daemon stopped while it ran", None
@@ -281,20 +302,37 @@ class JobService:
         return Outcome(job.id, kind, time.time(), summary, error, retry_at, tuple(lines))
 
     async def _settler(self) -> None:
-        """Writes ended attempts in batches: one transaction for all that ended meanwhile."""
-        while True:
-            if not self._ended:
-                self._ended_ready = anyio.Event()
-                await self._ended_ready.wait()
-            await self._write_ended()
+        """The one writer of ended attempts and progress: one transaction for all that ended meanwhile.
+        Until saved an attempt's job stays `running` in the store, so nothing claims it twice."""
+        try:
+            while True:
+                if not self._ended and not self._progress:
+                    if self._closing:
+                        return
+                    self._ended_ready = anyio.Event()
+                    await self._ended_ready.wait()
+                await self._write_ended()
+        finally:
+            self._settled.set()
 
     async def _write_ended(self) -> None:
-        with anyio.CancelScope(shield=True):
-            batch, self._ended = self._ended, []
-            wake = await anyio.to_thread.run_sync(self.store.settle_many, batch)
+        """Save a batch, retried while the store fails; a batch not saved (cancelled) stays pending."""
+        batch, self._ended = self._ended, []
+        progress, self._progress = self._progress, {}
+        try:
+            wake = await store_call("saving ended job attempts", self._save, progress, batch)
+        except BaseException:
+            self._ended[:0] = batch
+            self._progress = {**progress, **self._progress}
+            raise
         self._ensure_dispatchers(wake)
         for q in wake:
             self.wake(q)
+
+    def _save(self, progress: dict[int, tuple[int, int | None]], batch: list[Outcome]) -> set[str]:
+        for job_id, (done, total) in progress.items():
+            self.store.set_progress(job_id, done, total)
+        return self.store.settle_many(batch)
 
     # --- operations ------------------------------------------------------------
     def add(self, type: str, payload: Mapping[str, Any], **options: Any) -> int:
@@ -302,8 +340,15 @@ class JobService:
         self.wake_queue(queue)
         return jid
 
-    def cancel(self, job_id: int) -> Job:
-        job = self.store.cancel(job_id)
+    async def submit(self, type: str, payload: Mapping[str, Any], **options: Any) -> int:
+        """`add` with the store write in a worker thread (for the control socket)."""
+        jid, queue = await anyio.to_thread.run_sync(
+            functools.partial(add_job, self.store, self.config, type, payload, **options))
+        self.wake_queue(queue)
+        return jid
+
+    async def cancel(self, job_id: int) -> Job:
+        job = await anyio.to_thread.run_sync(self.store.cancel, job_id)
         running = self.running.get(job_id)
         if running is not None:
             running.cancelled_by_user = True
@@ -319,8 +364,8 @@ class JobService:
             log.info("retention: purged %d done jobs", n)
         return n
 
-    def queue_states(self) -> list[dict[str, Any]]:
-        paused = self.store.paused()
+    async def queue_states(self) -> list[dict[str, Any]]:
+        paused = await anyio.to_thread.run_sync(self.store.paused)
         return [{"name": q, "workers": self.config.queue(q).workers, "paused": q in paused,
                  "running": self._running_in(q)} for q in sorted(self.dispatchers | set(self.config.queues))]
 
@@ -346,21 +391,21 @@ def routes(server: Any, service: Callable[[], JobService]) -> None:
         queue = args.get("queue")
         if isinstance(queue, str):  # a job was added to this queue
             s.wake_queue(queue)
-        else:  # something changed somewhere (pause, resume, retry)
-            s._ensure_dispatchers()
+        else:  # something changed somewhere (pause, resume, retry): the service's loop looks again
             s.wake_all()
         return {"woken": True}
 
     async def cancel(args: dict[str, Any]) -> dict[str, Any]:
         try:
-            return job_view(service().cancel(_id(args)))
+            return job_view(await service().cancel(_id(args)))
         except JobError as e:
             raise ControlError(Fault.BAD_JOB_STATE if "no job" not in str(e) else Fault.NO_SUCH_JOB, str(e)) from None
 
     async def add(args: dict[str, Any]) -> dict[str, Any]:
         try:
-            jid = service().add(str(args.get("type")), args.get("payload") or {}, queue=args.get("queue"),
-                                priority=int(args.get("priority", 0)), after=tuple(int(a) for a in args.get("after", ())))
+            jid = await service().submit(str(args.get("type")), args.get("payload") or {}, queue=args.get("queue"),
+                                         priority=int(args.get("priority", 0)),
+                                         after=tuple(int(a) for a in args.get("after", ())))
         except JobError as e:
             raise ControlError(Fault.BAD_JOB, str(e)) from None
         return {"id": jid}

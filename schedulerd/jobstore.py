@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from .states import JobState
-from .store import SqliteFile
+from .store import DEFAULT_BUSY_TIMEOUT, SqliteFile
 
 CLAIMABLE = ("waiting", "interrupted")
 
@@ -357,5 +357,5 @@ class SqliteJobStore(SqliteFile):
                                                      "('waiting','interrupted','running')")}
 
 
-def open_job_store(state_dir: Path) -> SqliteJobStore:
-    return SqliteJobStore(state_dir / "jobs.db")
+def open_job_store(state_dir: Path, busy_timeout: float = DEFAULT_BUSY_TIMEOUT) -> SqliteJobStore:
+    return SqliteJobStore(state_dir / "jobs.db", busy_timeout)

@@ -29,7 +29,7 @@ from .context import TaskContext
 from .plugin import TaskType, failure_detail
 from .registry import task_type
 from .states import CLEAN_OUTCOMES, STOPPED_STATES, RunOutcome, TaskState, Wanted
-from .store import Run
+from .store import Run, TaskRecord
 from .tasklock import TaskLock
 
 log = logging.getLogger("schedulerd.runner")
@@ -48,20 +48,48 @@ def backoff_delay(crashes: int, initial: float, maximum: float) -> float:
 
 
 class HistorySink:
-    """Finished runs waiting to be written in one batch; `ready` wakes the writer."""
+    """The daemon's pending state-store writes: finished runs, crash counters and wanted states.
+    The daemon's writer saves them in one batch and drops them only once written (a store
+    locked for a while delays them, loses none); `ready` wakes the writer."""
 
     def __init__(self) -> None:
         self.runs: list[Run] = []
+        self.crashes: dict[str, int] = {}
+        self.wanted: dict[str, Wanted] = {}
         self.ready: anyio.Event | None = None
 
     def append(self, run: Run) -> None:
         self.runs.append(run)
+        self._wake()
+
+    def set_crashes(self, task: str, crashes: int) -> None:
+        self.crashes[task] = crashes
+        self._wake()
+
+    def set_wanted(self, task: str, wanted: Wanted) -> None:
+        self.wanted[task] = wanted
+        self._wake()
+
+    def _wake(self) -> None:
         if self.ready is not None:
             self.ready.set()
 
-    def take(self) -> list[Run]:
-        batch, self.runs = self.runs, []
-        return batch
+    def pending(self) -> bool:
+        return bool(self.runs or self.crashes or self.wanted)
+
+    def batch(self) -> tuple[list[Run], dict[str, int], dict[str, Wanted]]:
+        """A copy of what is pending, for one write; `written(*batch)` after it succeeded."""
+        return list(self.runs), dict(self.crashes), dict(self.wanted)
+
+    def written(self, runs: list[Run], crashes: dict[str, int], wanted: dict[str, Wanted]) -> None:
+        """Drop what a write saved; runs appended and values changed since the batch stay pending."""
+        del self.runs[:len(runs)]
+        for task, n in crashes.items():
+            if self.crashes.get(task) == n:
+                del self.crashes[task]
+        for task, w in wanted.items():
+            if self.wanted.get(task) is w:
+                del self.wanted[task]
 
 
 @dataclass
@@ -78,7 +106,8 @@ class RunnerEnv:
 
 
 class TaskRunner:
-    def __init__(self, tc: TaskConfig, env: RunnerEnv, wanted: Wanted):
+    def __init__(self, tc: TaskConfig, env: RunnerEnv, wanted: Wanted, record: TaskRecord | None = None):
+        """`record`: the task's counters and last run as stored (read from env.store when not given)."""
         self.tc = tc
         self.env = env
         self.wanted = wanted
@@ -88,7 +117,7 @@ class TaskRunner:
         self.ctx = TaskContext(tc.name, tc.settings, self.log, env.config, env.config.scheduler.state_dir / "tasks" / tc.name,
                                env.store, emitter=env.emit, job_adder=env.add_job, on_started=self._healthy)
         self.ctx.state_dir.mkdir(parents=True, exist_ok=True)
-        rec = env.store.task(tc.name)
+        rec = record if record is not None else env.store.task(tc.name)
         self.crashes = rec.crashes
         self.runs = rec.runs
         self.failures = rec.failures
@@ -252,7 +281,7 @@ class TaskRunner:
 
     def _set_crashes(self, n: int) -> None:
         self.crashes = n
-        self.env.store.set_crashes(self.tc.name, n)
+        self.env.history.set_crashes(self.tc.name, n)  # written by the daemon's state writer
 
     async def _iteration(self) -> bool | None:
         """One run_once under the per-task lock and the task's timeout; True ok, False failed."""

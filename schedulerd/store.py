@@ -6,16 +6,26 @@ embedded SQLite one when several daemons share one cluster.
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
+
+import anyio
 
 from .states import CLEAN_OUTCOMES, Wanted
+
+log = logging.getLogger("schedulerd.store")
+T = TypeVar("T")
+STORE_ERRORS = (sqlite3.Error, OSError)  # a locked or lost database file, a full disk, ...
+RETRY_FIRST = 0.5  # seconds before the first retry of a failed store call; doubles up to RETRY_MAX
+RETRY_MAX = 30.0
+DEFAULT_BUSY_TIMEOUT = 30.0
 
 
 @dataclass(frozen=True)
@@ -44,6 +54,7 @@ class StateStore(Protocol):
     def set_wanted(self, task: str, wanted: Wanted) -> None: ...
     def set_crashes(self, task: str, crashes: int) -> None: ...
     def record_run(self, run: Run) -> None: ...
+    def save(self, runs: list[Run], crashes: Mapping[str, int], wanted: Mapping[str, Wanted]) -> None: ...
     def task(self, task: str) -> TaskRecord: ...
     def history(self, task: str, limit: int = 20) -> list[Run]: ...
     def purge_history(self, keep_ok: int, keep_failed: int, max_age_ok: float, max_age_failed: float) -> int: ...
@@ -52,13 +63,14 @@ class StateStore(Protocol):
     def close(self) -> None: ...
 
 
-def connect(path: Path) -> sqlite3.Connection:
-    """A WAL-mode connection: readers never block the writer, a commit is atomic."""
+def connect(path: Path, busy_timeout: float = DEFAULT_BUSY_TIMEOUT) -> sqlite3.Connection:
+    """A WAL-mode connection: readers never block the writer, a commit is atomic. A write waits
+    up to `busy_timeout` seconds for another process's write lock, then fails ("database is locked")."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+    conn = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None, check_same_thread=False)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
-    conn.execute("PRAGMA busy_timeout=30000")
+    conn.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
     conn.execute("PRAGMA foreign_keys=ON")
     return conn
 
@@ -81,9 +93,9 @@ class SqliteFile:
 
     SCHEMA = ""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, busy_timeout: float = DEFAULT_BUSY_TIMEOUT):
         self.path = path
-        self._conn = connect(path)
+        self._conn = connect(path, busy_timeout)
         self._lock = threading.RLock()
         self._conn.executescript(self.SCHEMA)
 
@@ -131,6 +143,22 @@ class SqliteStateStore(SqliteFile):
 
     def record_runs(self, runs: list[Run]) -> None:
         """Many runs in one transaction: the runner batches them to keep the loop responsive."""
+        self.save(runs, {}, {})
+
+    def save(self, runs: list[Run], crashes: Mapping[str, int], wanted: Mapping[str, Wanted]) -> None:
+        """The daemon's pending writes (finished runs, crash counters, wanted states) in one transaction."""
+        if not (runs or crashes or wanted):
+            return
+        with self.transaction() as c:
+            for task, n in crashes.items():
+                self._ensure(c, task)
+                c.execute("UPDATE tasks SET crashes=? WHERE name=?", (n, task))
+            for task, w in wanted.items():
+                self._ensure(c, task)
+                c.execute("UPDATE tasks SET wanted=? WHERE name=?", (w.value, task))
+            self._record_runs(c, runs)
+
+    def _record_runs(self, c: sqlite3.Connection, runs: list[Run]) -> None:
         if not runs:
             return
         counts: dict[str, list[int]] = {}
@@ -138,14 +166,13 @@ class SqliteStateStore(SqliteFile):
             n = counts.setdefault(run.task, [0, 0])
             n[0] += 1
             n[1] += run.outcome not in CLEAN_OUTCOMES
-        with self.transaction() as c:
-            c.executemany(
-                "INSERT INTO runs(task, started, ended, outcome, error, summary, source) VALUES (?,?,?,?,?,?,?)",
-                [(r.task, r.started, r.ended, r.outcome, r.error, r.summary, r.source) for r in runs])
-            c.executemany(
-                "INSERT INTO tasks(name, runs, failures) VALUES (?,?,?) ON CONFLICT(name) DO UPDATE SET "
-                "runs=runs+excluded.runs, failures=failures+excluded.failures",
-                [(task, n[0], n[1]) for task, n in counts.items()])
+        c.executemany(
+            "INSERT INTO runs(task, started, ended, outcome, error, summary, source) VALUES (?,?,?,?,?,?,?)",
+            [(r.task, r.started, r.ended, r.outcome, r.error, r.summary, r.source) for r in runs])
+        c.executemany(
+            "INSERT INTO tasks(name, runs, failures) VALUES (?,?,?) ON CONFLICT(name) DO UPDATE SET "
+            "runs=runs+excluded.runs, failures=failures+excluded.failures",
+            [(task, n[0], n[1]) for task, n in counts.items()])
 
     def task(self, task: str) -> TaskRecord:
         with self._lock:
@@ -192,5 +219,31 @@ class SqliteStateStore(SqliteFile):
                           (key, value))
 
 
-def open_store(state_dir: Path) -> SqliteStateStore:
-    return SqliteStateStore(state_dir / "schedulerd.db")
+def open_store(state_dir: Path, busy_timeout: float = DEFAULT_BUSY_TIMEOUT) -> SqliteStateStore:
+    return SqliteStateStore(state_dir / "schedulerd.db", busy_timeout)
+
+
+async def store_call(what: str, fn: Callable[..., T], *args: Any, give_up_after: float | None = None) -> T:
+    """`fn(*args)` in a worker thread (a store call may wait busy_timeout for a lock: never on the
+    event loop), again and again until it succeeds. A store error (a database another process keeps
+    locked past the busy timeout, a full disk) is logged once, with the traceback only when it is
+    not an OperationalError; retries wait RETRY_FIRST doubling to RETRY_MAX; the recovery is logged.
+    With `give_up_after` (seconds), the last error is raised once that time has passed."""
+    delay, failed_at = RETRY_FIRST, None
+    while True:
+        try:
+            result = await anyio.to_thread.run_sync(fn, *args)
+        except STORE_ERRORS as e:
+            now = anyio.current_time()
+            if failed_at is None:
+                failed_at = now
+                log.warning("%s: the store failed (%s: %s); retrying until it answers", what, type(e).__name__, e,
+                            exc_info=not isinstance(e, sqlite3.OperationalError))
+            if give_up_after is not None and now - failed_at + delay > give_up_after:
+                raise
+            await anyio.sleep(delay)
+            delay = min(RETRY_MAX, delay * 2)
+            continue
+        if failed_at is not None:
+            log.info("%s: the store answers again after %.1fs", what, anyio.current_time() - failed_at)
+        return result

@@ -104,3 +104,23 @@ def fd_count(pid: int) -> int:
 
 
 PY = sys.executable
+
+
+LOCKER = ("import sqlite3, sys, time; c = sqlite3.connect(sys.argv[1], isolation_level=None); "
+          "c.execute('BEGIN IMMEDIATE'); print('locked', flush=True); time.sleep(float(sys.argv[2])); c.execute('COMMIT')")
+
+
+def hold_write_lock(db: Path, seconds: float) -> subprocess.Popen:
+    """Another process holding the SQLite write lock of `db` (BEGIN IMMEDIATE) for `seconds`."""
+    p = subprocess.Popen([PY, "-c", LOCKER, str(db), str(seconds)], stdout=subprocess.PIPE, text=True)
+    assert p.stdout is not None and p.stdout.readline().strip() == "locked"
+    return p
+
+
+def ping_seconds(site: Site) -> float:
+    """How long the daemon takes to answer a ping on its control socket (its event loop's latency)."""
+    from schedulerd.client import Client
+
+    t0 = time.monotonic()
+    Client(site.socket, 10).call("ping")
+    return time.monotonic() - t0

@@ -428,3 +428,57 @@ def test_sigusr1_reopens_the_log_files_and_the_daemon_lives_on(site):
     os.kill(pid, signal.SIGUSR1)  # twice: still alive, still the same daemon
     site.wait_for(lambda: site.log().count("SIGUSR1: log files reopened") == 2, what="the second reopen")
     assert site.console("scheduler:state").returncode == 10 and site.pid() == pid
+
+
+def test_a_locked_state_store_delays_history_and_task_states_but_loses_none(site, tmp_path):
+    """Issue 25 item 21: another process holds schedulerd.db's write lock longer than the busy timeout."""
+    import sqlite3
+
+    from tests.engine.conftest import hold_write_lock, ping_seconds
+
+    ticks = tmp_path / "ticks"
+    site.write(f"""
+    [tasks.tick]
+    type = "command"
+    period = "200ms"
+    argv = ["sh", "-c", "echo t >> {ticks}"]
+
+    [tasks.bad]
+    type = "command"
+    period = "200ms"
+    argv = ["false"]
+    """, scheduler='store_busy_timeout = "1s"\nmax_crashes = 1000\n')
+    site.console("scheduler:start", check=True)
+    pid = site.pid()
+    site.wait_for(lambda: ticks.exists(), what="the first tick")
+    locker = hold_write_lock(site.var / "state" / "schedulerd.db", 6)
+    try:
+        site.wait_for(lambda: "writing the run history and task states: the store failed" in site.log(),
+                      what="the failed write")
+        assert site.console("task:stop", "tick").returncode == 0  # its wanted state waits for the store
+        assert max(ping_seconds(site) for _ in range(5)) < 0.5  # store calls wait in threads, not on the loop
+        assert site.console("task:history", "bad").returncode == 0
+    finally:
+        locker.wait(10)
+    site.wait_for(lambda: "writing the run history and task states: the store answers again" in site.log(),
+                  what="the delayed write")
+    assert site.pid() == pid and site.task("bad")["state"] in ("running", "backoff")
+    assert site.console("scheduler:stop").returncode == 0
+    log = site.log()
+    assert log.count("the store failed (OperationalError: database is locked)") == 1 and "Traceback" not in log
+    db = sqlite3.connect(site.var / "state" / "schedulerd.db")
+    ok_ticks = db.execute("SELECT count(*) FROM runs WHERE task='tick' AND outcome='ok'").fetchone()[0]
+    assert ok_ticks == len(ticks.read_text().splitlines())  # every run of the outage is in the history
+    failed = db.execute("SELECT count(*) FROM runs WHERE task='bad' AND outcome='failed'").fetchone()[0]
+    assert db.execute("SELECT crashes FROM tasks WHERE name='bad'").fetchone()[0] == failed > 10
+    assert db.execute("SELECT wanted FROM tasks WHERE name='tick'").fetchone()[0] == "stopped"
+
+
+def test_an_exception_that_ends_the_daemon_is_in_scheduler_log_with_its_traceback(site):
+    site.write(TICK, scheduler=f'state_dir = "{site.root / "not-a-folder"}"\n')
+    (site.root / "not-a-folder").write_text("a file where the state folder should be\n")
+    r = site.console("scheduler:run", timeout=30)
+    assert r.returncode != 0
+    log = site.log()
+    assert "schedulerd is ending on an unexpected error" in log
+    assert "Traceback (most recent call last)" in log and "FileExistsError" in log

@@ -291,3 +291,33 @@ def test_claims_are_exclusive_across_connections(tmp_path):
     assert got["a"] and got["b"]
     a.close()
     b.close()
+
+
+def test_a_locked_job_store_delays_jobs_but_never_kills_the_daemon(site, tmp_path):
+    """Issue 25 item 21: another process holds jobs.db's write lock longer than the busy timeout."""
+    from tests.engine.conftest import hold_write_lock, ping_seconds
+
+    site.write(JOBS_CONFIG, scheduler='store_busy_timeout = "1s"\n')
+    out = tmp_path / "out"
+    site.console("scheduler:start", check=True)
+    pid = site.pid()
+    a = add(site, {"argv": ["sh", "-c", f"sleep 1; echo a >> {out}"]})
+    wait_state(site, a, "running")
+    locker = hold_write_lock(site.var / "state" / "jobs.db", 6)
+    try:
+        site.wait_for(lambda: out.exists(), what="job a to end while the store is locked")
+        site.wait_for(lambda: "saving ended job attempts: the store failed" in site.log(), what="the failed save")
+        # the store calls wait in worker threads: the loop answers at once meanwhile
+        assert max(ping_seconds(site) for _ in range(5)) < 0.5
+        assert job(site, a)["state"] == "running"  # not saved yet, and not lost
+    finally:
+        locker.wait(10)
+    assert wait_state(site, a, "finished")["summary"] == "exit 0"
+    b = add(site, {"argv": ["sh", "-c", f"echo b >> {out}"]})
+    wait_state(site, b, "finished")
+    assert out.read_text() == "a\nb\n" and site.pid() == pid
+    os.kill(pid, 0)  # the same daemon, alive
+    log = site.log()
+    assert log.count("saving ended job attempts: the store failed (OperationalError: database is locked)") == 1
+    assert "saving ended job attempts: the store answers again" in log
+    assert "Traceback" not in log
