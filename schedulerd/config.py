@@ -110,14 +110,21 @@ class Config:
 
     def secrets(self) -> list[str]:
         """Every secret value in the config, for log redaction."""
-        found: list[str] = []
+        found: list[Secret | str] = []
         _collect_secrets(self, found)
-        return [v for v in found if v]
+        return [v for v in (f.reveal() if isinstance(f, Secret) else f for f in found) if v]
+
+    def secret_env_vars(self) -> set[str]:
+        """The environment variables the config consumes as secrets (`"env:VAR"`): children
+        started by the daemon or `task:run` do not inherit them (schedulerd.process.withhold_env)."""
+        found: list[Secret | str] = []
+        _collect_secrets(self, found)
+        return {f.env_var for f in found if isinstance(f, Secret) and f.env_var}
 
 
-def _collect_secrets(obj: Any, found: list[str], key: str = "") -> None:
+def _collect_secrets(obj: Any, found: list[Secret | str], key: str = "") -> None:
     if isinstance(obj, Secret):
-        found.append(obj.reveal())
+        found.append(obj)
     elif isinstance(obj, str):
         if s.is_secret_key(key):
             found.append(obj)

@@ -24,6 +24,7 @@ from .config import Config, TaskConfig, load
 from .control import Access, ControlServer
 from .notify import sd_notify, watchdog_interval
 from .pidfile import DaemonRecord, PidFile
+from .process import withhold_env
 from .protocol import ControlError, Fault
 from .registry import rescan
 from .runner import RunnerEnv, TaskRunner
@@ -58,6 +59,7 @@ class Daemon:
     async def serve(self) -> None:
         sch = self.config.scheduler
         logs.REDACTOR.add(self.config.secrets())
+        withhold_env(self.config.secret_env_vars())
         logs.setup_scheduler_log(sch.log_dir, sch.log_level, sch.log_max_bytes, sch.log_backups, stderr=self.log_to_stderr)
         raise_fd_limit()
         pidfile = PidFile(sch.pidfile, DaemonRecord(os.getpid(), sch.socket, sch.state_dir, sch.log_dir))
@@ -285,6 +287,7 @@ class Daemon:
         self._refuse_when_stopping("reload")  # the stop came while the old tasks stopped: start nothing
         self.config = new
         logs.REDACTOR.add(new.secrets())
+        withhold_env(new.secret_env_vars())
         await self._apply_tasks(new)
         self.jobs.reconfigure(new)
         log.info("configuration reloaded: %d added, %d changed, %d removed", len(added), len(changed), len(removed))

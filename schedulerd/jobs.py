@@ -122,6 +122,9 @@ class JobService:
         self._ended: list[Outcome] = []
         self._progress: dict[int, tuple[int, int | None]] = {}  # job id -> (done, total) not yet saved
         self._ended_ready = anyio.Event()
+        self._ended_count = 0  # attempts ended so far; _saved_count of them are in the store
+        self._saved_count = 0
+        self._saved_more = anyio.Event()
         self._closing = False  # stop(): the settler saves what is left, then ends
         self._settled = anyio.Event()
 
@@ -249,6 +252,7 @@ class JobService:
                 self._ended_ready.set()
 
         tc = self.config.jobs.type_config(job.type)
+        ended_before = self._ended_count
         outcome, error, summary = "interrupted", "interrupted: the daemon stopped while it ran", None
         log.debug("job %d (%s, queue %s) attempt %d/%d started", job.id, job.type, job.queue, job.attempts, job.max_attempts)
         try:
@@ -260,6 +264,7 @@ class JobService:
                                       emitter=self.emit, job_adder=self.add, on_progress=on_progress)
                     running.ctx = ctx
                     with anyio.fail_after(tc.timeout):
+                        await self._saved_up_to(ended_before)
                         result = await handler.run(ctx, job.payload)
                     outcome, summary = "finished", None if result is None else str(result)[:2000]
                 except TimeoutError:
@@ -274,11 +279,20 @@ class JobService:
                 # the work is over: the slot frees now, the outcome is written with the next batch
                 # (until then the job stays `running` in the store, so nothing claims it twice)
                 self._ended.append(self._outcome(job, tc, outcome, error, summary, handler_log.lines))
+                self._ended_count += 1
                 self._ended_ready.set()
                 del self.running[job.id]
                 if not self.running:
                     self._idle.set()
                 self.wake(job.queue)
+
+    async def _saved_up_to(self, count: int) -> None:
+        """Wait until the first `count` ended attempts are in the store. An attempt starts its work
+        only then: the slot of a job that ended frees at once (its outcome is saved with the next
+        batch), and a daemon killed between that end and its save would run the ended job again;
+        without this wait that moment is exactly when the next job's child starts."""
+        while self._saved_count < count:
+            await self._saved_more.wait()
 
     def _outcome(self, job: Job, tc: Any, outcome: str, error: str | None, summary: str | None,
                  lines: list[tuple[float, str, str]]) -> Outcome:
@@ -325,6 +339,9 @@ class JobService:
             self._ended[:0] = batch
             self._progress = {**progress, **self._progress}
             raise
+        self._saved_count += len(batch)
+        self._saved_more.set()
+        self._saved_more = anyio.Event()
         self._ensure_dispatchers(wake)
         for q in wake:
             self.wake(q)

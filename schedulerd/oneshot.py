@@ -12,7 +12,7 @@ import anyio
 from . import logs
 from .context import TaskContext
 from .plugin import failure_detail
-from .process import ChildRegistry, use_registry
+from .process import ChildRegistry, use_registry, withhold_env
 from .registry import task_type
 from .store import Run, open_store
 from .tasklock import TaskLock
@@ -105,6 +105,7 @@ def run_one(config: Any, name: str, *, progress: bool = False) -> int:
         lock.close()
         return BUSY
     logs.REDACTOR.add(config.secrets())
+    withhold_env(config.secret_env_vars())
     bar = ProgressBar() if progress else None
     echo = EchoHandler(bar)
     echo.setFormatter(logs.Formatter(logs.FORMAT))

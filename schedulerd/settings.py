@@ -44,10 +44,11 @@ class ConfigError(Exception):
 class Secret:
     """A password-like value that never shows itself in repr, str, logs or JSON."""
 
-    __slots__ = ("_value",)
+    __slots__ = ("_value", "env_var")
 
-    def __init__(self, value: str):
+    def __init__(self, value: str, env_var: str | None = None):
         self._value = value
+        self.env_var = env_var  # the environment variable it came from (`"env:VAR"`), withheld from children
 
     def reveal(self) -> str:
         return self._value
@@ -185,7 +186,7 @@ def secret(value: Any, path: str) -> Secret:
         var = value[4:]
         if var not in os.environ:
             raise ConfigError(path, f"environment variable {var} is not set")
-        return Secret(os.environ[var])
+        return Secret(os.environ[var], env_var=var)
     if value.startswith("file:"):
         return read_secret_file(value[5:], path)
     return Secret(value)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
@@ -17,6 +18,8 @@ from schedulerd.settings import duration
 class CommandSettings:
     argv: tuple[str, ...]
     cwd: Path | None = None
+    # set for the program; a value "env:VAR" passes the daemon's VAR, also one withheld from
+    # children because the config consumes it as a secret
     env: Mapping[str, str] = dataclasses.field(default_factory=dict)
     ok_codes: tuple[int, ...] = (0,)
     kill_grace: Annotated[float, duration] = 5.0
@@ -27,6 +30,13 @@ class CommandSettings:
         prog = self.argv[0]
         if "/" not in prog and shutil.which(prog) is None:
             raise ValueError(f"argv: program {prog!r} not found on PATH")
+        for key, value in self.env.items():
+            if value.startswith("env:") and value[4:] not in os.environ:
+                raise ValueError(f"env.{key}: environment variable {value[4:]} is not set")
+
+    def program_env(self) -> dict[str, str]:
+        """`env` with its "env:VAR" values taken from the daemon's environment."""
+        return {k: os.environ.get(v[4:], "") if v.startswith("env:") else v for k, v in self.env.items()}
 
 
 class CommandFailed(RuntimeError):
@@ -35,7 +45,8 @@ class CommandFailed(RuntimeError):
 
 async def run_command(settings: CommandSettings, ctx: Context) -> str:
     ctx.log.info("run %s", " ".join(settings.argv))
-    code = await run_logged(settings.argv, ctx.log, cwd=settings.cwd, env=settings.env, grace=settings.kill_grace)
+    code = await run_logged(settings.argv, ctx.log, cwd=settings.cwd, env=settings.program_env(),
+                            grace=settings.kill_grace, label=ctx.name)
     if code not in settings.ok_codes:
         raise CommandFailed(f"{settings.argv[0]} exited with status {code}"
                             if code >= 0 else f"{settings.argv[0]} killed by signal {-code}")

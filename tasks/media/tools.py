@@ -11,7 +11,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,7 @@ from pathlib import Path
 import anyio
 from anyio.abc import ByteReceiveStream, Process
 
-from schedulerd.process import spawn
+from schedulerd.process import die_with_parent, spawn
 
 from .errors import ToolError, ToolNotFound, ToolTimeout
 
@@ -48,14 +47,6 @@ def find_tool(name: str) -> str:
         hint = f" (install the Debian package {package})" if package else ""
         raise ToolNotFound(f"{Path(name).name} not found{hint}")
     return path
-
-
-def die_with_parent(argv: list[str]) -> list[str]:
-    """Prefix `setpriv --pdeathsig KILL` (util-linux) when present, so a child never
-    outlives a daemon killed without a chance to end it (a stay-open exiftool would
-    otherwise poll its closed stdin forever)."""
-    setpriv = shutil.which("setpriv") if sys.platform == "linux" else None
-    return [setpriv, "--pdeathsig", "KILL", "--", *argv] if setpriv else argv
 
 
 def tail(text: str, keep: int = STDERR_KEEP) -> str:
