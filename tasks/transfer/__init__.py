@@ -1,9 +1,6 @@
-"""One transfer layer for FTP, FTPS and SFTP, shared by `ftp_pull` and `ftp_push`.
-
-`connect(settings, log)` gives a logged-in `RemoteClient` (see `base`: list, stat,
-mtime, get, put, rename, delete, mkdir); `fetch` and `send` move one file safely
-(temp name, size check, fsync, rename).
-"""
+"""One transfer layer for FTP, FTPS and SFTP: `connect(settings, log)` gives a logged-in
+`RemoteClient` (see `base`: list, stat, mtime, get, put, rename, delete, mkdir); `fetch`
+and `send` move one file safely (temp name, size check, fsync, rename)."""
 
 from __future__ import annotations
 

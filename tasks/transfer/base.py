@@ -29,7 +29,6 @@ class RemoteClient(abc.ABC):
     """One logged-in session. Not safe for concurrent use: one client per worker."""
 
     broken: bool = False  # the session is unusable (lost, or out of step): reconnect
-    acked_writes: bool = False  # every write is acknowledged (SFTP): no size check needed after upload
 
     @abc.abstractmethod
     async def list(self, path: str) -> list[RemoteEntry]:
@@ -50,7 +49,7 @@ class RemoteClient(abc.ABC):
 
     @abc.abstractmethod
     async def put(self, source: Source, path: str, on_bytes: OnBytes | None = None) -> int:
-        """Store what `source` gives as `path`; returns the bytes sent."""
+        """Store what `source` gives as `path`; returns the bytes sent, checked stored (IntegrityError)."""
 
     @abc.abstractmethod
     async def delete(self, path: str) -> None: ...

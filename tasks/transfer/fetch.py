@@ -1,9 +1,6 @@
 """Download one remote file safely: hidden temp beside the target, resume, size check, fsync, rename.
-
-A half file is never visible under its final name; an interrupted download
-resumes from the temp file when the remote file is unchanged (the temp name
-carries a digest of the remote path, size and time).
-"""
+A half file is never visible under its final name; an interrupted download resumes from the
+temp file when the remote file is unchanged (the temp name carries a digest of its path, size, time)."""
 
 from __future__ import annotations
 

@@ -20,7 +20,7 @@ import anyio
 from OpenSSL import SSL
 
 from .base import OnBytes, RemoteClient, RemoteEntry, Sink, Source
-from .errors import AuthError, ConnectError, NotFound, RemoteError, ResumeUnsupported, TransferError, scrub
+from .errors import AuthError, ConnectError, IntegrityError, NotFound, RemoteError, ResumeUnsupported, TransferError, scrub
 from .listing import parse_listing, parse_mlsd_time
 from .proxy import open_socket
 from .settings import ConnectionSettings
@@ -110,6 +110,7 @@ class FtpClient(RemoteClient):
         self._data_host = self._ctrl_host  # where EPSV (and a private PASV address) points
         self._features: set[str] = set()
         self._epsv = True
+        self._epsv_seen = False  # EPSV worked on this session: data commands may share its write
         self._mlsd: bool | None = None
         self._dirs: set[str] = set()
         self._control: Conn | None = None
@@ -220,16 +221,19 @@ class FtpClient(RemoteClient):
             return f"no reply within {self.s.timeout:g}s"
         return reason(e)
 
-    async def _command(self, line: str | None, expected: str | tuple[str, ...] = (),
+    async def _command(self, line: str | tuple[str, ...] | None, expected: str | tuple[str, ...] = (),
                        wait: str | tuple[str, ...] = ()) -> tuple[str, list[str]]:
-        """Write `line` (None: already sent), read replies while they match `wait`, check `expected`."""
+        """Write `line` (several: in one write; None: already sent), read the (first) reply and
+        those after it while they match `wait`, check `expected`."""
         assert self._control is not None
-        if line:
-            if "\r" in line or "\n" in line:
+        lines = (line,) if isinstance(line, str) else line or ()
+        for one in lines:
+            if "\r" in one or "\n" in one:
                 raise ValueError("a command must not contain CR or LF")
             if PROTOCOL_LOG.isEnabledFor(logging.DEBUG):
-                PROTOCOL_LOG.debug("%s> %s", self.s.host, line[:5] + "********" if line[:5] in ("PASS ", "ACCT ") else line)
-            await self._control.sendall((line + "\r\n").encode(self.s.encoding))
+                PROTOCOL_LOG.debug("%s> %s", self.s.host, one[:5] + "********" if one[:5] in ("PASS ", "ACCT ") else one)
+        if lines:
+            await self._control.sendall("".join(one + "\r\n" for one in lines).encode(self.s.encoding))
         code, info = await self._reply()
         while wait and _matches(code, wait):
             code, info = await self._reply()
@@ -264,7 +268,7 @@ class FtpClient(RemoteClient):
                 info.append(text)
         return code, info
 
-    async def _cmd(self, line: str | None, expected: str | tuple[str, ...] = (), wait: str | tuple[str, ...] = (),
+    async def _cmd(self, line: str | tuple[str, ...] | None, expected: str | tuple[str, ...] = (), wait: str | tuple[str, ...] = (),
                    *, what: str = "", not_found: bool = False) -> tuple[str, list[str]]:
         """One command; server refusals become RemoteError, lost connections ConnectError (broken)."""
         try:
@@ -288,16 +292,26 @@ class FtpClient(RemoteClient):
                 await self._cmd("QUIT", "2xx", what="QUIT")
         self._abort()
 
-    async def _passive_address(self) -> tuple[str, int]:
+    async def _passive_address(self, then: str | None) -> tuple[str, int, bool]:
+        """Where to connect, and whether `then` (the data command) went in the write of the EPSV:
+        it may once EPSV worked on this session (one round trip fewer per transfer)."""
+        early = then is not None and self._epsv_seen
         if self._epsv:
             try:
-                _, info = await self._cmd("EPSV", "229", what="EPSV")
+                _, info = await self._cmd(("EPSV", then) if early else "EPSV", "229", what="EPSV")  # type: ignore[arg-type]
                 if m := _EPSV.search(info[-1]):
-                    return self._data_host, int(m.group(2))
+                    self._epsv_seen = True
+                    return self._data_host, int(m.group(2)), early
                 raise self._error(RemoteError, f"EPSV: cannot parse reply {info[-1][:100]!r}")
             except RemoteError as e:
                 if self.broken:
                     raise
+                if early:  # the command came with no data connection announced: its refusal is read
+                    try:
+                        await self._cmd(None, ("4xx", "5xx"), what=then.split(" ")[0])  # type: ignore[union-attr]
+                    except RemoteError:  # anything else (a transfer started?): out of step
+                        self.broken = True
+                        raise
                 self.log.debug("EPSV refused (%s), using PASV", e)
                 self._epsv = False
         _, info = await self._cmd("PASV", "227", what="PASV")
@@ -309,7 +323,7 @@ class FtpClient(RemoteClient):
         if _private(host) and host != self._data_host:
             self.log.debug("PASV address %s replaced by the control host %s", host, self._data_host)
             host = self._data_host
-        return host, port
+        return host, port, False
 
     async def _active_listener(self) -> socket.socket:
         """Listen beside the control connection and announce it with PORT (IPv4) or EPRT (IPv6)."""
@@ -368,7 +382,8 @@ class FtpClient(RemoteClient):
         conns: list[Conn] = []
         try:
             if self.s.passive:
-                host, port = await self._passive_address()
+                host, port, sent = await self._passive_address(None if offset else command)
+                command = None if sent else command  # type: ignore[assignment]
                 try:
                     sock = await self._socket(host, port)
                 except ConnectError as e:
@@ -409,10 +424,10 @@ class FtpClient(RemoteClient):
             for s in (sock, listener):
                 if s is not None:
                     s.close()
-        await self._cmd(None, "2xx", "1xx", what=what)
+        await self._cmd(None, "2xx", "1xx", what=what)  # not pipelined: some servers answer commands mid-transfer
         return n
 
-    async def _beside_1xx(self, command: str, what: str, not_found: bool,
+    async def _beside_1xx(self, command: str | None, what: str, not_found: bool,
                           establish: Callable[[], Awaitable[None]]) -> None:
         """`command` waits for its 1xx while `establish` makes the data connection (an accept,
         a TLS handshake) within `timeout`. A refusal (550...) is raised as is."""
@@ -542,7 +557,17 @@ class FtpClient(RemoteClient):
                     on_bytes(len(chunk))
             return sent
 
-        return await self._transfer(f"STOR {path}", send, upload=True)
+        sent = await self._transfer(f"STOR {path}", send, upload=True)
+        try:  # a data connection cut short can look like a complete upload to the server
+            _, info = await self._cmd(f"SIZE {path}", "213", what="SIZE")
+            size = int(info[-1].split()[-1])
+        except (RemoteError, ValueError, IndexError):
+            if self.broken:
+                raise
+            return sent  # the server cannot tell
+        if size != sent:
+            raise IntegrityError(f"{path}: remote size {size}, local size {sent}")
+        return sent
 
     async def delete(self, path: str) -> None:
         await self._cmd(f"DELE {path}", "2xx", what="DELE", not_found=True)
@@ -559,8 +584,14 @@ class FtpClient(RemoteClient):
             await self._rename(src, dst)
 
     async def _rename(self, src: str, dst: str) -> None:
-        await self._cmd(f"RNFR {src}", "350", what="RNFR", not_found=True)
-        await self._cmd(f"RNTO {dst}", "2xx", what="RNTO")
+        """RNFR and RNTO in one write (one round trip for the operation), their replies read in order."""
+        try:
+            await self._cmd((f"RNFR {src}", f"RNTO {dst}"), "350", what="RNFR", not_found=True)
+        except RemoteError:
+            if not self.broken:
+                await self._cmd(None, what="RNTO")  # its answer to a refused RNFR (503)
+            raise
+        await self._cmd(None, "2xx", what="RNTO")
 
     async def mkdir(self, path: str) -> None:
         """Each missing folder of `path`, parents first (once per session); a refusal (it exists,

@@ -1,8 +1,5 @@
-"""FTP listing parsers: MLSD (UTC, exact) and LIST in unix `ls` or DOS `dir` form.
-
-Servers are untrusted and varied: a line no parser understands is skipped with a
-warning (one bad line must not fail a pass), unsafe names are refused.
-"""
+"""FTP listing parsers: MLSD (UTC, exact) and LIST in unix `ls` or DOS `dir` form. Servers are
+untrusted: a line no parser understands is skipped with a warning, unsafe names are refused."""
 
 from __future__ import annotations
 

@@ -1,8 +1,5 @@
-"""Open TCP connections, directly or through a SOCKS5/SOCKS4 proxy (python-socks).
-
-The result is a connected non-blocking socket: it feeds the FTP control and data
-connections (plain or TLS) and asyncssh (`sock=`) alike.
-"""
+"""Open TCP connections, directly or through a SOCKS5/SOCKS4 proxy (python-socks): a connected
+non-blocking socket, for FTP control and data connections (plain or TLS) and asyncssh (`sock=`)."""
 
 from __future__ import annotations
 

@@ -40,8 +40,8 @@ async def send(
     log: logging.Logger,
     on_bytes: OnBytes | None = None,
 ) -> str:
-    """Upload `src` as `remote_dir/name` under a temp name, check its remote size, rename it;
-    returns the final remote path. A failed upload leaves no temp behind when it can."""
+    """Upload `src` as `remote_dir/name` under a temp name (`put` checks the stored size), rename
+    it; returns the final remote path. A failed upload leaves no temp behind when it can."""
     name = name or src.name
     reason = unsafe_reason(name)
     if reason is not None:
@@ -52,11 +52,6 @@ async def send(
     if sent != size:
         await _discard(client, tmp)
         raise IntegrityError(f"{final}: sent {sent} bytes, local size {size}")
-    if not client.acked_writes:  # FTP: a cut data connection can look like a complete upload to the server
-        st = await client.stat(tmp)
-        if st is not None and st.size is not None and st.size != size:
-            await _discard(client, tmp)
-            raise IntegrityError(f"{final}: remote size {st.size}, local size {size}")
     await client.rename(tmp, final)
     log.debug("sent %s to %s (%d bytes)", src, final, size)
     return final

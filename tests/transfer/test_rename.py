@@ -134,7 +134,7 @@ async def test_push_renames_only_files_whose_remote_size_matches(tmp_path: Path)
                 "timeout": 5, "retries": 0, "local_dir": str(outbox), "remote_dir": "/up", "stable": 0}
         task = FtpPush(build(PushSettings, data, "tasks.dropbox"))
         ctx = TaskContext.for_test("dropbox", task.settings, tmp_path=tmp_path)
-        with pytest.raises(TransferError, match=r"sent 2 files.*1 failed.*b-short.bin: remote size 1, local size"):
+        with pytest.raises(TransferError, match=r"sent 2 files.*1 failed.*\.b-short\.bin\.part: remote size 1, local size"):
             await task.run_once(ctx)
     up = server.root / "up"
     assert sorted(p.name for p in up.iterdir()) == ["a.bin", "c.bin"]  # the short one: temp deleted
@@ -142,5 +142,5 @@ async def test_push_renames_only_files_whose_remote_size_matches(tmp_path: Path)
         assert (up / name).read_bytes() == made[name]
     assert sorted(p.name for p in outbox.iterdir()) == ["b-short.bin"]  # kept locally for the next pass
     lines = notes.read_text().splitlines()
-    assert "DELE .b-short.bin.part" in lines
+    assert "DELE .b-short.bin.part" in lines  # the short temp deleted
     assert not any(ln.startswith(("RNFR .b-short", "RNTO b-short")) for ln in lines)  # never renamed
