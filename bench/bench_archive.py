@@ -47,7 +47,7 @@ if str(ROOT) not in sys.path:
 import anyio  # noqa: E402
 
 from schedulerd.context import TaskContext  # noqa: E402
-from schedulerd.databox import DataboxSettings, open_databox  # noqa: E402
+from repository import DataboxSettings, open_databox  # noqa: E402
 from schedulerd.settings import build, byte_size  # noqa: E402
 from tasks.archive import ArchiveTask, Settings  # noqa: E402
 

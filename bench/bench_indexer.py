@@ -14,7 +14,7 @@ bench_record_mover.py (`--records`, default 1,000,000; generated with bulk SQL, 
   by one through the repository API (`Databox.create_record`, a real small document, a
   unique word in the `Title` field), at random moments; the clock starts when
   `create_record` returns (the commit, where the archive task emits `record.created`) and
-  stops when `schedulerd.fulltext.search` (the `record:search` code path, a new read-only
+  stops when `repository.fulltext.search` (the `record:search` code path, a new read-only
   connection each time, polled every 5 ms) finds the word;
 - reindex: the 10 % rule of bench_record_mover (the real `record_mover` task) updates
   records; the time until the indexer's incremental pass has reindexed them all.
@@ -42,8 +42,8 @@ import anyio  # noqa: E402
 from bench_record_mover import DATABOX_TOML, RULE_TOML, TASK, build_databox  # noqa: E402
 from schedulerd.config import load  # noqa: E402
 from schedulerd.context import TaskContext  # noqa: E402
-from schedulerd.databox import open_databox  # noqa: E402
-from schedulerd.fulltext import search  # noqa: E402
+from repository import open_databox  # noqa: E402
+from repository.fulltext import search  # noqa: E402
 from schedulerd.registry import task_type  # noqa: E402
 
 INDEXER = REPO / "bin" / "indexer"

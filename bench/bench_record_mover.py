@@ -57,7 +57,7 @@ import anyio  # noqa: E402
 
 from schedulerd.config import load  # noqa: E402
 from schedulerd.context import TaskContext  # noqa: E402
-from schedulerd.databox import DataboxSettings, now_iso, open_databox  # noqa: E402
+from repository import DataboxSettings, now_iso, open_databox  # noqa: E402
 from schedulerd.registry import task_type  # noqa: E402
 from tasks.record_mover import where_clause  # noqa: E402
 

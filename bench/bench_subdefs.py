@@ -43,7 +43,7 @@ import anyio  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from schedulerd.context import TaskContext  # noqa: E402
-from schedulerd.databox import DataboxSettings, NewRecord, SubdefSettings, open_databox  # noqa: E402
+from repository import DataboxSettings, NewRecord, SubdefSettings, open_databox  # noqa: E402
 from tasks.subdefs import Settings, SubdefsTask  # noqa: E402
 
 QUALITY = 85

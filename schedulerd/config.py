@@ -16,9 +16,11 @@ from types import MappingProxyType
 from typing import Annotated, Any, Literal
 
 from . import settings as s
+from .registry import config_section_names, config_sections
 from .settings import ConfigError, Secret
 
 ENGINE_TASK_KEYS = ("type", "period", "enabled", "timeout", "trigger")
+ENGINE_SECTIONS = ("scheduler", "tasks", "jobs", "queues")  # the others are plugins' (config_sections)
 CONFIG_ENV = "SCHEDULERD_CONFIG"
 CHECKOUT = Path(__file__).resolve().parent.parent
 
@@ -102,8 +104,16 @@ class Config:
     tasks: Mapping[str, TaskConfig]
     jobs: JobsSettings
     queues: Mapping[str, QueueConfig]
-    databoxes: Mapping[str, Any]
-    ftp_destinations: Mapping[str, Any]
+    # the plugins' sections (`[databoxes.NAME]`, ...), one mapping of name -> frozen settings each:
+    # every section a plugin declares (registry.config_sections) is here, empty when not in the file
+    sections: Mapping[str, Mapping[str, object]] = dataclasses.field(default_factory=lambda: MappingProxyType({}))
+
+    def __getattr__(self, name: str) -> Mapping[str, object]:
+        """A plugin's section as an attribute: `config.databoxes` is `config.sections["databoxes"]`."""
+        sections = self.__dict__.get("sections", {})
+        if name in sections:
+            return sections[name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def queue(self, name: str) -> QueueConfig:
         return self.queues.get(name) or QueueConfig()
@@ -211,9 +221,9 @@ def _merge(files: list[Path]) -> tuple[dict[str, Any], dict[str, str]]:
             target = merged.setdefault(section, {})
             for key, value in table.items():
                 where = f"{section}.{key}"
-                if key in target and section in ("tasks", "databoxes", "ftp_destinations", "queues"):
-                    kind = section.rstrip("s").replace("ftp_destination", "ftp destination")
-                    raise ConfigError(where, f"duplicate {kind} name (also in {origin[where]})", str(f))
+                if key in target and section in ("tasks", "queues", *config_section_names()):
+                    kind = {"tasks": "task name", "queues": "queue name"}.get(section, f"name in [{section}]")
+                    raise ConfigError(where, f"duplicate {kind} (also in {origin[where]})", str(f))
                 target[key] = value
                 origin[where] = str(f)
     return merged, origin
@@ -248,28 +258,23 @@ def load(file: Path | None = None, *, embedded_defaults: bool = True) -> Config:
 
 
 def _build(data: dict[str, Any], file: Path | None, base: Path) -> Config:
-    known = ("scheduler", "tasks", "jobs", "queues", "databoxes", "ftp_destinations")
+    plugin_sections = config_sections()
+    known = (*ENGINE_SECTIONS, *plugin_sections)
     for section in data:
         if section not in known:
             raise s.unknown_key(section, section, known, "section")
     scheduler = s.build(SchedulerSettings, data.get("scheduler", {}), "scheduler", base)
     jobs = s.build(JobsSettings, data.get("jobs", {}), "jobs", base)
     queues = s.convert(Mapping[str, QueueConfig], data.get("queues", {}), "queues", base)
-    databoxes: Mapping[str, Any] = MappingProxyType({})
-    if data.get("databoxes"):
-        from .databox import DataboxSettings
-
-        databoxes = s.convert(Mapping[str, DataboxSettings], data["databoxes"], "databoxes", base)
-    destinations: Mapping[str, Any] = MappingProxyType({})
-    if data.get("ftp_destinations"):
-        from tasks.transfer.settings import ConnectionSettings
-
-        destinations = s.convert(Mapping[str, ConnectionSettings], data["ftp_destinations"], "ftp_destinations", base)
+    sections = MappingProxyType({
+        name: s.convert(Mapping[str, entry], data.get(name, {}), name, base)  # type: ignore[valid-type]
+        for name, entry in plugin_sections.items()
+    })
     tasks = {}
     raw_tasks = data.get("tasks", {})
     for tname, table in raw_tasks.items():
         tasks[tname] = _task(tname, table, base)
-    config = Config(file, base, scheduler, MappingProxyType(tasks), jobs, queues, databoxes, destinations)
+    config = Config(file, base, scheduler, MappingProxyType(tasks), jobs, queues, sections)
     for tname, tc in tasks.items():
         _cross_check(tc, config)
     for jtype, jc in jobs.types.items():

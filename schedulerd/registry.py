@@ -1,7 +1,10 @@
-"""Find task and job types by name: built-ins in `tasks/`, others by entry points.
+"""Find task and job types by name: built-ins in `tasks/`, others by entry points; and the
+config sections plugins declare (entry-point group `schedulerd.config`).
 
 Built-in task type `X` lives in module `tasks.X`; a job type may live in any
 `tasks` module (a module may provide both), so job lookup scans `tasks/` once.
+The engine imports no plugin by an import statement: `tasks` is looked up by name
+(importlib), everything else through entry points.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ from .plugin import JobType, TaskType
 
 TASK_GROUP = "schedulerd.tasks"
 JOB_GROUP = "schedulerd.jobs"
+CONFIG_GROUP = "schedulerd.config"  # NAME = "module:Settings": the [NAME.*] tables, each one a Settings
+BUILTIN_PACKAGE = "tasks"
 
 
 class UnknownType(LookupError):
@@ -22,8 +27,7 @@ class UnknownType(LookupError):
 
 
 def _builtin_modules() -> list[str]:
-    import tasks
-
+    tasks = importlib.import_module(BUILTIN_PACKAGE)
     return [m.name for m in pkgutil.iter_modules(tasks.__path__) if not m.name.startswith("_")]
 
 
@@ -57,8 +61,7 @@ def task_type_names() -> tuple[str, ...]:
 
 def _helper_modules() -> set[str]:
     """Modules of `tasks/` that hold shared code (no TaskType of their own name)."""
-    import tasks
-
+    tasks = importlib.import_module(BUILTIN_PACKAGE)
     return set(getattr(tasks, "HELPER_MODULES", ()))
 
 
@@ -101,6 +104,25 @@ def known_events() -> tuple[str, ...]:
     for cls in job_types().values():
         found.update(cls.emits)
     return tuple(sorted(found))
+
+
+@cache
+def config_section_names() -> tuple[str, ...]:
+    """The sections plugins declare, without importing them (the thin CLI reads the file too)."""
+    return tuple(sorted({ep.name for ep in entry_points(group=CONFIG_GROUP)}))
+
+
+@cache
+def config_sections() -> dict[str, type]:
+    """Section name -> the frozen dataclass of one of its tables (`[databoxes.main]` is one
+    `DataboxSettings`): the loader converts and checks them like the engine's own sections."""
+    found: dict[str, type] = {}
+    for ep in entry_points(group=CONFIG_GROUP):
+        entry = ep.load()
+        if not isinstance(entry, type):
+            raise TypeError(f"entry point {ep.name} = {ep.value} of group {CONFIG_GROUP}: expected a class")
+        found[ep.name] = entry
+    return found
 
 
 def rescan() -> None:

@@ -3,4 +3,4 @@
 Modules listed in HELPER_MODULES hold code shared by several types and are not types.
 """
 
-HELPER_MODULES = ("transfer", "media", "ftp_common")
+HELPER_MODULES = ("transfer", "media", "ftp_common", "commands")

@@ -1,7 +1,7 @@
 """The `archive` task type: files dropped in a hotfolder become records of a databox.
 
 A pass scans the tree (size, mtime, ctime), waits `cold`, rescans, and archives
-only what did not change, in journaled batches (see schedulerd.databox.ingest):
+only what did not change, in journaled batches (see repository.ingest):
 a crash at any instant loses nothing and archives nothing twice. A watcher wakes
 the task early when files arrive; the scan stays the truth.
 """
@@ -50,7 +50,7 @@ class Settings:
     bootstrap: bool = False  # create a missing hotfolder, its .phrasea.xml and the collection
 
     def check(self) -> None:
-        from schedulerd.databox import parse_mask
+        from repository import parse_mask
 
         if not 0 <= self.cold <= MAX_COLD:
             raise ConfigError("cold", f"expected 0 to {MAX_COLD:.0f} seconds, got {self.cold:g}")
@@ -141,9 +141,7 @@ class ArchiveTask(TaskType):
     def _ensure_open(self, ctx: Any) -> _Open:
         if self._open is not None:
             return self._open
-        from schedulerd.databox import open_databox
-        from schedulerd.databox.hotfolder import Scanner, Tree
-        from schedulerd.databox.ingest import Ingestor, Journal
+        from repository import Ingestor, Journal, Scanner, Tree, open_databox
 
         s = self.settings
         db = open_databox(self._databox_settings(ctx))
@@ -195,7 +193,7 @@ class ArchiveTask(TaskType):
 
     def _failed(self, ctx: Any, rel: str, why: str, target: str | None) -> None:
         """One line per rejected file: its name, why, and where it went."""
-        from schedulerd.databox import display_name
+        from repository import display_name
 
         if target is None:
             where = "left in place, not retried until it changes"
@@ -204,12 +202,12 @@ class ArchiveTask(TaskType):
         ctx.log.warning("rejected %s: %s (%s)", display_name(rel), why, where)
 
     def _archived(self, ctx: Any, rel: str, record_id: int, collection: str) -> None:
-        from schedulerd.databox import display_name
+        from repository import display_name
 
         ctx.log.info("archived %s -> record %d, collection %s", display_name(rel), record_id, collection)
 
     def _skipped(self, ctx: Any, rel: str, twin: int) -> None:
-        from schedulerd.databox import display_name
+        from repository import display_name
 
         where = f"moved to {sibling(self.settings.hotfolder, '_archived')}" if self.settings.move_archived else "removed"
         of = f"record {twin}" if twin else "another file of this pass"
@@ -332,8 +330,8 @@ class ArchiveTask(TaskType):
         return ready, pending
 
     def _check_root(self, ctx: Any, o: _Open) -> str | None:
-        from schedulerd.databox import UnknownCollection
-        from schedulerd.databox.phrasea_xml import NAME, render_phrasea_xml
+        from repository import PHRASEA_XML as NAME
+        from repository import UnknownCollection, render_phrasea_xml
 
         s = self.settings
         if s.bootstrap:
@@ -357,10 +355,8 @@ class ArchiveTask(TaskType):
 
     def _plan(self, o: _Open, scan: Any, ready: list[str]) -> _Plan:
         """Group ready files with their captions, resolve collections and status."""
-        from schedulerd.databox import UnknownCollection, parse_mask
-        from schedulerd.databox.caption import MAX_BYTES, CaptionError, parse_caption
-        from schedulerd.databox.hotfolder import split
-        from schedulerd.databox.ingest import Unit
+        from repository import CAPTION_MAX_BYTES as MAX_BYTES
+        from repository import CaptionError, UnknownCollection, Unit, parse_caption, parse_mask, split
 
         s = self.settings
         failed = o.journal.failed_keys() if not s.move_error else {}
@@ -466,7 +462,7 @@ class ArchiveTask(TaskType):
     def _report_problems(self, ctx: Any, scan: Any, problems: dict[str, str]) -> str | None:
         """Log each problem once and show them in the state; returns what keeps the whole
         hotfolder from being archived (its root collection or .phrasea.xml), if anything."""
-        from schedulerd.databox import display_name
+        from repository import display_name
 
         keys = []
         for key, msg in problems.items():

@@ -224,8 +224,7 @@ def resolve(p: ExportPayload, config: Any) -> list[Element]:
         found.append((f"file:{path}", path, path.name))
     box = _databox_name(p, config)
     if box is not None:
-        from schedulerd.databox.model import DataboxError
-        from schedulerd.databox.repository import open_databox
+        from repository import DataboxError, open_databox
 
         try:
             with open_databox(config.databoxes[box], create=False) as db:

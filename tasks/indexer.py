@@ -205,7 +205,7 @@ class Indexer(TaskType):
         """The shipped indexer reads the databox file: create an empty one rather than fail a first start."""
         databoxes = getattr(config, "databoxes", {}) or {}
         if self.settings.base in databoxes and self._is_shipped(config):
-            from schedulerd.databox import open_databox
+            from repository import open_databox
 
             def touch() -> None:
                 open_databox(databoxes[self.settings.base], create=True).close()

@@ -21,11 +21,9 @@ from typing import Annotated, Any, ClassVar, Literal
 
 import anyio
 
+from repository import ALL_BITS as ALL
+from repository import FIELD_NAME_RE, NO_MASK, StatusMask, collections_required, format_mask, now_iso, parse_mask
 from schedulerd import settings as s
-from schedulerd.databox.checks import collections_required
-from schedulerd.databox.fields import now_iso
-from schedulerd.databox.settings import FIELD_NAME_RE
-from schedulerd.databox.status import ALL, NO_MASK, StatusMask, format_mask, parse_mask
 from schedulerd.plugin import Context, TaskType
 from schedulerd.settings import ConfigError
 
@@ -424,7 +422,7 @@ class RecordMover(TaskType):
     def _open(config: Any, name: str) -> Any:
         """The databox `name`, open; RuleError when it cannot be, DataboxMissing when it
         does not exist yet."""
-        from schedulerd.databox import DataboxError, DataboxMissing, open_databox
+        from repository import DataboxError, DataboxMissing, open_databox
 
         databoxes = getattr(config, "databoxes", {}) or {}
         if name not in databoxes:
@@ -448,7 +446,7 @@ class RecordMover(TaskType):
 
     def _each(self, config: Any, work: Callable[[Any, list[Rule]], list[Outcome]]) -> list[Outcome]:
         """Run `work(db, rules)` per databox, rules kept in their configured order."""
-        from schedulerd.databox import DataboxMissing, awaited
+        from repository import DataboxMissing, awaited
 
         order: list[str] = []
         for r in self.rules:

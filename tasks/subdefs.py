@@ -89,7 +89,7 @@ def task_settings_for(config: Any, databox: str) -> Settings | None:
 async def build_record(db: Any, record: Any, specs: Sequence[Spec], *, timeout: float,
                        status_bit: int | None = None, log: Any = None) -> Outcome:
     """Build one record's sub-definitions and register them (or its error) in the databox."""
-    from schedulerd.databox import StatusMask
+    from repository import StatusMask
 
     if record.document_path is None:
         return Outcome(record.id, error="record has no document")
@@ -160,7 +160,7 @@ class SubdefsTask(TaskType):
         self._waiting = {rid: msg for rid, msg in self._waiting.items() if msg.split(" ", 1)[0] in missing}
 
     async def run_once(self, ctx: Context) -> str | None:
-        from schedulerd.databox import DataboxMissing, awaited, open_databox
+        from repository import DataboxMissing, awaited, open_databox
 
         st: Settings = self.settings
         box = ctx.config.databoxes[st.databox]

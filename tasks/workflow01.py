@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Annotated, Any, ClassVar
 
-from schedulerd.databox.status import NO_MASK, StatusMask
+from repository import NO_MASK, StatusMask
 from schedulerd.settings import ConfigError
 
 from .record_mover import Condition, RecordMover, Rule, Target, mask

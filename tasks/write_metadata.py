@@ -136,7 +136,7 @@ class WriteMetadataTask(TaskType):
                                      f"(known: {', '.join(box.subdefs)})")
 
     async def run_once(self, ctx: Context) -> str | None:
-        from schedulerd.databox import DataboxMissing, awaited, open_databox
+        from repository import DataboxMissing, awaited, open_databox
 
         st: Settings = self.settings
         box = ctx.config.databoxes[st.databox]

@@ -1,8 +1,11 @@
-"""CLI commands, grouped by module: `record:list` lives in `commands/record.py`.
+"""CLI commands, grouped by module: `job:list` lives in `commands/job.py`.
 
 A command whose module is not named after its prefix is found by scanning this
-package, so command modules must import heavy libraries inside their handlers:
-the CLI stays light.
+package, then the plugins' command modules: the entry points of the group
+`schedulerd.commands` (the repository's `databox:*`, `record:*`, the task types'
+`record:subdefs`, `export:ftp`, `task:preview`), which register with `@command`
+like the engine's own. Command modules must import heavy libraries inside their
+handlers: the CLI stays light.
 """
 
 from __future__ import annotations
@@ -14,7 +17,10 @@ import pkgutil
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from importlib.metadata import entry_points
 from typing import Any
+
+COMMAND_GROUP = "schedulerd.commands"  # NAME = "module": importing the module registers its commands
 
 
 class CommandError(Exception):
@@ -71,6 +77,8 @@ def find(name: str) -> Command | None:
 def load_all() -> dict[str, Command]:
     for m in pkgutil.iter_modules(__path__):
         importlib.import_module(f"{__name__}.{m.name}")
+    for ep in entry_points(group=COMMAND_GROUP):
+        ep.load()
     return COMMANDS
 
 

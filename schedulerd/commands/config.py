@@ -19,11 +19,10 @@ def check(args: Any, env: Any) -> int:
         print(f"{config.file or '<embedded defaults>'}: ok ({len(config.tasks)} tasks)")
         return 0
     view = {"file": str(config.file), "base_dir": str(config.base_dir),
-            "scheduler": public_view(config.scheduler),
+            "scheduler": public_view(config.scheduler), "store": public_view(config.store),
             "tasks": {n: {"type": t.type, "period": t.period, "enabled": t.enabled, "timeout": t.timeout,
                           "settings": public_view(t.settings)} for n, t in config.tasks.items()},
-            "databoxes": public_view(dict(config.databoxes)),
-            "ftp_destinations": public_view(dict(config.ftp_destinations)),
+            **{name: public_view(dict(section)) for name, section in config.sections.items()},
             "jobs": public_view(config.jobs), "queues": public_view(dict(config.queues))}
     redactor = Redactor()  # a secret may also sit in an argv list or a URL
     redactor.add(config.secrets())

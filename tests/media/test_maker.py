@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from schedulerd.databox import SubdefSettings
+from repository import SubdefSettings
 from tasks.media import MediaError, Spec, as_specs, classify, make_subdefs
 from tasks.media.maker import DEFAULT_SPECS, check_spec, extension
 from tests.media import samples

@@ -27,7 +27,7 @@ import anyio  # noqa: E402
 import pytest  # noqa: E402
 
 from schedulerd.context import TaskContext  # noqa: E402
-from schedulerd.databox import DataboxSettings, StorageError, open_databox  # noqa: E402
+from repository import DataboxSettings, StorageError, open_databox  # noqa: E402
 from schedulerd.settings import ConfigError, build  # noqa: E402
 from tasks.archive import ArchiveTask, Settings  # noqa: E402
 
@@ -655,7 +655,7 @@ def _runner(spec_path: str) -> None:
     s = build(Settings, spec["settings"], "tasks.crash")
     ctx = TaskContext.for_test("crash", s, config=types.SimpleNamespace(databoxes={"main": box}), tmp_path=tmp)
     task = ArchiveTask(s)
-    from schedulerd.databox.ingest import Ingestor
+    from repository import Ingestor
 
     real = Ingestor.ingest
 

@@ -96,7 +96,7 @@ async def test_export_ftp_command_queues_a_job_that_sends_files_and_records(
         pyftpd, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
     from schedulerd.cli import main
     from schedulerd.config import load
-    from schedulerd.databox.repository import open_databox
+    from repository import open_databox
     from schedulerd.jobstore import open_job_store
 
     with pyftpd() as server:
@@ -197,7 +197,7 @@ def test_export_ftp_command_errors(tmp_path: Path, pyftpd, capsys: pytest.Captur
         assert main(["--config", str(cfg), "export:ftp", "client", "--file", str(tmp_path / "nope")]) == 2
         assert "no such file" in capsys.readouterr().err
         from schedulerd.config import load
-        from schedulerd.databox.repository import open_databox
+        from repository import open_databox
 
         open_databox(load(cfg).databoxes["main"]).close()
         assert main(["--config", str(cfg), "export:ftp", "client", "--record", "99"]) == 2

@@ -25,7 +25,7 @@ from schedulerd.config import load  # noqa: E402
 from schedulerd.context import TaskContext  # noqa: E402
 from schedulerd.settings import ConfigError  # noqa: E402
 from tasks.indexer import FailedStart, Indexer, PortBusy, Settings, mask_argv  # noqa: E402
-from tests.fulltext.dbx import (  # noqa: E402
+from tests.repository.dbx import (  # noqa: E402
     CONSOLE,
     FakeConfig,
     add,
@@ -270,7 +270,7 @@ SUPERVISOR = textwrap.dedent("""\
     from schedulerd import settings as s
     from schedulerd.context import TaskContext
     from tasks.indexer import Indexer, Settings
-    from tests.fulltext.dbx import FakeConfig
+    from tests.repository.dbx import FakeConfig
     st = s.build(Settings, {{"base": {db!r}, "socket": {port}, "password": "x-secret", "startsecs": "100ms",
                              "extra_args": ["--interval=0.05"]}})
     ctx = TaskContext.for_test("ix", st, config=FakeConfig(), tmp_path=Path({tmp!r}))

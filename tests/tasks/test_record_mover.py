@@ -19,10 +19,10 @@ if str(ROOT) not in sys.path:
 from schedulerd import settings as s  # noqa: E402
 from schedulerd.config import load  # noqa: E402
 from schedulerd.context import TaskContext  # noqa: E402
-from schedulerd.databox import NewRecord  # noqa: E402
+from repository import NewRecord  # noqa: E402
 from schedulerd.settings import ConfigError  # noqa: E402
 from tasks.record_mover import RecordMover, RuleError, Settings, id_ranges  # noqa: E402
-from tests.fulltext.dbx import CONSOLE, FakeConfig, add, collect, dump, make_databox, site_config  # noqa: E402
+from tests.repository.dbx import CONSOLE, FakeConfig, add, collect, dump, make_databox, site_config  # noqa: E402
 
 NOW = datetime(2024, 5, 10, 23, 30, tzinfo=timezone.utc)
 FIELDS = {"Expiry": "date", "Rights": "text", "Rating": "number", "Title": "text"}

@@ -16,7 +16,7 @@ from schedulerd.config import load  # noqa: E402
 from schedulerd.context import TaskContext  # noqa: E402
 from schedulerd.settings import ConfigError  # noqa: E402
 from tasks.workflow01 import Settings, Workflow01  # noqa: E402
-from tests.fulltext.dbx import FakeConfig, add, collect, dump, make_databox, site_config  # noqa: E402
+from tests.repository.dbx import FakeConfig, add, collect, dump, make_databox, site_config  # noqa: E402
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ if str(ROOT) not in sys.path:
 
 from schedulerd.config import load  # noqa: E402
 from schedulerd.context import TaskContext  # noqa: E402
-from schedulerd.databox import open_databox  # noqa: E402
+from repository import open_databox  # noqa: E402
 from schedulerd.registry import task_type  # noqa: E402
 from schedulerd.settings import ConfigError  # noqa: E402
 from tasks.media import ToolNotFound  # noqa: E402

@@ -1,8 +1,8 @@
 import pytest
 
-from schedulerd.databox import StatusMask
-from schedulerd.databox.caption import CaptionError, parse_caption
-from schedulerd.databox.phrasea_xml import FolderConfig, XmlError, parse_phrasea_xml, render_phrasea_xml
+from repository import StatusMask
+from repository import CaptionError, parse_caption
+from repository import FolderConfig, XmlError, parse_phrasea_xml, render_phrasea_xml
 
 
 def test_phrasea_xml_forms():

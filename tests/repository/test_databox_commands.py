@@ -49,7 +49,7 @@ def test_cli_walkthrough(conf, tmp_path):
 
     # records made through the API (the archive task is the usual way in)
     sys.path.insert(0, str(ROOT))
-    from schedulerd.databox import DataboxSettings, open_databox
+    from repository import DataboxSettings, open_databox
 
     with open_databox(DataboxSettings(base / "var/main.sqlite", base / "var/storage")) as db:
         doc = tmp_path / "photo.jpg"

@@ -1,4 +1,4 @@
-"""Test helpers shared by tests/fulltext and the indexer/record_mover/workflow01 task tests:
+"""Test helpers shared by the full-text tests (tests/repository) and the indexer/record_mover/workflow01 task tests:
 a real databox in a tmp dir, a config-like object, a log collector, free ports."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from schedulerd.databox import DataboxSettings, open_databox  # noqa: E402
+from repository import DataboxSettings, open_databox  # noqa: E402
 
 CONSOLE = ROOT / "bin" / "console"
 INDEXER = ROOT / "bin" / "indexer"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from . import CommandError, arg, command
+from schedulerd.commands import CommandError, arg, command
 
 
 @command(

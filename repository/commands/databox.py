@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import CommandError, arg, command, print_json
+from schedulerd.commands import CommandError, arg, command, print_json
 
 
 def pick_databox(args: Any, env: Any) -> tuple[str, Any]:
@@ -25,7 +25,7 @@ def pick_databox(args: Any, env: Any) -> tuple[str, Any]:
 
 def open_box(args: Any, env: Any, *, create: bool = False) -> tuple[str, Any]:
     """(name, open Databox) or a clean CommandError."""
-    from schedulerd.databox import DataboxError, open_databox
+    from .. import DataboxError, open_databox
 
     name, settings = pick_databox(args, env)
     try:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fulltext.dbx import CONSOLE, INDEXER, add, free_port, listening, make_databox, send, site_config, wait_for
+from tests.repository.dbx import CONSOLE, INDEXER, add, free_port, listening, make_databox, send, site_config, wait_for
 
 SECRET = "pw-Zq8-never-shown"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from . import CommandError, arg, command, print_json, print_table
+from schedulerd.commands import CommandError, arg, command, print_json, print_table
 
 
 def _indexer_tasks(config: Any) -> list[Any]:

@@ -39,7 +39,7 @@ from typing import Literal
 from .fields import now_iso
 from .hotfolder import _FILE_FLAGS, FileStat, Tree, split
 from .model import NewRecord
-from .repository import Databox, display_name
+from .databox import Databox, display_name
 from .storage import SourceError, StorageError, guess_mime, hash_fd
 
 Duplicates = Literal["allow", "skip", "error"]

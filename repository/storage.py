@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ..durable import SYNCFS, fsync_dir  # noqa: F401  (fsync_dir is part of this module's API)
+from schedulerd.durable import SYNCFS, fsync_dir  # noqa: F401  (fsync_dir is part of this module's API)
 
 CHUNK = 1 << 20
 TMP = ".tmp"

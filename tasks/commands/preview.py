@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import CommandError, arg, command, print_json
+from schedulerd.commands import CommandError, arg, command, print_json
 
 
 @command("task:preview", "Show, per rule, the condition in words, how many records a run would change and the "
          "first ids (changes nothing)", arg("name", help="task name, as in [tasks.NAME]"), arg("--json", action="store_true"))
 def task_preview(args: Any, env: Any) -> int:
-    from ..registry import task_type
+    from schedulerd.registry import task_type
 
     config = env.config()
     tc = config.tasks.get(args.name)

@@ -388,8 +388,8 @@ def resolve_databox(base: str, databox_path: Path | None, config: Path | None) -
         return databox_path
     if os.sep in base or Path(base).is_file():
         return Path(base)
-    from .config import load
-    from .settings import ConfigError
+    from schedulerd.config import load
+    from schedulerd.settings import ConfigError
 
     try:
         cfg = load(config)

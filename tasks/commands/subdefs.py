@@ -9,8 +9,8 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from . import CommandError, arg, command, print_json, print_table
-from .databox import DATABOX_ARG, JSON_ARG, open_box
+from schedulerd.commands import CommandError, arg, command, print_json, print_table
+from repository import DATABOX_ARG, JSON_ARG, open_box
 
 
 @command(
@@ -25,7 +25,7 @@ def record_subdefs(args: Any, env: Any) -> int:
 
     import anyio
 
-    from schedulerd.databox import UnknownRecord
+    from repository import UnknownRecord
     from tasks.media import as_specs, classify
     from tasks.media.maker import DEFAULT_TIMEOUT
     from tasks.subdefs import build_record, specs_for, task_settings_for

@@ -9,7 +9,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from schedulerd.databox import DataboxSettings, open_databox  # noqa: E402
+from repository import DataboxSettings, open_databox  # noqa: E402
 
 
 @pytest.fixture

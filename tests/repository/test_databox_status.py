@@ -1,6 +1,6 @@
 import pytest
 
-from schedulerd.databox import StatusMask, format_mask, format_status, parse_mask
+from repository import StatusMask, format_mask, format_status, parse_mask
 
 
 def test_rightmost_is_bit_zero_and_x_ignores():

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import arg, command, print_json, print_table
+from schedulerd.commands import arg, command, print_json, print_table
 from .databox import DATABOX_ARG, JSON_ARG, fail, open_box
 
 
 @command("collection:create", "Create a collection in a databox", arg("name", help="collection name"), DATABOX_ARG,
          JSON_ARG)
 def collection_create(args: Any, env: Any) -> int:
-    from schedulerd.databox import DataboxError
-    from schedulerd.databox.checks import creating_collections
+    from .. import DataboxError
+    from ..checks import creating_collections
 
     with creating_collections():  # the config may already name the collection made here
         env.config()

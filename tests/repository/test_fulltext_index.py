@@ -1,4 +1,4 @@
-"""The index itself (schedulerd.fulltext.Index): full build, incremental passes, deletions, search."""
+"""The index itself (repository.fulltext.Index): full build, incremental passes, deletions, search."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from schedulerd import fulltext
-from schedulerd.fulltext import Index, FulltextError, fts_query, index_path_for, search
-from tests.fulltext.dbx import add, make_databox
+from repository import fulltext
+from repository.fulltext import Index, FulltextError, fts_query, index_path_for, search
+from tests.repository.dbx import add, make_databox
 
 
 @pytest.fixture

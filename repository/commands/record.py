@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import CommandError, arg, command, print_json, print_table
+from schedulerd.commands import CommandError, arg, command, print_json, print_table
 from .databox import DATABOX_ARG, JSON_ARG, fail, open_box
 
 
@@ -51,7 +51,7 @@ def _print_record(d: dict[str, Any]) -> None:
     JSON_ARG,
 )
 def record_list(args: Any, env: Any) -> int:
-    from schedulerd.databox import DataboxError, parse_mask
+    from .. import DataboxError, parse_mask
 
     pairs = []
     for item in args.field or []:
@@ -88,7 +88,7 @@ def record_list(args: Any, env: Any) -> int:
 @command("record:show", "Show one record: document, status bits, fields, sub-definitions",
          arg("id", metavar="ID"), DATABOX_ARG, JSON_ARG)
 def record_show(args: Any, env: Any) -> int:
-    from schedulerd.databox import UnknownRecord
+    from .. import UnknownRecord
 
     rid = _record_id(args.id)
     _, db = open_box(args, env)
@@ -104,7 +104,7 @@ def record_show(args: Any, env: Any) -> int:
 @command("record:set-status", 'Set status bits of a record with a mask ("1x0": set bit 2, clear bit 0)',
          arg("id", metavar="ID"), arg("mask", metavar="MASK"), DATABOX_ARG, JSON_ARG)
 def record_set_status(args: Any, env: Any) -> int:
-    from schedulerd.databox import UnknownRecord, parse_mask
+    from .. import UnknownRecord, parse_mask
 
     rid = _record_id(args.id)
     try:
@@ -127,7 +127,7 @@ def record_set_status(args: Any, env: Any) -> int:
 @command("record:set-field", "Set a metadata field of a record (marks its metadata to be written)",
          arg("id", metavar="ID"), arg("name", metavar="NAME"), arg("value", metavar="VALUE"), DATABOX_ARG, JSON_ARG)
 def record_set_field(args: Any, env: Any) -> int:
-    from schedulerd.databox import UnknownRecord
+    from .. import UnknownRecord
 
     rid = _record_id(args.id)
     _, db = open_box(args, env)

@@ -7,7 +7,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from schedulerd.databox import (
+from repository import (
     DataboxError,
     DataboxMissing,
     DataboxSettings,
@@ -267,7 +267,7 @@ def test_subdef_bookkeeping(db, src, box):
 
 
 def test_ingest_helpers(db, box):
-    from schedulerd.databox import NewRecord
+    from repository import NewRecord
 
     c = db.create_collection("c")
     (box.storage / "x").mkdir(parents=True)

@@ -1,0 +1,89 @@
+"""The repository domain: databoxes (collections, records, status bits, fields), the hotfolder
+ingest, `.phrasea.xml` and caption files, and the full-text index (`repository.fulltext`, the
+`schedulerd-indexer` program).
+
+The embedded default keeps one SQLite file per databox plus a storage folder for documents.
+See docs/databox.md for the schema, for set-based SQL over it, and docs/architecture.md for the
+layers: task types use what this module exports, nothing else of the package. The engine
+(`schedulerd`) does not import this package: `[databoxes]` and the commands below reach it by
+the entry points declared in pyproject.toml (groups `schedulerd.config`, `schedulerd.commands`).
+"""
+
+from .caption import MAX_BYTES as CAPTION_MAX_BYTES
+from .caption import CaptionError, parse_caption
+from .checks import collections_required, creating_collections
+from .commands.databox import DATABOX_ARG, JSON_ARG, open_box
+from .databox import Databox, awaited, display_name, open_databox
+from .fields import normalize_date, now_iso
+from .hotfolder import Scanner, Tree, split
+from .ingest import Ingestor, Journal, Unit
+from .model import (
+    Collection,
+    DataboxError,
+    DataboxMissing,
+    DuplicateCollection,
+    NewRecord,
+    Record,
+    RecordType,
+    Subdef,
+    UnknownCollection,
+    UnknownRecord,
+)
+from .phrasea_xml import NAME as PHRASEA_XML
+from .phrasea_xml import FolderConfig, XmlError, parse_phrasea_xml, render_phrasea_xml
+from .settings import FIELD_NAME_RE, DataboxSettings, FieldType, SubdefSettings
+from .status import ALL as ALL_BITS
+from .status import NO_MASK, StatusMask, format_mask, format_status, parse_mask
+from .storage import DocumentStore, SourceError, StorageError, guess_mime
+
+__all__ = [
+    "ALL_BITS",
+    "CAPTION_MAX_BYTES",
+    "CaptionError",
+    "Collection",
+    "DATABOX_ARG",
+    "Databox",
+    "DataboxError",
+    "DataboxMissing",
+    "DataboxSettings",
+    "DocumentStore",
+    "DuplicateCollection",
+    "FIELD_NAME_RE",
+    "FieldType",
+    "FolderConfig",
+    "Ingestor",
+    "JSON_ARG",
+    "Journal",
+    "NO_MASK",
+    "NewRecord",
+    "PHRASEA_XML",
+    "Record",
+    "RecordType",
+    "Scanner",
+    "SourceError",
+    "StatusMask",
+    "StorageError",
+    "Subdef",
+    "SubdefSettings",
+    "Tree",
+    "Unit",
+    "UnknownCollection",
+    "UnknownRecord",
+    "XmlError",
+    "awaited",
+    "collections_required",
+    "creating_collections",
+    "display_name",
+    "format_mask",
+    "format_status",
+    "guess_mime",
+    "normalize_date",
+    "now_iso",
+    "open_box",
+    "open_databox",
+    "parse_caption",
+    "parse_mask",
+    "parse_phrasea_xml",
+    "render_phrasea_xml",
+    "split",
+]
