@@ -315,3 +315,29 @@ def test_a_stale_record_is_not_trusted(site):
     _break(site, "tasks")
     r = site.console("task:list")
     assert r.returncode == 2 and "invalid TOML" in r.stderr and "warning" not in r.stderr
+
+
+def test_plugin_sections_are_validated_through_their_entry_points(tmp_path):
+    """[databoxes] and [ftp_destinations] are the plugins' (entry-point group schedulerd.config):
+    the engine checks them like its own sections without importing them by name."""
+    from schedulerd.registry import config_sections
+
+    assert {"databoxes", "ftp_destinations"} <= set(config_sections())
+    main = write(tmp_path, '[databoxes.main]\npath = "db/main.sqlite"\nstorage = "db/main"\n')
+    config = load(main)
+    assert config.databoxes["main"].path == tmp_path / "db/main.sqlite"
+    assert config.sections["databoxes"] is config.databoxes and dict(config.ftp_destinations) == {}
+    assert type(config.databoxes["main"]) is config_sections()["databoxes"]
+    d = tmp_path / "etc" / "schedulerd.d"
+    d.mkdir()
+    (d / "10-box.toml").write_text('[databoxes.main]\npath = "db/other.sqlite"\nstorage = "db/other"\n')
+    with pytest.raises(ConfigError) as e:
+        load(main)
+    assert str(e.value) == f"{d / '10-box.toml'}: databoxes.main: duplicate name in [databoxes] (also in {main})"
+    (d / "10-box.toml").write_text('[ftp_destinations.x]\nhots = "ftp.example.org"\n')
+    with pytest.raises(ConfigError, match=r"ftp_destinations\.x\.hots: unknown setting .*did you mean host\?"):
+        load(main)
+    (d / "10-box.toml").write_text('[databox.main]\npath = "x"\n')
+    with pytest.raises(ConfigError, match=r"databox: unknown section \(known: .*databoxes.*ftp_destinations.*"
+                                          r"did you mean databoxes\?"):
+        load(main)
