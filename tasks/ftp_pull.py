@@ -194,6 +194,13 @@ class Ledger:
             self._fh = None
 
 
+async def _commit(batch: list[tuple[str, RemoteEntry, Downloaded]], done: anyio.Event) -> None:
+    try:
+        await commit([d for _, _, d in batch])
+    finally:
+        done.set()
+
+
 BATCH_FILES = 64  # downloaded files made durable together (one syncfs) before their remote copies go
 BATCH_BYTES = 16 * 1024 * 1024
 
@@ -264,17 +271,32 @@ class FtpPull(TaskType):
             if c is None:
                 return
             batch: list[tuple[str, RemoteEntry, Downloaded]] = []
+            committing: list[tuple[list[tuple[str, RemoteEntry, Downloaded]], anyio.Event]] = []
+
+            async def hand_over(tg: anyio.abc.TaskGroup) -> None:
+                """Settle the batch committed meanwhile; the current one is committed in the background."""
+                if committing:
+                    done, event = committing.pop()
+                    await event.wait()
+                    await self._settle(ctx, c, done, ledger, progress, fatal)
+                if batch:
+                    committing.append((batch[:], anyio.Event()))
+                    tg.start_soon(_commit, *committing[0])
+                    batch.clear()
+
             try:
-                for rel, (target, part) in work:
-                    c = await self._usable(ctx, c, first, fatal)
-                    if c is None or fatal:
-                        break
-                    d = await self._download(ctx, c, todo[rel], target, part, rel in p.resumable, progress, errors, fatal)
-                    if d is not None:
-                        batch.append((rel, todo[rel], d))
-                    if len(batch) >= BATCH_FILES or sum(x[2].size for x in batch) >= BATCH_BYTES:
-                        await self._settle(ctx, c, batch, ledger, progress, fatal)
-                await self._settle(ctx, c, batch, ledger, progress, fatal)
+                async with anyio.create_task_group() as tg:
+                    for rel, (target, part) in work:
+                        c = await self._usable(ctx, c, first, fatal)
+                        if c is None or fatal:
+                            break
+                        d = await self._download(ctx, c, todo[rel], target, part, rel in p.resumable, progress, errors, fatal)
+                        if d is not None:
+                            batch.append((rel, todo[rel], d))
+                        if len(batch) >= BATCH_FILES or sum(x[2].size for x in batch) >= BATCH_BYTES:
+                            await hand_over(tg)
+                    await hand_over(tg)
+                    await hand_over(tg)  # the last batch
             finally:
                 if c is not None and c is not first:
                     await close(c)
@@ -332,11 +354,8 @@ class FtpPull(TaskType):
 
     async def _settle(self, ctx: Context, c: RemoteClient | None, batch: list[tuple[str, RemoteEntry, Downloaded]],
                       ledger: Ledger, progress: Progress, fatal: list[BaseException]) -> None:
-        """Make the batch durable under its names (see `commit`); then delete each remote copy, or remember it."""
-        if not batch:
-            return
+        """For a batch durable under its names (see `commit`): delete each remote copy, or remember it."""
         s = self.settings
-        await commit([d for _, _, d in batch])
         for rel, e, d in batch:
             if d.error is not None:
                 ctx.log.error("cannot store %s: %s; stopping this pass", printable(e.path), d.error)
@@ -362,4 +381,3 @@ class FtpPull(TaskType):
                 ledger.add(rel, e.size, e.mtime)
             progress.file_done()
         ledger.flush()
-        batch.clear()

@@ -83,23 +83,29 @@ class FtpPush(TaskType):
 
     settings: PushSettings
 
-    async def run_once(self, ctx: Context) -> str | None:
+    async def _stable_files(self, ctx: Context) -> dict[str, tuple[Path, int, int]] | None:
+        """The files unchanged over `stable` whose names can be used remotely; None: `local_dir` is empty."""
         s = self.settings
         first = scan(s)
         if not first:
-            return f"nothing to send in {s.local_dir}"
+            return None
+        todo = first
         if s.stable > 0:
             deadline = time.monotonic() + s.stable
             while (left := deadline - time.monotonic()) > 0:
                 await ctx.sleep(left)
             again = scan(s)
             todo = {rel: v for rel, v in first.items() if again.get(rel) == v}
-        else:
-            todo = first
-        skipped = {rel for rel in todo if unsafe_reason(rel.rsplit("/", 1)[-1])}
-        for rel in sorted(skipped):
+        for rel in sorted(rel for rel in todo if unsafe_reason(rel.rsplit("/", 1)[-1])):
             ctx.log.warning("not sending %s: its name cannot be used remotely", printable(rel))
-        todo = {rel: v for rel, v in todo.items() if rel not in skipped}
+            del todo[rel]
+        return todo
+
+    async def run_once(self, ctx: Context) -> str | None:
+        s = self.settings
+        todo = await self._stable_files(ctx)
+        if todo is None:
+            return f"nothing to send in {s.local_dir}"
         if not todo:
             return "nothing stable to send yet"
         progress = Progress(ctx, len(todo), sum(v[1] for v in todo.values()))
