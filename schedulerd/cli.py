@@ -102,15 +102,46 @@ class Env:
         except ControlError as e:
             raise fault_error(e) from None
 
-    def state_store(self) -> Any:
-        from .store import open_store
+    def store_settings(self) -> Any:
+        """[store]: the whole config's when loaded, else that section alone (the thin CLI)."""
+        if self._config is not None:
+            return self._config.store
+        from .config import load_store
+        from .settings import ConfigError
 
-        return open_store(self.scheduler().state_dir)
+        self.scheduler()  # finds the config file
+        try:
+            return load_store(self.config_path)
+        except ConfigError as e:
+            raise CommandError(str(e), 2) from None
+
+    def check_store(self) -> Any:
+        """[store], its schema checked: a schema this program does not know exits 2 saying what
+        to run; a store that does not answer exits 1."""
+        from .store import StoreUnavailable
+        from .stores import SchemaMismatch, check_schema
+
+        store = self.store_settings()
+        try:
+            check_schema(store)
+        except SchemaMismatch as e:
+            raise CommandError(str(e), 2) from None
+        except StoreUnavailable as e:
+            raise CommandError(f"the store does not answer: {e}", 1) from None
+        return store
+
+    def _open(self, opener: Any) -> Any:
+        return opener(self.scheduler(), self.check_store(), pool_size=2)
+
+    def state_store(self) -> Any:
+        from .stores import open_state_store
+
+        return self._open(open_state_store)
 
     def job_store(self) -> Any:
-        from .jobstore import open_job_store
+        from .stores import open_job_store
 
-        return open_job_store(self.scheduler().state_dir)
+        return self._open(open_job_store)
 
     def add_job(self, type: str, payload: Any, queue: str | None = None, priority: int = 0,
                 after: tuple[int, ...] = ()) -> int:

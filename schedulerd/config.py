@@ -18,9 +18,10 @@ from typing import Annotated, Any, Literal
 from . import settings as s
 from .registry import config_section_names, config_sections
 from .settings import ConfigError, Secret
+from .stores import StoreSettings
 
 ENGINE_TASK_KEYS = ("type", "period", "enabled", "timeout", "trigger")
-ENGINE_SECTIONS = ("scheduler", "tasks", "jobs", "queues")  # the others are plugins' (config_sections)
+ENGINE_SECTIONS = ("scheduler", "store", "tasks", "jobs", "queues")  # the others are plugins' (config_sections)
 CONFIG_ENV = "SCHEDULERD_CONFIG"
 CHECKOUT = Path(__file__).resolve().parent.parent
 
@@ -107,6 +108,7 @@ class Config:
     # the plugins' sections (`[databoxes.NAME]`, ...), one mapping of name -> frozen settings each:
     # every section a plugin declares (registry.config_sections) is here, empty when not in the file
     sections: Mapping[str, Mapping[str, object]] = dataclasses.field(default_factory=lambda: MappingProxyType({}))
+    store: StoreSettings = StoreSettings()  # [store]: SQLite files under state_dir, or PostgreSQL (url)
 
     def __getattr__(self, name: str) -> Mapping[str, object]:
         """A plugin's section as an attribute: `config.databoxes` is `config.sections["databoxes"]`."""
@@ -274,7 +276,8 @@ def _build(data: dict[str, Any], file: Path | None, base: Path) -> Config:
     raw_tasks = data.get("tasks", {})
     for tname, table in raw_tasks.items():
         tasks[tname] = _task(tname, table, base)
-    config = Config(file, base, scheduler, MappingProxyType(tasks), jobs, queues, sections)
+    store = s.build(StoreSettings, data.get("store", {}), "store", base)
+    config = Config(file, base, scheduler, MappingProxyType(tasks), jobs, queues, sections, store)
     for tname, tc in tasks.items():
         _cross_check(tc, config)
     for jtype, jc in jobs.types.items():
@@ -352,6 +355,17 @@ def load_scheduler(file: Path | None = None) -> tuple[Path | None, SchedulerSett
     merged, origin = _merge(files)
     try:
         return file, s.build(SchedulerSettings, merged.get("scheduler", {}), "scheduler", base_dir_for(file))
+    except ConfigError as e:
+        raise e.with_file(_file_for(e.path, origin, str(file))) from None
+
+
+def load_store(file: Path | None) -> StoreSettings:
+    """Only [store]: which store the CLI's job and task commands open, without the whole config."""
+    if file is None or not file.is_file():
+        return StoreSettings()
+    merged, origin = _merge([file, *sorted((file.parent / "schedulerd.d").glob("*.toml"))])
+    try:
+        return s.build(StoreSettings, merged.get("store", {}), "store", base_dir_for(file))
     except ConfigError as e:
         raise e.with_file(_file_for(e.path, origin, str(file))) from None
 

@@ -30,7 +30,8 @@ from .registry import rescan
 from .runner import RunnerEnv, TaskRunner
 from .settings import ConfigError
 from .states import TaskState, Wanted
-from .store import STORE_ERRORS, SqliteStateStore, TaskRecord, open_store, store_call
+from .store import STORE_ERRORS, StateStore, TaskRecord, store_call
+from .stores import SchemaMismatch, check_schema, open_state_store
 from .wake import serve_wakes
 
 log = logging.getLogger("schedulerd")
@@ -48,7 +49,7 @@ class Daemon:
         self._stop = anyio.Event()
         self._reopen = anyio.Event()  # SIGUSR1: reopen the log files
         self._tg: TaskGroup | None = None
-        self.store: SqliteStateStore | None = None
+        self.store: StateStore | None = None
         self.jobs: Any = None
         self._env: RunnerEnv | None = None  # what the runners share; made once the store is open
         self._listeners: dict[str, list[TaskRunner]] = {}
@@ -66,13 +67,21 @@ class Daemon:
         pidfile.acquire()
         try:
             sch.state_dir.mkdir(parents=True, exist_ok=True)
-            self.store = open_store(sch.state_dir, sch.store_busy_timeout)
+            # a schema this program does not know ends the start (SchemaMismatch); a store that
+            # does not answer yet is waited for, said once in scheduler.log
+            await store_call("checking the store's schema", check_schema, self.config.store)
+            self.store = open_state_store(sch, self.config.store)
             self._env = RunnerEnv(self.config, self.store, sch.state_dir / "locks",
                                   make_logger=self._make_logger, emit=self.emit, add_job=self._add_job)
             try:
                 await self._serve()
             finally:
                 self.store.close()
+                if self.jobs is not None:
+                    self.jobs.store.close()
+        except SchemaMismatch as e:
+            log.critical("schedulerd cannot start: %s", e)
+            raise
         except Exception:  # in scheduler.log, not only on the stderr nobody reads (scheduler.out)
             log.critical("schedulerd is ending on an unexpected error", exc_info=True)
             raise
@@ -449,6 +458,9 @@ def run(config_path: Path | None = None, *, log_to_stderr: bool = False) -> int:
         return 2
     try:
         anyio.run(Daemon(config, log_to_stderr=log_to_stderr).serve)
+    except SchemaMismatch as e:
+        print(f"schedulerd: {e}", file=os.sys.stderr)
+        return 2
     except AlreadyRunning as e:  # one line, not "schedulerd: schedulerd is ..."
         print(e, file=os.sys.stderr)
         return 1

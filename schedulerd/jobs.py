@@ -20,12 +20,13 @@ from anyio.abc import TaskGroup
 
 from .config import Config
 from .context import TaskContext, Waker
-from .jobstore import Job, JobError, Outcome, SqliteJobStore, open_job_store
+from .jobstore import Job, JobError, JobStore, Outcome
 from .logs import REDACTOR
 from .plugin import failure_detail
 from .protocol import ControlError, Fault
 from .registry import UnknownType, job_type, job_types
 from .store import STORE_ERRORS, store_call
+from .stores import open_job_store
 
 log = logging.getLogger("schedulerd.jobs")
 PROGRESS_EVERY = 0.5  # seconds between progress writes to the store
@@ -72,7 +73,7 @@ def validate(config: Config, type_name: str, payload: Any) -> Any:
     return handler
 
 
-def add_job(store: SqliteJobStore, config: Config, type_name: str, payload: Mapping[str, Any], *,
+def add_job(store: JobStore, config: Config, type_name: str, payload: Mapping[str, Any], *,
             queue: str | None = None, priority: int = 0, after: tuple[int, ...] = (),
             delay: float = 0.0) -> tuple[int, str]:
     """Validate and store a job; (its id, the queue it went to) — the queue is what to wake."""
@@ -90,7 +91,7 @@ def configured_queues(config: Config) -> set[str]:
     return set(config.queues) | types | {"default"}
 
 
-def check_queue(store: SqliteJobStore, config: Config, name: str) -> None:
+def check_queue(store: JobStore, config: Config, name: str) -> None:
     """Refuse a queue name that is neither configured nor holds jobs (a typo), naming the known ones."""
     known = configured_queues(config) | store.queue_names()
     if name not in known:
@@ -108,7 +109,7 @@ class RunningJob:
 class JobService:
     def __init__(self, config: Config, state_dir: Path, make_logger: Callable[[str], Any], emit: Callable | None = None):
         self.config = config
-        self.store = open_job_store(state_dir, config.scheduler.store_busy_timeout)
+        self.store = open_job_store(config.scheduler, config.store, pool_size=8)
         self.node = node_id(state_dir)
         self.make_logger = make_logger
         self.emit = emit

@@ -14,7 +14,8 @@ from .context import TaskContext
 from .plugin import failure_detail
 from .process import ChildRegistry, use_registry, withhold_env
 from .registry import task_type
-from .store import Run, open_store
+from .store import Run
+from .stores import open_state_store
 from .tasklock import TaskLock
 
 BUSY = 3
@@ -113,7 +114,7 @@ def run_one(config: Any, name: str, *, progress: bool = False) -> int:
     log = logs.task_logger(name, sch.log_dir, sch.log_level, sch.log_max_bytes, sch.log_backups, extra_handlers=[echo])
     state_dir = sch.state_dir / "tasks" / name
     state_dir.mkdir(parents=True, exist_ok=True)
-    store = open_store(sch.state_dir)
+    store = open_state_store(sch, config.store, pool_size=1)
     use_registry(ChildRegistry(sch.state_dir / "children"))
     task = task_type(tc.type)(tc.settings)
     ctx = TaskContext(name, tc.settings, log, config, state_dir, store, on_progress=bar)

@@ -22,7 +22,14 @@ from .states import CLEAN_OUTCOMES, Wanted
 
 log = logging.getLogger("schedulerd.store")
 T = TypeVar("T")
-STORE_ERRORS = (sqlite3.Error, OSError)  # a locked or lost database file, a full disk, ...
+
+
+class StoreUnavailable(Exception):
+    """A shared store (PostgreSQL) that does not answer: down, unreachable, refusing the login, or
+    a transaction lost to a conflict. The message names the store, never its password."""
+
+
+STORE_ERRORS = (sqlite3.Error, OSError, StoreUnavailable)  # a locked or lost database file, a full disk, ...
 RETRY_FIRST = 0.5  # seconds before the first retry of a failed store call; doubles up to RETRY_MAX
 RETRY_MAX = 30.0
 DEFAULT_BUSY_TIMEOUT = 30.0
@@ -238,7 +245,7 @@ async def store_call(what: str, fn: Callable[..., T], *args: Any, give_up_after:
             if failed_at is None:
                 failed_at = now
                 log.warning("%s: the store failed (%s: %s); retrying until it answers", what, type(e).__name__, e,
-                            exc_info=not isinstance(e, sqlite3.OperationalError))
+                            exc_info=not isinstance(e, (sqlite3.OperationalError, StoreUnavailable)))
             if give_up_after is not None and now - failed_at + delay > give_up_after:
                 raise
             await anyio.sleep(delay)

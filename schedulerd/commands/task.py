@@ -131,6 +131,7 @@ def task_run(args: Any, env: Any) -> int:
 
     config = env.config()
     _configured(env, args.name)
+    env.check_store()
     return run_one(config, args.name, progress=not args.no_progress and sys.stderr.isatty())
 
 

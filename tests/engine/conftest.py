@@ -15,6 +15,10 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:  # `tests.pgserver`, the real PostgreSQL of the store tests
+    sys.path.insert(0, str(ROOT))
+
+from tests.pgserver import pg_database, pg_server  # noqa: E402,F401  (fixtures)
 CONSOLE = ROOT / "bin" / "console"
 
 

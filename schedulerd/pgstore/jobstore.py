@@ -1,0 +1,247 @@
+"""The job store (jobstore.JobStore) on PostgreSQL: the queue several nodes share.
+
+Claims take `FOR UPDATE SKIP LOCKED` (two nodes never get one job, nor wait for each other);
+every state change goes through `_move`, which checks each arrow against states.JOB_TRANSITIONS
+and runs a named statement guarded by `state = ANY(from)` — as jobstore.move does for SQLite.
+Due times, claims and retention use the database's clock.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Collection, Sequence
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+
+from ..jobstore import CANCELLABLE, RETRYABLE, WAITING, Job, JobError, Outcome
+from ..states import JobState, check_job
+from ..stores import StoreSettings
+from . import QUERIES, Database, run
+
+RUNNING = (JobState.RUNNING,)
+
+
+def _job(row: dict[str, Any]) -> Job:
+    return Job(**{**row, "state": JobState(row["state"]), "deps": tuple(row["deps"])})
+
+
+def _move(cur: psycopg.Cursor, statement: str, from_states: Collection[JobState], to: JobState,
+          **params: Any) -> list[int]:
+    """The one way a job's state changes here: the named statement (claim_jobs, finish_job,
+    fail_job, ...) moves the jobs it selects that are still in one of `from_states` to `to`; each
+    arrow is checked against states.JOB_TRANSITIONS first (IllegalTransition). A job another node
+    changed meanwhile is left alone. Returns the ids that moved."""
+    for old in from_states:
+        check_job(old, to)
+    if statement == "fail_job":  # its waiting dependents fail with it
+        for old in WAITING:
+            check_job(old, to)
+    olds = [s.value for s in from_states]
+    return [r[0] for r in run(cur, statement, to=to.value, **{"from": olds}, **params).fetchall()]
+
+
+def _refuse(job: Job, allowed: Collection[JobState], verb: str) -> None:
+    """job:cancel / job:retry of a job in a state it does not apply to: bad input."""
+    if job.state not in allowed:
+        names = ", ".join(sorted(s.value for s in allowed))
+        raise JobError(f"job {job.id} is {job.state.value}: only {names} jobs can be {verb}")
+
+
+class PgJobStore:
+    def __init__(self, settings: StoreSettings, max_size: int = 4):
+        self.db = Database(settings, "jobs", max_size)
+
+    # --- adding and claiming -------------------------------------------------------
+    def add(self, type: str, queue: str, payload: dict[str, Any], *, title: str = "", priority: int = 0,
+            max_attempts: int = 1, deps: Sequence[int] = (), delay: float = 0.0, coalesce: bool = False) -> int:
+        """A new waiting job's id. `coalesce`: when a job of the same type, queue and payload still
+        waits for its first attempt (a deferred one), its id instead, and nothing is added."""
+        with self.db.transaction() as cur:
+            if coalesce and not deps:
+                twin = run(cur, "waiting_twin", type=type, queue=queue, payload=Jsonb(payload)).fetchone()
+                if twin is not None and twin[1] is not None:
+                    return int(twin[1])
+            states = dict(run(cur, "lock_deps", ids=list(deps)).fetchall()) if deps else {}
+            for d in deps:
+                if d not in states:
+                    raise JobError(f"--after {d}: no job with id {d}")
+            jid = run(cur, "insert_job", type=type, queue=queue, payload=Jsonb(payload), title=title,
+                      priority=priority, max_attempts=max_attempts, delay=delay).fetchone()[0]  # type: ignore[index]
+            if deps:
+                run(cur, "insert_deps", job=jid, deps=list(deps))
+            bad = [d for d in deps if states[d] in ("failed", "cancelled")]
+            if bad:
+                _move(cur, "fail_job", (JobState.WAITING,), JobState.FAILED, id=jid,
+                      error=f"dependency #{bad[0]} is {states[bad[0]]}")
+            return int(jid)
+
+    def claim(self, queue: str, node: str) -> Job | None:
+        jobs = self.claim_many(queue, node, 1)
+        return jobs[0] if jobs else None
+
+    def claim_many(self, queue: str, node: str, limit: int) -> list[Job]:
+        """Up to `limit` ready jobs of an unpaused queue, marked running for `node`, in one transaction."""
+        with self.db.transaction() as cur:
+            ids = _move(cur, "claim_jobs", WAITING, JobState.RUNNING, queue=queue, node=node, limit=limit)
+            return self._jobs(cur, ids)
+
+    def _jobs(self, cur: psycopg.Cursor, ids: list[int]) -> list[Job]:
+        if not ids:
+            return []
+        with cur.connection.cursor(row_factory=dict_row) as rows:
+            return [_job(r) for r in run(rows, "jobs_by_ids", ids=ids).fetchall()]  # type: ignore[arg-type]
+
+    # --- ends of attempts ----------------------------------------------------------
+    def settle_many(self, outcomes: Sequence[Outcome]) -> set[str]:
+        """Record ended attempts in one transaction; returns the queues that may now have work
+        (the jobs' own, for their free slots, and those of their dependents)."""
+        if not outcomes:
+            return set()
+        with self.db.transaction() as cur:
+            for o in outcomes:
+                if o.lines:
+                    self._append_log(cur, o.job_id, o.lines)
+                if o.kind == "finished":
+                    _move(cur, "finish_job", RUNNING, JobState.FINISHED, id=o.job_id, summary=o.summary)
+                elif o.kind == "retry":
+                    self._retry_later(cur, o.job_id, o.error, (o.retry_at or o.ended) - o.ended)
+                elif o.kind == "failed":
+                    _move(cur, "fail_job", RUNNING, JobState.FAILED, id=o.job_id, error=o.error or "failed")
+                elif o.kind == "interrupted":
+                    self._interrupt(cur, o.job_id, o.error or "interrupted")
+            return {r[0] for r in run(cur, "settled_queues", ids=[o.job_id for o in outcomes]).fetchall()}
+
+    @staticmethod
+    def _retry_later(cur: psycopg.Cursor, job_id: int, error: str | None, delay: float) -> None:
+        """Due again `delay` seconds from now by the database's clock (a node's retry_at is its own clock)."""
+        _move(cur, "retry_attempt", RUNNING, JobState.WAITING, id=job_id, error=error, delay=max(0.0, delay))
+
+    def finish(self, job_id: int, summary: str | None) -> None:
+        with self.db.transaction() as cur:
+            _move(cur, "finish_job", RUNNING, JobState.FINISHED, id=job_id, summary=summary)
+
+    def fail_attempt(self, job_id: int, error: str, retry_at: float | None) -> None:
+        with self.db.transaction() as cur:
+            if retry_at is None:
+                _move(cur, "fail_job", RUNNING, JobState.FAILED, id=job_id, error=error)
+            else:
+                self._retry_later(cur, job_id, error, retry_at - time.time())
+
+    def interrupt(self, job_id: int, error: str) -> None:
+        with self.db.transaction() as cur:
+            self._interrupt(cur, job_id, error)
+
+    @staticmethod
+    def _interrupt(cur: psycopg.Cursor, job_id: int, error: str) -> None:
+        row = run(cur, "lock_job", id=job_id).fetchone()
+        if row is None or row[0] != JobState.RUNNING.value:
+            return
+        attempts, max_attempts = row[1], row[2]
+        if attempts >= max_attempts:
+            _move(cur, "fail_job", RUNNING, JobState.FAILED, id=job_id,
+                  error=f"{error}; attempts used up ({attempts}/{max_attempts})")
+        else:
+            _move(cur, "interrupt_job", RUNNING, JobState.INTERRUPTED, id=job_id, error=error)
+
+    def recover(self, node: str) -> list[int]:
+        """Jobs this node was running when it stopped or died: interrupted, retried while attempts remain."""
+        with self.db.transaction() as cur:
+            ids = [r[0] for r in run(cur, "running_on_node", node=node).fetchall()]
+            for jid in ids:
+                self._interrupt(cur, jid, "interrupted: the daemon stopped while it ran")
+            return ids
+
+    # --- admin -----------------------------------------------------------------------
+    def cancel(self, job_id: int) -> Job:
+        with self.db.transaction() as cur:
+            job = self._locked(cur, job_id)
+            _refuse(job, CANCELLABLE, "cancelled")
+            _move(cur, "cancel_job", (job.state,), JobState.CANCELLED, id=job_id)
+            for (dep,) in run(cur, "waiting_dependents", id=job_id).fetchall():
+                _move(cur, "fail_job", WAITING, JobState.FAILED, id=dep, error=f"dependency #{job_id} was cancelled")
+            return self._get(cur, job_id)
+
+    def retry(self, job_id: int) -> Job:
+        with self.db.transaction() as cur:
+            job = self._locked(cur, job_id)
+            _refuse(job, RETRYABLE, "retried")
+            _move(cur, "retry_job", (job.state,), JobState.WAITING, id=job_id)
+            return self._get(cur, job_id)
+
+    def _locked(self, cur: psycopg.Cursor, job_id: int) -> Job:
+        """The job, its row locked to the transaction's end (its state cannot change under us)."""
+        if run(cur, "lock_job", id=job_id).fetchone() is None:
+            raise JobError(f"no job with id {job_id}")
+        return self._get(cur, job_id)
+
+    def _get(self, cur: psycopg.Cursor, job_id: int) -> Job:
+        jobs = self._jobs(cur, [job_id])
+        if not jobs:
+            raise JobError(f"no job with id {job_id}")
+        return jobs[0]
+
+    def get(self, job_id: int) -> Job:
+        with self.db.transaction() as cur:
+            return self._get(cur, job_id)
+
+    def list(self, state: str | None = None, queue: str | None = None, limit: int = 1000) -> list[Job]:
+        with self.db.transaction() as cur, cur.connection.cursor(row_factory=dict_row) as rows:
+            return [_job(r) for r in run(rows, "list_jobs", state=state, queue=queue,  # type: ignore[arg-type]
+                                         limit=limit).fetchall()]
+
+    def count_by_state(self) -> dict[str, int]:
+        with self.db.transaction() as cur:
+            return dict(run(cur, "count_by_state").fetchall())
+
+    def purge(self, states: Sequence[str], keep: int = 0, max_age: float | None = None) -> int:
+        """Delete done jobs in `states`: all but the newest `keep`, or (with max_age) those older than it."""
+        with self.db.transaction() as cur:
+            if max_age is not None:
+                return run(cur, "purge_jobs_by_age", states=list(states), age=max_age).rowcount
+            return run(cur, "purge_jobs_by_count", states=list(states), keep=keep).rowcount
+
+    # --- progress, logs, queues ----------------------------------------------------------
+    def set_progress(self, job_id: int, done: int, total: int | None) -> None:
+        with self.db.transaction() as cur:
+            run(cur, "set_progress", id=job_id, done=done, total=total)
+
+    def append_log(self, job_id: int, lines: Sequence[tuple[float, str, str]]) -> None:
+        with self.db.transaction() as cur:
+            self._append_log(cur, job_id, lines)
+
+    @staticmethod
+    def _append_log(cur: psycopg.Cursor, job_id: int, lines: Sequence[tuple[float, str, str]]) -> None:
+        cur.executemany(QUERIES["append_log"],  # type: ignore[arg-type]
+                        [{"job": job_id, "ts": ts, "level": level, "line": line} for ts, level, line in lines])
+
+    def log_lines(self, job_id: int, limit: int = 200) -> list[tuple[float, str, str]]:
+        with self.db.transaction() as cur:
+            rows = run(cur, "log_lines", job=job_id, limit=limit).fetchall()
+        return [tuple(r) for r in reversed(rows)]  # type: ignore[misc]
+
+    def set_paused(self, queue: str, paused: bool) -> None:
+        with self.db.transaction() as cur:
+            run(cur, "set_paused", queue=queue, paused=paused)
+
+    def paused(self) -> set[str]:
+        with self.db.transaction() as cur:
+            return {r[0] for r in run(cur, "paused_queues").fetchall()}
+
+    def next_due(self, queue: str) -> float | None:
+        with self.db.transaction() as cur:
+            row = run(cur, "next_due", queue=queue).fetchone()
+        return row[0] if row else None
+
+    def queue_names(self) -> set[str]:
+        with self.db.transaction() as cur:
+            return {r[0] for r in run(cur, "queue_names").fetchall()}
+
+    def queues_with_work(self) -> set[str]:
+        with self.db.transaction() as cur:
+            return {r[0] for r in run(cur, "queues_with_work").fetchall()}
+
+    def close(self) -> None:
+        self.db.close()

@@ -1,0 +1,91 @@
+-- 0001: the first schema (see schema.sql for the whole current one)
+
+CREATE TABLE schema_version (
+    version integer PRIMARY KEY,
+    applied timestamptz NOT NULL DEFAULT now()
+);
+
+-- the state store: each task's wanted state and counters, its run history, small values
+CREATE TABLE tasks (
+    name text PRIMARY KEY,
+    wanted text CHECK (wanted IN ('started', 'stopped', 'disabled')),
+    crashes integer NOT NULL DEFAULT 0,
+    runs bigint NOT NULL DEFAULT 0,
+    failures bigint NOT NULL DEFAULT 0
+);
+
+CREATE TABLE runs (
+    id bigserial PRIMARY KEY,
+    task text NOT NULL,
+    started timestamptz NOT NULL,
+    ended timestamptz NOT NULL,
+    outcome text NOT NULL,
+    error text,
+    summary text,
+    source text NOT NULL DEFAULT 'daemon'
+);
+CREATE INDEX runs_task ON runs (task, id);
+CREATE INDEX runs_ended ON runs (ended);
+
+CREATE TABLE kv (
+    key text PRIMARY KEY,
+    value text NOT NULL
+);
+
+-- the job queue
+CREATE TABLE jobs (
+    id bigserial PRIMARY KEY,
+    type text NOT NULL,
+    queue text NOT NULL,
+    payload jsonb NOT NULL,
+    title text NOT NULL DEFAULT '',
+    priority integer NOT NULL DEFAULT 0,
+    attempts integer NOT NULL DEFAULT 0,
+    max_attempts integer NOT NULL DEFAULT 1,
+    next_attempt_at timestamptz NOT NULL DEFAULT now(),
+    state text NOT NULL DEFAULT 'waiting'
+        CHECK (state IN ('waiting', 'running', 'finished', 'failed', 'interrupted', 'cancelled')),
+    done bigint,
+    total bigint,
+    summary text,
+    error text,
+    created timestamptz NOT NULL DEFAULT now(),
+    started timestamptz,
+    finished timestamptz,
+    node text
+);
+-- what a claim scans: the ready jobs of one queue in priority order
+CREATE INDEX jobs_ready ON jobs (queue, priority DESC, id) WHERE state IN ('waiting', 'interrupted');
+CREATE INDEX jobs_state ON jobs (state, finished);
+CREATE INDEX jobs_running_node ON jobs (node) WHERE state = 'running';
+
+CREATE TABLE job_deps (
+    job bigint NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+    dep bigint NOT NULL,
+    PRIMARY KEY (job, dep)
+);
+CREATE INDEX job_deps_dep ON job_deps (dep);
+
+CREATE TABLE job_logs (
+    id bigserial PRIMARY KEY,
+    job bigint NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+    ts double precision NOT NULL,
+    level text NOT NULL,
+    line text NOT NULL
+);
+CREATE INDEX job_logs_job ON job_logs (job, id);
+
+CREATE TABLE queues (
+    name text PRIMARY KEY,
+    paused boolean NOT NULL DEFAULT false
+);
+
+-- a job as the program reads it: times as seconds since the epoch, its dependencies as an array
+CREATE VIEW job_rows AS
+SELECT j.id, j.type, j.queue, j.payload, j.title, j.priority,
+       ARRAY(SELECT d.dep FROM job_deps d WHERE d.job = j.id ORDER BY d.dep) AS deps,
+       j.attempts, j.max_attempts, extract(epoch FROM j.next_attempt_at)::float8 AS next_attempt_at,
+       j.state, j.done, j.total, j.summary, j.error, extract(epoch FROM j.created)::float8 AS created,
+       extract(epoch FROM j.started)::float8 AS started, extract(epoch FROM j.finished)::float8 AS finished,
+       j.node
+FROM jobs j;

@@ -1,0 +1,215 @@
+-- Every statement schedulerd sends to PostgreSQL, by name (`-- name: NAME`, then its comment
+-- lines, then the SQL). Loaded once by schedulerd.pgstore.queries; `%(x)s` are parameters.
+-- A statement that changes a job's state guards it with `state = ANY(%(from)s)`: the Python
+-- side fills `from` from states.JOB_TRANSITIONS (PgJobStore._move), so no arrow outside the
+-- table is ever taken, even by two nodes racing on one job.
+
+-- ---- schema ---------------------------------------------------------------------------------
+
+-- name: schema_table
+SELECT to_regclass('schema_version') IS NOT NULL;
+
+-- name: schema_version
+SELECT coalesce(max(version), 0) FROM schema_version;
+
+-- name: record_version
+INSERT INTO schema_version (version) VALUES (%(version)s);
+
+-- name: migration_lock
+-- one migrator at a time (two `store:migrate` started together): held to the transaction's end
+SELECT pg_advisory_xact_lock(%(key)s);
+
+-- ---- state store ----------------------------------------------------------------------------
+
+-- name: task_wanted
+SELECT wanted FROM tasks WHERE name = %(task)s;
+
+-- name: set_wanted
+INSERT INTO tasks (name, wanted) VALUES (%(task)s, %(wanted)s)
+ON CONFLICT (name) DO UPDATE SET wanted = excluded.wanted;
+
+-- name: set_crashes
+INSERT INTO tasks (name, crashes) VALUES (%(task)s, %(crashes)s)
+ON CONFLICT (name) DO UPDATE SET crashes = excluded.crashes;
+
+-- name: insert_run
+INSERT INTO runs (task, started, ended, outcome, error, summary, source)
+VALUES (%(task)s, to_timestamp(%(started)s), to_timestamp(%(ended)s), %(outcome)s, %(error)s, %(summary)s,
+        %(source)s);
+
+-- name: count_runs
+INSERT INTO tasks (name, runs, failures) VALUES (%(task)s, %(runs)s, %(failures)s)
+ON CONFLICT (name) DO UPDATE SET runs = tasks.runs + excluded.runs, failures = tasks.failures + excluded.failures;
+
+-- name: task_record
+SELECT wanted, crashes, runs, failures FROM tasks WHERE name = %(task)s;
+
+-- name: history
+SELECT task, extract(epoch FROM started)::float8, extract(epoch FROM ended)::float8, outcome, error, summary, source
+FROM runs WHERE task = %(task)s ORDER BY id DESC LIMIT %(limit)s;
+
+-- name: purge_runs_by_age
+-- clean (ok = true) or failed runs that ended more than `age` seconds ago, by the database's clock
+DELETE FROM runs
+WHERE (outcome = ANY(%(clean)s)) = %(ok)s AND ended < now() - make_interval(secs => %(age)s);
+
+-- name: purge_runs_by_count
+-- all but the newest `keep` clean (ok = true) or failed runs of each task
+DELETE FROM runs WHERE id IN (
+    SELECT id FROM (
+        SELECT id, row_number() OVER (PARTITION BY task ORDER BY id DESC) AS rn
+        FROM runs WHERE (outcome = ANY(%(clean)s)) = %(ok)s) ranked
+    WHERE rn > %(keep)s);
+
+-- name: get_value
+SELECT value FROM kv WHERE key = %(key)s;
+
+-- name: set_value
+INSERT INTO kv (key, value) VALUES (%(key)s, %(value)s) ON CONFLICT (key) DO UPDATE SET value = excluded.value;
+
+-- name: delete_value
+DELETE FROM kv WHERE key = %(key)s;
+
+-- ---- job store: adding and reading --------------------------------------------------------------
+
+-- name: lock_deps
+-- the jobs a new job waits for, held until it is in (a dependency cannot fail unseen meanwhile)
+SELECT id, state FROM jobs WHERE id = ANY(%(ids)s) FOR SHARE;
+
+-- name: waiting_twin
+-- add(coalesce=True): a job of the same type, queue and payload still waiting for its first
+-- attempt; the advisory lock on that key (held to the transaction's end) keeps two nodes adding
+-- the same job at once from both inserting it
+SELECT pg_advisory_xact_lock(hashtext(%(type)s || chr(31) || %(queue)s || chr(31) || %(payload)s::text)),
+       (SELECT id FROM jobs WHERE type = %(type)s AND queue = %(queue)s AND payload = %(payload)s
+          AND state = 'waiting' AND attempts = 0 ORDER BY id LIMIT 1);
+
+-- name: insert_job
+INSERT INTO jobs (type, queue, payload, title, priority, max_attempts, next_attempt_at)
+VALUES (%(type)s, %(queue)s, %(payload)s, %(title)s, %(priority)s, %(max_attempts)s,
+        now() + make_interval(secs => %(delay)s))
+RETURNING id;
+
+-- name: insert_deps
+INSERT INTO job_deps (job, dep) SELECT %(job)s, unnest(%(deps)s::bigint[]);
+
+-- name: job_by_id
+SELECT * FROM job_rows WHERE id = %(id)s;
+
+-- name: jobs_by_ids
+SELECT * FROM job_rows WHERE id = ANY(%(ids)s) ORDER BY priority DESC, id;
+
+-- name: lock_job
+SELECT state, attempts, max_attempts FROM jobs WHERE id = %(id)s FOR UPDATE;
+
+-- name: list_jobs
+SELECT * FROM job_rows
+WHERE (%(state)s::text IS NULL OR state = %(state)s) AND (%(queue)s::text IS NULL OR queue = %(queue)s)
+ORDER BY id DESC LIMIT %(limit)s;
+
+-- name: count_by_state
+SELECT state, count(*) FROM jobs GROUP BY state;
+
+-- name: running_on_node
+SELECT id FROM jobs WHERE state = 'running' AND node = %(node)s ORDER BY id FOR UPDATE;
+
+-- name: next_due
+SELECT extract(epoch FROM min(next_attempt_at))::float8 FROM jobs
+WHERE queue = %(queue)s AND state IN ('waiting', 'interrupted');
+
+-- name: queue_names
+SELECT DISTINCT queue FROM jobs;
+
+-- name: queues_with_work
+SELECT DISTINCT queue FROM jobs WHERE state IN ('waiting', 'interrupted', 'running');
+
+-- name: settled_queues
+-- the queues that may have work once these jobs ended: their own and their dependents'
+SELECT queue FROM jobs WHERE id = ANY(%(ids)s)
+UNION SELECT j.queue FROM job_deps d JOIN jobs j ON j.id = d.job WHERE d.dep = ANY(%(ids)s);
+
+-- ---- job store: state changes (PgJobStore._move runs each) -------------------------------------
+
+-- name: claim_jobs
+-- up to `limit` ready jobs of an unpaused queue whose dependencies all finished, in priority
+-- order; rows another node is claiming right now are skipped, not waited for
+WITH picked AS (
+    SELECT id FROM jobs j
+    WHERE queue = %(queue)s AND state = ANY(%(from)s) AND next_attempt_at <= now()
+      AND NOT EXISTS (SELECT 1 FROM queues q WHERE q.name = j.queue AND q.paused)
+      AND NOT EXISTS (SELECT 1 FROM job_deps d JOIN jobs p ON p.id = d.dep
+                      WHERE d.job = j.id AND p.state <> 'finished')
+    ORDER BY priority DESC, id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED)
+UPDATE jobs SET state = %(to)s, attempts = attempts + 1, started = now(), node = %(node)s, done = NULL,
+                total = NULL
+FROM picked WHERE jobs.id = picked.id
+RETURNING jobs.id;
+
+-- name: finish_job
+UPDATE jobs SET state = %(to)s, summary = %(summary)s, error = NULL, finished = now()
+WHERE id = %(id)s AND state = ANY(%(from)s) RETURNING id;
+
+-- name: retry_attempt
+-- an attempt failed with attempts left: due again `delay` seconds from now
+UPDATE jobs SET state = %(to)s, error = %(error)s, next_attempt_at = now() + make_interval(secs => %(delay)s)
+WHERE id = %(id)s AND state = ANY(%(from)s) RETURNING id;
+
+-- name: interrupt_job
+UPDATE jobs SET state = %(to)s, error = %(error)s, next_attempt_at = now()
+WHERE id = %(id)s AND state = ANY(%(from)s) RETURNING id;
+
+-- name: fail_job
+-- the job fails if still in one of `from`, and with it every waiting job that depends on it,
+-- transitively (waiting/interrupted -> failed)
+WITH RECURSIVE doomed (id, cause) AS (
+    SELECT id, NULL::bigint FROM jobs WHERE id = %(id)s AND state = ANY(%(from)s)
+    UNION
+    SELECT d.job, d.dep FROM job_deps d JOIN doomed ON d.dep = doomed.id JOIN jobs j ON j.id = d.job
+    WHERE j.state IN ('waiting', 'interrupted')
+), once AS (SELECT DISTINCT ON (id) id, cause FROM doomed ORDER BY id, cause)
+UPDATE jobs SET state = %(to)s, finished = now(),
+    error = CASE WHEN once.cause IS NULL THEN %(error)s
+                 ELSE 'dependency #' || once.cause || ' failed or was cancelled' END
+FROM once WHERE jobs.id = once.id
+RETURNING jobs.id;
+
+-- name: cancel_job
+UPDATE jobs SET state = %(to)s, finished = now() WHERE id = %(id)s AND state = ANY(%(from)s) RETURNING id;
+
+-- name: waiting_dependents
+SELECT d.job FROM job_deps d JOIN jobs j ON j.id = d.job
+WHERE d.dep = %(id)s AND j.state IN ('waiting', 'interrupted') ORDER BY d.job;
+
+-- name: retry_job
+-- job:retry: attempts start again from zero, due now
+UPDATE jobs SET state = %(to)s, attempts = 0, next_attempt_at = now(), finished = NULL
+WHERE id = %(id)s AND state = ANY(%(from)s) RETURNING id;
+
+-- ---- job store: the rest --------------------------------------------------------------------
+
+-- name: purge_jobs_by_age
+-- done jobs finished more than `age` seconds ago (their logs and dependency rows go with them)
+DELETE FROM jobs WHERE state = ANY(%(states)s) AND finished < now() - make_interval(secs => %(age)s);
+
+-- name: purge_jobs_by_count
+DELETE FROM jobs WHERE id IN (
+    SELECT id FROM jobs WHERE state = ANY(%(states)s) ORDER BY finished DESC, id DESC OFFSET %(keep)s);
+
+-- name: set_progress
+UPDATE jobs SET done = %(done)s, total = %(total)s WHERE id = %(id)s;
+
+-- name: append_log
+INSERT INTO job_logs (job, ts, level, line)
+SELECT %(job)s, %(ts)s, %(level)s, %(line)s WHERE EXISTS (SELECT 1 FROM jobs WHERE id = %(job)s);
+
+-- name: log_lines
+SELECT ts, level, line FROM job_logs WHERE job = %(job)s ORDER BY id DESC LIMIT %(limit)s;
+
+-- name: set_paused
+INSERT INTO queues (name, paused) VALUES (%(queue)s, %(paused)s)
+ON CONFLICT (name) DO UPDATE SET paused = excluded.paused;
+
+-- name: paused_queues
+SELECT name FROM queues WHERE paused;

@@ -1,0 +1,93 @@
+"""The state store (store.StateStore) on PostgreSQL: wanted states, counters, run history, values."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import psycopg
+
+from ..states import CLEAN_OUTCOMES, Wanted
+from ..store import Run, TaskRecord
+from ..stores import StoreSettings
+from . import QUERIES, Database, run
+
+CLEAN = sorted(o.value for o in CLEAN_OUTCOMES)
+
+
+class PgStateStore:
+    def __init__(self, settings: StoreSettings, max_size: int = 4):
+        self.db = Database(settings, "state", max_size)
+
+    def wanted(self, task: str) -> Wanted | None:
+        with self.db.transaction() as cur:
+            row = run(cur, "task_wanted", task=task).fetchone()
+        return Wanted(row[0]) if row and row[0] else None
+
+    def set_wanted(self, task: str, wanted: Wanted) -> None:
+        self.save([], {}, {task: wanted})
+
+    def set_crashes(self, task: str, crashes: int) -> None:
+        self.save([], {task: crashes}, {})
+
+    def record_run(self, run_: Run) -> None:
+        self.save([run_], {}, {})
+
+    def save(self, runs: list[Run], crashes: Mapping[str, int], wanted: Mapping[str, Wanted]) -> None:
+        """The daemon's pending writes (finished runs, crash counters, wanted states) in one transaction."""
+        if not (runs or crashes or wanted):
+            return
+        with self.db.transaction() as cur:
+            for task, n in crashes.items():
+                run(cur, "set_crashes", task=task, crashes=n)
+            for task, w in wanted.items():
+                run(cur, "set_wanted", task=task, wanted=w.value)
+            self._record_runs(cur, runs)
+
+    def _record_runs(self, cur: psycopg.Cursor, runs: list[Run]) -> None:
+        if not runs:
+            return
+        counts: dict[str, list[int]] = {}
+        for r in runs:
+            n = counts.setdefault(r.task, [0, 0])
+            n[0] += 1
+            n[1] += r.outcome not in CLEAN_OUTCOMES
+        cur.executemany(QUERIES["insert_run"], [vars(r) for r in runs])  # type: ignore[arg-type]
+        cur.executemany(QUERIES["count_runs"],  # type: ignore[arg-type]
+                        [{"task": t, "runs": n[0], "failures": n[1]} for t, n in counts.items()])
+
+    def task(self, task: str) -> TaskRecord:
+        with self.db.transaction() as cur:
+            row = run(cur, "task_record", task=task).fetchone()
+            last = run(cur, "history", task=task, limit=1).fetchone()
+        last_run = Run(*last) if last else None
+        if row is None:
+            return TaskRecord(task, None, 0, 0, 0, last_run)
+        return TaskRecord(task, Wanted(row[0]) if row[0] else None, row[1], row[2], row[3], last_run)
+
+    def history(self, task: str, limit: int = 20) -> list[Run]:
+        with self.db.transaction() as cur:
+            return [Run(*r) for r in run(cur, "history", task=task, limit=limit).fetchall()]
+
+    def purge_history(self, keep_ok: int, keep_failed: int, max_age_ok: float, max_age_failed: float) -> int:
+        """Retention set separately for successful and failed runs, by count and by age (the database's clock)."""
+        n = 0
+        with self.db.transaction() as cur:
+            for ok, keep, age in ((True, keep_ok, max_age_ok), (False, keep_failed, max_age_failed)):
+                n += run(cur, "purge_runs_by_age", clean=CLEAN, ok=ok, age=age).rowcount
+                n += run(cur, "purge_runs_by_count", clean=CLEAN, ok=ok, keep=keep).rowcount
+        return n
+
+    def get_value(self, key: str) -> str | None:
+        with self.db.transaction() as cur:
+            row = run(cur, "get_value", key=key).fetchone()
+        return row[0] if row else None
+
+    def set_value(self, key: str, value: str | None) -> None:
+        with self.db.transaction() as cur:
+            if value is None:
+                run(cur, "delete_value", key=key)
+            else:
+                run(cur, "set_value", key=key, value=value)
+
+    def close(self) -> None:
+        self.db.close()

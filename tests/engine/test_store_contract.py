@@ -1,0 +1,313 @@
+"""One contract for the stores, run against both back-ends: SQLite files and a real PostgreSQL.
+
+Whatever the daemon relies on (state store: wanted states, counters, run history, values; job
+store: add, claim, outcomes, chains, priorities, pause, cancel, retry, recovery, retention)
+must hold the same on either; the PostgreSQL server is tests/pgserver.py's.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from schedulerd.config import SchedulerSettings
+from schedulerd.jobstore import JobError, Outcome
+from schedulerd.states import IllegalTransition, JobState, Wanted
+from schedulerd.store import Run
+from schedulerd.stores import StoreSettings, open_job_store, open_state_store
+from tests.pgserver import store_settings
+
+
+class Backend:
+    """Opens stores of one back-end; every store opened is closed at the test's end."""
+
+    def __init__(self, sch: SchedulerSettings, store: StoreSettings):
+        self.sch, self.store = sch, store
+        self.opened: list[Any] = []
+
+    def _keep(self, s: Any) -> Any:
+        self.opened.append(s)
+        return s
+
+    def jobs(self) -> Any:
+        return self._keep(open_job_store(self.sch, self.store))
+
+    def states(self) -> Any:
+        return self._keep(open_state_store(self.sch, self.store))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    sch = SchedulerSettings(state_dir=tmp_path / "state")
+    if request.param == "sqlite":
+        b = Backend(sch, StoreSettings())
+    else:
+        server = request.getfixturevalue("pg_server")
+        b = Backend(sch, store_settings(server, request.getfixturevalue("pg_database")))
+    yield b
+    for s in b.opened:
+        s.close()
+
+
+def ended(job_id: int, kind: str, **kw: Any) -> Outcome:
+    return Outcome(job_id, kind, time.time(), **kw)
+
+
+def claim_all(store: Any, queue: str = "q", node: str = "n1", limit: int = 100) -> list[int]:
+    return [j.id for j in store.claim_many(queue, node, limit)]
+
+
+# --- job store ----------------------------------------------------------------------
+
+
+def test_add_get_list_and_claim_in_priority_order(backend: Backend) -> None:
+    s = backend.jobs()
+    low = s.add("command", "q", {"argv": ["true"]}, title="low", max_attempts=2)
+    high = s.add("command", "q", {"n": 1}, title="high", priority=5)
+    other = s.add("command", "other", {})
+    job = s.get(high)
+    assert (job.type, job.queue, job.payload, job.title, job.priority, job.state) == \
+        ("command", "q", {"n": 1}, "high", 5, JobState.WAITING)
+    assert abs(job.created - time.time()) < 5 and job.next_attempt_at <= time.time() + 1
+    assert [j.id for j in s.list()] == [other, high, low]
+    assert [j.id for j in s.list(queue="q")] == [high, low]
+    assert [j.id for j in s.list(state="waiting", limit=1)] == [other]
+    assert s.queue_names() == {"q", "other"} and s.queues_with_work() == {"q", "other"}
+    first = s.claim("q", "n1")
+    assert first is not None and first.id == high and first.state is JobState.RUNNING
+    assert (first.attempts, first.node) == (1, "n1") and first.started is not None
+    assert claim_all(s) == [low]
+    assert s.claim("q", "n1") is None
+    assert s.get(low).state is JobState.RUNNING
+    with pytest.raises(JobError, match="no job with id 999"):
+        s.get(999)
+
+
+def test_two_concurrent_claimers_never_get_the_same_job(backend: Backend) -> None:
+    setup = backend.jobs()
+    ids = {setup.add("command", "q", {"i": i}) for i in range(300)}
+    got: dict[str, list[int]] = {"a": [], "b": []}
+    stores = {name: backend.jobs() for name in got}
+    go = threading.Barrier(2)
+
+    def claimer(name: str) -> None:
+        go.wait()
+        while batch := stores[name].claim_many("q", name, 7):
+            got[name] += [j.id for j in batch]
+
+    threads = [threading.Thread(target=claimer, args=(n,)) for n in got]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not set(got["a"]) & set(got["b"])
+    assert sorted(got["a"] + got["b"]) == sorted(ids)
+    assert {j.node for j in setup.list(limit=1000)} <= {"a", "b"}
+
+
+def test_outcomes_finish_retry_fail_and_interrupt(backend: Backend) -> None:
+    s = backend.jobs()
+    ok, again, later, bad, cut, last = (s.add("command", "q", {}, max_attempts=2) for _ in range(6))
+    assert claim_all(s) == [ok, again, later, bad, cut, last]
+    s.fail_attempt(last, "boom", None)  # no retry: failed at once
+    s.interrupt(last, "too late")  # not running any more: nothing happens
+    queues = s.settle_many([
+        ended(ok, "finished", summary="done", lines=((time.time(), "INFO", "a line"),)),
+        ended(again, "retry", error="flaky", retry_at=time.time()),
+        ended(later, "retry", error="flaky", retry_at=time.time() + 3600),
+        ended(bad, "failed", error="broken"),
+        ended(cut, "interrupted", error="stopped"),
+    ])
+    assert queues == {"q"}
+    assert (s.get(ok).state, s.get(ok).summary, s.get(ok).finished is not None) == (JobState.FINISHED, "done", True)
+    assert [line[1:] for line in s.log_lines(ok)] == [("INFO", "a line")]
+    assert (s.get(again).state, s.get(again).error) == (JobState.WAITING, "flaky")
+    assert s.get(later).next_attempt_at > time.time() + 3000
+    assert (s.get(bad).state, s.get(bad).error) == (JobState.FAILED, "broken")
+    assert (s.get(cut).state, s.get(cut).error) == (JobState.INTERRUPTED, "stopped")
+    assert (s.get(last).state, s.get(last).error) == (JobState.FAILED, "boom")
+    assert sorted(claim_all(s)) == sorted([again, cut])  # `later` is not due
+    assert s.next_due("q") is not None and s.next_due("q") > time.time() + 3000
+    s.settle_many([ended(cut, "interrupted", error="stopped again")])  # attempts used up: failed
+    assert s.get(cut).state is JobState.FAILED and "attempts used up (2/2)" in (s.get(cut).error or "")
+    s.finish(again, "second time")
+    assert s.get(again).state is JobState.FINISHED and s.get(again).attempts == 2
+
+
+def test_chains_wait_for_their_dependency_and_fail_with_it(backend: Backend) -> None:
+    s = backend.jobs()
+    a = s.add("command", "q", {})
+    b = s.add("command", "q", {}, deps=[a])
+    c = s.add("command", "q2", {}, deps=[b])
+    assert s.get(c).deps == (b,)
+    assert claim_all(s) == [a]  # b waits for a
+    s.finish(a, None)
+    assert claim_all(s) == [b]
+    assert s.settle_many([ended(b, "failed", error="broken")]) == {"q", "q2"}  # c's queue may have news
+    assert (s.get(c).state, s.get(c).error) == (JobState.FAILED, f"dependency #{b} failed or was cancelled")
+    d = s.add("command", "q", {}, deps=[c])  # added after its dependency failed: failed at once
+    assert (s.get(d).state, s.get(d).error) == (JobState.FAILED, f"dependency #{c} is failed")
+    with pytest.raises(JobError, match="--after 999: no job with id 999"):
+        s.add("command", "q", {}, deps=[999])
+
+
+def test_cancel_retry_and_their_refusals(backend: Backend) -> None:
+    s = backend.jobs()
+    a = s.add("command", "q", {})
+    b = s.add("command", "q", {}, deps=[a])
+    c = s.add("command", "q", {}, deps=[b])
+    assert s.cancel(a).state is JobState.CANCELLED
+    assert (s.get(b).state, s.get(b).error) == (JobState.FAILED, f"dependency #{a} was cancelled")
+    assert (s.get(c).state, s.get(c).error) == (JobState.FAILED, f"dependency #{b} failed or was cancelled")
+    with pytest.raises(JobError, match=f"job {a} is cancelled: only .* can be cancelled"):
+        s.cancel(a)
+    again = s.retry(a)
+    assert (again.state, again.attempts, again.finished) == (JobState.WAITING, 0, None)
+    with pytest.raises(JobError, match=f"job {a} is waiting: only .* can be retried"):
+        s.retry(a)
+    with pytest.raises(JobError, match="no job with id 999"):
+        s.cancel(999)
+    running = s.add("command", "q", {})
+    assert running in claim_all(s)
+    assert s.cancel(running).state is JobState.CANCELLED
+    s.settle_many([ended(running, "finished")])  # the end of a cancelled attempt changes nothing
+    assert s.get(running).state is JobState.CANCELLED
+
+
+def test_recover_interrupts_only_this_nodes_running_jobs(backend: Backend) -> None:
+    s = backend.jobs()
+    mine, theirs, spent = (s.add("command", "q", {}, max_attempts=m) for m in (3, 3, 1))
+    assert s.claim("q", "n1").id == mine and s.claim("q", "n2").id == theirs and s.claim("q", "n1").id == spent
+    assert sorted(s.recover("n1")) == [mine, spent]
+    assert s.get(mine).state is JobState.INTERRUPTED and s.get(theirs).state is JobState.RUNNING
+    assert s.get(spent).state is JobState.FAILED
+    assert s.recover("n1") == []
+
+
+def test_paused_queue_claims_nothing(backend: Backend) -> None:
+    s = backend.jobs()
+    jid = s.add("command", "q", {})
+    s.set_paused("q", True)
+    assert s.paused() == {"q"} and s.claim("q", "n1") is None
+    s.set_paused("q", False)
+    assert s.paused() == set() and claim_all(s) == [jid]
+
+
+def test_progress_and_log_lines(backend: Backend) -> None:
+    s = backend.jobs()
+    jid = s.add("command", "q", {})
+    s.claim("q", "n1")
+    s.set_progress(jid, 3, 10)
+    s.append_log(jid, [(1.0, "INFO", "one"), (2.0, "WARNING", "two"), (3.0, "INFO", "three")])
+    assert (s.get(jid).done, s.get(jid).total) == (3, 10)
+    assert s.log_lines(jid) == [(1.0, "INFO", "one"), (2.0, "WARNING", "two"), (3.0, "INFO", "three")]
+    assert s.log_lines(jid, limit=2) == [(2.0, "WARNING", "two"), (3.0, "INFO", "three")]
+
+
+def test_retention_purges_done_jobs_by_count_and_age(backend: Backend) -> None:
+    s = backend.jobs()
+    done = [s.add("command", "q", {}) for _ in range(4)]
+    waiting = s.add("command", "other", {})
+    claim_all(s)
+    for jid in done:
+        s.finish(jid, None)
+        time.sleep(0.01)
+    assert s.purge(["finished"], keep=1) == 3
+    assert [j.id for j in s.list()] == [waiting, done[-1]]
+    assert s.purge(["finished"], max_age=3600) == 0
+    time.sleep(0.05)
+    assert s.purge(["finished"], max_age=0.01) == 1
+    assert [j.id for j in s.list()] == [waiting]
+
+
+def test_a_transition_outside_the_table_is_refused(backend: Backend) -> None:
+    """finished -> running is no arrow of states.JOB_TRANSITIONS: the store's one state-change
+    path refuses it before touching the row."""
+    s = backend.jobs()
+    jid = s.add("command", "q", {})
+    claim_all(s)
+    s.finish(jid, None)
+    if backend.store.url is None:
+        from schedulerd.jobstore import move
+
+        with pytest.raises(IllegalTransition), s.transaction() as c:
+            move(c, [jid], (JobState.FINISHED,), JobState.RUNNING)
+    else:
+        from schedulerd.pgstore.jobstore import _move
+
+        with pytest.raises(IllegalTransition), s.db.transaction() as cur:
+            _move(cur, "claim_jobs", (JobState.FINISHED,), JobState.RUNNING, queue="q", node="n", limit=1)
+    assert s.get(jid).state is JobState.FINISHED
+
+
+# --- state store --------------------------------------------------------------------
+
+
+def run(task: str, outcome: str, ago: float = 0.0, **kw: Any) -> Run:
+    now = time.time() - ago
+    return Run(task, now - 1, now, outcome, **kw)
+
+
+def test_wanted_states_crashes_and_records(backend: Backend) -> None:
+    s = backend.states()
+    assert s.wanted("a") is None
+    rec = s.task("a")
+    assert (rec.wanted, rec.crashes, rec.runs, rec.failures, rec.last_run) == (None, 0, 0, 0, None)
+    s.set_wanted("a", Wanted.STOPPED)
+    s.set_crashes("a", 3)
+    assert s.wanted("a") is Wanted.STOPPED and s.task("a").crashes == 3
+    s.save([run("a", "ok"), run("a", "failed", error="boom"), run("b", "stopped")], {"a": 0}, {"b": Wanted.STARTED})
+    a, b = s.task("a"), s.task("b")
+    assert (a.crashes, a.runs, a.failures, a.last_run.outcome, a.last_run.error) == (0, 2, 1, "failed", "boom")
+    assert (b.wanted, b.runs, b.failures) == (Wanted.STARTED, 1, 0)
+    s.record_run(run("a", "ok", summary="3 files", source="cli"))
+    last = s.history("a", 1)[0]
+    assert (last.outcome, last.summary, last.source) == ("ok", "3 files", "cli")
+    assert abs(last.ended - time.time()) < 5 and abs(last.ended - last.started - 1) < 0.01
+
+
+def test_history_newest_first_and_purged_by_count_and_age(backend: Backend) -> None:
+    s = backend.states()
+    s.save([run("a", "failed", ago=5000)] + [run("a", "ok", ago=100 - i) for i in range(5)]
+           + [run("a", "failed", ago=10)], {}, {})
+    runs = s.history("a")
+    assert len(runs) == 7 and runs[0].ended > runs[1].ended
+    assert len(s.history("a", limit=3)) == 3
+    assert s.purge_history(keep_ok=2, keep_failed=100, max_age_ok=86400, max_age_failed=1000) == 3 + 1
+    assert [r.outcome for r in s.history("a")] == ["failed", "ok", "ok"]
+
+
+def test_values(backend: Backend) -> None:
+    s = backend.states()
+    assert s.get_value("k") is None
+    s.set_value("k", "v1")
+    s.set_value("k", "v2")
+    assert s.get_value("k") == "v2"
+    s.set_value("k", None)
+    assert s.get_value("k") is None
+
+
+def test_two_store_objects_see_each_others_writes(backend: Backend) -> None:
+    """Two processes (or nodes) on one store: what one writes, the other reads."""
+    a, b = backend.states(), backend.states()
+    a.set_wanted("t", Wanted.STARTED)
+    assert b.wanted("t") is Wanted.STARTED
+    ja, jb = backend.jobs(), backend.jobs()
+    jid = ja.add("command", "q", {})
+    assert jb.claim("q", "n2").id == jid and ja.claim("q", "n1") is None
+
+
+def test_coalesced_add_returns_the_job_still_waiting(backend: Backend) -> None:
+    s = backend.jobs()
+    first = s.add("command", "q", {"record": 1, "b": [1, 2]}, delay=3600, coalesce=True)
+    assert s.add("command", "q", {"b": [1, 2], "record": 1}, delay=3600, coalesce=True) == first
+    other = s.add("command", "q", {"record": 2}, delay=3600, coalesce=True)
+    plain = s.add("command", "q", {"record": 1, "b": [1, 2]})  # without coalesce: a job of its own
+    assert len({first, other, plain}) == 3
+    claim_all(s)  # `plain` runs; `first` is deferred, still waiting for its first attempt
+    assert s.add("command", "q", {"record": 1, "b": [1, 2]}, coalesce=True) == first
