@@ -10,12 +10,12 @@ import dataclasses
 import json
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from .states import JobState
+from .states import JobState, check_job, job_sources
 from .store import DEFAULT_BUSY_TIMEOUT, SqliteFile
 
 CLAIMABLE = ("waiting", "interrupted")
@@ -69,7 +69,7 @@ class Outcome:
 
 class JobStore(Protocol):
     def add(self, type: str, queue: str, payload: dict[str, Any], *, title: str = "", priority: int = 0,
-            max_attempts: int = 1, deps: Sequence[int] = (), delay: float = 0.0) -> int: ...
+            max_attempts: int = 1, deps: Sequence[int] = (), delay: float = 0.0, coalesce: bool = False) -> int: ...
     def claim(self, queue: str, node: str) -> Job | None: ...
     def claim_many(self, queue: str, node: str, limit: int) -> list[Job]: ...
     def settle_many(self, outcomes: Sequence[Outcome]) -> set[str]: ...
@@ -115,6 +115,37 @@ COLUMNS = ("id, type, queue, payload, title, priority, attempts, max_attempts, n
            "summary, error, created, started, finished, node")
 
 
+ADD_ONE = object()  # a `move` column value: the column's value plus one
+# the columns `move` may set besides state (their names go into the SQL text)
+MOVABLE_COLUMNS = frozenset({"attempts", "next_attempt_at", "done", "total", "summary", "error", "started",
+                             "finished", "node"})
+
+
+def move(c: sqlite3.Connection, ids: Sequence[int], from_states: Collection[JobState], to: JobState,
+         **columns: object) -> int:
+    """The one way a job's state changes: `ids` still in one of `from_states` go to `to` (each arrow
+    checked against states.JOB_TRANSITIONS; an illegal one raises IllegalTransition), with `columns`
+    set as well. A job changed meanwhile (by another process) is left alone: returns how many moved."""
+    if not ids or not from_states:
+        return 0
+    for old in from_states:
+        check_job(old, to)
+    unknown = set(columns) - MOVABLE_COLUMNS
+    if unknown:
+        raise ValueError(f"jobstore.move: no column {', '.join(sorted(unknown))}")
+    sets = ["state=?"] + [f"{k}={k}+1" if v is ADD_ONE else f"{k}=?" for k, v in columns.items()]
+    values = [to.value] + [v for v in columns.values() if v is not ADD_ONE]
+    olds = [s.value for s in from_states]
+    sql = (f"UPDATE jobs SET {', '.join(sets)} WHERE id IN ({','.join('?' * len(ids))}) "
+           f"AND state IN ({','.join('?' * len(olds))})")
+    return c.execute(sql, (*values, *ids, *olds)).rowcount
+
+
+WAITING = (JobState.WAITING, JobState.INTERRUPTED)  # not started, or to be started again
+CANCELLABLE = job_sources(JobState.CANCELLED)  # job:cancel
+RETRYABLE = (JobState.FAILED, JobState.CANCELLED, JobState.INTERRUPTED)  # job:retry (running -> waiting is the engine's)
+
+
 class SqliteJobStore(SqliteFile):
     SCHEMA = SCHEMA
 
@@ -126,9 +157,18 @@ class SqliteJobStore(SqliteFile):
                    done, total, summ, err, created, started, finished, node)
 
     def add(self, type: str, queue: str, payload: dict[str, Any], *, title: str = "", priority: int = 0,
-            max_attempts: int = 1, deps: Sequence[int] = (), delay: float = 0.0) -> int:
+            max_attempts: int = 1, deps: Sequence[int] = (), delay: float = 0.0, coalesce: bool = False) -> int:
+        """A new waiting job's id. `coalesce`: when a job of the same type, queue and payload still
+        waits for its first attempt (a deferred one), its id instead, and nothing is added."""
         now = time.time()
         with self.transaction() as c:
+            if coalesce and not deps:
+                row = c.execute("SELECT id FROM jobs WHERE type=? AND queue=? AND payload=? AND state='waiting' "
+                                "AND attempts=0 ORDER BY id LIMIT 1",
+                                (type, queue, json.dumps(payload, sort_keys=True))).fetchone()
+                if row is not None:
+                    return int(row[0])
+                payload = json.loads(json.dumps(payload, sort_keys=True))  # stored in the order compared
             states = {}
             for d in deps:
                 row = c.execute("SELECT state FROM jobs WHERE id=?", (d,)).fetchone()
@@ -143,7 +183,7 @@ class SqliteJobStore(SqliteFile):
             c.executemany("INSERT INTO job_deps(job, dep) VALUES (?, ?)", [(jid, d) for d in deps])
             bad = [d for d, s in states.items() if s in ("failed", "cancelled")]
             if bad:
-                self._fail(c, jid, f"dependency #{bad[0]} is {states[bad[0]]}")
+                self._fail(c, jid, f"dependency #{bad[0]} is {states[bad[0]]}", (JobState.WAITING,))
             return jid
 
     def add_many(self, jobs: Sequence[tuple[str, str, dict[str, Any], str]]) -> list[int]:
@@ -158,14 +198,16 @@ class SqliteJobStore(SqliteFile):
                 ids.append(cur.lastrowid)
             return ids
 
-    def _fail(self, c: sqlite3.Connection, jid: int, error: str) -> None:
-        """Fail a job and, transitively, every waiting job that depends on it."""
-        now = time.time()
-        c.execute("UPDATE jobs SET state='failed', error=?, finished=? WHERE id=?", (error, now, jid))
+    def _fail(self, c: sqlite3.Connection, jid: int, error: str, from_states: Collection[JobState]) -> None:
+        """Fail a job still in `from_states` and, transitively, every waiting job that depends on it."""
+        if move(c, [jid], from_states, JobState.FAILED, error=error, finished=time.time()):
+            self._fail_dependents(c, jid, f"dependency #{jid} failed or was cancelled")
+
+    def _fail_dependents(self, c: sqlite3.Connection, jid: int, error: str) -> None:
         for (dep,) in c.execute(
                 "SELECT d.job FROM job_deps d JOIN jobs j ON j.id=d.job WHERE d.dep=? AND j.state IN ('waiting','interrupted')",
                 (jid,)).fetchall():
-            self._fail(c, dep, f"dependency #{jid} failed or was cancelled")
+            self._fail(c, dep, error, WAITING)
 
     def claim(self, queue: str, node: str) -> Job | None:
         jobs = self.claim_many(queue, node, 1)
@@ -182,8 +224,8 @@ class SqliteJobStore(SqliteFile):
                 "AND p.state != 'finished') ORDER BY priority DESC, id LIMIT ?", (queue, now, limit)).fetchall()
             if not rows:
                 return []
-            c.executemany("UPDATE jobs SET state='running', attempts=attempts+1, started=?, node=?, done=NULL, "
-                          "total=NULL WHERE id=?", [(now, node, r[0]) for r in rows])
+            move(c, [r[0] for r in rows], WAITING, JobState.RUNNING, attempts=ADD_ONE, started=now, node=node,
+                 done=None, total=None)
             jobs = []
             for r in rows:
                 job = self._row(c, r)
@@ -202,13 +244,11 @@ class SqliteJobStore(SqliteFile):
                     c.executemany("INSERT INTO job_logs(job, ts, level, line) VALUES (?,?,?,?)",
                                   [(o.job_id, *line) for line in o.lines])
                 if o.kind == "finished":
-                    c.execute("UPDATE jobs SET state='finished', summary=?, error=NULL, finished=? "
-                              "WHERE id=? AND state='running'", (o.summary, o.ended, o.job_id))
+                    self._finish(c, o.job_id, o.summary, o.ended)
                 elif o.kind == "retry":
-                    c.execute("UPDATE jobs SET state='waiting', error=?, next_attempt_at=? WHERE id=? AND state='running'",
-                              (o.error, o.retry_at, o.job_id))
+                    self._retry_later(c, o.job_id, o.error, o.retry_at)
                 elif o.kind == "failed":
-                    self._fail(c, o.job_id, o.error or "failed")
+                    self._fail(c, o.job_id, o.error or "failed", (JobState.RUNNING,))
                 elif o.kind == "interrupted":
                     self._interrupt(c, o.job_id, o.error or "interrupted")
             ids = [o.job_id for o in outcomes]
@@ -217,18 +257,24 @@ class SqliteJobStore(SqliteFile):
                 f"SELECT DISTINCT queue FROM jobs WHERE id IN ({marks}) UNION SELECT DISTINCT j.queue FROM job_deps d "
                 f"JOIN jobs j ON j.id=d.job WHERE d.dep IN ({marks})", ids + ids)}
 
+    @staticmethod
+    def _finish(c: sqlite3.Connection, job_id: int, summary: str | None, ended: float) -> None:
+        move(c, [job_id], (JobState.RUNNING,), JobState.FINISHED, summary=summary, error=None, finished=ended)
+
+    @staticmethod
+    def _retry_later(c: sqlite3.Connection, job_id: int, error: str | None, retry_at: float | None) -> None:
+        move(c, [job_id], (JobState.RUNNING,), JobState.WAITING, error=error, next_attempt_at=retry_at)
+
     def finish(self, job_id: int, summary: str | None) -> None:
         with self.transaction() as c:
-            c.execute("UPDATE jobs SET state='finished', summary=?, error=NULL, finished=? WHERE id=? AND state='running'",
-                      (summary, time.time(), job_id))
+            self._finish(c, job_id, summary, time.time())
 
     def fail_attempt(self, job_id: int, error: str, retry_at: float | None) -> None:
         with self.transaction() as c:
             if retry_at is None:
-                self._fail(c, job_id, error)
+                self._fail(c, job_id, error, (JobState.RUNNING,))
             else:
-                c.execute("UPDATE jobs SET state='waiting', error=?, next_attempt_at=? WHERE id=? AND state='running'",
-                          (error, retry_at, job_id))
+                self._retry_later(c, job_id, error, retry_at)
 
     def interrupt(self, job_id: int, error: str) -> None:
         with self.transaction() as c:
@@ -239,10 +285,9 @@ class SqliteJobStore(SqliteFile):
         if row is None:
             return
         if row[0] >= row[1]:
-            self._fail(c, job_id, f"{error}; attempts used up ({row[0]}/{row[1]})")
+            self._fail(c, job_id, f"{error}; attempts used up ({row[0]}/{row[1]})", (JobState.RUNNING,))
         else:
-            c.execute("UPDATE jobs SET state='interrupted', error=?, next_attempt_at=? WHERE id=?",
-                      (error, time.time(), job_id))
+            move(c, [job_id], (JobState.RUNNING,), JobState.INTERRUPTED, error=error, next_attempt_at=time.time())
 
     def recover(self, node: str) -> list[int]:
         """Jobs this node was running when it stopped or died: interrupted, retried while attempts remain."""
@@ -255,21 +300,23 @@ class SqliteJobStore(SqliteFile):
     def cancel(self, job_id: int) -> Job:
         with self.transaction() as c:
             job = self._get(c, job_id)
-            if job.state not in (JobState.WAITING, JobState.INTERRUPTED, JobState.RUNNING):
-                raise JobError(f"job {job_id} is {job.state.value}: only waiting, interrupted or running jobs can be cancelled")
-            c.execute("UPDATE jobs SET state='cancelled', finished=? WHERE id=?", (time.time(), job_id))
-            for (dep,) in c.execute("SELECT d.job FROM job_deps d JOIN jobs j ON j.id=d.job WHERE d.dep=? "
-                                    "AND j.state IN ('waiting','interrupted')", (job_id,)).fetchall():
-                self._fail(c, dep, f"dependency #{job_id} was cancelled")
+            self._refuse(job, CANCELLABLE, "cancelled")
+            move(c, [job_id], (job.state,), JobState.CANCELLED, finished=time.time())
+            self._fail_dependents(c, job_id, f"dependency #{job_id} was cancelled")
             return self._get(c, job_id)
+
+    @staticmethod
+    def _refuse(job: Job, allowed: Collection[JobState], verb: str) -> None:
+        """job:cancel / job:retry of a job in a state it does not apply to: bad input."""
+        if job.state not in allowed:
+            names = ", ".join(sorted(s.value for s in allowed))
+            raise JobError(f"job {job.id} is {job.state.value}: only {names} jobs can be {verb}")
 
     def retry(self, job_id: int) -> Job:
         with self.transaction() as c:
             job = self._get(c, job_id)
-            if job.state not in (JobState.FAILED, JobState.CANCELLED, JobState.INTERRUPTED):
-                raise JobError(f"job {job_id} is {job.state.value}: only failed, cancelled or interrupted jobs can be retried")
-            c.execute("UPDATE jobs SET state='waiting', attempts=0, next_attempt_at=?, finished=NULL WHERE id=?",
-                      (time.time(), job_id))
+            self._refuse(job, RETRYABLE, "retried")
+            move(c, [job_id], (job.state,), JobState.WAITING, attempts=0, next_attempt_at=time.time(), finished=None)
             return self._get(c, job_id)
 
     def _get(self, c: sqlite3.Connection, job_id: int) -> Job:

@@ -11,9 +11,11 @@ import anyio
 
 from . import logs
 from .context import TaskContext
-from .plugin import failure_detail
+from .iteration import IterationEnd, run_iteration
+from .jobs import store_adder
 from .process import ChildRegistry, use_registry, withhold_env
 from .registry import task_type
+from .states import RunOutcome
 from .store import Run
 from .stores import open_state_store
 from .tasklock import TaskLock
@@ -117,41 +119,38 @@ def run_one(config: Any, name: str, *, progress: bool = False) -> int:
     store = open_state_store(sch, config.store, pool_size=1)
     use_registry(ChildRegistry(sch.state_dir / "children"))
     task = task_type(tc.type)(tc.settings)
-    ctx = TaskContext(name, tc.settings, log, config, state_dir, store, on_progress=bar)
+    ctx = TaskContext(name, tc.settings, log, config, state_dir, store, on_progress=bar,
+                      job_adder=store_adder(config))  # jobs it queues go to the store
     if bar:
         bar.info = ctx.info
     started = time.time()
-    outcome, error, summary = "ok", None, None
+    end = IterationEnd(RunOutcome.CANCELLED, "interrupted")
 
-    async def once() -> Any:
+    async def once() -> IterationEnd:
         try:
-            with anyio.fail_after(tc.timeout):
-                return await task.run_once(ctx)
+            return await run_iteration(task, ctx, tc.timeout, log)
         finally:
             with anyio.CancelScope(shield=True):
-                await task.shutdown(ctx)
+                try:
+                    await task.shutdown(ctx)
+                except Exception:
+                    log.exception("shutdown failed")
             if bar:
                 bar.close()  # the outcome's lines (stderr and stdout) start on their own line
 
     try:
         log.info("one-shot iteration started by task:run")
-        result = anyio.run(once)
-        summary = None if result is None else str(result)
-        log.info("one-shot iteration ok%s", f": {summary}" if summary else "")
-        print(f"{name}: ok{': ' + summary if summary else ''}")
-    except TimeoutError:
-        outcome, error = "timeout", f"iteration timed out after {tc.timeout:g}s"
-        log.error("%s", error)
+        end = anyio.run(once)
+        if end.outcome is RunOutcome.OK:
+            log.info("one-shot iteration ok%s", f": {end.summary}" if end.summary else "")
+            print(f"{name}: ok{': ' + end.summary if end.summary else ''}")
     except KeyboardInterrupt:
-        outcome, error = "cancelled", "interrupted"
-    except Exception as e:
-        outcome, error = "failed", f"{type(e).__name__}: {e}"
-        log.error("iteration failed: %s%s", error, failure_detail(e))
+        pass  # recorded as cancelled: interrupted
     finally:
         if bar:
             bar.close()
         lock.close()
-        store.record_run(Run(name, started, time.time(), outcome, error, summary, "cli"))
+        store.record_run(Run(name, started, time.time(), end.outcome, end.error, end.summary, "cli"))
         store.close()
         logs.close_task_logger(name)
-    return 0 if outcome == "ok" else 1
+    return 0 if end.outcome is RunOutcome.OK else 1

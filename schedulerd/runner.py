@@ -1,14 +1,17 @@
 """One runner per task: the periodic loop and its state machine.
 
-Transitions (every one goes through `_change`):
+Transitions (every one goes through `_change`, checked against states.TASK_TRANSITIONS):
   stopped  -> starting   task:start / daemon start with wanted=started
+  crashed  -> starting   task:start (the crash counter is cleared)
   starting -> running    first iteration begins at once
   running  -> waiting    iteration succeeded; sleep until the next tick
   running  -> backoff    iteration failed; sleep backoff_delay(crashes)
+  running  -> crashed    the iteration was the max_crashes-th consecutive failure: stays until task:start
   backoff  -> running    backoff elapsed (or run-now)
   waiting  -> running    tick reached (or run-now / an event woke the task)
-  backoff  -> crashed    max_crashes consecutive failures: stays until task:start
+  starting, backoff -> waiting   the iteration was skipped: a one-shot task:run holds the lock
   *        -> stopping   task:stop / daemon stop: the iteration gets stop_timeout, then is cancelled
+                         (also when the loop ends without a stop: cancelled from outside, or a bug)
   stopping -> stopped
 """
 
@@ -26,9 +29,11 @@ from anyio.abc import TaskGroup
 
 from .config import TaskConfig
 from .context import TaskContext
-from .plugin import TaskType, failure_detail
+from .iteration import IterationEnd, run_iteration
+from .plugin import TaskType
 from .registry import task_type
-from .states import CLEAN_OUTCOMES, STOPPED_STATES, RunOutcome, TaskState, Wanted
+from .snapshot import Live, task_snapshot
+from .states import ACTIVE_STATES, CLEAN_OUTCOMES, STOPPED_STATES, RunOutcome, TaskState, Wanted, check_task
 from .store import Run, TaskRecord
 from .tasklock import TaskLock
 
@@ -137,6 +142,7 @@ class TaskRunner:
         old = self.state
         if old is new:
             return
+        check_task(old, new)
         self.state = new
         level = logging.DEBUG if {old, new} <= {TaskState.RUNNING, TaskState.WAITING} else logging.INFO
         self.log.log(level, "state %s -> %s%s", old, new, f" ({why})" if why else "")
@@ -148,27 +154,15 @@ class TaskRunner:
         return self.env.config.scheduler
 
     def snapshot(self) -> dict[str, Any]:
-        last = self.last
         sleeping = self.next_at is not None and self.state in (TaskState.WAITING, TaskState.BACKOFF)
-        return {
-            "name": self.tc.name,
-            "type": self.tc.type,
-            "wanted": self.wanted.value,
-            "state": self.state.value,
-            "period": self.tc.period,
-            "timeout": self.tc.timeout,
-            "crashes": self.crashes,
-            "runs": self.runs,
-            "failures": self.failures,
-            "started_at": self.started_at,
-            "iteration_started": self.iteration_started if self.state is TaskState.RUNNING else None,
-            "next_run_in": max(0.0, self.next_at - anyio.current_time()) if sleeping else None,
-            "progress": {"done": self.ctx.done, "total": self.ctx.total} if self.ctx.done is not None else None,
-            "last_run": None if last is None else {
-                "started": last.started, "ended": last.ended, "outcome": last.outcome,
-                "error": last.error, "summary": last.summary, "source": last.source},
-            "info": dict(self.ctx.info),
-        }
+        counts = TaskRecord(self.tc.name, self.wanted, self.crashes, self.runs, self.failures, self.last)
+        live = Live(
+            started_at=self.started_at,
+            iteration_started=self.iteration_started if self.state is TaskState.RUNNING else None,
+            next_run_in=max(0.0, self.next_at - anyio.current_time()) if sleeping and self.next_at is not None else None,
+            progress=(self.ctx.done, self.ctx.total) if self.ctx.done is not None else None,
+            info=self.ctx.info)
+        return task_snapshot(self.tc, self.wanted, self.state, counts, live)
 
     # --- control -------------------------------------------------------------
     def start(self, tg: TaskGroup) -> None:
@@ -230,7 +224,9 @@ class TaskRunner:
             self.lock.close()
             self.next_at = None
             self.started_at = None
-            if self.state is not TaskState.CRASHED:
+            if self.state in ACTIVE_STATES:  # no stop asked for it: cancelled from outside, or an error
+                self._change(TaskState.STOPPING, "the loop ended")
+            if self.state is TaskState.STOPPING:
                 self._change(TaskState.STOPPED)
             self._done.set()
 
@@ -292,34 +288,22 @@ class TaskRunner:
         self.iteration_started = time.time()
         self.ctx.done = self.ctx.total = None
         self._cut = (RunOutcome.CANCELLED, "cancelled at stop")
-        outcome: RunOutcome | None = None
-        error: str | None = None
-        summary: str | None = None
+        end: IterationEnd | None = None
         try:
             with anyio.CancelScope() as self._iteration_scope:
-                try:
-                    with anyio.fail_after(self.tc.timeout):
-                        result = await self.task.run_once(self.ctx)
-                    outcome, error = RunOutcome.OK, None
-                    summary = None if result is None else str(result)[:2000]
-                except TimeoutError:
-                    outcome, error = RunOutcome.TIMEOUT, f"iteration timed out after {self.tc.timeout:g}s"
-                    self.log.error("%s", error)
-                except Exception as e:
-                    outcome, error = RunOutcome.FAILED, f"{type(e).__name__}: {e}"[:2000]
-                    self.log.error("iteration failed: %s%s", error, failure_detail(e))
+                end = await run_iteration(self.task, self.ctx, self.tc.timeout, self.log)
         finally:
             self._iteration_scope = None
             self.lock.release()
-            if outcome is None:  # cancelled: stop() says whether that was the planned end
-                outcome, error = self._cut
-            run = Run(self.tc.name, self.iteration_started, time.time(), outcome, error, summary)
+            if end is None:  # cancelled: stop() says whether that was the planned end
+                end = IterationEnd(*self._cut)
+            run = Run(self.tc.name, self.iteration_started, time.time(), end.outcome, end.error, end.summary)
             self.last = run
             self.runs += 1
-            self.failures += outcome not in CLEAN_OUTCOMES
+            self.failures += end.outcome not in CLEAN_OUTCOMES
             self.env.history.append(run)
-        if outcome in (RunOutcome.CANCELLED, RunOutcome.STOPPED):
+        if end.outcome in (RunOutcome.CANCELLED, RunOutcome.STOPPED):
             return None
-        if outcome is RunOutcome.OK:
-            self.log.debug("iteration ok in %.3fs%s", run.ended - run.started, f": {summary}" if summary else "")
-        return outcome is RunOutcome.OK
+        if end.outcome is RunOutcome.OK:
+            self.log.debug("iteration ok in %.3fs%s", run.ended - run.started, f": {end.summary}" if end.summary else "")
+        return end.outcome is RunOutcome.OK

@@ -66,3 +66,87 @@ class JobState(enum.Enum):
 
 
 JOB_DONE_STATES = frozenset({JobState.FINISHED, JobState.FAILED, JobState.CANCELLED})
+
+
+class IllegalTransition(RuntimeError):
+    """A state change the tables below do not allow: a bug in the engine, never bad input."""
+
+
+# Every arrow a task's state may take, and why it happens (TaskRunner._change checks each one).
+TASK_TRANSITIONS: dict[TaskState, frozenset[TaskState]] = {
+    TaskState.STOPPED: frozenset({
+        TaskState.STARTING,  # task:start, or the daemon starts a task configured started
+    }),
+    TaskState.STARTING: frozenset({
+        TaskState.RUNNING,  # the first iteration begins at once
+        TaskState.WAITING,  # the first iteration was skipped: a one-shot task:run holds the task's lock
+        TaskState.STOPPING,  # task:stop / daemon stop before the first iteration began
+    }),
+    TaskState.RUNNING: frozenset({
+        TaskState.WAITING,  # the iteration succeeded (or ended early by ctx.wait_for): sleep until the next tick
+        TaskState.BACKOFF,  # the iteration failed: sleep backoff_delay(crashes) before the retry
+        TaskState.CRASHED,  # it was the max_crashes-th consecutive failure: no retry until task:start
+        TaskState.STOPPING,  # task:stop / daemon stop / reload: the iteration gets stop_timeout, then is cancelled
+    }),
+    TaskState.WAITING: frozenset({
+        TaskState.RUNNING,  # the tick came, or task:run-now / an event woke the task
+        TaskState.STOPPING,  # task:stop / daemon stop / reload
+    }),
+    TaskState.BACKOFF: frozenset({
+        TaskState.RUNNING,  # the backoff delay elapsed, or task:run-now / an event woke the task
+        TaskState.WAITING,  # the retry was skipped: a one-shot task:run holds the task's lock
+        TaskState.STOPPING,  # task:stop / daemon stop / reload
+    }),
+    TaskState.STOPPING: frozenset({
+        TaskState.STOPPED,  # the loop ended and the type's shutdown ran
+    }),
+    TaskState.CRASHED: frozenset({
+        TaskState.STARTING,  # task:start clears the crash counter and starts again
+    }),
+}
+
+# Every arrow a job's state may take, and why it happens (jobstore's `move` checks each one).
+JOB_TRANSITIONS: dict[JobState, frozenset[JobState]] = {
+    JobState.WAITING: frozenset({
+        JobState.RUNNING,  # claimed by a daemon: an attempt starts
+        JobState.FAILED,  # a job it depends on failed or was cancelled
+        JobState.CANCELLED,  # job:cancel
+    }),
+    JobState.RUNNING: frozenset({
+        JobState.FINISHED,  # the attempt succeeded
+        JobState.WAITING,  # the attempt failed and attempts remain: retried after retry_delay
+        JobState.FAILED,  # the attempt failed (or was interrupted) with its attempts used up
+        JobState.INTERRUPTED,  # the daemon stopped or died while it ran, attempts remain: claimed again
+        JobState.CANCELLED,  # job:cancel while it ran
+    }),
+    JobState.INTERRUPTED: frozenset({
+        JobState.RUNNING,  # claimed again by a daemon
+        JobState.WAITING,  # job:retry: attempts start again from zero
+        JobState.FAILED,  # a job it depends on failed or was cancelled
+        JobState.CANCELLED,  # job:cancel
+    }),
+    JobState.FAILED: frozenset({
+        JobState.WAITING,  # job:retry
+    }),
+    JobState.CANCELLED: frozenset({
+        JobState.WAITING,  # job:retry
+    }),
+    JobState.FINISHED: frozenset(),  # done for good
+}
+
+
+def check_task(old: TaskState, new: TaskState) -> None:
+    """Raise IllegalTransition unless TASK_TRANSITIONS allows old -> new."""
+    if new not in TASK_TRANSITIONS[old]:
+        raise IllegalTransition(f"task state {old} -> {new} is not an allowed transition (states.TASK_TRANSITIONS)")
+
+
+def check_job(old: JobState, new: JobState) -> None:
+    """Raise IllegalTransition unless JOB_TRANSITIONS allows old -> new."""
+    if new not in JOB_TRANSITIONS[old]:
+        raise IllegalTransition(f"job state {old} -> {new} is not an allowed transition (states.JOB_TRANSITIONS)")
+
+
+def job_sources(new: JobState) -> frozenset[JobState]:
+    """The states a job may leave for `new` (what job:cancel and job:retry accept)."""
+    return frozenset(s for s, targets in JOB_TRANSITIONS.items() if new in targets)

@@ -13,22 +13,13 @@ JSON = arg("--json", action="store_true")
 
 
 def _offline_snapshots(env: Any) -> list[dict[str, Any]]:
-    """With the daemon down: configured status from the store, actual state stopped."""
-    from ..states import Wanted
+    """With the daemon down: the same snapshot as the daemon's, built from the config and the store."""
+    from ..snapshot import offline_snapshot
 
     config = env.config()
     store = env.state_store()
     try:
-        snaps = []
-        for name, tc in config.tasks.items():
-            rec = store.task(name)
-            wanted = Wanted.DISABLED if not tc.enabled else (rec.wanted or Wanted.STARTED)
-            last = rec.last_run
-            snaps.append({"name": name, "type": tc.type, "wanted": wanted.value, "state": "stopped",
-                          "period": tc.period, "crashes": rec.crashes, "runs": rec.runs, "failures": rec.failures,
-                          "started_at": None, "next_run_in": None, "progress": None, "info": {},
-                          "last_run": None if last is None else vars(last)})
-        return snaps
+        return [offline_snapshot(tc, store.task(name)) for name, tc in config.tasks.items()]
     finally:
         store.close()
 

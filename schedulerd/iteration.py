@@ -1,0 +1,39 @@
+"""One iteration of a task and how it ended: the one helper of the daemon's runner and `task:run`."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import anyio
+
+from .plugin import Context, TaskType, failure_detail
+from .states import RunOutcome
+
+MAX_TEXT = 2000  # an iteration's error and summary are cut to this many characters in the history
+
+
+@dataclass(frozen=True)
+class IterationEnd:
+    """How one iteration ended: what the run history records."""
+
+    outcome: RunOutcome
+    error: str | None = None
+    summary: str | None = None
+
+
+async def run_iteration(task: TaskType, ctx: Context, timeout: float | None, log: logging.Logger) -> IterationEnd:
+    """`task.run_once(ctx)` within `timeout`; a failure or timeout is logged here, the one way.
+    A cancellation (a stop, Ctrl-C) propagates: the caller knows why it came."""
+    try:
+        with anyio.fail_after(timeout):
+            result = await task.run_once(ctx)
+    except TimeoutError:
+        error = f"iteration timed out after {timeout:g}s"
+        log.error("%s", error)
+        return IterationEnd(RunOutcome.TIMEOUT, error)
+    except Exception as e:
+        error = f"{type(e).__name__}: {e}"[:MAX_TEXT]
+        log.error("iteration failed: %s%s", error, failure_detail(e))
+        return IterationEnd(RunOutcome.FAILED, error)
+    return IterationEnd(RunOutcome.OK, summary=None if result is None else str(result)[:MAX_TEXT])

@@ -1,0 +1,63 @@
+"""What task:list/task:state show and what an iteration records are one thing whether the daemon
+or the CLI made them (issue 19): one snapshot builder, one iteration-outcome helper; a command's
+non-zero exit is an expected failure (TaskFailed), logged on one line without a traceback."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+PY = sys.executable
+
+
+def test_offline_and_daemon_snapshots_have_the_same_keys(site):
+    site.write('[tasks.t]\ntype = "command"\nperiod = "1h"\ntimeout = "5m"\nargv = ["true"]\n')
+    site.console("task:run", "t", check=True)  # a last run to show
+    offline = site.json("task:list")[0]
+    offline_one = site.json("task:state", "t")
+    site.console("scheduler:start", check=True)
+    online = site.json("task:list")[0]
+    daemon = site.json("scheduler:state")["tasks"][0]
+    site.console("scheduler:stop", check=True)
+    assert offline["state"] == "stopped" and online["state"] != "stopped"
+    assert offline["timeout"] == online["timeout"] == 300
+    assert set(offline) == set(online) == set(daemon) == set(offline_one)
+    assert set(offline["last_run"]) == set(online["last_run"])
+
+
+def test_task_run_and_the_daemon_record_the_same_failure_text(site, tmp_path):
+    """A failure whose message is longer than 2,000 characters: both cut it the same way."""
+    deep = tmp_path
+    for i in range(12):
+        deep = deep / (f"{i:02}" + "d" * 198)
+    deep.mkdir(parents=True)
+    prog = deep / "fails"
+    prog.write_text("#!/bin/sh\nexit 7\n")
+    prog.chmod(0o755)
+    site.write(f'[tasks.t]\ntype = "command"\nperiod = "1h"\nargv = ["{prog}"]\n')
+    assert site.console("task:run", "t").returncode == 1
+    site.console("scheduler:start", check=True)
+    site.wait_for(lambda: site.task("t")["runs"] >= 2, what="the daemon's iteration")
+    site.console("scheduler:stop", check=True)
+    by = {r["source"]: r for r in site.json("task:history", "t")}
+    assert by["cli"]["outcome"] == by["daemon"]["outcome"] == "failed"
+    assert by["cli"]["error"] == by["daemon"]["error"]
+    assert len(by["cli"]["error"]) == 2000 and by["cli"]["error"].startswith("CommandFailed: /")
+
+
+def test_a_command_exit_is_logged_on_one_line_without_a_traceback(site):
+    site.write(f'[tasks.t]\ntype = "command"\nperiod = "1h"\nargv = ["{PY}", "-c", "raise SystemExit(4)"]\n'
+               '[jobs.types.command]\nmax_attempts = 1\n')
+    assert site.console("task:run", "t").returncode == 1
+    site.console("scheduler:start", check=True)
+    site.wait_for(lambda: site.task("t")["runs"] >= 2, what="the daemon's iteration")
+    r = site.console("job:add", "command", "--payload", json.dumps({"argv": [PY, "-c", "raise SystemExit(5)"]}))
+    jid = r.stdout.strip()
+    site.wait_for(lambda: site.json("job:show", jid)["state"] == "failed", what="the job to fail")
+    site.console("scheduler:stop", check=True)
+    task_log = site.log("t")
+    assert task_log.count("iteration failed: CommandFailed:") >= 2 and "exited with status 4" in task_log
+    assert "Traceback" not in task_log
+    lines = [e["line"] for e in site.json("job:show", jid)["log"]]
+    assert any("attempt failed: CommandFailed:" in line and "exited with status 5" in line for line in lines)
+    assert not any("Traceback" in line for line in lines), lines
