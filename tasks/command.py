@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
-from schedulerd.plugin import Context, JobType, TaskType
+from schedulerd.plugin import Context, JobType, TaskFailed, TaskType
 from schedulerd.process import run_logged
 from schedulerd.settings import duration
 
@@ -39,8 +39,9 @@ class CommandSettings:
         return {k: os.environ.get(v[4:], "") if v.startswith("env:") else v for k, v in self.env.items()}
 
 
-class CommandFailed(RuntimeError):
-    pass
+class CommandFailed(TaskFailed):
+    """The program ended with a status not in ok_codes, or by a signal: an expected failure,
+    logged on one line (its output is already in the log), without a traceback."""
 
 
 async def run_command(settings: CommandSettings, ctx: Context) -> str:
