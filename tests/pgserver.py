@@ -20,6 +20,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -147,7 +148,16 @@ def pg_server() -> Iterator[PgServer]:
         try:
             server.stop()
         finally:
-            shutil.rmtree(server.root, ignore_errors=True)
+            remove(server.root)
+
+
+def remove(root: Path) -> None:
+    """The server's folder; a file its last process writes while it ends may need a second try."""
+    for _ in range(20):
+        shutil.rmtree(root, ignore_errors=True)
+        if not root.exists():
+            return
+        time.sleep(0.1)
 
 
 @pytest.fixture
