@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from schedulerd.pgstore.migrate import LATEST
 from tests.pgserver import MIGRATED, PASSWORD, PgServer
 
 PY = sys.executable
@@ -42,9 +43,9 @@ def test_store_migrate_creates_the_schema_then_is_idempotent(pg_site, pg_server)
     assert r.returncode == 2 and "no schedulerd schema yet: run `bin/console store:migrate`" in r.stderr
     r = pg_site.console("store:migrate")
     assert r.returncode == 0, r.stderr
-    assert r.stdout.strip() == f"postgresql://schedulerd@127.0.0.1:{pg_server.port}/{db}: schema migrated from version 0 to 1"
+    assert r.stdout.strip() == f"postgresql://schedulerd@127.0.0.1:{pg_server.port}/{db}: schema migrated from version 0 to {LATEST}"
     r = pg_site.console("store:migrate")
-    assert r.returncode == 0 and r.stdout.strip().endswith("schema version 1, up to date"), r.stderr
+    assert r.returncode == 0 and r.stdout.strip().endswith(f"schema version {LATEST}, up to date"), r.stderr
     assert pg_site.console("job:list").returncode == 0
     # schema.sql, applied whole to an empty database, gives what the migrations gave
     from importlib.resources import files
@@ -66,11 +67,11 @@ argv = ["{PY}", "-c", "print('tick')"]
                  ["job:add", "command", "--payload", '{"argv": ["true"]}']):
         r = pg_site.console(*args)
         assert r.returncode == 2, (args, r.stderr)
-        assert "has schema version 99, newer than this schedulerd knows (1)" in r.stderr, (args, r.stderr)
+        assert f"has schema version 99, newer than this schedulerd knows ({LATEST})" in r.stderr, (args, r.stderr)
     r = pg_site.console("scheduler:start")
     assert r.returncode == 1 and "the daemon exited at start (status 2)" in r.stderr
     assert "schedulerd cannot start: the store at" in pg_site.log()
-    assert "newer than this schedulerd knows (1): run the schedulerd version that migrated it" in pg_site.log()
+    assert f"newer than this schedulerd knows ({LATEST}): run the schedulerd version that migrated it" in pg_site.log()
     assert pg_site.pid() is None or not pg_site.console("scheduler:state", "--short").returncode == 10
 
 
