@@ -263,7 +263,7 @@ class Databox:
         for name, value in pairs:
             check_name(name)
             where.append("EXISTS (SELECT 1 FROM fields f WHERE f.record_id = r.id AND f.name = ? AND f.value = ?)")
-            params.extend((name, normalize_value(name, value, self.settings.fields)))
+            params.extend((name, normalize_value(name, value, self.settings.field_types)))
         if type is not None:
             if type not in ("record", "story"):
                 raise ValueError(f"record type: expected 'record' or 'story', got {type!r}")
@@ -332,7 +332,7 @@ class Databox:
         if type == "record" and source is None:
             raise ValueError("a record needs a source document (only a story may have none)")
         coll = self.collection(collection)
-        checked = check_fields(fields or {}, self.settings.fields)
+        checked = check_fields(fields or {}, self.settings.field_types)
         st = self._initial_status(status)
         doc = digest = mime = None
         name = original_name
@@ -436,7 +436,7 @@ class Databox:
         return self.set_fields(record_id, {name: value})
 
     def set_fields(self, record_id: int, values: Mapping[str, object | None]) -> bool:
-        declared = self.settings.fields
+        declared = self.settings.field_types
         clean = {check_name(k, declared): (None if v is None else normalize_value(k, v, declared)) for k, v in values.items()}
         rid = int(record_id)
         with self.transaction() as c:
@@ -661,6 +661,16 @@ class Databox:
                 (int(record_id), seen, seen),
             )
             return cur.rowcount > 0
+
+    def set_document_text(self, record_id: int, text: str | None) -> None:
+        """The document's own text, searchable with the fields (None or "" removes it); the
+        record's `updated` moves, so the indexer takes it again."""
+        with self.transaction() as c:
+            if text:
+                c.execute("INSERT OR REPLACE INTO document_text(record_id, text) VALUES (?, ?)", (int(record_id), text))
+            else:
+                c.execute("DELETE FROM document_text WHERE record_id = ?", (int(record_id),))
+            c.execute("UPDATE records SET updated = ? WHERE id = ?", (now_iso(), int(record_id)))
 
     def document_written(self, record_id: int, *, size: int, sha256: str) -> None:
         """The document was rewritten in place (metadata written): new size and checksum."""

@@ -229,6 +229,7 @@ class Index:
         rows = c.execute(
             "SELECT r.id, r.updated, r.original_name, c.name, "
             "(SELECT group_concat(f.name || ': ' || f.value, char(10)) FROM db.fields f WHERE f.record_id = r.id) "
+            f"{self._document_text} "
             "FROM db.records r LEFT JOIN db.collections c ON c.id = r.collection_id "
             "WHERE r.id IN (SELECT value FROM json_each(?))",
             (json.dumps(list(ids)),),
@@ -239,7 +240,7 @@ class Index:
             c.execute("DELETE FROM main.fts WHERE rowid IN (SELECT value FROM json_each(?))", (json.dumps(list(ids)),))
             c.execute("DELETE FROM main.docs WHERE record_id IN (SELECT value FROM json_each(?))", (json.dumps(list(ids)),))
             c.executemany("INSERT INTO main.fts(rowid, name, collection, fields) VALUES (?, ?, ?, ?)",
-                          [(r[0], r[2] or "", r[3] or "", r[4] or "") for r in rows])
+                          [(r[0], r[2] or "", r[3] or "", "\n".join(filter(None, r[4:6]))) for r in rows])
             c.executemany("INSERT INTO main.docs(record_id, updated) VALUES (?, ?)", [(r[0], r[1]) for r in rows])
             c.execute("COMMIT")
         except BaseException:
@@ -249,6 +250,37 @@ class Index:
             if r[1] and r[1] > top and _is_time(r[1]):
                 top = r[1]
         return top
+
+    @property
+    def _document_text(self) -> str:
+        """The select-list item giving a record's document text (NULL in a databox without the table)."""
+        assert self.conn is not None
+        has = self.conn.execute("SELECT 1 FROM db.sqlite_master WHERE type = 'table' AND name = 'document_text'").fetchone()
+        return ", (SELECT t.text FROM db.document_text t WHERE t.record_id = r.id)" if has else ", NULL"
+
+    def reindex(self, ids: Sequence[int]) -> int:
+        """(Re)index these records now, and drop those of them the databox no longer has."""
+        assert self.conn is not None
+        for k in range(0, len(ids), self.batch):
+            self._index_batch(ids[k : k + self.batch])
+        return self.forget_missing(ids)
+
+    def forget_missing(self, ids: Sequence[int]) -> int:
+        """Drop from the index those of `ids` the databox no longer has (deleted records)."""
+        assert self.conn is not None
+        c = self.conn
+        gone = [i for (i,) in c.execute("SELECT value FROM json_each(?) WHERE value NOT IN (SELECT id FROM db.records)",
+                                        (json.dumps(list(ids)),))]
+        if gone:
+            c.execute("BEGIN")
+            try:
+                c.execute("DELETE FROM main.fts WHERE rowid IN (SELECT value FROM json_each(?))", (json.dumps(gone),))
+                c.execute("DELETE FROM main.docs WHERE record_id IN (SELECT value FROM json_each(?))", (json.dumps(gone),))
+                c.execute("COMMIT")
+            except BaseException:
+                c.execute("ROLLBACK")
+                raise
+        return len(gone)
 
     def _remove_deleted(self, full: bool) -> int:
         """Drop records gone from the databox; cheap count comparison first."""
@@ -274,6 +306,25 @@ class Index:
         if self._last_full is None:
             return True
         return every > 0 and time.monotonic() - self._last_full >= every
+
+
+def open_index(databox: Path) -> Index:
+    """The databox's index, opened with the tokenizer it was built with (so that no stemming
+    setting of the caller's rebuilds it): for one-off (re)indexing by jobs."""
+    path = index_path_for(databox)
+    stem = False
+    if path.is_file():
+        conn = _connect(path)
+        try:
+            row = conn.execute("SELECT value FROM meta WHERE key = 'tokenizer'").fetchone()
+        except sqlite3.DatabaseError:
+            row = None
+        finally:
+            conn.close()
+        stem = row is not None and row[0] == tokenizer(True)
+    index = Index(databox, path, stem=stem)
+    index.open()
+    return index
 
 
 def _uri_path(p: Path) -> str:

@@ -67,6 +67,11 @@ CREATE TABLE IF NOT EXISTS subdefs (
     doc_version INTEGER NOT NULL,
     PRIMARY KEY (record_id, name)
 );
+-- a document's own text (PDF, plain text), for the full-text index only
+CREATE TABLE IF NOT EXISTS document_text (
+    record_id INTEGER PRIMARY KEY REFERENCES records(id) ON DELETE CASCADE,
+    text      TEXT NOT NULL
+);
 """
 
 

@@ -81,7 +81,7 @@ class JobTypeConfig:
 
 @dataclasses.dataclass(frozen=True)
 class QueueConfig:
-    workers: Annotated[int, s.int_range(1, 1000)] = 1
+    workers: Annotated[int, s.int_range(0, 1000)] = 1  # 0: this host claims none (other hosts work it)
     paused: bool = False  # initial state only; queue:pause/resume persist in the store
 
 
@@ -92,6 +92,14 @@ class JobsSettings:
     keep_failed: Annotated[int, s.int_range(0, 10**8)] = 1000
     failed_max_age: Annotated[float, s.duration] = 96 * 3600.0
     types: Mapping[str, JobTypeConfig] = dataclasses.field(default_factory=lambda: MappingProxyType({}))
+    # a job added from then on waits this long before its first attempt (the Worker Manager's
+    # deferred messages); adding one identical to a job still waiting for it adds nothing
+    defer: Annotated[float, s.duration] = 0.0
+    # the type's own settings (its `Settings`, from the other keys of [jobs.types.NAME]); None: defaults
+    settings: Any = None
+
+
+JOB_TYPE_KEYS = tuple(s.toml_key(f) for f in dataclasses.fields(JobTypeConfig) if f.name != "settings")
 
     def type_config(self, name: str) -> JobTypeConfig:
         return self.types.get(name) or JobTypeConfig()
@@ -266,7 +274,7 @@ def _build(data: dict[str, Any], file: Path | None, base: Path) -> Config:
         if section not in known:
             raise s.unknown_key(section, section, known, "section")
     scheduler = s.build(SchedulerSettings, data.get("scheduler", {}), "scheduler", base)
-    jobs = s.build(JobsSettings, data.get("jobs", {}), "jobs", base)
+    jobs = _jobs(data.get("jobs", {}), base)
     queues = s.convert(Mapping[str, QueueConfig], data.get("queues", {}), "queues", base)
     sections = MappingProxyType({
         name: s.convert(Mapping[str, entry], data.get(name, {}), name, base)  # type: ignore[valid-type]
@@ -280,8 +288,6 @@ def _build(data: dict[str, Any], file: Path | None, base: Path) -> Config:
     config = Config(file, base, scheduler, MappingProxyType(tasks), jobs, queues, sections, store)
     for tname, tc in tasks.items():
         _cross_check(tc, config)
-    for jtype, jc in jobs.types.items():
-        _check_job_type(jtype, jc)
     return config
 
 
@@ -300,6 +306,33 @@ def _task(name: str, table: Any, base: Path) -> TaskConfig:
         raise ConfigError(f"{path}.type", f"expected a string, got {type_name!r}")
     try:
         cls = task_type(type_name)
+def _jobs(table: Any, base: Path) -> JobsSettings:
+    """[jobs] and each [jobs.types.NAME]: the engine's keys, the rest the type's own `Settings`."""
+    if not isinstance(table, Mapping):
+        raise ConfigError("jobs", f"expected a table, got {table!r}")
+    types = table.get("types", {})
+    if not isinstance(types, Mapping):
+        raise ConfigError("jobs.types", f"expected a table, got {types!r}")
+    jobs = s.build(JobsSettings, {k: v for k, v in table.items() if k != "types"}, "jobs", base)
+    built = {name: _job_type_config(name, t, base) for name, t in types.items()}
+    return dataclasses.replace(jobs, types=MappingProxyType(built))
+
+
+def _job_type_config(name: str, table: Any, base: Path) -> JobTypeConfig:
+    from .registry import UnknownType, job_type
+
+    path = f"jobs.types.{name}"
+    if not isinstance(table, Mapping):
+        raise ConfigError(path, f"expected a table, got {table!r}")
+    try:
+        cls = job_type(name)
+    except UnknownType as e:
+        raise ConfigError(path, str(e)) from None
+    jc = s.build(JobTypeConfig, {k: v for k, v in table.items() if k in JOB_TYPE_KEYS}, path, base)
+    rest = {k: v for k, v in table.items() if k not in JOB_TYPE_KEYS}
+    return dataclasses.replace(jc, settings=s.build(cls.Settings, rest, path, base, also_known=JOB_TYPE_KEYS))
+
+
     except UnknownType as e:
         raise ConfigError(f"{path}.type", str(e)) from None
     period = s.positive_duration(table.get("period", cls.default_period), f"{path}.period")
@@ -333,15 +366,6 @@ def _cross_check(tc: TaskConfig, config: Config) -> None:
         raise s.key_error(f"tasks.{tc.name}", e, keys) from None
     except ConfigError as e:
         raise ConfigError(f"tasks.{tc.name}.{e.path}".rstrip("."), e.message) from None
-
-
-def _check_job_type(name: str, jc: JobTypeConfig) -> None:
-    from .registry import UnknownType, job_type
-
-    try:
-        job_type(name)
-    except UnknownType as e:
-        raise ConfigError(f"jobs.types.{name}", str(e)) from None
 
 
 def load_scheduler(file: Path | None = None) -> tuple[Path | None, SchedulerSettings]:

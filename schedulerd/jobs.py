@@ -22,7 +22,7 @@ from .config import Config
 from .context import TaskContext, Waker
 from .jobstore import Job, JobError, JobStore, Outcome
 from .logs import REDACTOR
-from .plugin import failure_detail
+from .plugin import FailForGood, failure_detail
 from .protocol import ControlError, Fault
 from .registry import UnknownType, job_type, job_types
 from .store import STORE_ERRORS, store_call
@@ -65,7 +65,7 @@ def validate(config: Config, type_name: str, payload: Any) -> Any:
         raise JobError(str(e)) from None
     if not isinstance(payload, Mapping):
         raise JobError("--payload: expected a JSON object")
-    handler = cls()
+    handler = cls(config.jobs.type_config(type_name).settings)
     try:
         handler.check_payload(payload, config)
     except (ValueError, KeyError) as e:
@@ -75,20 +75,39 @@ def validate(config: Config, type_name: str, payload: Any) -> Any:
 
 def add_job(store: JobStore, config: Config, type_name: str, payload: Mapping[str, Any], *,
             queue: str | None = None, priority: int = 0, after: tuple[int, ...] = (),
-            delay: float = 0.0) -> tuple[int, str]:
-    """Validate and store a job; (its id, the queue it went to) — the queue is what to wake."""
+            delay: float | None = None) -> tuple[int, str]:
+    """Validate and store a job; (its id, the queue it went to) — the queue is what to wake.
+    Without `delay`, the type's `defer`: such a deferred job coalesces with an identical one
+    still waiting for its first attempt (a record changed twice within the defer is built once)."""
     handler = validate(config, type_name, payload)
     tc = config.jobs.type_config(type_name)
     q = queue or tc.queue or handler.default_queue
     jid = store.add(type_name, q, dict(payload), title=handler.title(payload)[:200], priority=priority,
-                    max_attempts=tc.max_attempts, deps=after, delay=delay)
+                    max_attempts=tc.max_attempts, deps=after, delay=wait, coalesce=delay is None and tc.defer > 0)
     return jid, q
 
+    wait = tc.defer if delay is None else delay
 
 def configured_queues(config: Config) -> set[str]:
     """The queues the config knows: [queues.NAME], the job types' queues, and `default`."""
     types = {config.jobs.type_config(name).queue or cls.default_queue for name, cls in job_types().items()}
     return set(config.queues) | types | {"default"}
+def store_adder(config: Config) -> Callable[..., int]:
+    """`ctx.add_job` outside the daemon (task:run, worker:run-service): the job goes to the
+    store, and a running daemon's queue is woken."""
+    from .wake import send_wake
+
+    def add(type: str, payload: Mapping[str, Any], **options: Any) -> int:
+        store = open_job_store(config.scheduler, config.store, pool_size=1)
+        try:
+            jid, queue = add_job(store, config, type, payload, **options)
+        finally:
+            store.close()
+        send_wake(config.scheduler.state_dir, queue)
+        return jid
+    return add
+
+
 
 
 def check_queue(store: JobStore, config: Config, name: str) -> None:
@@ -259,7 +278,7 @@ class JobService:
         try:
             with scope:
                 try:
-                    handler = job_type(job.type)()
+                    handler = job_type(job.type)(tc.settings)
                     ctx = TaskContext(f"job-{job.id}", handler.settings, logger, self.config,
                                       self.config.scheduler.state_dir / "jobs" / str(job.id), None,
                                       emitter=self.emit, job_adder=self.add, on_progress=on_progress)
@@ -271,7 +290,7 @@ class JobService:
                 except TimeoutError:
                     outcome, error = "failed", f"timed out after {tc.timeout:g}s"
                 except Exception as e:
-                    outcome, error = "failed", f"{type(e).__name__}: {e}"[:2000]
+                    outcome, error, for_good = "failed", f"{type(e).__name__}: {e}"[:2000], isinstance(e, FailForGood)
                     logger.error("attempt failed: %s%s", error, failure_detail(e))
             if running.cancelled_by_user:
                 outcome, error = "cancelled", "cancelled by job:cancel"
@@ -279,7 +298,7 @@ class JobService:
             with anyio.CancelScope(shield=True):
                 # the work is over: the slot frees now, the outcome is written with the next batch
                 # (until then the job stays `running` in the store, so nothing claims it twice)
-                self._ended.append(self._outcome(job, tc, outcome, error, summary, handler_log.lines))
+                self._ended.append(self._outcome(job, tc, outcome, error, summary, handler_log.lines, for_good))
                 self._ended_count += 1
                 self._ended_ready.set()
                 del self.running[job.id]
@@ -296,7 +315,7 @@ class JobService:
             await self._saved_more.wait()
 
     def _outcome(self, job: Job, tc: Any, outcome: str, error: str | None, summary: str | None,
-                 lines: list[tuple[float, str, str]]) -> Outcome:
+                 lines: list[tuple[float, str, str]], for_good: bool = False) -> Outcome:
         """Decide what an ended attempt means (retry or not) and say it in the scheduler log."""
         error = REDACTOR.redact(error) if error else error
         kind, retry_at = outcome, None
@@ -306,14 +325,15 @@ class JobService:
             log.info("job %d cancelled while running", job.id)
         elif outcome == "interrupted":
             log.warning("job %d interrupted by the daemon's stop", job.id)
-        elif job.attempts < job.max_attempts:
+        elif job.attempts < job.max_attempts and not for_good:
             delay = retry_delay(job.attempts, tc.retry_delay, tc.retry_backoff, tc.retry_max_delay)
             kind, retry_at = "retry", time.time() + delay
             log.warning("job %d attempt %d/%d failed (%s); retry in %.1fs", job.id, job.attempts,
                         job.max_attempts, error, delay)
+        for_good = False  # a FailForGood: no retry
         else:
             kind = "failed"
-            log.error("job %d failed, attempts used up: %s", job.id, error)
+            log.error("job %d failed%s: %s", job.id, " for good" if for_good else ", attempts used up", error)
         return Outcome(job.id, kind, time.time(), summary, error, retry_at, tuple(lines))
 
     async def _settler(self) -> None:

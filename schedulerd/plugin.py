@@ -65,6 +65,11 @@ class TaskFailed(Exception):
     counts it like any failure. Any other exception is logged with its traceback."""
 
 
+class FailForGood(TaskFailed):
+    """A job attempt failed in a way no retry can mend (a webhook answered 400): the job fails
+    now, with this message, whatever attempts it has left."""
+
+
 def failure_detail(e: Exception) -> str:
     """What follows a failure's one-line message in a log: nothing for an expected
     TaskFailed, the traceback (on its own lines) for anything else."""

@@ -215,6 +215,17 @@ class ArchiveTask(TaskType):
 
     # --- one pass ------------------------------------------------------------------------
 
+    def _queue_jobs(self, ctx: Any, event: str, ids: list[int]) -> None:
+        """The jobs `[databoxes.NAME.on]` names for `event` (subdefCreation, deferred, by default).
+        Without a job queue (a test context) the sweepers (`subdefs`, ...) take the records."""
+        from repository import record_jobs
+
+        for type_name, payload in record_jobs(self.settings.databox, self._databox_settings(ctx), event, ids):
+            try:
+                ctx.add_job(type_name, payload)
+            except RuntimeError:  # no job queue in this process
+                return
+
     async def run_once(self, ctx: Any) -> str | None:
         async with self._lock:
             return await self._pass(ctx)
@@ -268,6 +279,7 @@ class ArchiveTask(TaskType):
                 ctx.emit("record.created", databox=s.databox, record_id=rid)
                 touched_dirs.add(rel.rpartition("/")[0])
                 self._seen.pop(rel, None)
+            self._queue_jobs(ctx, "record.created", [rid for rid, _ in res.created])
             for rel, twin in res.skipped:
                 self._skipped(ctx, rel, twin)
             for rel, _ in res.skipped + res.errors:
@@ -364,7 +376,7 @@ class ArchiveTask(TaskType):
             gone = [r for r in failed if r not in scan.files]
             o.journal.drop_failed(gone)
         base_status = parse_mask(s.status, "status").apply(0)
-        declared = o.db.settings.fields
+        declared = o.db.settings.field_types
         ready_set = set(ready)
         colls: dict[str, Any] = {}
 

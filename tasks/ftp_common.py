@@ -1,4 +1,4 @@
-"""What `ftp_pull`, `ftp_push` and the `ftp_export` job share beside the transfer layer
+"""What `ftp_pull`, `ftp_push` and the `ftp` job share beside the transfer layer
 (`tasks.transfer`): a pass's progress, atomic state files, the `remote_dir` check."""
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
-"""`ftp_push` (a local drop box sent to a server) and the `ftp_export` job type.
+"""`ftp_push` (a local drop box sent to a server) and the `ftp` job type (old name `ftp_export`).
 
 Every file goes up under a hidden temp name, its remote size is checked, then
 it is renamed (see `transfer.send`): a reader on the other side never sees a
-half file. `ftp_export` jobs (from `export:ftp`) keep each element's outcome
+half file. `ftp` jobs (from `export:ftp`) keep each element's outcome
 under the job's state folder, so a retry never sends again what was sent.
 """
 
@@ -258,8 +258,8 @@ def resolve(p: ExportPayload, config: Any) -> list[Element]:
 class FtpExport(JobType):
     """Send files and/or record documents to an `[ftp_destinations.NAME]` server."""
 
-    type_name: ClassVar[str] = "ftp_export"
-    default_queue: ClassVar[str] = "default"
+    type_name: ClassVar[str] = "ftp"  # the Worker Manager's queue name; `ftp_export` is its old name
+    default_queue: ClassVar[str] = "ftp"
 
     def check_payload(self, payload: Mapping[str, Any], config: Any) -> None:
         p = _parse(payload)
@@ -357,3 +357,9 @@ def _size(path: Path) -> int:
         return path.stat().st_size
     except OSError:
         return 0
+
+
+class FtpExportOldName(FtpExport):
+    """`ftp_export`, the old name of the `ftp` job type: jobs queued under it still run (same queue)."""
+
+    type_name: ClassVar[str] = "ftp_export"

@@ -189,7 +189,7 @@ def check_rule(r: Rule, config: Any, where: Callable[[str], str]) -> None:
         known = ", ".join(sorted(databoxes)) or "none configured"
         raise ConfigError(where("databox"), f"unknown databox {r.databox!r} (known: {known})")
     dbs = databoxes[r.databox]
-    declared: Mapping[str, str] = getattr(dbs, "fields", {}) or {}
+    declared: Mapping[str, str] = getattr(dbs, "field_types", {}) or {}
 
     def field_kind(key: str, name: str) -> str:
         if declared and name not in declared:
@@ -297,7 +297,7 @@ def where_clause(conn: sqlite3.Connection, r: Rule, now: datetime,
 def apply_rule(db: Any, r: Rule, now: datetime) -> list[int]:
     """Run one rule inside the caller's `db.transaction()`; the changed (or deleted) ids, sorted."""
     conn = db.connection
-    declared = getattr(db.settings, "fields", {}) or {}
+    declared = getattr(db.settings, "field_types", {}) or {}
     where, params = where_clause(conn, r, now, declared)
     if r.action == "delete":
         ids = [row[0] for row in conn.execute(f"SELECT r.id FROM records r WHERE {where}", params)]
@@ -497,6 +497,16 @@ class RecordMover(TaskType):
 
         return self._each(config, work)
 
+    @staticmethod
+    def _queue_jobs(ctx: Context, databox: str, event: str, ids: list[int]) -> None:
+        from repository import record_jobs
+
+        for type_name, payload in record_jobs(databox, ctx.config.databoxes[databox], event, ids):
+            try:
+                ctx.add_job(type_name, payload)
+            except RuntimeError:  # no job queue in this process (a test context)
+                return
+
     async def run_once(self, ctx: Context) -> str | None:
         now = self.clock()
         outcomes = await anyio.to_thread.run_sync(self.run_sync, ctx.config, ctx.log, now)
@@ -504,6 +514,8 @@ class RecordMover(TaskType):
             if o.ids:
                 event = "record.deleted" if o.rule.action == "delete" else "record.updated"
                 ctx.emit(event, databox=o.rule.databox, ids=o.ids, rule=o.rule.name, task=ctx.name)
+                if event == "record.deleted":  # deleteRecord + webhook by default ([databoxes.NAME.on])
+                    self._queue_jobs(ctx, o.rule.databox, event, o.ids)
         waiting = ", ".join(dict.fromkeys(o.waiting for o in outcomes if o.waiting))
         if waiting:
             ctx.wait_for(waiting)

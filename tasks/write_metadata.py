@@ -97,6 +97,14 @@ class WriteFailed(MediaError):
     pass
 
 
+def task_settings_for(config: Any, databox: str) -> Settings | None:
+    """The settings of the first `write_metadata` task of `databox` (what the writeMetadatas job writes)."""
+    for tc in (getattr(config, "tasks", None) or {}).values():
+        if tc.type == WriteMetadataTask.type_name and tc.settings.databox == databox:
+            return tc.settings
+    return None
+
+
 def _sha256(path: Path) -> tuple[int, str]:
     h = hashlib.sha256()
     size = 0
@@ -158,7 +166,7 @@ class WriteMetadataTask(TaskType):
                 ctx.set_info(exiftool_pid=et.pid)
                 for i, record in enumerate(records):
                     try:
-                        files += await self._write_record(et, db, record)
+                        files += await self.write_record(et, db, record)
                         written += 1
                         self._failed.pop(record.id, None)
                     except MediaError as e:  # ExifToolError, timeouts, WriteFailed
@@ -182,7 +190,7 @@ class WriteMetadataTask(TaskType):
                     out.append((sub.path, sub))
         return out
 
-    async def _write_record(self, et: ExifTool, db: Any, record: Any) -> int:
+    async def write_record(self, et: ExifTool, db: Any, record: Any) -> int:
         """Write, verify, account; the number of files written."""
         st: Settings = self.settings
         tags = st.tags_for(record)

@@ -1,4 +1,4 @@
-"""`record:list`, `record:show`, `record:set-status`, `record:set-field`."""
+"""`record:list`, `record:show`, `record:set-status`, `record:set-field`, `record:reindex`."""
 
 from __future__ import annotations
 
@@ -128,9 +128,10 @@ def record_set_status(args: Any, env: Any) -> int:
          arg("id", metavar="ID"), arg("name", metavar="NAME"), arg("value", metavar="VALUE"), DATABOX_ARG, JSON_ARG)
 def record_set_field(args: Any, env: Any) -> int:
     from .. import UnknownRecord
+    from ..events import record_jobs
 
     rid = _record_id(args.id)
-    _, db = open_box(args, env)
+    name, db = open_box(args, env)
     with db:
         try:
             changed = db.set_field(rid, args.name, args.value)
@@ -139,8 +140,24 @@ def record_set_field(args: Any, env: Any) -> int:
             raise fail(e, "ID") from None
         except ValueError as e:
             raise fail(e, "NAME/VALUE") from None
+    if changed:  # record.fields_changed: writeMetadatas and populateIndex by default ([databoxes.NAME.on])
+        for type_name, payload in record_jobs(name, db.settings, "record.fields_changed", [rid]):
+            env.add_job(type_name, payload)
     if args.json:
         print_json({"id": rid, "field": args.name, "value": value, "changed": changed})
     else:
         print(f"record {rid}: {args.name} = {value}" + ("" if changed else " (unchanged)"))
+    return 0
+
+
+@command("record:reindex", "Queue a populateIndex job: (re)index a databox's records in its full-text index",
+         DATABOX_ARG, arg("--record", type=int, action="append", default=[], metavar="ID", help="only these records"))
+def record_reindex(args: Any, env: Any) -> int:
+    from .databox import pick_databox
+
+    name, _ = pick_databox(args, env)
+    payload: dict[str, Any] = {"databox": name}
+    if args.record:
+        payload["records"] = sorted({_record_id(str(r)) for r in args.record})
+    print(env.add_job("populateIndex", payload))
     return 0

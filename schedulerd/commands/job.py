@@ -1,8 +1,9 @@
-"""job:add|list|show|retry|cancel|purge, queue:pause|resume, worker:show-configuration."""
+"""job:add|list|show|retry|cancel|purge, queue:pause|resume, worker:show-configuration|run-service."""
 
 from __future__ import annotations
 
 import json
+import sys
 import time
 from typing import Any
 
@@ -227,7 +228,8 @@ def show_configuration(args: Any, env: Any) -> int:
     types = {}
     for name, cls in sorted(job_types().items()):
         tc = config.jobs.type_config(name)
-        types[name] = {**public_view(tc), "queue": tc.queue or cls.default_queue}
+        view = {k: v for k, v in public_view(tc).items() if k != "settings"}
+        types[name] = {**view, "queue": tc.queue or cls.default_queue}
     queues = sorted(configured_queues(config))
     data = {"queues": {q: {"workers": config.queue(q).workers, "paused": q in paused} for q in queues},
             "job_types": types, "retention": {k: v for k, v in public_view(config.jobs).items() if k != "types"},
@@ -239,11 +241,26 @@ def show_configuration(args: Any, env: Any) -> int:
                 ["QUEUE", "WORKERS", "STATUS"])
     print()
     print_table([[n, t["queue"], t["max_attempts"], format_duration(t["retry_delay"]),
-                  "grows" if t["retry_backoff"] else "fixed", format_duration(t["timeout"]) if t["timeout"] else "-"]
+                  "grows" if t["retry_backoff"] else "fixed", format_duration(t["defer"]) if t["defer"] else "-",
+                  format_duration(t["timeout"]) if t["timeout"] else "-"]
                  for n, t in types.items()],
-                ["JOB TYPE", "QUEUE", "MAX ATTEMPTS", "RETRY DELAY", "DELAY", "TIMEOUT"])
+                ["JOB TYPE", "QUEUE", "MAX ATTEMPTS", "RETRY DELAY", "DELAY", "DEFER", "TIMEOUT"])
     print()
     r = data["retention"]  # durations as written in the config (`7d`), not as a clock
     print(f"retention: finished keep {r['keep_finished']} / {format_duration(r['finished_max_age'])}, "
           f"failed keep {r['keep_failed']} / {format_duration(r['failed_max_age'])}")
     return 0
+
+
+@command("worker:run-service", "Run one job in this process, in the foreground (exit 0 ok, 1 failed, 2 bad input)",
+         arg("type"), arg("--payload", default="{}", help="JSON object"), arg("--no-progress", action="store_true"))
+def run_service(args: Any, env: Any) -> int:
+    from ..service import run_service as run
+
+    try:
+        payload = json.loads(args.payload)
+    except json.JSONDecodeError as e:
+        raise CommandError(f"--payload: invalid JSON: {e}", 2) from None
+    config = env.config()
+    env.check_store()
+    return run(config, args.type, payload, progress=not args.no_progress and sys.stderr.isatty())

@@ -1,4 +1,4 @@
-"""export:ftp: queue an `ftp_export` job (files and/or record documents to an FTP destination)."""
+"""export:ftp: queue an `ftp` job (files and/or record documents to an FTP destination)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from schedulerd.commands import CommandError, arg, command
 
 @command(
     "export:ftp",
-    "Send files or records to an [ftp_destinations] server (queues an ftp_export job; see job:list)",
+    "Send files or records to an [ftp_destinations] server (queues an ftp job; see job:list)",
     arg("dest", help="destination name: a [ftp_destinations.NAME] table"),
     arg("--record", action="append", type=int, default=[], metavar="ID", help="record id (repeatable)"),
     arg("--databox", help="databox of the records (needed when there are several)"),
@@ -42,6 +42,6 @@ def export_ftp(args: Any, env: Any) -> int:
             payload["databox"] = args.databox
     if args.log_file:
         payload["log_file"] = args.log_file
-    job_id = env.add_job("ftp_export", payload, queue=args.queue)
+    job_id = env.add_job("ftp", payload, queue=args.queue)
     print(job_id)
     return 0

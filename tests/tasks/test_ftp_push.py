@@ -1,4 +1,4 @@
-"""`ftp_push` (drop box) and `ftp_export` jobs (via `export:ftp`) against real servers."""
+"""`ftp_push` (drop box) and `ftp` jobs (old name `ftp_export`) (via `export:ftp`) against real servers."""
 
 from __future__ import annotations
 
@@ -118,7 +118,7 @@ async def test_export_ftp_command_queues_a_job_that_sends_files_and_records(
             job = store.get(job_id)
         finally:
             store.close()
-        assert job.type == "ftp_export" and job.title == "ftp export to client: 2 files"
+        assert job.type == "ftp" and job.title == "ftp export to client: 2 files"
         ctx = TaskContext.for_test(f"job-{job_id}", None, config=config, tmp_path=tmp_path / "job")
         summary = await FtpExport().run(ctx, job.payload)
         assert summary == f"sent 2 files ({len(src.read_bytes()) + 200} bytes) to client:/out/2026"

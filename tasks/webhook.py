@@ -1,0 +1,126 @@
+"""Job type `webhook`: POST a JSON event to the configured URLs (the Worker Manager's webhook queue).
+
+Settings under `[jobs.types.webhook]`: `urls`, `secret` (`"env:VAR"`, `"file:PATH"` or literal;
+never shown), `timeout` per request, `events` (empty: every event), `header`. The body is
+`{"event": ..., "job": ..., "data": {...the payload but its event...}}`; the header holds
+`sha256=<hex HMAC-SHA256 of the body with the secret>`. Attempts and their delay are the type's
+`max_attempts` and `retry_delay`; a URL that accepted (2xx) is not posted again by a later
+attempt of the same job (kept in the job's state folder). A 4xx answer other than 408 and 429
+fails the job for good, with the status and reason: retrying would get the same answer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import hmac
+import json
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from typing import Annotated, Any, ClassVar
+
+import anyio
+
+from schedulerd import settings as s
+from schedulerd.durable import fsync_dir
+from schedulerd.plugin import Context, FailForGood, JobType, TaskFailed
+
+RETRYABLE_4XX = (408, 429)
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    urls: tuple[str, ...] = ()
+    secret: s.Secret | None = None
+    timeout: Annotated[float, s.positive_duration] = 10.0
+    events: tuple[str, ...] = ()  # the events posted; empty: all
+    header: str = "X-Webhook-Signature"
+
+    def check(self) -> None:
+        for i, url in enumerate(self.urls):
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"urls[{i}]: expected an http:// or https:// URL")
+        if self.urls and self.secret is None:
+            raise ValueError('secret: needed to sign the bodies ("env:VAR", "file:PATH" or the secret itself)')
+
+
+def signature(secret: str, body: bytes) -> str:
+    """The header's value: `sha256=` and the hex HMAC-SHA256 of the body."""
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def post(url: str, body: bytes, headers: Mapping[str, str], timeout: float) -> int:
+    """POST once (blocking: run in a worker thread); the status of a 2xx, else raises:
+    FailForGood for a 4xx no retry mends, TaskFailed for the rest."""
+    request = urllib.request.Request(url, data=body, method="POST", headers=dict(headers))
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as answer:  # noqa: S310 (http(s) checked at load)
+            return int(answer.status)
+    except urllib.error.HTTPError as e:
+        why = f"{url} answered {e.code} {e.reason}"
+        if 400 <= e.code < 500 and e.code not in RETRYABLE_4XX:
+            raise FailForGood(why) from None
+        raise TaskFailed(why) from None
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        raise TaskFailed(f"{url} unreachable: {reason}") from None
+
+
+class Webhook(JobType):
+    type_name: ClassVar[str] = "webhook"
+    Settings: ClassVar[type] = Settings
+    default_queue: ClassVar[str] = "webhook"
+
+    def check_payload(self, payload: Mapping[str, Any], config: Any) -> None:
+        if not isinstance(payload.get("event"), str) or not payload["event"]:
+            raise ValueError('event: expected the event name, e.g. "record.deleted"')
+
+    def title(self, payload: Mapping[str, Any]) -> str:
+        return f"webhook {payload.get('event')}"
+
+    async def run(self, ctx: Context, payload: Mapping[str, Any]) -> str | None:
+        st: Settings = self.settings
+        event = str(payload["event"])
+        if st.events and event not in st.events:
+            return f"{event}: not an event the webhooks take"
+        if not st.urls:
+            return "no webhook URLs configured ([jobs.types.webhook] urls)"
+        assert st.secret is not None
+        body = json.dumps({"event": event, "job": ctx.name,
+                           "data": {k: v for k, v in payload.items() if k != "event"}}, sort_keys=True).encode()
+        headers = {"Content-Type": "application/json", st.header: signature(st.secret.reveal(), body)}
+        ledger = ctx.state_dir / "webhook-delivered.json"
+        delivered = set(await anyio.to_thread.run_sync(_read, ledger))
+        todo = [u for u in st.urls if u not in delivered]
+        errors: list[Exception] = []
+        for i, url in enumerate(todo):
+            try:
+                status = await anyio.to_thread.run_sync(post, url, body, headers, st.timeout)
+            except TaskFailed as e:
+                if isinstance(e, FailForGood):
+                    raise
+                errors.append(e)
+                continue
+            ctx.log.info("%s delivered to %s (%d)", event, url, status)
+            delivered.add(url)
+            await anyio.to_thread.run_sync(_write, ledger, sorted(delivered))
+            ctx.progress(i + 1, len(todo))
+        if errors:
+            raise TaskFailed("; ".join(str(e) for e in errors))
+        return f"{event} delivered to {len(st.urls)} URL{'s' if len(st.urls) != 1 else ''}"
+
+
+def _read(path: Any) -> list[str]:
+    try:
+        return list(json.loads(path.read_text()))
+    except (FileNotFoundError, ValueError):
+        return []
+
+
+def _write(path: Any, urls: list[str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(urls))
+    tmp.replace(path)
+    fsync_dir(path.parent)
