@@ -77,6 +77,14 @@ class JobTypeConfig:
     retry_max_delay: Annotated[float, s.duration] = 3600.0
     queue: str | None = None
     timeout: Annotated[float, s.positive_duration] | None = None
+    # a job added from then on waits this long before its first attempt (the Worker Manager's
+    # deferred messages); adding one identical to a job still waiting for it adds nothing
+    defer: Annotated[float, s.duration] = 0.0
+    # the type's own settings (its `Settings`, from the other keys of [jobs.types.NAME]); None: defaults
+    settings: Any = None
+
+
+JOB_TYPE_KEYS = tuple(s.toml_key(f) for f in dataclasses.fields(JobTypeConfig) if f.name != "settings")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,14 +100,6 @@ class JobsSettings:
     keep_failed: Annotated[int, s.int_range(0, 10**8)] = 1000
     failed_max_age: Annotated[float, s.duration] = 96 * 3600.0
     types: Mapping[str, JobTypeConfig] = dataclasses.field(default_factory=lambda: MappingProxyType({}))
-    # a job added from then on waits this long before its first attempt (the Worker Manager's
-    # deferred messages); adding one identical to a job still waiting for it adds nothing
-    defer: Annotated[float, s.duration] = 0.0
-    # the type's own settings (its `Settings`, from the other keys of [jobs.types.NAME]); None: defaults
-    settings: Any = None
-
-
-JOB_TYPE_KEYS = tuple(s.toml_key(f) for f in dataclasses.fields(JobTypeConfig) if f.name != "settings")
 
     def type_config(self, name: str) -> JobTypeConfig:
         return self.types.get(name) or JobTypeConfig()
@@ -291,21 +291,6 @@ def _build(data: dict[str, Any], file: Path | None, base: Path) -> Config:
     return config
 
 
-def _task(name: str, table: Any, base: Path) -> TaskConfig:
-    from .registry import UnknownType, task_type
-
-    path = f"tasks.{name}"
-    if not isinstance(table, Mapping):
-        raise ConfigError(path, f"expected a table, got {table!r}")
-    if not name.replace("-", "").replace("_", "").isalnum() or len(name) > 64:
-        raise ConfigError(path, "a task name may hold letters, digits, '-' and '_' (64 at most)")
-    if "type" not in table:
-        raise ConfigError(f"{path}.type", "missing required setting")
-    type_name = table["type"]
-    if not isinstance(type_name, str):
-        raise ConfigError(f"{path}.type", f"expected a string, got {type_name!r}")
-    try:
-        cls = task_type(type_name)
 def _jobs(table: Any, base: Path) -> JobsSettings:
     """[jobs] and each [jobs.types.NAME]: the engine's keys, the rest the type's own `Settings`."""
     if not isinstance(table, Mapping):
@@ -333,6 +318,21 @@ def _job_type_config(name: str, table: Any, base: Path) -> JobTypeConfig:
     return dataclasses.replace(jc, settings=s.build(cls.Settings, rest, path, base, also_known=JOB_TYPE_KEYS))
 
 
+def _task(name: str, table: Any, base: Path) -> TaskConfig:
+    from .registry import UnknownType, task_type
+
+    path = f"tasks.{name}"
+    if not isinstance(table, Mapping):
+        raise ConfigError(path, f"expected a table, got {table!r}")
+    if not name.replace("-", "").replace("_", "").isalnum() or len(name) > 64:
+        raise ConfigError(path, "a task name may hold letters, digits, '-' and '_' (64 at most)")
+    if "type" not in table:
+        raise ConfigError(f"{path}.type", "missing required setting")
+    type_name = table["type"]
+    if not isinstance(type_name, str):
+        raise ConfigError(f"{path}.type", f"expected a string, got {type_name!r}")
+    try:
+        cls = task_type(type_name)
     except UnknownType as e:
         raise ConfigError(f"{path}.type", str(e)) from None
     period = s.positive_duration(table.get("period", cls.default_period), f"{path}.period")
@@ -366,6 +366,8 @@ def _cross_check(tc: TaskConfig, config: Config) -> None:
         raise s.key_error(f"tasks.{tc.name}", e, keys) from None
     except ConfigError as e:
         raise ConfigError(f"tasks.{tc.name}.{e.path}".rstrip("."), e.message) from None
+
+
 
 
 def load_scheduler(file: Path | None = None) -> tuple[Path | None, SchedulerSettings]:

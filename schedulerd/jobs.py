@@ -82,16 +82,12 @@ def add_job(store: JobStore, config: Config, type_name: str, payload: Mapping[st
     handler = validate(config, type_name, payload)
     tc = config.jobs.type_config(type_name)
     q = queue or tc.queue or handler.default_queue
+    wait = tc.defer if delay is None else delay
     jid = store.add(type_name, q, dict(payload), title=handler.title(payload)[:200], priority=priority,
                     max_attempts=tc.max_attempts, deps=after, delay=wait, coalesce=delay is None and tc.defer > 0)
     return jid, q
 
-    wait = tc.defer if delay is None else delay
 
-def configured_queues(config: Config) -> set[str]:
-    """The queues the config knows: [queues.NAME], the job types' queues, and `default`."""
-    types = {config.jobs.type_config(name).queue or cls.default_queue for name, cls in job_types().items()}
-    return set(config.queues) | types | {"default"}
 def store_adder(config: Config) -> Callable[..., int]:
     """`ctx.add_job` outside the daemon (task:run, worker:run-service): the job goes to the
     store, and a running daemon's queue is woken."""
@@ -108,6 +104,10 @@ def store_adder(config: Config) -> Callable[..., int]:
     return add
 
 
+def configured_queues(config: Config) -> set[str]:
+    """The queues the config knows: [queues.NAME], the job types' queues, and `default`."""
+    types = {config.jobs.type_config(name).queue or cls.default_queue for name, cls in job_types().items()}
+    return set(config.queues) | types | {"default"}
 
 
 def check_queue(store: JobStore, config: Config, name: str) -> None:
@@ -274,6 +274,7 @@ class JobService:
         tc = self.config.jobs.type_config(job.type)
         ended_before = self._ended_count
         outcome, error, summary = "interrupted", "interrupted: the daemon stopped while it ran", None
+        for_good = False  # a FailForGood: no retry
         log.debug("job %d (%s, queue %s) attempt %d/%d started", job.id, job.type, job.queue, job.attempts, job.max_attempts)
         try:
             with scope:
@@ -330,7 +331,6 @@ class JobService:
             kind, retry_at = "retry", time.time() + delay
             log.warning("job %d attempt %d/%d failed (%s); retry in %.1fs", job.id, job.attempts,
                         job.max_attempts, error, delay)
-        for_good = False  # a FailForGood: no retry
         else:
             kind = "failed"
             log.error("job %d failed%s: %s", job.id, " for good" if for_good else ", attempts used up", error)
