@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import socket
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -20,10 +21,21 @@ from .registry import config_section_names, config_sections
 from .settings import ConfigError, Secret
 from .stores import StoreSettings
 
-ENGINE_TASK_KEYS = ("type", "period", "enabled", "timeout", "trigger")
+ENGINE_TASK_KEYS = ("type", "period", "enabled", "timeout", "trigger", "nodes")
 ENGINE_SECTIONS = ("scheduler", "store", "tasks", "jobs", "queues")  # the others are plugins' (config_sections)
 CONFIG_ENV = "SCHEDULERD_CONFIG"
 CHECKOUT = Path(__file__).resolve().parent.parent
+
+
+_NODE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def node_name(value: Any, path: str) -> str:
+    """A node id (`[scheduler] node`, a task's `nodes`): letters, digits, '.', '-', '_', 64 at most."""
+    if not isinstance(value, str) or not _NODE.fullmatch(value):
+        raise ConfigError(path, "expected a node name of letters, digits, '.', '-' and '_' (64 at most), "
+                                f"got {value!r}")
+    return value
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +64,8 @@ class SchedulerSettings:
     # how long a store write waits for another process's lock on jobs.db / schedulerd.db before it
     # fails; the daemon then logs it once and retries (0.5 s doubling to 30 s) until it is written
     store_busy_timeout: Annotated[float, s.positive_duration] = 30.0
+    # this daemon's id in a cluster (docs/cluster.md): unique among the nodes sharing a store
+    node: Annotated[str, node_name] = dataclasses.field(default_factory=lambda: socket.gethostname())
 
     def check(self) -> None:
         if self.backoff_initial > self.backoff_max:
@@ -67,6 +81,7 @@ class TaskConfig:
     timeout: float | None
     settings: Any
     trigger: tuple[str, ...] = ()  # events that start an iteration early (record.created, ...)
+    nodes: tuple[str, ...] = ()  # the only nodes that may run it (a cluster); empty: any node
 
 
 @dataclasses.dataclass(frozen=True)
@@ -340,9 +355,18 @@ def _task(name: str, table: Any, base: Path) -> TaskConfig:
     timeout = table.get("timeout")
     timeout = None if timeout is None else s.positive_duration(timeout, f"{path}.timeout")
     trigger = _trigger(table.get("trigger", ()), f"{path}.trigger")
+    nodes = _nodes(table.get("nodes", ()), f"{path}.nodes")
     rest = {k: v for k, v in table.items() if k not in ENGINE_TASK_KEYS}
     settings = s.build(cls.Settings, rest, path, base, also_known=ENGINE_TASK_KEYS)
-    return TaskConfig(name, type_name, period, enabled, timeout, settings, trigger)
+    return TaskConfig(name, type_name, period, enabled, timeout, settings, trigger, nodes)
+
+
+def _nodes(value: Any, path: str) -> tuple[str, ...]:
+    """`nodes = ["web1"]`: the task runs only on those nodes; an empty list would run it nowhere."""
+    if value == []:
+        raise ConfigError(path, "an empty list runs the task nowhere: leave nodes out (any node) or name one")
+    names = s.convert(tuple[str, ...], value, path)
+    return tuple(node_name(n, f"{path}[{i}]") for i, n in enumerate(names))
 
 
 def _trigger(value: Any, path: str) -> tuple[str, ...]:
@@ -366,8 +390,6 @@ def _cross_check(tc: TaskConfig, config: Config) -> None:
         raise s.key_error(f"tasks.{tc.name}", e, keys) from None
     except ConfigError as e:
         raise ConfigError(f"tasks.{tc.name}.{e.path}".rstrip("."), e.message) from None
-
-
 
 
 def load_scheduler(file: Path | None = None) -> tuple[Path | None, SchedulerSettings]:

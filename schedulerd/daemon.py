@@ -20,6 +20,7 @@ import anyio
 from anyio.abc import TaskGroup
 
 from . import __version__, logs
+from .cluster import ClusterStore, ClusterView, DuplicateNode, NodeKeeper, NodeRow, node_info, open_cluster
 from .config import Config, TaskConfig, load
 from .control import Access, ControlServer
 from .notify import sd_notify, watchdog_interval
@@ -29,7 +30,7 @@ from .protocol import ControlError, Fault
 from .registry import rescan
 from .runner import RunnerEnv, TaskRunner
 from .settings import ConfigError
-from .states import TaskState, Wanted
+from .states import STOPPED_STATES, TaskState, Wanted
 from .store import STORE_ERRORS, StateStore, TaskRecord, store_call
 from .stores import SchemaMismatch, check_schema, open_state_store
 from .wake import serve_wakes
@@ -55,6 +56,8 @@ class Daemon:
         self._listeners: dict[str, list[TaskRunner]] = {}
         self._writing = anyio.Lock()  # held while a batch of the state sink is being saved
         self._server: ControlServer | None = None
+        self.cluster: ClusterStore | None = None  # a shared store's nodes and task leases
+        self.keeper: NodeKeeper | None = None  # this node's heartbeat in it
 
     # --- entry ---------------------------------------------------------------
     async def serve(self) -> None:
@@ -70,16 +73,21 @@ class Daemon:
             # a schema this program does not know ends the start (SchemaMismatch); a store that
             # does not answer yet is waited for, said once in scheduler.log
             await store_call("checking the store's schema", check_schema, self.config.store)
+            await self._join_cluster()
             self.store = open_state_store(sch, self.config.store)
             self._env = RunnerEnv(self.config, self.store, sch.state_dir / "locks",
-                                  make_logger=self._make_logger, emit=self.emit, add_job=self._add_job)
+                                  make_logger=self._make_logger, emit=self.emit, add_job=self._add_job,
+                                  node=sch.node, cluster=self.cluster)
             try:
                 await self._serve()
             finally:
                 self.store.close()
                 if self.jobs is not None:
                     self.jobs.store.close()
-        except SchemaMismatch as e:
+                if self.keeper is not None:
+                    await self.keeper.leave()
+                    self.keeper.cluster.close()
+        except (SchemaMismatch, DuplicateNode) as e:
             log.critical("schedulerd cannot start: %s", e)
             raise
         except Exception:  # in scheduler.log, not only on the stderr nobody reads (scheduler.out)
@@ -88,6 +96,39 @@ class Daemon:
         finally:
             pidfile.release()
             log.info("schedulerd stopped")
+
+    async def _join_cluster(self) -> None:
+        """A shared store: enter this node in its registry (DuplicateNode when another live node
+        has the id); its heartbeat then runs in the task group (NodeKeeper)."""
+        store = self.config.store
+        self.cluster = open_cluster(store)
+        if self.cluster is None:
+            return
+        me = node_info(self.config.scheduler.node, __version__, "daemon", store.lease, self.config.tasks)
+        await store_call("entering the node registry", self.cluster.register, me)
+        self.keeper = NodeKeeper(self.cluster, me, store.store_retry, self._node_counts, self._follow)
+
+    def _node_counts(self) -> tuple[int, int]:
+        held = sum(1 for r in self.runners.values() if r.lease is not None and r.lease.held)
+        return held, len(self.jobs.running) if self.jobs is not None else 0
+
+    def _follow(self, view: ClusterView) -> None:
+        """Each heartbeat: who holds which task, and the wanted states set on any node."""
+        assert self._env is not None and self._tg is not None
+        self._env.holders = view.holders
+        pending = self._env.history.wanted  # this node's own changes, not written yet, win
+        for name, wanted in view.wanted.items():
+            runner = self.runners.get(name)
+            if runner is None or name in pending or runner.wanted in (wanted, Wanted.DISABLED) or self._stop.is_set():
+                continue
+            if wanted is Wanted.STARTED and runner.state in STOPPED_STATES:
+                log.info("task %s: started on another node (task:start): starting it here too", name)
+                runner.wanted = wanted
+                runner.start(self._tg)
+            elif wanted is Wanted.STOPPED:
+                log.info("task %s: stopped on another node (task:stop): stopping it here too", name)
+                runner.wanted = wanted
+                self._tg.start_soon(runner.stop)
 
     async def _serve(self) -> None:
         sch = self.config.scheduler
@@ -117,6 +158,8 @@ class Daemon:
                 tg.start_soon(self._signals, signals)
                 tg.start_soon(self._reopen_logs)
                 tg.start_soon(self._flush_history)
+                if self.keeper is not None:
+                    tg.start_soon(self.keeper.run)
                 if self.shutdown_trigger is not None:
                     tg.start_soon(self._trigger)
                 interval = watchdog_interval()
@@ -344,7 +387,18 @@ class Daemon:
     async def c_state(self, args: dict[str, Any]) -> dict[str, Any]:
         return {"pid": os.getpid(), "version": __version__, "started_at": self.started_at,
                 "uptime": time.time() - self.started_at, "config": str(self.config.file),
-                "tasks": [r.snapshot() for r in self.runners.values()], "queues": await self.jobs.queue_states()}
+                "tasks": [r.snapshot() for r in self.runners.values()], "queues": await self.jobs.queue_states(),
+                "cluster": self._cluster_status()}
+
+    def _cluster_status(self) -> dict[str, Any]:
+        if self.keeper is not None:
+            return self.keeper.status()
+        sch = self.config.scheduler  # the SQLite store: this one node
+        me = node_info(sch.node, __version__, "daemon", self.config.store.lease, self.config.tasks)
+        held = sum(1 for r in self.runners.values() if r.state not in STOPPED_STATES)
+        row = NodeRow(me.id, me.host, me.pid, me.version, me.kind, self.started_at, time.time(), 0.0, True,
+                      me.config_hash, held, len(self.jobs.running) if self.jobs is not None else 0)
+        return {"node": me.id, "store": "ok", "store_down_since": None, "warnings": [], "nodes": [vars(row)]}
 
     async def c_task_list(self, args: dict[str, Any]) -> list[dict[str, Any]]:
         return [r.snapshot() for r in self.runners.values()]
@@ -458,7 +512,7 @@ def run(config_path: Path | None = None, *, log_to_stderr: bool = False) -> int:
         return 2
     try:
         anyio.run(Daemon(config, log_to_stderr=log_to_stderr).serve)
-    except SchemaMismatch as e:
+    except (SchemaMismatch, DuplicateNode) as e:
         print(f"schedulerd: {e}", file=os.sys.stderr)
         return 2
     except AlreadyRunning as e:  # one line, not "schedulerd: schedulerd is ..."

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ from typing import Any
 import anyio
 from anyio.abc import TaskGroup
 
+from .cluster import TaskLease
 from .config import TaskConfig
 from .context import TaskContext
 from .iteration import IterationEnd, run_iteration
@@ -108,6 +109,9 @@ class RunnerEnv:
     make_logger: Callable[[str], Any] = lambda name: logging.getLogger(f"schedulerd.task.{name}")
     emit: Callable[[str, dict], None] | None = None
     add_job: Callable[..., int] | None = None
+    node: str = ""  # this daemon's node id
+    cluster: Any = None  # a shared store's cluster.ClusterStore: tasks run under leases; None: SQLite
+    holders: Mapping[str, str] = field(default_factory=dict)  # task -> node holding it (the last heartbeat's view)
 
 
 class TaskRunner:
@@ -136,6 +140,33 @@ class TaskRunner:
         self._done = anyio.Event()
         self._done.set()
         self.lock = TaskLock(env.lock_dir, tc.name)
+        self.lease = self._lease()
+
+    def _lease(self) -> TaskLease | None:
+        """On a shared store the task runs where its lease is held; pinned (`nodes`) elsewhere: never here."""
+        if self.env.cluster is None:
+            return None
+        store = self.env.config.store
+        return TaskLease(self.env.cluster, self.tc.name, self.env.node, store.lease, self.tc.period, store.store_retry,
+                         self._lease_lost, eligible=not self.tc.nodes or self.env.node in self.tc.nodes)
+
+    def _lease_lost(self, reason: str) -> None:
+        """Given up before the database lets another node take it: the running iteration is cancelled."""
+        self.log.warning("task lease lost: %s%s", reason, "; cancelling the running iteration"
+                         if self._iteration_scope is not None else "")
+        if self._iteration_scope is not None:
+            self._cut = (RunOutcome.CANCELLED, f"cancelled: {reason}")
+            self._iteration_scope.cancel()
+
+    @property
+    def node(self) -> str | None:
+        """The node running this task: this one, another one (a shared store), or none."""
+        if self.lease is None:
+            return self.env.node if self.state not in STOPPED_STATES else None
+        if self.lease.held:
+            return self.env.node
+        holder = self.env.holders.get(self.tc.name)
+        return None if holder == self.env.node else holder
 
     # --- state ---------------------------------------------------------------
     def _change(self, new: TaskState, why: str = "") -> None:
@@ -162,7 +193,8 @@ class TaskRunner:
             next_run_in=max(0.0, self.next_at - anyio.current_time()) if sleeping and self.next_at is not None else None,
             progress=(self.ctx.done, self.ctx.total) if self.ctx.done is not None else None,
             info=self.ctx.info)
-        return task_snapshot(self.tc, self.wanted, self.state, counts, live)
+        return task_snapshot(self.tc, self.wanted, self.state, counts, live, node=self.node,
+                             cluster=self.lease is not None)
 
     # --- control -------------------------------------------------------------
     def start(self, tg: TaskGroup) -> None:
@@ -211,10 +243,14 @@ class TaskRunner:
             with anyio.CancelScope() as self._scope:
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(self._background, name=f"task:{self.tc.name}:background")
+                    if self.lease is not None:
+                        tg.start_soon(self.lease.keep, name=f"task:{self.tc.name}:lease")
                     await self._loop()
                     tg.cancel_scope.cancel()
         finally:
             self._scope = None
+            if self.lease is not None:
+                await self.lease.release()
             with anyio.CancelScope(shield=True):
                 try:
                     with anyio.move_on_after(self.settings.stop_timeout + 5):
@@ -240,12 +276,16 @@ class TaskRunner:
         scheduled = anyio.current_time()
         self.next_at = scheduled
         while self.state is not TaskState.STOPPING:
+            if self.lease is not None and not self.lease.held:
+                scheduled = await self._wait_for_lease()
             now = anyio.current_time()
             if self.next_at > now:
                 if await self.ctx.sleep(self.next_at - now):
                     scheduled = self.next_at = anyio.current_time()  # woken: run now, re-base the ticks
             if self.state is TaskState.STOPPING:
                 break
+            if self.lease is not None and not self.lease.held:
+                continue  # lost while sleeping: wait for it again
             ok = await self._iteration()
             retry = self.ctx.iteration_ended()  # the task waits for something (ctx.wait_for)
             if self.state is TaskState.STOPPING:
@@ -271,6 +311,22 @@ class TaskRunner:
                 scheduled = self.next_at
                 self._change(TaskState.BACKOFF, f"failure {self.crashes}/{self.settings.max_crashes}, retry in {delay:.1f}s")
 
+    async def _wait_for_lease(self) -> float:
+        """Until this node holds the task's lease (another node runs it meanwhile); then the next
+        start is when the task's last start anywhere plus its period is due (the database's
+        clock), so a takeover neither runs early nor skips an iteration that was due."""
+        assert self.lease is not None
+        self.next_at = None
+        if self.state in (TaskState.STARTING, TaskState.BACKOFF):
+            self._change(TaskState.WAITING, "waiting for the task's lease")
+        while not self.lease.held:
+            changed = self.lease.changed
+            with anyio.move_on_after(5):
+                await changed.wait()
+        due = self.lease.due_in
+        self.next_at = anyio.current_time() + max(0.0, due or 0.0)
+        return self.next_at
+
     def _healthy(self) -> None:
         if self.crashes:
             self._set_crashes(0)
@@ -283,6 +339,11 @@ class TaskRunner:
         """One run_once under the per-task lock and the task's timeout; True ok, False failed."""
         if not self.lock.try_acquire("daemon"):
             self.log.warning("iteration skipped: a one-shot task:run holds the lock (%s)", self.lock.holder())
+            return None
+        generation = self.lease.generation if self.lease is not None else None
+        if self.lease is not None and not await self.lease.begin():
+            self.lock.release()
+            self.log.info("iteration skipped: the task's lease is no longer held")
             return None
         self._change(TaskState.RUNNING)
         self.iteration_started = time.time()
@@ -297,7 +358,8 @@ class TaskRunner:
             self.lock.release()
             if end is None:  # cancelled: stop() says whether that was the planned end
                 end = IterationEnd(*self._cut)
-            run = Run(self.tc.name, self.iteration_started, time.time(), end.outcome, end.error, end.summary)
+            run = Run(self.tc.name, self.iteration_started, time.time(), end.outcome, end.error, end.summary,
+                      node=self.env.node or None, generation=generation)
             self.last = run
             self.runs += 1
             self.failures += end.outcome not in CLEAN_OUTCOMES

@@ -22,12 +22,16 @@ class Live:
     info: dict[str, Any] = field(default_factory=dict)
 
 
-def task_snapshot(tc: TaskConfig, wanted: Wanted, state: TaskState, counts: TaskRecord, live: Live | None = None
-                  ) -> dict[str, Any]:
-    """The one shape of a task's snapshot; `counts`: its crashes, runs, failures and last run."""
+def task_snapshot(tc: TaskConfig, wanted: Wanted, state: TaskState, counts: TaskRecord, live: Live | None = None,
+                  *, node: str | None = None, cluster: bool = False) -> dict[str, Any]:
+    """The one shape of a task's snapshot; `counts`: its crashes, runs, failures and last run;
+    `node`: the node running it (on a shared store, `cluster`: whichever holds its lease)."""
     live = live or Live()
     return {
         "name": tc.name,
+        "node": node,
+        "cluster": cluster,
+        "nodes": list(tc.nodes),
         "type": tc.type,
         "wanted": wanted.value,
         "state": state.value,

@@ -44,6 +44,8 @@ class Run:
     error: str | None = None
     summary: str | None = None
     source: str = "daemon"  # daemon | cli
+    node: str | None = None  # the node that ran it (a shared store)
+    generation: int | None = None  # the task lease it ran under (fencing token; a shared store)
 
 
 @dataclass(frozen=True)

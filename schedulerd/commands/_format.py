@@ -25,6 +25,9 @@ def matches(snap: dict[str, Any]) -> bool:
 
 def describe(snap: dict[str, Any]) -> str:
     parts = []
+    if snap.get("cluster") and snap["wanted"] == "started":  # a shared store: where the task runs
+        parts.append(f"on {snap['node']}" if snap.get("node") else
+                     f"pinned to {', '.join(snap['nodes'])}, not held" if snap.get("nodes") else "not held")
     info = snap.get("info") or {}
     if "pid" in info:
         parts.append(f"pid {info['pid']}")

@@ -101,6 +101,8 @@ def state(args: Any, env: Any) -> int:
         print(f"started({st['pid']})")
     else:
         print(f"schedulerd started (pid {st['pid']}, uptime {int(st['uptime'])}s, {len(st['tasks'])} tasks)")
+        for warning in (st.get("cluster") or {}).get("warnings", []):
+            print(f"warning: {warning}")
         print_table(rows(st["tasks"]), HEADERS)
     return STARTED
 

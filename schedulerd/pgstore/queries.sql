@@ -213,3 +213,82 @@ ON CONFLICT (name) DO UPDATE SET paused = excluded.paused;
 
 -- name: paused_queues
 SELECT name FROM queues WHERE paused;
+
+-- ---- cluster: nodes and task leases (schedulerd.pgstore.cluster; docs/cluster.md) -----------
+-- Every lease decision compares with the database's clock (now()), never a node's.
+
+-- name: node_lock
+-- one registration of a node id at a time (two daemons started together with one id)
+SELECT pg_advisory_xact_lock(hashtext('schedulerd node ' || %(id)s));
+
+-- name: node_row
+SELECT host, pid, heartbeat > now() - make_interval(secs => lease) FROM nodes WHERE id = %(id)s;
+
+-- name: register_node
+INSERT INTO nodes (id, host, pid, version, kind, lease, config_hash)
+VALUES (%(id)s, %(host)s, %(pid)s, %(version)s, %(kind)s, %(lease)s, %(config_hash)s)
+ON CONFLICT (id) DO UPDATE SET host = excluded.host, pid = excluded.pid, version = excluded.version,
+    kind = excluded.kind, lease = excluded.lease, config_hash = excluded.config_hash, started = now(),
+    heartbeat = now(), tasks_held = 0, jobs_running = 0;
+
+-- name: node_beat
+-- the node's heartbeat; no row: the id is no longer this process's (taken over meanwhile)
+UPDATE nodes SET heartbeat = now(), tasks_held = %(tasks_held)s, jobs_running = %(jobs_running)s
+WHERE id = %(id)s AND host = %(host)s AND pid = %(pid)s RETURNING id;
+
+-- name: unregister_node
+DELETE FROM nodes WHERE id = %(id)s AND host = %(host)s AND pid = %(pid)s;
+
+-- name: list_nodes
+SELECT id, host, pid, version, kind, extract(epoch FROM started)::float8, extract(epoch FROM heartbeat)::float8,
+       extract(epoch FROM now() - heartbeat)::float8, heartbeat > now() - make_interval(secs => lease),
+       config_hash, tasks_held, jobs_running
+FROM nodes ORDER BY id;
+
+-- name: lease_holders
+SELECT task, node FROM task_leases WHERE node IS NOT NULL AND expires > now();
+
+-- name: all_wanted
+SELECT name, wanted FROM tasks WHERE wanted IS NOT NULL;
+
+-- name: acquire_lease
+-- the task's lease for `node` when nobody holds it, its holder's lease ran out, or it is this
+-- node's own from a previous life; each take raises the generation (the fencing token).
+-- Returns the generation and the seconds until the task's next start is due (none: at once)
+INSERT INTO task_leases AS l (task, node, generation, expires)
+VALUES (%(task)s, %(node)s, 1, now() + make_interval(secs => %(lease)s))
+ON CONFLICT (task) DO UPDATE SET node = excluded.node, generation = l.generation + 1, expires = excluded.expires
+WHERE l.node IS NULL OR l.expires <= now() OR l.node = excluded.node
+RETURNING generation, extract(epoch FROM l.last_start + make_interval(secs => %(period)s) - now())::float8;
+
+-- name: renew_lease
+UPDATE task_leases SET expires = now() + make_interval(secs => %(lease)s)
+WHERE task = %(task)s AND node = %(node)s AND generation = %(generation)s AND expires > now()
+RETURNING generation;
+
+-- name: begin_iteration
+-- an iteration may start only while the lease still has `margin` seconds: its start is
+-- recorded (database time) so that whichever node runs the task next keeps the period
+UPDATE task_leases SET last_start = now()
+WHERE task = %(task)s AND node = %(node)s AND generation = %(generation)s
+  AND expires > now() + make_interval(secs => %(margin)s)
+RETURNING generation;
+
+-- name: release_lease
+UPDATE task_leases SET node = NULL, expires = now()
+WHERE task = %(task)s AND node = %(node)s AND generation = %(generation)s;
+
+-- name: insert_run_fenced
+-- a run written under a lease: refused when the task's lease has a newer generation (another
+-- node took it over: this node's write is stale). No generation (a one-shot task:run): written
+INSERT INTO runs (task, started, ended, outcome, error, summary, source, node, generation)
+SELECT %(task)s, to_timestamp(%(started)s), to_timestamp(%(ended)s), %(outcome)s, %(error)s, %(summary)s,
+       %(source)s, %(node)s, %(generation)s
+WHERE %(generation)s::bigint IS NULL
+   OR NOT EXISTS (SELECT 1 FROM task_leases WHERE task = %(task)s AND generation > %(generation)s)
+RETURNING id;
+
+-- name: history_nodes
+SELECT task, extract(epoch FROM started)::float8, extract(epoch FROM ended)::float8, outcome, error, summary, source,
+       node, generation
+FROM runs WHERE task = %(task)s ORDER BY id DESC LIMIT %(limit)s;

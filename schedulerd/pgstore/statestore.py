@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 
 import psycopg
@@ -11,6 +12,7 @@ from ..store import Run, TaskRecord
 from ..stores import StoreSettings
 from . import QUERIES, Database, run
 
+log = logging.getLogger("schedulerd.store")
 CLEAN = sorted(o.value for o in CLEAN_OUTCOMES)
 
 
@@ -48,17 +50,20 @@ class PgStateStore:
             return
         counts: dict[str, list[int]] = {}
         for r in runs:
+            if run(cur, "insert_run_fenced", **vars(r)).fetchone() is None:
+                log.warning("run of task %s (lease generation %s, node %s) refused: another node has taken the "
+                            "task over since", r.task, r.generation, r.node)
+                continue
             n = counts.setdefault(r.task, [0, 0])
             n[0] += 1
             n[1] += r.outcome not in CLEAN_OUTCOMES
-        cur.executemany(QUERIES["insert_run"], [vars(r) for r in runs])  # type: ignore[arg-type]
         cur.executemany(QUERIES["count_runs"],  # type: ignore[arg-type]
                         [{"task": t, "runs": n[0], "failures": n[1]} for t, n in counts.items()])
 
     def task(self, task: str) -> TaskRecord:
         with self.db.transaction() as cur:
             row = run(cur, "task_record", task=task).fetchone()
-            last = run(cur, "history", task=task, limit=1).fetchone()
+            last = run(cur, "history_nodes", task=task, limit=1).fetchone()
         last_run = Run(*last) if last else None
         if row is None:
             return TaskRecord(task, None, 0, 0, 0, last_run)
@@ -66,7 +71,7 @@ class PgStateStore:
 
     def history(self, task: str, limit: int = 20) -> list[Run]:
         with self.db.transaction() as cur:
-            return [Run(*r) for r in run(cur, "history", task=task, limit=limit).fetchall()]
+            return [Run(*r) for r in run(cur, "history_nodes", task=task, limit=limit).fetchall()]
 
     def purge_history(self, keep_ok: int, keep_failed: int, max_age_ok: float, max_age_failed: float) -> int:
         """Retention set separately for successful and failed runs, by count and by age (the database's clock)."""

@@ -1,0 +1,139 @@
+"""Several real daemons on one real PostgreSQL (docs/cluster.md): each task runs on one node at a
+time, spaced by its period across nodes; a killed node's tasks move within 2 lease periods; the
+store may go away and come back; node ids are unique; pinning; cluster-wide task:stop.
+
+Every iteration appends `start NODE TIME` and `end NODE TIME` to its task's file (a shell
+script: it starts in a few milliseconds), and the checks read those files."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.engine.conftest import Site
+from tests.engine.test_pgstore import store_section
+from tests.pgserver import PASSWORD, PgServer, store_settings
+
+LEASE = 2.0  # seconds: short, so that failovers are quick in tests
+PERIOD = 1.0
+RECORD = "echo start $CLUSTER_TEST_NODE $(date +%s.%N) >> {out}; sleep 0.2; echo end $CLUSTER_TEST_NODE $(date +%s.%N) >> {out}"
+
+
+class Node(Site):
+    """One daemon of the cluster: its own etc/ and var/, the shared database."""
+
+    def __init__(self, root: Path, name: str):
+        super().__init__(root / name)
+        self.name = name
+
+    def console(self, *args: str, timeout: float = 60, check: bool = False):  # type: ignore[override]
+        os.environ["CLUSTER_TEST_NODE"] = self.name  # the daemon (started by scheduler:start) passes it on
+        return super().console(*args, timeout=timeout, check=check)
+
+
+def tasks_section(out: Path, n: int, period: float = PERIOD, extra: str = "") -> str:
+    return "".join(f"""
+[tasks.t{i}]
+type = "command"
+period = "{period}s"
+argv = ["sh", "-c", "{RECORD.format(out=out / f't{i}')}"]
+{extra}
+""" for i in range(n))
+
+
+def config(server: PgServer, db: str, body: str, node: str) -> tuple[str, str]:
+    store = store_section(server, db) + f'lease = "{LEASE}s"\nstore_retry = "1s"\n'
+    return store + body, f'node = "{node}"\nstop_timeout = "2s"\n'
+
+
+@pytest.fixture
+def cluster(tmp_path, pg_server, pg_database, monkeypatch):
+    monkeypatch.setenv("SCHEDULERD_TEST_PGPASS", PASSWORD)
+    nodes: list[Node] = []
+
+    def make(name: str, body: str, node_id: str | None = None) -> Node:
+        node = Node(tmp_path, name)
+        node.write(*config(pg_server, pg_database, body, node_id or name))
+        nodes.append(node)
+        return node
+
+    yield make
+    for node in nodes:
+        pid = node.pid()
+        if pid:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def iterations(out: Path, task: str) -> list[tuple[str, float, float | None]]:
+    """(node, start, end) of each iteration of `task`, in start order; end None: still running."""
+    found: list[tuple[str, float, float | None]] = []
+    open_: dict[str, int] = {}
+    for line in (out / task).read_text().splitlines() if (out / task).exists() else []:
+        kind, node, at = line.split()
+        if kind == "start":
+            open_[node] = len(found)
+            found.append((node, float(at), None))
+        else:
+            i = open_.pop(node)
+            found[i] = (node, found[i][1], float(at))
+    return sorted(found, key=lambda it: it[1])
+
+
+def check_once_and_spaced(out: Path, tasks: list[str], period: float = PERIOD) -> None:
+    """No two iterations of one task overlap, across all nodes; each starts a period after the last."""
+    for task in tasks:
+        its = iterations(out, task)
+        assert len(its) >= 2, (task, its)
+        for (n1, s1, e1), (n2, s2, _) in zip(its, its[1:]):
+            assert e1 is not None and s2 >= e1, f"{task}: {n1} ran {s1:.3f}-{e1} while {n2} started at {s2:.3f}"
+            assert s2 - s1 >= period * 0.6, f"{task}: {n2} started {s2 - s1:.3f}s after {n1}'s start ({its})"
+
+
+def running_on(out: Path, tasks: list[str], since: float) -> dict[str, set[str]]:
+    """task -> the nodes that started it after `since`."""
+    return {t: {n for n, s, _ in iterations(out, t) if s > since} for t in tasks}
+
+
+def test_three_nodes_run_each_task_once_and_take_over_a_killed_one(cluster, tmp_path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    names = [f"t{i}" for i in range(20)]
+    nodes = [cluster(f"n{i}", tasks_section(out, 20)) for i in range(1, 4)]
+    for node in nodes:
+        node.console("scheduler:start", check=True)
+    time.sleep(12)
+    check_once_and_spaced(out, names)
+    listed = nodes[0].json("cluster:nodes")
+    assert sorted(n["id"] for n in listed) == ["n1", "n2", "n3"] and all(n["alive"] for n in listed)  # type: ignore[index]
+    assert sum(n["tasks_held"] for n in listed) == 20 and len({n["config_hash"] for n in listed}) == 1  # type: ignore[union-attr]
+    holders = {t["name"]: t["node"] for t in nodes[0].json("task:list")}  # type: ignore[union-attr]
+    assert set(holders) == set(names) and set(holders.values()) <= {"n1", "n2", "n3"}
+    # kill -9 the node holding the most tasks: its tasks run elsewhere within 2 lease periods
+    victim = max(nodes, key=lambda n: sum(1 for h in holders.values() if h == n.name))
+    lost = [t for t, h in holders.items() if h == victim.name]
+    assert lost
+    pid = victim.pid()
+    assert pid
+    os.kill(pid, signal.SIGKILL)
+    killed = time.time()
+    time.sleep(2 * LEASE + PERIOD + 0.5)
+    moved = running_on(out, lost, killed)
+    assert all(moved[t] and victim.name not in moved[t] for t in lost), moved
+    firsts = [min(s for n, s, _ in iterations(out, t) if s > killed) for t in lost]
+    assert max(firsts) - killed <= 2 * LEASE + 0.3, (max(firsts) - killed, LEASE)
+    # restart it: it joins again
+    victim.console("scheduler:start", check=True)
+    others = [n for n in nodes if n is not victim]
+    others[0].wait_for(lambda: any(n["id"] == victim.name and n["alive"] for n in others[0].json("cluster:nodes")),
+                       15, "the restarted node in cluster:nodes")
+    time.sleep(3)
+    check_once_and_spaced(out, names)
+    assert all(n.console("scheduler:state", "--short").returncode == 10 for n in nodes)
