@@ -20,7 +20,8 @@ import anyio
 from anyio.abc import TaskGroup
 
 from . import __version__, logs
-from .cluster import ClusterStore, ClusterView, DuplicateNode, NodeKeeper, NodeRow, node_info, open_cluster
+from .cluster import (ClusterStore, ClusterView, DuplicateNode, NodeKeeper, NodeRow, config_hash, node_info,
+                      open_cluster)
 from .config import Config, TaskConfig, load
 from .control import Access, ControlServer
 from .notify import sd_notify, watchdog_interval
@@ -342,6 +343,8 @@ class Daemon:
         withhold_env(new.secret_env_vars())
         await self._apply_tasks(new)
         self.jobs.reconfigure(new)
+        if self.keeper is not None:  # cluster:nodes shows the new task configuration's hash
+            self.keeper.me = dataclasses.replace(self.keeper.me, config_hash=config_hash(new.tasks))
         log.info("configuration reloaded: %d added, %d changed, %d removed", len(added), len(changed), len(removed))
         return {"added": added, "changed": changed, "removed": removed}
 
@@ -387,8 +390,16 @@ class Daemon:
     async def c_state(self, args: dict[str, Any]) -> dict[str, Any]:
         return {"pid": os.getpid(), "version": __version__, "started_at": self.started_at,
                 "uptime": time.time() - self.started_at, "config": str(self.config.file),
-                "tasks": [r.snapshot() for r in self.runners.values()], "queues": await self.jobs.queue_states(),
+                "tasks": [r.snapshot() for r in self.runners.values()], "queues": await self._queue_states(),
                 "cluster": self._cluster_status()}
+
+    async def _queue_states(self) -> list[dict[str, Any]] | None:
+        """The queues as the store has them; None while the store does not answer (the state still shows)."""
+        try:
+            with anyio.fail_after(3):
+                return await self.jobs.queue_states()
+        except (TimeoutError, *STORE_ERRORS):
+            return None
 
     def _cluster_status(self) -> dict[str, Any]:
         if self.keeper is not None:

@@ -403,7 +403,7 @@ class JobService:
         return n
 
     async def queue_states(self) -> list[dict[str, Any]]:
-        paused = await anyio.to_thread.run_sync(self.store.paused)
+        paused = await anyio.to_thread.run_sync(self.store.paused, abandon_on_cancel=True)  # bounded by the caller
         return [{"name": q, "workers": self.config.queue(q).workers, "paused": q in paused,
                  "running": self._running_in(q)} for q in sorted(self.dispatchers | set(self.config.queues))]
 

@@ -233,7 +233,8 @@ ON CONFLICT (id) DO UPDATE SET host = excluded.host, pid = excluded.pid, version
 
 -- name: node_beat
 -- the node's heartbeat; no row: the id is no longer this process's (taken over meanwhile)
-UPDATE nodes SET heartbeat = now(), tasks_held = %(tasks_held)s, jobs_running = %(jobs_running)s
+UPDATE nodes SET heartbeat = now(), tasks_held = %(tasks_held)s, jobs_running = %(jobs_running)s,
+    config_hash = %(config_hash)s
 WHERE id = %(id)s AND host = %(host)s AND pid = %(pid)s RETURNING id;
 
 -- name: unregister_node

@@ -137,3 +137,83 @@ def test_three_nodes_run_each_task_once_and_take_over_a_killed_one(cluster, tmp_
     time.sleep(3)
     check_once_and_spaced(out, names)
     assert all(n.console("scheduler:state", "--short").returncode == 10 for n in nodes)
+
+
+def test_the_store_going_away_is_survived_and_said(cluster, tmp_path, pg_server) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    names = [f"t{i}" for i in range(5)]
+    nodes = [cluster(f"n{i}", tasks_section(out, 5)) for i in (1, 2)]
+    for node in nodes:
+        node.console("scheduler:start", check=True)
+    time.sleep(5)
+    pg_server.stop()
+    try:
+        stopped = time.time()
+        nodes[0].wait_for(lambda: nodes[0].json("scheduler:state")["cluster"]["store"] == "unavailable",  # type: ignore[index]
+                          15, "scheduler:state saying the store is away")
+        st = nodes[0].json("scheduler:state")
+        assert any("the store does not answer" in w for w in st["cluster"]["warnings"])  # type: ignore[index]
+        time.sleep(max(0.0, LEASE + 1 - (time.time() - stopped)))
+        quiet = time.time()  # every lease has been given up by now: nothing starts while the store is away
+        time.sleep(3)
+    finally:
+        pg_server.start()
+    assert running_on(out, names, quiet + 0.1) == {t: set() for t in names}
+    restarted = time.time()
+    nodes[0].wait_for(lambda: all(running_on(out, names, restarted)[t] for t in names), 45, "every task running again")
+    time.sleep(3)
+    check_once_and_spaced(out, names)
+    for node in nodes:
+        assert node.console("scheduler:state", "--short").returncode == 10
+        log = node.log()
+        assert log.count("the store does not answer") == 1, log
+        assert "the store answers again" in log
+    assert nodes[0].json("scheduler:state")["cluster"]["store"] == "ok"  # type: ignore[index]
+
+
+def test_a_second_live_node_with_the_same_id_is_refused(cluster, tmp_path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    first = cluster("a", tasks_section(out, 1), node_id="web1")
+    second = cluster("b", tasks_section(out, 1), node_id="web1")
+    first.console("scheduler:start", check=True)
+    r = second.console("scheduler:start")
+    assert r.returncode == 1 and "status 2" in r.stderr, r.stderr
+    assert "node id 'web1' is in use by a live node" in second.log()
+    assert "give this daemon another [scheduler] node" in second.log()
+    assert [n["id"] for n in first.json("cluster:nodes")] == ["web1"]  # type: ignore[index]
+    # once the first is gone (clean stop: its row is removed), the id is free
+    first.console("scheduler:stop", check=True)
+    second.console("scheduler:start", check=True)
+    assert [n["pid"] for n in second.json("cluster:nodes")] == [second.pid()]  # type: ignore[index]
+
+
+def test_pinned_tasks_cluster_wide_stop_and_differing_configs(cluster, tmp_path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    pinned = tasks_section(out, 2, extra='nodes = ["n2"]')
+    n1 = cluster("n1", pinned + tasks_section(out, 3)[len(tasks_section(out, 2)):])
+    n2 = cluster("n2", pinned + tasks_section(out, 3)[len(tasks_section(out, 2)):])
+    for node in (n1, n2):
+        node.console("scheduler:start", check=True)
+    n1.wait_for(lambda: all(iterations(out, t) for t in ("t0", "t1", "t2")), 20, "every task ran")
+    time.sleep(2)
+    assert {n for t in ("t0", "t1") for n, _, _ in iterations(out, t)} == {"n2"}  # pinned: only there
+    listed = {t["name"]: t for t in n1.json("task:list")}  # type: ignore[union-attr]
+    assert listed["t0"]["node"] == "n2" and listed["t0"]["nodes"] == ["n2"]
+    assert "on n2" in n1.console("task:list").stdout
+    # task:stop through n1's CLI stops t2 wherever it runs, and it stays stopped everywhere
+    n1.console("task:stop", "t2", check=True)
+    n1.wait_for(lambda: all(n.task("t2")["state"] == "stopped" for n in (n1, n2)), 15, "t2 stopped on both nodes")
+    since = time.time()
+    time.sleep(2 * LEASE)
+    assert not running_on(out, ["t2"], since + 0.5)["t2"]
+    n2.console("task:start", "t2", check=True)
+    n1.wait_for(lambda: running_on(out, ["t2"], time.time() - 1.5)["t2"], 15, "t2 running again")
+    # nodes may disagree: a task only n1 has
+    n1.config.write_text(n1.config.read_text() + tasks_section(out, 4)[len(tasks_section(out, 3)):])
+    n1.console("scheduler:reload", check=True)
+    n2.wait_for(lambda: len({n["config_hash"] for n in n2.json("cluster:nodes")}) == 2, 15, "two config hashes")
+    assert "the nodes' task configurations differ" in n2.console("scheduler:state").stdout
+    assert "configurations differ" in n2.console("cluster:nodes").stdout
