@@ -2,6 +2,10 @@
 
 A dispatcher claims while fewer than `workers` jobs of its queue run, then sleeps
 until a job is added (the CLI tells the daemon), a job ends, or the next retry is due.
+On PostgreSQL other nodes add jobs too: a LISTEN connection (schedulerd.pgstore.listen) wakes
+the dispatcher of the queue at once; every POLL seconds the service also looks for itself
+(running jobs cancelled elsewhere, jobs of nodes whose heartbeat expired, new queues).
+The same service runs inside the daemon and alone in `worker:execute` (schedulerd.worker).
 """
 
 from __future__ import annotations
@@ -126,10 +130,15 @@ class RunningJob:
 
 
 class JobService:
-    def __init__(self, config: Config, state_dir: Path, make_logger: Callable[[str], Any], emit: Callable | None = None):
+    def __init__(self, config: Config, state_dir: Path, make_logger: Callable[[str], Any], emit: Callable | None = None,
+                 *, node: str | None = None, only: frozenset[str] | None = None, max_jobs: int | None = None):
         self.config = config
         self.store = open_job_store(config.scheduler, config.store, pool_size=8)
-        self.node = node_id(state_dir)
+        self.node = node or node_id(state_dir)
+        self.only = only  # worker:execute --queue-name: the queues it works; None: every queue
+        self.max_jobs = max_jobs  # claim no more than this many, then drain (worker:execute --max-jobs)
+        self.claimed = 0
+        self.recycle = anyio.Event()  # set once the service stopped claiming for a recycle (max jobs, memory)
         self.make_logger = make_logger
         self.emit = emit
         self.running: dict[int, RunningJob] = {}
@@ -162,6 +171,13 @@ class JobService:
         async with anyio.create_task_group() as tg:
             self._tg = tg
             tg.start_soon(self._settler, name="jobs:settler")
+            tg.start_soon(self._watch_cluster, name="jobs:cluster")
+            if self.config.store.shared:
+                from .pgstore.listen import Handlers, Listener
+
+                listener = Listener(self.config.store, Handlers(self.wake_queue, self._cancelled_elsewhere,
+                                                                self.wake_all), name=f"listen {self.node}")
+                await tg.start(listener.serve)
             self._ensure_dispatchers(set(self.config.queues) | {"default"})
             task_status.started()
             waker = self.wakers.setdefault("", Waker())
@@ -183,9 +199,35 @@ class JobService:
         with_work = await store_call("listing the queues with work", self.store.queues_with_work)
         self._ensure_dispatchers(set(self.config.queues) | with_work | {"default"})
 
+    async def _watch_cluster(self) -> None:
+        """Every POLL seconds: running jobs cancelled from elsewhere end here; jobs of nodes whose
+        heartbeat expired are put back in their queues (PostgreSQL). Skipped while the store fails."""
+        grace = 2 * self.config.store.lease
+        while True:
+            await anyio.sleep(POLL)
+            try:
+                for jid in await anyio.to_thread.run_sync(self.store.cancelled_among, set(self.running)):
+                    self._cancelled_elsewhere(jid)
+                if self.config.store.shared and self._accepting:
+                    ids = await anyio.to_thread.run_sync(self.store.recover_orphans, self.node, grace)
+                    if ids:
+                        log.warning("%d job(s) of node(s) whose heartbeat expired were interrupted, to run "
+                                    "again: %s", len(ids), ids)
+            except STORE_ERRORS as e:
+                log.debug("cluster check skipped: the job store failed (%s)", e)
+
+    def _cancelled_elsewhere(self, job_id: int) -> None:
+        """job:cancel on another node (or the CLI) of a job this node runs: its attempt ends now."""
+        running = self.running.get(job_id)
+        if running is not None and not running.cancelled_by_user:
+            running.cancelled_by_user = True
+            running.scope.cancel()
+
     def _ensure_dispatchers(self, queues: set[str]) -> None:
         if not self._accepting or self._tg is None:
             return
+        if self.only is not None:
+            queues = queues & self.only
         for q in queues - self.dispatchers:
             self.dispatchers.add(q)
             self._tg.start_soon(self._dispatch, q, name=f"queue:{q}")
@@ -212,6 +254,20 @@ class JobService:
         if self._tg is not None:
             self._tg.cancel_scope.cancel()
 
+    def start_recycle(self, why: str) -> None:
+        """Claim nothing more; the owner (worker:execute) drains, then starts afresh."""
+        if not self.recycle.is_set():
+            log.info("recycling this worker: %s; finishing the running jobs first", why)
+            self._accepting = False
+            self.recycle.set()
+            self.wake_all()
+
+    def abandon_running(self) -> None:
+        """End every running attempt now (interrupted): this node can no longer prove it is alive,
+        and the other nodes will take its jobs over once its heartbeat expired."""
+        for r in list(self.running.values()):
+            r.scope.cancel()
+
     async def _drained(self) -> None:
         while self.running:
             self._idle = anyio.Event()
@@ -221,8 +277,8 @@ class JobService:
         self.wakers.setdefault(queue, Waker()).wake()
 
     def wake_queue(self, queue: str) -> None:
-        """A job was added to `queue` (by the CLI: see schedulerd.wake)."""
-        if queue:
+        """A job was added to `queue` (by the CLI: see schedulerd.wake; by another node: a notification)."""
+        if queue and (self.only is None or queue in self.only):
             self._ensure_dispatchers({queue})
             self.wake(queue)
 
@@ -239,12 +295,18 @@ class JobService:
         assert self._tg is not None
         while self._accepting:
             free = self.config.queue(queue).workers - self._running_in(queue)
+            if self.max_jobs is not None:
+                free = min(free, self.max_jobs - self.claimed)
+                if free <= 0 and self.claimed >= self.max_jobs:
+                    self.start_recycle(f"{self.claimed} jobs claimed (max jobs {self.max_jobs})")
+                    return
             if free <= 0:  # every slot busy: a job's end wakes us
                 await waker.wait(POLL)
                 continue
             # In a worker thread: a claim waits for another process's write lock (busy timeout), and
             # a store that fails is retried (logged once). A paused queue claims nothing (checked in the SQL).
             claimed = await store_call(f"claiming jobs of queue {queue}", self.store.claim_many, queue, self.node, free)
+            self.claimed += len(claimed)
             for job in claimed:
                 scope = anyio.CancelScope()
                 self.running[job.id] = RunningJob(job, scope)
@@ -334,7 +396,7 @@ class JobService:
         else:
             kind = "failed"
             log.error("job %d failed%s: %s", job.id, " for good" if for_good else ", attempts used up", error)
-        return Outcome(job.id, kind, time.time(), summary, error, retry_at, tuple(lines))
+        return Outcome(job.id, kind, time.time(), summary, error, retry_at, tuple(lines), node=self.node)
 
     async def _settler(self) -> None:
         """The one writer of ended attempts and progress: one transaction for all that ended meanwhile.

@@ -65,6 +65,7 @@ class Outcome:
     error: str | None = None
     retry_at: float | None = None
     lines: tuple[tuple[float, str, str], ...] = ()
+    node: str | None = None  # the node whose claim this attempt was: on PostgreSQL only it may settle it
 
 
 class JobStore(Protocol):
@@ -81,6 +82,8 @@ class JobStore(Protocol):
     def get(self, job_id: int) -> Job: ...
     def list(self, state: str | None = None, queue: str | None = None, limit: int = 1000) -> list[Job]: ...
     def recover(self, node: str) -> list[int]: ...
+    def recover_orphans(self, node: str, grace: float) -> list[int]: ...
+    def cancelled_among(self, ids: Collection[int]) -> set[int]: ...
     def purge(self, states: Sequence[str], keep: int = 0, max_age: float | None = None) -> int: ...
     def set_progress(self, job_id: int, done: int, total: int | None) -> None: ...
     def append_log(self, job_id: int, lines: Sequence[tuple[float, str, str]]) -> None: ...
@@ -296,6 +299,20 @@ class SqliteJobStore(SqliteFile):
             for jid in ids:
                 self._interrupt(c, jid, "interrupted: the daemon stopped while it ran")
             return ids
+
+    def recover_orphans(self, node: str, grace: float) -> list[int]:
+        """Other nodes' jobs to take over: none here. A SQLite store has no heartbeats; a
+        worker:execute process on it recovers its own jobs when it starts again."""
+        return []
+
+    def cancelled_among(self, ids: Collection[int]) -> set[int]:
+        """Which of these running jobs were cancelled meanwhile (job:cancel from another process)."""
+        if not ids:
+            return set()
+        marks = ",".join("?" * len(ids))
+        with self._lock:
+            return {r[0] for r in self._conn.execute(
+                f"SELECT id FROM jobs WHERE state='cancelled' AND id IN ({marks})", list(ids))}
 
     def cancel(self, job_id: int) -> Job:
         with self.transaction() as c:

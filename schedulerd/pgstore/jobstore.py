@@ -4,6 +4,13 @@ Claims take `FOR UPDATE SKIP LOCKED` (two nodes never get one job, nor wait for 
 every state change goes through `_move`, which checks each arrow against states.JOB_TRANSITIONS
 and runs a named statement guarded by `state = ANY(from)` — as jobstore.move does for SQLite.
 Due times, claims and retention use the database's clock.
+
+Across nodes: a change that may give a queue work (a job added or due again, a dependency
+finished, a queue resumed) sends `pg_notify('schedulerd_jobs', queue)` in its transaction, and
+job:cancel `pg_notify('schedulerd_cancel', id)`: every node listens (schedulerd.pgstore.listen)
+and its dispatcher claims at once, without polling. Running jobs of a node whose heartbeat
+expired (the `nodes` table) are interrupted by another node (`recover_orphans`), and an attempt
+is settled only by the node whose claim it is (Outcome.node).
 """
 
 from __future__ import annotations
@@ -74,8 +81,10 @@ class PgJobStore:
                 run(cur, "insert_deps", job=jid, deps=list(deps))
             bad = [d for d in deps if states[d] in ("failed", "cancelled")]
             if bad:
-                _move(cur, "fail_job", (JobState.WAITING,), JobState.FAILED, id=jid,
+                _move(cur, "fail_job", (JobState.WAITING,), JobState.FAILED, id=jid, node=None,
                       error=f"dependency #{bad[0]} is {states[bad[0]]}")
+            else:
+                run(cur, "notify_queues", queues=[queue])
             return int(jid)
 
     def claim(self, queue: str, node: str) -> Job | None:
@@ -105,28 +114,33 @@ class PgJobStore:
                 if o.lines:
                     self._append_log(cur, o.job_id, o.lines)
                 if o.kind == "finished":
-                    _move(cur, "finish_job", RUNNING, JobState.FINISHED, id=o.job_id, summary=o.summary)
+                    _move(cur, "finish_job", RUNNING, JobState.FINISHED, id=o.job_id, summary=o.summary, node=o.node)
                 elif o.kind == "retry":
-                    self._retry_later(cur, o.job_id, o.error, (o.retry_at or o.ended) - o.ended)
+                    self._retry_later(cur, o.job_id, o.error, (o.retry_at or o.ended) - o.ended, o.node)
                 elif o.kind == "failed":
-                    _move(cur, "fail_job", RUNNING, JobState.FAILED, id=o.job_id, error=o.error or "failed")
+                    _move(cur, "fail_job", RUNNING, JobState.FAILED, id=o.job_id, error=o.error or "failed",
+                          node=o.node)
                 elif o.kind == "interrupted":
-                    self._interrupt(cur, o.job_id, o.error or "interrupted")
-            return {r[0] for r in run(cur, "settled_queues", ids=[o.job_id for o in outcomes]).fetchall()}
+                    self._interrupt(cur, o.job_id, o.error or "interrupted", o.node)
+            queues = sorted({r[0] for r in run(cur, "settled_queues", ids=[o.job_id for o in outcomes]).fetchall()})
+            run(cur, "notify_queues", queues=queues)  # a retry's due time, a dependent's start: other nodes look
+            return set(queues)
 
     @staticmethod
-    def _retry_later(cur: psycopg.Cursor, job_id: int, error: str | None, delay: float) -> None:
+    def _retry_later(cur: psycopg.Cursor, job_id: int, error: str | None, delay: float,
+                     node: str | None = None) -> None:
         """Due again `delay` seconds from now by the database's clock (a node's retry_at is its own clock)."""
-        _move(cur, "retry_attempt", RUNNING, JobState.WAITING, id=job_id, error=error, delay=max(0.0, delay))
+        _move(cur, "retry_attempt", RUNNING, JobState.WAITING, id=job_id, error=error, delay=max(0.0, delay),
+              node=node)
 
     def finish(self, job_id: int, summary: str | None) -> None:
         with self.db.transaction() as cur:
-            _move(cur, "finish_job", RUNNING, JobState.FINISHED, id=job_id, summary=summary)
+            _move(cur, "finish_job", RUNNING, JobState.FINISHED, id=job_id, summary=summary, node=None)
 
     def fail_attempt(self, job_id: int, error: str, retry_at: float | None) -> None:
         with self.db.transaction() as cur:
             if retry_at is None:
-                _move(cur, "fail_job", RUNNING, JobState.FAILED, id=job_id, error=error)
+                _move(cur, "fail_job", RUNNING, JobState.FAILED, id=job_id, error=error, node=None)
             else:
                 self._retry_later(cur, job_id, error, retry_at - time.time())
 
@@ -135,13 +149,14 @@ class PgJobStore:
             self._interrupt(cur, job_id, error)
 
     @staticmethod
-    def _interrupt(cur: psycopg.Cursor, job_id: int, error: str) -> None:
-        row = run(cur, "lock_job", id=job_id).fetchone()
-        if row is None or row[0] != JobState.RUNNING.value:
+    def _interrupt(cur: psycopg.Cursor, job_id: int, error: str, node: str | None = None) -> None:
+        """A running job (of `node`, when given) back to the queue, or failed when its attempts are used up."""
+        row = run(cur, "lock_running_job", id=job_id).fetchone()
+        if row is None or (node is not None and row[2] != node):
             return
-        attempts, max_attempts = row[1], row[2]
+        attempts, max_attempts = row[0], row[1]
         if attempts >= max_attempts:
-            _move(cur, "fail_job", RUNNING, JobState.FAILED, id=job_id,
+            _move(cur, "fail_job", RUNNING, JobState.FAILED, id=job_id, node=node,
                   error=f"{error}; attempts used up ({attempts}/{max_attempts})")
         else:
             _move(cur, "interrupt_job", RUNNING, JobState.INTERRUPTED, id=job_id, error=error)
@@ -150,9 +165,27 @@ class PgJobStore:
         """Jobs this node was running when it stopped or died: interrupted, retried while attempts remain."""
         with self.db.transaction() as cur:
             ids = [r[0] for r in run(cur, "running_on_node", node=node).fetchall()]
-            for jid in ids:
-                self._interrupt(cur, jid, "interrupted: the daemon stopped while it ran")
-            return ids
+            return self._interrupt_all(cur, ids, "interrupted: the daemon stopped while it ran")
+
+    def recover_orphans(self, node: str, grace: float) -> list[int]:
+        """Running jobs of other nodes whose heartbeat expired (never of a node that may still run
+        them): interrupted, so that any node claims them again while attempts remain."""
+        with self.db.transaction() as cur:
+            ids = [r[0] for r in run(cur, "orphaned_jobs", node=node, grace=grace).fetchall()]
+            return self._interrupt_all(cur, ids, "interrupted: its node stopped sending heartbeats")
+
+    def _interrupt_all(self, cur: psycopg.Cursor, ids: list[int], error: str) -> list[int]:
+        for jid in ids:
+            self._interrupt(cur, jid, error)
+        if ids:
+            run(cur, "notify_queues", queues=sorted({r[0] for r in run(cur, "settled_queues", ids=ids).fetchall()}))
+        return ids
+
+    def cancelled_among(self, ids: Collection[int]) -> set[int]:
+        if not ids:
+            return set()
+        with self.db.transaction() as cur:
+            return {r[0] for r in run(cur, "cancelled_among", ids=list(ids)).fetchall()}
 
     # --- admin -----------------------------------------------------------------------
     def cancel(self, job_id: int) -> Job:
@@ -160,8 +193,11 @@ class PgJobStore:
             job = self._locked(cur, job_id)
             _refuse(job, CANCELLABLE, "cancelled")
             _move(cur, "cancel_job", (job.state,), JobState.CANCELLED, id=job_id)
+            if job.state is JobState.RUNNING:  # the node running it ends the attempt
+                run(cur, "notify_cancel", id=job_id)
             for (dep,) in run(cur, "waiting_dependents", id=job_id).fetchall():
-                _move(cur, "fail_job", WAITING, JobState.FAILED, id=dep, error=f"dependency #{job_id} was cancelled")
+                _move(cur, "fail_job", WAITING, JobState.FAILED, id=dep, node=None,
+                      error=f"dependency #{job_id} was cancelled")
             return self._get(cur, job_id)
 
     def retry(self, job_id: int) -> Job:
@@ -169,6 +205,7 @@ class PgJobStore:
             job = self._locked(cur, job_id)
             _refuse(job, RETRYABLE, "retried")
             _move(cur, "retry_job", (job.state,), JobState.WAITING, id=job_id)
+            run(cur, "notify_queues", queues=[job.queue])
             return self._get(cur, job_id)
 
     def _locked(self, cur: psycopg.Cursor, job_id: int) -> Job:
@@ -225,6 +262,8 @@ class PgJobStore:
     def set_paused(self, queue: str, paused: bool) -> None:
         with self.db.transaction() as cur:
             run(cur, "set_paused", queue=queue, paused=paused)
+            if not paused:
+                run(cur, "notify_queues", queues=[queue])
 
     def paused(self) -> set[str]:
         with self.db.transaction() as cur:

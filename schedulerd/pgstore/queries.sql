@@ -148,13 +148,17 @@ FROM picked WHERE jobs.id = picked.id
 RETURNING jobs.id;
 
 -- name: finish_job
+-- `node` (when given): only the node whose claim it is may settle it (a node frozen past its
+-- heartbeat, whose job another node recovered and claimed again, changes nothing)
 UPDATE jobs SET state = %(to)s, summary = %(summary)s, error = NULL, finished = now()
-WHERE id = %(id)s AND state = ANY(%(from)s) RETURNING id;
+WHERE id = %(id)s AND state = ANY(%(from)s)
+  AND (%(node)s::text IS NULL OR node = %(node)s) RETURNING id;
 
 -- name: retry_attempt
 -- an attempt failed with attempts left: due again `delay` seconds from now
 UPDATE jobs SET state = %(to)s, error = %(error)s, next_attempt_at = now() + make_interval(secs => %(delay)s)
-WHERE id = %(id)s AND state = ANY(%(from)s) RETURNING id;
+WHERE id = %(id)s AND state = ANY(%(from)s)
+  AND (%(node)s::text IS NULL OR node = %(node)s) RETURNING id;
 
 -- name: interrupt_job
 UPDATE jobs SET state = %(to)s, error = %(error)s, next_attempt_at = now()
@@ -165,6 +169,7 @@ WHERE id = %(id)s AND state = ANY(%(from)s) RETURNING id;
 -- transitively (waiting/interrupted -> failed)
 WITH RECURSIVE doomed (id, cause) AS (
     SELECT id, NULL::bigint FROM jobs WHERE id = %(id)s AND state = ANY(%(from)s)
+      AND (%(node)s::text IS NULL OR node = %(node)s)
     UNION
     SELECT d.job, d.dep FROM job_deps d JOIN doomed ON d.dep = doomed.id JOIN jobs j ON j.id = d.job
     WHERE j.state IN ('waiting', 'interrupted')
@@ -213,6 +218,37 @@ ON CONFLICT (name) DO UPDATE SET paused = excluded.paused;
 
 -- name: paused_queues
 SELECT name FROM queues WHERE paused;
+
+-- ---- cluster: jobs across nodes (LISTEN/NOTIFY, dead nodes' jobs, cancel) ------------------------
+-- Sent by PgJobStore; pg_notify is delivered at commit, to every node LISTENing
+-- (schedulerd.pgstore.listen), and dropped with a rolled-back transaction.
+
+-- name: notify_queues
+-- these queues may have work now (a job added, due again, its dependency finished, resumed)
+SELECT pg_notify('schedulerd_jobs', q) FROM unnest(%(queues)s::text[]) AS q;
+
+-- name: notify_cancel
+-- job:cancel of a running job: the node running it ends the attempt
+SELECT pg_notify('schedulerd_cancel', %(id)s::text);
+
+-- name: orphaned_jobs
+-- running jobs of other nodes whose heartbeat expired (its `lease` seconds, database time), or
+-- whose node row is gone and which started more than `grace` seconds ago; rows another node is
+-- recovering right now are skipped
+SELECT j.id FROM jobs j LEFT JOIN nodes n ON n.id = j.node
+WHERE j.state = 'running' AND j.node IS DISTINCT FROM %(node)s
+  AND CASE WHEN n.id IS NULL THEN j.started < now() - make_interval(secs => %(grace)s)
+           ELSE n.heartbeat < now() - make_interval(secs => n.lease) END
+ORDER BY j.id
+FOR UPDATE OF j SKIP LOCKED;
+
+-- name: lock_running_job
+-- a running job's row, locked, with the node running it
+SELECT attempts, max_attempts, node FROM jobs WHERE id = %(id)s AND state = 'running' FOR UPDATE;
+
+-- name: cancelled_among
+-- which of a node's running jobs were cancelled (by job:cancel on any node)
+SELECT id FROM jobs WHERE id = ANY(%(ids)s) AND state = 'cancelled';
 
 -- ---- cluster: nodes and task leases (schedulerd.pgstore.cluster; docs/cluster.md) -----------
 -- Every lease decision compares with the database's clock (now()), never a node's.

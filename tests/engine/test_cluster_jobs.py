@@ -1,0 +1,175 @@
+"""Jobs across nodes on one real PostgreSQL: LISTEN/NOTIFY wakes an idle node, job:cancel from
+another node ends the attempt where it runs, worker:execute processes share the queue (each job
+once), a worker killed -9 has its jobs finished by others once its heartbeat expired."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.engine.conftest import CONSOLE, Site
+from tests.pgserver import PASSWORD, PgServer, store_settings
+
+PY = sys.executable
+
+
+def pg_config(server: PgServer, db: str, body: str = "", lease: str = "2s") -> str:
+    return f"""
+[store]
+url = "{server.url(db)}"
+password = "env:SCHEDULERD_TEST_PGPASS"
+lease = "{lease}"
+{body}
+"""
+
+
+@pytest.fixture
+def pg_env(monkeypatch):
+    monkeypatch.setenv("SCHEDULERD_TEST_PGPASS", PASSWORD)
+
+
+def worker(site: Site, *args: str) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if k != "SCHEDULERD_CONFIG"}
+    return subprocess.Popen([str(CONSOLE), "--config", str(site.config), "worker:execute", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+
+
+def stop(p: subprocess.Popen) -> str:
+    if p.poll() is None:
+        p.send_signal(signal.SIGTERM)
+    out, _ = p.communicate(timeout=30)
+    return out
+
+
+def wait_for(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def counts(server: PgServer, db: str) -> dict[str, int]:
+    return dict(server.sql("SELECT state, count(*) FROM jobs GROUP BY state", db))  # type: ignore[arg-type]
+
+
+def test_a_job_added_elsewhere_starts_on_an_idle_node_at_once(site, pg_env, pg_server, pg_database) -> None:
+    site.write(pg_config(pg_server, pg_database, "[queues.default]\nworkers = 2\n"))
+    site.console("scheduler:start", check=True)
+    from schedulerd.stores import open_job_store
+
+    store = open_job_store(site_scheduler(site), store_settings(pg_server, pg_database))
+    try:
+        time.sleep(1.0)  # the daemon's dispatcher is idle, waiting (its poll is 5 s)
+        for _ in range(40):
+            store.add("noop", "default", {})
+            time.sleep(0.03)
+    finally:
+        store.close()
+    wait_for(lambda: counts(pg_server, pg_database).get("finished") == 40, 20, "40 jobs finished")
+    # add-to-start in the database's clock: created -> claimed (started)
+    lat = [r[0] for r in pg_server.sql("SELECT extract(epoch FROM started - created)::float8 FROM jobs", pg_database)]
+    assert statistics.median(lat) < 0.05 and max(lat) < 1.0, sorted(lat)
+
+
+def site_scheduler(site: Site):
+    from schedulerd.config import load
+
+    return load(site.config).scheduler
+
+
+def test_job_cancel_from_another_node_ends_the_attempt_where_it_runs(site, pg_env, pg_server, pg_database,
+                                                                     tmp_path) -> None:
+    site.write(pg_config(pg_server, pg_database))
+    site.console("scheduler:start", check=True)
+    from schedulerd.stores import open_job_store
+
+    store = open_job_store(site_scheduler(site), store_settings(pg_server, pg_database))
+    try:
+        jid = store.add("command", "default", {"argv": [PY, "-c", "import time; time.sleep(60)"]})
+        wait_for(lambda: store.get(jid).state.value == "running", 10, "the job running")
+        t0 = time.monotonic()
+        store.cancel(jid)  # as job:cancel on another node does: the store only
+        wait_for(lambda: f"job {jid} cancelled while running" in site.log(), 10, "the attempt ended")
+        assert time.monotonic() - t0 < 2.0  # a notification, not the 5 s poll
+        time.sleep(0.5)
+        assert store.get(jid).state.value == "cancelled"
+    finally:
+        store.close()
+
+
+def test_worker_execute_shares_the_queue_and_recycles(site, pg_env, pg_server, pg_database) -> None:
+    site.write(pg_config(pg_server, pg_database, "[queues.bulk]\nworkers = 2\n[queues.default]\nworkers = 2\n"))
+    site.console("scheduler:start", check=True)
+    w = worker(site, "--queue-name", "bulk", "-m", "3", "--max-jobs", "40", "--node", "w1")
+    try:
+        wait_for(lambda: pg_server.sql("SELECT kind FROM nodes WHERE id = 'w1'", pg_database) == [("worker",)],
+                 20, "the worker registered as a node")
+        from schedulerd.stores import open_job_store
+
+        store = open_job_store(site_scheduler(site), store_settings(pg_server, pg_database))
+        try:
+            for i in range(300):
+                store.add("noop", "bulk" if i % 2 else "default", {"i": i})
+        finally:
+            store.close()
+        wait_for(lambda: counts(pg_server, pg_database).get("finished") == 300, 60, "300 jobs finished")
+        rows = pg_server.sql("SELECT queue, node, attempts FROM jobs", pg_database)
+        assert {r[2] for r in rows} == {1}  # each claimed once
+        assert {r[1] for r in rows if r[0] == "default"} != {"w1"}  # the worker works only bulk
+        worked = sum(1 for r in rows if r[1] == "w1")
+        assert worked > 0 and all(r[0] == "bulk" for r in rows if r[1] == "w1")
+    finally:
+        out = stop(w)
+    if worked > 40:
+        assert "starting afresh" in out, out
+
+
+def test_a_killed_workers_jobs_run_again_elsewhere_after_its_heartbeat_expired(site, pg_env, pg_server,
+                                                                              pg_database, tmp_path) -> None:
+    site.write(pg_config(pg_server, pg_database, """
+[queues.slow]
+workers = 2
+[jobs.types.command]
+max_attempts = 2
+""", lease="2s"))
+    w = worker(site, "--queue-name", "slow", "-m", "2", "--node", "w9")
+    from schedulerd.stores import open_job_store
+
+    store = open_job_store(site_scheduler(site), store_settings(pg_server, pg_database))
+    try:
+        wait_for(lambda: pg_server.sql("SELECT count(*) FROM nodes WHERE id = 'w9'", pg_database) == [(1,)],
+                 20, "the worker registered")
+        marks = tmp_path / "marks"
+        code = f"import os, time; open({str(marks)!r}, 'a').write(os.environ.get('X', '') + 'start\\n'); time.sleep(2)"
+        ids = [store.add("command", "slow", {"argv": [PY, "-c", code]}, max_attempts=2) for _ in range(4)]
+        wait_for(lambda: sum(store.get(i).state.value == "running" for i in ids) == 2, 20, "two jobs running on w9")
+        os.kill(w.pid, signal.SIGKILL)
+        w.wait(10)
+        killed_at = time.time()
+        orphans = [i for i in ids if store.get(i).state.value == "running"]
+        site.console("scheduler:start", check=True)  # another node
+        wait_for(lambda: all(store.get(i).state.value == "finished" for i in ids), 60, "every job finished")
+        beat = pg_server.sql("SELECT extract(epoch FROM heartbeat)::float8 FROM nodes WHERE id = 'w9'", pg_database)
+        for i in orphans:
+            job = store.get(i)
+            assert job.attempts == 2 and job.node != "w9"
+            # taken over only once w9's heartbeat was older than its lease (database clock)
+            if beat:
+                assert job.started >= beat[0][0] + 2.0
+            assert job.started >= killed_at - 1
+        assert all(store.get(i).attempts == 1 for i in ids if i not in orphans)
+    finally:
+        store.close()
+        if w.poll() is None:
+            stop(w)
