@@ -217,3 +217,59 @@ def test_pinned_tasks_cluster_wide_stop_and_differing_configs(cluster, tmp_path)
     n2.wait_for(lambda: len({n["config_hash"] for n in n2.json("cluster:nodes")}) == 2, 15, "two config hashes")
     assert "the nodes' task configurations differ" in n2.console("scheduler:state").stdout
     assert "configurations differ" in n2.console("cluster:nodes").stdout
+
+
+def test_a_run_under_an_older_lease_generation_is_refused(pg_server, pg_database) -> None:
+    """The fencing token: a node frozen past its lease cannot write over its successor's work."""
+    from schedulerd.pgstore.cluster import PgCluster
+    from schedulerd.pgstore.statestore import PgStateStore
+    from schedulerd.store import Run
+
+    settings = store_settings(pg_server, pg_database)
+    leases, state = PgCluster(settings), PgStateStore(settings)
+    try:
+        first = leases.acquire("t", "a", 0.5, 1.0)
+        assert first is not None and first.generation == 1 and first.due_in is None
+        assert leases.acquire("t", "b", 0.5, 1.0) is None  # held: not taken
+        time.sleep(0.7)  # a's lease runs out in the database's time
+        second = leases.acquire("t", "b", 5.0, 1.0)
+        assert second is not None and second.generation == 2
+        assert not leases.renew("t", "a", 1, 5.0) and not leases.begin("t", "a", 1, 0.0)
+        state.save([Run("t", 1.0, 2.0, "ok", node="a", generation=1), Run("t", 3.0, 4.0, "ok", node="b", generation=2)],
+                   {}, {})
+        assert [(r.node, r.generation) for r in state.history("t")] == [("b", 2)]
+        assert state.task("t").runs == 1
+        # the period is kept across nodes: the next holder is due one period after the last start anywhere
+        assert leases.begin("t", "b", 2, 0.1)
+        leases.release("t", "b", 2)
+        third = leases.acquire("t", "a", 5.0, 10.0)
+        assert third is not None and third.generation == 3 and third.due_in is not None and 9.0 < third.due_in <= 10.0
+    finally:
+        leases.close()
+        state.close()
+
+
+def test_on_sqlite_cluster_nodes_shows_the_one_local_node(site, tmp_path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    site.write(tasks_section(out, 1), 'node = "solo"\n')
+    assert site.console("cluster:nodes").stdout.strip() == "no node: the daemon is not running"
+    site.console("scheduler:start", check=True)
+    [node] = site.json("cluster:nodes")  # type: ignore[misc]
+    assert node["id"] == "solo" and node["pid"] == site.pid() and node["alive"] and node["tasks_held"] == 1
+    assert "solo" in site.console("cluster:nodes").stdout
+
+
+@pytest.mark.parametrize(("table", "error"), [
+    ('[scheduler]\nnode = "web 1"', "scheduler.node: expected a node name"),
+    ('[tasks.a]\ntype = "command"\nargv = ["true"]\nnodes = []', "tasks.a.nodes: an empty list runs the task nowhere"),
+    ('[tasks.a]\ntype = "command"\nargv = ["true"]\nnodes = ["ok", "no/slash"]', "tasks.a.nodes[1]: expected a node name"),
+])
+def test_node_names_are_checked_at_load(tmp_path, table: str, error: str) -> None:
+    from schedulerd.config import load
+    from schedulerd.settings import ConfigError
+
+    f = tmp_path / "s.toml"
+    f.write_text(table + "\n")
+    with pytest.raises(ConfigError, match=error.replace("[", r"\[").replace("]", r"\]")):
+        load(f)
