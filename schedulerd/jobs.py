@@ -134,7 +134,8 @@ class JobService:
                  *, node: str | None = None, only: frozenset[str] | None = None, max_jobs: int | None = None):
         self.config = config
         self.store = open_job_store(config.scheduler, config.store, pool_size=8)
-        self.node = node or node_id(state_dir)
+        # on a shared store the node's id in the registry (its heartbeat guards its running jobs)
+        self.node = node or (config.scheduler.node if config.store.shared else node_id(state_dir))
         self.only = only  # worker:execute --queue-name: the queues it works; None: every queue
         self.max_jobs = max_jobs  # claim no more than this many, then drain (worker:execute --max-jobs)
         self.claimed = 0

@@ -173,3 +173,27 @@ max_attempts = 2
         store.close()
         if w.poll() is None:
             stop(w)
+
+
+def test_store_copy_moves_the_sqlite_stores_into_postgresql(site, pg_env, pg_server, pg_database) -> None:
+    site.write("[queues.default]\nworkers = 1\n")  # SQLite first
+    a = int(site.console("job:add", "noop", check=True).stdout)
+    b = int(site.console("job:add", "noop", "--after", str(a), check=True).stdout)
+    site.console("queue:pause", "default", check=True)
+    site.write(pg_config(pg_server, pg_database, "[queues.default]\nworkers = 1\n"))
+    r = site.console("store:copy")
+    assert r.returncode == 0, r.stderr
+    assert "2 jobs, 1 job_deps" in r.stdout and "1 queues" in r.stdout, r.stdout
+    assert pg_server.sql("SELECT id, state FROM jobs ORDER BY id", pg_database) == [(a, "waiting"), (b, "waiting")]
+    assert pg_server.sql("SELECT job, dep FROM job_deps", pg_database) == [(b, a)]
+    r = site.console("store:copy")  # not empty now
+    assert r.returncode == 2 and "not empty (2 jobs" in r.stderr and "--force" in r.stderr, r.stderr
+    assert site.console("store:copy", "--force").returncode == 0
+    # the copy works: resumed, both jobs run in order on PostgreSQL, and a new id follows the copied ones
+    site.console("queue:resume", "default", check=True)
+    site.console("scheduler:start", check=True)
+    c = int(site.console("job:add", "noop", check=True).stdout)
+    assert c > b
+    wait_for(lambda: counts(pg_server, pg_database).get("finished") == 3, 20, "the copied jobs run")
+    started = dict(pg_server.sql("SELECT id, started FROM jobs", pg_database))  # type: ignore[arg-type]
+    assert started[a] <= started[b]

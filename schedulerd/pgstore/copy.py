@@ -1,0 +1,90 @@
+"""`bin/console store:copy`: the embedded SQLite stores (state_dir/schedulerd.db and jobs.db)
+into the PostgreSQL store of `[store] url`, in one transaction, ids kept (chains stay chains).
+
+A target that already holds tasks, runs, values, jobs or queues is refused (NotEmpty) unless
+`force`, which empties those tables first. Times are seconds since the epoch in SQLite and
+timestamptz here. Run it with the daemon stopped (a job it claims meanwhile would be copied
+as running, and recovered as interrupted at the first start on PostgreSQL).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from ..stores import StoreSettings
+from . import connect
+
+TABLES = ("tasks", "runs", "kv", "jobs", "job_deps", "job_logs", "queues")
+
+
+class NotEmpty(Exception):
+    """The PostgreSQL store already holds state; the message says what and how to overwrite it."""
+
+
+@dataclass(frozen=True)
+class Copied:
+    counts: dict[str, int]
+
+
+def _rows(path: Path, sql: str) -> list[tuple]:
+    if not path.exists():
+        return []
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return conn.execute(sql).fetchall()
+    except sqlite3.OperationalError as e:
+        if "no such table" in str(e):
+            return []
+        raise
+    finally:
+        conn.close()
+
+
+def copy(settings: StoreSettings, state_dir: Path, force: bool) -> Copied:
+    state, jobs = state_dir / "schedulerd.db", state_dir / "jobs.db"
+    with connect(settings, "store:copy") as conn, conn.transaction(), conn.cursor() as cur:
+        present = {t: cur.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in TABLES}  # type: ignore[index]
+        held = {t: n for t, n in present.items() if n}
+        if held and not force:
+            what = ", ".join(f"{n} {t}" for t, n in held.items())
+            raise NotEmpty(f"the PostgreSQL store is not empty ({what}): store:copy --force replaces them")
+        if held:
+            cur.execute("TRUNCATE " + ", ".join(TABLES) + " RESTART IDENTITY")
+        return Copied(_copy_state(cur, state) | _copy_jobs(cur, jobs))
+
+
+def _copy_state(cur: psycopg.Cursor, path: Path) -> dict[str, int]:
+    tasks = _rows(path, "SELECT name, wanted, crashes, runs, failures FROM tasks")
+    cur.executemany("INSERT INTO tasks (name, wanted, crashes, runs, failures) VALUES (%s, %s, %s, %s, %s)", tasks)
+    runs = _rows(path, "SELECT id, task, started, ended, outcome, error, summary, source FROM runs ORDER BY id")
+    cur.executemany("INSERT INTO runs (id, task, started, ended, outcome, error, summary, source) VALUES "
+                    "(%s, %s, to_timestamp(%s), to_timestamp(%s), %s, %s, %s, %s)", runs)
+    kv = _rows(path, "SELECT key, value FROM kv WHERE value IS NOT NULL")
+    cur.executemany("INSERT INTO kv (key, value) VALUES (%s, %s)", kv)
+    cur.execute("SELECT setval(pg_get_serial_sequence('runs', 'id'), coalesce(max(id), 0) + 1, false) FROM runs")
+    return {"tasks": len(tasks), "runs": len(runs), "kv": len(kv)}
+
+
+def _copy_jobs(cur: psycopg.Cursor, path: Path) -> dict[str, int]:
+    import json
+
+    jobs = _rows(path, "SELECT id, type, queue, payload, title, priority, attempts, max_attempts, next_attempt_at, "
+                       "state, done, total, summary, error, created, started, finished, node FROM jobs ORDER BY id")
+    cur.executemany(
+        "INSERT INTO jobs (id, type, queue, payload, title, priority, attempts, max_attempts, next_attempt_at, state, "
+        "done, total, summary, error, created, started, finished, node) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, "
+        "to_timestamp(%s), %s, %s, %s, %s, %s, to_timestamp(%s), to_timestamp(%s), to_timestamp(%s), %s)",
+        [(*r[:3], Jsonb(json.loads(r[3])), *r[4:]) for r in jobs])
+    deps = _rows(path, "SELECT job, dep FROM job_deps WHERE job IN (SELECT id FROM jobs)")
+    cur.executemany("INSERT INTO job_deps (job, dep) VALUES (%s, %s)", deps)
+    logs = _rows(path, "SELECT job, ts, level, line FROM job_logs WHERE job IN (SELECT id FROM jobs) ORDER BY rowid")
+    cur.executemany("INSERT INTO job_logs (job, ts, level, line) VALUES (%s, %s, %s, %s)", logs)
+    queues = _rows(path, "SELECT name, paused FROM queues")
+    cur.executemany("INSERT INTO queues (name, paused) VALUES (%s, %s)", [(n, bool(p)) for n, p in queues])
+    cur.execute("SELECT setval(pg_get_serial_sequence('jobs', 'id'), coalesce(max(id), 0) + 1, false) FROM jobs")
+    return {"jobs": len(jobs), "job_deps": len(deps), "job_logs": len(logs), "queues": len(queues)}
