@@ -92,6 +92,8 @@ class SubdefCreation(RecordJob):
             record = await _get(db, rid)
             if record is None:
                 return f"record {rid} no longer exists"
+            if record.subdefs_version is not None and record.subdefs_version >= record.doc_version:
+                return f"{record.label}: already built (by the subdefs sweeper or another job)"
             ctx.progress(0, 1)
             outcome = await build_record(db, record, as_specs(ctx.config.databoxes[databox].subdefs),
                                          timeout=st.tool_timeout, status_bit=st.status_bit, log=ctx.log)

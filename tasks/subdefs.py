@@ -1,8 +1,10 @@
 """Task type `subdefs`: thumbnails and previews for the records of one databox.
 
-Each pass takes up to `batch` records that have no sub-definitions yet, or whose
-document changed since, and builds the sub-definitions declared for their media
-class (`[databoxes.NAME.subdefs.*]`). It also runs at once on `record.created`.
+A sweeper beside the `subdefCreation` jobs: each pass takes `batch` records that have
+no sub-definitions yet, or whose document changed since (a job failed for good, records
+older than the configuration), builds the sub-definitions declared for their media
+class (`[databoxes.NAME.subdefs.*]`), and takes the next batch at once while full
+batches are found, so a backlog drains in one pass. It also runs on `record.created`.
 
 - A video or PDF record with no declarations of its own class gets the image
   class's still-format ones (a video's thumbnail is a frame, a PDF's is page 1).
@@ -160,6 +162,9 @@ class SubdefsTask(TaskType):
         self._waiting = {rid: msg for rid, msg in self._waiting.items() if msg.split(" ", 1)[0] in missing}
 
     async def run_once(self, ctx: Context) -> str | None:
+        """Sweep: build what no subdefCreation job did (a job failed for good, records older than
+        the configuration), batch after batch while full batches are found; a stop cancels
+        between or inside records, each record's sub-definitions being committed on its own."""
         from repository import DataboxMissing, awaited, open_databox
 
         st: Settings = self.settings
@@ -170,30 +175,42 @@ class SubdefsTask(TaskType):
         except DataboxMissing:  # not created yet (by an archive task, the indexer or databox:create)
             ctx.wait_for(awaited(st.databox, box))
             return f"waiting for {awaited(st.databox, box)}"
+        outcomes: list[Outcome] = []
         try:
             self._tools_back()
-            found = await anyio.to_thread.run_sync(db.records_needing_subdefs, st.batch + len(self._waiting))
-            records = [r for r in found if r.id not in self._waiting][: st.batch]
-            outcomes: list[Outcome] = []
-            ctx.progress(0, len(records))
-            limiter = anyio.CapacityLimiter(st.concurrency)
-
-            async def one(record: Any) -> None:
-                async with limiter:
-                    outcome = await build_record(db, record, specs, timeout=st.tool_timeout,
-                                                 status_bit=st.status_bit, log=ctx.log)
-                outcomes.append(outcome)
-                if outcome.waiting:
-                    ctx.log.warning("%s left for later: %s", record.label, outcome.waiting)
-                    self._waiting[record.id] = outcome.waiting
-                ctx.progress(len(outcomes), len(records))
-
-            async with anyio.create_task_group() as tg:
-                for record in records:
-                    tg.start_soon(one, record)
+            while True:
+                found = await anyio.to_thread.run_sync(db.records_needing_subdefs, st.batch + len(self._waiting))
+                records = [r for r in found if r.id not in self._waiting][: st.batch]
+                built = await self._batch(ctx, db, records, specs, outcomes)
+                if len(records) < st.batch or not built:
+                    break  # the backlog is drained (or only records waiting for a tool are left)
         finally:
             await anyio.to_thread.run_sync(db.close)
         return self._summarise(ctx, outcomes)
+
+    async def _batch(self, ctx: Context, db: Any, records: list[Any], specs: Sequence[Spec],
+                     outcomes: list[Outcome]) -> int:
+        """Build one batch; the number of records that no longer need anything."""
+        st: Settings = self.settings
+        before = len(outcomes)
+        total = before + len(records)
+        ctx.progress(before, total)
+        limiter = anyio.CapacityLimiter(st.concurrency)
+
+        async def one(record: Any) -> None:
+            async with limiter:
+                outcome = await build_record(db, record, specs, timeout=st.tool_timeout,
+                                             status_bit=st.status_bit, log=ctx.log)
+            outcomes.append(outcome)
+            if outcome.waiting:
+                ctx.log.warning("%s left for later: %s", record.label, outcome.waiting)
+                self._waiting[record.id] = outcome.waiting
+            ctx.progress(len(outcomes), total)
+
+        async with anyio.create_task_group() as tg:
+            for record in records:
+                tg.start_soon(one, record)
+        return sum(1 for o in outcomes[before:] if not o.waiting)
 
     def _summarise(self, ctx: Context, outcomes: list[Outcome]) -> str:
         tools = sorted({m.split(" ", 1)[0] for m in self._waiting.values()})

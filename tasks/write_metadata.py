@@ -1,9 +1,11 @@
 """Task type `write_metadata`: put records' fields into their files with exiftool.
 
-Runs for records whose fields changed since the last write (`metadata_dirty`, set
-by `record:set-field` and workflows). A pass with work starts one `exiftool
--stay_open` child and sends it every file of the batch, so a batch costs one
-process, not one per file.
+A sweeper beside the `writeMetadatas` jobs: runs for records whose fields changed
+since the last write (`metadata_dirty`, set by `record:set-field` and workflows) and
+that no job wrote (a job failed for good, records older than the configuration). A
+pass with work starts one `exiftool -stay_open` child and sends it every file, batch
+after batch while full batches are found, so a backlog drains in one pass and costs
+one process, not one per file.
 
 - `fields` maps a databox field to one or more tags (`Title = "XMP-dc:Title"`,
   `Caption = ["IPTC:Caption-Abstract", "XMP-dc:Description"]`); a field the record
@@ -18,6 +20,7 @@ process, not one per file.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import types
@@ -97,6 +100,15 @@ class WriteFailed(MediaError):
     pass
 
 
+@dataclasses.dataclass
+class _Written:
+    records: int = 0
+    files: int = 0
+
+    def __bool__(self) -> bool:
+        return bool(self.records)
+
+
 def task_settings_for(config: Any, databox: str) -> Settings | None:
     """The settings of the first `write_metadata` task of `databox` (what the writeMetadatas job writes)."""
     for tc in (getattr(config, "tasks", None) or {}).values():
@@ -154,31 +166,45 @@ class WriteMetadataTask(TaskType):
             ctx.wait_for(awaited(st.databox, box))
             return f"waiting for {awaited(st.databox, box)}"
         try:
-            found = await anyio.to_thread.run_sync(db.records_with_dirty_metadata, st.batch + len(self._failed))
-            live = {r.id for r in found}
-            self._failed = {rid: seen for rid, seen in self._failed.items() if rid in live}
-            records = [r for r in found if self._failed.get(r.id) != r.metadata_dirty][: st.batch]
-            if not records:
-                return "nothing to do" + (f" ({len(self._failed)} records failed)" if self._failed else "")
-            written = files = 0
-            ctx.progress(0, len(records))
-            async with ExifTool(st.exiftool, timeout=st.request_timeout, log=ctx.log) as et:
-                ctx.set_info(exiftool_pid=et.pid)
+            written, failed = await self._sweep(ctx, db)
+        finally:
+            await anyio.to_thread.run_sync(db.close)
+        if not written and not failed:
+            return "nothing to do" + (f" ({len(self._failed)} records failed)" if self._failed else "")
+        return f"{written.records} records written ({written.files} files)" + (f", {failed} failed" if failed else "")
+
+    async def _sweep(self, ctx: Context, db: Any) -> tuple[_Written, int]:
+        """Batch after batch while full batches are found (a backlog drains in one pass); a stop
+        cancels between or inside records, each record's write being accounted on its own."""
+        st: Settings = self.settings
+        written, failed = _Written(), 0
+        et: ExifTool | None = None
+        async with contextlib.AsyncExitStack() as stack:
+            while True:
+                found = await anyio.to_thread.run_sync(db.records_with_dirty_metadata, st.batch + len(self._failed))
+                live = {r.id for r in found}
+                self._failed = {rid: seen for rid, seen in self._failed.items() if rid in live}
+                records = [r for r in found if self._failed.get(r.id) != r.metadata_dirty][: st.batch]
+                if not records:
+                    break
+                if et is None:  # started once a batch has work, ended with the pass
+                    et = await stack.enter_async_context(ExifTool(st.exiftool, timeout=st.request_timeout, log=ctx.log))
+                    stack.callback(lambda: ctx.set_info(exiftool_pid=None, failed_records=len(self._failed) or None))
+                    ctx.set_info(exiftool_pid=et.pid)
+                done = written.records + failed
                 for i, record in enumerate(records):
                     try:
-                        files += await self.write_record(et, db, record)
-                        written += 1
+                        written.files += await self.write_record(et, db, record)
+                        written.records += 1
                         self._failed.pop(record.id, None)
                     except MediaError as e:  # ExifToolError, timeouts, WriteFailed
                         ctx.log.warning("%s: metadata not written: %s", record.label, e)
                         self._failed[record.id] = record.metadata_dirty
-                    ctx.progress(i + 1, len(records))
-            ctx.set_info(exiftool_pid=None, failed_records=len(self._failed) or None)
-        finally:
-            await anyio.to_thread.run_sync(db.close)
-        text = f"{written} records written ({files} files)"
-        failed = len(records) - written
-        return text + (f", {failed} failed" if failed else "")
+                        failed += 1
+                    ctx.progress(done + i + 1, done + len(records))
+                if len(records) < st.batch:
+                    break
+        return written, failed
 
     def _targets(self, db: Any, record: Any) -> list[tuple[Path, Any]]:
         """(path, Subdef or None for the document) to write for one record."""

@@ -156,9 +156,10 @@ async def test_batches_and_changed_documents(tmp_path: Path) -> None:
         a = site.add(samples.jpeg_rotated(src / "a.jpg", size=(80, 40), orientation=1))
         b = site.add(samples.corrupt_jpeg(src / "b.jpg"))
         c = site.add(samples.png_alpha(src / "c.png"))
-        assert await site.task.run_once(site.ctx) == "1 records: 2 sub-definitions built, 1 in error"
-        assert site.db.subdefs(c) == {}
-        assert await site.task.run_once(site.ctx) == "1 records: 2 sub-definitions built"
+        # a full batch (a, b) is followed by the next one (c) in the same pass
+        assert await site.task.run_once(site.ctx) == "2 records: 4 sub-definitions built, 1 in error"
+        assert set(site.db.subdefs(c)) == {"thumbnail", "preview"}
+        assert await site.task.run_once(site.ctx) == "nothing to do"
         old = site.db.subdefs(a)["preview"]
         # a new document makes the record need new sub-definitions; a fixed one clears its error
         site.db.replace_document(a, samples.camera_jpeg(src / "big.jpg", size=(400, 300)))
@@ -168,6 +169,22 @@ async def test_batches_and_changed_documents(tmp_path: Path) -> None:
         assert (new.width, new.height) == (120, 90) and new.doc_version == 2
         assert new.path != old.path and not old.path.exists()
         assert site.db.get_record(b).subdef_error is None and set(site.db.subdefs(b)) == {"thumbnail", "preview"}
+    finally:
+        site.db.close()
+
+
+@pytest.mark.anyio
+async def test_the_sweeper_drains_a_backlog_of_many_batches_in_one_pass(tmp_path: Path) -> None:
+    """Records no job built (more than 3 batches of them) are all built by one iteration."""
+    site = Site(tmp_path, task="batch = 3\n")
+    try:
+        src = tmp_path / "src"
+        src.mkdir()
+        ids = [site.add(samples.png_alpha(src / f"p{i}.png")) for i in range(11)]  # 3 + 3 + 3 + 2
+        assert await site.task.run_once(site.ctx) == "11 records: 22 sub-definitions built"
+        assert all(set(site.db.subdefs(i)) == {"thumbnail", "preview"} for i in ids)
+        assert (site.ctx.done, site.ctx.total) == (11, 11)
+        assert site.db.records_needing_subdefs() == []
     finally:
         site.db.close()
 

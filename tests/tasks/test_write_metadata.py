@@ -131,6 +131,27 @@ async def test_fields_go_into_documents_and_chosen_subdefs(site: Site) -> None:
 
 
 @pytest.mark.anyio
+async def test_the_sweeper_drains_a_backlog_of_many_batches_in_one_pass(tmp_path: Path) -> None:
+    """Dirty records no writeMetadatas job wrote, more than 3 batches of them, all written by one pass."""
+    config = load(write_config(tmp_path, TASK.replace('subdefs = ["preview"]', 'batch = 2')))
+    db = open_databox(config.databoxes["main"])
+    try:
+        db.create_collection("incoming")
+        (tmp_path / "src").mkdir()
+        ids = [db.create_record("incoming", samples.png_alpha(tmp_path / "src" / f"p{i}.png")).id for i in range(7)]
+        for i in ids:
+            db.set_fields(i, {"Title": f"title {i}"})
+        task = WriteMetadataTask(config.tasks["meta"].settings)
+        ctx = TaskContext.for_test("meta", task.settings, config=config, tmp_path=tmp_path)
+        assert await task.run_once(ctx) == "7 records written (7 files)"
+        assert (ctx.done, ctx.total) == (7, 7)
+        assert db.records_with_dirty_metadata() == []
+        assert read_back(db.get_record(ids[-1]).document_path)["XMP-dc:Title"] == f"title {ids[-1]}"
+    finally:
+        db.close()
+
+
+@pytest.mark.anyio
 async def test_removed_field_removes_its_tags(site: Site) -> None:
     rid = site.db.create_record("incoming", samples.png_alpha(site.src / "a.png")).id
     site.db.set_fields(rid, {"Title": "Kept", "Caption": "Going"})
