@@ -197,3 +197,36 @@ def test_store_copy_moves_the_sqlite_stores_into_postgresql(site, pg_env, pg_ser
     wait_for(lambda: counts(pg_server, pg_database).get("finished") == 3, 20, "the copied jobs run")
     started = dict(pg_server.sql("SELECT id, started FROM jobs", pg_database))  # type: ignore[arg-type]
     assert started[a] <= started[b]
+
+
+@pytest.mark.parametrize("n", [2000, pytest.param(10_000, marks=pytest.mark.slow)])
+def test_many_jobs_over_three_daemons_and_a_worker_run_once_each(tmp_path, pg_env, pg_server, pg_database,
+                                                                  n: int) -> None:
+    sites = [Site(tmp_path / f"n{i}") for i in range(3)]
+    w = None
+    try:
+        for i, s in enumerate(sites):
+            s.write(pg_config(pg_server, pg_database, "[queues.default]\nworkers = 4\n"), scheduler=f'node = "n{i}"\n')
+            s.console("scheduler:start", check=True)
+        w = worker(sites[0], "-m", "4", "--node", "w0")
+        from schedulerd.stores import open_job_store
+
+        store = open_job_store(site_scheduler(sites[0]), store_settings(pg_server, pg_database))
+        try:
+            t0 = time.monotonic()
+            for _ in range(n):
+                store.add("noop", "default", {})
+        finally:
+            store.close()
+        wait_for(lambda: counts(pg_server, pg_database).get("finished") == n, 300, f"{n} jobs finished")
+        took = time.monotonic() - t0
+        rows = pg_server.sql("SELECT node, count(*), max(attempts) FROM jobs GROUP BY node", pg_database)
+        assert all(r[2] == 1 for r in rows), rows  # each claimed (so run) once
+        assert sum(r[1] for r in rows) == n and len(rows) >= 3, rows
+        print(f"{n} jobs over 3 daemons and a worker: {took:.1f}s; per node {rows}")
+    finally:
+        if w is not None:
+            stop(w)
+        for s in sites:
+            if s.pid():
+                s.console("scheduler:stop", "--timeout", "10")
