@@ -1,4 +1,5 @@
-"""One databox: a SQLite file (WAL, short transactions) plus a storage folder.
+"""One databox: a SQLite file (WAL, short transactions) or a PostgreSQL database, plus a storage
+folder. The statements are written once (`?` placeholders); repository.backend is the seam.
 
 Synchronous on purpose: callers in the daemon run it through
 `anyio.to_thread.run_sync`; a lock makes one `Databox` safe to share between
@@ -9,7 +10,6 @@ has committed, so a crash never leaves a record without its document.
 from __future__ import annotations
 
 import os
-import sqlite3
 import threading
 import types
 import uuid
@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from . import schema
+from .backend import Backend, database_errors, open_backend
 from .fields import check_fields, check_name, normalize_value, now_iso
 from .model import (
     Collection,
@@ -51,26 +51,30 @@ _NAME_MAX = 200
 def awaited(name: str, settings: DataboxSettings) -> str:
     """What a task shows while it waits for a databox that does not exist yet (another task,
     an archive or the indexer, creates it on its first run): `databox main to be created (PATH)`."""
-    return f"databox {name} to be created ({settings.path})"
+    return f"databox {name} to be created ({settings.where})"
 
 
 def open_databox(settings: DataboxSettings, *, create: bool = True) -> Databox:
     """Open (and with `create`, make) the databox described by `settings`."""
-    path = Path(settings.path)
-    if not path.exists():
-        if not create:
-            raise DataboxMissing(f"databox {path} does not exist yet (create it with databox:create)")
-        path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        Path(settings.storage).mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise DataboxError(f"cannot create storage folder {settings.storage}: {e.strerror}") from None
+        backend = open_backend(settings)
+    except database_errors() as e:
+        raise DataboxError(f"cannot open databox {settings.where}: {e}") from None
     try:
-        conn = schema.connect(str(path))
-        schema.migrate(conn)
-    except sqlite3.DatabaseError as e:
-        raise DataboxError(f"cannot open databox {path}: {e}") from None
-    db = Databox(settings, conn)
+        if not backend.exists() and not create:
+            raise DataboxMissing(f"databox {settings.where} does not exist yet (create it with databox:create)")
+        try:
+            Path(settings.storage).mkdir(parents=True, exist_ok=True)  # type: ignore[arg-type]
+        except OSError as e:
+            raise DataboxError(f"cannot create storage folder {settings.storage}: {e.strerror}") from None
+        try:
+            backend.migrate()
+        except database_errors() as e:
+            raise DataboxError(f"cannot open databox {settings.where}: {str(e).strip()}") from None
+    except BaseException:
+        backend.close()
+        raise
+    db = Databox(settings, backend)
     db.store.clean_tmp()
     return db
 
@@ -94,10 +98,10 @@ def _as_mask(status: str | StatusMask | None, where: str = "status") -> StatusMa
 class Databox:
     """Collections, records, fields, status bits and sub-definitions of one databox."""
 
-    def __init__(self, settings: DataboxSettings, conn: sqlite3.Connection):
+    def __init__(self, settings: DataboxSettings, backend: Backend):
         self.settings = settings
-        self.store = DocumentStore(Path(settings.storage))
-        self._conn = conn
+        self.store = DocumentStore(Path(settings.storage))  # type: ignore[arg-type]
+        self.backend = backend
         self._lock = threading.RLock()
         self._depth = 0
         self._after_commit: list[Path] = []
@@ -105,9 +109,10 @@ class Databox:
     # --- plumbing ------------------------------------------------------------------
 
     @property
-    def connection(self) -> sqlite3.Connection:
-        """The raw connection, for set-based SQL (see docs/databox.md); use `transaction()`."""
-        return self._conn
+    def connection(self) -> Any:
+        """The connection, for set-based SQL (see docs/databox.md); use `transaction()`. SQLite:
+        the raw sqlite3.Connection; PostgreSQL: the transaction's (`?` placeholders too)."""
+        return self.backend.connection
 
     @property
     def lock(self) -> threading.RLock:
@@ -115,7 +120,7 @@ class Databox:
 
     def close(self) -> None:
         with self._lock:
-            self._conn.close()
+            self.backend.close()
 
     def __enter__(self) -> Databox:
         return self
@@ -124,8 +129,8 @@ class Databox:
         self.close()
 
     @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """BEGIN IMMEDIATE ... COMMIT; nested calls join the outer transaction.
+    def transaction(self) -> Iterator[Any]:
+        """BEGIN (IMMEDIATE on SQLite) ... COMMIT; nested calls join the outer transaction.
 
         Files queued with `remove_after_commit` are unlinked once the outermost commit succeeds.
         """
@@ -133,21 +138,25 @@ class Databox:
             if self._depth:
                 self._depth += 1
                 try:
-                    yield self._conn
+                    yield self.backend.connection
                 finally:
                     self._depth -= 1
                 return
-            self._conn.execute("BEGIN IMMEDIATE")
+            conn = self.backend.begin()
             self._depth = 1
             try:
-                yield self._conn
+                yield conn
             except BaseException:
                 self._depth = 0
                 self._after_commit.clear()
-                self._conn.execute("ROLLBACK")
+                self.backend.rollback()
                 raise
-            self._conn.execute("COMMIT")
             self._depth = 0
+            try:
+                self.backend.commit()
+            except BaseException:
+                self._after_commit.clear()
+                raise
             doomed, self._after_commit = self._after_commit, []
         for p in doomed:
             _unlink_quiet(p)
@@ -161,9 +170,9 @@ class Databox:
         for p in paths:
             _unlink_quiet(p)
 
-    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         with self._lock:
-            return self._conn.execute(sql, params).fetchall()
+            return self.backend.query(sql, params)
 
     # --- collections ---------------------------------------------------------------
 
@@ -173,8 +182,8 @@ class Databox:
             if c.execute("SELECT 1 FROM collections WHERE name = ?", (name,)).fetchone():
                 raise DuplicateCollection(f"collection {name!r} already exists")
             now = now_iso()
-            cur = c.execute("INSERT INTO collections(name, created) VALUES (?, ?)", (name, now))
-            return Collection(cur.lastrowid, name, now)
+            cur = c.execute("INSERT INTO collections(name, created) VALUES (?, ?) RETURNING id", (name, now))
+            return Collection(cur.fetchone()[0], name, now)
 
     def collections(self) -> list[Collection]:
         return [Collection(r["id"], r["name"], r["created"]) for r in self._query("SELECT * FROM collections ORDER BY id")]
@@ -189,7 +198,7 @@ class Databox:
             rows = self._query("SELECT * FROM collections WHERE name = ?", (ref,))
         if not rows:
             known = ", ".join(c.name for c in self.collections()) or "none"
-            raise UnknownCollection(f"unknown collection {ref!r} in databox {self.settings.path} (known: {known})")
+            raise UnknownCollection(f"unknown collection {ref!r} in databox {self.settings.where} (known: {known})")
         r = rows[0]
         return Collection(r["id"], r["name"], r["created"])
 
@@ -198,7 +207,7 @@ class Databox:
 
     # --- records: reading ----------------------------------------------------------
 
-    def _record(self, row: sqlite3.Row, fields: Mapping[str, str] | None = None) -> Record:
+    def _record(self, row: Any, fields: Mapping[str, str] | None = None) -> Record:
         doc = row["document"]
         return Record(
             id=row["id"],
@@ -240,7 +249,7 @@ class Databox:
     def get_record(self, record_id: int) -> Record:
         found = self._records("r.id = ?", (int(record_id),), with_fields=True)
         if not found:
-            raise UnknownRecord(f"no record {record_id} in databox {self.settings.path}")
+            raise UnknownRecord(f"no record {record_id} in databox {self.settings.where}")
         return found[0]
 
     def _filters(
@@ -250,7 +259,7 @@ class Databox:
         fields: Mapping[str, str] | Iterable[tuple[str, str]] | None,
         type: RecordType | None,
     ) -> tuple[str, list[Any]]:
-        where, params = ["1"], []
+        where, params = ["TRUE"], []
         if collection is not None:
             where.append("r.collection_id = ?")
             params.append(self.collection(collection).id)
@@ -357,15 +366,15 @@ class Databox:
                      status: int | str | StatusMask = 0, source: Path | str | None = None) -> Record:
         return self.create_record(collection, source, type="story", status=status, fields=fields)
 
-    def _insert(self, c: sqlite3.Connection, r: NewRecord, *, type: RecordType = "record") -> int:
+    def _insert(self, c: Any, r: NewRecord, *, type: RecordType = "record") -> int:
         now = now_iso()
         cur = c.execute(
             "INSERT INTO records(collection_id, type, original_name, document, size, sha256, mime, status, "
-            "created, updated, document_changed, ingest_token) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            "created, updated, document_changed, ingest_token) VALUES (?,?,?,?,?,?,?,?,?,?,?,?) RETURNING id",
             (r.collection_id, type, r.original_name, r.document or None, r.size if r.document else None,
              r.sha256 or None, r.mime or None, r.status, now, now, now, r.token),
         )
-        rid = cur.lastrowid
+        rid = cur.fetchone()[0]
         if r.fields:
             c.executemany("INSERT INTO fields(record_id, name, value) VALUES (?,?,?)",
                           [(rid, k, v) for k, v in r.fields.items()])
@@ -374,13 +383,12 @@ class Databox:
     def insert_ingested(self, rows: Sequence[NewRecord]) -> list[int]:
         """Create records whose documents are already in storage, all in one transaction.
 
-        Ids are handed out under the write lock (BEGIN IMMEDIATE), so one executemany
-        inserts the whole batch."""
+        Ids are reserved first (SQLite: under the write lock; PostgreSQL: from the sequence), so
+        one executemany inserts the whole batch."""
         if not rows:
             return []
         with self.transaction() as c:
-            first = (c.execute("SELECT max(id) FROM records").fetchone()[0] or 0) + 1
-            ids = list(range(first, first + len(rows)))
+            ids = self.backend.reserve_ids(c, len(rows))
             now = now_iso()
             c.executemany(
                 "INSERT INTO records(id, collection_id, type, original_name, document, size, sha256, mime, status, "
@@ -423,9 +431,10 @@ class Databox:
         """Force the bits named by `mask` (`"1x0"`: set bit 2, clear bit 0), keep the others."""
         m = _as_mask(mask)
         with self.transaction() as c:
-            row = c.execute("SELECT status FROM records WHERE id = ?", (int(record_id),)).fetchone()
+            row = c.execute("SELECT status FROM records WHERE id = ?" + self.backend.for_update,
+                            (int(record_id),)).fetchone()
             if row is None:
-                raise UnknownRecord(f"no record {record_id} in databox {self.settings.path}")
+                raise UnknownRecord(f"no record {record_id} in databox {self.settings.where}")
             new = m.apply(row[0])  # type: ignore[union-attr]
             if new != row[0]:
                 c.execute("UPDATE records SET status = ?, updated = ? WHERE id = ?", (new, now_iso(), int(record_id)))
@@ -440,8 +449,8 @@ class Databox:
         clean = {check_name(k, declared): (None if v is None else normalize_value(k, v, declared)) for k, v in values.items()}
         rid = int(record_id)
         with self.transaction() as c:
-            if c.execute("SELECT 1 FROM records WHERE id = ?", (rid,)).fetchone() is None:
-                raise UnknownRecord(f"no record {record_id} in databox {self.settings.path}")
+            if c.execute("SELECT 1 FROM records WHERE id = ?" + self.backend.for_update, (rid,)).fetchone() is None:
+                raise UnknownRecord(f"no record {record_id} in databox {self.settings.where}")
             changed = False
             for name, value in clean.items():
                 old = c.execute("SELECT value FROM fields WHERE record_id = ? AND name = ?", (rid, name)).fetchone()
@@ -467,7 +476,7 @@ class Databox:
             cur = c.execute("UPDATE records SET collection_id = ?, updated = ? WHERE id = ? AND collection_id != ?",
                             (cid, now_iso(), int(record_id), cid))
             if cur.rowcount == 0 and c.execute("SELECT 1 FROM records WHERE id = ?", (int(record_id),)).fetchone() is None:
-                raise UnknownRecord(f"no record {record_id} in databox {self.settings.path}")
+                raise UnknownRecord(f"no record {record_id} in databox {self.settings.where}")
         return self.get_record(record_id)
 
     def _store_document(self, source: Path, name: str) -> tuple[str, Any]:
@@ -506,18 +515,19 @@ class Databox:
 
     # --- stories -------------------------------------------------------------------
 
-    def _link_story(self, c: sqlite3.Connection, story_id: int, record_id: int) -> None:
+    def _link_story(self, c: Any, story_id: int, record_id: int) -> None:
         row = c.execute("SELECT type FROM records WHERE id = ?", (int(story_id),)).fetchone()
         if row is None or row[0] != "story":
-            raise UnknownRecord(f"no story {story_id} in databox {self.settings.path}")
+            raise UnknownRecord(f"no story {story_id} in databox {self.settings.where}")
         if int(story_id) == int(record_id):
             raise ValueError("a story cannot contain itself")
-        c.execute("INSERT OR IGNORE INTO story_children(story_id, record_id) VALUES (?, ?)", (int(story_id), int(record_id)))
+        c.execute("INSERT INTO story_children(story_id, record_id) VALUES (?, ?) ON CONFLICT DO NOTHING",
+                  (int(story_id), int(record_id)))
 
     def add_to_story(self, story_id: int, record_id: int) -> None:
         with self.transaction() as c:
             if c.execute("SELECT 1 FROM records WHERE id = ?", (int(record_id),)).fetchone() is None:
-                raise UnknownRecord(f"no record {record_id} in databox {self.settings.path}")
+                raise UnknownRecord(f"no record {record_id} in databox {self.settings.where}")
             self._link_story(c, story_id, record_id)
 
     def remove_from_story(self, story_id: int, record_id: int) -> None:
@@ -537,7 +547,7 @@ class Databox:
     def delete_record(self, record_id: int, *, delete_children: bool = False) -> list[int]:
         deleted = self.delete_records([record_id], delete_children=delete_children)
         if not deleted:
-            raise UnknownRecord(f"no record {record_id} in databox {self.settings.path}")
+            raise UnknownRecord(f"no record {record_id} in databox {self.settings.where}")
         return deleted
 
     def delete_records(self, ids: Iterable[int], *, delete_children: bool = False) -> list[int]:
@@ -545,21 +555,27 @@ class Databox:
         transaction; their documents and sub-definition files go once it has committed."""
         ids = sorted({int(i) for i in ids})
         with self.transaction() as c:
-            c.execute("CREATE TEMP TABLE IF NOT EXISTS _doomed(id INTEGER PRIMARY KEY)")
-            c.execute("DELETE FROM _doomed")
-            c.executemany("INSERT OR IGNORE INTO _doomed(id) SELECT id FROM records WHERE id = ?", [(i,) for i in ids])
+            doomed = set(self._in(c, "SELECT id FROM records WHERE id IN ({})", ids))
             if delete_children:
-                c.execute("INSERT OR IGNORE INTO _doomed(id) SELECT sc.record_id FROM story_children sc "
-                          "JOIN _doomed d ON d.id = sc.story_id")
-            deleted = [r[0] for r in c.execute("SELECT id FROM _doomed ORDER BY id")]
-            files = [self.store.path(r[0]) for r in c.execute(
-                "SELECT document FROM records WHERE id IN (SELECT id FROM _doomed) AND document IS NOT NULL")]
-            files += [self._subdef_path(r[0]) for r in c.execute(
-                "SELECT path FROM subdefs WHERE record_id IN (SELECT id FROM _doomed)")]
-            c.execute("DELETE FROM records WHERE id IN (SELECT id FROM _doomed)")
-            c.execute("DELETE FROM _doomed")
+                doomed.update(self._in(c, "SELECT record_id FROM story_children WHERE story_id IN ({})", sorted(doomed)))
+            deleted = sorted(doomed)
+            files = [self.store.path(d) for d in self._in(
+                c, "SELECT document FROM records WHERE id IN ({}) AND document IS NOT NULL", deleted)]
+            files += [self._subdef_path(p) for p in self._in(c, "SELECT path FROM subdefs WHERE record_id IN ({})", deleted)]
+            for k in range(0, len(deleted), _CHUNK):
+                part = deleted[k : k + _CHUNK]
+                c.execute(f"DELETE FROM records WHERE id IN ({','.join('?' * len(part))})", part)
             self.remove_after_commit(files)
         return deleted
+
+    @staticmethod
+    def _in(c: Any, sql: str, ids: Sequence[int]) -> list[Any]:
+        """The first column of `sql` (its `{}` an IN list) over `ids`, a chunk at a time."""
+        out: list[Any] = []
+        for k in range(0, len(ids), _CHUNK):
+            part = list(ids[k : k + _CHUNK])
+            out += [r[0] for r in c.execute(sql.format(",".join("?" * len(part))), part)]
+        return out
 
     # --- sub-definitions -----------------------------------------------------------
 
@@ -588,7 +604,7 @@ class Databox:
         with self.transaction() as c:
             row = c.execute("SELECT doc_version FROM records WHERE id = ?", (int(record_id),)).fetchone()
             if row is None:
-                raise UnknownRecord(f"no record {record_id} in databox {self.settings.path}")
+                raise UnknownRecord(f"no record {record_id} in databox {self.settings.where}")
             version = row[0] if doc_version is None else int(doc_version)
             old = c.execute("SELECT path FROM subdefs WHERE record_id = ? AND name = ?", (int(record_id), name)).fetchone()
             now = now_iso()
@@ -600,7 +616,8 @@ class Databox:
                 (int(record_id), name, stored, width, height, size, now, version),
             )
             c.execute(
-                "UPDATE records SET subdefs_version = max(coalesce(subdefs_version, 0), ?), subdef_error = NULL, "
+                f"UPDATE records SET subdefs_version = {self.backend.greatest}(coalesce(subdefs_version, 0), ?), "
+                "subdef_error = NULL, "
                 "subdef_error_version = NULL WHERE id = ?",
                 (version, int(record_id)),
             )
@@ -623,19 +640,20 @@ class Databox:
                 (str(message)[:2000], doc_version, int(record_id)),
             )
             if cur.rowcount == 0:
-                raise UnknownRecord(f"no record {record_id} in databox {self.settings.path}")
+                raise UnknownRecord(f"no record {record_id} in databox {self.settings.where}")
 
     def mark_subdefs_built(self, record_id: int, *, doc_version: int | None = None) -> None:
         """Nothing (more) to build for this document version: no sub-definition is declared for
         its type. The record stops needing sub-definitions until its document changes."""
         with self.transaction() as c:
             cur = c.execute(
-                "UPDATE records SET subdefs_version = max(coalesce(subdefs_version, 0), coalesce(?, doc_version)), "
+                f"UPDATE records SET subdefs_version = {self.backend.greatest}(coalesce(subdefs_version, 0), "
+                "coalesce(?, doc_version)), "
                 "subdef_error = NULL, subdef_error_version = NULL WHERE id = ?",
                 (doc_version, int(record_id)),
             )
             if cur.rowcount == 0:
-                raise UnknownRecord(f"no record {record_id} in databox {self.settings.path}")
+                raise UnknownRecord(f"no record {record_id} in databox {self.settings.where}")
 
     def invalidate_subdefs(self, record_id: int) -> None:
         """Make a record need its sub-definitions again (`record:subdefs --rebuild`)."""
@@ -643,7 +661,7 @@ class Databox:
             cur = c.execute("UPDATE records SET subdefs_version = NULL, subdef_error = NULL, "
                             "subdef_error_version = NULL WHERE id = ?", (int(record_id),))
             if cur.rowcount == 0:
-                raise UnknownRecord(f"no record {record_id} in databox {self.settings.path}")
+                raise UnknownRecord(f"no record {record_id} in databox {self.settings.where}")
 
     # --- metadata writing bookkeeping ----------------------------------------------
 
@@ -656,10 +674,11 @@ class Databox:
         """Clear the flag; with `seen` (the Record's metadata_dirty when read), only if no
         field changed meanwhile. Returns whether it was cleared."""
         with self.transaction() as c:
-            cur = c.execute(
-                "UPDATE records SET metadata_dirty = 0 WHERE id = ? AND (? IS NULL OR metadata_dirty = ?)",
-                (int(record_id), seen, seen),
-            )
+            if seen is None:
+                cur = c.execute("UPDATE records SET metadata_dirty = 0 WHERE id = ?", (int(record_id),))
+            else:
+                cur = c.execute("UPDATE records SET metadata_dirty = 0 WHERE id = ? AND metadata_dirty = ?",
+                                (int(record_id), int(seen)))
             return cur.rowcount > 0
 
     def set_document_text(self, record_id: int, text: str | None) -> None:
@@ -667,7 +686,8 @@ class Databox:
         record's `updated` moves, so the indexer takes it again."""
         with self.transaction() as c:
             if text:
-                c.execute("INSERT OR REPLACE INTO document_text(record_id, text) VALUES (?, ?)", (int(record_id), text))
+                c.execute("INSERT INTO document_text(record_id, text) VALUES (?, ?) "
+                          "ON CONFLICT(record_id) DO UPDATE SET text = excluded.text", (int(record_id), text))
             else:
                 c.execute("DELETE FROM document_text WHERE record_id = ?", (int(record_id),))
             c.execute("UPDATE records SET updated = ? WHERE id = ?", (now_iso(), int(record_id)))

@@ -1,4 +1,5 @@
-"""Settings of one databox (`[databoxes.NAME]`): its SQLite file, storage folder and sub-definitions."""
+"""Settings of one databox (`[databoxes.NAME]`): its SQLite file or PostgreSQL database, storage
+folder and sub-definitions."""
 
 from __future__ import annotations
 
@@ -7,10 +8,14 @@ import re
 import types
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
+
+from schedulerd.postgres import describe, postgres_url
+from schedulerd.settings import Secret
 
 FieldType = Literal["text", "date", "number"]
 FIELD_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.:-]{0,63}$")
+SRC_TAG_RE = re.compile(r"^[A-Za-z][\w-]*:[A-Za-z][\w-]*$")  # GROUP:Tag, as exiftool names it
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -40,7 +45,36 @@ def _default_subdefs() -> Mapping[str, SubdefSettings]:
     )
 
 
-def _no_fields() -> Mapping[str, FieldType]:
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class FieldSettings:
+    """A declared field written as a table: `Keywords = { type = "text", src = "IPTC:Keywords" }`;
+    `src` is the embedded tag (IPTC, XMP, EXIF, ...) the archive task reads into the field."""
+
+    type: FieldType = "text"
+    src: str | None = None
+
+    def check(self) -> None:
+        if self.src is not None and not SRC_TAG_RE.match(self.src):
+            raise ValueError(f'src: expected a tag like "IPTC:Keywords", "XMP-dc:Title" or '
+                             f'"EXIF:DateTimeOriginal", got {self.src!r}')
+
+
+def _field_spec(value: object, path: str) -> FieldType | FieldSettings:
+    """`"text"` (the plain form) or a `{ type = ..., src = ... }` table."""
+    from schedulerd.settings import ConfigError, build, convert
+
+    if isinstance(value, Mapping):
+        return build(FieldSettings, value, path)
+    if isinstance(value, str):
+        return convert(FieldType, value, path)
+    raise ConfigError(path, 'expected "text", "date", "number" or a table like '
+                            '{ type = "text", src = "IPTC:Keywords" }')
+
+
+FieldSpec = Annotated[FieldType | FieldSettings, _field_spec]
+
+
+def _no_fields() -> Mapping[str, FieldSpec]:
     return types.MappingProxyType({})
 
 
@@ -60,30 +94,55 @@ def _default_on() -> Mapping[str, tuple[str, ...]]:
 
 @dataclasses.dataclass(frozen=True)
 class DataboxSettings:
-    """`path` is the SQLite file, `storage` the folder of stored documents.
+    """`path` is the SQLite file, or `url` (+ `password`) the PostgreSQL database: exactly one;
+    `storage` the folder of stored documents (with PostgreSQL, one folder every host mounts).
 
     `fields` optionally declares the metadata fields (name -> "text" | "date" | "number");
     when it is empty any field name is accepted and values are stored as given.
     `on` maps record events to the job types they queue (DEFAULT_ON when not given).
     """
 
-    path: Path
-    storage: Path
+    path: Path | None = None
+    storage: Path | None = None  # required (check() says so): typed optional only to follow `path`
+    url: Annotated[str, postgres_url] | None = None
+    password: Secret | None = None  # the database user's password: "env:VAR", "file:PATH" or literal
     subdefs: Mapping[str, SubdefSettings] = dataclasses.field(default_factory=_default_subdefs)
-    fields: Mapping[str, FieldType] = dataclasses.field(default_factory=_no_fields)
+    fields: Mapping[str, FieldSpec] = dataclasses.field(default_factory=_no_fields)
+    index_document_text: bool = True  # a document's own text (PDF, plain text) searchable with its fields
     on: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=_default_on)
 
     @property
     def field_types(self) -> Mapping[str, FieldType]:
         """Field name -> its type."""
-        return self.fields
+        return types.MappingProxyType({k: v if isinstance(v, str) else v.type for k, v in self.fields.items()})
+
+    @property
+    def field_sources(self) -> Mapping[str, str]:
+        """Field name -> the embedded tag the archive reads into it (the fields given a `src`)."""
+        return types.MappingProxyType({k: v.src for k, v in self.fields.items()
+                                       if isinstance(v, FieldSettings) and v.src})
 
     def jobs_on(self, event: str) -> tuple[str, ...]:
         """The job types `event` queues for a record of this databox."""
         return self.on.get(event, ())
 
+    @property
+    def postgres(self) -> bool:
+        return self.url is not None
+
+    @property
+    def where(self) -> str:
+        """The database as messages show it: the SQLite file, or the URL without its query."""
+        return describe(self.url) if self.url is not None else str(self.path)
+
     def check(self) -> None:
-        if self.path.resolve() == self.storage.resolve():
+        if self.storage is None:
+            raise ValueError("storage: missing required setting (the folder of stored documents)")
+        if (self.path is None) == (self.url is None):
+            raise ValueError("path: give exactly one of path (a SQLite file) and url (postgresql://...)")
+        if self.password is not None and self.url is None:
+            raise ValueError("password: is only used with url (a SQLite databox has no password)")
+        if self.path is not None and self.path.resolve() == self.storage.resolve():
             raise ValueError("path and storage must differ (path is the SQLite file, storage a folder)")
         for name in self.subdefs:
             if not re.fullmatch(r"[a-z][a-z0-9_-]{0,31}", name):

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 from typing import TYPE_CHECKING, Annotated
-from urllib.parse import parse_qsl, urlsplit
 
 from . import settings as s
+from .postgres import postgres_url
 from .settings import ConfigError, Secret
 
 if TYPE_CHECKING:
@@ -23,25 +23,6 @@ if TYPE_CHECKING:
 
 class SchemaMismatch(Exception):
     """The database's schema is not the one this program knows; the message says what to run."""
-
-
-def postgres_url(value: object, path: str) -> str:
-    """`postgresql://user@host:port/db?sslmode=require`: query parameters go to libpq as they are;
-    a password in it is refused (it would show wherever the URL does). Errors never echo the value."""
-    if not isinstance(value, str):
-        raise ConfigError(path, "expected a string like \"postgresql://user@host:5432/db\"")
-    try:
-        parts = urlsplit(value)
-        has_password = parts.password is not None
-        params = dict(parse_qsl(parts.query, keep_blank_values=True))
-    except ValueError as e:
-        raise ConfigError(path, f"not a valid URL ({e})") from None
-    if parts.scheme not in ("postgresql", "postgres"):
-        raise ConfigError(path, "expected a URL starting with postgresql://")
-    if has_password or "password" in params:
-        raise ConfigError(path, 'holds a password: take it out of the URL and set store.password '
-                                '("env:VAR", "file:PATH" or the password itself)')
-    return value
 
 
 @dataclasses.dataclass(frozen=True)

@@ -23,33 +23,21 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
-from psycopg_pool import ConnectionPool
 
+from ..postgres import CONNECT_TIMEOUT, POOL_TIMEOUT, connection_kwargs, describe, open_pool
 from ..store import StoreUnavailable
 from ..stores import StoreSettings
 from .queries import QUERIES
 
 log = logging.getLogger("schedulerd.pgstore")
-CONNECT_TIMEOUT = 10  # seconds for one connection attempt (an unreachable host fails fast)
-POOL_TIMEOUT = 15.0  # seconds a call waits for a pooled connection before it fails (then retried)
 
-__all__ = ["QUERIES", "Database", "connect", "describe"]
-
-
-def describe(url: str) -> str:
-    """The URL as messages show it: no query string (it may carry sslkey paths and such)."""
-    parts = urlsplit(url)
-    return urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
+__all__ = ["CONNECT_TIMEOUT", "POOL_TIMEOUT", "QUERIES", "Database", "connect", "describe"]
 
 
 def _kwargs(settings: StoreSettings, name: str) -> dict[str, Any]:
-    kwargs: dict[str, Any] = {"connect_timeout": CONNECT_TIMEOUT, "application_name": f"schedulerd {name}"}
-    if settings.password is not None:
-        kwargs["password"] = settings.password.reveal()
-    return kwargs
+    return connection_kwargs(settings.password, f"schedulerd {name}")
 
 
 def unavailable(settings: StoreSettings, e: Exception) -> StoreUnavailable:
@@ -81,10 +69,7 @@ class Database:
         self.settings = settings
         # min_size 0: connections are made when a call needs one (a CLI command opens none it
         # does not use); `check` replaces a connection the server closed (a restart) before use
-        self.pool = ConnectionPool(settings.url, kwargs=_kwargs(settings, name), min_size=0, max_size=max_size,
-                                   open=False, name=f"schedulerd-{name}", timeout=POOL_TIMEOUT,
-                                   check=ConnectionPool.check_connection)
-        self.pool.open(wait=False)
+        self.pool = open_pool(settings.url, settings.password, f"schedulerd {name}", max_size=max_size)
 
     @contextmanager
     def transaction(self) -> Iterator[psycopg.Cursor]:

@@ -19,7 +19,9 @@ from repository import (
     UnknownRecord,
     open_databox,
 )
+from repository.backend import integrity_errors
 from schedulerd.settings import ConfigError, build
+from tests.repository.conftest import make_box
 
 
 def sha(p: Path) -> str:
@@ -57,7 +59,36 @@ def test_bad_settings_name_the_key(tmp_path, table, where, words):
 def test_open_without_create_refuses_missing(tmp_path, box):
     with pytest.raises(DataboxMissing, match="does not exist yet"):
         open_databox(box, create=False)
-    assert not box.path.exists()
+    with pytest.raises(DataboxMissing, match="does not exist yet"):  # nothing was created
+        open_databox(box, create=False)
+    open_databox(box).close()
+    open_databox(box, create=False).close()
+
+
+@pytest.mark.parametrize(
+    "table, where, words",
+    [
+        ({"url": "postgresql://u:Hunter2x@h/db", "storage": "b"}, "databoxes.main.url",
+         "holds a password: take it out of the URL and set databoxes.main.password"),
+        ({"url": "postgresql://u@h/db?password=Hunter2x", "storage": "b"}, "databoxes.main.url", "holds a password"),
+        ({"url": "mysql://u@h/db", "storage": "b"}, "databoxes.main.url", "postgresql://"),
+        ({"path": "a", "url": "postgresql://u@h/db", "storage": "b"}, "databoxes.main.path", "exactly one of path"),
+        ({"storage": "b"}, "databoxes.main.path", "exactly one of path"),
+        ({"path": "a", "storage": "b", "password": "Hunter2x"}, "databoxes.main.password", "only used with url"),
+    ],
+)
+def test_postgresql_settings_are_checked_and_never_show_the_password(tmp_path, table, where, words):
+    with pytest.raises(ConfigError) as e:
+        build(DataboxSettings, table, "databoxes.main", tmp_path)
+    assert where in str(e.value) and words in str(e.value) and "Hunter2x" not in str(e.value)
+
+
+def test_postgresql_settings_keep_the_password_a_secret(tmp_path, monkeypatch):
+    monkeypatch.setenv("DBX_PW", "Hunter2x")
+    s = build(DataboxSettings, {"url": "postgresql://u@h:5/db?sslmode=require", "password": "env:DBX_PW",
+                                "storage": "st"}, "databoxes.main", tmp_path)
+    assert s.password.reveal() == "Hunter2x" and "Hunter2x" not in repr(s)
+    assert s.where == "postgresql://u@h:5/db" and s.storage == tmp_path / "st"
 
 
 def test_open_refuses_a_file_that_is_not_a_databox(tmp_path):
@@ -113,10 +144,10 @@ def test_create_record_failures_leave_nothing(db, src, box):
     assert [p for p in box.storage.rglob("*") if p.is_file()] == []
 
 
-def test_unwritable_storage_is_a_storage_error(tmp_path, src):
+def test_unwritable_storage_is_a_storage_error(tmp_path, src, backend, request):
     blocker = tmp_path / "blocker"
     blocker.write_text("a file where a folder should be")
-    s = DataboxSettings(tmp_path / "x.sqlite", tmp_path / "st")
+    s = make_box(backend, request, tmp_path, "x")
     d = open_databox(s)
     d.create_collection("c")
     d.store.root = blocker / "st"  # as if the storage vanished under us
@@ -184,8 +215,8 @@ def test_status_and_fields_and_dirty_flag(db, src):
         db.set_field(999, "Title", "x")
 
 
-def test_declared_fields_are_checked_and_dates_normalised(tmp_path, src):
-    s = DataboxSettings(tmp_path / "d.sqlite", tmp_path / "st", fields={"Title": "text", "Shot": "date", "N": "number"})
+def test_declared_fields_are_checked_and_dates_normalised(tmp_path, src, backend, request):
+    s = make_box(backend, request, tmp_path, "d", fields={"Title": "text", "Shot": "date", "N": "number"})
     with open_databox(s) as d:
         d.create_collection("c")
         r = d.create_record("c", src("a"), fields={"Shot": "2024:05:01 10:20:30", "N": "42"})
@@ -280,7 +311,7 @@ def test_ingest_helpers(db, box):
     assert db.committed_tokens(["tok1", "tok2", "tok3"]) == {"tok1": ids[0], "tok2": ids[1]}
     assert db.find_by_sha256("c", ["aa", "zz"]) == {"aa": ids[0]}
     assert db.get_record(ids[0]).fields == {"T": "1"}
-    with pytest.raises(sqlite3.IntegrityError):
+    with pytest.raises(integrity_errors()):
         db.insert_ingested([NewRecord(c.id, "dup", "x/doc.bin", 3, "cc", "x", 0, {}, "tok1")])
     assert db.count_records() == 2  # the failed batch left nothing
 
@@ -295,9 +326,10 @@ async def test_shared_between_threads_and_processes(db, src, box):
 
     def other_writer():
         nonlocal other_writes
-        conn = sqlite3.connect(box.path, timeout=10)
+        conn = other_connection(box)
         while not stop.is_set():
-            conn.execute("UPDATE records SET updated = updated WHERE id = ?", (ids[0],))
+            conn.execute("UPDATE records SET updated = updated WHERE id = %s" if box.url else
+                         "UPDATE records SET updated = updated WHERE id = ?", (ids[0],))
             conn.commit()
             other_writes += 1
         conn.close()
@@ -315,3 +347,12 @@ async def test_shared_between_threads_and_processes(db, src, box):
     assert other_writes > 0
     assert all(db.fields(i) == {f"F{k}": str(k) for k in range(5)} for i in ids)
     assert all(r.metadata_dirty == 5 for r in db.list_records())
+
+
+def other_connection(box: DataboxSettings):
+    """A connection of its own to the databox's database (another process would have one)."""
+    if box.url is None:
+        return sqlite3.connect(box.path, timeout=10)
+    import psycopg
+
+    return psycopg.connect(box.url, password=box.password.reveal())
