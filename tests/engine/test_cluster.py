@@ -87,14 +87,19 @@ def iterations(out: Path, task: str) -> list[tuple[str, float, float | None]]:
     return sorted(found, key=lambda it: it[1])
 
 
-def check_once_and_spaced(out: Path, tasks: list[str], period: float = PERIOD) -> None:
-    """No two iterations of one task overlap, across all nodes; each starts a period after the last."""
+def check_once_and_spaced(out: Path, tasks: list[str], period: float = PERIOD, killed: tuple[str, float] | None = None
+                          ) -> None:
+    """No two iterations of one task overlap, across all nodes; each starts a period after the last
+    (less the jitter of starting `sh` on a loaded machine). `killed`: (node, time) of a kill -9,
+    whose iteration then running never wrote its end."""
     for task in tasks:
         its = iterations(out, task)
         assert len(its) >= 2, (task, its)
         for (n1, s1, e1), (n2, s2, _) in zip(its, its[1:]):
+            if e1 is None and killed is not None and n1 == killed[0] and s1 <= killed[1]:
+                e1 = killed[1]
             assert e1 is not None and s2 >= e1, f"{task}: {n1} ran {s1:.3f}-{e1} while {n2} started at {s2:.3f}"
-            assert s2 - s1 >= period * 0.6, f"{task}: {n2} started {s2 - s1:.3f}s after {n1}'s start ({its})"
+            assert s2 - s1 >= period * 0.5, f"{task}: {n2} started {s2 - s1:.3f}s after {n1}'s start ({its})"
 
 
 def running_on(out: Path, tasks: list[str], since: float) -> dict[str, set[str]]:
@@ -135,7 +140,7 @@ def test_three_nodes_run_each_task_once_and_take_over_a_killed_one(cluster, tmp_
     others[0].wait_for(lambda: any(n["id"] == victim.name and n["alive"] for n in others[0].json("cluster:nodes")),
                        15, "the restarted node in cluster:nodes")
     time.sleep(3)
-    check_once_and_spaced(out, names)
+    check_once_and_spaced(out, names, killed=(victim.name, killed))
     assert all(n.console("scheduler:state", "--short").returncode == 10 for n in nodes)
 
 
