@@ -15,7 +15,7 @@ from .checks import collections_required, creating_collections
 from .commands.databox import DATABOX_ARG, JSON_ARG, open_box
 from .databox import Databox, awaited, display_name, open_databox
 from .events import PER_RECORD, record_jobs
-from .fields import normalize_date, now_iso
+from .fields import MULTI_SEPARATOR, embedded_fields, normalize_date, now_iso
 from .fulltext import FulltextError, open_index
 from .hotfolder import Scanner, Tree, split
 from .ingest import Ingestor, Journal, Unit
@@ -33,13 +33,16 @@ from .model import (
 )
 from .phrasea_xml import NAME as PHRASEA_XML
 from .phrasea_xml import FolderConfig, XmlError, parse_phrasea_xml, render_phrasea_xml
-from .settings import FIELD_NAME_RE, RECORD_EVENTS, DataboxSettings, FieldType, SubdefSettings
+from .settings import FIELD_NAME_RE, RECORD_EVENTS, DataboxSettings, FieldSettings, FieldType, SubdefSettings
 from .status import ALL as ALL_BITS
 from .status import NO_MASK, StatusMask, format_mask, format_status, parse_mask
 from .storage import DocumentStore, SourceError, StorageError, guess_mime
 
 __all__ = [
     "record_jobs",
+    "MULTI_SEPARATOR",
+    "embedded_fields",
+    "FieldSettings",
     "open_index",
     "RECORD_EVENTS",
     "PER_RECORD",

@@ -6,12 +6,13 @@ ISO-8601 text sorts like time, so workflows compare dates with plain SQL.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import date, datetime, timezone
 
 from .settings import FIELD_NAME_RE, FieldType
 
 MAX_VALUE = 65536
+MULTI_SEPARATOR = "; "  # a field holds several values (IPTC Keywords, repeated caption elements) joined with it
 
 _DATE_FORMATS = (
     "%Y-%m-%d",
@@ -83,3 +84,24 @@ def normalize_value(name: str, value: object, declared: Mapping[str, FieldType] 
 
 def check_fields(fields: Mapping[str, object], declared: Mapping[str, FieldType] | None = None) -> dict[str, str]:
     return {check_name(k, declared): normalize_value(k, v, declared) for k, v in fields.items()}
+
+
+def embedded_fields(sources: Mapping[str, str], declared: Mapping[str, FieldType],
+                    read: Mapping[str, Sequence[str]]) -> tuple[dict[str, str], list[str]]:
+    """Field values from a document's embedded tags (`[databoxes.NAME.fields] K = { src = TAG }`).
+
+    `sources` is field -> tag (DataboxSettings.field_sources), `read` tag -> the values found
+    (several for a list-type tag such as IPTC:Keywords: joined with MULTI_SEPARATOR, as the
+    repository stores multi-valued fields). A value its field's type refuses (a date that is
+    none) is left out and named in the second list, for the log."""
+    out: dict[str, str] = {}
+    problems: list[str] = []
+    for name, tag in sources.items():
+        values = [v.strip() for v in read.get(tag, ()) if v.strip()]
+        if not values:
+            continue
+        try:
+            out[name] = normalize_value(name, MULTI_SEPARATOR.join(values), declared)
+        except ValueError as e:
+            problems.append(f"{tag}: {e}")
+    return out, problems

@@ -8,13 +8,14 @@ the task early when files arrive; the scan stays the truth.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import fnmatch
 import functools
 import logging
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -48,6 +49,7 @@ class Settings:
     force_polling: bool = False  # network shares: poll instead of inotify
     batch: int = 5000  # files per journaled transaction (one durable sync each)
     bootstrap: bool = False  # create a missing hotfolder, its .phrasea.xml and the collection
+    exiftool: str = "exiftool"  # reads the embedded tags the databox's fields name (`src`)
 
     def check(self) -> None:
         from repository import parse_mask
@@ -271,25 +273,28 @@ class ArchiveTask(TaskType):
         done = 0
         ctx.progress(0, total)
         names = await anyio.to_thread.run_sync(_collection_names, o.db) if units else {}
-        for batch in _batches(units, s.batch, MAX_BATCH_BYTES):
-            res = await anyio.to_thread.run_sync(o.ingestor.ingest, batch)
-            coll_of = {u.rel: u.collection_id for u in batch}
-            for rid, rel in res.created:
-                self._archived(ctx, rel, rid, names.get(coll_of[rel], str(coll_of[rel])))
-                ctx.emit("record.created", databox=s.databox, record_id=rid)
-                touched_dirs.add(rel.rpartition("/")[0])
-                self._seen.pop(rel, None)
-            self._queue_jobs(ctx, "record.created", [rid for rid, _ in res.created])
-            for rel, twin in res.skipped:
-                self._skipped(ctx, rel, twin)
-            for rel, _ in res.skipped + res.errors:
-                touched_dirs.add(rel.rpartition("/")[0])
-                self._seen.pop(rel, None)
-            created += len(res.created)
-            skipped += len(res.skipped)
-            changed += res.changed
-            done += len(batch)
-            ctx.progress(done, total)
+        box = self._databox_settings(ctx)
+        async with _Embedded(self, ctx, box.field_sources, box.field_types) as embedded:
+            for batch in _batches(units, s.batch, MAX_BATCH_BYTES):
+                batch = await embedded.units(batch)
+                res = await anyio.to_thread.run_sync(o.ingestor.ingest, batch)
+                coll_of = {u.rel: u.collection_id for u in batch}
+                for rid, rel in res.created:
+                    self._archived(ctx, rel, rid, names.get(coll_of[rel], str(coll_of[rel])))
+                    ctx.emit("record.created", databox=s.databox, record_id=rid)
+                    touched_dirs.add(rel.rpartition("/")[0])
+                    self._seen.pop(rel, None)
+                self._queue_jobs(ctx, "record.created", [rid for rid, _ in res.created])
+                for rel, twin in res.skipped:
+                    self._skipped(ctx, rel, twin)
+                for rel, _ in res.skipped + res.errors:
+                    touched_dirs.add(rel.rpartition("/")[0])
+                    self._seen.pop(rel, None)
+                created += len(res.created)
+                skipped += len(res.skipped)
+                changed += res.changed
+                done += len(batch)
+                ctx.progress(done, total)
         for rel in changed:
             self._seen.pop(rel, None)
 
@@ -557,6 +562,65 @@ class ArchiveTask(TaskType):
             except (FileNotFoundError, OSError, RuntimeError) as e:
                 ctx.log.debug("watcher on %s stopped (%s); polling again soon", s.hotfolder, e)
             await anyio.sleep(1)
+
+
+class _Embedded:
+    """The fields a document embeds (`[databoxes.NAME.fields] K = { src = "IPTC:Keywords" }`),
+    read from the files of one pass by one exiftool child, started at the first file and ended
+    with the pass; a caption's fields win over embedded ones. Without exiftool the pass archives
+    without them and says why once (again after exiftool has been back)."""
+
+    def __init__(self, task: ArchiveTask, ctx: Any, sources: Mapping[str, str], declared: Mapping[str, str]):
+        self.task, self.ctx, self.sources, self.declared = task, ctx, sources, declared
+        self.tags = sorted(set(sources.values()))
+        self.stack = contextlib.AsyncExitStack()
+        self.et: Any = None
+        self.off = not sources
+
+    async def __aenter__(self) -> _Embedded:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stack.aclose()
+
+    async def units(self, batch: list[Any]) -> list[Any]:
+        return batch if self.off else [await self._unit(u) for u in batch]
+
+    async def _unit(self, unit: Any) -> Any:
+        from repository import display_name, embedded_fields
+        from tasks.media import MediaError
+
+        hot = self.task.settings.hotfolder
+        path = hot / unit.rel
+        # read only the file the scan saw: not through a folder swapped for a symlink since
+        if path.parent.resolve() != (hot.resolve() / unit.rel).parent or path.is_symlink():
+            return unit
+        et = await self._exiftool()
+        if et is None:
+            return unit
+        try:
+            read = await et.read_values(path, self.tags)
+        except MediaError as e:  # unreadable by exiftool, timed out: archived without them
+            self.ctx.log.warning("%s: embedded metadata not read: %s", display_name(unit.rel), e)
+            return unit
+        fields, problems = embedded_fields(self.sources, self.declared, read)
+        for problem in problems:
+            self.ctx.log.warning("%s: embedded %s (field left empty)", display_name(unit.rel), problem)
+        return dataclasses.replace(unit, fields={**fields, **unit.fields}) if fields else unit
+
+    async def _exiftool(self) -> Any:
+        from tasks.media import MediaError
+        from tasks.media.exiftool import ExifTool
+
+        if self.et is None and not self.off:
+            try:
+                self.et = await self.stack.enter_async_context(ExifTool(self.task.settings.exiftool, log=self.ctx.log))
+                self.task._said.pop("exiftool", None)
+            except MediaError as e:  # not installed, or does not start
+                self.off = True
+                fields = ", ".join(f"{k} ({v})" for k, v in self.sources.items())
+                self.task._say(self.ctx, "exiftool", f"embedded metadata is not read into {fields}: {e}")
+        return self.et
 
 
 async def _set_when_cancelled(event: anyio.Event) -> None:

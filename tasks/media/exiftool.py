@@ -271,7 +271,26 @@ class ExifTool:
 
     async def read_tags(self, path: Path, tags: Sequence[str] = ()) -> dict[str, Any]:
         """Tags of `path` keyed `Group1:Tag` (`XMP-dc:Title`, `IPTC:Keywords`)."""
-        result = await self.execute("-json", "-G1", "-a", *[f"-{check_tag(t)}" for t in tags], str(path.absolute()))
+        return await self._read_json(path, "-G1", tags)
+
+    async def read_values(self, path: Path, tags: Sequence[str]) -> dict[str, list[str]]:
+        """Each of `tags` found in `path` -> its values, as text: several for a list-type tag
+        (`IPTC:Keywords`). A tag is named by its family 0 or family 1 group, as the databox
+        structure names it: `EXIF:DateTimeOriginal` (stored in ExifIFD), `XMP-dc:Title`."""
+        data = await self._read_json(path, "-G0:1", tags)
+        wanted = [(t.rpartition(":")[0].lower(), t.rpartition(":")[2].lower(), t) for t in tags]
+        out: dict[str, list[str]] = {}
+        for key, value in data.items():
+            *groups, name = key.lower().split(":")
+            for group, tag_name, tag in wanted:
+                if tag_name == name and group in groups:
+                    values = value if isinstance(value, list) else [value]
+                    out.setdefault(tag, []).extend(str(v) for v in values)
+        return out
+
+    async def _read_json(self, path: Path, group_option: str, tags: Sequence[str]) -> dict[str, Any]:
+        result = await self.execute("-json", group_option, "-a", *[f"-{check_tag(t)}" for t in tags],
+                                    str(path.absolute()))
         if result.status != 0 or not result.stdout.strip():
             raise ExifToolError(f"{path.name}: exiftool could not read it: {tail(result.stderr) or 'no output'}")
         try:
