@@ -308,9 +308,16 @@ class Index:
         return every > 0 and time.monotonic() - self._last_full >= every
 
 
-def open_index(databox: Path) -> Index:
+def open_index(databox: Path | Any) -> Index:
     """The databox's index, opened with the tokenizer it was built with (so that no stemming
-    setting of the caller's rebuilds it): for one-off (re)indexing by jobs."""
+    setting of the caller's rebuilds it): for one-off (re)indexing by jobs. `databox` is its
+    SQLite file or its DataboxSettings (a PostgreSQL databox's rows: repository.postgres.PgIndex)."""
+    if not isinstance(databox, (str, Path)):
+        if databox.url is not None:
+            from .postgres import PgIndex
+
+            return PgIndex(databox)  # type: ignore[return-value]
+        databox = databox.path
     path = index_path_for(databox)
     stem = False
     if path.is_file():
@@ -378,6 +385,24 @@ def fts_query(text: str) -> str:
     if not terms:
         raise ValueError("empty query")
     return " AND ".join(terms)
+
+
+def search_databox(settings: Any, index: Path | None, query: str, *, limit: int = 20, raw: bool = False) -> list[Hit]:
+    """Search one databox: its FTS5 index file (SQLite), or its own rows (PostgreSQL: the same
+    query syntax, the same records; `raw` FTS5 syntax only on SQLite)."""
+    if settings is None or settings.url is None:
+        assert index is not None
+        return search(index, query, limit=limit, raw=raw)
+    if raw:
+        raise ValueError("--raw passes FTS5 syntax: only for a SQLite databox (this one is on PostgreSQL)")
+    from .postgres import search as pg_search
+
+    try:
+        return [Hit(*row) for row in pg_search(settings, query, limit=limit)]
+    except ValueError:
+        raise
+    except Exception as e:  # psycopg's errors: the database did not answer
+        raise FulltextError(f"cannot search databox {settings.where}: {str(e).strip()}") from None
 
 
 def search(index: Path, query: str, *, limit: int = 20, raw: bool = False) -> list[Hit]:

@@ -256,11 +256,9 @@ class PgBackend:
         return tx
 
     @property
-    def connection(self) -> PgConnection:
-        """The transaction's connection (set-based SQL runs inside `Databox.transaction()`)."""
-        if self._tx is None:
-            raise RuntimeError("a PostgreSQL databox's connection is used inside Databox.transaction()")
-        return self._tx
+    def connection(self) -> PgConnection | _OneShot:
+        """The transaction's connection; outside one, each statement runs on its own (autocommit)."""
+        return self._tx if self._tx is not None else _OneShot(self)
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
         if self._tx is not None:
@@ -289,6 +287,34 @@ class PgBackend:
         self.pool.close(timeout=5)
 
 
+class _Result:
+    """The rows of one statement run outside a transaction, read at once."""
+
+    def __init__(self, rows: list[Row], rowcount: int):
+        self.rows, self.rowcount = rows, rowcount
+
+    def fetchone(self) -> Row | None:
+        return self.rows[0] if self.rows else None
+
+    def fetchall(self) -> list[Row]:
+        return self.rows
+
+    def __iter__(self) -> Iterator[Row]:
+        return iter(self.rows)
+
+
+class _OneShot:
+    """`Databox.connection` outside a transaction: each statement on a pooled connection, committed."""
+
+    def __init__(self, backend: PgBackend):
+        self.backend = backend
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> _Result:
+        with self.backend.pool.connection() as conn:
+            cur = PgConnection(conn).execute(sql, params)
+            return _Result(cur.fetchall() if cur.description else [], cur.rowcount)
+
+
 def refresh_search(c: PgConnection, ids: Sequence[int]) -> int:
     """Rebuild the full-text rows of `ids` (records gone meanwhile have none: ON DELETE CASCADE)."""
     for k in range(0, len(ids), _SEARCH_BATCH):
@@ -303,3 +329,46 @@ def refresh_search(c: PgConnection, ids: Sequence[int]) -> int:
         if rows:
             c.raw.cursor().executemany(QUERIES["search_upsert"], rows)  # type: ignore[arg-type]
     return len(ids)
+
+
+class PgIndex:
+    """The full-text rows of a PostgreSQL databox, with the SQLite index's interface (run_pass,
+    reindex, forget_missing, close) for the populateIndex job: rows are kept on write, so a pass
+    only rebuilds those whose record changed behind the Databox's back."""
+
+    def __init__(self, settings: DataboxSettings):
+        self.backend = PgBackend(settings, max_size=1)
+        self.path = self.backend.where
+
+    def run_pass(self, *, full: bool = False, should_stop: Any = None) -> Any:
+        from .fulltext import PassResult
+
+        with self.backend.pool.connection() as conn:
+            c = PgConnection(conn)
+            stale = [r[0] for r in c.named("search_stale_all")]
+            return PassResult(indexed=refresh_search(c, stale), removed=0, full=full)
+
+    def reindex(self, ids: Sequence[int]) -> int:
+        with self.backend.pool.connection() as conn:
+            c = PgConnection(conn)
+            refresh_search(c, list(ids))
+            return len(c.named("search_missing", list(ids)).fetchall())
+
+    def forget_missing(self, ids: Sequence[int]) -> int:
+        """Rows of deleted records went with them (ON DELETE CASCADE): how many of `ids` are gone."""
+        with self.backend.pool.connection() as conn:
+            return len(PgConnection(conn).named("search_missing", list(ids)).fetchall())
+
+    def close(self) -> None:
+        self.backend.close()
+
+
+def search(settings: DataboxSettings, query: str, *, limit: int = 20) -> list[tuple[int, str, str, str, float]]:
+    """(record id, name, collection, snippet, rank) best first; ValueError for an empty query."""
+    text = textsearch.tsquery(query)
+    backend = PgBackend(settings, max_size=1)
+    try:
+        with backend.pool.connection() as conn:
+            return [tuple(r) for r in PgConnection(conn).named("search", text, int(limit))]  # type: ignore[misc]
+    finally:
+        backend.close()

@@ -154,7 +154,7 @@ class PopulateIndex(JobType):
         ids = payload.get("records")
 
         def work() -> str:
-            index = open_index(box.path)
+            index = open_index(box)
             try:
                 if ids is None:
                     res = index.run_pass(full=True)
@@ -183,9 +183,9 @@ class DeleteRecord(RecordJob):
             await anyio.to_thread.run_sync(db.close)
 
         def unindex() -> int:
-            if not box.path.is_file():
+            if box.url is None and not box.path.is_file():
                 return 0
-            index = open_index(box.path)
+            index = open_index(box)
             try:
                 return index.forget_missing([rid])
             finally:

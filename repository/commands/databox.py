@@ -43,20 +43,54 @@ DATABOX_ARG = arg("--databox", help="databox name (default: the only or first co
 JSON_ARG = arg("--json", action="store_true", help="print JSON")
 
 
-@command("databox:create", "Create a configured databox (its SQLite file and storage folder)", DATABOX_ARG, JSON_ARG)
+@command("databox:create", "Create a configured databox (its SQLite file or PostgreSQL schema, and storage folder)",
+         DATABOX_ARG, JSON_ARG)
 def databox_create(args: Any, env: Any) -> int:
-    from pathlib import Path
+    from .. import DataboxError, DataboxMissing, open_databox
 
     name, settings = pick_databox(args, env)
-    existed = Path(settings.path).exists()
+    try:
+        open_databox(settings, create=False).close()
+        existed = True
+    except DataboxMissing:
+        existed = False
+    except DataboxError as e:
+        raise CommandError(f"databox {name}: {e}", code=2) from None
     _, db = open_box(args, env, create=True)
     with db:
-        state = {"databox": name, "path": str(settings.path), "storage": str(settings.storage), "created": not existed,
+        state = {"databox": name, "path": settings.where, "storage": str(settings.storage), "created": not existed,
                  "collections": [c.name for c in db.collections()]}
     if args.json:
         print_json(state)
     elif existed:
-        print(f"databox {name} already exists at {settings.path}")
+        print(f"databox {name} already exists at {settings.where}")
     else:
-        print(f"databox {name} created at {settings.path} (storage {settings.storage})")
+        print(f"databox {name} created at {settings.where} (storage {settings.storage})")
+    return 0
+
+
+@command("databox:copy", "Copy every row of a databox into another, empty one, ids kept (SQLite <-> PostgreSQL)",
+         arg("source", metavar="FROM", help="the configured databox to copy"),
+         arg("target", metavar="TO", help="a configured databox holding nothing yet (created when missing)"),
+         JSON_ARG)
+def databox_copy(args: Any, env: Any) -> int:
+    from .. import DataboxError, open_databox
+    from ..copy import copy_databox
+
+    boxes = getattr(env.config(), "databoxes", None) or {}
+    for key, name in (("FROM", args.source), ("TO", args.target)):
+        if name not in boxes:
+            raise CommandError(f"{key}: unknown databox {name!r} (known: {', '.join(boxes) or 'none configured'})", 2)
+    if args.source == args.target:
+        raise CommandError("TO: the same databox as FROM", 2)
+    try:
+        with open_databox(boxes[args.source], create=False) as src, open_databox(boxes[args.target]) as dst:
+            counts = copy_databox(src, dst)
+    except DataboxError as e:
+        raise CommandError(str(e), 2) from None
+    if args.json:
+        print_json({"from": args.source, "to": args.target, "rows": counts})
+    else:
+        print(f"databox {args.source} copied to {args.target}: "
+              + ", ".join(f"{n} {table}" for table, n in counts.items()))
     return 0

@@ -48,17 +48,20 @@ def index_for(config: Any, databox: str) -> Path:
          arg("--raw", action="store_true", help="the query is FTS5 syntax (OR, NOT, NEAR, column:)"),
          arg("--json", action="store_true"))
 def record_search(args: Any, env: Any) -> int:
-    from ..fulltext import FulltextError, search
+    from ..fulltext import FulltextError, search_databox
 
     if args.limit < 1:
         raise CommandError("--limit must be at least 1", 2)
+    settings = None
     if args.index is not None:
         index = args.index
     else:
         config = env.config()
-        index = index_for(config, pick_databox(config, args.databox))
+        name = pick_databox(config, args.databox)
+        settings = config.databoxes[name]
+        index = None if settings.url is not None else index_for(config, name)
     try:
-        hits = search(index, args.query, limit=args.limit, raw=args.raw)
+        hits = search_databox(settings, index, args.query, limit=args.limit, raw=args.raw)
     except ValueError as e:
         raise CommandError(str(e), 2) from None
     except FulltextError as e:
