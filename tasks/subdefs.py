@@ -13,6 +13,9 @@ batches are found, so a backlog drains in one pass. It also runs on `record.crea
 - Files go to `<storage>/subdefs/<name>/<document path>.<ext>`, written atomically;
   the record gets them, their sizes and `status_bit` in one transaction.
 - A broken document marks its record in error once (until the document changes).
+- A PDF's or plain-text document's own text goes into the full-text index with the
+  record's fields (`Databox.set_document_text`), unless the databox's
+  `index_document_text` is false: here, not in the archive, so archiving stays fast.
 - A missing tool (ffmpeg, pdftoppm) is a state of the host: the record is left
   for later, reported in the task info, and does not hold up the others.
 """
@@ -32,6 +35,7 @@ from schedulerd import settings as s
 from schedulerd.plugin import Context, TaskType
 from tasks.media import Made, MediaError, Spec, ToolNotFound, as_specs, classify, make_subdefs
 from tasks.media.maker import check_spec, extension
+from tasks.media.text import document_text, has_text
 from tasks.media.tools import PACKAGES
 
 SUBDEF_DIR = "subdefs"
@@ -106,9 +110,12 @@ async def build_record(db: Any, record: Any, specs: Sequence[Spec], *, timeout: 
             return Outcome(record.id, waiting=str(e))
         except MediaError as e:
             return await _mark(db, record, str(e), log)
+    store_text, text = await _document_text(db, record, timeout, log)
 
     def register() -> None:
         with db.transaction():
+            if store_text:
+                db.set_document_text(record.id, text)
             for spec, m in made:
                 db.set_subdef(record.id, spec.name, m.path, m.width, m.height, m.bytes, doc_version=record.doc_version)
             if not made:
@@ -124,6 +131,22 @@ async def build_record(db: Any, record: Any, specs: Sequence[Spec], *, timeout: 
             log.info("%s: %s", record.label, note)
         return Outcome(record.id, nothing=note)
     return Outcome(record.id, built=tuple((spec.name, m) for spec, m in made))
+
+
+async def _document_text(db: Any, record: Any, timeout: float, log: Any) -> tuple[bool, str | None]:
+    """(whether to store it, the document's text) for the full-text index, when the databox's
+    `index_document_text` is on: a PDF's or a text file's; none for other documents (stored as
+    none only for a replaced document, whose predecessor may have had some)."""
+    if not db.settings.index_document_text:
+        return False, None
+    if not has_text(record.document_path, record.mime):
+        return record.doc_version > 1, None
+    try:
+        return True, await document_text(record.document_path, record.mime, timeout=timeout)
+    except (MediaError, OSError) as e:  # pdftotext missing or failing, an unreadable file
+        if log is not None:
+            log.warning("%s: its text is not indexed: %s", record.label, e)
+        return False, None
 
 
 async def _mark(db: Any, record: Any, message: str, log: Any) -> Outcome:

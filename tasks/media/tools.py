@@ -27,6 +27,7 @@ PACKAGES = {
     "ffmpeg": "ffmpeg",
     "ffprobe": "ffmpeg",
     "pdftoppm": "poppler-utils",
+    "pdftotext": "poppler-utils",
     "exiftool": "libimage-exiftool-perl",
 }
 STDERR_KEEP = 2000  # characters of stderr quoted in an error

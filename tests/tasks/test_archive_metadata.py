@@ -127,3 +127,27 @@ def test_a_bad_field_source_is_refused_with_its_key_path(site: Site, value: str,
         """)
     p = site.console("config:check")
     assert p.returncode == 2 and message in p.stderr, p.stderr
+
+
+def _build_all(site: Site) -> None:
+    """Run here every subdefCreation job the archive queued (what the workers would do)."""
+    jobs = [j for j in site.json("job:list") if j["type"] == "subdefCreation"]  # type: ignore[union-attr]
+    assert jobs
+    for job in jobs:
+        ran = site.console("worker:run-service", "subdefCreation", "--payload", json.dumps(job["payload"]))
+        assert ran.returncode == 0, ran.stderr
+
+
+@pytest.mark.parametrize("switch", [None, "true", "false"])
+def test_a_documents_text_is_searchable_unless_switched_off(site: Site, switch: str | None) -> None:  # noqa: F811
+    samples.need("pdftotext", "pdftoppm")
+    hot = _box(site, fields="", box=f"index_document_text = {switch}" if switch else "")
+    samples.text_pdf(hot / "report.pdf", "The capybara sleeps by the river")
+    (hot / "notes.txt").write_text("an armadillo rolled away\n" + "filler line\n" * 1000)
+    assert "archived 2" in site.console("task:run", "inbox", "--no-progress", check=True).stdout
+    _build_all(site)
+    _index(site)
+    assert _found(site, "report") == ["report.pdf"]  # its name, in any case
+    on = switch != "false"
+    assert _found(site, "capybara") == (["report.pdf"] if on else [])
+    assert _found(site, "armadillo") == (["notes.txt"] if on else [])
