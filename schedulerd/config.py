@@ -20,9 +20,10 @@ from . import settings as s
 from .registry import config_section_names, config_sections
 from .settings import ConfigError, Secret
 from .stores import StoreSettings
+from .web.settings import HttpSettings
 
 ENGINE_TASK_KEYS = ("type", "period", "enabled", "timeout", "trigger", "nodes")
-ENGINE_SECTIONS = ("scheduler", "store", "tasks", "jobs", "queues")  # the others are plugins' (config_sections)
+ENGINE_SECTIONS = ("scheduler", "store", "tasks", "jobs", "queues", "http")  # the others are plugins' (config_sections)
 CONFIG_ENV = "SCHEDULERD_CONFIG"
 CHECKOUT = Path(__file__).resolve().parent.parent
 
@@ -132,6 +133,7 @@ class Config:
     # every section a plugin declares (registry.config_sections) is here, empty when not in the file
     sections: Mapping[str, Mapping[str, object]] = dataclasses.field(default_factory=lambda: MappingProxyType({}))
     store: StoreSettings = StoreSettings()  # [store]: SQLite files under state_dir, or PostgreSQL (url)
+    http: HttpSettings = HttpSettings()  # [http]: the operator's console (schedulerd.web), off by default
 
     def __getattr__(self, name: str) -> Mapping[str, object]:
         """A plugin's section as an attribute: `config.databoxes` is `config.sections["databoxes"]`."""
@@ -300,7 +302,8 @@ def _build(data: dict[str, Any], file: Path | None, base: Path) -> Config:
     for tname, table in raw_tasks.items():
         tasks[tname] = _task(tname, table, base)
     store = s.build(StoreSettings, data.get("store", {}), "store", base)
-    config = Config(file, base, scheduler, MappingProxyType(tasks), jobs, queues, sections, store)
+    http = s.build(HttpSettings, data.get("http", {}), "http", base)
+    config = Config(file, base, scheduler, MappingProxyType(tasks), jobs, queues, sections, store, http)
     for tname, tc in tasks.items():
         _cross_check(tc, config)
     return config

@@ -161,14 +161,26 @@ class ControlServer:
                 return
             await self._send(stream, await self._call(cmd, args))
 
-    async def _call(self, cmd: str, args: dict[str, Any]) -> dict[str, Any]:
+    async def dispatch(self, cmd: str, args: dict[str, Any]) -> Any:
+        """Run one command as the socket does (the web console calls this too): its result, or
+        ControlError (unknown command, SHUTTING_DOWN while the daemon stops, the handler's own)."""
         handler = self.handlers.get(cmd)
         if handler is None:
-            return ControlError(Fault.UNKNOWN_COMMAND, f"unknown command {cmd!r}").to_json()
+            raise ControlError(Fault.UNKNOWN_COMMAND, f"unknown command {cmd!r}")
         if self.shutting_down and cmd not in self._during_shutdown:
-            return ControlError(Fault.SHUTTING_DOWN, f"schedulerd is shutting down: {cmd} refused").to_json()
+            raise ControlError(Fault.SHUTTING_DOWN, f"schedulerd is shutting down: {cmd} refused")
+        return await handler(args)
+
+    def stream(self, cmd: str, args: dict[str, Any]) -> AsyncIterator[Any]:
+        """A streaming command's items (`log.tail`), as the socket sends them."""
+        handler = self.streams.get(cmd)
+        if handler is None:
+            raise ControlError(Fault.UNKNOWN_COMMAND, f"unknown command {cmd!r}")
+        return handler(args)
+
+    async def _call(self, cmd: str, args: dict[str, Any]) -> dict[str, Any]:
         try:
-            return {"ok": True, "result": await handler(args)}
+            return {"ok": True, "result": await self.dispatch(cmd, args)}
         except ControlError as e:
             return e.to_json()
         except Exception as e:

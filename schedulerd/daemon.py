@@ -169,6 +169,10 @@ class Daemon:
                 await self._apply_tasks(self.config, first=True)
                 await tg.start(self.jobs.serve)
                 await tg.start(serve_wakes, sch.state_dir, sch.socket_mode, self.jobs.wake_queue)
+                if self.config.http.enabled:  # the web console ([http]), in this task group (schedulerd.web)
+                    from .web.server import serve_console
+
+                    await tg.start(serve_console, server, self.config)
                 log.info("schedulerd %s started (pid %d, %d tasks, socket %s)", __version__, os.getpid(),
                          len(self.runners), sch.socket)
                 sd_notify(f"READY=1\nMAINPID={os.getpid()}\nSTATUS=running {len(self.runners)} tasks")
@@ -379,6 +383,7 @@ class Daemon:
         r("task.history", self.c_task_history, during_shutdown=True)
         r("reload", self.c_reload)
         r("shutdown", self.c_shutdown, during_shutdown=True)  # asked twice: the same answer
+        r("logs.reopen", self.c_logs_reopen, during_shutdown=True)  # as SIGUSR1, answered once done
         server.route_stream("log.tail", self.c_log_tail)
         from .jobs import routes
 
@@ -459,6 +464,11 @@ class Daemon:
 
     async def c_reload(self, args: dict[str, Any]) -> dict[str, Any]:
         return await self.reload()
+
+    async def c_logs_reopen(self, args: dict[str, Any]) -> dict[str, bool]:
+        await anyio.to_thread.run_sync(logs.reopen_files)
+        log.info("log files reopened (scheduler:reopen-logs)")
+        return {"reopened": True}
 
     async def c_shutdown(self, args: dict[str, Any]) -> dict[str, Any]:
         self.request_stop()

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 
 import anyio
 
+from . import metrics
 from .plugin import Context, TaskType, failure_detail
 from .states import RunOutcome
 
@@ -24,7 +26,15 @@ class IterationEnd:
 
 async def run_iteration(task: TaskType, ctx: Context, timeout: float | None, log: logging.Logger) -> IterationEnd:
     """`task.run_once(ctx)` within `timeout`; a failure or timeout is logged here, the one way.
-    A cancellation (a stop, Ctrl-C) propagates: the caller knows why it came."""
+    A cancellation (a stop, Ctrl-C) propagates: the caller knows why it came. Each end is counted
+    (schedulerd.metrics: iterations and failures by task and outcome, duration by task type)."""
+    began = time.monotonic()
+    end = await _iteration(task, ctx, timeout, log)
+    metrics.iteration_ended(ctx.name, task.type_name, end.outcome.value, time.monotonic() - began)
+    return end
+
+
+async def _iteration(task: TaskType, ctx: Context, timeout: float | None, log: logging.Logger) -> IterationEnd:
     try:
         with anyio.fail_after(timeout):
             result = await task.run_once(ctx)

@@ -15,13 +15,14 @@ import logging
 import socket
 import time
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import anyio
 from anyio.abc import TaskGroup
 
+from . import metrics
 from .config import Config
 from .context import TaskContext, Waker
 from .jobstore import Job, JobError, JobStore, Outcome
@@ -339,6 +340,8 @@ class JobService:
         outcome, error, summary = "interrupted", "interrupted: the daemon stopped while it ran", None
         for_good = False  # a FailForGood: no retry
         log.debug("job %d (%s, queue %s) attempt %d/%d started", job.id, job.type, job.queue, job.attempts, job.max_attempts)
+        began = time.time()
+        metrics.job_started(job.queue, (job.started or began) - job.next_attempt_at)
         try:
             with scope:
                 try:
@@ -363,6 +366,7 @@ class JobService:
                 # the work is over: the slot frees now, the outcome is written with the next batch
                 # (until then the job stays `running` in the store, so nothing claims it twice)
                 self._ended.append(self._outcome(job, tc, outcome, error, summary, handler_log.lines, for_good))
+                metrics.job_ended(job.queue, outcome, time.time() - began)
                 self._ended_count += 1
                 self._ended_ready.set()
                 del self.running[job.id]
@@ -515,6 +519,61 @@ def routes(server: Any, service: Callable[[], JobService]) -> None:
         s = service()
         return [job_view(r.job, r) for r in s.running.values()]
 
+    async def change(what: str, fn: Callable[[], Any]) -> Any:
+        """A store operation the CLI does itself (job:retry, queue:pause, ...), for the web console."""
+        try:
+            return await store_call(what, fn, give_up_after=10)
+        except JobError as e:
+            raise ControlError(Fault.NO_SUCH_JOB if "no job" in str(e) else Fault.BAD_JOB_STATE, str(e)) from None
+
+    async def retry(args: dict[str, Any]) -> dict[str, Any]:
+        s = service()
+        job = await change("retrying a job", functools.partial(s.store.retry, _id(args)))
+        s.wake_queue(job.queue)
+        return job_view(job)
+
+    async def priority(args: dict[str, Any]) -> dict[str, Any]:
+        delta = args.get("delta")
+        if not isinstance(delta, int) or isinstance(delta, bool):
+            raise ControlError(Fault.BAD_ARGUMENTS, "delta: expected an integer (+1 raises, -1 lowers)")
+        s = service()
+        return job_view(await change("moving a job", functools.partial(s.store.change_priority, _id(args), delta)))
+
+    async def purge(args: dict[str, Any]) -> dict[str, Any]:
+        states = args.get("states")
+        if not isinstance(states, list) or not states or not set(states) <= {"finished", "failed", "cancelled"}:
+            raise ControlError(Fault.BAD_ARGUMENTS, "states: expected a list of finished, failed, cancelled")
+        return {"purged": await change("purging jobs", functools.partial(service().store.purge, states))}
+
+    def pauser(paused: bool) -> Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]:
+        async def pause(args: dict[str, Any]) -> dict[str, Any]:
+            s, queue = service(), args.get("queue")
+            if not isinstance(queue, str):
+                raise ControlError(Fault.BAD_ARGUMENTS, "missing queue name")
+            try:
+                await store_call("checking a queue", check_queue, s.store, s.config, queue, give_up_after=10)
+            except JobError as e:
+                raise ControlError(Fault.NO_SUCH_QUEUE, str(e)) from None
+            await change("pausing a queue", functools.partial(s.store.set_paused, queue, paused))
+            s.wake_all()
+            return {"queue": queue, "paused": paused}
+        return pause
+
+    async def listing(args: dict[str, Any]) -> dict[str, Any]:
+        """Jobs newest first (running ones with live progress), filtered, and the counts by queue and state."""
+        s = service()
+        state, queue, limit = args.get("state"), args.get("queue"), int(args.get("limit", 200))
+        jobs = await store_call("listing jobs", s.store.list, state, queue, limit, give_up_after=10)
+        counts = await store_call("counting jobs", s.store.count_by_queue_state, give_up_after=10)
+        return {"jobs": [job_view(j, s.running.get(j.id)) for j in jobs],
+                "counts": [{"queue": q, "state": st, "jobs": n} for (q, st), n in sorted(counts.items())]}
+
+    server.route("job.retry", retry)
+    server.route("job.priority", priority)
+    server.route("job.purge", purge)
+    server.route("queue.pause", pauser(True))
+    server.route("queue.resume", pauser(False))
+    server.route("job.list", listing, during_shutdown=True)
     server.route("job.wake", wake, during_shutdown=True)  # the job is in the store already; no dispatch now
     server.route("job.cancel", cancel)
     server.route("job.add", add)

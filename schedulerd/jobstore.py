@@ -79,6 +79,8 @@ class JobStore(Protocol):
     def interrupt(self, job_id: int, error: str) -> None: ...
     def cancel(self, job_id: int) -> Job: ...
     def retry(self, job_id: int) -> Job: ...
+    def change_priority(self, job_id: int, delta: int) -> Job: ...
+    def count_by_queue_state(self) -> dict[tuple[str, str], int]: ...
     def get(self, job_id: int) -> Job: ...
     def list(self, state: str | None = None, queue: str | None = None, limit: int = 1000) -> list[Job]: ...
     def recover(self, node: str) -> list[int]: ...
@@ -336,6 +338,14 @@ class SqliteJobStore(SqliteFile):
             move(c, [job_id], (job.state,), JobState.WAITING, attempts=0, next_attempt_at=time.time(), finished=None)
             return self._get(c, job_id)
 
+    def change_priority(self, job_id: int, delta: int) -> Job:
+        """Raise (delta > 0) or lower a waiting job's priority: it is claimed before (after) others."""
+        with self.transaction() as c:
+            job = self._get(c, job_id)
+            self._refuse(job, WAITING, "moved up or down")
+            c.execute("UPDATE jobs SET priority=priority+? WHERE id=?", (delta, job_id))
+            return self._get(c, job_id)
+
     def _get(self, c: sqlite3.Connection, job_id: int) -> Job:
         row = c.execute(f"SELECT {COLUMNS} FROM jobs WHERE id=?", (job_id,)).fetchone()
         if row is None:
@@ -361,6 +371,11 @@ class SqliteJobStore(SqliteFile):
     def count_by_state(self) -> dict[str, int]:
         with self._lock:
             return dict(self._conn.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall())
+
+    def count_by_queue_state(self) -> dict[tuple[str, str], int]:
+        with self._lock:
+            return {(q, s): n for q, s, n in self._conn.execute(
+                "SELECT queue, state, COUNT(*) FROM jobs GROUP BY queue, state").fetchall()}
 
     def purge(self, states: Sequence[str], keep: int = 0, max_age: float | None = None) -> int:
         """Delete done jobs in `states`: all but the newest `keep`, or (with max_age) those older than it."""

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import logging
 import logging.handlers
+import os
 import re
+import sys
 import time
 import weakref
 from collections.abc import Iterable
@@ -138,9 +140,13 @@ def _handler(path: Path, max_bytes: int, backups: int) -> logging.Handler:
 FILE_HANDLERS: weakref.WeakSet[logging.FileHandler] = weakref.WeakSet()  # every log file's handler
 
 
+OUT_ENV = "SCHEDULERD_OUT"  # set by scheduler:start for its detached daemon: the file its stdout/stderr go to
+
+
 def reopen_files() -> None:
     """Close every log file; each is opened again, by its path, at its next line (SIGUSR1: after
-    an external logrotate moved the files, the lines go to new files, not to the moved ones)."""
+    an external logrotate moved the files, the lines go to new files, not to the moved ones).
+    The daemon's stdout and stderr (`scheduler.out`, when scheduler:start made it) too."""
     for h in list(FILE_HANDLERS):
         h.acquire()
         try:
@@ -149,6 +155,22 @@ def reopen_files() -> None:
                 h.stream = None  # FileHandler.emit opens a handler without a stream (as with delay)
         finally:
             h.release()
+    out = os.environ.get(OUT_ENV)
+    if out:
+        reopen_stdio(Path(out))
+
+
+def reopen_stdio(path: Path) -> None:
+    """Point fds 1 and 2 at a freshly opened `path` (appending): what the process, its libraries and
+    children print from now on goes to the new file, not to the one logrotate moved away."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+    finally:
+        os.close(fd)
 
 
 def task_log_path(log_dir: Path, name: str) -> Path:

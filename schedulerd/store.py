@@ -243,6 +243,9 @@ async def store_call(what: str, fn: Callable[..., T], *args: Any, give_up_after:
         try:
             result = await anyio.to_thread.run_sync(fn, *args)
         except STORE_ERRORS as e:
+            from . import metrics  # here: the console imports this module and seldom needs it
+
+            metrics.store_error(type(e).__name__)
             now = anyio.current_time()
             if failed_at is None:
                 failed_at = now

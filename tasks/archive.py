@@ -21,6 +21,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 import anyio
 
+from schedulerd import metrics
 from schedulerd.plugin import TaskType
 from schedulerd.settings import ConfigError, duration
 
@@ -291,6 +292,7 @@ class ArchiveTask(TaskType):
                     touched_dirs.add(rel.rpartition("/")[0])
                     self._seen.pop(rel, None)
                 created += len(res.created)
+                metrics.records_archived(ctx.name, len(res.created))
                 skipped += len(res.skipped)
                 changed += res.changed
                 done += len(batch)

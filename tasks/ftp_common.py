@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from schedulerd import metrics
 from schedulerd.durable import fsync_dir
 
 
@@ -53,12 +54,15 @@ class Progress:
 
     def on_bytes(self, n: int) -> None:
         self.bytes_done += n
+        metrics.ftp_transferred(self.ctx.name, bytes=n)
         self._publish()
 
     def file_done(self, *, failed: bool = False, skipped: bool = False) -> None:
         """Counted at once, shown at most every `every` seconds (and at the last file, and
         by `clear`): publishing cost more than a small file's download."""
         self.files_done += 1
+        if not failed and not skipped:
+            metrics.ftp_transferred(self.ctx.name, files=1)
         self.failed += failed
         self.skipped += skipped
         self._publish(force=self.files_done == self.files_total)

@@ -31,6 +31,7 @@ from typing import Annotated, Any, ClassVar
 
 import anyio
 
+from schedulerd import metrics
 from schedulerd import settings as s
 from schedulerd.plugin import Context, TaskType
 from tasks.media import Made, MediaError, Spec, ToolNotFound, as_specs, classify, make_subdefs
@@ -225,6 +226,8 @@ class SubdefsTask(TaskType):
                 outcome = await build_record(db, record, specs, timeout=st.tool_timeout,
                                              status_bit=st.status_bit, log=ctx.log)
             outcomes.append(outcome)
+            if outcome.built:
+                metrics.subdefs_built(ctx.name, len(outcome.built))
             if outcome.waiting:
                 ctx.log.warning("%s left for later: %s", record.label, outcome.waiting)
                 self._waiting[record.id] = outcome.waiting

@@ -29,7 +29,10 @@ def start(args: Any, env: Any) -> int:
     if env.config_path:
         argv += ["--config", str(env.config_path)]
     pkg_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    child_env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [pkg_root, os.environ.get("PYTHONPATH")]))}
+    from ..logs import OUT_ENV
+
+    child_env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [pkg_root, os.environ.get("PYTHONPATH")])),
+                 OUT_ENV: str((sch.log_dir / "scheduler.out").resolve())}  # reopened by SIGUSR1 (logrotate)
     out = open(sch.log_dir / "scheduler.out", "ab")
     with out:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True,
@@ -126,6 +129,16 @@ def already_running(pid: int | None) -> str:
 def reload(args: Any, env: Any) -> int:
     res = env.call("reload")
     print(f"reloaded: added {res['added'] or '-'}, changed {res['changed'] or '-'}, removed {res['removed'] or '-'}")
+    return 0
+
+
+@command("scheduler:reopen-logs", "Reopen every log file and scheduler.out (after logrotate moved them; as SIGUSR1)")
+def reopen_logs(args: Any, env: Any) -> int:
+    if not env.running_pid():  # logrotate's postrotate runs it whether or not the daemon runs
+        print("schedulerd is not running: nothing to reopen")
+        return 0
+    env.call("logs.reopen")
+    print("log files reopened")
     return 0
 
 

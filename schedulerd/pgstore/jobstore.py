@@ -208,6 +208,14 @@ class PgJobStore:
             run(cur, "notify_queues", queues=[job.queue])
             return self._get(cur, job_id)
 
+    def change_priority(self, job_id: int, delta: int) -> Job:
+        """Raise (delta > 0) or lower a waiting job's priority: it is claimed before (after) others."""
+        with self.db.transaction() as cur:
+            job = self._locked(cur, job_id)
+            _refuse(job, WAITING, "moved up or down")
+            run(cur, "change_priority", id=job_id, delta=delta)
+            return self._get(cur, job_id)
+
     def _locked(self, cur: psycopg.Cursor, job_id: int) -> Job:
         """The job, its row locked to the transaction's end (its state cannot change under us)."""
         if run(cur, "lock_job", id=job_id).fetchone() is None:
@@ -232,6 +240,10 @@ class PgJobStore:
     def count_by_state(self) -> dict[str, int]:
         with self.db.transaction() as cur:
             return dict(run(cur, "count_by_state").fetchall())
+
+    def count_by_queue_state(self) -> dict[tuple[str, str], int]:
+        with self.db.transaction() as cur:
+            return {(q, s): n for q, s, n in run(cur, "count_by_queue_state").fetchall()}
 
     def purge(self, states: Sequence[str], keep: int = 0, max_age: float | None = None) -> int:
         """Delete done jobs in `states`: all but the newest `keep`, or (with max_age) those older than it."""

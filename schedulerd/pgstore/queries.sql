@@ -202,6 +202,12 @@ DELETE FROM jobs WHERE state = ANY(%(states)s) AND finished < now() - make_inter
 DELETE FROM jobs WHERE id IN (
     SELECT id FROM jobs WHERE state = ANY(%(states)s) ORDER BY finished DESC, id DESC OFFSET %(keep)s);
 
+-- name: change_priority
+UPDATE jobs SET priority = priority + %(delta)s WHERE id = %(id)s;
+
+-- name: count_by_queue_state
+SELECT queue, state, count(*) FROM jobs GROUP BY queue, state;
+
 -- name: set_progress
 UPDATE jobs SET done = %(done)s, total = %(total)s WHERE id = %(id)s;
 
