@@ -1,7 +1,9 @@
-"""`record:list`, `record:show`, `record:set-status`, `record:set-field`, `record:reindex`."""
+"""`record:list`, `record:show`, `record:set-status`, `record:set-field`, `record:replace-document`,
+`record:reindex`."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from schedulerd.commands import CommandError, arg, command, print_json, print_table
@@ -147,6 +149,36 @@ def record_set_field(args: Any, env: Any) -> int:
         print_json({"id": rid, "field": args.name, "value": value, "changed": changed})
     else:
         print(f"record {rid}: {args.name} = {value}" + ("" if changed else " (unchanged)"))
+    return 0
+
+
+@command("record:replace-document", "Replace a record's document (queues its subdefCreation: record.document_replaced)",
+         arg("id", metavar="ID"), arg("file", metavar="FILE", type=Path, help="the new document"), DATABOX_ARG,
+         arg("--name", default=None, help="its original name (default: the record's)"), JSON_ARG)
+def record_replace_document(args: Any, env: Any) -> int:
+    from .. import SourceError, StorageError, UnknownRecord
+    from ..events import record_jobs
+
+    rid = _record_id(args.id)
+    if not args.file.is_file():
+        raise CommandError(f"FILE: {args.file} is not a readable file", 2)
+    name, db = open_box(args, env)
+    with db:
+        try:
+            rec = db.replace_document(rid, args.file, original_name=args.name)
+        except UnknownRecord as e:
+            raise fail(e, "ID") from None
+        except SourceError as e:
+            raise fail(e, "FILE") from None
+        except StorageError as e:
+            raise CommandError(str(e), 1) from None
+    jobs = [env.add_job(type_name, payload)  # subdefCreation by default ([databoxes.NAME.on])
+            for type_name, payload in record_jobs(name, db.settings, "record.document_replaced", [rid])]
+    if args.json:
+        print_json({"id": rec.id, "document": rec.document, "doc_version": rec.doc_version, "jobs": jobs})
+    else:
+        print(f"record {rec.id}: document {rec.document} (version {rec.doc_version})"
+              + (f", jobs {', '.join(map(str, jobs))} queued" if jobs else ""))
     return 0
 
 

@@ -95,3 +95,30 @@ def test_reindex_queues_a_populate_index(site: Site) -> None:  # noqa: F811
     jid = site.console("record:reindex", "--databox", "main", check=True).stdout.strip()
     job = site.json("job:show", jid)
     assert job["type"] == "populateIndex" and job["payload"] == {"databox": "main"}  # type: ignore[index]
+
+
+def test_replace_document_queues_a_subdef_creation(site: Site, tmp_path: Path) -> None:  # noqa: F811
+    hot = _box(site)
+    Image.new("RGB", (64, 48), "red").save(hot / "a.jpg")
+    site.console("task:run", "inbox", "--no-progress", check=True)
+    (first,) = _jobs(site, "subdefCreation")
+    payload = json.dumps(first["payload"])
+    assert site.console("worker:run-service", "subdefCreation", "--payload", payload).returncode == 0
+    site.console("job:cancel", str(first["id"]), check=True)  # done by hand above
+    # built already: a second job for it builds nothing
+    again = site.console("worker:run-service", "subdefCreation", "--payload", payload)
+    assert again.returncode == 0 and "already built" in again.stdout, again.stdout
+    rid = first["payload"]["record"]
+    Image.new("RGB", (400, 300), "blue").save(tmp_path / "bigger.png")
+    shown = site.json("record:replace-document", str(rid), str(tmp_path / "bigger.png"))
+    assert shown["doc_version"] == 2  # type: ignore[index]
+    waiting = [j for j in _jobs(site, "subdefCreation") if j["state"] == "waiting"]
+    assert [j["id"] for j in waiting] == shown["jobs"] and waiting[0]["payload"] == first["payload"]  # type: ignore[index]
+    assert site.console("worker:run-service", "subdefCreation", "--payload", payload).returncode == 0
+    preview = site.json("record:show", str(rid))["subdefs"]["preview"]  # type: ignore[index]
+    assert (preview["width"], preview["height"]) == (400, 300)
+    # bad input names the argument, exit 2
+    missing = site.console("record:replace-document", "99", str(tmp_path / "bigger.png"))
+    assert missing.returncode == 2 and "ID:" in missing.stderr, missing.stderr
+    nofile = site.console("record:replace-document", str(rid), str(tmp_path / "nope.png"))
+    assert nofile.returncode == 2 and "FILE:" in nofile.stderr, nofile.stderr
