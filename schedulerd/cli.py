@@ -7,6 +7,7 @@ The CLI is a thin client: commands that talk to the daemon load only the
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,7 @@ class Env:
         if self._config is not None:
             return self._config.scheduler
         if self._scheduler is None:
-            from .config import load_scheduler
+            from .configfiles import load_scheduler
             from .settings import ConfigError
 
             try:
@@ -53,7 +54,7 @@ class Env:
         start, so that commands which only talk to it work (with a warning); else the error."""
         import dataclasses
 
-        from .config import default_path, scheduler_fallback
+        from .configfiles import default_path, scheduler_fallback
         from .pidfile import read_record, running_pid
 
         self.config_path = self.config_path or default_path()
@@ -171,6 +172,28 @@ def fault_error(e: Any) -> CommandError:
     return CommandError(e.message, 2 if e.code in bad_input else 1)
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """argparse's formatter, its width found without `shutil`: argparse builds a formatter for
+    every add_argument, and `shutil` (with zlib, bz2, lzma) is most of what scheduler:state
+    would otherwise import. Same width as shutil.get_terminal_size gives."""
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, width=_columns() - 2)
+
+
+def _columns() -> int:
+    try:
+        columns = int(os.environ.get("COLUMNS", "0"))
+    except ValueError:
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns
+        except (AttributeError, ValueError, OSError):
+            columns = 0
+    return columns or 80
+
+
 def _usage() -> str:
     lines = ["usage: console [--config PATH] [-v] COMMAND [ARGS]", "", "commands:"]
     for name, cmd in sorted(load_all().items()):
@@ -180,7 +203,7 @@ def _usage() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    top = argparse.ArgumentParser(prog="console", add_help=False)
+    top = argparse.ArgumentParser(prog="console", add_help=False, formatter_class=_HelpFormatter)
     top.add_argument("--config", type=Path, default=None)
     top.add_argument("-v", "--verbose", action="store_true")
     top.add_argument("-h", "--help", action="store_true")
@@ -193,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     if cmd is None:
         print(f"console: unknown command {name!r} (see `console list`)", file=sys.stderr)
         return 2
-    parser = argparse.ArgumentParser(prog=f"console {name}", description=cmd.help)
+    parser = argparse.ArgumentParser(prog=f"console {name}", description=cmd.help, formatter_class=_HelpFormatter)
     parser.add_argument("--config", type=Path, default=argparse.SUPPRESS)
     parser.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS)
     for a in cmd.args:

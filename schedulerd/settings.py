@@ -7,7 +7,6 @@ load time, once, with a message an admin can act on.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import os
 import re
 import types
@@ -75,6 +74,8 @@ def is_secret_key(key: str) -> bool:
 
 def unknown_key(path: str, key: str, known: Any, what: str = "setting") -> ConfigError:
     """`path: unknown setting (known: a, b, c); did you mean b?` with difflib's closest name."""
+    import difflib  # only on this error: the thin CLI loads [scheduler] without it
+
     names = sorted(known)
     close = difflib.get_close_matches(key, names, n=1, cutoff=0.6)
     hint = f"; did you mean {close[0]}?" if close else ""

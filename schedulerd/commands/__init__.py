@@ -5,7 +5,10 @@ package, then the plugins' command modules: the entry points of the group
 `schedulerd.commands` (the repository's `databox:*`, `record:*`, the task types'
 `record:subdefs`, `export:ftp`, `task:preview`), which register with `@command`
 like the engine's own. Command modules must import heavy libraries inside their
-handlers: the CLI stays light.
+handlers: the CLI stays light. This module itself imports almost nothing (no
+`dataclasses`, no `importlib.metadata` until the plugins' commands are needed): a
+daemon-talking command such as `scheduler:state` pays only for what it uses
+(tests/engine/test_cli_imports.py guards that).
 """
 
 from __future__ import annotations
@@ -13,12 +16,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import pkgutil
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from importlib.metadata import entry_points
-from typing import Any
+from typing import Any, NamedTuple
 
 COMMAND_GROUP = "schedulerd.commands"  # NAME = "module": importing the module registers its commands
 
@@ -31,18 +31,16 @@ class CommandError(Exception):
         self.code = code
 
 
-@dataclass(frozen=True)
-class Arg:
+class Arg(NamedTuple):
     flags: tuple[str, ...]
-    options: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any]
 
 
 def arg(*flags: str, **options: Any) -> Arg:
     return Arg(flags, options)
 
 
-@dataclass(frozen=True)
-class Command:
+class Command(NamedTuple):
     name: str
     help: str
     args: tuple[Arg, ...]
@@ -75,6 +73,9 @@ def find(name: str) -> Command | None:
 
 
 def load_all() -> dict[str, Command]:
+    import pkgutil
+    from importlib.metadata import entry_points
+
     for m in pkgutil.iter_modules(__path__):
         importlib.import_module(f"{__name__}.{m.name}")
     for ep in entry_points(group=COMMAND_GROUP):

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -19,6 +17,8 @@ STARTED, STOPPED = 10, 11  # Phraseanet's exit codes for scheduler:state
 @command("scheduler:start", "Start the daemon detached (safe to call from cron every minute)",
          arg("--wait", type=float, default=30.0, help="seconds to wait for the socket to answer"))
 def start(args: Any, env: Any) -> int:
+    import subprocess  # here, not at the top: scheduler:state must not pay for it
+
     pid = env.running_pid()
     if pid:
         print(f"schedulerd is already running (pid {pid})")
@@ -63,6 +63,8 @@ def _tail(path: Any) -> str:
 @command("scheduler:stop", "Stop the daemon gracefully (exit 0 also when it was not running)",
          arg("--timeout", type=float, default=None, help="seconds to wait (default stop_timeout + 15)"))
 def stop(args: Any, env: Any) -> int:
+    import signal
+
     pid = env.running_pid()
     if not pid:
         print("schedulerd is not running")

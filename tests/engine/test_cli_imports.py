@@ -1,0 +1,66 @@
+"""The thin CLI's import budget (issue 22): `scheduler:state` and `task:list` against a running
+daemon import only what they need, so they stay faster than `supervisorctl status`.
+
+Each command runs for real (`python -X importtime -m schedulerd.cli`, the module `bin/console`
+runs) against a real daemon; the modules it imported are read from the importtime report.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.engine.conftest import ROOT
+
+TASKS = """
+[tasks.a]
+type = "command"
+period = "1h"
+argv = ["true"]
+"""
+
+# Heavy, or not needed to talk to a running daemon: the full config tree (task types, plugins,
+# entry points), the stores and their drivers, the engine's event loop, media and SSH libraries,
+# and the standard library's big ones that came in through them.
+FORBIDDEN = (
+    "schedulerd.config", "schedulerd.registry", "schedulerd.plugin", "schedulerd.stores", "schedulerd.store",
+    "schedulerd.pgstore", "schedulerd.daemon", "schedulerd.runner", "schedulerd.jobs", "schedulerd.web",
+    "importlib.metadata", "email", "zipfile", "subprocess", "logging", "difflib", "shutil", "sqlite3",
+    "anyio", "asyncio", "psycopg", "PIL", "asyncssh", "tasks", "repository",
+)
+
+
+def imported(site, *args: str) -> tuple[subprocess.CompletedProcess, set[str]]:
+    env = {k: v for k, v in os.environ.items() if k != "SCHEDULERD_CONFIG"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    p = subprocess.run([sys.executable, "-X", "importtime", "-m", "schedulerd.cli", "--config", str(site.config), *args],
+                       capture_output=True, text=True, timeout=60, env=env, cwd=site.root)
+    names = {line.split("|")[2].strip() for line in p.stderr.splitlines()
+             if line.startswith("import time:") and "self [us]" not in line}
+    return p, names
+
+
+def heavy(names: set[str]) -> list[str]:
+    return sorted(n for n in names if any(n == f or n.startswith(f + ".") for f in FORBIDDEN))
+
+
+@pytest.mark.parametrize("command, code", [(("scheduler:state",), 10), (("scheduler:state", "--json"), 10),
+                                           (("task:list",), 0), (("task:list", "--json"), 0)])
+def test_daemon_talking_commands_import_none_of_the_heavy_modules(site, command, code):
+    site.write(TASKS)
+    site.console("scheduler:start", check=True)
+    p, names = imported(site, *command)
+    assert p.returncode == code, p.stderr[-2000:]
+    assert "a" in p.stdout and "schedulerd.client" in names  # it did talk to the daemon
+    assert heavy(names) == []
+
+
+def test_an_invalid_scheduler_section_is_still_refused_on_the_thin_path(site):
+    """Same errors as before the split: [scheduler] is validated in full (exit 2, key path named)."""
+    site.write(TASKS, scheduler='log_level = "loud"\n')
+    p = site.console("scheduler:state")
+    assert p.returncode == 2
+    assert "scheduler.log_level" in p.stderr
