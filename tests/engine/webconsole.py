@@ -35,6 +35,7 @@ class Chatty(TaskType):
     async def run_once(self, ctx):
         self.n += 1
         ctx.log.info("chatty line %d", self.n)
+        print(f"chatty out {self.n}", flush=True)  # the daemon's stdout: scheduler.out
         return f"line {self.n}"
 
 
