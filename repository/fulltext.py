@@ -474,6 +474,9 @@ def resolve_databox(base: str, databox_path: Path | None, config: Path | None) -
     if base not in cfg.databoxes:
         known = ", ".join(sorted(cfg.databoxes)) or "none"
         raise FulltextError(f"unknown databox {base!r} (known: {known}); pass --databox-path or a file path")
+    if cfg.databoxes[base].url is not None:
+        raise FulltextError(f"databox {base!r} is on PostgreSQL: its full-text rows are kept on write "
+                            "(record:search reads them), no indexer is needed")
     return Path(cfg.databoxes[base].path)
 
 

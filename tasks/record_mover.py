@@ -210,7 +210,7 @@ def check_rule(r: Rule, config: Any, where: Callable[[str], str]) -> None:
                 float(t.value)
             except ValueError:
                 raise ConfigError(where(base + ".value"), f"field {t.field!r} is a number, got {t.value!r}") from None
-    names = known_collections(dbs.path) if collections_required() else None
+    names = known_collections(dbs.path) if collections_required() and dbs.url is None else None
     if names is None:
         return  # the databox is not created yet (the run will name what is missing), or collection:create runs
     refs = [(f"from.collection[{j}]", n) for j, n in enumerate(c.collection)]
