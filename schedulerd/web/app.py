@@ -102,9 +102,12 @@ class Gate:
             await self.app(scope, receive, send)
             return
 
+        began = time.perf_counter()
+
         async def with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", []), *HEADERS]
+            if message["type"] == "http.response.start":  # the page is rendered by then: its server time
+                took = f"app;dur={(time.perf_counter() - began) * 1000:.1f}".encode()
+                message["headers"] = [*message.get("headers", []), *HEADERS, (b"server-timing", took)]
             await send(message)
 
         request = Request(scope)
