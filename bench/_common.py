@@ -199,3 +199,70 @@ def ratio(ours: float, theirs: float) -> float:
 
 def verdict(ok: bool) -> str:
     return "MET" if ok else "NOT MET"
+
+
+# --- paired rounds ------------------------------------------------------------------
+# Why paired: on a shared machine the load changes from one minute to the next. Each round
+# runs our side and the peer back to back (A B A B ...), and the ratio is taken inside the
+# round, so a busy spell hits both sides of the ratio alike; the median and the minimum of
+# those per-round ratios are reported, not a ratio of medians or of best runs.
+def alternate(rounds: int, *sides: Any) -> list[list[Any]]:
+    """Call each side once per round, in the order given (A B A B ...); one result list per side."""
+    results: list[list[Any]] = [[] for _ in sides]
+    for _ in range(rounds):
+        for out, side in zip(results, sides):
+            out.append(side())
+    return results
+
+
+def paired(ours: Sequence[float], theirs: Sequence[float]) -> list[float]:
+    """The per-round ratios ours / theirs (rounds paired by position)."""
+    if len(ours) != len(theirs):
+        raise ValueError(f"paired rounds: {len(ours)} values of ours, {len(theirs)} of the peer's")
+    return [ratio(o, t) for o, t in zip(ours, theirs)]
+
+
+def report_paired(what: str, ours: Sequence[float], theirs: Sequence[float], target: str = "",
+                  ok: Any = None) -> float:
+    """Print `paired ratio WHAT: median X, min Y over N rounds (A B A B): r1 r2 ...`; returns the median.
+    `ok(median)` says whether the target is met (printed after `target`)."""
+    rs = paired(ours, theirs)
+    med = median(rs)
+    tail = f"   target {target}: {verdict(ok(med))}" if ok is not None else ""
+    print(f"paired ratio {what}: median {med:.2f}x, min {min(rs):.2f}x over {len(rs)} rounds (A B A B): "
+          f"{' '.join(f'{r:.2f}' for r in rs)}{tail}", flush=True)
+    return med
+
+
+def print_sides(ours: str, theirs: str, peer: str) -> None:
+    """What each side does that the other does not (sync, hashing, ...): a ratio is read with it."""
+    print(f"# only schedulerd: {ours}")
+    print(f"# only {peer}: {theirs}", flush=True)
+
+
+def _version(binary: str) -> str:
+    try:
+        out = subprocess.run([binary, "-version"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return out.splitlines()[0] if out else ""
+
+
+def require_imagemagick() -> str:
+    """ImageMagick's `convert`, or SystemExit: a stand-in peer would make the ratio a lie.
+    `convert -version` on PATH must say ImageMagick; the binary returned is the first ELF
+    `convert` on PATH that says so (a wrapper script in front of it would add a shell to each
+    of the peer's calls)."""
+    found = [p for d in os.get_exec_path() if os.access(p := os.path.join(d, "convert"), os.X_OK)]
+    if not found:
+        raise SystemExit("bench: `convert` not found; install ImageMagick (Debian: apt-get install imagemagick)")
+    first = _version(found[0])
+    if not first.startswith("Version: ImageMagick"):
+        raise SystemExit(f"bench: {found[0]} is not ImageMagick's convert (`convert -version` says {first!r}); "
+                         "install ImageMagick (Debian: apt-get install imagemagick)")
+    for p in found:
+        with open(p, "rb") as fh:
+            elf = fh.read(4) == b"\x7fELF"
+        if elf and _version(p).startswith("Version: ImageMagick"):
+            return os.path.realpath(p)
+    return found[0]

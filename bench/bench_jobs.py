@@ -20,7 +20,10 @@ stream jobs/s = N / (last finished seen - first add) (the headline); add->start 
 of each job (claim time), huey (task start - time taken before enqueue). Target: our
 throughput >= 1.0x huey's.
 
-    .venv/bin/python bench/bench_jobs.py [--quick] [--jobs N] [--workers W]
+    .venv/bin/python bench/bench_jobs.py [--quick] [--jobs N] [--workers W] [--rounds R]
+
+With --rounds R each round runs ours then huey's (stream, then drain); the paired ratio is
+taken per round (median and min printed).
 """
 
 from __future__ import annotations
@@ -34,8 +37,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import PY, Reaper, child_env, machine, percentile, ratio, start_daemon, tempdir, verdict, wait_for, \
-    write_config
+from _common import PY, Reaper, child_env, machine, percentile, print_sides, report_paired, start_daemon, tempdir, \
+    wait_for, write_config
 
 HUEY_APP = '''\
 """The huey side of bench_jobs: a SqliteHuey with schedulerd's durability (WAL + synchronous=NORMAL)."""
@@ -80,6 +83,9 @@ def wait_all(count: Any, n: int, timeout: float, what: str) -> float:
 
 
 # --- schedulerd ----------------------------------------------------------------
+ROUND = [0]  # the current round: each side's files go to a folder of their own per round
+
+
 def run_ours(tmp: Path, n: int, workers: int, timeout: float, drain: bool) -> dict[str, Any]:
     """stream: the daemon runs while we add (and wake it after each add with the datagram `job:add` sends);
     drain: the N jobs wait in the store before the daemon starts."""
@@ -89,7 +95,7 @@ def run_ours(tmp: Path, n: int, workers: int, timeout: float, drain: bool) -> di
     from schedulerd.wake import send_wake
 
     body = f"[jobs]\nkeep_finished = {n * 2}\n\n[jobs.types.noop]\nmax_attempts = 1\n\n[queues.default]\nworkers = {workers}\n"
-    path = write_config(tmp / ("sd-drain" if drain else "sd"), body)
+    path = write_config(tmp / f"sd{'-drain' if drain else ''}-{ROUND[0]}", body)
     config = load(path)
     with Reaper() as reaper:
         store = open_job_store(config.scheduler.state_dir)
@@ -124,7 +130,7 @@ def run_ours(tmp: Path, n: int, workers: int, timeout: float, drain: bool) -> di
 
 # --- huey ------------------------------------------------------------------------
 def run_huey(tmp: Path, n: int, workers: int, timeout: float, drain: bool) -> dict[str, Any]:
-    app_dir = tmp / ("huey-drain" if drain else "huey")
+    app_dir = tmp / f"huey{'-drain' if drain else ''}-{ROUND[0]}"
     app_dir.mkdir(parents=True)
     (app_dir / "bench_huey_app.py").write_text(HUEY_APP)
     db_path = app_dir / "huey.db"
@@ -196,25 +202,30 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="2,000 jobs instead of 10,000")
     ap.add_argument("--jobs", type=int, default=None)
     ap.add_argument("--workers", type=int, default=4, help="workers on each side (default 4)")
+    ap.add_argument("--rounds", type=int, default=1, help="rounds, each ours then huey's, stream then drain")
     ap.add_argument("--timeout", type=float, default=600.0, help="give up on a side after this long")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir")
     a = ap.parse_args()
     n = a.jobs or (2000 if a.quick else 10_000)
     print(f"# bench_jobs  {machine()}")
-    print(f"# {n} no-op jobs, {a.workers} workers each side, one side after the other")
-    results = {}
+    print(f"# {n} no-op jobs, {a.workers} workers each side, {a.rounds} round(s) A B A B")
+    print_sides("a job row per job in SQLite (WAL, synchronous=NORMAL) with its attempts and states; the producer "
+                "also sends a wake datagram", "a queue row and a result row in SQLite (WAL, synchronous=NORMAL)", "huey")
+    results: dict[bool, tuple[list[dict[str, Any]], list[dict[str, Any]]]] = {False: ([], []), True: ([], [])}
     with tempdir("bench-jobs-", a.keep) as tmp:
-        for drain in (False, True):
-            results[drain] = (run_ours(tmp, n, a.workers, a.timeout, drain),
-                              run_huey(tmp, n, a.workers, a.timeout, drain))
+        for r in range(a.rounds):
+            ROUND[0] = r
+            for drain in (False, True):
+                results[drain][0].append(run_ours(tmp, n, a.workers, a.timeout, drain))
+                results[drain][1].append(run_huey(tmp, n, a.workers, a.timeout, drain))
     for drain, (ours, theirs) in results.items():
         print("drain: the jobs wait in the store, then the consumer starts (clock from the first job start)" if drain
               else "stream: the consumer runs, this process adds the jobs one by one (clock from the first add)")
-        show("schedulerd", ours, drain)
-        show("huey", theirs, drain)
-        r = ratio(ours["rate"], theirs["rate"])
-        head = "" if drain else "   target >= 1.0x: " + verdict(r >= 1.0)
-        print(f"ratio (ours / huey, jobs/s): {r:.2f}x{head}")
+        for o, h in zip(ours, theirs):
+            show("schedulerd", o, drain)
+            show("huey", h, drain)
+        report_paired(f"{'drain' if drain else 'stream'} jobs/s (ours / huey)", [o["rate"] for o in ours],
+                      [h["rate"] for h in theirs], *(() if drain else (">= 1.0x", lambda m: m >= 1.0)))
     return 0
 
 

@@ -2,22 +2,19 @@
 """Benchmark: camera-sized JPEGs to a 240 px thumbnail and a 1024 px preview.
 
 The `subdefs` task itself (a real databox, one `run_once` over the whole batch,
-records updated in SQLite) against ImageMagick on the very same files in the same
-run, with the same number of workers (default: one per CPU):
-
-- `convert SRC -thumbnail 1024x1024 -write P -thumbnail 240x240 T`, one decode per
-  image, which is how the issue states the baseline;
-- the same with `-define jpeg:size=WxH`, ImageMagick's own reduced-decode hint,
-  set to the preview's size so libjpeg decodes at the same 1/n scale as Pillow's
-  draft mode does for us: the strongest ImageMagick baseline;
-- `vipsthumbnail` (two runs per image) when it is installed.
+records updated in SQLite) against ImageMagick on the very same files, with the same
+number of workers (default: one per CPU), in rounds A B A B (paired ratio per round):
+`convert -define jpeg:size=WxH SRC -thumbnail 1024x1024 -write P -thumbnail 240x240 T`,
+one decode per image, `jpeg:size` set to the preview's size so libjpeg decodes at the
+same 1/n scale as Pillow's draft mode does for us: the fair peer. The bench refuses to
+run without ImageMagick's `convert` (`convert -version`; Debian: `apt-get install imagemagick`).
 
 Sources: `--distinct` different synthetic photos (gradients plus sensor-like
 noise, ~4.5 MB each at 6000x4000), hard-linked up to `--count` names, so every
 tool reads the same bytes from the page cache.
 
-    .venv/bin/python bench/bench_subdefs.py            # 500 images
-    .venv/bin/python bench/bench_subdefs.py --count 40 --rounds 3  # quicker, steadier
+    .venv/bin/python bench/bench_subdefs.py            # 500 images, 3 rounds
+    .venv/bin/python bench/bench_subdefs.py --count 40 --rounds 3  # quicker
 """
 
 from __future__ import annotations
@@ -45,6 +42,9 @@ from PIL import Image  # noqa: E402
 from schedulerd.context import TaskContext  # noqa: E402
 from repository import DataboxSettings, NewRecord, SubdefSettings, open_databox  # noqa: E402
 from tasks.subdefs import Settings, SubdefsTask  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "bench"))
+from _common import alternate, machine, print_sides, report_paired, require_imagemagick  # noqa: E402
 
 QUALITY = 85
 
@@ -112,21 +112,12 @@ def run_commands(commands: list[list[str]], workers: int, env: dict[str, str]) -
     return time.perf_counter() - started
 
 
-def convert_binary() -> str | None:
-    for name in ("/usr/bin/convert", "/usr/bin/magick"):  # the real ImageMagick, not a wrapper on PATH
-        if os.access(name, os.X_OK):
-            return name
-    return shutil.which("magick") or shutil.which("convert")
-
-
-def imagemagick(out: Path, sources: list[Path], workers: int, hint: bool) -> float:
-    binary = convert_binary()
-    assert binary is not None
+def imagemagick(binary: str, out: Path, sources: list[Path], workers: int) -> float:
     out.mkdir(parents=True)
     with Image.open(sources[0]) as im:
         w, h = im.size
     scale = 1024 / max(w, h)
-    define = ["-define", f"jpeg:size={math.ceil(w * scale)}x{math.ceil(h * scale)}"] if hint else []
+    define = ["-define", f"jpeg:size={math.ceil(w * scale)}x{math.ceil(h * scale)}"]
     commands = [[binary, *define, str(s), "-quality", str(QUALITY), "-thumbnail", "1024x1024",
                  "-write", str(out / f"{s.stem}-p.jpg"), "-thumbnail", "240x240", str(out / f"{s.stem}-t.jpg")]
                 for s in sources]
@@ -135,69 +126,59 @@ def imagemagick(out: Path, sources: list[Path], workers: int, hint: bool) -> flo
     return run_commands(commands, workers, env)
 
 
-def vips(out: Path, sources: list[Path], workers: int) -> float | None:
-    binary = shutil.which("vipsthumbnail")
-    if binary is None:
-        return None
-    out.mkdir(parents=True)
-    commands = []
-    for s in sources:
-        for size, tag in ((1024, "p"), (240, "t")):
-            commands.append([binary, str(s), "--size", str(size), "-o", f"{out}/%s-{tag}.jpg[Q={QUALITY}]"])
-    return run_commands(commands, workers, dict(os.environ))
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--count", type=int, default=500, help="images (default 500)")
     parser.add_argument("--distinct", type=int, default=8, help="different source photos (default 8)")
     parser.add_argument("--size", default="6000x4000", help="source size WxH (default 6000x4000)")
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="parallel workers for every tool")
-    parser.add_argument("--rounds", type=int, default=1,
-                        help="run every tool this many times, interleaved, and keep each one's best (default 1)")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="parallel workers for each side")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds, each ours then ImageMagick (default 3)")
     parser.add_argument("--dir", type=Path, help="work folder (default: a temporary one, removed)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     args = parser.parse_args()
+    binary = require_imagemagick()
     w, h = (int(v) for v in args.size.lower().split("x"))
     logging.basicConfig(level=logging.WARNING)
     work = args.dir or Path(tempfile.mkdtemp(prefix="bench-subdefs-"))
+    print(f"# bench_subdefs  {machine()}")
+    print_sides("a databox: each record read from SQLite, EXIF orientation applied, both files written to a temp "
+                "name and renamed, the records updated in SQLite", "plain writes of the two files",
+                f"ImageMagick ({binary} -define jpeg:size=... -thumbnail)")
     try:
         t0 = time.perf_counter()
         sources = make_sources(work / "src", args.count, min(args.distinct, args.count), (w, h), args.workers)
         print(f"{args.count} sources of {w}x{h} ready in {time.perf_counter() - t0:.1f}s "
               f"({sources[0].stat().st_size / 1e6:.1f} MB each); {args.workers} workers, {os.cpu_count()} CPUs",
               file=sys.stderr)
-        runs: dict[str, list[float]] = {}
-        for r in range(args.rounds):  # interleaved, so a busy spell on the host hits every tool alike
-            rd = work / f"round{r}"
-            timings = {"schedulerd": run_task(rd / "task", sources, args.workers)}
-            if convert_binary():
-                timings["imagemagick"] = imagemagick(rd / "im", sources, args.workers, hint=False)
-                timings["imagemagick_jpeg_size_hint"] = imagemagick(rd / "im-hint", sources, args.workers, hint=True)
-            timings["vipsthumbnail"] = vips(rd / "vips", sources, args.workers)
-            for k, v in timings.items():
-                if v:
-                    runs.setdefault(k, []).append(v)
-            shutil.rmtree(rd, ignore_errors=True)
-        results = {k: min(v) for k, v in runs.items()}
+        n = iter(range(10**6))
+
+        def ours() -> float:
+            rd = work / f"ours{next(n)}"
+            try:
+                return run_task(rd, sources, args.workers)
+            finally:
+                shutil.rmtree(rd, ignore_errors=True)
+
+        def peer() -> float:
+            rd = work / f"im{next(n)}"
+            try:
+                return imagemagick(binary, rd, sources, args.workers)
+            finally:
+                shutil.rmtree(rd, ignore_errors=True)
+
+        ours_s, peer_s = alternate(args.rounds, ours, peer)
     finally:
         if args.dir is None:
             shutil.rmtree(work, ignore_errors=True)
-    rates = {k: args.count / v for k, v in results.items()}
-    ours = rates["schedulerd"]
-    report = {
-        "images": args.count, "size": f"{w}x{h}", "workers": args.workers, "cpus": os.cpu_count(),
-        "rounds": args.rounds, "load_average": os.getloadavg()[0],
-        "seconds": {k: round(v, 3) for k, v in results.items()},
-        "images_per_second": {k: round(v, 2) for k, v in rates.items()},
-        "ratio_vs": {k: round(ours / v, 2) for k, v in rates.items() if k != "schedulerd"},
-    }
+    ours_rate = [args.count / s for s in ours_s]
+    peer_rate = [args.count / s for s in peer_s]
+    for i, (o, p) in enumerate(zip(ours_rate, peer_rate)):
+        print(f"round {i + 1}: schedulerd {o:7.2f} images/s   ImageMagick (jpeg:size) {p:7.2f} images/s")
+    med = report_paired("images/s (ours / ImageMagick jpeg:size)", ours_rate, peer_rate, ">= 1.0x", lambda m: m >= 1.0)
     if args.json:
-        print(json.dumps(report, indent=2))
-    else:
-        for name, rate in rates.items():
-            ratio = "" if name == "schedulerd" else f"   schedulerd is {ours / rate:.2f}x"
-            print(f"{name:28s} {rate:8.2f} images/s  ({results[name]:.2f}s){ratio}")
+        print(json.dumps({"images": args.count, "size": f"{w}x{h}", "workers": args.workers, "rounds": args.rounds,
+                          "load_average": os.getloadavg()[0], "ours_seconds": ours_s, "imagemagick_seconds": peer_s,
+                          "paired_ratio_median": med}, indent=2))
     return 0
 
 
