@@ -13,6 +13,7 @@ from types import MappingProxyType
 from typing import Annotated, Any
 
 from . import settings as s
+from .pipeline import QUEUE_PREFIX, PipelineConfig, pipelines
 from .configfiles import SchedulerSettings, base_dir_for, default_path, file_for, merge, node_name
 from .registry import config_sections
 from .settings import ConfigError, Secret
@@ -20,7 +21,7 @@ from .stores import StoreSettings
 from .web.settings import HttpSettings
 
 ENGINE_TASK_KEYS = ("type", "period", "enabled", "timeout", "trigger", "nodes")
-ENGINE_SECTIONS = ("scheduler", "store", "tasks", "jobs", "queues", "http")  # the others are plugins' (config_sections)
+ENGINE_SECTIONS = ("scheduler", "store", "tasks", "jobs", "queues", "http", "pipelines")  # the others are plugins' (config_sections)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,6 +85,8 @@ class Config:
     sections: Mapping[str, Mapping[str, object]] = dataclasses.field(default_factory=lambda: MappingProxyType({}))
     store: StoreSettings = StoreSettings()  # [store]: SQLite files under state_dir, or PostgreSQL (url)
     http: HttpSettings = HttpSettings()  # [http]: the operator's console (schedulerd.web), off by default
+    # [pipelines.NAME]: triggers and steps (schedulerd.pipeline, docs/pipelines.md)
+    pipelines: Mapping[str, PipelineConfig] = dataclasses.field(default_factory=lambda: MappingProxyType({}))
 
     def __getattr__(self, name: str) -> Mapping[str, object]:
         """A plugin's section as an attribute: `config.databoxes` is `config.sections["databoxes"]`."""
@@ -93,6 +96,11 @@ class Config:
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def queue(self, name: str) -> QueueConfig:
+        if name.startswith(QUEUE_PREFIX) and name not in self.queues:  # a pipeline step's: `parallel` workers
+            pipeline, _, step = name[len(QUEUE_PREFIX):].rpartition(".")
+            pc = self.pipelines.get(pipeline)
+            if pc is not None and step.isdigit() and int(step) < len(pc.steps):
+                return QueueConfig(workers=pc.steps[int(step)].parallel or 1)
         return self.queues.get(name) or QueueConfig()
 
     def secrets(self) -> list[str]:
@@ -167,6 +175,8 @@ def _build(data: dict[str, Any], file: Path | None, base: Path) -> Config:
     config = Config(file, base, scheduler, MappingProxyType(tasks), jobs, queues, sections, store, http)
     for tname, tc in tasks.items():
         _cross_check(tc, config)
+    if "pipelines" in data:
+        config = dataclasses.replace(config, pipelines=pipelines(data["pipelines"], config, base))
     return config
 
 

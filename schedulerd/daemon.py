@@ -53,6 +53,7 @@ class Daemon:
         self._tg: TaskGroup | None = None
         self.store: StateStore | None = None
         self.jobs: Any = None
+        self.pipelines: Any = None  # schedulerd.pipelinerun.PipelineService, once the job service runs
         self._env: RunnerEnv | None = None  # what the runners share; made once the store is open
         self._listeners: dict[str, list[TaskRunner]] = {}
         self._writing = anyio.Lock()  # held while a batch of the state sink is being saved
@@ -168,6 +169,10 @@ class Daemon:
                     tg.start_soon(self._watchdog, interval)
                 await self._apply_tasks(self.config, first=True)
                 await tg.start(self.jobs.serve)
+                from .pipelinerun import PipelineService
+
+                self.pipelines = PipelineService(self.config, self.jobs.wake_queue)
+                await tg.start(self.pipelines.serve)
                 await tg.start(serve_wakes, sch.state_dir, sch.socket_mode, self.jobs.wake_queue)
                 if self.config.http.enabled:  # the web console ([http]), in this task group (schedulerd.web)
                     from .web.server import serve_console
@@ -347,12 +352,16 @@ class Daemon:
         withhold_env(new.secret_env_vars())
         await self._apply_tasks(new)
         self.jobs.reconfigure(new)
+        if self.pipelines is not None:
+            self.pipelines.reconfigure(new)
         if self.keeper is not None:  # cluster:nodes shows the new task configuration's hash
             self.keeper.me = dataclasses.replace(self.keeper.me, config_hash=config_hash(new.tasks))
         log.info("configuration reloaded: %d added, %d changed, %d removed", len(added), len(changed), len(removed))
         return {"added": added, "changed": changed, "removed": removed}
 
     def emit(self, event: str, data: dict[str, Any]) -> None:
+        if self.pipelines is not None:  # pipelines this event triggers
+            self.pipelines.on_event(event, data)
         for runner in self._listeners.get(event, ()):
             if runner.state in (TaskState.WAITING, TaskState.RUNNING):  # running: one more pass right after
                 runner.ctx.wake()
@@ -388,6 +397,12 @@ class Daemon:
         from .jobs import routes
 
         routes(server, lambda: self.jobs)
+        r("pipeline.wake", self.c_pipeline_wake, during_shutdown=True)  # pipeline:run added a run to the store
+
+    async def c_pipeline_wake(self, args: dict[str, Any]) -> dict[str, Any]:
+        if self.pipelines is not None:
+            self.pipelines.waker.wake()
+        return {"woken": self.pipelines is not None}
 
     async def c_ping(self, args: dict[str, Any]) -> dict[str, Any]:
         return {"pong": True, "pid": os.getpid(), "version": __version__}

@@ -401,6 +401,8 @@ class JobService:
         else:
             kind = "failed"
             log.error("job %d failed%s: %s", job.id, " for good" if for_good else ", attempts used up", error)
+            if self.emit is not None:  # pipelines triggered by job.failed
+                self.emit("job.failed", {"job": job.id, "type": job.type, "queue": job.queue, "error": error or ""})
         return Outcome(job.id, kind, time.time(), summary, error, retry_at, tuple(lines), node=self.node)
 
     async def _settler(self) -> None:

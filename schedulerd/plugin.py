@@ -8,15 +8,77 @@ by module path it knows: it looks them up by name (see `registry`).
 from __future__ import annotations
 
 import dataclasses
+import enum
 import logging
 import traceback
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
 
 # events the engine itself emits (a `trigger` may name them besides the types' `emits`)
-ENGINE_EVENTS: tuple[str, ...] = ("task.state",)
+# task.failed: an iteration failed; job.failed: a job failed for good (attempts used up, FailForGood)
+ENGINE_EVENTS: tuple[str, ...] = ("task.state", "task.failed", "job.failed")
+
+
+class ItemKind(enum.Enum):
+    FILE = "file"
+    RECORD = "record"
+    EVENT = "event"
+
+
+@dataclasses.dataclass(frozen=True)
+class Item:
+    """What flows between the steps of a pipeline (docs/pipelines.md): a file (path, size, mime),
+    a record (databox, id, collection, status, fields) or an event (its data in `fields`)."""
+
+    kind: ItemKind
+    path: str | None = None
+    size: int | None = None
+    mime: str | None = None
+    databox: str | None = None
+    id: int | None = None
+    collection: str | None = None
+    status: int | None = None
+    fields: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        d: dict[str, Any] = {k: v for k, v in dataclasses.asdict(self).items() if v not in (None, {})}
+        d["kind"] = self.kind.value
+        if self.fields:
+            d["fields"] = dict(self.fields)
+        return d
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> Item:
+        """An item from its JSON form; ValueError naming the key for a bad one."""
+        if not isinstance(d, Mapping):
+            raise ValueError(f"expected an object, got {d!r}")
+        unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ValueError(f"{unknown[0]}: unknown key (known: {', '.join(f.name for f in dataclasses.fields(cls))})")
+        try:
+            kind = ItemKind(d.get("kind", "file"))
+        except ValueError:
+            raise ValueError(f"kind: expected file, record or event, got {d.get('kind')!r}") from None
+        for key, tp in (("path", str), ("mime", str), ("databox", str), ("collection", str),
+                        ("size", int), ("id", int), ("status", int)):
+            if d.get(key) is not None and (not isinstance(d[key], tp) or isinstance(d[key], bool)):
+                raise ValueError(f"{key}: expected {tp.__name__}, got {d[key]!r}")
+        fields = d.get("fields") or {}
+        if not isinstance(fields, Mapping):
+            raise ValueError(f"fields: expected an object, got {fields!r}")
+        return cls(kind, d.get("path"), d.get("size"), d.get("mime"), d.get("databox"), d.get("id"),
+                   d.get("collection"), d.get("status"), {str(k): str(v) for k, v in fields.items()})
+
+    def as_payload(self) -> dict[str, Any]:
+        """The payload keys an item gives a job type that knows nothing of items: a record's
+        `databox` and `record`, a file's `path`."""
+        if self.kind is ItemKind.RECORD:
+            return {"databox": self.databox, "record": self.id}
+        if self.kind is ItemKind.FILE:
+            return {"path": self.path}
+        return {}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,3 +192,25 @@ class JobType:
 
     async def run(self, ctx: Context, payload: Mapping[str, Any]) -> str | None:
         raise NotImplementedError
+
+    # --- as a pipeline step (docs/pipelines.md) ----------------------------------------------
+    def check_step(self, payload: Mapping[str, Any], config: Any) -> None:
+        """Check a pipeline step's settings (its payload without the items) at load: raise
+        ValueError naming the key. Default: nothing to check."""
+
+    async def run_item(self, ctx: Context, payload: Mapping[str, Any], item: Item) -> Item:
+        """One item through this type; returns the item with what the type adds (a record id, a
+        local path). Default: `run` with the step's payload and the item's keys (`as_payload`),
+        the item unchanged."""
+        await self.run(ctx, {**payload, **item.as_payload()})
+        return item
+
+    async def run_items(self, ctx: Context, payload: Mapping[str, Any], items: Sequence[Item]) -> list[Item]:
+        """The items of one part of a step (all of them, or one with `parallel`); returns the
+        output items. Default: `run_item` on each in turn. A type that works on the list at once
+        (a webhook posting it) overrides this."""
+        out = []
+        for i, item in enumerate(items):
+            out.append(await self.run_item(ctx, payload, item))
+            ctx.progress(i + 1, len(items))
+        return out

@@ -79,6 +79,9 @@ def job_types() -> dict[str, type[JobType]]:
             found[cls.type_name] = cls
     for ep in entry_points(group=JOB_GROUP):
         found[ep.name] = ep.load()
+    from .pipelinerun import PipelineStep  # the engine's own: one part of a pipeline step
+
+    found[PipelineStep.type_name] = PipelineStep
     return found
 
 

@@ -364,6 +364,9 @@ class TaskRunner:
             self.runs += 1
             self.failures += end.outcome not in CLEAN_OUTCOMES
             self.env.history.append(run)
+            if end.outcome in (RunOutcome.FAILED, RunOutcome.TIMEOUT) and self.env.emit:  # pipelines' task.failed
+                self.env.emit("task.failed", {"task": self.tc.name, "outcome": end.outcome.value,
+                                              "error": end.error or ""})
         if end.outcome in (RunOutcome.CANCELLED, RunOutcome.STOPPED):
             return None
         if end.outcome is RunOutcome.OK:

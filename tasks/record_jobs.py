@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 
 import anyio
 
-from schedulerd.plugin import Context, JobType, TaskFailed
+from schedulerd.plugin import Context, FailForGood, Item, ItemKind, JobType, TaskFailed
 
 
 def _databox(payload: Mapping[str, Any], config: Any) -> str:
@@ -74,6 +74,18 @@ class RecordJob(JobType):
 
     def title(self, payload: Mapping[str, Any]) -> str:
         return f"{self.type_name} {payload.get('databox')} #{payload.get('record')}"
+
+    def check_step(self, payload: Mapping[str, Any], config: Any) -> None:
+        """In a pipeline the records come from the items: the step itself takes no keys."""
+        _check_keys(payload, ())
+
+    async def run_item(self, ctx: Context, payload: Mapping[str, Any], item: Item) -> Item:
+        if item.kind is not ItemKind.RECORD or item.databox is None or item.id is None:
+            raise FailForGood(f"{self.type_name} takes records, got a {item.kind.value} item ({item.path or item})")
+        summary = await self.run(ctx, {"databox": item.databox, "record": item.id})
+        if summary:
+            ctx.log.info("%s", summary)
+        return item
 
 
 class SubdefCreation(RecordJob):

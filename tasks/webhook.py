@@ -17,14 +17,14 @@ import hmac
 import json
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, ClassVar
 
 import anyio
 
 from schedulerd import settings as s
 from schedulerd.durable import fsync_dir
-from schedulerd.plugin import Context, FailForGood, JobType, TaskFailed
+from schedulerd.plugin import Context, FailForGood, Item, JobType, TaskFailed
 
 RETRYABLE_4XX = (408, 429)
 
@@ -78,6 +78,14 @@ class Webhook(JobType):
 
     def title(self, payload: Mapping[str, Any]) -> str:
         return f"webhook {payload.get('event')}"
+
+    def check_step(self, payload: Mapping[str, Any], config: Any) -> None:
+        self.check_payload(payload, config)
+
+    async def run_items(self, ctx: Context, payload: Mapping[str, Any], items: Sequence[Item]) -> list[Item]:
+        """In a pipeline: one POST whose data holds the step's items (`"items": [...]`)."""
+        await self.run(ctx, {**payload, "items": [item.to_json() for item in items]})
+        return list(items)
 
     async def run(self, ctx: Context, payload: Mapping[str, Any]) -> str | None:
         st: Settings = self.settings

@@ -1,0 +1,342 @@
+"""Pipelines at run time (docs/pipelines.md): the driver that moves runs from step to step, the
+`pipelineStep` job type that runs one part of a step, and the triggers (watched folders,
+engine events, schedules).
+
+The driver never works an item itself: it starts a step by inserting its parts as jobs
+(pipelinestore.start_step, one transaction), and moves on once every part's job finished. So a
+step's items are retried, recovered after a kill -9 and shown by job:list like any job, and a
+step that finished is never run again: the run's row says which step is current.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import mimetypes
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import anyio
+from anyio.abc import TaskGroup
+
+from .config import Config
+from .context import Waker
+from .pipeline import FILE_EVENTS, PipelineConfig
+from .pipelinestore import PartJob, PipelineStore, RunRow, RunState, StepState, open_pipeline_store
+from .plugin import Context, FailForGood, Item, ItemKind, JobType
+from .store import STORE_ERRORS, store_call
+
+log = logging.getLogger("schedulerd.pipelines")
+STEP_TYPE = "pipelineStep"
+DRIVE_BUSY = 0.2  # seconds between looks at the running runs while some run
+DRIVE_IDLE = 5.0  # with none (another node or the CLI may add one: pipeline:run)
+
+
+# --- items ---------------------------------------------------------------------------------------
+def file_item(path: Path) -> Item | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return Item(ItemKind.FILE, str(path), st.st_size, mimetypes.guess_type(path.name)[0])
+
+
+def event_item(event: str, data: Mapping[str, Any]) -> Item:
+    """A record event's record (databox, record_id), else the event with its data as fields."""
+    rid = data.get("record_id", data.get("record"))
+    if isinstance(data.get("databox"), str) and isinstance(rid, int):
+        return Item(ItemKind.RECORD, databox=data["databox"], id=rid,
+                    collection=data.get("collection") if isinstance(data.get("collection"), str) else None,
+                    fields={"event": event})
+    return Item(ItemKind.EVENT, fields={"event": event, **{str(k): str(v) for k, v in data.items()}})
+
+
+# --- the step job --------------------------------------------------------------------------------
+_OUTPUT_STORES: dict[tuple[Path, str | None], PipelineStore] = {}
+_OUTPUT_LOCK = threading.Lock()
+
+
+def _output_store(config: Config) -> PipelineStore:
+    key = (config.scheduler.state_dir, config.store.url)
+    with _OUTPUT_LOCK:
+        if key not in _OUTPUT_STORES:
+            _OUTPUT_STORES[key] = open_pipeline_store(config.scheduler.state_dir, config.store,
+                                                      config.scheduler.store_busy_timeout)
+        return _OUTPUT_STORES[key]
+
+
+class PipelineStep(JobType):
+    """One part of a pipeline step: its job type's `run_items` on the part's items."""
+
+    type_name: ClassVar[str] = STEP_TYPE
+    PAYLOAD_KEYS: ClassVar[tuple[str, ...]] = ("pipeline", "run", "step", "part", "items")
+
+    def check_payload(self, payload: Mapping[str, Any], config: Any) -> None:
+        unknown = sorted(set(payload) - set(self.PAYLOAD_KEYS))
+        if unknown:
+            raise ValueError(f"{unknown[0]}: unknown key (known: {', '.join(self.PAYLOAD_KEYS)})")
+        pc = config.pipelines.get(payload.get("pipeline"))
+        if pc is None:
+            raise ValueError(f"pipeline: expected one of {', '.join(sorted(config.pipelines)) or 'none'}")
+        step = payload.get("step")
+        if not isinstance(step, int) or not 0 <= step < len(pc.steps) or pc.steps[step].type is None:
+            raise ValueError(f"step: expected the index of a job step of pipeline {pc.name}, got {step!r}")
+        if not isinstance(payload.get("items"), list):
+            raise ValueError("items: expected a list of items")
+
+    def title(self, payload: Mapping[str, Any]) -> str:
+        return f"pipeline {payload.get('pipeline')} run {payload.get('run')} step {payload.get('step')}"
+
+    async def run(self, ctx: Context, payload: Mapping[str, Any]) -> str | None:
+        from .registry import job_type
+
+        pc = ctx.config.pipelines.get(payload["pipeline"])
+        step = pc.steps[payload["step"]] if pc is not None and payload["step"] < len(pc.steps) else None
+        if step is None or step.type is None:
+            raise FailForGood(f"pipeline {payload['pipeline']} has no such step now (the configuration changed)")
+        tc = ctx.config.jobs.type_config(step.type)
+        handler = job_type(step.type)(tc.settings)
+        try:
+            items = [Item.from_json(d) for d in payload["items"]]
+        except ValueError as e:
+            raise FailForGood(f"items: {e}") from None
+        with anyio.fail_after(tc.timeout):
+            out = await handler.run_items(ctx, step.payload, items)
+        if out != items:
+            await anyio.to_thread.run_sync(_output_store(ctx.config).set_part_output, payload["run"],
+                                           payload["step"], payload["part"], out)
+        return f"{step.name}: {len(items)} item(s) in, {len(out)} out"
+
+
+# --- the driver ----------------------------------------------------------------------------------
+def part_jobs(config: Config, pc: PipelineConfig, run: RunRow, items: Sequence[Item]) -> list[PartJob]:
+    step = pc.steps[run.step]
+    assert step.type is not None
+    tc = config.jobs.type_config(step.type)
+    groups = [[i] for i in items] if step.parallel else [list(items)]
+    title = f"{pc.name} run {run.id} {step.name}"
+    return [PartJob(STEP_TYPE, pc.queue(run.step),
+                    {"pipeline": pc.name, "run": run.id, "step": run.step, "part": k,
+                     "items": [i.to_json() for i in group]},
+                    (f"{title}: {group[0].path or group[0].id}" if step.parallel else title)[:200], tc.max_attempts)
+            for k, group in enumerate(groups)]
+
+
+def advance(store: PipelineStore, config: Config, run: RunRow) -> set[str]:
+    """Move one run as far as it can go now (blocking: in a worker thread); the queues to wake."""
+    pc = config.pipelines.get(run.pipeline)
+    if pc is None or tuple(s.name for s in pc.steps) != run.steps:
+        store.end_run(run.id, RunState.FAILED, f"pipeline {run.pipeline} is no longer configured with these steps")
+        return set()
+    while run.step < len(pc.steps):
+        step = pc.steps[run.step]
+        row = next((s for s in store.steps(run.id) if s.step == run.step), None)
+        if row is None:
+            items = store.step_input(run)
+            if step.filter is not None or (step.parallel and not items):
+                out = step.filter.apply(items) if step.filter is not None else []
+                if not store.finish_step(run, step.name, len(items), out, started=False):
+                    return set()
+            else:
+                store.start_step(run, step.name, len(items), part_jobs(config, pc, run, items))
+                return {pc.queue(run.step)}
+        elif row.state is StepState.RUNNING:
+            counts, error = store.part_states(run)
+            if error is not None:
+                store.fail_step(run, error)
+                log.warning("pipeline %s run %d failed at step %s: %s", run.pipeline, run.id, step.name, error)
+                return set()
+            if counts.get("finished", 0) < row.parts:
+                return set()
+            if not store.finish_step(run, step.name, row.items_in, store.step_output(run), started=True):
+                return set()
+        else:
+            return set()
+        run = dataclasses.replace(run, step=run.step + 1)
+    store.end_run(run.id, RunState.FINISHED)
+    log.info("pipeline %s run %d finished", run.pipeline, run.id)
+    return set()
+
+
+class PipelineService:
+    """In the daemon's task group: the driver and the triggers of the configured pipelines."""
+
+    def __init__(self, config: Config, wake_queue: Callable[[str], None]):
+        self.config = config
+        self.wake_queue = wake_queue
+        self.store: PipelineStore | None = None
+        self.waker = Waker()
+        self._tg: TaskGroup | None = None
+        self._triggers: anyio.CancelScope | None = None
+
+    async def serve(self, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
+        sch = self.config.scheduler
+        self.store = await store_call("opening the pipeline runs", open_pipeline_store, sch.state_dir,
+                                      self.config.store, sch.store_busy_timeout)
+        try:
+            async with anyio.create_task_group() as tg:
+                self._tg = tg
+                tg.start_soon(self._drive, name="pipelines:driver")
+                self._start_triggers()
+                task_status.started()
+        finally:
+            self.store.close()
+
+    def reconfigure(self, config: Config) -> None:
+        self.config = config
+        self._start_triggers()
+        self.waker.wake()
+
+    def _start_triggers(self) -> None:
+        if self._tg is None:
+            return
+        if self._triggers is not None:
+            self._triggers.cancel()
+        scope = self._triggers = anyio.CancelScope()
+        self._tg.start_soon(self._run_triggers, scope, name="pipelines:triggers")
+
+    async def _run_triggers(self, scope: anyio.CancelScope) -> None:
+        with scope:
+            async with anyio.create_task_group() as tg:
+                for pc in self.config.pipelines.values():
+                    if pc.enabled and pc.trigger.event in FILE_EVENTS:
+                        tg.start_soon(FolderTrigger(pc, self.start_run).serve, name=f"pipeline:{pc.name}:watch")
+                    elif pc.enabled and pc.trigger.schedule is not None:
+                        tg.start_soon(self._schedule, pc, name=f"pipeline:{pc.name}:schedule")
+
+    async def _schedule(self, pc: PipelineConfig) -> None:
+        from .schedule import parse_schedule, zone
+
+        spec = pc.trigger.schedule
+        assert spec is not None
+        sched = parse_schedule(spec, zone(getattr(self.config.scheduler, "timezone", None)))
+        while True:
+            due = sched.next_after(time.time())
+            if due is None:
+                return
+            await anyio.sleep(max(0.0, due - time.time()))
+            await self.start_run(pc.name, "schedule", [Item(ItemKind.EVENT, fields={"schedule": spec})])
+
+    async def start_run(self, name: str, trigger: str, items: Sequence[Item]) -> int:
+        pc = self.config.pipelines[name]
+        assert self.store is not None
+        rid = await store_call(f"starting a run of pipeline {name}", self.store.create_run, name, trigger,
+                               [s.name for s in pc.steps], items)
+        log.info("pipeline %s run %d started (%s, %d item(s))", name, rid, trigger, len(items))
+        self.waker.wake()
+        return rid
+
+    def on_event(self, event: str, data: Mapping[str, Any]) -> None:
+        """An event emitted in the daemon: a run of each pipeline it triggers, its item kept by the filter."""
+        if self._tg is None:
+            return
+        for pc in self.config.pipelines.values():
+            if not pc.enabled or pc.trigger.event != event:
+                continue
+            item = event_item(event, data)
+            if pc.trigger.filter is None or pc.trigger.filter.keeps(item):
+                self._tg.start_soon(self.start_run, pc.name, event, [item])
+
+    async def _drive(self) -> None:
+        assert self.store is not None
+        while True:
+            runs = await store_call("reading the running pipeline runs", self.store.runs, RunState.RUNNING, 100000)
+            for run in reversed(runs):  # oldest first
+                try:
+                    wake = await anyio.to_thread.run_sync(advance, self.store, self.config, run)
+                except STORE_ERRORS as e:
+                    log.warning("pipeline %s run %d: the store failed (%s); trying again", run.pipeline, run.id, e)
+                    break
+                except Exception:
+                    log.exception("pipeline %s run %d could not advance", run.pipeline, run.id)
+                    continue
+                for queue in wake:
+                    self.wake_queue(queue)
+            await self.waker.wait(DRIVE_BUSY if runs else DRIVE_IDLE)
+
+
+class FolderTrigger:
+    """`event = "file.created" | "file.modified"` on `folder`: a file fires once it stopped changing
+    for `cold` (the hotfolders' rule: size, mtime, ctime and inode unchanged). The files that became
+    stable together start one run, once no other file is still changing (or `max_items` are)."""
+
+    def __init__(self, pc: PipelineConfig, start_run: Callable[[str, str, Sequence[Item]], Any]):
+        self.pc = pc
+        self.start_run = start_run
+        self.pending: dict[str, tuple[tuple[int, int, int, int] | None, float]] = {}
+        self.seen: dict[str, tuple[int, int, int, int]] = {}  # stat keys of files present or fired
+
+    async def serve(self) -> None:
+        folder = self.pc.trigger.folder
+        assert folder is not None
+        while not folder.is_dir():
+            await anyio.sleep(5)
+        self.seen = await anyio.to_thread.run_sync(self._baseline, folder)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._watch, folder)
+            while True:
+                await anyio.sleep(min(0.25, max(self.pc.trigger.cold / 4, 0.02)))
+                await self._check()
+
+    def _baseline(self, folder: Path) -> dict[str, tuple[int, int, int, int]]:
+        found = {}
+        walk = folder.rglob("*") if self.pc.trigger.recursive else folder.glob("*")
+        for p in walk:
+            key = _key(p)
+            if key is not None:
+                found[str(p)] = key
+        return found
+
+    async def _watch(self, folder: Path) -> None:
+        from watchfiles import awatch
+
+        stop = anyio.Event()
+        async for changes in awatch(folder, stop_event=stop, force_polling=self.pc.trigger.force_polling,
+                                    recursive=self.pc.trigger.recursive, debounce=50, step=20,
+                                    rust_timeout=1000, watch_filter=None, ignore_permission_denied=True):
+            now = time.monotonic()
+            for _change, path in changes:
+                name = path.rsplit("/", 1)[-1]
+                if not name.startswith("."):
+                    self.pending[path] = (None, now)
+
+    async def _check(self) -> None:
+        if not self.pending:
+            return
+        now = time.monotonic()
+        keys = await anyio.to_thread.run_sync(lambda: {p: _key(Path(p)) for p in list(self.pending)})
+        stable = []
+        for path, key in keys.items():
+            old, since = self.pending[path]
+            if key is None:
+                self.pending.pop(path, None)
+            elif key != old:
+                self.pending[path] = (key, now)
+            elif now - since >= self.pc.trigger.cold:
+                stable.append((path, key))
+        if not stable or (len(stable) < len(self.pending) and len(stable) < self.pc.trigger.max_items):
+            return
+        items = []
+        for path, key in sorted(stable)[: self.pc.trigger.max_items]:
+            del self.pending[path]
+            before = self.seen.get(path)
+            self.seen[path] = key
+            if (self.pc.trigger.event == "file.created") == (before is None) and before != key:
+                item = file_item(Path(path))
+                if item is not None:
+                    items.append(item)
+        if items:
+            await self.start_run(self.pc.name, str(self.pc.trigger.event), items)
+
+
+def _key(path: Path) -> tuple[int, int, int, int] | None:
+    try:
+        st = path.lstat()
+    except OSError:
+        return None
+    if not path.is_file() or path.is_symlink():
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)

@@ -1,0 +1,287 @@
+"""Pipeline runs, kept in the job store's database (jobs.db, or the PostgreSQL store).
+
+A run has one row per step started; a step that runs a job type has one part per job (one part
+holding every item, or one per item with `parallel`), and the part's jobs are inserted in the
+same transaction as the step row: a step is started whole or not at all, and its items are then
+retried, recovered after a kill -9 and cancelled as the durable job queue does for any job. A
+part whose job returned items other than its input keeps them (`output`); the step's output is
+every part's, in order. The same SQL runs on both databases (`?` becomes `%s` on PostgreSQL).
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .plugin import Item
+from .store import DEFAULT_BUSY_TIMEOUT, SqliteFile
+from .stores import StoreSettings
+
+
+class RunState(enum.Enum):
+    RUNNING = "running"
+    FINISHED = "finished"
+    FAILED = "failed"
+
+
+class StepState(enum.Enum):
+    RUNNING = "running"
+    FINISHED = "finished"
+    FAILED = "failed"
+
+
+SQLITE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS pipeline_runs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, pipeline TEXT NOT NULL, trigger TEXT NOT NULL, state TEXT NOT NULL,
+    step INTEGER NOT NULL DEFAULT 0, steps TEXT NOT NULL, input TEXT NOT NULL, created REAL NOT NULL,
+    finished REAL, error TEXT);
+CREATE INDEX IF NOT EXISTS pipeline_runs_state ON pipeline_runs(state);
+CREATE TABLE IF NOT EXISTS pipeline_steps (
+    run INTEGER NOT NULL, step INTEGER NOT NULL, name TEXT NOT NULL, state TEXT NOT NULL, items_in INTEGER NOT NULL,
+    items_out INTEGER, parts INTEGER NOT NULL DEFAULT 0, started REAL NOT NULL, finished REAL, error TEXT,
+    output TEXT, PRIMARY KEY (run, step));
+CREATE TABLE IF NOT EXISTS pipeline_parts (
+    run INTEGER NOT NULL, step INTEGER NOT NULL, part INTEGER NOT NULL, job INTEGER NOT NULL, output TEXT,
+    PRIMARY KEY (run, step, part));
+CREATE INDEX IF NOT EXISTS pipeline_parts_job ON pipeline_parts(job);
+"""
+
+SQLITE_INSERT_JOB = ("INSERT INTO jobs(type, queue, payload, title, max_attempts, next_attempt_at, state, created) "
+                     "VALUES (?,?,?,?,?,?,'waiting',?) RETURNING id")
+PG_INSERT_JOB = ("INSERT INTO jobs (type, queue, payload, title, max_attempts) "
+                 "VALUES (?, ?, ?::jsonb, ?, ?) RETURNING id")
+
+
+@dataclass(frozen=True)
+class PartJob:
+    """A job to insert with a step: (type, queue, payload, title, max_attempts)."""
+
+    type: str
+    queue: str
+    payload: dict[str, Any]
+    title: str
+    max_attempts: int
+
+
+@dataclass(frozen=True)
+class StepRow:
+    step: int
+    name: str
+    state: StepState
+    items_in: int
+    items_out: int | None
+    parts: int
+    started: float
+    finished: float | None
+    error: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {**vars(self), "state": self.state.value}
+
+
+@dataclass(frozen=True)
+class RunRow:
+    id: int
+    pipeline: str
+    trigger: str
+    state: RunState
+    step: int
+    steps: tuple[str, ...]
+    created: float
+    finished: float | None
+    error: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {**vars(self), "state": self.state.value, "steps": list(self.steps)}
+
+
+def dump(items: Sequence[Item]) -> str:
+    return json.dumps([i.to_json() for i in items], separators=(",", ":"))
+
+
+def load_items(text: str) -> list[Item]:
+    return [Item.from_json(d) for d in json.loads(text)]
+
+
+class _Pg:
+    """A psycopg cursor seen as sqlite3's connection: `execute(sql with ?, params)`."""
+
+    def __init__(self, cur: Any):
+        self.cur = cur
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        return self.cur.execute(sql.replace("?", "%s"), tuple(params))
+
+
+class PipelineStore:
+    def __init__(self, sqlite: SqliteFile | None = None, pg: Any = None):
+        self._sqlite, self._pg = sqlite, pg
+
+    @contextmanager
+    def transaction(self) -> Iterator[Any]:
+        if self._pg is not None:
+            with self._pg.transaction() as cur:
+                yield _Pg(cur)
+        else:
+            assert self._sqlite is not None
+            with self._sqlite.transaction() as c:
+                yield c
+
+    def close(self) -> None:
+        (self._pg or self._sqlite).close()  # type: ignore[union-attr]
+
+    # --- runs ------------------------------------------------------------------------------
+    def create_run(self, pipeline: str, trigger: str, steps: Sequence[str], items: Sequence[Item]) -> int:
+        with self.transaction() as c:
+            return int(c.execute(
+                "INSERT INTO pipeline_runs(pipeline, trigger, state, step, steps, input, created) "
+                "VALUES (?,?,?,0,?,?,?) RETURNING id",
+                (pipeline, trigger, RunState.RUNNING.value, json.dumps(list(steps)), dump(items), time.time()),
+            ).fetchone()[0])
+
+    def _run(self, row: Sequence[Any]) -> RunRow:
+        rid, pipeline, trigger, state, step, steps, created, finished, error = row
+        return RunRow(int(rid), pipeline, trigger, RunState(state), int(step), tuple(json.loads(steps)),
+                      float(created), finished, error)
+
+    RUN_COLUMNS = "id, pipeline, trigger, state, step, steps, created, finished, error"
+
+    def runs(self, state: RunState | None = None, limit: int = 100) -> list[RunRow]:
+        where, params = ("WHERE state=?", [state.value]) if state else ("", [])
+        with self.transaction() as c:
+            rows = c.execute(f"SELECT {self.RUN_COLUMNS} FROM pipeline_runs {where} ORDER BY id DESC LIMIT ?",
+                             (*params, limit)).fetchall()
+        return [self._run(r) for r in rows]
+
+    def run(self, run_id: int) -> RunRow | None:
+        with self.transaction() as c:
+            row = c.execute(f"SELECT {self.RUN_COLUMNS} FROM pipeline_runs WHERE id=?", (run_id,)).fetchone()
+        return None if row is None else self._run(row)
+
+    def steps(self, run_id: int) -> list[StepRow]:
+        with self.transaction() as c:
+            rows = c.execute("SELECT step, name, state, items_in, items_out, parts, started, finished, error "
+                             "FROM pipeline_steps WHERE run=? ORDER BY step", (run_id,)).fetchall()
+        return [StepRow(r[0], r[1], StepState(r[2]), *r[3:]) for r in rows]
+
+    def end_run(self, run_id: int, state: RunState, error: str | None = None) -> None:
+        with self.transaction() as c:
+            c.execute("UPDATE pipeline_runs SET state=?, finished=?, error=? WHERE id=? AND state=?",
+                      (state.value, time.time(), error, run_id, RunState.RUNNING.value))
+
+    # --- steps -----------------------------------------------------------------------------
+    def step_input(self, run: RunRow) -> list[Item]:
+        """The run's input for its first step, else the previous step's output."""
+        with self.transaction() as c:
+            if run.step == 0:
+                row = c.execute("SELECT input FROM pipeline_runs WHERE id=?", (run.id,)).fetchone()
+            else:
+                row = c.execute("SELECT output FROM pipeline_steps WHERE run=? AND step=?",
+                                (run.id, run.step - 1)).fetchone()
+        return load_items(row[0]) if row and row[0] else []
+
+    def finish_step(self, run: RunRow, name: str, items_in: int, output: Sequence[Item], *, started: bool) -> bool:
+        """The step is done with `output` (started now if not `started`); the run moves on.
+        False when another node moved the run first."""
+        now = time.time()
+        with self.transaction() as c:
+            moved = c.execute("UPDATE pipeline_runs SET step=step+1 WHERE id=? AND step=? AND state=?",
+                              (run.id, run.step, RunState.RUNNING.value)).rowcount
+            if not moved:
+                return False
+            if started:
+                c.execute("UPDATE pipeline_steps SET state=?, items_out=?, finished=?, output=? WHERE run=? AND step=?",
+                          (StepState.FINISHED.value, len(output), now, dump(output), run.id, run.step))
+            else:
+                c.execute("INSERT INTO pipeline_steps(run, step, name, state, items_in, items_out, parts, started, "
+                          "finished, output) VALUES (?,?,?,?,?,?,0,?,?,?)",
+                          (run.id, run.step, name, StepState.FINISHED.value, items_in, len(output), now, now,
+                           dump(output)))
+            return True
+
+    def start_step(self, run: RunRow, name: str, items_in: int, jobs: Sequence[PartJob]) -> bool:
+        """The step's row, its parts and their jobs, in one transaction; False when it exists."""
+        pg = self._pg is not None
+        with self.transaction() as c:
+            if c.execute("SELECT 1 FROM pipeline_steps WHERE run=? AND step=?", (run.id, run.step)).fetchone():
+                return False
+            now = time.time()
+            c.execute("INSERT INTO pipeline_steps(run, step, name, state, items_in, parts, started) "
+                      "VALUES (?,?,?,?,?,?,?)", (run.id, run.step, name, StepState.RUNNING.value, items_in, len(jobs), now))
+            for part, j in enumerate(jobs):
+                payload = json.dumps(j.payload, separators=(",", ":"))
+                if pg:
+                    jid = c.execute(PG_INSERT_JOB, (j.type, j.queue, payload, j.title, j.max_attempts)).fetchone()[0]
+                else:
+                    jid = c.execute(SQLITE_INSERT_JOB, (j.type, j.queue, payload, j.title, j.max_attempts, now,
+                                                        now)).fetchone()[0]
+                c.execute("INSERT INTO pipeline_parts(run, step, part, job) VALUES (?,?,?,?)",
+                          (run.id, run.step, part, jid))
+            if pg and jobs:
+                c.execute("SELECT pg_notify('schedulerd_jobs', ?)", (jobs[0].queue,))
+            return True
+
+    def part_states(self, run: RunRow) -> tuple[dict[str, int], str | None]:
+        """The current step's jobs by state, and the error of one that failed or was cancelled."""
+        with self.transaction() as c:
+            counts = {r[0]: int(r[1]) for r in c.execute(
+                "SELECT j.state, count(*) FROM pipeline_parts p JOIN jobs j ON j.id=p.job "
+                "WHERE p.run=? AND p.step=? GROUP BY j.state", (run.id, run.step)).fetchall()}
+            error = None
+            if counts.get("failed") or counts.get("cancelled"):
+                row = c.execute("SELECT j.id, j.state, j.error FROM pipeline_parts p JOIN jobs j ON j.id=p.job "
+                                "WHERE p.run=? AND p.step=? AND j.state IN ('failed','cancelled') ORDER BY p.part "
+                                "LIMIT 1", (run.id, run.step)).fetchone()
+                error = f"job {row[0]} {row[1]}: {row[2] or ''}".rstrip(": ")
+        return counts, error
+
+    def step_output(self, run: RunRow) -> list[Item]:
+        """Every part's output in order: what its job returned, else its input items."""
+        with self.transaction() as c:
+            rows = c.execute("SELECT p.output, j.payload FROM pipeline_parts p JOIN jobs j ON j.id=p.job "
+                             "WHERE p.run=? AND p.step=? ORDER BY p.part", (run.id, run.step)).fetchall()
+        out: list[Item] = []
+        for output, payload in rows:
+            if output is not None:
+                out += load_items(output)
+            else:
+                data = payload if isinstance(payload, dict) else json.loads(payload)
+                out += [Item.from_json(d) for d in data["items"]]
+        return out
+
+    def fail_step(self, run: RunRow, error: str) -> None:
+        now = time.time()
+        with self.transaction() as c:
+            c.execute("UPDATE pipeline_steps SET state=?, finished=?, error=? WHERE run=? AND step=?",
+                      (StepState.FAILED.value, now, error, run.id, run.step))
+            c.execute("UPDATE pipeline_runs SET state=?, finished=?, error=? WHERE id=? AND state=?",
+                      (RunState.FAILED.value, now, f"step {run.step} ({run.steps[run.step]}): {error}", run.id,
+                       RunState.RUNNING.value))
+
+    def set_part_output(self, run_id: int, step: int, part: int, items: Sequence[Item]) -> None:
+        with self.transaction() as c:
+            c.execute("UPDATE pipeline_parts SET output=? WHERE run=? AND step=? AND part=?",
+                      (dump(items), run_id, step, part))
+
+
+class _SqlitePipelines(SqliteFile):
+    SCHEMA = SQLITE_SCHEMA
+
+
+def open_pipeline_store(state_dir: Path, store: StoreSettings,
+                        busy_timeout: float = DEFAULT_BUSY_TIMEOUT) -> PipelineStore:
+    """On the job store's database: jobs.db under state_dir, or the PostgreSQL store."""
+    if store.url is not None:
+        from .pgstore import Database
+
+        return PipelineStore(pg=Database(store, "pipelines", 2))
+    from .jobstore import SqliteJobStore
+
+    SqliteJobStore(state_dir / "jobs.db", busy_timeout).close()  # the jobs table first (a new state_dir)
+    return PipelineStore(sqlite=_SqlitePipelines(state_dir / "jobs.db", busy_timeout))

@@ -1,0 +1,109 @@
+"""Job type `archive`: one file into a collection of a databox, as a record (the step that turns a
+pipeline's files into records; docs/pipelines.md).
+
+Payload `{"databox": D, "collection": C, "path": P}` (and `status`, a mask such as "x1x0"); in a
+pipeline the step gives `databox`, `collection` (and `status`), each file item its `path`, and the
+output item is the record (id, collection, status), its path, size and mime kept. Archiving is
+idempotent: a file whose content (sha256) already has a record of that name in the collection gets
+that record back, so an attempt run again after a crash archives nothing twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, ClassVar
+
+import anyio
+
+from schedulerd import metrics
+from schedulerd.plugin import Context, FailForGood, Item, ItemKind, JobType, TaskFailed
+
+STEP_KEYS = ("databox", "collection", "status")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def archive(box: Any, collection: str, path: Path, status: str) -> tuple[Any, bool]:
+    """(the record, whether it is new); blocking: run it in a worker thread."""
+    from repository import open_databox
+
+    db = open_databox(box, create=False)
+    try:
+        sha = _sha256(path)
+        twin = db.find_by_sha256(collection, [sha]).get(sha)
+        if twin is not None:
+            record = db.get_record(twin)
+            if record.original_name == path.name:
+                return record, False
+        return db.create_record(collection, path, status=status or 0), True
+    finally:
+        db.close()
+
+
+class ArchiveFile(JobType):
+    type_name: ClassVar[str] = "archive"
+    default_queue: ClassVar[str] = "archive"
+    emits: ClassVar[tuple[str, ...]] = ("record.created",)
+
+    def check_step(self, payload: Mapping[str, Any], config: Any) -> None:
+        from repository import parse_mask
+
+        unknown = sorted(set(payload) - set(STEP_KEYS))
+        if unknown:
+            raise ValueError(f"{unknown[0]}: unknown key (known: {', '.join(STEP_KEYS)})")
+        boxes = getattr(config, "databoxes", None) or {}
+        if payload.get("databox") not in boxes:
+            raise ValueError(f"databox: expected one of {', '.join(sorted(boxes)) or 'none (see [databoxes])'}, "
+                             f"got {payload.get('databox')!r}")
+        if not isinstance(payload.get("collection"), str) or not payload["collection"]:
+            raise ValueError("collection: expected a collection name")
+        if not isinstance(payload.get("status", ""), str):
+            raise ValueError(f"status: expected a mask like \"x1x0\", got {payload['status']!r}")
+        parse_mask(payload.get("status", ""), "status")
+
+    def check_payload(self, payload: Mapping[str, Any], config: Any) -> None:
+        self.check_step({k: v for k, v in payload.items() if k != "path"}, config)
+        if not isinstance(payload.get("path"), str) or not payload["path"]:
+            raise ValueError("path: expected the file to archive")
+
+    def title(self, payload: Mapping[str, Any]) -> str:
+        return f"archive {payload.get('path')} into {payload.get('databox')}/{payload.get('collection')}"
+
+    async def _archive(self, ctx: Context, payload: Mapping[str, Any], path: Path) -> Any:
+        from repository import DataboxError, SourceError, StorageError, awaited
+
+        databox = str(payload["databox"])
+        box = ctx.config.databoxes[databox]
+        if not path.is_file():
+            raise FailForGood(f"{path}: no such file")
+        try:
+            record, new = await anyio.to_thread.run_sync(archive, box, str(payload["collection"]), path,
+                                                         str(payload.get("status", "")))
+        except (SourceError, StorageError) as e:
+            raise TaskFailed(f"{path}: {e}") from None
+        except DataboxError as e:
+            raise TaskFailed(f"{awaited(databox, box)}: {e}") from None
+        if new:
+            metrics.records_archived(ctx.name, 1)
+            ctx.emit("record.created", databox=databox, record_id=record.id)
+            ctx.log.info("%s archived as %s", path, record.label)
+        return record
+
+    async def run(self, ctx: Context, payload: Mapping[str, Any]) -> str | None:
+        record = await self._archive(ctx, payload, Path(str(payload["path"])))
+        return f"{payload['path']}: {record.label}"
+
+    async def run_item(self, ctx: Context, payload: Mapping[str, Any], item: Item) -> Item:
+        if item.kind is not ItemKind.FILE or not item.path:
+            raise FailForGood(f"archive takes files, got a {item.kind.value} item")
+        record = await self._archive(ctx, payload, Path(item.path))
+        return Item(ItemKind.RECORD, item.path, record.size, record.mime, str(payload["databox"]), record.id,
+                    record.collection, record.status, dict(record.fields))

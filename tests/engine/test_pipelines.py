@@ -1,0 +1,202 @@
+"""Pipelines through the real daemon and CLI: a watched folder's files archived, filtered,
+thumbnailed in parallel and posted in one webhook; kill -9 mid-run; pipeline:run/show; bad configs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import time
+from pathlib import Path
+
+from PIL import Image
+
+from tests.engine.conftest import Site, site  # noqa: F401  (fixture)
+from tests.tasks.test_webhook import Hook
+
+
+def _config(site: Site, inbox: Path, hook: Hook, *, parallel: int = 4, extra: str = "") -> None:
+    site.write(f"""
+        [databoxes.main]
+        path = "var/main.sqlite"
+        storage = "var/storage"
+        [jobs.types.webhook]
+        urls = ["{hook.url}"]
+        secret = "s3cret"
+        [jobs.types.subdefCreation]
+        retry_delay = "1s"
+        [pipelines.photos]
+        trigger = {{ event = "file.created", folder = "{inbox}", cold = "1s" }}
+        steps = [
+          {{ filter = {{ glob = ["*.jpg"] }} }},
+          {{ type = "archive", databox = "main", collection = "inbox", parallel = {parallel} }},
+          {{ type = "subdefCreation", parallel = {parallel} }},
+          {{ type = "webhook", event = "photos.done" }},
+        ]
+        {extra}
+        """)
+    site.console("databox:create", check=True)
+    site.console("collection:create", "inbox", check=True)
+
+
+def _feed(inbox: Path, jpegs: int, others: int) -> None:
+    tmp = inbox.parent / "tmp"
+    tmp.mkdir(exist_ok=True)
+    for i in range(jpegs):
+        Image.new("RGB", (640, 480), (i % 256, 80, 160)).save(tmp / f"p{i:03d}.jpg", quality=95)
+    for i in range(others):
+        (tmp / f"n{i:03d}.txt").write_text(f"not an image {i}\n")
+    for f in sorted(tmp.iterdir()):
+        f.rename(inbox / f.name)  # whole files appear at once
+
+
+def _runs(site: Site) -> list[dict]:
+    return site.json("pipeline:list")  # type: ignore[return-value]
+
+
+def _records(site: Site) -> list[int]:
+    with sqlite3.connect(site.var / "main.sqlite") as c:
+        return [r[0] for r in c.execute("SELECT id FROM records ORDER BY id")]
+
+
+def test_files_to_records_to_thumbnails_to_one_webhook_survives_kill_9(site: Site, tmp_path: Path) -> None:  # noqa: F811
+    hook = Hook([])
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    _config(site, inbox, hook, parallel=4)
+    site.console("scheduler:start", check=True)
+    time.sleep(1.5)  # the watcher's baseline is taken
+    _feed(inbox, 80, 20)
+    # kill -9 once the subdefCreation step is under way
+    site.wait_for(lambda: _runs(site) and _runs(site)[0]["step"] >= 2, timeout=90, what="step 2 started")
+    pid = site.pid()
+    assert pid
+    os.kill(pid, signal.SIGKILL)
+    site.wait_for(lambda: not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text().lower(),
+                  what="daemon gone")
+    assert _runs(site)[0]["state"] == "running"  # killed mid-run (read from the store, the daemon down)
+    site.console("scheduler:start", check=True)
+    runs = site.wait_for(lambda: [r for r in _runs(site) if r["state"] != "running"], timeout=120, what="run ended")
+    assert len(_runs(site)) == 1, _runs(site)
+    run = runs[0]
+    assert run["state"] == "finished", run
+    shown = site.json("pipeline:show", str(run["id"]))
+    steps = shown["step_rows"]  # type: ignore[index]
+    assert [(s["items_in"], s["items_out"]) for s in steps] == [(100, 80), (80, 80), (80, 80), (80, 80)]
+    assert all(s["state"] == "finished" for s in steps)
+    # 80 records (none archived twice), each with its thumbnail, built once
+    ids = _records(site)
+    assert len(ids) == 80
+    with sqlite3.connect(site.var / "main.sqlite") as c:
+        thumbs = {r[0] for r in c.execute("SELECT record_id FROM subdefs WHERE name='thumbnail'")}
+    assert thumbs == set(ids)
+    with sqlite3.connect(site.var / "state" / "jobs.db") as c:
+        built = [r[0] for r in c.execute("SELECT l.line FROM job_logs l JOIN jobs j ON j.id=l.job "
+                                         "WHERE j.queue='pipeline.photos.2' AND l.line LIKE '%built%'")]
+    fresh = [line for line in built if "already built" not in line]
+    assert sorted(int(line.split()[1]) for line in fresh) == ids, built  # "record 12 (p001.jpg): thumbnail, ... built"
+    # one webhook listing the 80 record ids
+    site.wait_for(lambda: hook.got, what="webhook")
+    time.sleep(0.5)
+    assert len(hook.got) == 1
+    body = json.loads(hook.got[0][0])
+    assert body["event"] == "photos.done"
+    assert sorted(i["id"] for i in body["data"]["items"]) == ids
+    assert all(i["kind"] == "record" and i["path"].endswith(".jpg") for i in body["data"]["items"])
+
+
+def test_pipeline_run_with_input_and_show(site: Site, tmp_path: Path) -> None:  # noqa: F811
+    hook = Hook([])
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    _config(site, inbox, hook, parallel=2)
+    files = tmp_path / "given"
+    files.mkdir()
+    Image.new("RGB", (64, 48), "red").save(files / "a.jpg")
+    (files / "b.png").write_bytes(b"x")
+    items = [{"kind": "file", "path": str(files / "a.jpg")}, {"kind": "file", "path": str(files / "b.png")}]
+    # the daemon down: the run waits in the store (PutJob), and runs once it starts
+    rid = int(site.console("pipeline:run", "photos", "--input", json.dumps(items), check=True).stdout)
+    site.console("scheduler:start", check=True)
+    site.wait_for(lambda: site.json("pipeline:show", str(rid))["state"] != "running", timeout=60, what="run ended")  # type: ignore[index]
+    shown = site.console("pipeline:show", str(rid), check=True).stdout
+    assert f"run {rid} of pipeline photos (manual): finished" in shown
+    lines = shown.splitlines()
+    assert lines[1].split()[:5] == ["STEP", "NAME", "STATE", "IN", "OUT"]
+    assert lines[2].split()[:5] == ["0", "0:filter", "finished", "2", "1"]
+    assert lines[3].split()[:6] == ["1", "1:archive", "finished", "1", "1", "1"]
+    assert len(hook.got) == 1
+    # bad input: named, exit 2
+    bad = site.console("pipeline:run", "photos", "--input", '[{"kind": "file", "size": "big"}]')
+    assert bad.returncode == 2 and "--input[0]: size: expected int" in bad.stderr
+    bad = site.console("pipeline:run", "nope")
+    assert bad.returncode == 2 and "no pipeline named 'nope' (known: photos)" in bad.stderr
+    bad = site.console("pipeline:show", "999")
+    assert bad.returncode == 2 and "no pipeline run with id 999" in bad.stderr
+
+
+def test_a_failing_step_fails_the_run_with_its_error(site: Site, tmp_path: Path) -> None:  # noqa: F811
+    hook = Hook([400])
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    _config(site, inbox, hook)
+    site.console("scheduler:start", check=True)
+    rid = int(site.console("pipeline:run", "photos", check=True).stdout)
+    run = site.wait_for(lambda: (lambda r: r if r["state"] != "running" else None)(
+        site.json("pipeline:show", str(rid))), timeout=30, what="run ended")
+    assert run["state"] == "failed"
+    assert "step 3 (3:webhook)" in run["error"] and "answered 400" in run["error"]
+    assert run["step_rows"][3]["state"] == "failed"
+
+
+def test_bad_pipeline_configs_are_refused_with_key_paths(site: Site, tmp_path: Path) -> None:  # noqa: F811
+    cases = [
+        ('steps = [{ type = "nope" }]', "pipelines.p.steps[0].type: unknown job type 'nope'"),
+        ('steps = [{ filter = { glob = "*.jpg" } }]', "pipelines.p.steps[0].filter.glob: expected a list"),
+        ('steps = [{ filter = { status = "x2" } }]', "pipelines.p.steps[0].filter.status: expected a status mask"),
+        ('steps = [{ type = "subdefCreation", parallel = 0 }]', "pipelines.p.steps[0].parallel"),
+        ('steps = [{ type = "subdefCreation", databox = "x" }]', "pipelines.p.steps[0].databox: unknown key"),
+        ('steps = [{ type = "webhook" }]', "pipelines.p.steps[0].event"),
+        ('steps = [{ type = "archive", databox = "none", collection = "c" }]', "pipelines.p.steps[0].databox"),
+        ('trigger = { event = "file.created" }\nsteps = [{ type = "noop" }]', "pipelines.p.trigger.folder: missing"),
+        ('trigger = { event = "record.creatd" }\nsteps = [{ type = "noop" }]', "did you mean record.created"),
+        ('trigger = { schedule = "61 * * * *" }\nsteps = [{ type = "noop" }]', "pipelines.p.trigger.schedule"),
+        ('stepz = []', "pipelines.p.stepz: unknown setting"),
+        ('steps = []', "pipelines.p.steps: expected a list of steps"),
+    ]
+    for body, message in cases:
+        site.write(f"[pipelines.p]\n{body}\n")
+        r = site.console("config:check")
+        assert r.returncode == 2, (body, r.stdout)
+        assert message in r.stderr, (body, r.stderr)
+    site.write('[pipelines.p]\ntrigger = { event = "task.failed" }\nsteps = [{ type = "noop" }]\n')
+    assert site.console("config:check").returncode == 0
+
+
+def test_a_failed_task_triggers_a_webhook_pipeline_from_the_preset(site: Site, tmp_path: Path) -> None:  # noqa: F811
+    hook = Hook([])
+    site.write(f"""
+        [jobs.types.webhook]
+        urls = ["{hook.url}"]
+        secret = "s3cret"
+        [tasks.broken]
+        type = "command"
+        period = "1h"
+        argv = ["false"]
+        """)
+    r = site.console("pipeline:create", "alert", "--from-preset", "failed-task-webhook")
+    assert r.returncode == 0, r.stderr
+    dropin = site.etc / "schedulerd.d" / "pipeline-alert.toml"
+    assert r.stdout.strip() == str(dropin) and "[pipelines.alert]" in dropin.read_text()
+    again = site.console("pipeline:create", "alert", "--from-preset", "failed-task-webhook")
+    assert again.returncode == 2 and "never rewrites" in again.stderr
+    bad = site.console("pipeline:create", "x", "--from-preset", "failed-task-webhook", "--set", "steps.0.type=nope")
+    assert bad.returncode == 2 and "pipelines.x.steps[0].type: unknown job type 'nope'" in bad.stderr
+    assert not (site.etc / "schedulerd.d" / "pipeline-x.toml").exists()
+    site.console("scheduler:start", check=True)
+    site.wait_for(lambda: hook.got, timeout=30, what="webhook")
+    body = json.loads(hook.got[0][0])
+    assert body["event"] == "task.failed"
+    (item,) = body["data"]["items"]
+    assert item["kind"] == "event" and item["fields"]["task"] == "broken"
