@@ -2,8 +2,9 @@
 
 Both back-ends offer the same small surface: `begin()` -> a connection speaking the Databox's `?`
 SQL, `commit()`, `rollback()`, `query()`, `reserve_ids()`, `exists()`, `migrate()`, `close()`, and
-the two spellings the Databox's statements need (`greatest`, `for_update`). Statements that
-differ otherwise are named in repository.postgres (QUERIES) and repository.schema (SQLite).
+`column()`, the two spellings the Databox's statements need (`greatest`, `for_update`). Statements
+that differ otherwise are named in repository.postgres (QUERIES) and repository.schema (SQLite);
+the task types' set-based pieces in repository.bulk.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ class Backend(Protocol):
     @property
     def connection(self) -> Any: ...
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[Any]: ...
+    def column(self, sql: str, params: Sequence[Any] = ()) -> list[Any]: ...
     def reserve_ids(self, c: Any, n: int) -> list[int]: ...
     def after_copy(self, c: Any) -> None: ...
     def close(self) -> None: ...
@@ -73,6 +75,11 @@ class SqliteBackend:
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
         return self.connection.execute(sql, params).fetchall()
+
+    def column(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        cur = self.connection.cursor()
+        cur.row_factory = None  # plain tuples
+        return [r[0] for r in cur.execute(sql, params)]
 
     def reserve_ids(self, c: sqlite3.Connection, n: int) -> list[int]:
         """Under the write lock (BEGIN IMMEDIATE) the next ids are ours."""

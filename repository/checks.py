@@ -10,7 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import sqlite3
 from collections.abc import Iterator
+from pathlib import Path
+
+from .settings import DataboxSettings
 
 _CREATING = contextvars.ContextVar("schedulerd_creating_collections", default=False)
 
@@ -30,4 +34,24 @@ def collections_required() -> bool:
     return not _CREATING.get()
 
 
-__all__ = ["collections_required", "creating_collections"]
+def collection_names(settings: DataboxSettings) -> set[str] | None:
+    """The collection names a databox holds, read only (SQLite file or PostgreSQL); None when
+    it cannot be read now (not created yet, server away): the check is then left to the run."""
+    if settings.url is not None:
+        from .postgres import collection_names as pg_names
+
+        return pg_names(settings)
+    path = Path(settings.path)  # type: ignore[arg-type]
+    if not path.is_file():
+        return None
+    try:
+        conn = sqlite3.connect(f"file:{path.resolve()}?mode=ro", uri=True, timeout=5)
+        try:
+            return {r[0] for r in conn.execute("SELECT name FROM collections")}
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError:
+        return None
+
+
+__all__ = ["collection_names", "collections_required", "creating_collections"]

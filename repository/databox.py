@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from . import bulk
 from .backend import Backend, database_errors, open_backend
 from .fields import check_fields, check_name, normalize_value, now_iso
 from .model import (
@@ -173,6 +174,25 @@ class Databox:
     def _query(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         with self._lock:
             return self.backend.query(sql, params)
+
+    # --- set-based SQL (task types: record_mover, workflows) -------------------------
+
+    def dialect(self, name: str, **parts: str) -> str:
+        """The piece of SQL `name` in this databox's dialect (repository.bulk.STATEMENTS)."""
+        return bulk.statement(self.backend.kind, name, **parts)
+
+    def bulk_session(self) -> None:
+        """Tune this (fresh) connection for a pass of set-based statements over many records."""
+        sql = self.dialect("bulk_session")
+        if sql:
+            with self._lock:
+                self.backend.connection.execute(sql)
+
+    def column(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        """The first column of `sql` as plain values (100,000s of ids cost no row objects);
+        inside `transaction()`, on its connection."""
+        with self._lock:
+            return self.backend.column(sql, params)
 
     # --- collections ---------------------------------------------------------------
 

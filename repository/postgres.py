@@ -266,6 +266,11 @@ class PgBackend:
         with self.pool.connection() as conn:
             return PgConnection(conn).execute(sql, params).fetchall()
 
+    def column(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        """The first column of `sql`: on the transaction's connection, else on a pooled one."""
+        with self.reading() as c:
+            return [r[0] for r in c.raw.cursor().execute(placeholders(sql), params)]  # type: ignore[arg-type]
+
     @contextmanager
     def reading(self) -> Iterator[PgConnection]:
         """A connection for statements of QUERIES outside the Databox's transactions."""
@@ -361,6 +366,21 @@ class PgIndex:
 
     def close(self) -> None:
         self.backend.close()
+
+
+def collection_names(settings: DataboxSettings) -> set[str] | None:
+    """The collections of a PostgreSQL databox (one short connection); None when it cannot be
+    read now (server away, schema not created yet)."""
+    from schedulerd.postgres import connection_kwargs
+
+    assert settings.url is not None
+    try:
+        with psycopg.connect(settings.url, **connection_kwargs(settings.password, "schedulerd config check")) as conn:
+            if not conn.execute(QUERIES["has_schema"]).fetchone()[0]:  # type: ignore[index]
+                return None
+            return {r[0] for r in conn.execute("SELECT name FROM collections")}
+    except psycopg.Error:
+        return None
 
 
 def search(settings: DataboxSettings, query: str, *, limit: int = 20) -> list[tuple[int, str, str, str, float]]:

@@ -13,16 +13,24 @@ is exactly what a run at the same moment would do.
 from __future__ import annotations
 
 import dataclasses
-import sqlite3
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
 import anyio
 
 from repository import ALL_BITS as ALL
-from repository import FIELD_NAME_RE, NO_MASK, StatusMask, collections_required, format_mask, now_iso, parse_mask
+from repository import (
+    FIELD_NAME_RE,
+    NO_MASK,
+    StatusMask,
+    collection_names,
+    collections_required,
+    database_errors,
+    format_mask,
+    now_iso,
+    parse_mask,
+)
 from schedulerd import settings as s
 from schedulerd.plugin import Context, TaskType
 from schedulerd.settings import ConfigError
@@ -168,20 +176,6 @@ class Settings:
 # --- checking rules against the config and the databox ---------------------------------
 
 
-def known_collections(path: Path) -> set[str] | None:
-    """Collection names of a databox file, read only; None when it cannot be read yet."""
-    if not Path(path).is_file():
-        return None
-    try:
-        conn = sqlite3.connect(f"file:{Path(path).resolve()}?mode=ro", uri=True, timeout=5)
-        try:
-            return {r[0] for r in conn.execute("SELECT name FROM collections")}
-        finally:
-            conn.close()
-    except sqlite3.DatabaseError:
-        return None
-
-
 def check_rule(r: Rule, config: Any, where: Callable[[str], str]) -> None:
     """Raise ConfigError at `where(key)` for an unknown databox, field or collection."""
     databoxes = getattr(config, "databoxes", {}) or {}
@@ -210,7 +204,7 @@ def check_rule(r: Rule, config: Any, where: Callable[[str], str]) -> None:
                 float(t.value)
             except ValueError:
                 raise ConfigError(where(base + ".value"), f"field {t.field!r} is a number, got {t.value!r}") from None
-    names = known_collections(dbs.path) if collections_required() and dbs.url is None else None
+    names = collection_names(dbs) if collections_required() else None
     if names is None:
         return  # the databox is not created yet (the run will name what is missing), or collection:create runs
     refs = [(f"from.collection[{j}]", n) for j, n in enumerate(c.collection)]
@@ -239,7 +233,7 @@ class RuleError(Exception):
     """A rule cannot run now (a collection it names is gone): the message names the rule."""
 
 
-def _collection_ids(conn: sqlite3.Connection, r: Rule, names: Iterable[str]) -> list[int]:
+def _collection_ids(conn: Any, r: Rule, names: Iterable[str]) -> list[int]:
     ids = []
     for n in names:
         row = conn.execute("SELECT id FROM collections WHERE name = ?", (n,)).fetchone()
@@ -249,9 +243,11 @@ def _collection_ids(conn: sqlite3.Connection, r: Rule, names: Iterable[str]) -> 
     return ids
 
 
-def where_clause(conn: sqlite3.Connection, r: Rule, now: datetime,
-                 declared: Mapping[str, str] | None = None) -> tuple[str, list[Any]]:
-    """The rule's `from` (and, for update, "not already in the target state") on `records r`."""
+def where_clause(db: Any, r: Rule, now: datetime) -> tuple[str, list[Any]]:
+    """The rule's `from` (and, for update, "not already in the target state") on `records r`,
+    in the databox's dialect (its date and number comparisons: repository.bulk)."""
+    conn = db.connection
+    declared: Mapping[str, str] = getattr(db.settings, "field_types", {}) or {}
     parts: list[str] = []
     params: list[Any] = []
     c = r.from_
@@ -272,12 +268,13 @@ def where_clause(conn: sqlite3.Connection, r: Rule, now: datetime,
     for d in c.date:
         op = "<" if d.direction == "before" else ">"
         parts.append("r.id IN (SELECT f.record_id FROM fields f WHERE f.name = ? "
-                     f"AND julianday(f.value) {op} julianday(?))")
+                     f"AND {db.dialect('date_compare', value='f.value', op=op)})")
         params += [d.field, threshold(d, now)]
     for t in c.text:
         op = COMPARE_SQL[t.compare]
-        if (declared or {}).get(t.field) == "number":
-            parts.append(f"r.id IN (SELECT f.record_id FROM fields f WHERE f.name = ? AND CAST(f.value AS REAL) {op} ?)")
+        if declared.get(t.field) == "number":
+            number = db.dialect("number", value="f.value")
+            parts.append(f"r.id IN (SELECT f.record_id FROM fields f WHERE f.name = ? AND {number} {op} ?)")
             params += [t.field, float(t.value)]
         else:
             parts.append(f"r.id IN (SELECT f.record_id FROM fields f WHERE f.name = ? AND f.value {op} ?)")
@@ -291,28 +288,24 @@ def where_clause(conn: sqlite3.Connection, r: Rule, now: datetime,
             target.append("(r.status & ?) = ?")
             params += [r.to.status.mask, r.to.status.value]
         parts.append(f"NOT ({' AND '.join(target)})")
-    return " AND ".join(parts) or "1", params
+    return " AND ".join(parts) or "TRUE", params
 
 
 def apply_rule(db: Any, r: Rule, now: datetime) -> list[int]:
     """Run one rule inside the caller's `db.transaction()`; the changed (or deleted) ids, sorted."""
-    conn = db.connection
-    declared = getattr(db.settings, "field_types", {}) or {}
-    where, params = where_clause(conn, r, now, declared)
+    where, params = where_clause(db, r, now)
     if r.action == "delete":
-        ids = [row[0] for row in conn.execute(f"SELECT r.id FROM records r WHERE {where}", params)]
+        ids = db.column(f"SELECT r.id FROM records r WHERE {where}", params)
         return sorted(db.delete_records(ids, delete_children=r.delete_children)) if ids else []
     assert r.to is not None
-    coll = None if r.to.collection is None else _collection_ids(conn, r, [r.to.collection])[0]
+    coll = None if r.to.collection is None else _collection_ids(db.connection, r, [r.to.collection])[0]
     keep = ALL & ~r.to.status.mask
-    cur = conn.cursor()
-    cur.row_factory = None  # plain tuples: a rule may return 100,000s of ids
-    rows = cur.execute(
+    ids = db.column(  # plain values: a rule may return 100,000s of ids
         "UPDATE records SET collection_id = coalesce(?, collection_id), status = ((status & ?) | ?), updated = ? "
         f"WHERE id IN (SELECT r.id FROM records r WHERE {where}) RETURNING id",
         [coll, keep, r.to.status.value, now_iso(), *params],
-    ).fetchall()
-    return sorted(row[0] for row in rows)
+    )
+    return sorted(ids)
 
 
 # --- words ---------------------------------------------------------------------------
@@ -435,11 +428,11 @@ class RecordMover(TaskType):
             raise RuleError(str(e)) from None
         # This connection lives for one pass. A rule over many records builds large
         # transient tables (the matched ids, the RETURNING rows, delete's _doomed list):
-        # in memory they cost no temp-file I/O (about 0.2 s of a 2 s pass in
+        # on SQLite in memory they cost no temp-file I/O (about 0.2 s of a 2 s pass in
         # bench/bench_record_mover.py). Set on a fresh connection, it discards nothing.
         try:
-            db.connection.execute("PRAGMA temp_store = MEMORY")
-        except sqlite3.DatabaseError as e:
+            db.bulk_session()
+        except database_errors() as e:
             db.close()
             raise RuleError(f"databox {name}: {e}") from None
         return db
@@ -481,8 +474,8 @@ class RecordMover(TaskType):
                 try:
                     with db.transaction():
                         o.ids = apply_rule(db, r, now)
-                except (RuleError, sqlite3.DatabaseError) as e:
-                    o.error = f"rule {r.name!r}: {e}" if isinstance(e, sqlite3.DatabaseError) else str(e)
+                except (RuleError, *database_errors()) as e:
+                    o.error = str(e) if isinstance(e, RuleError) else f"rule {r.name!r}: {str(e).strip()}"
                     log.error("%s", o.error)
                 else:
                     verb = "deleted" if r.action == "delete" else "updated"

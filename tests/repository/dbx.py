@@ -46,6 +46,21 @@ def add(db: Any, collection: str, name: str, *, status: int = 0, fields: Mapping
     return db.create_record(collection, src, status=status, fields=fields, original_name=name, story=story).id
 
 
+def dump_box(settings: DataboxSettings) -> list[tuple]:
+    """Every row of every table of the databox, SQLite or PostgreSQL: to prove that something changed nothing."""
+    if settings.url is None:
+        return dump(settings.path)
+    db = open_databox(settings, create=False)
+    try:
+        c = db.connection
+        out: list[tuple] = []
+        for (t,) in c.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY tablename"):
+            out += [(t, *r) for r in c.execute(f'SELECT * FROM "{t}" ORDER BY 1, 2')]
+        return out
+    finally:
+        db.close()
+
+
 def dump(path: Path) -> list[tuple]:
     """Every row of every databox table: to prove that something changed nothing."""
     conn = sqlite3.connect(path)
@@ -170,11 +185,10 @@ def site_config(root: Path, body: str, databox: DataboxSettings | None = None) -
         max_crashes = 3
         """)
     if databox is not None:
-        head += textwrap.dedent(f"""
-            [databoxes.main]
-            path = "{databox.path}"
-            storage = "{databox.storage}"
-            """)
+        where = f'path = "{databox.path}"' if databox.url is None else (
+            f'url = "{databox.url}"\npassword = "{databox.password.reveal()}"')  # type: ignore[union-attr]
+        head += f'\n[databoxes.main]\n{where}\nstorage = "{databox.storage}"\n'
+
         if databox.fields:
             head += "[databoxes.main.fields]\n" + "".join(f'{k} = "{v}"\n' for k, v in databox.fields.items())
     cfg = etc / "schedulerd.toml"

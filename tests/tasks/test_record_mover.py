@@ -8,6 +8,7 @@ import subprocess
 import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import pytest
@@ -22,7 +23,9 @@ from schedulerd.context import TaskContext  # noqa: E402
 from repository import NewRecord  # noqa: E402
 from schedulerd.settings import ConfigError  # noqa: E402
 from tasks.record_mover import RecordMover, RuleError, Settings, id_ranges  # noqa: E402
-from tests.repository.dbx import CONSOLE, FakeConfig, add, collect, dump, make_databox, site_config  # noqa: E402
+from repository import DataboxSettings, open_databox  # noqa: E402
+from tests.repository.conftest import backend, make_box, pg_server  # noqa: E402,F401  (fixtures: SQLite and PostgreSQL)
+from tests.repository.dbx import CONSOLE, FakeConfig, add, collect, dump_box, site_config  # noqa: E402
 
 NOW = datetime(2024, 5, 10, 23, 30, tzinfo=timezone.utc)
 FIELDS = {"Expiry": "date", "Rights": "text", "Rating": "number", "Title": "text"}
@@ -36,8 +39,10 @@ def anyio_backend() -> str:
 class Box:
     """A databox with a known population (names -> ids)."""
 
-    def __init__(self, tmp: Path):
-        self.settings, self.db = make_databox(tmp, fields=FIELDS)
+    def __init__(self, settings: DataboxSettings):
+        self.settings, self.db = settings, open_databox(settings)
+        for c in ("incoming", "archive", "trash"):
+            self.db.create_collection(c)
         add_ = lambda *a, **k: add(self.db, *a, **k)  # noqa: E731
         self.ids = {
             "r1": add_("incoming", "r1.jpg", status=0b0001, fields={"Expiry": "2024-05-10", "Rights": "expired",
@@ -65,8 +70,9 @@ class Box:
 
 
 @pytest.fixture
-def box(tmp_path: Path):
-    b = Box(tmp_path)
+def box(backend: str, request: pytest.FixtureRequest, tmp_path: Path):
+    """The population on SQLite and on a real PostgreSQL (tests/pgserver.py)."""
+    b = Box(make_box(backend, request, tmp_path, fields=MappingProxyType(FIELDS)))
     yield b
     b.db.close()
 
@@ -150,10 +156,10 @@ async def test_update_moves_sets_and_clears_bits_then_a_second_pass_changes_noth
         assert ctx.events == [("record.updated", {"databox": "main", "ids": ids, "rule": "to-archive", "task": "m"})]
         assert f"rule 'to-archive': updated ids {id_ranges(ids)}" in lines.text
 
-        state = dump(box.settings.path)
+        state = dump_box(box.settings)
         ctx.events.clear()
         assert await task.run_once(ctx) == "to-archive: 0 updated"
-        assert dump(box.settings.path) == state and ctx.events == []
+        assert dump_box(box.settings) == state and ctx.events == []
     finally:
         done()
 
@@ -211,9 +217,9 @@ async def test_preview_changes_nothing_and_equals_what_a_run_then_does(tmp_path:
     ]
     task = mover(rules, box)
     docs = [box.db.get_record(i).document_path for i in box.ids.values() if box.db.get_record(i).document_path]
-    state = dump(box.settings.path)
+    state = dump_box(box.settings)
     preview = task.preview(box.config(), NOW)
-    assert dump(box.settings.path) == state and all(p.exists() for p in docs)
+    assert dump_box(box.settings) == state and all(p.exists() for p in docs)
     assert [(p["rule"], p["count"], box.names_of(p["first_ids"])) for p in preview] == [
         ("expire", 2, ["r1", "r2"]), ("purge", 2, ["r1", "r2"]), ("off", 0, [])]
     assert "records in collection 'incoming' and Expiry before now + 1 days (2024-05-11 23:30 UTC)" in preview[0]["condition"]
@@ -263,10 +269,10 @@ async def test_a_failing_rule_does_not_stop_the_others_and_fails_the_iteration(t
 
 @pytest.mark.anyio
 async def test_inactive_rules_are_skipped(tmp_path: Path, box: Box) -> None:
-    state = dump(box.settings.path)
+    state = dump_box(box.settings)
     task = mover([rule({}, active=False)], box)
     assert await task.run_once(ctx_for(task, box, tmp_path)) == "r: inactive"
-    assert dump(box.settings.path) == state
+    assert dump_box(box.settings) == state
 
 
 # --- config ---------------------------------------------------------------------------
@@ -333,7 +339,7 @@ def test_task_preview_command(tmp_path: Path, box: Box) -> None:
         argv = ["true"]
         """, box.settings)
     env = {k: v for k, v in os.environ.items() if k != "SCHEDULERD_CONFIG"}
-    state = dump(box.settings.path)
+    state = dump_box(box.settings)
     run = lambda *a: subprocess.run([str(CONSOLE), "--config", str(cfg), *a], capture_output=True, text=True,  # noqa: E731
                                     timeout=30, env=env)
     p = run("task:preview", "expire", "--json")
@@ -344,7 +350,7 @@ def test_task_preview_command(tmp_path: Path, box: Box) -> None:
     assert "rule 'mark' (update, databox main)" in p.stdout
     assert "when: records in collection 'incoming' and status 1 (bit 0 set) in databox main" in p.stdout
     assert f"would change 2 records: {box.ids['r1']}, {box.ids['r2']}" in p.stdout
-    assert dump(box.settings.path) == state
+    assert dump_box(box.settings) == state
     p = run("task:preview", "heartbeat")
     assert p.returncode == 2 and "no rules to preview" in p.stderr
     assert run("task:preview", "nope").returncode == 2
