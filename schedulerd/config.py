@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
+from datetime import tzinfo
 from pathlib import Path
 from types import MappingProxyType
 from typing import Annotated, Any
@@ -16,11 +17,12 @@ from . import settings as s
 from .pipeline import QUEUE_PREFIX, PipelineConfig, pipelines
 from .configfiles import SchedulerSettings, base_dir_for, default_path, file_for, merge, node_name
 from .registry import config_sections
+from .schedule import Schedule, parse_schedule, zone
 from .settings import ConfigError, Secret
 from .stores import StoreSettings
 from .web.settings import HttpSettings
 
-ENGINE_TASK_KEYS = ("type", "period", "enabled", "timeout", "trigger", "nodes")
+ENGINE_TASK_KEYS = ("type", "period", "schedule", "catch_up", "enabled", "timeout", "trigger", "nodes")
 ENGINE_SECTIONS = ("scheduler", "store", "tasks", "jobs", "queues", "http", "pipelines")  # the others are plugins' (config_sections)
 
 
@@ -34,6 +36,8 @@ class TaskConfig:
     settings: Any
     trigger: tuple[str, ...] = ()  # events that start an iteration early (record.created, ...)
     nodes: tuple[str, ...] = ()  # the only nodes that may run it (a cluster); empty: any node
+    schedule: Schedule | None = None  # `schedule = "0 3 * * *"` instead of a period (schedulerd.schedule)
+    catch_up: bool = False  # a scheduled start missed while the daemon was down runs once at its start
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,8 +138,9 @@ def _collect_secrets(obj: Any, found: list[Secret | str], key: str = "") -> None
             _collect_secrets(v, found, key)
 
 
-def load(file: Path | None = None, *, embedded_defaults: bool = True) -> Config:
-    """Load the config at `file` (or the default path) and its `schedulerd.d/*.toml` drop-ins."""
+def load(file: Path | None = None, *, embedded_defaults: bool = True, extra: tuple[Path, ...] = ()) -> Config:
+    """Load the config at `file` (or the default path) and its `schedulerd.d/*.toml` drop-ins;
+    `extra`: a drop-in not yet in place, checked with the rest (task:create)."""
     if file is None:
         file = default_path()
         if file is None and not embedded_defaults:
@@ -144,7 +149,7 @@ def load(file: Path | None = None, *, embedded_defaults: bool = True) -> Config:
     if file is not None:
         if not file.is_file():
             raise ConfigError("", "no such file", str(file))
-        files = [file, *sorted((file.parent / "schedulerd.d").glob("*.toml"))]
+        files = [file, *sorted((file.parent / "schedulerd.d").glob("*.toml")), *extra]
     merged, origin = merge(files)
     name = str(file) if file else "<embedded defaults>"
     try:
@@ -168,8 +173,9 @@ def _build(data: dict[str, Any], file: Path | None, base: Path) -> Config:
     })
     tasks = {}
     raw_tasks = data.get("tasks", {})
+    tz = zone(scheduler.timezone)
     for tname, table in raw_tasks.items():
-        tasks[tname] = _task(tname, table, base)
+        tasks[tname] = _task(tname, table, base, tz)
     store = s.build(StoreSettings, data.get("store", {}), "store", base)
     http = s.build(HttpSettings, data.get("http", {}), "http", base)
     config = Config(file, base, scheduler, MappingProxyType(tasks), jobs, queues, sections, store, http)
@@ -207,7 +213,7 @@ def _job_type_config(name: str, table: Any, base: Path) -> JobTypeConfig:
     return dataclasses.replace(jc, settings=s.build(cls.Settings, rest, path, base, also_known=JOB_TYPE_KEYS))
 
 
-def _task(name: str, table: Any, base: Path) -> TaskConfig:
+def _task(name: str, table: Any, base: Path, tz: tzinfo) -> TaskConfig:
     from .registry import UnknownType, task_type
 
     path = f"tasks.{name}"
@@ -225,6 +231,7 @@ def _task(name: str, table: Any, base: Path) -> TaskConfig:
     except UnknownType as e:
         raise ConfigError(f"{path}.type", str(e)) from None
     period = s.positive_duration(table.get("period", cls.default_period), f"{path}.period")
+    schedule, catch_up = _schedule(table, path, tz)
     enabled = s.convert(bool, table.get("enabled", True), f"{path}.enabled")
     timeout = table.get("timeout")
     timeout = None if timeout is None else s.positive_duration(timeout, f"{path}.timeout")
@@ -232,7 +239,24 @@ def _task(name: str, table: Any, base: Path) -> TaskConfig:
     nodes = _nodes(table.get("nodes", ()), f"{path}.nodes")
     rest = {k: v for k, v in table.items() if k not in ENGINE_TASK_KEYS}
     settings = s.build(cls.Settings, rest, path, base, also_known=ENGINE_TASK_KEYS)
-    return TaskConfig(name, type_name, period, enabled, timeout, settings, trigger, nodes)
+    return TaskConfig(name, type_name, period, enabled, timeout, settings, trigger, nodes, schedule, catch_up)
+
+
+def _schedule(table: Mapping[str, Any], path: str, tz: tzinfo) -> tuple[Schedule | None, bool]:
+    """`schedule` (cron or ISO interval) instead of `period`, and `catch_up` that only it takes."""
+    catch_up = s.convert(bool, table.get("catch_up", False), f"{path}.catch_up")
+    if "schedule" not in table:
+        if "catch_up" in table:
+            raise ConfigError(f"{path}.catch_up", "only a task with a schedule catches up (it has a period)")
+        return None, False
+    if "period" in table:
+        raise ConfigError(path, "period and schedule are both given: keep one (a period, or a cron "
+                                "expression / ISO interval)")
+    text = s.convert(str, table["schedule"], f"{path}.schedule")
+    try:
+        return parse_schedule(text, tz), catch_up
+    except ValueError as e:
+        raise ConfigError(f"{path}.schedule", str(e)) from None
 
 
 def _nodes(value: Any, path: str) -> tuple[str, ...]:

@@ -35,6 +35,18 @@ def node_name(value: Any, path: str) -> str:
     return value
 
 
+def timezone_name(value: Any, path: str) -> str:
+    """`[scheduler] timezone`: an IANA zone name, checked against the zone database."""
+    from .schedule import zone  # zoneinfo only when a zone is named
+
+    if not isinstance(value, str):
+        raise ConfigError(path, f"expected a time zone name like \"Europe/Paris\", got {value!r}")
+    try:
+        zone(value)
+    except ValueError as e:
+        raise ConfigError(path, str(e)) from None
+    return value
+
 
 @dataclasses.dataclass(frozen=True)
 class SchedulerSettings:
@@ -64,6 +76,8 @@ class SchedulerSettings:
     store_busy_timeout: Annotated[float, s.positive_duration] = 30.0
     # this daemon's id in a cluster (docs/cluster.md): unique among the nodes sharing a store
     node: Annotated[str, node_name] = dataclasses.field(default_factory=lambda: socket.gethostname())
+    # the zone cron schedules are read in (`schedule = "0 3 * * *"`); none: the system's
+    timezone: Annotated[str, timezone_name] | None = None
 
     def check(self) -> None:
         if self.backoff_initial > self.backoff_max:

@@ -10,6 +10,7 @@ Transitions (every one goes through `_change`, checked against states.TASK_TRANS
   backoff  -> running    backoff elapsed (or run-now)
   waiting  -> running    tick reached (or run-now / an event woke the task)
   starting, backoff -> waiting   the iteration was skipped: a one-shot task:run holds the lock
+  starting -> waiting    a schedule's first start is later (schedulerd.schedule)
   *        -> stopping   task:stop / daemon stop: the iteration gets stop_timeout, then is cancelled
                          (also when the loop ends without a stop: cancelled from outside, or a bug)
   stopping -> stopped
@@ -18,6 +19,7 @@ Transitions (every one goes through `_change`, checked against states.TASK_TRANS
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -33,9 +35,10 @@ from .context import TaskContext
 from .iteration import IterationEnd, run_iteration
 from .plugin import TaskType
 from .registry import task_type
+from .schedule import first_due, local_text, zone
 from .snapshot import Live, task_snapshot
 from .states import ACTIVE_STATES, CLEAN_OUTCOMES, STOPPED_STATES, RunOutcome, TaskState, Wanted, check_task
-from .store import Run, TaskRecord
+from .store import STORE_ERRORS, Run, TaskRecord, store_call
 from .tasklock import TaskLock
 
 log = logging.getLogger("schedulerd.runner")
@@ -134,6 +137,7 @@ class TaskRunner:
         self.started_at: float | None = None  # wall time the task was started
         self.iteration_started: float | None = None
         self.next_at: float | None = None  # monotonic
+        self.slot: float | None = None  # a schedule's: wall time of the start waited for (None: not a scheduled one)
         self._scope: anyio.CancelScope | None = None
         self._iteration_scope: anyio.CancelScope | None = None
         self._cut: tuple[RunOutcome, str | None] = (RunOutcome.CANCELLED, "cancelled at stop")  # set by stop()
@@ -190,11 +194,20 @@ class TaskRunner:
         live = Live(
             started_at=self.started_at,
             iteration_started=self.iteration_started if self.state is TaskState.RUNNING else None,
-            next_run_in=max(0.0, self.next_at - anyio.current_time()) if sleeping and self.next_at is not None else None,
+            next_run_in=max(0.0, self.next_at - anyio.current_time())
+            if sleeping and self.next_at is not None and math.isfinite(self.next_at) else None,
+            next_run_at=self._next_run_at() if sleeping else None,
             progress=(self.ctx.done, self.ctx.total) if self.ctx.done is not None else None,
             info=self.ctx.info)
         return task_snapshot(self.tc, self.wanted, self.state, counts, live, node=self.node,
                              cluster=self.lease is not None)
+
+    def _next_run_at(self) -> str | None:
+        """The next start on the wall clock, in [scheduler] timezone (`2026-03-29 03:00:00 CEST`)."""
+        if self.next_at is None or not math.isfinite(self.next_at):
+            return None
+        wall = self.slot if self.slot is not None else time.time() + self.next_at - anyio.current_time()
+        return local_text(wall, zone(self.settings.timezone))
 
     # --- control -------------------------------------------------------------
     def start(self, tg: TaskGroup) -> None:
@@ -273,8 +286,9 @@ class TaskRunner:
             self.log.exception("background watcher failed; the periodic scan goes on")
 
     async def _loop(self) -> None:
-        scheduled = anyio.current_time()
-        self.next_at = scheduled
+        scheduled = self.next_at = await self._first_tick()
+        if self.next_at > anyio.current_time() and self.state is TaskState.STARTING:
+            self._change(TaskState.WAITING, "until its scheduled start")
         while self.state is not TaskState.STOPPING:
             if self.lease is not None and not self.lease.held:
                 scheduled = await self._wait_for_lease()
@@ -282,24 +296,31 @@ class TaskRunner:
             if self.next_at > now:
                 if await self.ctx.sleep(self.next_at - now):
                     scheduled = self.next_at = anyio.current_time()  # woken: run now, re-base the ticks
+                    self.slot = None
+                elif self.slot is not None and time.time() < self.slot - 0.01:
+                    self.next_at = self._monotonic(self.slot)  # the wall clock was set back meanwhile
+                    continue
             if self.state is TaskState.STOPPING:
                 break
             if self.lease is not None and not self.lease.held:
                 continue  # lost while sleeping: wait for it again
+            if self.slot is not None:
+                await self._save_cursor(self.slot)
             ok = await self._iteration()
             retry = self.ctx.iteration_ended()  # the task waits for something (ctx.wait_for)
             if self.state is TaskState.STOPPING:
                 break
             now = anyio.current_time()
             if ok is None:  # skipped: the one-shot holds the lock
-                scheduled = self.next_at = next_run(scheduled, self.tc.period, now)
+                scheduled = self.next_at = self._next_tick(scheduled, now)
                 self._change(TaskState.WAITING)
             elif ok:
                 if self.crashes:
                     self._set_crashes(0)
-                scheduled = self.next_at = next_run(scheduled, self.tc.period, now)
+                scheduled = self.next_at = self._next_tick(scheduled, now)
                 if retry is not None and now + retry < self.next_at:
                     scheduled = self.next_at = now + retry
+                    self.slot = None  # a retry, not a scheduled start
                 self._change(TaskState.WAITING)
             else:
                 self._set_crashes(self.crashes + 1)
@@ -323,9 +344,54 @@ class TaskRunner:
             changed = self.lease.changed
             with anyio.move_on_after(5):
                 await changed.wait()
+        if self.tc.schedule is not None:  # from the last scheduled start anywhere (the shared store)
+            self.next_at = await self._first_tick()
+            return self.next_at
         due = self.lease.due_in
         self.next_at = anyio.current_time() + max(0.0, due or 0.0)
         return self.next_at
+
+    # --- schedules (`schedule = "0 3 * * *"`: schedulerd.schedule) -------------------
+    def _next_tick(self, scheduled: float, now: float) -> float:
+        """The next start (monotonic): a period after the last scheduled one, or the schedule's
+        next start after both that one and now (an overrun skips to the next, no burst)."""
+        if self.tc.schedule is None:
+            return next_run(scheduled, self.tc.period, now)
+        self.slot = self.tc.schedule.next_after(max(time.time(), self.slot or 0.0))
+        return self._monotonic(self.slot)
+
+    @staticmethod
+    def _monotonic(wall: float | None) -> float:
+        return math.inf if wall is None else anyio.current_time() + max(0.0, wall - time.time())
+
+    async def _first_tick(self) -> float:
+        """Where the loop starts: at once for a period; for a schedule, from its cursor in the
+        state store (its last start anywhere): a start missed meanwhile runs at once with catch_up
+        (or, on a shared store, when it fell due within two leases: a takeover), else the next."""
+        if self.tc.schedule is None:
+            return anyio.current_time()
+        cursor = await self._store_call(self.env.store.get_value, self._cursor_key)
+        now = time.time()
+        if cursor is None:
+            await self._save_cursor(now)  # from now on, a downtime is seen
+        grace = math.inf if self.tc.catch_up else 2 * self.env.config.store.lease if self.lease is not None else 0.0
+        self.slot = first_due(self.tc.schedule, None if cursor is None else float(cursor), now, grace)
+        return self._monotonic(self.slot)
+
+    @property
+    def _cursor_key(self) -> str:
+        return f"schedule.cursor.{self.tc.name}"
+
+    async def _save_cursor(self, wall: float) -> None:
+        """The scheduled start is written before its iteration runs (the cursor catch_up reads)."""
+        await self._store_call(self.env.store.set_value, self._cursor_key, repr(wall))
+
+    async def _store_call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        try:
+            return await store_call(f"task {self.tc.name}'s schedule", fn, *args, give_up_after=10.0)
+        except STORE_ERRORS as e:
+            self.log.warning("schedule: the store failed (%s); a missed start may not be caught up", e)
+            return None
 
     def _healthy(self) -> None:
         if self.crashes:

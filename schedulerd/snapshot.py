@@ -18,6 +18,7 @@ class Live:
     started_at: float | None = None  # wall time the task was started
     iteration_started: float | None = None  # wall time the current iteration began (state running)
     next_run_in: float | None = None  # seconds until the next iteration (waiting, backoff)
+    next_run_at: str | None = None  # the same on the wall clock, in [scheduler] timezone
     progress: tuple[int, int | None] | None = None  # done, total of the current iteration
     info: dict[str, Any] = field(default_factory=dict)
 
@@ -36,6 +37,8 @@ def task_snapshot(tc: TaskConfig, wanted: Wanted, state: TaskState, counts: Task
         "wanted": wanted.value,
         "state": state.value,
         "period": tc.period,
+        "schedule": tc.schedule.expression if tc.schedule is not None else None,
+        "catch_up": tc.catch_up,
         "timeout": tc.timeout,
         "crashes": counts.crashes,
         "runs": counts.runs,
@@ -43,6 +46,7 @@ def task_snapshot(tc: TaskConfig, wanted: Wanted, state: TaskState, counts: Task
         "started_at": live.started_at,
         "iteration_started": live.iteration_started,
         "next_run_in": live.next_run_in,
+        "next_run_at": live.next_run_at,
         "progress": None if live.progress is None else {"done": live.progress[0], "total": live.progress[1]},
         "last_run": _last_run(counts.last_run),
         "info": dict(live.info),

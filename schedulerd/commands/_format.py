@@ -36,7 +36,9 @@ def describe(snap: dict[str, Any]) -> str:
     prog = snap.get("progress")
     if snap["state"] == "running" and prog and prog.get("done") is not None:
         parts.append(f"{prog['done']}/{prog['total']}" if prog.get("total") else f"{prog['done']} done")
-    if snap.get("next_run_in") is not None:
+    if snap.get("schedule") and snap.get("next_run_at"):
+        parts.append(f"next at {snap['next_run_at']}")  # wall clock, in [scheduler] timezone
+    elif snap.get("next_run_in") is not None:
         parts.append(f"next in {snap['next_run_in']:.0f}s")
     if snap.get("crashes"):
         parts.append(f"crashes {snap['crashes']}")
