@@ -1,4 +1,4 @@
-"""task:list|state|start|stop|restart|run|run-now|log|history."""
+"""task:list|state|start|stop|restart|run|run-now|log|history|create|delete."""
 
 from __future__ import annotations
 
@@ -158,4 +158,54 @@ def task_history(args: Any, env: Any) -> int:
     print_table([[time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["started"])), f"{r['ended'] - r['started']:.2f}s",
                   r["outcome"], r["source"], r.get("error") or r.get("summary") or ""] for r in res],
                 ["STARTED", "TOOK", "OUTCOME", "BY", "DETAIL"])
+    return 0
+
+
+def _config_file(env: Any) -> Any:
+    from ..configfiles import default_path
+
+    path = env.config_path or default_path()
+    if path is None or not path.is_file():
+        raise CommandError(f"no config file{f' at {path}' if path else ''} (use --config or SCHEDULERD_CONFIG)", 2)
+    return path
+
+
+def _reload_if_running(env: Any) -> None:
+    if env.running_pid():
+        res = env.call("reload")
+        print("reloaded: " + ", ".join(f"{what} {', '.join(res[what]) or '-'}" for what in ("added", "changed", "removed")))
+
+
+@command("task:create", "Write a task as a drop-in (schedulerd.d/task-NAME.toml), checked like config:check; "
+         "reloads a running daemon",
+         arg("type", help="task type (command, archive, ...)"), NAME,
+         arg("--set", action="append", default=[], metavar="KEY=VALUE",
+             help='a setting, as TOML or JSON (argv=\'["true"]\', period=\'"1h"\'); a plain string may go unquoted'))
+def task_create(args: Any, env: Any) -> int:
+    from ..dropin import DropinError, create_task, parse_sets
+
+    config_file = _config_file(env)
+    try:
+        path = create_task(config_file, args.type, args.name, parse_sets(args.set))
+    except DropinError as e:
+        raise CommandError(str(e), 2) from None
+    print(f"task {args.name}: written to {path}")
+    _reload_if_running(env)
+    return 0
+
+
+@command("task:delete", "Remove a task that task:create wrote (never a hand-written file); reloads a running daemon",
+         NAME)
+def task_delete(args: Any, env: Any) -> int:
+    from ..dropin import DropinError, delete_task
+
+    config_file = _config_file(env)
+    try:
+        path = delete_task(config_file, args.name)
+    except LookupError:
+        raise unknown_task(args.name) from None
+    except DropinError as e:
+        raise CommandError(str(e), 2) from None
+    print(f"task {args.name}: {path} removed")
+    _reload_if_running(env)
     return 0
