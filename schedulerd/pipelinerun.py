@@ -320,7 +320,7 @@ class FolderTrigger:
         if not stable or (len(stable) < len(self.pending) and len(stable) < self.pc.trigger.max_items):
             return
         items = []
-        for path, key in sorted(stable)[: self.pc.trigger.max_items]:
+        for path, key in sorted(stable):
             del self.pending[path]
             before = self.seen.get(path)
             self.seen[path] = key
@@ -328,8 +328,9 @@ class FolderTrigger:
                 item = file_item(Path(path))
                 if item is not None:
                     items.append(item)
-        if items:
-            await self.start_run(self.pc.name, str(self.pc.trigger.event), items)
+        size = self.pc.trigger.max_items
+        for start in range(0, len(items), size):  # a run takes max_items at most
+            await self.start_run(self.pc.name, str(self.pc.trigger.event), items[start:start + size])
 
 
 def _key(path: Path) -> tuple[int, int, int, int] | None:

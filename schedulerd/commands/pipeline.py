@@ -73,6 +73,11 @@ def pipeline_show(args: Any, env: Any) -> int:
 def _items(text: str) -> list[Any]:
     from ..plugin import Item
 
+    if text.startswith("@"):  # --input @FILE: the items from a file (a long list)
+        try:
+            text = Path(text[1:]).read_text()
+        except OSError as e:
+            raise CommandError(f"--input: cannot read {text[1:]}: {e.strerror}", 2) from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
@@ -91,7 +96,7 @@ def _items(text: str) -> list[Any]:
 
 
 @command("pipeline:run", "Start a run of a pipeline now (PutJob) and print its id",
-         arg("name"), arg("--input", default="[]", help='JSON list of items, e.g. [{"kind": "file", "path": "/x.jpg"}]'))
+         arg("name"), arg("--input", default="[]", help='JSON list of items, e.g. [{"kind": "file", "path": "/x.jpg"}], or @FILE holding it'))
 def pipeline_run(args: Any, env: Any) -> int:
     config = env.config()
     pc = config.pipelines.get(args.name)
