@@ -57,7 +57,7 @@ def config(server: PgServer, store_db: str, box_db: str, hot: Path) -> str:
         """
 
 
-def worker(site: Site, node: str) -> subprocess.Popen:
+def worker(site: Site, node: str) -> subprocess.Popen:  # noqa: F811
     env = {k: v for k, v in os.environ.items() if k != "SCHEDULERD_CONFIG"}
     return subprocess.Popen([str(CONSOLE), "--config", str(site.config), "worker:execute", "--queue-name",
                              "subdefCreation", "-m", "2", "--node", node],
@@ -75,8 +75,8 @@ def wait_for(predicate, timeout: float, what: str):
 
 
 @pytest.mark.slow
-def test_two_workers_and_the_daemon_build_every_record_once_a_killed_workers_jobs_finished_by_others(
-        site: Site, pg_server: PgServer, pg_database: str, monkeypatch, tmp_path: Path) -> None:  # noqa: F811
+def test_two_workers_and_the_daemon_build_every_record_once_a_killed_workers_jobs_finished_by_others(  # noqa: F811
+        site: Site, pg_server: PgServer, pg_database: str, monkeypatch) -> None:  # noqa: F811
     monkeypatch.setenv("SCHEDULERD_TEST_PGPASS", PASSWORD)
     box_db = pg_server.database(template="template0")
     hot = site.root / "hot"
