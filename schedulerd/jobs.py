@@ -313,8 +313,10 @@ class JobService:
                 scope = anyio.CancelScope()
                 self.running[job.id] = RunningJob(job, scope)
                 self._tg.start_soon(self._run, job, scope, name=f"job:{job.id}")
-            if claimed:
+            if len(claimed) == free:  # every slot asked for was filled: there may be more
                 continue
+            # fewer than asked (none: another node was quicker): the queue has nothing more ready
+            # now; a job added meanwhile has woken the waker already, so nothing is missed
             due = await store_call(f"reading the next due job of queue {queue}", self.store.next_due, queue)
             timeout = POLL if due is None else max(0.0, min(POLL, due - time.time()))
             await waker.wait(timeout if timeout > 0 else 0.01)

@@ -122,9 +122,12 @@ class PgJobStore:
                           node=o.node)
                 elif o.kind == "interrupted":
                     self._interrupt(cur, o.job_id, o.error or "interrupted", o.node)
-            queues = sorted({r[0] for r in run(cur, "settled_queues", ids=[o.job_id for o in outcomes]).fetchall()})
-            run(cur, "notify_queues", queues=queues)  # a retry's due time, a dependent's start: other nodes look
-            return set(queues)
+            again = [o.job_id for o in outcomes if o.kind in ("retry", "interrupted")]
+            rows = run(cur, "queues_after_settle", ids=[o.job_id for o in outcomes], again=again).fetchall()
+            others = sorted(q for q, look in rows if look)
+            if others:  # a retry's due time, a dependent's start: other nodes look
+                run(cur, "notify_queues", queues=others)
+            return {q for q, _ in rows}
 
     @staticmethod
     def _retry_later(cur: psycopg.Cursor, job_id: int, error: str | None, delay: float,

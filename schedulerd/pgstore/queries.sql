@@ -125,17 +125,36 @@ SELECT DISTINCT queue FROM jobs WHERE state IN ('waiting', 'interrupted', 'runni
 
 -- name: settled_queues
 -- the queues that may have work once these jobs ended: their own and their dependents'
+-- (each dependent's queue looked up by its id: never a join that may read all of jobs)
 SELECT queue FROM jobs WHERE id = ANY(%(ids)s)
-UNION SELECT j.queue FROM job_deps d JOIN jobs j ON j.id = d.job WHERE d.dep = ANY(%(ids)s);
+UNION SELECT (SELECT j.queue FROM jobs j WHERE j.id = d.job) FROM job_deps d WHERE d.dep = ANY(%(ids)s);
+
+-- name: queues_after_settle
+-- after attempts ended: the queues that may have work now, and whether the other nodes should
+-- look (`others`): a job due again (a retry, an interrupted attempt, ids `again`) or a waiting
+-- dependent may start on any node; a job that finished or failed only freed a slot of the node
+-- that ran it, which fills it itself (notifying every node at every job's end would wake them
+-- all for nothing: each would claim in vain)
+SELECT queue, bool_or(others) FROM (
+    SELECT queue, id = ANY(%(again)s) AS others FROM jobs WHERE id = ANY(%(ids)s)
+    UNION ALL
+    SELECT (SELECT j.queue FROM jobs j WHERE j.id = d.job), true FROM job_deps d WHERE d.dep = ANY(%(ids)s)
+) settled GROUP BY queue;
 
 -- ---- job store: state changes (PgJobStore._move runs each) -------------------------------------
 
 -- name: claim_jobs
 -- up to `limit` ready jobs of an unpaused queue whose dependencies all finished, in priority
--- order; rows another node is claiming right now are skipped, not waited for
+-- order; rows another node is claiming right now are skipped, not waited for.
+-- `state IN ('waiting', 'interrupted')` is written out (it is jobs_ready's predicate) so that the
+-- plan walks that index in priority order even once psycopg prepared the statement: with
+-- `state = ANY(%(from)s)` alone a generic plan cannot use the partial index and reads every row
+-- of the table, done jobs included, at every claim (10,000 jobs: quadratic). `= ANY(from)` stays
+-- the transition guard.
 WITH picked AS (
     SELECT id FROM jobs j
-    WHERE queue = %(queue)s AND state = ANY(%(from)s) AND next_attempt_at <= now()
+    WHERE queue = %(queue)s AND state IN ('waiting', 'interrupted') AND state = ANY(%(from)s)
+      AND next_attempt_at <= now()
       AND NOT EXISTS (SELECT 1 FROM queues q WHERE q.name = j.queue AND q.paused)
       AND NOT EXISTS (SELECT 1 FROM job_deps d JOIN jobs p ON p.id = d.dep
                       WHERE d.job = j.id AND p.state <> 'finished')

@@ -199,6 +199,30 @@ def test_store_copy_moves_the_sqlite_stores_into_postgresql(site, pg_env, pg_ser
     assert started[a] <= started[b]
 
 
+def test_a_claim_reads_the_ready_jobs_not_the_done_ones(pg_server, pg_database) -> None:
+    """A claim's cost must not grow with the jobs already done (10,000 jobs were quadratic): with
+    the plan PostgreSQL uses once the statement is prepared (a generic plan), it walks jobs_ready."""
+    from schedulerd.pgstore.jobstore import PgJobStore
+
+    pg_server.sql(f"ALTER DATABASE {pg_database} SET plan_cache_mode = force_generic_plan")
+    pg_server.sql("INSERT INTO jobs (type, queue, payload, state, attempts, finished, node) "
+                  "SELECT 'noop', 'default', '{}', 'finished', 1, now(), 'n0' FROM generate_series(1, 20000)", pg_database)
+    pg_server.sql("ANALYZE jobs", pg_database)
+    store = PgJobStore(store_settings(pg_server, pg_database))
+    try:
+        ids = [store.add("noop", "default", {}) for _ in range(30)]
+        got = [j.id for _ in range(30) for j in store.claim_many("default", "n1", 1)]
+        assert got == ids  # in order, each once
+        assert store.claim_many("default", "n1", 4) == []
+    finally:
+        store.close()  # its sessions end: their statistics reach pg_stat_user_tables
+    read = lambda: pg_server.sql("SELECT coalesce(seq_tup_read, 0) FROM pg_stat_user_tables "  # noqa: E731
+                                 "WHERE relname = 'jobs'", pg_database)[0][0]
+    wait_for(lambda: read() is not None, 5, "the statistics")
+    time.sleep(1.0)
+    assert read() < 20000, f"the claims read {read()} rows of jobs one by one (a sequential scan)"
+
+
 @pytest.mark.parametrize("n", [2000, pytest.param(10_000, marks=pytest.mark.slow)])
 def test_many_jobs_over_three_daemons_and_a_worker_run_once_each(tmp_path, pg_env, pg_server, pg_database,
                                                                   n: int) -> None:
@@ -206,7 +230,10 @@ def test_many_jobs_over_three_daemons_and_a_worker_run_once_each(tmp_path, pg_en
     w = None
     try:
         for i, s in enumerate(sites):
-            s.write(pg_config(pg_server, pg_database, "[queues.default]\nworkers = 4\n"), scheduler=f'node = "n{i}"\n')
+            # every row kept for the check (retention keeps 1,000 finished jobs by default, and
+            # each node purges once a minute)
+            s.write(pg_config(pg_server, pg_database, "[queues.default]\nworkers = 4\n[jobs]\nkeep_finished = 100000\n"),
+                    scheduler=f'node = "n{i}"\n')
             s.console("scheduler:start", check=True)
         w = worker(sites[0], "-m", "4", "--node", "w0")
         from schedulerd.stores import open_job_store
