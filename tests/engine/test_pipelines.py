@@ -69,7 +69,13 @@ def test_files_to_records_to_thumbnails_to_one_webhook_survives_kill_9(site: Sit
     time.sleep(1.5)  # the watcher's baseline is taken
     _feed(inbox, 80, 20)
     # kill -9 once the subdefCreation step is under way
-    site.wait_for(lambda: _runs(site) and _runs(site)[0]["step"] >= 2, timeout=90, what="step 2 started")
+    def thumbnails_done() -> int:  # finished jobs of the subdefCreation step, read from the store
+        if not (site.var / "state" / "jobs.db").exists():
+            return 0
+        with sqlite3.connect(site.var / "state" / "jobs.db", timeout=10) as c:
+            return c.execute("SELECT count(*) FROM jobs WHERE queue='pipeline.photos.2' AND state='finished'").fetchone()[0]
+
+    site.wait_for(lambda: thumbnails_done() >= 4, timeout=90, what="step 2 under way")
     pid = site.pid()
     assert pid
     os.kill(pid, signal.SIGKILL)
