@@ -62,6 +62,9 @@ JOB_TYPE_KEYS = tuple(s.toml_key(f) for f in dataclasses.fields(JobTypeConfig) i
 class QueueConfig:
     workers: Annotated[int, s.int_range(0, 1000)] = 1  # 0: this host claims none (other hosts work it)
     paused: bool = False  # initial state only; queue:pause/resume persist in the store
+    # after this many jobs the queue's workers on this node are recycled: no more claims until
+    # its running jobs ended, then its dispatcher starts afresh (JobService._dispatch)
+    max_jobs: Annotated[int, s.int_range(1, 10**9)] | None = None
 
 
 @dataclasses.dataclass(frozen=True)

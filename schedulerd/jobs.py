@@ -146,6 +146,7 @@ class JobService:
         self.running: dict[int, RunningJob] = {}
         self.wakers: dict[str, Waker] = {}
         self.dispatchers: set[str] = set()
+        self.recycled: dict[str, int] = {}  # queue -> times its workers were recycled ([queues.NAME] max_jobs)
         self._tg: TaskGroup | None = None
         self._accepting = True
         self._last_purge = 0.0
@@ -292,11 +293,39 @@ class JobService:
     def _running_in(self, queue: str) -> int:
         return sum(1 for r in self.running.values() if r.job.queue == queue)
 
+    def _free_slots(self, queue: str, claimed_here: int) -> int:
+        """How many jobs the queue's dispatcher may claim now: its free workers, within the
+        queue's `max_jobs` left in this incarnation and the process's max jobs left."""
+        qc = self.config.queue(queue)
+        free = qc.workers - self._running_in(queue)
+        if qc.max_jobs is not None:
+            free = min(free, qc.max_jobs - claimed_here)
+        return free
+
+    async def _recycle_queue(self, queue: str, jobs: int) -> None:
+        """[queues.NAME] max_jobs reached: the queue's workers drain (nothing more is claimed for
+        it here), then its dispatcher ends and a fresh one takes its place, counting from zero."""
+        waker = self.wakers.setdefault(queue, Waker())
+        log.info("queue %s: %d jobs claimed (max_jobs); recycling its workers once the running ones end",
+                 queue, jobs)
+        while self._accepting and self._running_in(queue):
+            await waker.wait(POLL)  # a job's end wakes us
+        self.recycled[queue] = self.recycled.get(queue, 0) + 1
+        self.dispatchers.discard(queue)
+        if self._accepting:
+            log.info("queue %s: workers recycled (%d so far); claiming again", queue, self.recycled[queue])
+            self._ensure_dispatchers({queue})
+
     async def _dispatch(self, queue: str) -> None:
         waker = self.wakers.setdefault(queue, Waker())
         assert self._tg is not None
+        claimed_here = 0  # by this dispatcher: its queue's max_jobs recycles it
         while self._accepting:
-            free = self.config.queue(queue).workers - self._running_in(queue)
+            limit = self.config.queue(queue).max_jobs
+            if limit is not None and claimed_here >= limit:
+                await self._recycle_queue(queue, claimed_here)
+                return
+            free = self._free_slots(queue, claimed_here)
             if self.max_jobs is not None:
                 free = min(free, self.max_jobs - self.claimed)
                 if free <= 0 and self.claimed >= self.max_jobs:
@@ -309,6 +338,7 @@ class JobService:
             # a store that fails is retried (logged once). A paused queue claims nothing (checked in the SQL).
             claimed = await store_call(f"claiming jobs of queue {queue}", self.store.claim_many, queue, self.node, free)
             self.claimed += len(claimed)
+            claimed_here += len(claimed)
             for job in claimed:
                 scope = anyio.CancelScope()
                 self.running[job.id] = RunningJob(job, scope)
@@ -476,7 +506,8 @@ class JobService:
     async def queue_states(self) -> list[dict[str, Any]]:
         paused = await anyio.to_thread.run_sync(self.store.paused, abandon_on_cancel=True)  # bounded by the caller
         return [{"name": q, "workers": self.config.queue(q).workers, "paused": q in paused,
-                 "running": self._running_in(q)} for q in sorted(self.dispatchers | set(self.config.queues))]
+                 "running": self._running_in(q), "recycled": self.recycled.get(q, 0)}
+                for q in sorted(self.dispatchers | set(self.config.queues))]
 
 
 def job_view(job: Job, running: RunningJob | None = None) -> dict[str, Any]:

@@ -321,3 +321,30 @@ def test_a_locked_job_store_delays_jobs_but_never_kills_the_daemon(site, tmp_pat
     assert log.count("saving ended job attempts: the store failed (OperationalError: database is locked)") == 1
     assert "saving ended job attempts: the store answers again" in log
     assert "Traceback" not in log
+
+
+def test_a_queues_max_jobs_recycles_its_workers_after_n_jobs(site, tmp_path):
+    """[queues.NAME] max_jobs = N (issue 20): after N claims the queue's workers on this daemon
+    drain (nothing claimed until every running job of the queue ended), then its dispatcher
+    starts afresh, counting from zero. Each job still runs once."""
+    site.write("""
+[queues.default]
+workers = 2
+max_jobs = 5
+""")
+    out = tmp_path / "spans"
+    body = ("import sys, time; t0 = time.time(); time.sleep(0.2); "
+            "open(sys.argv[1], 'a').write(f'{sys.argv[2]} {t0} {time.time()}\\n')")
+    ids = [add(site, {"argv": [PY, "-c", body, str(out), str(i)]}) for i in range(12)]
+    site.console("scheduler:start", check=True)
+    wait_state(site, ids[-1], "finished")
+    site.wait_for(lambda: all(j["state"] == "finished" for j in site.json("job:list")), what="every job finished")
+    spans = sorted((float(t0), float(t1), label) for label, t0, t1 in (line.split() for line in out.read_text().splitlines()))
+    assert sorted(label for _, _, label in spans) == sorted(str(i) for i in range(12))  # each ran once
+    for n in (5, 10):  # the 6th and the 11th jobs start once the jobs before them ended
+        assert min(t0 for t0, _, _ in spans[n:]) >= max(t1 for _, t1, _ in spans[:n]), spans
+    log = site.log()
+    assert log.count("queue default: 5 jobs claimed (max_jobs); recycling its workers") == 2, log
+    assert "queue default: workers recycled (2 so far)" in log
+    queues = {q["name"]: q for q in site.json("scheduler:state")["queues"]}
+    assert queues["default"]["recycled"] == 2
