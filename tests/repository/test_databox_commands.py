@@ -1,4 +1,5 @@
-"""The databox/collection/record commands, run through the real bin/console."""
+"""The databox/collection/record commands, run through the real bin/console, on SQLite and on
+PostgreSQL databoxes (the `backend` fixture: tests/repository/conftest.py)."""
 
 import json
 import os
@@ -10,17 +11,34 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 CONSOLE = ROOT / "bin" / "console"
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from repository import DataboxSettings, open_databox  # noqa: E402
+from tests.repository.conftest import postgres_box  # noqa: E402
 
 
 @pytest.fixture
-def conf(tmp_path: Path) -> Path:
+def boxes(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, DataboxSettings]:
+    """Databoxes main and other: SQLite files under var/, or PostgreSQL databases of their own."""
+    storage = {"main": tmp_path / "var/storage", "other": tmp_path / "var/other"}
+    if backend == "postgresql":
+        return {name: postgres_box(request, folder) for name, folder in storage.items()}
+    return {name: DataboxSettings(tmp_path / f"var/{name}.sqlite", folder) for name, folder in storage.items()}
+
+
+@pytest.fixture
+def conf(tmp_path: Path, boxes: dict[str, DataboxSettings]) -> Path:
     etc = tmp_path / "etc"
     etc.mkdir()
     f = etc / "schedulerd.toml"
-    f.write_text(
-        '[databoxes.main]\npath = "var/main.sqlite"\nstorage = "var/storage"\n'
-        '[databoxes.other]\npath = "var/other.sqlite"\nstorage = "var/other"\n'
-    )
+    text = ""
+    for name, box in boxes.items():  # relative paths resolve against the folder holding etc/
+        rel = lambda p: Path(p).relative_to(tmp_path).as_posix()  # noqa: E731
+        where = (f'path = "{rel(box.path)}"' if box.url is None
+                 else f'url = "{box.url}"\npassword = "{box.password.reveal()}"')  # type: ignore[union-attr]
+        text += f'[databoxes.{name}]\n{where}\nstorage = "{rel(box.storage)}"\n'
+    f.write_text(text)
     return f
 
 
@@ -34,12 +52,14 @@ def run(conf: Path, *argv: str, code: int = 0) -> str:
     return p.stdout
 
 
-def test_cli_walkthrough(conf, tmp_path):
-    base = tmp_path  # relative paths resolve against the folder holding etc/
+def test_cli_walkthrough(conf, boxes, tmp_path):
+    base = tmp_path
+    sqlite = boxes["main"].url is None
     assert "does not exist yet" in run(conf, "collection:list", code=2)
-    assert not (base / "var/main.sqlite").exists()
+    assert not sqlite or not (base / "var/main.sqlite").exists()
     assert "created" in run(conf, "databox:create")
-    assert (base / "var/main.sqlite").is_file() and (base / "var/storage").is_dir()
+    assert not sqlite or (base / "var/main.sqlite").is_file()
+    assert (base / "var/storage").is_dir()
     assert "already exists" in run(conf, "databox:create")
     assert json.loads(run(conf, "databox:create", "--databox", "other", "--json"))["created"] is True
     assert "'press' created" in run(conf, "collection:create", "press")
@@ -48,10 +68,7 @@ def test_cli_walkthrough(conf, tmp_path):
     assert "all digits" in run(conf, "collection:create", "123", code=2)
 
     # records made through the API (the archive task is the usual way in)
-    sys.path.insert(0, str(ROOT))
-    from repository import DataboxSettings, open_databox
-
-    with open_databox(DataboxSettings(base / "var/main.sqlite", base / "var/storage")) as db:
+    with open_databox(boxes["main"]) as db:
         doc = tmp_path / "photo.jpg"
         doc.write_bytes(b"\xff\xd8\xff" + b"j" * 100)
         r1 = db.create_record("press", doc, fields={"Title": "Harbour"}).id
@@ -131,12 +148,10 @@ def test_collection_create_runs_while_the_config_names_the_collections_it_create
     ('status = "x2"', "tasks.mover.rules[0].status"),  # an unknown key
     ('databox = "nowhere"', "tasks.mover.rules[0].databox: unknown databox 'nowhere'"),
 ])
-def test_collection_create_still_applies_the_other_checks(conf, broken, where):
-    import sqlite3
-
+def test_collection_create_still_applies_the_other_checks(conf, boxes, broken, where):
     run(conf, "databox:create")
     conf.write_text(conf.read_text() + MOVER.replace('databox = "main"', broken if "databox" in broken
                                                      else f'databox = "main"\n{broken}'))
     assert where in run(conf, "collection:create", "inbox", code=2)
-    with sqlite3.connect(conf.parent.parent / "var/main.sqlite") as db:
-        assert db.execute("SELECT count(*) FROM collections").fetchone() == (0,)  # refused: nothing made
+    with open_databox(boxes["main"], create=False) as db:
+        assert db.collections() == []  # refused: nothing made

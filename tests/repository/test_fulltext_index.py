@@ -1,4 +1,11 @@
-"""The index itself (repository.fulltext.Index): full build, incremental passes, deletions, search."""
+"""The full-text index: full build, incremental passes, deletions, search.
+
+`test_search_follows_new_changed_and_deleted_records` runs on SQLite and PostgreSQL (the `backend`
+fixture): the same records found through `open_index(settings).run_pass()` (the populateIndex job's
+call; on PostgreSQL the rows are kept on write and a pass rebuilds only strays) and `search_databox`.
+The other tests are SQLite-only on purpose: they test the FTS5 index file itself (watermarks that
+survive a reopen, batches and stop requests, the porter tokenizer, raw FTS5 syntax, the overlap of
+late commits), which a PostgreSQL databox does not have."""
 
 from __future__ import annotations
 
@@ -8,7 +15,9 @@ from pathlib import Path
 import pytest
 
 from repository import fulltext
-from repository.fulltext import Index, FulltextError, fts_query, index_path_for, search
+from repository import open_databox, open_index
+from repository.fulltext import Index, FulltextError, fts_query, index_path_for, search, search_databox
+from tests.repository.conftest import make_box
 from tests.repository.dbx import add, make_databox
 
 
@@ -58,6 +67,41 @@ def test_full_build_then_incremental_updates(box) -> None:
         assert ix.status()["indexed"] == 2
     finally:
         ix.close()
+
+
+def test_search_follows_new_changed_and_deleted_records(backend: str, request, tmp_path: Path) -> None:
+    settings = make_box(backend, request, tmp_path)
+    index = None if settings.url else index_path_for(settings.path)
+
+    def find(query: str) -> list[int]:
+        ix = open_index(settings)  # a populateIndex job's pass
+        try:
+            ix.run_pass()
+        finally:
+            ix.close()
+        return sorted(h.record_id for h in search_databox(settings, index, query, limit=100))
+
+    with open_databox(settings) as db:
+        for c in ("incoming", "archive"):
+            db.create_collection(c)
+        a = add(db, "incoming", "IMG_0001.jpg", fields={"Title": "Sunset over the sea", "Keywords": "beach, évasion"})
+        b = add(db, "archive", "report-2024.pdf", fields={"Title": "Annual report"})
+        assert find("sunset") == [a]
+        assert find("IMG_0001.jpg") == [a]  # punctuation in file names is not query syntax
+        assert find("evasion") == [a] and find("évasion") == [a]  # diacritics folded
+        assert find("archive") == [b]  # the collection name is indexed
+        assert find("rep*") == [b]  # prefix
+        assert find("annual sea") == []  # every word must match
+        c = add(db, "incoming", "harbour.tif", fields={"Title": "Harbour at night"})
+        db.set_field(a, "Title", "Sunrise over the hills")
+        assert find("harbour") == [c]
+        assert find("sunset") == [] and find("sunrise") == [a]
+        db.set_document_text(b, "an ocelot in the grass")
+        assert find("ocelot") == [b]
+        db.delete_record(b)
+        assert find("report") == [] and find("ocelot") == []
+        with pytest.raises(ValueError):
+            find("   ")
 
 
 def test_reopening_resumes_without_reindexing(box) -> None:

@@ -1,5 +1,10 @@
 """bin/indexer as a real process: phraseanet_indexer's command line, the control socket, and
-`bin/console record:search` finding a record archived a moment before."""
+`bin/console record:search` finding a record archived a moment before.
+
+SQLite only on purpose: the indexer process and its FTS5 index file exist only for a SQLite
+databox (a PostgreSQL databox keeps its search rows on write and needs no indexer: bin/indexer
+says so). Search on both back-ends: tests/repository/test_fulltext_index.py and
+test_databox_backends.py."""
 
 from __future__ import annotations
 
