@@ -31,7 +31,14 @@ within 2 s. In one run, on one databox:
   puts the records back, runs one task pass, then a 1/repeat share of the sample through
   each loop (records put back before each).
 
+- `--backend postgresql`: the same on a PostgreSQL databox, on a server this script starts from
+  Debian's binaries (tests/pgserver.py: initdb in a temp folder, loopback port) with fsync,
+  synchronous_commit and full_page_writes ON (durable at commit, as the SQLite side). The
+  records are loaded with generate_series; their full-text rows (`record_search`) start empty
+  and each pass rebuilds those of the records it changed, before its commit, as any write does.
+
     .venv/bin/python bench/bench_record_mover.py                       # 1,000,000 records
+    .venv/bin/python bench/bench_record_mover.py --backend postgresql --sample 2000
     .venv/bin/python bench/bench_record_mover.py --records 100000 --sample 2000   # quick
 """
 
@@ -163,6 +170,111 @@ def archived(path: Path) -> int:
         conn.close()
 
 
+# --- the databox on PostgreSQL (--backend postgresql) ------------------------------------
+DURABLE = ("-c fsync=on -c synchronous_commit=on -c full_page_writes=on -c shared_buffers=256MB "
+           "-c max_wal_size=4GB -c max_connections=50")
+
+
+class PgSide:
+    """A PostgreSQL server of this run (durable settings) and one databox database on it."""
+
+    def __init__(self, work: Path):
+        from tests.pgserver import PASSWORD, start_server
+
+        from schedulerd.settings import Secret
+
+        self.server = start_server()  # the tests' fixture server: fsync off; restarted durable below
+        self.server.stop()
+        self.server.pg_ctl("start", "-w", "-l", str(self.server.root / "server.log"), "-o",
+                           f"-p {self.server.port} -k {self.server.root} -c listen_addresses=127.0.0.1 {DURABLE}")
+        self.name = self.server.database(template="template0")
+        self.settings = DataboxSettings(url=self.server.url(self.name), password=Secret(PASSWORD),
+                                        storage=work / "main-storage", fields=dict(FIELDS))  # type: ignore[arg-type]
+
+    def toml(self) -> str:
+        return (f'[databoxes.main]\nurl = "{self.settings.url}"\npassword = "{self.settings.password.reveal()}"\n'
+                f'storage = "{self.settings.storage}"\n[databoxes.main.fields]\nExpiry = "date"\nTitle = "text"\n')
+
+    def sql(self, statement: str) -> list[tuple]:
+        return self.server.sql(statement, db=self.name)
+
+    def build(self, n: int, layout: str) -> int:
+        db = open_databox(self.settings)
+        try:
+            db.create_collection("incoming")
+            db.create_collection("archive")
+        finally:
+            db.close()
+        now = now_iso()
+        expired = "i % 10 = 0" if layout == "spread" else f"i <= {n // 10}"
+        words = "ARRAY[" + ",".join(f"'{w}'" for w in WORDS) + "]"
+        self.sql(
+            "INSERT INTO records(id, collection_id, type, original_name, document, size, sha256, mime, status, "
+            "created, updated, document_changed, doc_version, subdefs_version) "
+            "SELECT i, (SELECT id FROM collections WHERE name = 'incoming'), 'record', format('IMG_%s.jpg', lpad(i::text, 7, '0')), "
+            "format('docs/%s/%s-IMG_%s.jpg', lpad(to_hex(i % 256), 2, '0'), md5(random()::text), lpad(i::text, 7, '0')), "
+            f"200000 + (i::bigint * 7919) % 9000000, md5(random()::text) || md5(random()::text), 'image/jpeg', i % 16, "
+            f"'{now}', '{now}', '{now}', 1, 1 FROM generate_series(1, {n}) i")
+        self.sql(
+            "INSERT INTO fields(record_id, name, value) SELECT i, 'Expiry', "
+            f"to_char(CASE WHEN {expired} THEN '{now[:10]}'::date - (1 + i % 700) "
+            f"ELSE '{now[:10]}'::date + (1 + i % 3000) END, 'YYYY-MM-DD') FROM generate_series(1, {n}) i "
+            f"UNION ALL SELECT i, 'Title', ({words})[1 + i % 20] || ' ' || ({words})[1 + (i / 20) % 20] "
+            f"|| ' number ' || i FROM generate_series(1, {n}) i")
+        self.sql("SELECT setval(pg_get_serial_sequence('records', 'id'), (SELECT max(id) FROM records))")
+        self.sql("VACUUM ANALYZE")
+        self.sql("CHECKPOINT")
+        return n // 10
+
+    def put_back(self) -> None:
+        self.sql("UPDATE records SET collection_id = (SELECT id FROM collections WHERE name = 'incoming'), "
+                 "status = status & ~16 WHERE collection_id = (SELECT id FROM collections WHERE name = 'archive')")
+        self.sql("VACUUM ANALYZE records")
+        self.sql("CHECKPOINT")
+        time.sleep(0.5)
+
+    def archived(self) -> int:
+        return self.sql("SELECT count(*) FROM records r JOIN collections c ON c.id = r.collection_id "
+                        "WHERE c.name = 'archive' AND r.status & 16 <> 0")[0][0]
+
+    def size(self) -> int:
+        return self.sql(f"SELECT pg_database_size('{self.name}')")[0][0]
+
+    def close(self) -> None:
+        from tests.pgserver import remove
+
+        try:
+            self.server.stop()
+        finally:
+            remove(self.server.root)
+
+
+class SqliteSide:
+    def __init__(self, work: Path, page_size: int | None):
+        self.path, self.storage, self.page_size = work / "main.sqlite", work / "main-storage", page_size
+        for old in work.glob("main.sqlite*"):
+            old.unlink()
+        self.settings = DataboxSettings(self.path, self.storage, fields=dict(FIELDS))  # type: ignore[arg-type]
+
+    def toml(self) -> str:
+        return DATABOX_TOML.format(path=self.path, storage=self.storage)
+
+    def build(self, n: int, layout: str) -> int:
+        return build_databox(self.path, self.storage, n, layout, self.page_size)[1]
+
+    def put_back(self) -> None:
+        put_back(self.path)
+
+    def archived(self) -> int:
+        return archived(self.path)
+
+    def size(self) -> int:
+        return self.path.stat().st_size
+
+    def close(self) -> None:
+        pass
+
+
 # --- the two sides ----------------------------------------------------------------------
 def cpu_now() -> float:
     r = resource.getrusage(resource.RUSAGE_SELF)  # every thread of this process
@@ -189,8 +301,9 @@ def select_ids(settings: DataboxSettings, config: Any) -> tuple[float, list[int]
     db = open_databox(settings, create=False)
     try:
         t0 = time.perf_counter()
-        where, params = where_clause(db.connection, rule, datetime.now(timezone.utc), dict(settings.fields))
-        ids = [r[0] for r in db.connection.execute(f"SELECT r.id FROM records r WHERE {where} ORDER BY r.id", params)]
+        with db.transaction():
+            where, params = where_clause(db, rule, datetime.now(timezone.utc))
+            ids = db.column(f"SELECT r.id FROM records r WHERE {where} ORDER BY r.id", params)
         return time.perf_counter() - t0, ids
     finally:
         db.close()
@@ -229,6 +342,8 @@ def main() -> int:
                         help="rounds: task passes, the loop sample split among them (default 5)")
     parser.add_argument("--page-size", type=int, choices=(4096, 8192, 16384, 32768, 65536),
                         help="what-if: rebuild the databox with this SQLite page size (databoxes use 4096)")
+    parser.add_argument("--backend", choices=("sqlite", "postgresql"), default="sqlite",
+                        help="the databox's back-end (postgresql: a server started for the run)")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--dir", type=Path, help="work folder (default: a temporary one, removed)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
@@ -242,18 +357,18 @@ def main() -> int:
     with tempdir("bench-record-mover-", keep=args.dir is not None) as tmp:
         work = args.dir or tmp
         work.mkdir(parents=True, exist_ok=True)
-        db_path, storage = work / "main.sqlite", work / "main-storage"
-        for old in work.glob("main.sqlite*"):
-            old.unlink()
+        side: SqliteSide | PgSide = (PgSide(work) if args.backend == "postgresql"
+                                     else SqliteSide(work, args.page_size))
         t0 = time.perf_counter()
-        settings, expect = build_databox(db_path, storage, args.records, args.layout, args.page_size)
-        size = db_path.stat().st_size
-        page = sqlite3.connect(db_path).execute("PRAGMA page_size").fetchone()[0]
-        print(f"databox: {args.records:,} records, {expect:,} expired ({args.layout}), {size / 1e6:.0f} MB, "
-              f"{page}-byte pages, "
+        expect = side.build(args.records, args.layout)
+        settings, size = side.settings, side.size()
+        page = (sqlite3.connect(side.path).execute("PRAGMA page_size").fetchone()[0]
+                if isinstance(side, SqliteSide) else 8192)
+        print(f"databox: {args.backend}, {args.records:,} records, {expect:,} expired ({args.layout}), "
+              f"{size / 1e6:.0f} MB, {page}-byte pages, "
               f"generated in {time.perf_counter() - t0:.1f}s (not measured)", flush=True)
 
-        config = load(write_config(work, DATABOX_TOML.format(path=db_path, storage=storage) + RULE_TOML))
+        config = load(write_config(work, side.toml() + RULE_TOML))
         tc = config.tasks[TASK]
         task = task_type(tc.type)(tc.settings)
         ctx = TaskContext.for_test(TASK, tc.settings, config=config, tmp_path=work)
@@ -274,22 +389,23 @@ def main() -> int:
         try:
             for i, chunk in enumerate(chunks):  # interleaved: a busy spell of the host hits both sides
                 if i:
-                    put_back(db_path)
+                    side.put_back()
                 passes.append(task_pass(task, ctx, expect, cpu))
                 if i == 0:
                     handler.flush()
                     logged = sum(1 for line in log_file.read_text().splitlines() if "updated ids" in line)
                     again = task_pass(task, ctx, 0)
-                    if archived(db_path) != expect:
+                    if side.archived() != expect:
                         raise SystemExit("the records are not where the rule puts them")
                 for name, per_record_transaction in LOOPS:
-                    put_back(db_path)
+                    side.put_back()
                     loop_rounds[name].append(loop(settings, chunk, per_record_transaction))
-                    if archived(db_path) != len(chunk):
-                        raise SystemExit(f"the {name} loop archived {archived(db_path)} records, expected {len(chunk)}")
+                    if side.archived() != len(chunk):
+                        raise SystemExit(f"the {name} loop archived {side.archived()} records, expected {len(chunk)}")
         finally:
             ctx.log.removeHandler(handler)
             handler.close()
+            side.close()
         loop_s = {name: sum(v) for name, v in loop_rounds.items()}
         loops = {name: {"sample": len(chosen), "sample_seconds": round(sec, 3),
                         "ms_per_record": round(sec / len(chosen) * 1000, 3),
@@ -302,7 +418,7 @@ def main() -> int:
         v["target_ratio_met"] = v["ratio"] >= TARGET_RATIO
     report = {
         "date": datetime.now().astimezone().isoformat(timespec="seconds"),
-        "records": args.records, "matching": expect, "layout": args.layout, "db_mb": round(size / 1e6),
+        "backend": args.backend, "records": args.records, "matching": expect, "layout": args.layout, "db_mb": round(size / 1e6),
         "page_size": page, "task_pass_seconds": [round(p, 3) for p in passes], "task_pass_median": round(med, 3),
         "task_pass_cpu_seconds": [round(c, 3) for c in cpu],
         "target_seconds_met": med <= TARGET_SECONDS, "second_pass_seconds": round(again, 3),
