@@ -89,7 +89,7 @@ class ClusterStore(Protocol):
     def nodes(self) -> list[NodeRow]: ...
     def acquire(self, task: str, node: str, lease: float, period: float) -> Grant | None: ...
     def renew(self, task: str, node: str, generation: int, lease: float) -> bool: ...
-    def begin(self, task: str, node: str, generation: int, margin: float) -> bool: ...
+    def begin(self, task: str, node: str, generation: int, margin: float) -> float | None: ...
     def release(self, task: str, node: str, generation: int) -> None: ...
     def close(self) -> None: ...
 
@@ -169,7 +169,7 @@ class TaskLease:
         self.eligible = eligible  # pinned to other nodes: never taken here
         self.generation: int | None = None
         self.valid_until = 0.0  # monotonic
-        self.due_in: float | None = None  # from the last take: seconds until the next start is due
+        self.due_at = 0.0  # monotonic, set with `generation` at each take: when the task's next start is due
         self.changed = anyio.Event()
 
     @property
@@ -198,7 +198,9 @@ class TaskLease:
             return outage.failed(e)
         outage.ok()
         if grant is not None:
-            self.generation, self.due_in = grant.generation, grant.due_in
+            # due_in was counted from the database's clock when the statement ran, before now:
+            # counted from now, the next start is never early
+            self.generation, self.due_at = grant.generation, anyio.current_time() + max(0.0, grant.due_in or 0.0)
             self.valid_until = sent + self.lease * (1 - GIVE_UP_MARGIN)
             log.debug("task %s: lease taken (generation %d)", self.task, grant.generation)
             self._changed()
@@ -220,7 +222,10 @@ class TaskLease:
         if not ok:
             self._lose("its lease ran out and another node may hold it")
             return self.lease / 3
+        lapsed = anyio.current_time() >= self.valid_until  # the answer came just after its deadline
         self.valid_until = sent + self.lease * (1 - GIVE_UP_MARGIN)
+        if lapsed:  # the same hold goes on (the database's expiry never passed): wake the waiting loop
+            self._changed()
         return self.lease / 3
 
     def _lose(self, reason: str) -> None:
@@ -229,17 +234,21 @@ class TaskLease:
         self._changed()
         self.on_lost(reason)
 
-    async def begin(self) -> bool:
-        """Before an iteration: whether the lease still holds in the database (with its margin);
-        the iteration's start is recorded there, so that the next holder keeps the period."""
-        generation, left = self.generation, self.valid_until - anyio.current_time()
-        if generation is None or left <= 0:
-            return False
+    async def begin(self, generation: int | None) -> float | None:
+        """Before an iteration under `generation`: its start in database time when the lease still
+        holds there (with its margin) and here, None otherwise. The start is recorded in the
+        database, so that the next holder keeps the period. Checked again here after the answer:
+        a lease given up while the database answered (its iteration not yet there to cancel)
+        starts nothing."""
+        left = self.valid_until - anyio.current_time()
+        if generation is None or generation != self.generation or left <= 0:
+            return None
         try:
-            return await bounded(self.cluster.begin, self.task, self.node, generation,
-                                 self.lease * GIVE_UP_MARGIN, timeout=left)
+            started = await bounded(self.cluster.begin, self.task, self.node, generation,
+                                    self.lease * GIVE_UP_MARGIN, timeout=left)
         except FAILURES:
-            return False
+            return None
+        return started if self.held and self.generation == generation else None
 
     async def release(self) -> None:
         """At the task's stop: free the lease so another node takes the task at once."""

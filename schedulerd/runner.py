@@ -289,9 +289,11 @@ class TaskRunner:
         scheduled = self.next_at = await self._first_tick()
         if self.next_at > anyio.current_time() and self.state is TaskState.STARTING:
             self._change(TaskState.WAITING, "until its scheduled start")
+        planned: int | None = None  # the lease generation the ticks were planned under
         while self.state is not TaskState.STOPPING:
-            if self.lease is not None and not self.lease.held:
-                scheduled = await self._wait_for_lease()
+            if not self._leased(planned):
+                scheduled = await self._wait_for_lease(planned)
+                planned = self.lease.generation if self.lease is not None else None
             now = anyio.current_time()
             if self.next_at > now:
                 if await self.ctx.sleep(self.next_at - now):
@@ -302,8 +304,8 @@ class TaskRunner:
                     continue
             if self.state is TaskState.STOPPING:
                 break
-            if self.lease is not None and not self.lease.held:
-                continue  # lost while sleeping: wait for it again
+            if not self._leased(planned):
+                continue  # lost while sleeping (and perhaps taken again since: planned from that take)
             if self.slot is not None:
                 await self._save_cursor(self.slot)
             ok = await self._iteration()
@@ -332,23 +334,33 @@ class TaskRunner:
                 scheduled = self.next_at
                 self._change(TaskState.BACKOFF, f"failure {self.crashes}/{self.settings.max_crashes}, retry in {delay:.1f}s")
 
-    async def _wait_for_lease(self) -> float:
+    def _leased(self, planned: int | None) -> bool:
+        """Whether the task may run here on the ticks planned under lease generation `planned`:
+        always on the SQLite store; on a shared one while that same take is held. A new take
+        (even by this node: it lost the lease meanwhile, and another node may have run the task)
+        plans the ticks again from the task's last start anywhere."""
+        return self.lease is None or (self.lease.held and self.lease.generation == planned)
+
+    async def _wait_for_lease(self, planned: int | None) -> float:
         """Until this node holds the task's lease (another node runs it meanwhile); then the next
         start is when the task's last start anywhere plus its period is due (the database's
-        clock), so a takeover neither runs early nor skips an iteration that was due."""
+        clock), so a takeover neither runs early nor skips an iteration that was due. The ticks
+        planned under `planned` go on when that same take holds again (renewed just late)."""
         assert self.lease is not None
-        self.next_at = None
+        next_at, self.next_at = self.next_at, None
         if self.state in (TaskState.STARTING, TaskState.BACKOFF):
             self._change(TaskState.WAITING, "waiting for the task's lease")
         while not self.lease.held:
             changed = self.lease.changed
             with anyio.move_on_after(5):
                 await changed.wait()
+        if self.lease.generation == planned and next_at is not None:  # the same hold: the same ticks
+            self.next_at = next_at
+            return next_at
         if self.tc.schedule is not None:  # from the last scheduled start anywhere (the shared store)
             self.next_at = await self._first_tick()
             return self.next_at
-        due = self.lease.due_in
-        self.next_at = anyio.current_time() + max(0.0, due or 0.0)
+        self.next_at = max(anyio.current_time(), self.lease.due_at)
         return self.next_at
 
     # --- schedules (`schedule = "0 3 * * *"`: schedulerd.schedule) -------------------
@@ -407,12 +419,14 @@ class TaskRunner:
             self.log.warning("iteration skipped: a one-shot task:run holds the lock (%s)", self.lock.holder())
             return None
         generation = self.lease.generation if self.lease is not None else None
-        if self.lease is not None and not await self.lease.begin():
+        began = anyio.current_time()
+        started = time.time() if self.lease is None else await self.lease.begin(generation)
+        if started is None:  # from here nothing is awaited until the iteration's scope is set: a loss cancels it
             self.lock.release()
             self.log.info("iteration skipped: the task's lease is no longer held")
             return None
         self._change(TaskState.RUNNING)
-        self.iteration_started = time.time()
+        self.iteration_started = started
         self.ctx.done = self.ctx.total = None
         self._cut = (RunOutcome.CANCELLED, "cancelled at stop")
         end: IterationEnd | None = None
@@ -424,7 +438,10 @@ class TaskRunner:
             self.lock.release()
             if end is None:  # cancelled: stop() says whether that was the planned end
                 end = IterationEnd(*self._cut)
-            run = Run(self.tc.name, self.iteration_started, time.time(), end.outcome, end.error, end.summary,
+            # under a lease both times are the database's: the start it recorded, and the end
+            # counted from before that start was asked for (never before the real end)
+            ended = time.time() if self.lease is None else started + (anyio.current_time() - began)
+            run = Run(self.tc.name, started, ended, end.outcome, end.error, end.summary,
                       node=self.env.node or None, generation=generation)
             self.last = run
             self.runs += 1

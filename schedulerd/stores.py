@@ -56,7 +56,7 @@ def open_state_store(sch: SchedulerSettings, store: StoreSettings, *, pool_size:
     if store.url is not None:
         from .pgstore.statestore import PgStateStore
 
-        return PgStateStore(store, max_size=pool_size)
+        return PgStateStore(store, max_size=pool_size, node=sch.node)
     from .store import open_store
 
     return open_store(sch.state_dir, sch.store_busy_timeout)

@@ -1,7 +1,8 @@
 """The cluster on PostgreSQL: the node registry and task leases (schedulerd.cluster uses it).
 
 Plain calls, each one transaction, run in worker threads by the caller. Every decision (is a
-heartbeat fresh, has a lease run out) is made by the database against its own clock, now().
+heartbeat fresh, has a lease run out) is made by the database against its own clock (the lease
+statements use clock_timestamp(), the time they run: queries.sql says why).
 """
 
 from __future__ import annotations
@@ -66,10 +67,12 @@ class PgCluster:
             return run(cur, "renew_lease", task=task, node=node, generation=generation,
                        lease=lease).fetchone() is not None
 
-    def begin(self, task: str, node: str, generation: int, margin: float) -> bool:
+    def begin(self, task: str, node: str, generation: int, margin: float) -> float | None:
+        """The iteration's start in database time (seconds since the epoch), recorded as the
+        task's last start; None when the lease is no longer held with `margin` seconds left."""
         with self.db.transaction() as cur:
-            return run(cur, "begin_iteration", task=task, node=node, generation=generation,
-                       margin=margin).fetchone() is not None
+            row = run(cur, "begin_iteration", task=task, node=node, generation=generation, margin=margin).fetchone()
+        return None if row is None else float(row[0])
 
     def release(self, task: str, node: str, generation: int) -> None:
         with self.db.transaction() as cur:

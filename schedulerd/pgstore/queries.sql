@@ -29,8 +29,14 @@ INSERT INTO tasks (name, wanted) VALUES (%(task)s, %(wanted)s)
 ON CONFLICT (name) DO UPDATE SET wanted = excluded.wanted;
 
 -- name: set_crashes
-INSERT INTO tasks (name, crashes) VALUES (%(task)s, %(crashes)s)
-ON CONFLICT (name) DO UPDATE SET crashes = excluded.crashes;
+-- a task's consecutive failures as `node` counted them: refused (no row) while another node
+-- holds the task's lease, so that a node frozen past its lease cannot overwrite its successor's
+-- count (the fence of the crash counters; no node: written)
+INSERT INTO tasks (name, crashes) SELECT %(task)s, %(crashes)s
+WHERE %(node)s::text IS NULL OR NOT EXISTS (
+    SELECT 1 FROM task_leases WHERE task = %(task)s AND node <> %(node)s AND expires > clock_timestamp())
+ON CONFLICT (name) DO UPDATE SET crashes = excluded.crashes
+RETURNING name;
 
 -- name: insert_run
 INSERT INTO runs (task, started, ended, outcome, error, summary, source)
@@ -276,7 +282,10 @@ SELECT attempts, max_attempts, node FROM jobs WHERE id = %(id)s AND state = 'run
 SELECT id FROM jobs WHERE id = ANY(%(ids)s) AND state = 'cancelled';
 
 -- ---- cluster: nodes and task leases (schedulerd.pgstore.cluster; docs/cluster.md) -----------
--- Every lease decision compares with the database's clock (now()), never a node's.
+-- Every lease decision compares with the database's clock, never a node's: clock_timestamp(),
+-- the time the statement runs, not now() (the transaction's start, earlier by the wait between
+-- BEGIN and the statement: an iteration's start recorded with it would let the next holder
+-- start early by that wait).
 
 -- name: node_lock
 -- one registration of a node id at a time (two daemons started together with one id)
@@ -318,26 +327,27 @@ SELECT name, wanted FROM tasks WHERE wanted IS NOT NULL;
 -- node's own from a previous life; each take raises the generation (the fencing token).
 -- Returns the generation and the seconds until the task's next start is due (none: at once)
 INSERT INTO task_leases AS l (task, node, generation, expires)
-VALUES (%(task)s, %(node)s, 1, now() + make_interval(secs => %(lease)s))
+VALUES (%(task)s, %(node)s, 1, clock_timestamp() + make_interval(secs => %(lease)s))
 ON CONFLICT (task) DO UPDATE SET node = excluded.node, generation = l.generation + 1, expires = excluded.expires
-WHERE l.node IS NULL OR l.expires <= now() OR l.node = excluded.node
-RETURNING generation, extract(epoch FROM l.last_start + make_interval(secs => %(period)s) - now())::float8;
+WHERE l.node IS NULL OR l.expires <= clock_timestamp() OR l.node = excluded.node
+RETURNING generation, extract(epoch FROM l.last_start + make_interval(secs => %(period)s) - clock_timestamp())::float8;
 
 -- name: renew_lease
-UPDATE task_leases SET expires = now() + make_interval(secs => %(lease)s)
-WHERE task = %(task)s AND node = %(node)s AND generation = %(generation)s AND expires > now()
+UPDATE task_leases SET expires = clock_timestamp() + make_interval(secs => %(lease)s)
+WHERE task = %(task)s AND node = %(node)s AND generation = %(generation)s AND expires > clock_timestamp()
 RETURNING generation;
 
 -- name: begin_iteration
 -- an iteration may start only while the lease still has `margin` seconds: its start is
--- recorded (database time) so that whichever node runs the task next keeps the period
-UPDATE task_leases SET last_start = now()
+-- recorded (database time) so that whichever node runs the task next keeps the period, and
+-- returned: the run history's start of the iteration
+UPDATE task_leases SET last_start = clock_timestamp()
 WHERE task = %(task)s AND node = %(node)s AND generation = %(generation)s
-  AND expires > now() + make_interval(secs => %(margin)s)
-RETURNING generation;
+  AND expires > clock_timestamp() + make_interval(secs => %(margin)s)
+RETURNING extract(epoch FROM last_start)::float8;
 
 -- name: release_lease
-UPDATE task_leases SET node = NULL, expires = now()
+UPDATE task_leases SET node = NULL, expires = clock_timestamp()
 WHERE task = %(task)s AND node = %(node)s AND generation = %(generation)s;
 
 -- name: insert_run_fenced

@@ -17,8 +17,11 @@ CLEAN = sorted(o.value for o in CLEAN_OUTCOMES)
 
 
 class PgStateStore:
-    def __init__(self, settings: StoreSettings, max_size: int = 4):
+    def __init__(self, settings: StoreSettings, max_size: int = 4, node: str | None = None):
+        """`node`: the daemon's node id; its crash counters are refused while another node holds
+        the task's lease (runs are fenced by their lease generation)."""
         self.db = Database(settings, "state", max_size)
+        self.node = node
 
     def wanted(self, task: str) -> Wanted | None:
         with self.db.transaction() as cur:
@@ -40,7 +43,9 @@ class PgStateStore:
             return
         with self.db.transaction() as cur:
             for task, n in crashes.items():
-                run(cur, "set_crashes", task=task, crashes=n)
+                if run(cur, "set_crashes", task=task, crashes=n, node=self.node).fetchone() is None:
+                    log.warning("crash counter of task %s (%d, node %s) refused: another node holds the task's "
+                                "lease", task, n, self.node)
             for task, w in wanted.items():
                 run(cur, "set_wanted", task=task, wanted=w.value)
             self._record_runs(cur, runs)
