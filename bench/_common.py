@@ -210,7 +210,7 @@ def alternate(rounds: int, *sides: Any) -> list[list[Any]]:
     """Call each side once per round, in the order given (A B A B ...); one result list per side."""
     results: list[list[Any]] = [[] for _ in sides]
     for _ in range(rounds):
-        for out, side in zip(results, sides):
+        for out, side in zip(results, sides, strict=True):
             out.append(side())
     return results
 
@@ -219,7 +219,7 @@ def paired(ours: Sequence[float], theirs: Sequence[float]) -> list[float]:
     """The per-round ratios ours / theirs (rounds paired by position)."""
     if len(ours) != len(theirs):
         raise ValueError(f"paired rounds: {len(ours)} values of ours, {len(theirs)} of the peer's")
-    return [ratio(o, t) for o, t in zip(ours, theirs)]
+    return [ratio(o, t) for o, t in zip(ours, theirs, strict=True)]
 
 
 def report_paired(what: str, ours: Sequence[float], theirs: Sequence[float], target: str = "",

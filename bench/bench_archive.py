@@ -45,8 +45,8 @@ if str(ROOT) not in sys.path:
 
 import anyio  # noqa: E402
 
-from schedulerd.context import TaskContext  # noqa: E402
 from repository import DataboxSettings, open_databox  # noqa: E402
+from schedulerd.context import TaskContext  # noqa: E402
 from schedulerd.settings import build, byte_size  # noqa: E402
 from tasks.archive import ArchiveTask, Settings  # noqa: E402
 
@@ -181,7 +181,8 @@ def one_round(base: Path, label: str, n: int, size: int, *, move_archived: bool 
         }
         print(f"{label}: {n} x {size:,} B{tag}")
         print(f"  mv       {t_mv:8.3f} s  {n / t_mv:10.0f} files/s  {mb / t_mv:9.1f} MB/s")
-        print(f"  mv+sync  {t_mv + t_sync:8.3f} s  {n / (t_mv + t_sync):10.0f} files/s  (mv, then sync -f: durable like the archive)")
+        print(f"  mv+sync  {t_mv + t_sync:8.3f} s  {n / (t_mv + t_sync):10.0f} files/s  "
+              "(mv, then sync -f: durable like the archive)")
         print(f"  cp -r    {t_cp:8.3f} s  {n / t_cp:10.0f} files/s  {mb / t_cp:9.1f} MB/s")
         print(f"  archive  {t_arch:8.3f} s  {n / t_arch:10.0f} files/s  {mb / t_arch:9.1f} MB/s  ({summary})")
         print(f"  ratio    archive/mv {res['ratio_vs_mv']:.2f}x   archive/(mv+sync) {res['ratio_vs_mv_sync']:.2f}x   "

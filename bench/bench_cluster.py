@@ -197,7 +197,7 @@ def main() -> int:
                 for _ in range(args.rounds):
                     a.append(schedulerd_round(server, nodes, args.jobs, tmp))
                     b.append(procrastinate_round(server, nodes, args.jobs))
-                ratios = [x / y for x, y in zip(a, b)]
+                ratios = [x / y for x, y in zip(a, b, strict=True)]
                 print(f"{nodes} node(s): schedulerd {' '.join(f'{x:.0f}' for x in a)} jobs/s, "
                       f"procrastinate {' '.join(f'{y:.0f}' for y in b)} jobs/s; "
                       f"ratio median {statistics.median(ratios):.2f}, min {min(ratios):.2f}", flush=True)

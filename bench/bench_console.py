@@ -73,7 +73,8 @@ class Client:
         self.port = port
         self.cookie = ""
 
-    def request(self, method: str, path: str, body: str | None = None, cookie: str = "") -> tuple[http.client.HTTPResponse, bytes]:
+    def request(self, method: str, path: str, body: str | None = None,
+                cookie: str = "") -> tuple[http.client.HTTPResponse, bytes]:
         c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
         headers = {"Cookie": cookie or self.cookie}
         if body is not None:

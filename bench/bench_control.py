@@ -19,8 +19,23 @@ import sys
 import time
 from pathlib import Path
 
-from _common import CONSOLE, PY, REPO, Reaper, alternate, child_env, machine, median, percentile, print_sides, \
-    report_paired, start_daemon, tempdir, wait_for, write_config
+from _common import (
+    CONSOLE,
+    PY,
+    REPO,
+    Reaper,
+    alternate,
+    child_env,
+    machine,
+    median,
+    percentile,
+    print_sides,
+    report_paired,
+    start_daemon,
+    tempdir,
+    wait_for,
+    write_config,
+)
 
 VENV_BIN = Path(PY).parent
 SUPERVISORD = VENV_BIN / "supervisord"
@@ -138,7 +153,7 @@ def main() -> int:
         for _ in range(3):
             for argv, ok in sides.values():
                 timed(argv, ok)
-        times = dict(zip(sides, alternate(runs, *[lambda s=s: timed(*s) for s in sides.values()])))
+        times = dict(zip(sides, alternate(runs, *[lambda s=s: timed(*s) for s in sides.values()]), strict=True))
         total, heavy = import_profile(config)
     for name, ts in times.items():
         print(f"{name:22} median {median(ts) * 1000:7.1f} ms   p90 {percentile(ts, 90) * 1000:7.1f} ms   "

@@ -22,8 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from _common import Reaper, cpu_seconds, machine, ratio, rss_bytes, start_daemon, status_kb, tempdir, verdict, \
-    write_config
+from _common import Reaper, cpu_seconds, machine, ratio, rss_bytes, start_daemon, status_kb, tempdir, verdict, write_config
 from bench_control import start_supervisord
 
 MB = 1024 * 1024
@@ -76,10 +75,12 @@ def main() -> int:
         elapsed = time.monotonic() - t0
         res = {}
         for k, p in pids.items():
-            res[k] = {"cpu": (cpu_seconds(p) - cpu0[k]) / elapsed, "cpu_ns": (run_ns(p) - ns0[k]) / 1e9 / elapsed, "rss": max(rss[k]), "hwm": status_kb(p, "VmHWM") * 1024,
+            res[k] = {"cpu": (cpu_seconds(p) - cpu0[k]) / elapsed, "cpu_ns": (run_ns(p) - ns0[k]) / 1e9 / elapsed,
+                      "rss": max(rss[k]), "hwm": status_kb(p, "VmHWM") * 1024,
                       "threads": threads(p), "fds": fds(p)}
     for k, r in res.items():
-        print(f"{k:12} cpu {r['cpu'] * 100:6.3f}% of a core (schedstat {r['cpu_ns'] * 100:6.3f}%)   RSS max {r['rss'] / MB:6.1f} MB   "
+        print(f"{k:12} cpu {r['cpu'] * 100:6.3f}% of a core (schedstat {r['cpu_ns'] * 100:6.3f}%)   "
+              f"RSS max {r['rss'] / MB:6.1f} MB   "
               f"(VmHWM {r['hwm'] / MB:5.1f} MB, {r['threads']} threads, {r['fds']} fds)")
     o, t = res["schedulerd"], res["supervisord"]
     cpu_o, cpu_t = max(o["cpu"], o["cpu_ns"]), max(t["cpu"], t["cpu_ns"])  # the worse of the two measures

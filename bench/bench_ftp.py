@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import filecmp
+import functools
 import itertools
 import logging
 import mmap
@@ -58,15 +59,14 @@ sys.path.insert(0, str(ROOT))
 
 import anyio  # noqa: E402
 
+# the daemon imports its protocol modules once; the first timed row must not pay for it
+import tasks.transfer.ftp  # noqa: E402,F401
+import tasks.transfer.sftp  # noqa: E402,F401
 from schedulerd.context import TaskContext  # noqa: E402
 from schedulerd.settings import build  # noqa: E402
 from tasks.ftp_pull import FtpPull, PullSettings  # noqa: E402
 from tasks.ftp_push import FtpPush, PushSettings  # noqa: E402
 from tests.transfer import servers  # noqa: E402
-
-# the daemon imports its protocol modules once; the first timed row must not pay for it
-import tasks.transfer.ftp  # noqa: E402,F401
-import tasks.transfer.sftp  # noqa: E402,F401
 
 
 def parse_size(text: str) -> int:
@@ -328,8 +328,8 @@ def bench_rows(t: Target, datasets: dict[str, Path], parallel: int, repeat: int,
                 os.sync()  # our syncfs must not flush what an earlier run wrote
                 # alternate who goes first: the side right after the clear pays for the inodes
                 # and blocks just freed (ext4 inode reuse checks, discard on this VM's disk)
-                sides = [(ours, lambda: run_ours_pull(t, remote_path, a, parallel, work / "state")),
-                         (theirs, lambda: run_lftp(t.lftp(parallel, f"mirror {remote_path} {b}")))]
+                sides = [(ours, functools.partial(run_ours_pull, t, remote_path, a, parallel, work / "state")),
+                         (theirs, functools.partial(run_lftp, t.lftp(parallel, f"mirror {remote_path} {b}")))]
                 for times, run in (sides if i % 2 == 0 else sides[::-1]):
                     took = timed(run)
                     if i >= 0:
@@ -343,8 +343,10 @@ def bench_rows(t: Target, datasets: dict[str, Path], parallel: int, repeat: int,
             for i in range(-warmup, repeat):  # i < 0: untimed
                 dst_a, dst_b = f"dst-ours-{label}-{i}", f"dst-lftp-{label}-{i}"
                 push_sides = [
-                    (ours, "ours", lambda: run_ours_push(t, outbox, f"{t.remote_root}/{dst_a}", parallel, work / "state")),
-                    (theirs, "lftp", lambda: run_lftp(t.lftp(parallel, f"mirror -R --Remove-source-files {outbox} {t.remote_root}/{dst_b}"))),
+                    (ours, "ours", functools.partial(
+                        run_ours_push, t, outbox, f"{t.remote_root}/{dst_a}", parallel, work / "state")),
+                    (theirs, "lftp", functools.partial(
+                        run_lftp, t.lftp(parallel, f"mirror -R --Remove-source-files {outbox} {t.remote_root}/{dst_b}"))),
                 ]
                 # alternate who goes first, as for pulls: the first side pays for the files the
                 # previous row or round just deleted (ext4 frees their blocks and inodes lazily)
@@ -430,9 +432,10 @@ def main() -> int:
               f"(parallel {opts.parallel}, best of {opts.repeat}{f' after {opts.warmup} untimed' if opts.warmup else ''})")
         worst: dict[str, float] = {}
         for t in targets:
-            for proto, direction, label, ours, theirs in bench_rows(t, datasets, opts.parallel, opts.repeat, work, directions, opts.warmup):
+            rows = bench_rows(t, datasets, opts.parallel, opts.repeat, work, directions, opts.warmup)
+            for proto, direction, label, ours, theirs in rows:
                 ratio = min(theirs) / min(ours)
-                paired = [b / a for a, b in zip(ours, theirs)]  # each round's two runs, side by side in time
+                paired = [b / a for a, b in zip(ours, theirs, strict=True)]  # each round's two runs, side by side in time
                 pm = statistics.median(paired)
                 won = sum(r >= 1.0 for r in paired)
                 for key, value in (("best", ratio), ("paired", pm)):
@@ -442,7 +445,8 @@ def main() -> int:
                       f"{mo:12.2f} {mt:6.2f} {mt / mo:6.2f}x   {pm:6.3f}x {won:>2}/{len(paired):<2}", flush=True)
         if worst:
             print(f"worst ratio {worst['best']:.3f}x of the best runs, {worst['paired']:.3f}x paired (the median of each "
-                  f"round's lftp seconds / ours); target: paired >= 0.9 (ftps pull of small files >= 3); load {_load()} at the end")
+                  f"round's lftp seconds / ours); target: paired >= 0.9 (ftps pull of small files >= 3); "
+                  f"load {_load()} at the end")
     return 0
 
 

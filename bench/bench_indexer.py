@@ -35,15 +35,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import PY, REPO, Reaper, free_port, machine, median, percentile, tempdir, wait_for, write_config
-
 import anyio  # noqa: E402
-
+from _common import PY, REPO, Reaper, free_port, machine, median, percentile, tempdir, wait_for, write_config
 from bench_record_mover import DATABOX_TOML, RULE_TOML, TASK, build_databox  # noqa: E402
-from schedulerd.config import load  # noqa: E402
-from schedulerd.context import TaskContext  # noqa: E402
+
 from repository import open_databox  # noqa: E402
 from repository.fulltext import search  # noqa: E402
+from schedulerd.config import load  # noqa: E402
+from schedulerd.context import TaskContext  # noqa: E402
 from schedulerd.registry import task_type  # noqa: E402
 
 INDEXER = REPO / "bin" / "indexer"

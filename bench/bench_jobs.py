@@ -37,8 +37,19 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import PY, Reaper, child_env, machine, percentile, print_sides, report_paired, start_daemon, tempdir, \
-    wait_for, write_config
+from _common import (
+    PY,
+    Reaper,
+    child_env,
+    machine,
+    percentile,
+    print_sides,
+    report_paired,
+    start_daemon,
+    tempdir,
+    wait_for,
+    write_config,
+)
 
 HUEY_APP = '''\
 """The huey side of bench_jobs: a SqliteHuey with schedulerd's durability (WAL + synchronous=NORMAL)."""
@@ -221,7 +232,7 @@ def main() -> int:
     for drain, (ours, theirs) in results.items():
         print("drain: the jobs wait in the store, then the consumer starts (clock from the first job start)" if drain
               else "stream: the consumer runs, this process adds the jobs one by one (clock from the first add)")
-        for o, h in zip(ours, theirs):
+        for o, h in zip(ours, theirs, strict=True):
             show("schedulerd", o, drain)
             show("huey", h, drain)
         report_paired(f"{'drain' if drain else 'stream'} jobs/s (ours / huey)", [o["rate"] for o in ours],

@@ -99,7 +99,7 @@ def overhead(tmp: Path, cfg: Path, m: int) -> tuple[float, float, float]:
     config = load(cfg)
     store = open_job_store(config.scheduler, config.store)
     t0 = time.time()
-    for i in range(m):  # as the driver does not: one transaction per job (job:add's way)
+    for _ in range(m):  # as the driver does not: one transaction per job (job:add's way)
         add_job(store, config, "noop", {}, queue="direct")
     console(cfg, "job:list", "--limit", "1")  # (a wake goes with the next poll)
     wait(lambda: db.execute("SELECT count(*) FROM jobs WHERE queue='direct' AND state='finished'")

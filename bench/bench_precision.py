@@ -150,7 +150,7 @@ async def aps_side(tasks: int, seconds: float, period: float, settle: float) -> 
 
     sched = AsyncIOScheduler(job_defaults={"misfire_grace_time": None, "coalesce": True, "max_instances": 1})
     sched.start()
-    start_date = datetime.datetime.fromtimestamp(anchor, datetime.timezone.utc)
+    start_date = datetime.datetime.fromtimestamp(anchor, datetime.UTC)
     for i in range(tasks):
         sched.add_job(job, "interval", seconds=period, start_date=start_date, args=(f"j{i}",), id=f"j{i}")
     ready = time.time() - t0

@@ -54,17 +54,16 @@ import sqlite3
 import statistics
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import anyio  # noqa: E402
 from _common import machine, print_sides, report_paired, tempdir, verdict, write_config
 
-import anyio  # noqa: E402
-
+from repository import DataboxSettings, now_iso, open_databox  # noqa: E402
 from schedulerd.config import load  # noqa: E402
 from schedulerd.context import TaskContext  # noqa: E402
-from repository import DataboxSettings, now_iso, open_databox  # noqa: E402
 from schedulerd.registry import task_type  # noqa: E402
 from tasks.record_mover import where_clause  # noqa: E402
 
@@ -179,9 +178,8 @@ class PgSide:
     """A PostgreSQL server of this run (durable settings) and one databox database on it."""
 
     def __init__(self, work: Path):
-        from tests.pgserver import PASSWORD, start_server
-
         from schedulerd.settings import Secret
+        from tests.pgserver import PASSWORD, start_server
 
         self.server = start_server()  # the tests' fixture server: fsync off; restarted durable below
         self.server.stop()
@@ -211,7 +209,8 @@ class PgSide:
         self.sql(
             "INSERT INTO records(id, collection_id, type, original_name, document, size, sha256, mime, status, "
             "created, updated, document_changed, doc_version, subdefs_version) "
-            "SELECT i, (SELECT id FROM collections WHERE name = 'incoming'), 'record', format('IMG_%s.jpg', lpad(i::text, 7, '0')), "
+            "SELECT i, (SELECT id FROM collections WHERE name = 'incoming'), 'record', "
+            "format('IMG_%s.jpg', lpad(i::text, 7, '0')), "
             "format('docs/%s/%s-IMG_%s.jpg', lpad(to_hex(i % 256), 2, '0'), md5(random()::text), lpad(i::text, 7, '0')), "
             f"200000 + (i::bigint * 7919) % 9000000, md5(random()::text) || md5(random()::text), 'image/jpeg', i % 16, "
             f"'{now}', '{now}', '{now}', 1, 1 FROM generate_series(1, {n}) i")
@@ -302,7 +301,7 @@ def select_ids(settings: DataboxSettings, config: Any) -> tuple[float, list[int]
     try:
         t0 = time.perf_counter()
         with db.transaction():
-            where, params = where_clause(db, rule, datetime.now(timezone.utc))
+            where, params = where_clause(db, rule, datetime.now(UTC))
             ids = db.column(f"SELECT r.id FROM records r WHERE {where} ORDER BY r.id", params)
         return time.perf_counter() - t0, ids
     finally:
@@ -440,7 +439,7 @@ def main() -> int:
               f"{verdict(v['target_ratio_met'])}")
     print(f"time: median pass {med:.2f}s   target <= {TARGET_SECONDS:g}s: {verdict(med <= TARGET_SECONDS)}")
     for name, per_round in loop_rounds.items():  # round i: pass i, then chunk i through the loop (paired)
-        totals = [select + sec / len(chunk) * len(ids) for sec, chunk in zip(per_round, chunks)]
+        totals = [select + sec / len(chunk) * len(ids) for sec, chunk in zip(per_round, chunks, strict=True)]
         report_paired(f"speed, task pass / per-record loop ({name}, extrapolated)", [1 / s for s in passes],
                       [1 / s for s in totals], f">= {TARGET_RATIO:g}x", lambda m: m >= TARGET_RATIO)
     return 0

@@ -39,8 +39,8 @@ sys.path.insert(0, str(ROOT))
 import anyio  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from schedulerd.context import TaskContext  # noqa: E402
 from repository import DataboxSettings, NewRecord, SubdefSettings, open_databox  # noqa: E402
+from schedulerd.context import TaskContext  # noqa: E402
 from tasks.subdefs import Settings, SubdefsTask  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "bench"))
@@ -172,7 +172,7 @@ def main() -> int:
             shutil.rmtree(work, ignore_errors=True)
     ours_rate = [args.count / s for s in ours_s]
     peer_rate = [args.count / s for s in peer_s]
-    for i, (o, p) in enumerate(zip(ours_rate, peer_rate)):
+    for i, (o, p) in enumerate(zip(ours_rate, peer_rate, strict=True)):
         print(f"round {i + 1}: schedulerd {o:7.2f} images/s   ImageMagick (jpeg:size) {p:7.2f} images/s")
     med = report_paired("images/s (ours / ImageMagick jpeg:size)", ours_rate, peer_rate, ">= 1.0x", lambda m: m >= 1.0)
     if args.json:

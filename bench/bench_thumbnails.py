@@ -40,7 +40,6 @@ from pathlib import Path
 
 from _common import machine, print_sides, report_paired, require_imagemagick, tempdir, write_config
 from bench_subdefs import make_sources, run_commands
-
 from PIL import Image  # noqa: E402
 
 from repository import DataboxSettings, NewRecord, open_databox  # noqa: E402

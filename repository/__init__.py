@@ -9,11 +9,11 @@ layers: task types use what this module exports, nothing else of the package. Th
 the entry points declared in pyproject.toml (groups `schedulerd.config`, `schedulerd.commands`).
 """
 
+from .backend import database_errors
 from .caption import MAX_BYTES as CAPTION_MAX_BYTES
 from .caption import CaptionError, parse_caption
 from .checks import collection_names, collections_required, creating_collections
 from .commands.databox import DATABOX_ARG, JSON_ARG, open_box
-from .backend import database_errors
 from .databox import Databox, awaited, display_name, open_databox
 from .events import PER_RECORD, record_jobs
 from .fields import MULTI_SEPARATOR, embedded_fields, normalize_date, now_iso

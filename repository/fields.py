@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 
 from .settings import FIELD_NAME_RE, FieldType
 
@@ -29,7 +29,7 @@ _DATE_FORMATS = (
 
 def now_iso() -> str:
     """The current UTC time, ISO-8601 with microseconds (sortable as text)."""
-    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+    return datetime.now(UTC).isoformat(timespec="microseconds")
 
 
 def check_name(name: str, declared: Mapping[str, FieldType] | None = None) -> str:

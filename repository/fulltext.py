@@ -16,6 +16,7 @@ reconciliation runs every `--full-every` seconds as a safety net.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import signal
@@ -600,7 +601,7 @@ async def _serve(index: Index, args: argparse.Namespace) -> int:
                     if full or await anyio.to_thread.run_sync(index.changed) or pokes[0].is_set():
                         pokes[0] = anyio.Event()
                         res = await anyio.to_thread.run_sync(
-                            lambda: index.run_pass(full=full, should_stop=lambda: stopping[0]))
+                            functools.partial(index.run_pass, full=full, should_stop=lambda: stopping[0]))
                         failures = 0
                         if res.indexed or res.removed or args.debug:
                             say(f"{'full pass' if res.full else 'pass'}: indexed {res.indexed}, removed {res.removed}, "

@@ -36,10 +36,10 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Literal
 
+from .databox import Databox, display_name
 from .fields import now_iso
 from .hotfolder import _FILE_FLAGS, FileStat, Tree, split
 from .model import NewRecord
-from .databox import Databox, display_name
 from .storage import SourceError, StorageError, guess_mime, hash_fd
 
 Duplicates = Literal["allow", "skip", "error"]

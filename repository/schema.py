@@ -79,7 +79,7 @@ def connect(path: str, *, timeout: float = 10.0) -> sqlite3.Connection:
     """A connection in WAL mode with durable commits, usable from worker threads."""
     conn = sqlite3.connect(path, timeout=timeout, isolation_level=None, check_same_thread=False)
     conn.row_factory = sqlite3.Row
-    conn.execute("PRAGMA busy_timeout = %d" % int(timeout * 1000))
+    conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
     if conn.execute("PRAGMA page_count").fetchone()[0] == 0:
         # a new databox: 16 KiB pages make set-based rule passes over spread records cheaper
         conn.execute("PRAGMA page_size = 16384")

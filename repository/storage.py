@@ -16,7 +16,7 @@ import re
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from schedulerd.durable import SYNCFS, fsync_dir  # noqa: F401  (fsync_dir is part of this module's API)
@@ -153,7 +153,7 @@ class DocumentStore:
     def _today(self) -> str:
         now = time.time()
         if now >= self._day_until:
-            d = datetime.now(timezone.utc)
+            d = datetime.now(UTC)
             self._day = f"{d:%Y/%m/%d}"
             self._day_until = now + 1.0  # re-read at most once a second
         return self._day

@@ -149,7 +149,6 @@ class Env:
         """Write the job to the store (works with the daemon down), then tell a running daemon."""
         from .jobs import add_job
         from .jobstore import JobError
-
         from .wake import send_wake
 
         store = self.job_store()
@@ -188,7 +187,7 @@ def _columns() -> int:
         columns = 0
     if columns <= 0:
         try:
-            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns
+            columns = os.get_terminal_size(sys.__stdout__.fileno() if sys.__stdout__ else -1).columns
         except (AttributeError, ValueError, OSError):
             columns = 0
     return columns or 80

@@ -6,7 +6,7 @@ import json
 import socket
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from .protocol import ControlError, Fault
 
@@ -54,11 +54,14 @@ class Client:
             s.close()
 
     @staticmethod
-    def _read(f: Any) -> dict[str, Any]:
+    def _read(f: BinaryIO) -> dict[str, Any]:
         line = f.readline()
         if not line:
             raise NotRunning("schedulerd closed the connection")
-        return json.loads(line)
+        reply = json.loads(line)
+        if not isinstance(reply, dict):
+            raise ControlError(Fault.INTERNAL, f"schedulerd answered {line[:200]!r}, not a JSON object")
+        return reply
 
     @staticmethod
     def _result(reply: dict[str, Any]) -> Any:

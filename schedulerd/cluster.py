@@ -146,7 +146,8 @@ class Outage:
 
     def ok(self) -> None:
         if self.since is not None:
-            log.log(logging.INFO if self.level >= logging.WARNING else logging.DEBUG, "%s: the store answers again after %.1fs", self.what, time.time() - self.since)
+            log.log(logging.INFO if self.level >= logging.WARNING else logging.DEBUG,
+                    "%s: the store answers again after %.1fs", self.what, time.time() - self.since)
             self.since = None
             self.delay = self.first
 

@@ -14,8 +14,8 @@ from types import MappingProxyType
 from typing import Annotated, Any
 
 from . import settings as s
-from .pipeline import QUEUE_PREFIX, PipelineConfig, pipelines
 from .configfiles import SchedulerSettings, base_dir_for, default_path, file_for, merge, node_name
+from .pipeline import QUEUE_PREFIX, PipelineConfig, pipelines
 from .registry import config_sections
 from .schedule import Schedule, parse_schedule, zone
 from .settings import ConfigError, Secret
@@ -23,7 +23,8 @@ from .stores import StoreSettings
 from .web.settings import HttpSettings
 
 ENGINE_TASK_KEYS = ("type", "period", "schedule", "catch_up", "enabled", "timeout", "trigger", "nodes")
-ENGINE_SECTIONS = ("scheduler", "store", "tasks", "jobs", "queues", "http", "pipelines")  # the others are plugins' (config_sections)
+# the others are plugins' (config_sections)
+ENGINE_SECTIONS = ("scheduler", "store", "tasks", "jobs", "queues", "http", "pipelines")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,7 +98,7 @@ class Config:
 
     def __getattr__(self, name: str) -> Mapping[str, object]:
         """A plugin's section as an attribute: `config.databoxes` is `config.sections["databoxes"]`."""
-        sections = self.__dict__.get("sections", {})
+        sections: Mapping[str, Mapping[str, object]] = self.__dict__.get("sections", {})
         if name in sections:
             return sections[name]
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
@@ -182,7 +183,7 @@ def _build(data: dict[str, Any], file: Path | None, base: Path) -> Config:
     store = s.build(StoreSettings, data.get("store", {}), "store", base)
     http = s.build(HttpSettings, data.get("http", {}), "http", base)
     config = Config(file, base, scheduler, MappingProxyType(tasks), jobs, queues, sections, store, http)
-    for tname, tc in tasks.items():
+    for tc in tasks.values():
         _cross_check(tc, config)
     if "pipelines" in data:
         config = dataclasses.replace(config, pipelines=pipelines(data["pipelines"], config, base))
@@ -241,7 +242,7 @@ def _task(name: str, table: Any, base: Path, tz: tzinfo) -> TaskConfig:
     trigger = _trigger(table.get("trigger", ()), f"{path}.trigger")
     nodes = _nodes(table.get("nodes", ()), f"{path}.nodes")
     rest = {k: v for k, v in table.items() if k not in ENGINE_TASK_KEYS}
-    settings = s.build(cls.Settings, rest, path, base, also_known=ENGINE_TASK_KEYS)
+    settings: object = s.build(cls.Settings, rest, path, base, also_known=ENGINE_TASK_KEYS)
     return TaskConfig(name, type_name, period, enabled, timeout, settings, trigger, nodes, schedule, catch_up)
 
 
@@ -274,7 +275,7 @@ def _trigger(value: Any, path: str) -> tuple[str, ...]:
     """Event names, each one the engine or a task or job type emits (a typo would never fire)."""
     from .registry import known_events
 
-    events = s.convert(tuple[str, ...], value, path)
+    events: tuple[str, ...] = s.convert(tuple[str, ...], value, path)
     for i, event in enumerate(events):
         if event not in known_events():
             raise s.unknown_key(f"{path}[{i}]", event, known_events(), f"event {event!r}")

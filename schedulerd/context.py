@@ -10,6 +10,8 @@ from typing import Any
 
 import anyio
 
+from .plugin import TaskLog
+
 
 class Waker:
     """A re-armable event: `wake()` ends the current `wait()` early."""
@@ -39,7 +41,7 @@ class TaskContext:
         self,
         name: str,
         settings: Any,
-        log: logging.Logger,
+        log: TaskLog,
         config: Any = None,
         state_dir: Path | None = None,
         store: Any = None,

@@ -85,7 +85,7 @@ class ControlServer:
     def route_stream(self, cmd: str, handler: StreamHandler) -> None:
         self.streams[cmd] = handler
 
-    async def listen(self) -> anyio.abc.Listener:
+    async def listen(self) -> anyio.abc.Listener[anyio.abc.SocketStream]:
         """Bind with the final mode already in force (umask), then set the group."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.path.is_socket() or self.path.exists():
@@ -100,7 +100,8 @@ class ControlServer:
             os.chown(self.path, -1, grp.getgrnam(self.group).gr_gid)
         return listener
 
-    async def serve(self, listener: anyio.abc.Listener, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
+    async def serve(self, listener: anyio.abc.Listener[anyio.abc.SocketStream], *,
+                    task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         async with listener:
             task_status.started()
             await listener.serve(self._connection)
@@ -153,7 +154,8 @@ class ControlServer:
                 if not isinstance(args, dict):
                     raise ValueError
             except ValueError:
-                await self._send(stream, ControlError(Fault.BAD_REQUEST, 'expected a JSON object {"cmd": ..., "args": {...}}').to_json())
+                bad = ControlError(Fault.BAD_REQUEST, 'expected a JSON object {"cmd": ..., "args": {...}}')
+                await self._send(stream, bad.to_json())
                 continue
             cmd = req["cmd"]
             if cmd in self.streams:

@@ -20,8 +20,7 @@ import anyio
 from anyio.abc import TaskGroup
 
 from . import __version__, logs
-from .cluster import (ClusterStore, ClusterView, DuplicateNode, NodeKeeper, NodeRow, config_hash, node_info,
-                      open_cluster)
+from .cluster import ClusterStore, ClusterView, DuplicateNode, NodeKeeper, NodeRow, config_hash, node_info, open_cluster
 from .config import Config, TaskConfig, load
 from .control import Access, ControlServer
 from .notify import sd_notify, watchdog_interval
@@ -251,7 +250,6 @@ class Daemon:
     async def _flush_history(self) -> None:
         """Run history, crash counters and wanted states are written in batches, in a worker
         thread, so a thousand tasks never stall the loop; a locked store delays them (retried), loses none."""
-        sch = self.config.scheduler
         assert self._env is not None
         sink = self._env.history
         last_purge = 0.0
@@ -466,7 +464,8 @@ class Daemon:
     async def c_task_run_now(self, args: dict[str, Any]) -> dict[str, Any]:
         runner = self._runner(args)
         if runner.state in (TaskState.STOPPED, TaskState.CRASHED, TaskState.STOPPING):
-            raise ControlError(Fault.NOT_RUNNING, f"task {runner.tc.name} is {runner.state}: use task:start, or task:run for a one-shot")
+            raise ControlError(Fault.NOT_RUNNING,
+                               f"task {runner.tc.name} is {runner.state}: use task:start, or task:run for a one-shot")
         runner.run_now()
         return runner.snapshot()
 

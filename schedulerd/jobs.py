@@ -131,7 +131,8 @@ class RunningJob:
 
 
 class JobService:
-    def __init__(self, config: Config, state_dir: Path, make_logger: Callable[[str], Any], emit: Callable | None = None,
+    def __init__(self, config: Config, state_dir: Path, make_logger: Callable[[str], Any],
+                 emit: Callable[[str, Mapping[str, Any]], None] | None = None,
                  *, node: str | None = None, only: frozenset[str] | None = None, max_jobs: int | None = None):
         self.config = config
         self.store = open_job_store(config.scheduler, config.store, pool_size=8)

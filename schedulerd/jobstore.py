@@ -6,6 +6,7 @@ LOCKED), so a job runs once even with two daemons on one store.
 
 from __future__ import annotations
 
+import builtins
 import dataclasses
 import json
 import sqlite3
@@ -83,13 +84,13 @@ class JobStore(Protocol):
     def count_by_queue_state(self) -> dict[tuple[str, str], int]: ...
     def get(self, job_id: int) -> Job: ...
     def list(self, state: str | None = None, queue: str | None = None, limit: int = 1000) -> list[Job]: ...
-    def recover(self, node: str) -> list[int]: ...
-    def recover_orphans(self, node: str, grace: float) -> list[int]: ...
+    def recover(self, node: str) -> builtins.list[int]: ...
+    def recover_orphans(self, node: str, grace: float) -> builtins.list[int]: ...
     def cancelled_among(self, ids: Collection[int]) -> set[int]: ...
     def purge(self, states: Sequence[str], keep: int = 0, max_age: float | None = None) -> int: ...
     def set_progress(self, job_id: int, done: int, total: int | None) -> None: ...
     def append_log(self, job_id: int, lines: Sequence[tuple[float, str, str]]) -> None: ...
-    def log_lines(self, job_id: int, limit: int = 200) -> list[tuple[float, str, str]]: ...
+    def log_lines(self, job_id: int, limit: int = 200) -> builtins.list[tuple[float, str, str]]: ...
     def set_paused(self, queue: str, paused: bool) -> None: ...
     def paused(self) -> set[str]: ...
     def next_due(self, queue: str) -> float | None: ...
@@ -154,7 +155,7 @@ RETRYABLE = (JobState.FAILED, JobState.CANCELLED, JobState.INTERRUPTED)  # job:r
 class SqliteJobStore(SqliteFile):
     SCHEMA = SCHEMA
 
-    def _row(self, c: sqlite3.Connection, row: tuple) -> Job:
+    def _row(self, c: sqlite3.Connection, row: tuple[Any, ...]) -> Job:
         deps = tuple(r[0] for r in c.execute("SELECT dep FROM job_deps WHERE job=? ORDER BY dep", (row[0],)))
         (jid, type_, queue, payload, title, prio, att, maxatt, nxt, state, done, total, summ, err, created,
          started, finished, node) = row
@@ -185,6 +186,7 @@ class SqliteJobStore(SqliteFile):
                 "VALUES (?,?,?,?,?,?,?,?,?)",
                 (type, queue, json.dumps(payload), title, priority, max_attempts, now + delay, "waiting", now))
             jid = cur.lastrowid
+            assert jid is not None  # set by an INSERT
             c.executemany("INSERT INTO job_deps(job, dep) VALUES (?, ?)", [(jid, d) for d in deps])
             bad = [d for d, s in states.items() if s in ("failed", "cancelled")]
             if bad:
@@ -195,11 +197,12 @@ class SqliteJobStore(SqliteFile):
         """Bulk insert (type, queue, payload, title) in one transaction, for benchmarks and imports."""
         now = time.time()
         with self.transaction() as c:
-            ids = []
+            ids: builtins.list[int] = []
             for type_, queue, payload, title in jobs:
                 cur = c.execute(
                     "INSERT INTO jobs(type, queue, payload, title, max_attempts, next_attempt_at, state, created) "
                     "VALUES (?,?,?,?,1,?,'waiting',?)", (type_, queue, json.dumps(payload), title, now, now))
+                assert cur.lastrowid is not None  # set by an INSERT
                 ids.append(cur.lastrowid)
             return ids
 
@@ -404,7 +407,7 @@ class SqliteJobStore(SqliteFile):
             c.executemany("INSERT INTO job_logs(job, ts, level, line) VALUES (?,?,?,?)",
                           [(job_id, *line) for line in lines])
 
-    def log_lines(self, job_id: int, limit: int = 200) -> list[tuple[float, str, str]]:
+    def log_lines(self, job_id: int, limit: int = 200) -> builtins.list[tuple[float, str, str]]:
         with self._lock:
             rows = self._conn.execute("SELECT ts, level, line FROM job_logs WHERE job=? ORDER BY rowid DESC LIMIT ?",
                                       (job_id, limit)).fetchall()

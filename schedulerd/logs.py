@@ -13,7 +13,7 @@ import sys
 import time
 import weakref
 from collections.abc import Iterable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,7 @@ _SECRET_ARG = re.compile(r"""((?:--?|\b)[\w.-]*(?:password|secret|passphrase|tok
 
 class Formatter(logging.Formatter):
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
-        return datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds")
+        return datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds")
 
     def format(self, record: logging.LogRecord) -> str:
         who = getattr(record, "task", None) or "scheduler"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from typing import Any
+from typing import Any, TextIO
 
 import anyio
 
@@ -81,7 +81,7 @@ class ProgressBar:
             self.shown = False
 
 
-class EchoHandler(logging.StreamHandler):
+class EchoHandler(logging.StreamHandler[TextIO]):
     """The task's log on stderr; with a progress bar, each line goes above the bar, never glued to it."""
 
     def __init__(self, bar: ProgressBar | None):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 from collections.abc import Mapping, Sequence
+from datetime import UTC
 from pathlib import Path
 from types import MappingProxyType
 from typing import Annotated, Any
@@ -105,14 +106,13 @@ class TriggerSettings:
 
 
 def _check_schedule(text: str) -> None:
-    from datetime import timezone
 
     try:
         from .schedule import parse_schedule
     except ImportError:  # pragma: no cover - schedule.py ships with this module
         raise ConfigError("schedule", "schedules are not available in this version") from None
     try:
-        parse_schedule(text, timezone.utc)  # the zone moves the instants, not what is valid
+        parse_schedule(text, UTC)  # the zone moves the instants, not what is valid
     except ValueError as e:
         raise ConfigError("schedule", str(e)) from None
 

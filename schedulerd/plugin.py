@@ -15,7 +15,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
-
 # events the engine itself emits (a `trigger` may name them besides the types' `emits`)
 # task.failed: an iteration failed; job.failed: a job failed for good (attempts used up, FailForGood)
 ENGINE_EVENTS: tuple[str, ...] = ("task.state", "task.failed", "job.failed")
@@ -86,12 +85,16 @@ class NoSettings:
     """For types that take no settings of their own."""
 
 
+# A task's or job's logger: a Logger, or the adapter that tags its records with the task (schedulerd.logs)
+TaskLog = logging.Logger | logging.LoggerAdapter[logging.Logger]
+
+
 class Context(Protocol):
     """What the engine hands to one iteration of a task or one attempt of a job."""
 
     name: str  # the task name, or "job-<id>"
     settings: Any  # the type's frozen Settings instance
-    log: logging.Logger  # writes to the task's own log file (or the job's log lines)
+    log: TaskLog  # writes to the task's own log file (or the job's log lines)
     config: Any  # the whole loaded Config (databoxes, ftp_destinations, ...)
     state_dir: Path  # where a type may keep its own files (ledgers, journals)
     store: Any  # the state store (schedulerd.store.StateStore)

@@ -203,7 +203,8 @@ async def spawn(argv: Sequence[str], **kwargs: Any) -> Process:
     if kwargs.get("env") is None:
         kwargs["env"] = child_env()
     with anyio.CancelScope(shield=True):
-        return await anyio.open_process(list(argv), **kwargs)
+        proc = await anyio.open_process(list(argv), **kwargs)
+    return proc
 
 
 # Run by /bin/sh in the new child, which leads its own process group. It waits for one line on
@@ -253,7 +254,7 @@ async def end_process(proc: Process, grace: float = 5.0) -> int | None:
                     await proc.wait()
         # children that outlived the leader still get the group's SIGKILL
         kill_group(proc.pid, signal.SIGKILL)
-        return proc.returncode
+    return proc.returncode
 
 
 async def pump_lines(stream: Any, log: Any, level: int = logging.INFO, prefix: str = "") -> None:

@@ -6,6 +6,8 @@ See docs/control-protocol.md.
 
 from __future__ import annotations
 
+from typing import Any
+
 MAX_REQUEST = 64 * 1024
 
 
@@ -39,6 +41,6 @@ class ControlError(Exception):
         self.code = code
         self.message = message
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {"ok": False, "error": {"code": self.code, "name": FAULT_NAMES.get(self.code, "UNKNOWN"),
                                        "message": self.message}}

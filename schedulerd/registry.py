@@ -12,7 +12,9 @@ from __future__ import annotations
 import importlib
 import pkgutil
 from functools import cache
-from importlib.metadata import entry_points
+from importlib.metadata import EntryPoint, entry_points
+from types import ModuleType
+from typing import TypeVar
 
 from .plugin import JobType, TaskType
 
@@ -31,18 +33,29 @@ def _builtin_modules() -> list[str]:
     return [m.name for m in pkgutil.iter_modules(tasks.__path__) if not m.name.startswith("_")]
 
 
-def _classes(module, base):
+T = TypeVar("T", TaskType, JobType)
+
+
+def _classes(module: ModuleType, base: type[T]) -> list[type[T]]:
     return [
         v for v in vars(module).values()
         if isinstance(v, type) and issubclass(v, base) and v is not base and v.type_name
     ]
 
 
+def _loaded(ep: EntryPoint, base: type[T]) -> type[T]:
+    """The class entry point `ep` names, checked to be a `base` subclass."""
+    cls = ep.load()
+    if not (isinstance(cls, type) and issubclass(cls, base)):
+        raise UnknownType(f"entry point {ep.name} = {ep.value!r} ({ep.group}) is not a {base.__name__} subclass")
+    return cls
+
+
 @cache
 def task_type(name: str) -> type[TaskType]:
     for ep in entry_points(group=TASK_GROUP):
         if ep.name == name:
-            return ep.load()
+            return _loaded(ep, TaskType)
     if name in _builtin_modules():
         module = importlib.import_module(f"tasks.{name}")
         for cls in _classes(module, TaskType):
@@ -78,7 +91,7 @@ def job_types() -> dict[str, type[JobType]]:
         for cls in _classes(module, JobType):
             found[cls.type_name] = cls
     for ep in entry_points(group=JOB_GROUP):
-        found[ep.name] = ep.load()
+        found[ep.name] = _loaded(ep, JobType)
     from .pipelinerun import PipelineStep  # the engine's own: one part of a pipeline step
 
     found[PipelineStep.type_name] = PipelineStep

@@ -18,16 +18,18 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone, tzinfo
+from datetime import UTC, datetime, tzinfo
 from typing import Protocol
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-UTC = timezone.utc
+UTC = UTC
 MAX_SHIFT = 3 * 3600.0  # seconds: more than any zone's DST change; bounds the search near one
 
 
 class Schedule(Protocol):
-    expression: str
+    @property
+    def expression(self) -> str:
+        """The schedule as written in the config."""
 
     def next_after(self, t: float) -> float | None:
         """The first start strictly after `t`; None when the schedule has no more (`R5/...`)."""

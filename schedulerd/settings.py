@@ -82,7 +82,7 @@ def unknown_key(path: str, key: str, known: Any, what: str = "setting") -> Confi
     return ConfigError(path, f"unknown {what} (known: {', '.join(names) or 'none'}){hint}")
 
 
-def toml_key(f: dataclasses.Field) -> str:
+def toml_key(f: dataclasses.Field[Any]) -> str:
     """The key a settings field has in the TOML file."""
     return str(f.metadata.get(TOML_KEY, f.name))
 
@@ -262,7 +262,7 @@ def convert(tp: Any, value: Any, path: str, base_dir: Path | None = None) -> Any
             raise ConfigError(path, f"expected a table, got {_show(value)}")
         kt, vt = get_args(tp) or (str, Any)
         return types.MappingProxyType({k: convert(vt, v, f"{path}.{k}", base_dir) for k, v in value.items()})
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if not isinstance(value, Mapping):
             raise ConfigError(path, f"expected a table, got {_show(value)}")
         return build(tp, value, path, base_dir)

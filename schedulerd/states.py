@@ -17,6 +17,10 @@ class TaskState(enum.Enum):
     def __str__(self) -> str:
         return self.value
 
+    # members are singletons compared by identity: hashed by identity too, in C. Enum's own
+    # __hash__ is Python code, and every iteration of every task looks states up several times
+    __hash__ = object.__hash__
+
 
 ACTIVE_STATES = frozenset({TaskState.STARTING, TaskState.RUNNING, TaskState.WAITING, TaskState.BACKOFF})
 STOPPED_STATES = frozenset({TaskState.STOPPED, TaskState.CRASHED})

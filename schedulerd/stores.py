@@ -16,7 +16,7 @@ from .postgres import postgres_url
 from .settings import ConfigError, Secret
 
 if TYPE_CHECKING:
-    from .config import SchedulerSettings
+    from .configfiles import SchedulerSettings
     from .jobstore import JobStore
     from .store import StateStore
 

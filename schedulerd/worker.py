@@ -26,7 +26,7 @@ import anyio
 
 from . import __version__, logs
 from .cluster import GIVE_UP_MARGIN, ClusterStore, NodeInfo, bounded, node_info, open_cluster
-from .config import Config, QueueConfig
+from .config import Config
 from .jobs import JobService
 from .store import STORE_ERRORS, store_call
 from .stores import check_schema

@@ -65,7 +65,8 @@ class Settings:
             raise ConfigError("batch", f"expected 1 to 100000 files, got {self.batch}")
         for i, p in enumerate(self.captions):
             if not _CAPTION_RE.match(p) or "/" in p or "{" not in p:
-                raise ConfigError(f"captions[{i}]", f'expected a name made with {{stem}} or {{name}}, like "{{stem}}.xml", got {p!r}')
+                raise ConfigError(f"captions[{i}]",
+                                  f'expected a name made with {{stem}} or {{name}}, like "{{stem}}.xml", got {p!r}')
         for key in ("accept", "refuse"):
             for i, p in enumerate(getattr(self, key)):
                 if not p or "/" in p:
@@ -375,7 +376,7 @@ class ArchiveTask(TaskType):
     def _plan(self, o: _Open, scan: Any, ready: list[str]) -> _Plan:
         """Group ready files with their captions, resolve collections and status."""
         from repository import CAPTION_MAX_BYTES as MAX_BYTES
-        from repository import CaptionError, UnknownCollection, Unit, parse_caption, parse_mask, split
+        from repository import CaptionError, Unit, UnknownCollection, parse_caption, parse_mask, split
 
         s = self.settings
         failed = o.journal.failed_keys() if not s.move_error else {}

@@ -26,7 +26,6 @@ from tasks.transfer.names import join, printable, unsafe_reason
 from tasks.transfer.send import send
 from tasks.transfer.settings import ConnectionSettings
 
-
 # --- the drop-box task ------------------------------------------------------------
 
 

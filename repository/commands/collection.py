@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from schedulerd.commands import arg, command, print_json, print_table
+
 from .databox import DATABOX_ARG, JSON_ARG, fail, open_box
 
 

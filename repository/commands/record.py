@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from schedulerd.commands import CommandError, arg, command, print_json, print_table
+
 from .databox import DATABOX_ARG, JSON_ARG, fail, open_box
 
 

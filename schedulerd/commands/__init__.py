@@ -40,20 +40,23 @@ def arg(*flags: str, **options: Any) -> Arg:
     return Arg(flags, options)
 
 
+Handler = Callable[[argparse.Namespace, Any], int | None]  # (args, env) -> exit code
+
+
 class Command(NamedTuple):
     name: str
     help: str
     args: tuple[Arg, ...]
-    handler: Callable[[argparse.Namespace, Any], int | None]
+    handler: Handler
 
 
 COMMANDS: dict[str, Command] = {}
 
 
-def command(name: str, help: str, *args: Arg) -> Callable:
+def command(name: str, help: str, *args: Arg) -> Callable[[Handler], Handler]:
     """Register `handler(args, env) -> exit code` under `name`."""
 
-    def register(handler: Callable) -> Callable:
+    def register(handler: Handler) -> Handler:
         COMMANDS[name] = Command(name, help, args, handler)
         return handler
 

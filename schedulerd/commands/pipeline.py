@@ -96,7 +96,8 @@ def _items(text: str) -> list[Any]:
 
 
 @command("pipeline:run", "Start a run of a pipeline now (PutJob) and print its id",
-         arg("name"), arg("--input", default="[]", help='JSON list of items, e.g. [{"kind": "file", "path": "/x.jpg"}], or @FILE holding it'))
+         arg("name"),
+         arg("--input", default="[]", help='JSON list of items, e.g. [{"kind": "file", "path": "/x.jpg"}], or @FILE holding it'))
 def pipeline_run(args: Any, env: Any) -> int:
     config = env.config()
     pc = config.pipelines.get(args.name)

@@ -185,8 +185,8 @@ def _print_appended(path: Path, offset: int) -> int:
 
 def show_log(env: Any, n: int, follow: bool, *, task: str | None = None, all_tasks: bool = False) -> int:
     """The scheduler log, one task's log or every task's: from the daemon, or from the files when it is down."""
-    from ..client import NotRunning
     from ..cli import fault_error
+    from ..client import NotRunning
     from ..logs import scheduler_log_path, task_log_path
     from ..protocol import ControlError
 

@@ -87,4 +87,4 @@ class Database:
 
 def run(cur: psycopg.Cursor, name: str, **params: Any) -> psycopg.Cursor:
     """Execute the named statement of queries.sql."""
-    return cur.execute(QUERIES[name], params)  # type: ignore[arg-type]
+    return cur.execute(QUERIES[name], params)

@@ -41,7 +41,7 @@ class PgCluster:
         with self.db.transaction() as cur:
             ours = run(cur, "node_beat", id=me.id, host=me.host, pid=me.pid, tasks_held=tasks_held,
                        jobs_running=jobs_running, config_hash=me.config_hash).fetchone() is not None
-            holders = dict(run(cur, "lease_holders").fetchall())
+            holders: dict[str, str] = dict(run(cur, "lease_holders").fetchall())
             wanted = {name: Wanted(w) for name, w in run(cur, "all_wanted").fetchall()}
             nodes = [NodeRow(*r) for r in run(cur, "list_nodes").fetchall()]
         if not ours:  # our row was taken by a process with the same id: enter it again, or refuse

@@ -15,6 +15,7 @@ is settled only by the node whose claim it is (Outcome.node).
 
 from __future__ import annotations
 
+import builtins
 import time
 from collections.abc import Collection, Sequence
 from typing import Any
@@ -71,7 +72,7 @@ class PgJobStore:
                 twin = run(cur, "waiting_twin", type=type, queue=queue, payload=Jsonb(payload)).fetchone()
                 if twin is not None and twin[1] is not None:
                     return int(twin[1])
-            states = dict(run(cur, "lock_deps", ids=list(deps)).fetchall()) if deps else {}
+            states: dict[int, str] = dict(run(cur, "lock_deps", ids=list(deps)).fetchall()) if deps else {}
             for d in deps:
                 if d not in states:
                     raise JobError(f"--after {d}: no job with id {d}")
@@ -266,13 +267,13 @@ class PgJobStore:
 
     @staticmethod
     def _append_log(cur: psycopg.Cursor, job_id: int, lines: Sequence[tuple[float, str, str]]) -> None:
-        cur.executemany(QUERIES["append_log"],  # type: ignore[arg-type]
+        cur.executemany(QUERIES["append_log"],
                         [{"job": job_id, "ts": ts, "level": level, "line": line} for ts, level, line in lines])
 
-    def log_lines(self, job_id: int, limit: int = 200) -> list[tuple[float, str, str]]:
+    def log_lines(self, job_id: int, limit: int = 200) -> builtins.list[tuple[float, str, str]]:
         with self.db.transaction() as cur:
             rows = run(cur, "log_lines", job=job_id, limit=limit).fetchall()
-        return [tuple(r) for r in reversed(rows)]  # type: ignore[misc]
+        return [tuple(r) for r in reversed(rows)]
 
     def set_paused(self, queue: str, paused: bool) -> None:
         with self.db.transaction() as cur:

@@ -83,6 +83,6 @@ def migrate(settings: StoreSettings) -> Migrated:
             raise error
         for n, sql in sorted(migrations().items()):
             if n > before:
-                cur.execute(sql)  # type: ignore[arg-type]
+                cur.execute(sql)
                 run(cur, "record_version", version=n)
     return Migrated(before, LATEST)

@@ -13,7 +13,7 @@ def parse(text: str) -> dict[str, str]:
     """`-- name: X` starts statement X; its comment lines are dropped, a final `;` too."""
     parts = _NAME.split(text)
     found: dict[str, str] = {}
-    for name, body in zip(parts[1::2], parts[2::2]):
+    for name, body in zip(parts[1::2], parts[2::2], strict=True):
         lines = [ln for ln in body.splitlines() if ln.strip() and not ln.lstrip().startswith("--")]
         if name in found:
             raise ValueError(f"queries.sql: statement {name} is defined twice")

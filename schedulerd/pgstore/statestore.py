@@ -62,7 +62,7 @@ class PgStateStore:
             n = counts.setdefault(r.task, [0, 0])
             n[0] += 1
             n[1] += r.outcome not in CLEAN_OUTCOMES
-        cur.executemany(QUERIES["count_runs"],  # type: ignore[arg-type]
+        cur.executemany(QUERIES["count_runs"],
                         [{"task": t, "runs": n[0], "failures": n[1]} for t, n in counts.items()])
 
     def task(self, task: str) -> TaskRecord:

@@ -18,7 +18,7 @@ import anyio
 import jinja2
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response, StreamingResponse
+from starlette.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -264,7 +264,9 @@ def build(console: Console) -> ASGIApp:
     async def not_found(request: Request, exc: Exception) -> Response:
         return c.page(request, "error.html", 404, message=f"no page {request.url.path}")
 
-    async def refused(request: Request, exc: ControlError) -> Response:
+    async def refused(request: Request, exc: Exception) -> Response:
+        if not isinstance(exc, ControlError):  # registered for ControlError only
+            raise exc
         return c.page(request, "error.html", STATUS.get(exc.code, 409), message=exc.message)
 
     routes = [

@@ -53,8 +53,8 @@ class States:
         queues = sorted({c["queue"] for c in self.jobs})
         counts = {(c["queue"], c["state"]): c["jobs"] for c in self.jobs}
         for q in queues:
-            for state in JobState:
-                j.add_metric([q, state.value], counts.get((q, state.value), 0))
+            for job_state in JobState:
+                j.add_metric([q, job_state.value], counts.get((q, job_state.value), 0))
         yield j
 
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from schedulerd.commands import CommandError, arg, command, print_json, print_table
 from repository import DATABOX_ARG, JSON_ARG, open_box
+from schedulerd.commands import CommandError, arg, command, print_json, print_table
 
 
 @command(

@@ -9,8 +9,7 @@ import logging
 import anyio
 
 from .base import RemoteClient, RemoteEntry
-from .errors import (AuthError, ConnectError, HostKeyError, IntegrityError, NotFound, RemoteError, ResumeUnsupported,
-                     TransferError)
+from .errors import AuthError, ConnectError, HostKeyError, IntegrityError, NotFound, RemoteError, ResumeUnsupported, TransferError
 from .settings import ConnectionSettings
 
 __all__ = [

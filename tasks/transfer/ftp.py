@@ -268,8 +268,8 @@ class FtpClient(RemoteClient):
                 info.append(text)
         return code, info
 
-    async def _cmd(self, line: str | tuple[str, ...] | None, expected: str | tuple[str, ...] = (), wait: str | tuple[str, ...] = (),
-                   *, what: str = "", not_found: bool = False) -> tuple[str, list[str]]:
+    async def _cmd(self, line: str | tuple[str, ...] | None, expected: str | tuple[str, ...] = (),
+                   wait: str | tuple[str, ...] = (), *, what: str = "", not_found: bool = False) -> tuple[str, list[str]]:
         """One command; server refusals become RemoteError, lost connections ConnectError (broken)."""
         try:
             return await self._command(line, expected, wait)

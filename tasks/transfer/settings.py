@@ -14,7 +14,7 @@ import zoneinfo
 from pathlib import Path
 from typing import Annotated, Literal
 
-from schedulerd.settings import ConfigError, Secret, byte_size, int_range, positive_duration, duration, read_secret_file
+from schedulerd.settings import ConfigError, Secret, byte_size, duration, int_range, positive_duration, read_secret_file
 
 Protocol = Literal["ftp", "ftps", "ftps-implicit", "sftp"]
 DEFAULT_PORTS: dict[str, int] = {"ftp": 21, "ftps": 21, "ftps-implicit": 990, "sftp": 22}

@@ -15,7 +15,6 @@ from .names import check_name, join
 from .proxy import open_socket
 from .settings import ConnectionSettings
 
-
 # asyncssh's defaults, AES-GCM first: one AEAD call per packet, about 4x faster here
 # than its chacha20-poly1305 (built from separate cipher and MAC calls)
 CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "chacha20-poly1305@openssh.com",

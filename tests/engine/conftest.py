@@ -19,6 +19,7 @@ if str(ROOT) not in sys.path:  # `tests.pgserver`, the real PostgreSQL of the st
     sys.path.insert(0, str(ROOT))
 
 from tests.pgserver import pg_database, pg_server  # noqa: E402,F401  (fixtures)
+
 CONSOLE = ROOT / "bin" / "console"
 
 

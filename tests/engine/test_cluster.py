@@ -8,7 +8,6 @@ script), and the checks read those files and the shared run history (the databas
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import signal
 import time

@@ -4,14 +4,12 @@ once), a worker killed -9 has its jobs finished by others once its heartbeat exp
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 

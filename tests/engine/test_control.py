@@ -7,11 +7,9 @@ import os
 import pwd
 import socket
 import subprocess
-import sys
 import time
 
 import pytest
-
 
 
 def _fd_count(pid: int) -> int:

@@ -5,9 +5,8 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import time
-
 import sys
+import time
 
 from tests.engine.conftest import CONSOLE
 
@@ -150,7 +149,7 @@ argv = ["{PY}", "-c", "print('ok')"]
     # the neighbour kept its period: each start ~200 ms after the one before, or at once
     # after an iteration that overran it (a python start-up on a machine short of CPU)
     hist = sorted(site.json("task:history", "good", "-n", "6"), key=lambda h: h["started"])
-    gaps = [(b["started"] - a["started"], a["ended"] - a["started"]) for a, b in zip(hist, hist[1:])]
+    gaps = [(b["started"] - a["started"], a["ended"] - a["started"]) for a, b in zip(hist, hist[1:], strict=False)]
     assert len(gaps) >= 4 and all(0.1 < g < max(0.2, took) + 0.25 for g, took in gaps), gaps
     assert all(h["outcome"] == "ok" for h in hist)
     assert "state crashed -> " not in site.log("bad")

@@ -107,7 +107,7 @@ def test_retries_with_growing_delays_then_attempts_exhausted(site):
     assert j["attempts"] == 3 and "exited with status 7" in j["error"]
     starts = [e["ts"] for e in j["log"] if e["line"].startswith("run ")]
     assert len(starts) == 3
-    gaps = [b - a for a, b in zip(starts, starts[1:])]
+    gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
     assert gaps[0] >= 0.3 and gaps[1] >= 0.6, gaps  # 300 ms, then doubled
     assert gaps[1] < 3
     # retry: attempts reset, runs again (and fails again)

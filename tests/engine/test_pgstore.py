@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from schedulerd.pgstore.migrate import LATEST
-from tests.pgserver import MIGRATED, PASSWORD, PgServer
+from tests.pgserver import PASSWORD, PgServer
 
 PY = sys.executable
 
@@ -43,7 +43,8 @@ def test_store_migrate_creates_the_schema_then_is_idempotent(pg_site, pg_server)
     assert r.returncode == 2 and "no schedulerd schema yet: run `bin/console store:migrate`" in r.stderr
     r = pg_site.console("store:migrate")
     assert r.returncode == 0, r.stderr
-    assert r.stdout.strip() == f"postgresql://schedulerd@127.0.0.1:{pg_server.port}/{db}: schema migrated from version 0 to {LATEST}"
+    assert r.stdout.strip() == (f"postgresql://schedulerd@127.0.0.1:{pg_server.port}/{db}: "
+                                f"schema migrated from version 0 to {LATEST}")
     r = pg_site.console("store:migrate")
     assert r.returncode == 0 and r.stdout.strip().endswith(f"schema version {LATEST}, up to date"), r.stderr
     assert pg_site.console("job:list").returncode == 0

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from tests.engine.conftest import Site, site  # noqa: F401  (fixture)
+from tests.engine.conftest import Site
 from tests.tasks.test_webhook import Hook
 
 

@@ -52,7 +52,7 @@ def attempts(log: Path) -> list[tuple[float, float, list[str]]]:
 
 def assert_never_two_at_once(log: Path) -> None:
     spans = attempts(log)
-    for (_, last, _), (first, _, _) in zip(spans, spans[1:]):
+    for (_, last, _), (first, _, _) in zip(spans, spans[1:], strict=False):
         assert last < first, f"{log.name}: an attempt still wrote at {last:.3f}, after the next began at {first:.3f}"
 
 

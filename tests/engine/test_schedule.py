@@ -4,16 +4,15 @@
 from __future__ import annotations
 
 import math
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
 import pytest
 
-from schedulerd.schedule import (CronSchedule, first_due, iso_duration, local_text, next_cron, next_interval,
-                                 parse_schedule, zone)
+from schedulerd.schedule import CronSchedule, first_due, iso_duration, local_text, next_cron, next_interval, parse_schedule, zone
 
 PARIS = ZoneInfo("Europe/Paris")
-UTC = timezone.utc
+UTC = UTC
 
 
 def utc(*args: int) -> float:

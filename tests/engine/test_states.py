@@ -15,8 +15,16 @@ import pytest
 from schedulerd.config import load
 from schedulerd.jobstore import Outcome, move, open_job_store
 from schedulerd.runner import RunnerEnv, TaskRunner
-from schedulerd.states import (JOB_TRANSITIONS, TASK_TRANSITIONS, IllegalTransition, JobState, TaskState, Wanted,
-                               check_job, check_task)
+from schedulerd.states import (
+    JOB_TRANSITIONS,
+    TASK_TRANSITIONS,
+    IllegalTransition,
+    JobState,
+    TaskState,
+    Wanted,
+    check_job,
+    check_task,
+)
 from schedulerd.store import open_store
 
 CONSOLE = Path(__file__).resolve().parents[2] / "bin" / "console"

@@ -10,8 +10,17 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.engine.conftest import CONSOLE
-from tests.engine.webconsole import (FTP_PASSWORD, METRICS_TOKEN, PASSWORDS, Web, console_config, free_port,
-                                     password_hash, start_env, wait_for_port)
+from tests.engine.webconsole import (
+    FTP_PASSWORD,
+    METRICS_TOKEN,
+    PASSWORDS,
+    Web,
+    console_config,
+    free_port,
+    password_hash,
+    start_env,
+    wait_for_port,
+)
 
 ACTIONS = ["/tasks/chatty/stop", "/tasks/chatty/start", "/tasks/chatty/run-now", "/tasks/chatty/restart",
            "/jobs/1/retry", "/jobs/1/cancel", "/jobs/1/raise", "/jobs/1/lower", "/jobs/purge",

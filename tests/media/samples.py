@@ -14,7 +14,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from PIL import Image
 
 RED = (220, 30, 30)

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.media import samples
 from tasks.media import MediaError
 from tasks.media.files import atomic_writer
 from tasks.media.images import Target, _load, fitted, image_format, make_images, srgb_profile
+from tests.media import samples
 
 
 def colours(path: Path, *points: tuple[float, float]) -> list[str]:

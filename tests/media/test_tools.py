@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import signal
@@ -86,7 +87,7 @@ async def test_cancellation_while_starting_leaves_no_process(tmp_path: Path) -> 
     for point in range(36):
         pidfile = tmp_path / f"grandchild{point}"
         async with anyio.create_task_group() as tg:
-            tg.start_soon(lambda: run_tool(["sh", "-c", f"sleep 30 & echo $! > {pidfile}; wait"], timeout=60))
+            tg.start_soon(functools.partial(run_tool, ["sh", "-c", f"sleep 30 & echo $! > {pidfile}; wait"], timeout=60))
             for _ in range(point % 12):
                 await anyio.sleep(0)
             tg.cancel_scope.cancel()

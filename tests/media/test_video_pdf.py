@@ -48,7 +48,8 @@ async def test_video_frame_and_preview(clip: Path, tmp_path: Path) -> None:
 
 @pytest.mark.anyio
 async def test_video_through_the_maker_and_odd_sizes(clip: Path, tmp_path: Path) -> None:
-    jobs = [(Spec("thumbnail", "video", 50, "jpeg"), tmp_path / "t.jpg"), (Spec("preview", "video", 33, "mp4"), tmp_path / "p.mp4")]
+    jobs = [(Spec("thumbnail", "video", 50, "jpeg"), tmp_path / "t.jpg"),
+            (Spec("preview", "video", 33, "mp4"), tmp_path / "p.mp4")]
     made = dict((s.name, m) for s, m in await make_subdefs(clip, "video", jobs, timeout=60))
     assert (made["thumbnail"].width, made["thumbnail"].height) == (50, 33)
     assert made["preview"].width % 2 == 0 and made["preview"].height % 2 == 0  # H.264 needs even sizes

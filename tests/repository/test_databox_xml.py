@@ -1,8 +1,6 @@
 import pytest
 
-from repository import StatusMask
-from repository import CaptionError, parse_caption
-from repository import FolderConfig, XmlError, parse_phrasea_xml, render_phrasea_xml
+from repository import CaptionError, FolderConfig, StatusMask, XmlError, parse_caption, parse_phrasea_xml, render_phrasea_xml
 
 
 def test_phrasea_xml_forms():

@@ -14,9 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from repository import fulltext
-from repository import open_databox, open_index
-from repository.fulltext import Index, FulltextError, fts_query, index_path_for, search, search_databox
+from repository import fulltext, open_databox, open_index
+from repository.fulltext import FulltextError, Index, fts_query, index_path_for, search, search_databox
 from tests.repository.conftest import make_box
 from tests.repository.dbx import add, make_databox
 

@@ -26,8 +26,8 @@ if str(ROOT) not in sys.path:
 import anyio  # noqa: E402
 import pytest  # noqa: E402
 
-from schedulerd.context import TaskContext  # noqa: E402
 from repository import DataboxSettings, StorageError, open_databox  # noqa: E402
+from schedulerd.context import TaskContext  # noqa: E402
 from schedulerd.settings import ConfigError, build  # noqa: E402
 from tasks.archive import ArchiveTask, Settings  # noqa: E402
 

@@ -15,7 +15,7 @@ from PIL import Image
 from schedulerd.config import load
 from schedulerd.context import TaskContext
 from tasks.archive import ArchiveTask
-from tests.engine.conftest import Site, anyio_backend, site  # noqa: F401  (fixtures)
+from tests.engine.conftest import Site, anyio_backend  # noqa: F401  (fixture)
 from tests.media import samples
 
 FIELDS = """

@@ -14,13 +14,12 @@ from typing import Any
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from tests.transfer.conftest import all_logs, anyio_backend, certs, pyftpd, sshd, vsftpd, vsftpd_tls  # noqa: E402,F401
-from tests.transfer.servers import FtpServer, SshServer, task_table  # noqa: E402
-
 from schedulerd.context import TaskContext  # noqa: E402
 from schedulerd.settings import build  # noqa: E402
 from tasks.ftp_pull import FtpPull, PullSettings  # noqa: E402
 from tasks.transfer import AuthError, TransferError  # noqa: E402
+from tests.transfer.conftest import anyio_backend  # noqa: E402,F401  (fixture; the servers' come from conftest.py)
+from tests.transfer.servers import FtpServer, SshServer, task_table  # noqa: E402
 
 pytestmark = pytest.mark.anyio
 
@@ -228,7 +227,8 @@ def test_settings_are_flat_and_checked(tmp_path: Path) -> None:
         build(PullSettings, {"host": "h", "local_dir": "/x", "masks": ["a/b"]}, "tasks.x")
 
 
-def test_plan_resumes_current_temps_drops_stale_ones_and_refuses_escapes(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_plan_resumes_current_temps_drops_stale_ones_and_refuses_escapes(tmp_path: Path,
+                                                                        caplog: pytest.LogCaptureFixture) -> None:
     from tasks.ftp_pull import plan
     from tasks.transfer import RemoteEntry
     from tasks.transfer.fetch import part_path

@@ -11,13 +11,12 @@ from typing import Any
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from tests.transfer.conftest import anyio_backend, pyftpd, sshd, vsftpd  # noqa: E402,F401
-from tests.transfer.servers import FtpServer, SshServer, task_table  # noqa: E402
-
 from schedulerd.context import TaskContext  # noqa: E402
 from schedulerd.settings import build  # noqa: E402
 from tasks.ftp_push import ExportPayload, FtpExport, FtpPush, PushSettings  # noqa: E402
 from tasks.transfer import TransferError  # noqa: E402
+from tests.transfer.conftest import anyio_backend  # noqa: E402,F401  (fixture; the servers' come from conftest.py)
+from tests.transfer.servers import FtpServer, SshServer, task_table  # noqa: E402
 
 pytestmark = pytest.mark.anyio
 
@@ -94,9 +93,9 @@ retries = 0
 
 async def test_export_ftp_command_queues_a_job_that_sends_files_and_records(
         pyftpd, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    from repository import open_databox
     from schedulerd.cli import main
     from schedulerd.config import load
-    from repository import open_databox
     from schedulerd.jobstore import open_job_store
 
     with pyftpd() as server:
@@ -196,8 +195,8 @@ def test_export_ftp_command_errors(tmp_path: Path, pyftpd, capsys: pytest.Captur
         assert "unknown ftp destination 'elsewhere' (known: client)" in capsys.readouterr().err
         assert main(["--config", str(cfg), "export:ftp", "client", "--file", str(tmp_path / "nope")]) == 2
         assert "no such file" in capsys.readouterr().err
-        from schedulerd.config import load
         from repository import open_databox
+        from schedulerd.config import load
 
         open_databox(load(cfg).databoxes["main"]).close()
         assert main(["--config", str(cfg), "export:ftp", "client", "--record", "99"]) == 2

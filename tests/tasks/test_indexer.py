@@ -308,8 +308,8 @@ async def test_an_orphan_left_by_a_killed_supervisor_is_stopped_before_the_next_
             assert new != orphan and not alive(orphan)
             assert pids_with(f"--socket={port}") == [new]  # one indexer on the port, never two
             tg.cancel_scope.cancel()
-        assert "found an orphaned indexer (pid %d, socket %d)" % (orphan, port) in logs.text
-        assert "orphaned indexer %d quit on Q" % orphan in logs.text
+        assert f"found an orphaned indexer (pid {orphan}, socket {port})" in logs.text
+        assert f"orphaned indexer {orphan} quit on Q" in logs.text
         assert not alive(new) and pids_with(f"--socket={port}") == []
     finally:
         if sup.poll() is None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.engine.conftest import Site, site  # noqa: F401  (fixture)
+from tests.engine.conftest import Site
 
 
 def _box(site: Site, extra: str = "", fields: str = "") -> Path:

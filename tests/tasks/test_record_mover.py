@@ -6,7 +6,7 @@ import json
 import os
 import subprocess
 import sys
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -17,17 +17,20 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from repository import (  # noqa: E402
+    DataboxSettings,
+    NewRecord,  # noqa: E402
+    open_databox,
+)
 from schedulerd import settings as s  # noqa: E402
 from schedulerd.config import load  # noqa: E402
 from schedulerd.context import TaskContext  # noqa: E402
-from repository import NewRecord  # noqa: E402
 from schedulerd.settings import ConfigError  # noqa: E402
 from tasks.record_mover import RecordMover, RuleError, Settings, id_ranges  # noqa: E402
-from repository import DataboxSettings, open_databox  # noqa: E402
-from tests.repository.conftest import backend, make_box, pg_server  # noqa: E402,F401  (fixtures: SQLite and PostgreSQL)
+from tests.repository.conftest import make_box  # noqa: E402  (the backend fixtures come from conftest.py)
 from tests.repository.dbx import CONSOLE, FakeConfig, add, collect, dump_box, site_config  # noqa: E402
 
-NOW = datetime(2024, 5, 10, 23, 30, tzinfo=timezone.utc)
+NOW = datetime(2024, 5, 10, 23, 30, tzinfo=UTC)
 FIELDS = {"Expiry": "date", "Rights": "text", "Rating": "number", "Title": "text"}
 
 
@@ -127,8 +130,8 @@ async def test_each_condition_kind(tmp_path: Path, box: Box, cond: dict, expecte
 
 @pytest.mark.anyio
 @pytest.mark.parametrize(("now", "matched"), [
-    (datetime(2024, 5, 10, 23, 59, 59, 500000, tzinfo=timezone.utc), False),
-    (datetime(2024, 5, 11, 0, 0, 0, 500000, tzinfo=timezone.utc), True),
+    (datetime(2024, 5, 10, 23, 59, 59, 500000, tzinfo=UTC), False),
+    (datetime(2024, 5, 11, 0, 0, 0, 500000, tzinfo=UTC), True),
     (datetime(2024, 5, 11, 2, 0, tzinfo=timezone(timedelta(hours=3))), False),  # 23:00 UTC
 ])
 async def test_date_deltas_across_a_day_boundary(tmp_path: Path, box: Box, now: datetime, matched: bool) -> None:
@@ -291,8 +294,10 @@ async def test_inactive_rules_are_skipped(tmp_path: Path, box: Box) -> None:
     ('from = { text = { field = "Rating", compare = ">", value = "lots" } }\nto = { status = "1" }',
      r"tasks\.m\.rules\[0\]\.from\.text\.value: field 'Rating' is a number"),
     ('from = { collection = ["incoming", "attic"] }\nto = { status = "1" }',
-     r"tasks\.m\.rules\[0\]\.from\.collection\[1\]: unknown collection 'attic' in databox main \(known: archive, incoming, trash\)"),
-    ('from = { status = "1" }\nto = { collection = "attic" }', r"tasks\.m\.rules\[0\]\.to\.collection: unknown collection 'attic'"),
+     r"tasks\.m\.rules\[0\]\.from\.collection\[1\]: unknown collection 'attic' in databox main "
+     r"\(known: archive, incoming, trash\)"),
+    ('from = { status = "1" }\nto = { collection = "attic" }',
+     r"tasks\.m\.rules\[0\]\.to\.collection: unknown collection 'attic'"),
     ('from = { colection = ["incoming"] }\nto = { status = "1" }',
      r"tasks\.m\.rules\[0\]\.from\.colection: unknown setting \(known: collection, date, not_collection, status, text, type\)"),
     ('from = { status = "1" }', r"tasks\.m\.rules\[0\]\.to: missing: an \"update\" rule needs a `to`"),

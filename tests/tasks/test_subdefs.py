@@ -18,9 +18,9 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from repository import open_databox  # noqa: E402
 from schedulerd.config import load  # noqa: E402
 from schedulerd.context import TaskContext  # noqa: E402
-from repository import open_databox  # noqa: E402
 from schedulerd.registry import task_type  # noqa: E402
 from schedulerd.settings import ConfigError  # noqa: E402
 from tasks.subdefs import SubdefsTask  # noqa: E402
@@ -55,13 +55,13 @@ class Site:
         self.root = root
         self.file = root / "etc" / "schedulerd.toml"
         self.file.parent.mkdir(parents=True, exist_ok=True)
-        self.file.write_text(textwrap.dedent(f"""
+        self.file.write_text(textwrap.dedent("""
             [scheduler]
             socket = "var/run/s.sock"
             [databoxes.main]
             path = "var/main.sqlite"
             storage = "var/storage"
-            """) + textwrap.dedent(subdefs) + textwrap.dedent(f"""
+            """) + textwrap.dedent(subdefs) + textwrap.dedent("""
             [tasks.thumbs]
             type = "subdefs"
             databox = "main"
@@ -130,7 +130,7 @@ async def test_every_kind_of_document(site: Site, tmp_path: Path, caplog: pytest
             continue
         assert record.subdef_error is None and record.status & (1 << 5), kind
         assert set(subdefs) == {"thumbnail", "preview"}, kind  # a PDF gets the image class's declarations
-        for name, (w, h) in zip(("thumbnail", "preview"), expected[kind]):
+        for name, (w, h) in zip(("thumbnail", "preview"), expected[kind], strict=True):
             sub = subdefs[name]
             assert (sub.width, sub.height) == (w, h) == size_of(sub.path), (kind, name)
             assert sub.size == sub.path.stat().st_size and sub.doc_version == record.doc_version

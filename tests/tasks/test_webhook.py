@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.engine.conftest import Site, site  # noqa: F401  (fixture)
+from tests.engine.conftest import Site
 
 SECRET = "s3cr3t-hook"
 

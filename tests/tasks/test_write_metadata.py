@@ -17,9 +17,9 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from repository import open_databox  # noqa: E402
 from schedulerd.config import load  # noqa: E402
 from schedulerd.context import TaskContext  # noqa: E402
-from repository import open_databox  # noqa: E402
 from schedulerd.registry import task_type  # noqa: E402
 from schedulerd.settings import ConfigError  # noqa: E402
 from tasks.media import ToolNotFound  # noqa: E402

@@ -231,10 +231,9 @@ async def test_hostile_listing_from_a_server(pyftpd, tmp_path: Path, log: loggin
 
 
 async def test_connect_retries_then_fails_clearly(log: logging.Logger, caplog: pytest.LogCaptureFixture) -> None:
-    from tests.transfer.servers import free_port
-
     from schedulerd.settings import build
     from tasks.transfer import ConnectionSettings
+    from tests.transfer.servers import free_port
 
     s = build(ConnectionSettings, {"host": "127.0.0.1", "port": free_port(), "timeout": 2, "retries": 2,
                                    "retry_delay": 0.01, "password": "Pw-Not-Shown"}, "t")

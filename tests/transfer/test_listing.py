@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -11,7 +11,7 @@ import pytest
 from tasks.transfer.listing import parse_listing
 from tasks.transfer.names import safe_relative, unsafe_reason
 
-NOW = datetime(2026, 3, 10, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
 
 
 def entries(data: bytes, *, mlsd: bool = False, zone: str = "UTC", caplog: pytest.LogCaptureFixture | None = None):  # type: ignore[no-untyped-def]
@@ -28,7 +28,7 @@ def test_mlsd_is_utc_and_exact() -> None:
     assert [e.name for e in es] == ["photo one.jpg", "sub", "link"]
     photo = es[0]
     assert photo.path == "/in/photo one.jpg" and photo.size == 1234 and photo.type == "file" and photo.precise
-    assert photo.mtime == datetime(2026, 3, 9, 10, 11, 12, tzinfo=timezone.utc).timestamp() + 0.5
+    assert photo.mtime == datetime(2026, 3, 9, 10, 11, 12, tzinfo=UTC).timestamp() + 0.5
     assert es[1].type == "dir" and es[2].type == "link"
 
 
