@@ -11,8 +11,9 @@ import dataclasses
 import logging
 import os
 import signal
+import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -357,15 +358,16 @@ class Daemon:
         log.info("configuration reloaded: %d added, %d changed, %d removed", len(added), len(changed), len(removed))
         return {"added": added, "changed": changed, "removed": removed}
 
-    def emit(self, event: str, data: dict[str, Any]) -> None:
+    def emit(self, event: str, data: Mapping[str, Any]) -> None:
         if self.pipelines is not None:  # pipelines this event triggers
             self.pipelines.on_event(event, data)
         for runner in self._listeners.get(event, ()):
             if runner.state in (TaskState.WAITING, TaskState.RUNNING):  # running: one more pass right after
                 runner.ctx.wake()
 
-    def _add_job(self, type: str, payload: Any, **options: Any) -> int:
-        return self.jobs.add(type, payload, **options)
+    def _add_job(self, type: str, payload: Mapping[str, Any], **options: Any) -> int:
+        jid: int = self.jobs.add(type, payload, **options)
+        return jid
 
     def _runner(self, args: dict[str, Any]) -> TaskRunner:
         name = args.get("name")
@@ -415,7 +417,8 @@ class Daemon:
         """The queues as the store has them; None while the store does not answer (the state still shows)."""
         try:
             with anyio.fail_after(3):
-                return await self.jobs.queue_states()
+                states: list[dict[str, Any]] = await self.jobs.queue_states()
+                return states
         except (TimeoutError, *STORE_ERRORS):
             return None
 
@@ -443,6 +446,7 @@ class Daemon:
             await runner.stop()
         self._refuse_when_stopping(f"task.start {runner.tc.name}")  # the daemon began to stop meanwhile
         runner.wanted = Wanted.STARTED
+        assert self._env is not None
         self._env.history.set_wanted(runner.tc.name, Wanted.STARTED)  # saved by the state writer
         assert self._tg is not None
         runner.start(self._tg)
@@ -452,6 +456,7 @@ class Daemon:
         runner = self._runner(args)
         if runner.wanted is not Wanted.DISABLED:
             runner.wanted = Wanted.STOPPED
+            assert self._env is not None
             self._env.history.set_wanted(runner.tc.name, Wanted.STOPPED)
         await runner.stop(args.get("timeout"))
         return runner.snapshot()
@@ -474,6 +479,7 @@ class Daemon:
         limit = args.get("limit", 20)
         if not self._writing.locked():  # what ended just now is shown; a busy store: the writer saves it later
             await self._write_state(give_up_after=0)
+        assert self.store is not None
         return [vars(r) for r in await anyio.to_thread.run_sync(self.store.history, runner.tc.name, int(limit))]
 
     async def c_reload(self, args: dict[str, Any]) -> dict[str, Any]:
@@ -543,15 +549,15 @@ def run(config_path: Path | None = None, *, log_to_stderr: bool = False) -> int:
     try:
         config = load(config_path)
     except ConfigError as e:
-        print(f"schedulerd: {e}", file=os.sys.stderr)
+        print(f"schedulerd: {e}", file=sys.stderr)
         return 2
     try:
         anyio.run(Daemon(config, log_to_stderr=log_to_stderr).serve)
     except (SchemaMismatch, DuplicateNode) as e:
-        print(f"schedulerd: {e}", file=os.sys.stderr)
+        print(f"schedulerd: {e}", file=sys.stderr)
         return 2
     except AlreadyRunning as e:  # one line, not "schedulerd: schedulerd is ..."
-        print(e, file=os.sys.stderr)
+        print(e, file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 0

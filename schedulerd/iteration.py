@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import logging
 import time
 from dataclasses import dataclass
 
 import anyio
 
 from . import metrics
-from .plugin import Context, TaskType, failure_detail
+from .plugin import Context, TaskLog, TaskType, failure_detail
 from .states import RunOutcome
 
 MAX_TEXT = 2000  # an iteration's error and summary are cut to this many characters in the history
@@ -24,7 +23,7 @@ class IterationEnd:
     summary: str | None = None
 
 
-async def run_iteration(task: TaskType, ctx: Context, timeout: float | None, log: logging.Logger) -> IterationEnd:
+async def run_iteration(task: TaskType, ctx: Context, timeout: float | None, log: TaskLog) -> IterationEnd:
     """`task.run_once(ctx)` within `timeout`; a failure or timeout is logged here, the one way.
     A cancellation (a stop, Ctrl-C) propagates: the caller knows why it came. Each end is counted
     (schedulerd.metrics: iterations and failures by task and outcome, duration by task type)."""
@@ -34,7 +33,7 @@ async def run_iteration(task: TaskType, ctx: Context, timeout: float | None, log
     return end
 
 
-async def _iteration(task: TaskType, ctx: Context, timeout: float | None, log: logging.Logger) -> IterationEnd:
+async def _iteration(task: TaskType, ctx: Context, timeout: float | None, log: TaskLog) -> IterationEnd:
     try:
         with anyio.fail_after(timeout):
             result = await task.run_once(ctx)

@@ -120,9 +120,9 @@ class Broadcast(logging.Handler):
 BROADCAST = Broadcast()
 
 
-class TaskAdapter(logging.LoggerAdapter):
+class TaskAdapter(logging.LoggerAdapter[logging.Logger]):
     def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
-        kwargs.setdefault("extra", {})["task"] = self.extra["task"]
+        kwargs.setdefault("extra", {})["task"] = self.extra["task"] if self.extra else None
         return msg, kwargs
 
 
@@ -201,7 +201,7 @@ def setup_scheduler_log(log_dir: Path, level: str, max_bytes: int, backups: int,
 
 
 def task_logger(name: str, log_dir: Path, level: str, max_bytes: int, backups: int,
-                *, extra_handlers: Iterable[logging.Handler] = ()) -> logging.LoggerAdapter:
+                *, extra_handlers: Iterable[logging.Handler] = ()) -> logging.LoggerAdapter[logging.Logger]:
     """A logger writing to `task-NAME.log` (and the live tail), not to the scheduler log."""
     logger = logging.getLogger(f"{TASK_LOGGER}.{name}")
     for h in list(logger.handlers):

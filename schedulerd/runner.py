@@ -53,7 +53,7 @@ def next_run(scheduled: float, period: float, now: float) -> float:
 
 def backoff_delay(crashes: int, initial: float, maximum: float) -> float:
     """Exponential: initial, 2x, 4x ... capped at maximum."""
-    return min(maximum, initial * (2 ** max(0, crashes - 1)))
+    return min(maximum, initial * (2.0 ** max(0, crashes - 1)))
 
 
 class HistorySink:
@@ -110,7 +110,7 @@ class RunnerEnv:
     lock_dir: Path
     history: HistorySink = field(default_factory=lambda: HistorySink())
     make_logger: Callable[[str], Any] = lambda name: logging.getLogger(f"schedulerd.task.{name}")
-    emit: Callable[[str, dict], None] | None = None
+    emit: Callable[[str, Mapping[str, Any]], None] | None = None
     add_job: Callable[..., int] | None = None
     node: str = ""  # this daemon's node id
     cluster: Any = None  # a shared store's cluster.ClusterStore: tasks run under leases; None: SQLite
@@ -187,6 +187,10 @@ class TaskRunner:
     @property
     def settings(self) -> Any:
         return self.env.config.scheduler
+
+    def _stop_asked(self) -> bool:
+        """stop() sets STOPPING from another task while the loop awaits (a method: no narrowing across awaits)."""
+        return self.state is TaskState.STOPPING
 
     def snapshot(self) -> dict[str, Any]:
         sleeping = self.next_at is not None and self.state in (TaskState.WAITING, TaskState.BACKOFF)
@@ -302,7 +306,7 @@ class TaskRunner:
                 elif self.slot is not None and time.time() < self.slot - 0.01:
                     self.next_at = self._monotonic(self.slot)  # the wall clock was set back meanwhile
                     continue
-            if self.state is TaskState.STOPPING:
+            if self._stop_asked():
                 break
             if not self._leased(planned):
                 continue  # lost while sleeping (and perhaps taken again since: planned from that take)
@@ -310,7 +314,7 @@ class TaskRunner:
                 await self._save_cursor(self.slot)
             ok = await self._iteration()
             retry = self.ctx.iteration_ended()  # the task waits for something (ctx.wait_for)
-            if self.state is TaskState.STOPPING:
+            if self._stop_asked():
                 break
             now = anyio.current_time()
             if ok is None:  # skipped: the one-shot holds the lock
