@@ -35,4 +35,6 @@ def test_the_task_type_example_and_its_test_pass(tmp_path: Path) -> None:
                         str(tmp_path / "tests")], cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)},
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "3 passed" in r.stdout
+    # each async test runs once per anyio backend installed (asyncio, and trio where present)
+    passed = re.search(r"(\d+) passed", r.stdout)
+    assert passed and int(passed.group(1)) >= 3 and "failed" not in r.stdout, r.stdout
