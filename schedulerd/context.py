@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import logging
 import math
 from collections.abc import Callable, Mapping
@@ -13,24 +15,63 @@ import anyio
 from .plugin import TaskLog
 
 
-class Waker:
-    """A re-armable event: `wake()` ends the current `wait()` early."""
+class Alarms:
+    """One timer for many sleepers: `run()` (in the daemon's task group) sets each registered
+    event at its deadline. Why: a timed wait of its own (a cancel scope, a timer handle, a
+    cancellation thrown into the task) was the largest cost of an idle task's iteration; with
+    thousands of tasks due at the same instant, one heap and one timer do the same work."""
 
     def __init__(self) -> None:
+        self._heap: list[tuple[float, int, anyio.Event]] = []
+        self._seq = itertools.count()  # ties: first registered, first set (events do not compare)
+        self._earlier = anyio.Event()  # a deadline before the one run() sleeps to was registered
+        self._compact_at = 1024
+
+    def set_at(self, deadline: float, event: anyio.Event) -> None:
+        """Set `event` at `deadline` (anyio.current_time()); an event set before then stays set."""
+        if not self._heap or deadline < self._heap[0][0]:
+            self._earlier.set()
+        heapq.heappush(self._heap, (deadline, next(self._seq), event))
+        if len(self._heap) >= self._compact_at:  # drop the alarms of waits a wake() ended (amortized)
+            self._heap = [alarm for alarm in self._heap if not alarm[2].is_set()]
+            heapq.heapify(self._heap)
+            self._compact_at = max(1024, 2 * len(self._heap))
+
+    async def run(self) -> None:
+        while True:
+            now = anyio.current_time()
+            while self._heap and self._heap[0][0] <= now:
+                heapq.heappop(self._heap)[2].set()
+            self._earlier = anyio.Event()
+            with anyio.move_on_after(self._heap[0][0] - now if self._heap else None):
+                await self._earlier.wait()
+
+
+class Waker:
+    """A re-armable event: `wake()` ends the current `wait()` early. With `alarms` (the daemon's),
+    a timed wait is one entry in its heap instead of a timer of its own."""
+
+    def __init__(self, alarms: Alarms | None = None) -> None:
         self._event = anyio.Event()
+        self._woken = False
+        self._alarms = alarms
 
     def wake(self) -> None:
+        self._woken = True
         self._event.set()
 
     async def wait(self, seconds: float) -> bool:
         """Wait up to `seconds`; True when woken. Re-arms after a wake."""
-        woken = False
-        if seconds > 0 and not self._event.is_set():
-            with anyio.move_on_after(seconds if math.isfinite(seconds) else None):
-                await self._event.wait()
-        if self._event.is_set():
-            woken = True
-            self._event = anyio.Event()
+        if seconds > 0 and not self._woken:
+            # an event per wait: the alarm of an earlier wait (cancelled, or woken) sets only its own
+            self._event = event = anyio.Event()
+            if self._alarms is not None and math.isfinite(seconds):
+                self._alarms.set_at(anyio.current_time() + seconds, event)
+                await event.wait()
+            else:
+                with anyio.move_on_after(seconds if math.isfinite(seconds) else None):
+                    await event.wait()
+        woken, self._woken = self._woken, False
         return woken
 
 
@@ -50,6 +91,7 @@ class TaskContext:
         job_adder: Callable[..., int] | None = None,
         on_progress: Callable[[int, int | None], None] | None = None,
         on_started: Callable[[], None] | None = None,
+        alarms: Alarms | None = None,
     ):
         self.name = name
         self.settings = settings
@@ -60,7 +102,7 @@ class TaskContext:
         self.info: dict[str, Any] = {}
         self.done: int | None = None
         self.total: int | None = None
-        self.waker = Waker()
+        self.waker = Waker(alarms)
         self._retry: float | None = None  # asked by wait_for during the current iteration
         self._emitter = emitter
         self._job_adder = job_adder

@@ -35,8 +35,11 @@ async def run_iteration(task: TaskType, ctx: Context, timeout: float | None, log
 
 async def _iteration(task: TaskType, ctx: Context, timeout: float | None, log: TaskLog) -> IterationEnd:
     try:
-        with anyio.fail_after(timeout):
+        if timeout is None:  # no cancel scope to make and leave: most tasks have no timeout
             result = await task.run_once(ctx)
+        else:
+            with anyio.fail_after(timeout):
+                result = await task.run_once(ctx)
     except TimeoutError:
         error = f"iteration timed out after {timeout:g}s"
         log.error("%s", error)

@@ -31,7 +31,7 @@ from anyio.abc import TaskGroup
 
 from .cluster import TaskLease
 from .config import TaskConfig
-from .context import TaskContext
+from .context import Alarms, TaskContext
 from .iteration import IterationEnd, run_iteration
 from .plugin import TaskType
 from .registry import task_type
@@ -42,6 +42,7 @@ from .store import STORE_ERRORS, Run, TaskRecord, store_call
 from .tasklock import TaskLock
 
 log = logging.getLogger("schedulerd.runner")
+ROUTINE_STATES = (TaskState.RUNNING, TaskState.WAITING)  # a change between these two is logged at debug level
 
 
 def next_run(scheduled: float, period: float, now: float) -> float:
@@ -115,6 +116,7 @@ class RunnerEnv:
     node: str = ""  # this daemon's node id
     cluster: Any = None  # a shared store's cluster.ClusterStore: tasks run under leases; None: SQLite
     holders: Mapping[str, str] = field(default_factory=dict)  # task -> node holding it (the last heartbeat's view)
+    alarms: Alarms | None = None  # the daemon's one timer for the runners' sleeps (None: a timer each)
 
 
 class TaskRunner:
@@ -127,7 +129,8 @@ class TaskRunner:
         self.task: TaskType = task_type(tc.type)(tc.settings)
         self.log = env.make_logger(tc.name)
         self.ctx = TaskContext(tc.name, tc.settings, self.log, env.config, env.config.scheduler.state_dir / "tasks" / tc.name,
-                               env.store, emitter=env.emit, job_adder=env.add_job, on_started=self._healthy)
+                               env.store, emitter=env.emit, job_adder=env.add_job, on_started=self._healthy,
+                               alarms=env.alarms)
         self.ctx.state_dir.mkdir(parents=True, exist_ok=True)
         rec = record if record is not None else env.store.task(tc.name)
         self.crashes = rec.crashes
@@ -179,7 +182,7 @@ class TaskRunner:
             return
         check_task(old, new)
         self.state = new
-        level = logging.DEBUG if {old, new} <= {TaskState.RUNNING, TaskState.WAITING} else logging.INFO
+        level = logging.DEBUG if old in ROUTINE_STATES and new in ROUTINE_STATES else logging.INFO
         self.log.log(level, "state %s -> %s%s", old, new, f" ({why})" if why else "")
         if self.env.emit:
             self.env.emit("task.state", {"task": self.tc.name, "from": old.value, "to": new.value})
