@@ -61,7 +61,7 @@ def counts(server: PgServer, db: str) -> dict[str, int]:
     return dict(server.sql("SELECT state, count(*) FROM jobs GROUP BY state", db))  # type: ignore[arg-type]
 
 
-def test_a_job_added_elsewhere_starts_on_an_idle_node_at_once(site, pg_env, pg_server, pg_database) -> None:
+def test_a_job_added_elsewhere_starts_on_an_idle_node_at_once(pg_env, pg_server, pg_database, site) -> None:
     site.write(pg_config(pg_server, pg_database, "[queues.default]\nworkers = 2\n"))
     site.console("scheduler:start", check=True)
     from schedulerd.stores import open_job_store
@@ -86,8 +86,7 @@ def site_scheduler(site: Site):
     return load(site.config).scheduler
 
 
-def test_job_cancel_from_another_node_ends_the_attempt_where_it_runs(site, pg_env, pg_server, pg_database,
-                                                                     tmp_path) -> None:
+def test_job_cancel_from_another_node_ends_the_attempt_where_it_runs(pg_env, pg_server, pg_database, site, tmp_path) -> None:
     site.write(pg_config(pg_server, pg_database))
     site.console("scheduler:start", check=True)
     from schedulerd.stores import open_job_store
@@ -106,7 +105,7 @@ def test_job_cancel_from_another_node_ends_the_attempt_where_it_runs(site, pg_en
         store.close()
 
 
-def test_worker_execute_shares_the_queue_and_recycles(site, pg_env, pg_server, pg_database) -> None:
+def test_worker_execute_shares_the_queue_and_recycles(pg_env, pg_server, pg_database, site) -> None:
     site.write(pg_config(pg_server, pg_database, "[queues.bulk]\nworkers = 2\n[queues.default]\nworkers = 2\n"))
     site.console("scheduler:start", check=True)
     w = worker(site, "--queue-name", "bulk", "-m", "3", "--max-jobs", "40", "--node", "w1")
@@ -133,8 +132,8 @@ def test_worker_execute_shares_the_queue_and_recycles(site, pg_env, pg_server, p
         assert "starting afresh" in out, out
 
 
-def test_a_killed_workers_jobs_run_again_elsewhere_after_its_heartbeat_expired(site, pg_env, pg_server,
-                                                                              pg_database, tmp_path) -> None:
+def test_a_killed_workers_jobs_run_again_elsewhere_after_its_heartbeat_expired(pg_env, pg_server, pg_database, site,
+                                                                              tmp_path) -> None:
     site.write(pg_config(pg_server, pg_database, """
 [queues.slow]
 workers = 2
@@ -173,7 +172,7 @@ max_attempts = 2
             stop(w)
 
 
-def test_store_copy_moves_the_sqlite_stores_into_postgresql(site, pg_env, pg_server, pg_database) -> None:
+def test_store_copy_moves_the_sqlite_stores_into_postgresql(pg_env, pg_server, pg_database, site) -> None:
     site.write("[queues.default]\nworkers = 1\n")  # SQLite first
     a = int(site.console("job:add", "noop", check=True).stdout)
     b = int(site.console("job:add", "noop", "--after", str(a), check=True).stdout)

@@ -99,7 +99,7 @@ def said_once(log: str, pattern: str) -> None:
 
 
 def test_a_daemon_survives_postgresql_stopped_for_30s_and_each_job_finishes_once(
-        site, pg_server: PgServer, pg_database, tmp_path, monkeypatch) -> None:
+        pg_server: PgServer, pg_database, site, tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("SCHEDULERD_TEST_PGPASS", PASSWORD)
     site.write(f"""
 [store]

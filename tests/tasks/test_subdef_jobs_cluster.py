@@ -76,7 +76,7 @@ def wait_for(predicate, timeout: float, what: str):
 
 @pytest.mark.slow
 def test_two_workers_and_the_daemon_build_every_record_once_a_killed_workers_jobs_finished_by_others(  # noqa: F811
-        site: Site, pg_server: PgServer, pg_database: str, monkeypatch) -> None:  # noqa: F811
+        pg_server: PgServer, pg_database: str, site: Site, monkeypatch) -> None:  # noqa: F811
     monkeypatch.setenv("SCHEDULERD_TEST_PGPASS", PASSWORD)
     box_db = pg_server.database(template="template0")
     hot = site.root / "hot"
