@@ -534,15 +534,20 @@ def rescan_and_load(file: Path | None) -> Config:
 
 
 def raise_fd_limit() -> None:
-    """Many tasks, children and clients: take the hard limit of open files, not the soft 1024."""
+    """Many tasks, children and clients: take the hard limit of open files, not the soft 1024
+    (said in scheduler.log). A task holds no file between its iterations (its lock file is open
+    while held, its log file among the logs.OPEN_TASK_LOGS most recent), so this is headroom."""
     import resource
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY or hard > soft:
+    want = min(hard, 1 << 20) if hard != resource.RLIM_INFINITY else 1 << 20
+    if want > soft:
         try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 1 << 20), hard))
-        except (ValueError, OSError):
-            pass
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+        except (ValueError, OSError) as e:
+            log.warning("open files limit stays %d (hard %d): raising it failed: %s", soft, hard, e)
+            return
+        log.info("open files limit raised from %d to %d (the hard limit)", soft, want)
 
 
 def run(config_path: Path | None = None, *, log_to_stderr: bool = False) -> int:

@@ -10,8 +10,10 @@ import logging.handlers
 import os
 import re
 import sys
+import threading
 import time
 import weakref
+from collections import OrderedDict
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from enum import Enum
@@ -126,12 +128,72 @@ class TaskAdapter(logging.LoggerAdapter[logging.Logger]):
         return msg, kwargs
 
 
-def _handler(path: Path, max_bytes: int, backups: int) -> logging.Handler:
+OPEN_TASK_LOGS = 200  # task log files kept open at once; the others are reopened at their next line
+FORMATTER = Formatter(FORMAT)  # shared: stateless, and one per handler costs memory per task
+
+
+def _close_stream(h: logging.FileHandler) -> None:
+    """Close a handler's file; FileHandler.emit opens it again, by its path, at the next line
+    (as it does for a handler made with delay)."""
+    h.acquire()
+    try:
+        if h.stream is not None:
+            h.stream.close()
+            h.stream = None
+    finally:
+        h.release()
+
+
+class OpenLogs:
+    """The task log files open now, least recently written first: past `cap` the oldest is closed,
+    so ten thousand tasks do not hold ten thousand files (the daemon's open-file limit).
+    Handlers only ever hold one lock at a time here: ours, or one handler's."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self._open: OrderedDict[logging.FileHandler, None] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def touch(self, h: logging.FileHandler) -> None:
+        with self._lock:
+            self._open[h] = None
+            self._open.move_to_end(h)
+            idle = [self._open.popitem(last=False)[0] for _ in range(len(self._open) - self.cap)]
+        for old in idle:
+            _close_stream(old)
+
+    def forget(self, h: logging.FileHandler) -> None:
+        with self._lock:
+            self._open.pop(h, None)
+
+    def __len__(self) -> int:
+        return len(self._open)
+
+
+OPEN_LOGS = OpenLogs(OPEN_TASK_LOGS)
+
+
+class TaskFileHandler(logging.handlers.RotatingFileHandler):
+    """A task's log file: opened at its first line (delay), closed again when it is among the
+    least recently written past OPEN_TASK_LOGS (OPEN_LOGS), reopened by its path at the next line."""
+
+    def handle(self, record: logging.LogRecord) -> bool:
+        written = bool(super().handle(record))
+        if written:  # after our own lock is released: OPEN_LOGS may close another handler's file
+            OPEN_LOGS.touch(self)
+        return written
+
+    def close(self) -> None:
+        super().close()
+        OPEN_LOGS.forget(self)
+
+
+def _handler(path: Path, max_bytes: int, backups: int, *, task: bool = False) -> logging.Handler:
     path.parent.mkdir(parents=True, exist_ok=True)
     # delay: a task's log file is opened at its first line, not held open by a thousand idle tasks
-    h = logging.handlers.RotatingFileHandler(path, maxBytes=max_bytes, backupCount=backups, encoding="utf-8",
-                                             delay=True)
-    h.setFormatter(Formatter(FORMAT))
+    kind = TaskFileHandler if task else logging.handlers.RotatingFileHandler
+    h = kind(path, maxBytes=max_bytes, backupCount=backups, encoding="utf-8", delay=True)
+    h.setFormatter(FORMATTER)
     h.addFilter(REDACTOR)
     FILE_HANDLERS.add(h)
     return h
@@ -148,13 +210,7 @@ def reopen_files() -> None:
     an external logrotate moved the files, the lines go to new files, not to the moved ones).
     The daemon's stdout and stderr (`scheduler.out`, when scheduler:start made it) too."""
     for h in list(FILE_HANDLERS):
-        h.acquire()
-        try:
-            if h.stream is not None:
-                h.stream.close()
-                h.stream = None  # FileHandler.emit opens a handler without a stream (as with delay)
-        finally:
-            h.release()
+        _close_stream(h)
     out = os.environ.get(OUT_ENV)
     if out:
         reopen_stdio(Path(out))
@@ -209,7 +265,7 @@ def task_logger(name: str, log_dir: Path, level: str, max_bytes: int, backups: i
         h.close()
     logger.setLevel(level.upper())
     logger.propagate = False
-    logger.addHandler(_handler(task_log_path(log_dir, name), max_bytes, backups))
+    logger.addHandler(_handler(task_log_path(log_dir, name), max_bytes, backups, task=True))
     logger.addHandler(BROADCAST)
     for h in extra_handlers:
         logger.addHandler(h)

@@ -6,7 +6,11 @@ process with a shutdown trigger, so its runners and its CPU time can be read dir
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
 import time
+from pathlib import Path
 
 import anyio
 import pytest
@@ -15,6 +19,7 @@ from schedulerd.config import load
 from schedulerd.context import Alarms, Waker
 from schedulerd.daemon import Daemon
 from schedulerd.store import open_store
+from tests.engine.conftest import CONSOLE, fd_count
 
 TASKS = 2000
 CPU_PER_ITERATION = 400e-6  # seconds; about 80 us measured on the shared 2-vCPU VM: 5x headroom for load
@@ -86,3 +91,33 @@ async def test_one_timer_ends_many_sleeps_on_time_and_a_wake_ends_one_early():
         w.wake()  # a wake before the wait: the wait ends at once, said woken
         assert await w.wait(5)
         tg.cancel_scope.cancel()
+
+
+def test_two_thousand_tasks_run_within_a_limit_of_1024_open_files(site):
+    """The daemon's open files do not grow with its tasks: 2,000 tasks run under a hard limit of
+    1,024 open files (a task's lock file is open only while held, its log file only among the
+    most recently written), every task's log is written, and a log file closed as idle is
+    reopened by its path at the task's next line."""
+    site.write("".join(f'[tasks.n{i:04d}]\ntype = "noop"\nperiod = "1s"\n\n' for i in range(TASKS)))
+    cmd = 'ulimit -n 1024 && exec "$0" --config "$1" scheduler:start'
+    start = subprocess.run(["sh", "-c", cmd, str(CONSOLE), str(site.config)], capture_output=True, text=True,
+                           timeout=120, cwd=site.root, env={k: v for k, v in os.environ.items() if k != "SCHEDULERD_CONFIG"})
+    assert start.returncode == 0, start.stderr + start.stdout
+    pid = site.pid()
+    assert pid is not None
+    limits = Path(f"/proc/{pid}/limits").read_text()
+    assert re.search(r"Max open files\s+1024\s+1024", limits), limits
+
+    def all_ran() -> bool:
+        tasks = site.json("task:list")
+        assert isinstance(tasks, list)
+        return len(tasks) == TASKS and all(t["runs"] >= 2 for t in tasks)
+
+    site.wait_for(all_ran, timeout=90, what="every task ran twice")
+    assert fd_count(pid) < 1024 - 100, fd_count(pid)
+    assert "Too many open files" not in site.log(), site.log()[-2000:]
+    for i in range(TASKS):
+        assert "state starting -> running" in site.log(f"n{i:04d}"), i
+    site.console("task:stop", "n0000", check=True)  # its log file was closed long ago (1,999 written since)
+    assert "state waiting -> stopping" in site.log("n0000") or "state running -> stopping" in site.log("n0000")
+    assert "Too many open files" not in site.log()
