@@ -37,12 +37,14 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from _common import machine, print_sides, report_paired, require_imagemagick, tempdir, write_config
 from bench_subdefs import make_sources, run_commands
 from PIL import Image  # noqa: E402
 
 from repository import DataboxSettings, NewRecord, open_databox  # noqa: E402
+from tests.pgserver import PASSWORD, remove, start_server  # noqa: E402
 from schedulerd.config import load  # noqa: E402
 from schedulerd.stores import open_job_store  # noqa: E402
 
@@ -52,7 +54,7 @@ SIZE, QUALITY = 240, 80
 TARGET_SCALING, TARGET_PEER = 1.7, 1.5
 BODY = """
 [databoxes.main]
-path = "var/main.sqlite"
+{where}
 storage = "var/storage"
 [databoxes.main.subdefs.thumbnail]
 media_class = "image"
@@ -67,9 +69,16 @@ workers = 0
 class Queue:
     """The site: its databox (records of the sources) and job store, and worker:execute processes."""
 
-    def __init__(self, work: Path, sources: list[Path]):
+    def __init__(self, work: Path, sources: list[Path], pg: Any = None):
         self.root = work / "site"
-        self.cfg = write_config(self.root, BODY.format(size=SIZE, quality=QUALITY), log_level="warning")
+        where, store = 'path = "var/main.sqlite"', ""
+        if pg is not None:  # tests/pgserver.PgServer: the databox and [store] on it, one database each
+            box_db, store_db = pg.database(template="template0"), pg.database()
+            where = f'url = "{pg.url(box_db)}"\npassword = "{PASSWORD}"'
+            store = f'[store]\nurl = "{pg.url(store_db)}"\npassword = "{PASSWORD}"\n'
+            self.store_sql = lambda sql: pg.sql(sql, store_db)
+        self.cfg = write_config(self.root, store + BODY.format(where=where, size=SIZE, quality=QUALITY),
+                                log_level="warning")
         self.config = load(self.cfg)
         box: DataboxSettings = self.config.databoxes["main"]
         self.box = box
@@ -106,14 +115,24 @@ class Queue:
         finally:
             store.close()
 
-    def _done(self, first: int) -> tuple[int, float, float, float]:
-        """(finished, min created, min started, max finished) of the jobs from `first` on."""
+    def _jobs(self, sql: str, first: int) -> list[tuple]:
+        """`sql` (times as epoch seconds, `{first}` the first job's id) on the job store."""
+        if self.config.store.url is not None:
+            sql = (sql.replace("created", "extract(epoch FROM created)::float8")
+                   .replace("started", "extract(epoch FROM started)::float8")
+                   .replace("finished", "extract(epoch FROM finished)::float8")
+                   .replace("state = 'extract(epoch FROM finished)::float8'", "state = 'finished'"))
+            return self.store_sql(sql.format(first=int(first)))
         conn = sqlite3.connect(self.root / "var" / "state" / "jobs.db", timeout=30)
         try:
-            return conn.execute("SELECT count(*) FILTER (WHERE state = 'finished'), min(created), min(started), "
-                                "max(finished) FROM jobs WHERE id >= ?", (first,)).fetchone()
+            return conn.execute(sql.format(first=int(first))).fetchall()
         finally:
             conn.close()
+
+    def _done(self, first: int) -> tuple[int, float, float, float]:
+        """(finished, min created, min started, max finished) of the jobs from `first` on."""
+        return self._jobs("SELECT count(*) FILTER (WHERE state = 'finished'), min(created), min(started), "
+                          "max(finished) FROM jobs WHERE id >= {first}", first)[0]
 
     def run(self, processes: int) -> tuple[float, float]:
         """Thumbnails per second with `processes` worker:execute processes; and their start-up seconds."""
@@ -143,12 +162,8 @@ class Queue:
 
     def _per_job(self, first: int) -> float:
         """The median seconds from a job's start to its finish (its attempt, as the store saw it)."""
-        conn = sqlite3.connect(self.root / "var" / "state" / "jobs.db", timeout=30)
-        try:
-            runs = sorted(r[0] for r in conn.execute("SELECT finished - started FROM jobs WHERE id >= ?", (first,)))
-            return runs[len(runs) // 2]
-        finally:
-            conn.close()
+        runs = sorted(r[0] for r in self._jobs("SELECT finished - started FROM jobs WHERE id >= {first}", first))
+        return runs[len(runs) // 2]
 
     def check(self) -> None:
         db = open_databox(self.box, create=False)
@@ -160,6 +175,16 @@ class Queue:
                 raise SystemExit("not every record got its thumbnail")
         finally:
             db.close()
+
+
+def start_durable_server() -> Any:
+    """tests/pgserver's server, restarted with fsync, synchronous_commit and full_page_writes on."""
+    server = start_server()
+    server.stop()
+    server.pg_ctl("start", "-w", "-l", str(server.root / "server.log"), "-o",
+                  f"-p {server.port} -k {server.root} -c listen_addresses=127.0.0.1 -c fsync=on "
+                  "-c synchronous_commit=on -c full_page_writes=on -c max_connections=100")
+    return server
 
 
 def imagemagick(binary: str, out: Path, sources: list[Path], workers: int) -> float:
@@ -182,18 +207,22 @@ def main() -> int:
     parser.add_argument("--distinct", type=int, default=8, help="distinct photos among them (default 8)")
     parser.add_argument("--size", default="4000x3000", help="photo size WxH (default 4000x3000)")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--backend", choices=("sqlite", "postgresql"), default="sqlite",
+                        help="the databox and the job store: SQLite files, or a PostgreSQL server started for the "
+                             "run (Debian's binaries, fsync on)")
     args = parser.parse_args()
     binary = require_imagemagick()
     w, h = (int(v) for v in args.size.split("x"))
     print(machine(), flush=True)
     print(f"peer: {binary} ({subprocess.run([binary, '-version'], capture_output=True, text=True).stdout.splitlines()[0]})")
-    print_sides("a job per photo claimed from and settled in the job store (SQLite jobs.db), the record read "
+    print_sides(f"a job per photo claimed from and settled in the job store ({args.backend}), the record read "
                 "from and the thumbnail recorded in the databox, EXIF orientation and colour profile handled, "
                 "the file written to a temp name then renamed into storage",
                 "a process started per photo (exec, library loading), nothing recorded", "ImageMagick")
     with tempdir("bench-thumbnails-") as work:
         sources = make_sources(work / "src", args.count, args.distinct, (w, h), os.cpu_count() or 2)
-        q = Queue(work, sources)
+        pg = start_durable_server() if args.backend == "postgresql" else None
+        q = Queue(work, sources, pg)
         rates: dict[str, list[float]] = {"q1": [], "im1": [], "q2": [], "im2": []}
         startup: list[float] = []
         for r in range(args.rounds):
@@ -206,6 +235,9 @@ def main() -> int:
                     rate = imagemagick(binary, work / "im", sources, n)
                 rates[side].append(rate)
             print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:.1f}/s" for k, v in rates.items()), flush=True)
+        if pg is not None:
+            pg.stop()
+            remove(pg.root)
     print(f"worker:execute start-up (excluded above): {min(startup):.2f}-{max(startup):.2f}s; "
           f"a job's attempt (start to finish, median per run): "
           f"{', '.join(f'{x * 1000:.0f}' for x in q.per_job)} ms")
