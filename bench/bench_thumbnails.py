@@ -44,9 +44,9 @@ from bench_subdefs import make_sources, run_commands
 from PIL import Image  # noqa: E402
 
 from repository import DataboxSettings, NewRecord, open_databox  # noqa: E402
-from tests.pgserver import PASSWORD, remove, start_server  # noqa: E402
 from schedulerd.config import load  # noqa: E402
 from schedulerd.stores import open_job_store  # noqa: E402
+from tests.pgserver import PASSWORD, remove, start_server  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CONSOLE = ROOT / "bin" / "console"
