@@ -14,6 +14,20 @@ from typing import Any
 
 from .commands import CommandError, find, load_all
 
+# Commands that, against a running daemon, need only the standard library. `bin/console` starts
+# Python without `site` (-S): its .pth files (the editable install's finder) cost a third of the
+# interpreter's start. These commands go without it until they load the full config or a store
+# (the daemon down); every other command runs site.main() first (site-packages on sys.path).
+THIN = frozenset({"scheduler:state", "task:list", "task:state"})
+
+
+def full_site() -> None:
+    """What `python` without -S does at start: site-packages, .pth files, sitecustomize."""
+    if sys.flags.no_site and "site" not in sys.modules:
+        import site
+
+        site.main()
+
 
 class Env:
     """What commands get: the config (loaded lazily), the control client and the stores."""
@@ -26,6 +40,7 @@ class Env:
 
     def config(self) -> Any:
         if self._config is None:
+            full_site()
             from .config import load
             from .settings import ConfigError
 
@@ -107,6 +122,7 @@ class Env:
         """[store]: the whole config's when loaded, else that section alone (the thin CLI)."""
         if self._config is not None:
             return self._config.store
+        full_site()
         from .config import load_store
         from .settings import ConfigError
 
@@ -207,6 +223,8 @@ def main(argv: list[str] | None = None) -> int:
     top.add_argument("-v", "--verbose", action="store_true")
     top.add_argument("-h", "--help", action="store_true")
     opts, rest = top.parse_known_args(argv)
+    if not rest or rest[0] not in THIN:
+        full_site()
     if not rest or rest[0] in ("list", "help") or (opts.help and not rest):
         print(_usage())
         return 0 if (rest or opts.help) else 2

@@ -14,6 +14,9 @@ JSON = arg("--json", action="store_true")
 
 def _offline_snapshots(env: Any) -> list[dict[str, Any]]:
     """With the daemon down: the same snapshot as the daemon's, built from the config and the store."""
+    from ..cli import full_site
+
+    full_site()  # task:list/state are thin commands (no site-packages) only while the daemon answers
     from ..snapshot import offline_snapshot
 
     config = env.config()

@@ -43,6 +43,16 @@ def imported(site, *args: str) -> tuple[subprocess.CompletedProcess, set[str]]:
     return p, names
 
 
+def console_imported(site, *args: str) -> tuple[subprocess.CompletedProcess, set[str]]:
+    """The same, through the real `bin/console` (its Python flags included): PYTHONPROFILEIMPORTTIME."""
+    env = {k: v for k, v in os.environ.items() if k != "SCHEDULERD_CONFIG"}
+    env["PYTHONPROFILEIMPORTTIME"] = "1"
+    p = subprocess.run([str(ROOT / "bin/console"), "--config", str(site.config), *args],
+                       capture_output=True, text=True, timeout=60, env=env, cwd=site.root)
+    return p, {line.split("|")[2].strip() for line in p.stderr.splitlines()
+               if line.startswith("import time:") and "self [us]" not in line}
+
+
 def heavy(names: set[str]) -> list[str]:
     return sorted(n for n in names if any(n == f or n.startswith(f + ".") for f in FORBIDDEN))
 
@@ -64,3 +74,23 @@ def test_an_invalid_scheduler_section_is_still_refused_on_the_thin_path(site):
     p = site.console("scheduler:state")
     assert p.returncode == 2
     assert "scheduler.log_level" in p.stderr
+
+
+def test_bin_console_skips_site_for_the_thin_commands_and_runs_it_for_the_others(site):
+    """`bin/console` starts Python with -S: `site` and the venv's .pth files (the editable install's
+    finder: pathlib, urllib, importlib.util) cost a third of the interpreter's start, and the thin
+    commands need only the standard library. Any other command (and a thin one once the daemon is
+    down) runs site.main() first, so site-packages are there (anyio, the plugins' entry points)."""
+    site.write(TASKS)
+    site.console("scheduler:start", check=True)
+    for command, code in (("scheduler:state", 10), ("task:list", 0)):
+        p, names = console_imported(site, command)
+        assert p.returncode == code and "schedulerd.client" in names, p.stderr[-2000:]
+        assert "site" not in names and not any(n.startswith("__editable__") for n in names)
+    p, names = console_imported(site, "job:list")
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "site" in names
+    site.console("scheduler:stop", check=True)
+    p, names = console_imported(site, "task:list")  # offline: the config and the store, from site-packages
+    assert p.returncode == 1 and "a " in p.stdout, p.stderr[-2000:]  # a: configured started, stopped
+    assert "site" in names
