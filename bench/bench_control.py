@@ -107,12 +107,12 @@ def timed(argv: list[str], expect: set[int]) -> float:
 
 
 def import_profile(config: Path, top: int = 12, tries: int = 5) -> tuple[float, list[tuple[int, int, str]]]:
-    """`-X importtime` of our CLI path (the quietest of `tries` runs): total import time in
+    """`-X importtime` of our CLI path, through bin/console and its flags (the quietest of `tries` runs): total import time in
     seconds and the heaviest modules (self µs, cumulative µs, name)."""
     best: tuple[float, list[tuple[int, int, str]]] | None = None
     for _ in range(tries):
-        r = subprocess.run([PY, "-X", "importtime", "-m", "schedulerd.cli", "--config", str(config), "scheduler:state"],
-                           capture_output=True, text=True, env=cli_env(), cwd=REPO)
+        r = subprocess.run([str(CONSOLE), "--config", str(config), "scheduler:state"], capture_output=True, text=True,
+                           env={**cli_env(), "PYTHONPROFILEIMPORTTIME": "1"}, cwd=REPO)
         rows = []
         for line in r.stderr.splitlines():
             if not line.startswith("import time:") or "self [us]" in line:
@@ -137,8 +137,9 @@ def main() -> int:
     print(f"# bench_control  {machine()}")
     print(f"# {runs} rounds, {a.entries} tasks (schedulerd) / programs (supervisord), after 3 warm-ups; "
           "each round: scheduler:state, task:list, supervisorctl status, python -c pass")
-    print_sides("a shell wrapper (bin/console: sh, then python -m); reads and validates [scheduler] of its config "
-                "file and drop-ins; checks the pidfile's lock", "an XML-RPC request over HTTP on its socket", "supervisorctl")
+    print_sides("a shell wrapper (bin/console: sh, then python -S -m: no site); reads and validates [scheduler] of its "
+                "config file and drop-ins; checks the pidfile's lock", "an XML-RPC request over HTTP on its socket",
+                "supervisorctl")
     with tempdir("bench-control-", a.keep) as tmp, Reaper() as reaper:
         body = "".join(f'[tasks.t{i}]\ntype = "command"\nperiod = "1h"\nargv = ["true"]\n\n' for i in range(a.entries))
         config = write_config(tmp / "sd", body)

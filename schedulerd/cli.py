@@ -37,6 +37,7 @@ class Env:
         self.verbose = verbose
         self._config: Any = None
         self._scheduler: Any = None
+        self._daemon: tuple[Path, Path] | None = None
 
     def config(self) -> Any:
         if self._config is None:
@@ -69,7 +70,8 @@ class Env:
         start, so that commands which only talk to it work (with a warning); else the error."""
         import dataclasses
 
-        from .configfiles import default_path, scheduler_fallback
+        from .configfiles import scheduler_fallback
+        from .configpaths import default_path
         from .pidfile import read_record, running_pid
 
         self.config_path = self.config_path or default_path()
@@ -82,15 +84,28 @@ class Env:
               f"(pid {pid}, socket {record.socket}) until the file is repaired", file=sys.stderr)
         return dataclasses.replace(sch, socket=record.socket, state_dir=record.state_dir, log_dir=record.log_dir)
 
+    def daemon_paths(self) -> tuple[Path, Path]:
+        """(socket, pidfile): a running daemon's record while no config file changed since its
+        start (no settings class built: configpaths.recorded_daemon), else [scheduler] in full."""
+        if self._daemon is None:
+            if self._config is None and self._scheduler is None:
+                from .configpaths import recorded_daemon
+
+                self._daemon = recorded_daemon(self.config_path)
+            if self._daemon is None:
+                sch = self.scheduler()
+                self._daemon = (sch.socket, sch.pidfile)
+        return self._daemon
+
     def client(self, timeout: float = 60.0) -> Any:
         from .client import Client
 
-        return Client(self.scheduler().socket, timeout)
+        return Client(self.daemon_paths()[0], timeout)
 
     def running_pid(self) -> int | None:
         from .pidfile import running_pid
 
-        return running_pid(self.scheduler().pidfile)
+        return running_pid(self.daemon_paths()[1])
 
     def call(self, cmd: str, **args: Any) -> Any:
         """One request to the daemon; its faults become clean CLI errors."""

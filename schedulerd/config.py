@@ -14,7 +14,8 @@ from types import MappingProxyType
 from typing import Annotated, Any
 
 from . import settings as s
-from .configfiles import SchedulerSettings, base_dir_for, default_path, file_for, merge, node_name
+from .configfiles import SchedulerSettings, file_for, merge, node_name
+from .configpaths import base_dir_for, default_path
 from .pipeline import QUEUE_PREFIX, PipelineConfig, pipelines
 from .registry import config_sections
 from .schedule import Schedule, parse_schedule, zone

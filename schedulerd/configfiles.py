@@ -9,7 +9,6 @@ does, and this module imports only `settings` and the standard library's light p
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
 import socket
 import tomllib
@@ -18,11 +17,8 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from . import settings as s
+from .configpaths import DEFAULT_PIDFILE, base_dir_for, default_path
 from .settings import ConfigError
-
-CONFIG_ENV = "SCHEDULERD_CONFIG"
-CHECKOUT = Path(__file__).resolve().parent.parent
-
 
 _NODE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
@@ -54,7 +50,7 @@ class SchedulerSettings:
     socket_mode: Annotated[int, s.octal_mode] = 0o600
     socket_group: str | None = None
     allowed_uids: tuple[int, ...] = ()
-    pidfile: Path = Path("var/run/schedulerd.pid")
+    pidfile: Path = Path(DEFAULT_PIDFILE)
     log_dir: Path = Path("var/log")
     state_dir: Path = Path("var/state")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -83,25 +79,6 @@ class SchedulerSettings:
         if self.backoff_initial > self.backoff_max:
             raise ConfigError("backoff_initial", "must not exceed backoff_max")
 
-
-
-def default_path() -> Path | None:
-    """SCHEDULERD_CONFIG, else ./etc/schedulerd.toml, else the checkout's etc/, else none."""
-    env = os.environ.get(CONFIG_ENV)
-    if env:
-        return Path(env)
-    for candidate in (Path.cwd() / "etc/schedulerd.toml", CHECKOUT / "etc/schedulerd.toml"):
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def base_dir_for(file: Path | None) -> Path:
-    """Relative paths resolve against the checkout: the parent of `etc/`, else the file's folder."""
-    if file is None:
-        return Path.cwd()
-    folder = file.resolve().parent
-    return folder.parent if folder.name == "etc" else folder
 
 
 def _read_toml(file: Path) -> dict[str, Any]:

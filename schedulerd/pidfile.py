@@ -8,11 +8,11 @@ cannot be read. The pidfile itself holds only the pid (systemd's PIDFile=).
 
 from __future__ import annotations
 
-import dataclasses
 import fcntl
 import json
 import os
 from pathlib import Path
+from typing import NamedTuple
 
 from .tasklock import lock_file
 
@@ -23,9 +23,9 @@ class AlreadyRunning(Exception):
         self.pid = pid
 
 
-@dataclasses.dataclass(frozen=True)
-class DaemonRecord:
-    """What a running daemon uses, recorded at its start (its config may change or break since)."""
+class DaemonRecord(NamedTuple):
+    """What a running daemon uses, recorded at its start (its config may change or break since).
+    A NamedTuple, not a dataclass: the thin CLI reads it without importing `dataclasses`."""
 
     pid: int
     socket: Path
@@ -61,7 +61,7 @@ class PidFile:
             self._write_record(self.record)
 
     def _write_record(self, record: DaemonRecord) -> None:
-        fields = {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(record).items()}
+        fields = {k: str(v) if isinstance(v, Path) else v for k, v in record._asdict().items()}
         tmp = record_path(self.path).with_suffix(".tmp")
         tmp.write_text(json.dumps(fields) + "\n")
         os.replace(tmp, record_path(self.path))

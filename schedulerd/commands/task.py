@@ -165,7 +165,7 @@ def task_history(args: Any, env: Any) -> int:
 
 
 def _config_file(env: Any) -> Any:
-    from ..configfiles import default_path
+    from ..configpaths import default_path
 
     path = env.config_path or default_path()
     if path is None or not path.is_file():

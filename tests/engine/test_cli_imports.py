@@ -30,6 +30,9 @@ FORBIDDEN = (
     "schedulerd.pgstore", "schedulerd.daemon", "schedulerd.runner", "schedulerd.jobs", "schedulerd.web",
     "importlib.metadata", "email", "zipfile", "subprocess", "logging", "difflib", "shutil", "sqlite3",
     "anyio", "asyncio", "psycopg", "PIL", "asyncssh", "tasks", "repository",
+    # the config unchanged since the daemon started: its record gives the socket, no settings class
+    # is built (dataclasses + inspect were a quarter of the start)
+    "dataclasses", "inspect", "schedulerd.settings", "schedulerd.configfiles",
 )
 
 
@@ -66,6 +69,26 @@ def test_daemon_talking_commands_import_none_of_the_heavy_modules(site, command,
     assert p.returncode == code, p.stderr[-2000:]
     assert "a" in p.stdout and "schedulerd.client" in names  # it did talk to the daemon
     assert heavy(names) == []
+
+
+@pytest.mark.parametrize("where", ["file", "drop-in"])
+def test_a_config_changed_since_the_daemon_started_is_validated_again(site, where):
+    """The daemon's record stands for the config only while no file is newer than it: an invalid
+    [scheduler] written after the start is read, named, and the running daemon used with a warning."""
+    site.write(TASKS)
+    site.console("scheduler:start", check=True)
+    assert site.console("scheduler:state").returncode == 10
+    bad = '[scheduler]\nlog_level = "loud"\n'
+    if where == "file":
+        site.config.write_text(site.config.read_text().replace("[scheduler]\n", bad, 1))
+    else:
+        (site.etc / "schedulerd.d").mkdir(exist_ok=True)
+        (site.etc / "schedulerd.d" / "z.toml").write_text(bad)
+    for command, code in (("scheduler:state", 10), ("task:list", 0)):
+        p, names = imported(site, command)
+        assert p.returncode == code, p.stderr[-2000:]
+        assert "warning: the config does not load" in p.stderr and "scheduler.log_level" in p.stderr
+        assert "schedulerd.configfiles" in names
 
 
 def test_an_invalid_scheduler_section_is_still_refused_on_the_thin_path(site):
