@@ -137,8 +137,9 @@ def main() -> int:
     print(f"# bench_control  {machine()}")
     print(f"# {runs} rounds, {a.entries} tasks (schedulerd) / programs (supervisord), after 3 warm-ups; "
           "each round: scheduler:state, task:list, supervisorctl status, python -c pass")
-    print_sides("a shell wrapper (bin/console: sh, then python -S -m: no site); reads and validates [scheduler] of its "
-                "config file and drop-ins; checks the pidfile's lock", "an XML-RPC request over HTTP on its socket",
+    print_sides("a shell wrapper (bin/console: sh, then python -S -c: no site); parses the config file and drop-ins "
+                "for [scheduler] pidfile, reads the daemon's record beside it (validates [scheduler] in full when a "
+                "file is newer than the record); checks the pidfile's lock", "an XML-RPC request over HTTP on its socket",
                 "supervisorctl")
     with tempdir("bench-control-", a.keep) as tmp, Reaper() as reaper:
         body = "".join(f'[tasks.t{i}]\ntype = "command"\nperiod = "1h"\nargv = ["true"]\n\n' for i in range(a.entries))
