@@ -10,6 +10,7 @@ side of the handshake, other servers after it.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import ipaddress
 import logging
 import re
@@ -27,6 +28,7 @@ from .settings import ConnectionSettings
 from .tls import Tls, TlsConn, TlsFailure, reason, wait_for
 
 MAX_LISTING = 256 * 1024 * 1024
+MDTM_BATCH = 100  # MDTM commands sent in one write: their replies (about 20 bytes each) fit any buffer
 # the protocol, at debug level (passwords starred): its own logger, so a task or job log
 # kept at debug level does not get ten lines per file
 PROTOCOL_LOG = logging.getLogger("schedulerd.ftp.protocol")
@@ -499,7 +501,30 @@ class FtpClient(RemoteClient):
                 data = await self._read_all(f"LIST {path}")
             except NotFound as e:
                 raise NotFound(f"{path}: no such remote folder ({e})") from None
-        return parse_listing(data, path, mlsd=mlsd, encoding=self.s.encoding, zone=self.s.zone, log=self.log)
+        entries = parse_listing(data, path, mlsd=mlsd, encoding=self.s.encoding, zone=self.s.zone, log=self.log)
+        return entries if mlsd else await self._exact_times(entries)
+
+    async def _exact_times(self, entries: list[RemoteEntry]) -> list[RemoteEntry]:
+        """LIST times are to the minute at best: each file's exact time from `MDTM`. The commands of a
+        batch go in one write and their replies, in order (RFC 959), are read after it; a file whose
+        `MDTM` is refused (gone meanwhile, no permission) keeps its listed time."""
+        files = [i for i, e in enumerate(entries) if e.type == "file" and not e.precise]
+        if not files or (self._features and "MDTM" not in self._features):
+            return entries
+        out = list(entries)
+        for start in range(0, len(files), MDTM_BATCH):
+            batch = files[start:start + MDTM_BATCH]
+            lines = tuple(f"MDTM {entries[i].path}" for i in batch)
+            for n, i in enumerate(batch):
+                try:
+                    _, info = await self._cmd(lines if n == 0 else None, "213", what="MDTM")
+                    exact = parse_mlsd_time(info[-1].split()[-1])
+                except (RemoteError, ValueError, IndexError):
+                    if self.broken:
+                        raise
+                    continue
+                out[i] = dataclasses.replace(entries[i], mtime=exact, precise=True)
+        return out
 
     async def _read_all(self, command: str) -> bytes:
         chunks = bytearray()

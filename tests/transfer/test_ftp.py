@@ -104,14 +104,54 @@ async def test_explicit_tls_hostname_checked(vsftpd_tls: FtpServer, log: logging
 
 
 async def test_mlsd_first_then_list_fallback(pyftpd, tmp_path: Path, log: logging.Logger) -> None:  # type: ignore[no-untyped-def]
-    for args, precise in (((), True), (("--no-mlsd",), False)):
+    for args in ((), ("--no-mlsd",)):
         with pyftpd(*args) as server:
             server.put("in/a.txt", b"abc", mtime=1_700_000_000)
             async with await connect(settings_for(server), log) as c:
-                (entry,) = await c.list("/in")
-                assert (entry.name, entry.size, entry.precise) == ("a.txt", 3, precise)
-                got = await fetch(c, entry, tmp_path / f"a-{precise}.txt", log=log)
-                assert got is not None and os.stat(got).st_mtime == 1_700_000_000  # MDTM when LIST is coarse
+                (entry,) = await c.list("/in")  # MDTM when LIST is coarse
+                assert (entry.name, entry.size, entry.mtime) == ("a.txt", 3, 1_700_000_000)
+                got = await fetch(c, entry, tmp_path / f"a{len(args)}.txt", log=log)
+                assert got is not None and os.stat(got).st_mtime == 1_700_000_000
+
+
+# pyftpdlib refusing MDTM (550) for names with "gone", as for a file deleted after the LIST
+NO_MDTM_FOR_GONE = r"""
+import os, sys
+sys.path.insert(0, sys.argv.pop(1))
+import pyftpd_server as base
+plain = base.make_handler
+def make_handler(opts):
+    class Quirky(plain(opts)):
+        def ftp_MDTM(self, path):
+            if "gone" in os.path.basename(path):
+                self.respond("550 No such file.")
+                return None
+            return super().ftp_MDTM(path)
+    return Quirky
+base.make_handler = make_handler
+base.main()
+"""
+
+
+async def test_list_gives_each_file_its_exact_time_when_list_is_coarse(pyftpd, tmp_path: Path,  # type: ignore[no-untyped-def]
+                                                                       log: logging.Logger) -> None:
+    """Without MLSD, a folder of more files than one batch of MDTMs: each file gets its own
+    time to the second; one whose MDTM is refused keeps its LIST time, the others stay matched."""
+    base = 1_700_000_000
+    names = [f"f{i:03d}{'-gone' if i in (7, 130) else ''}.txt" for i in range(150)]
+    with pyftpd("--no-mlsd", subclass=NO_MDTM_FOR_GONE) as server:
+        for i, name in enumerate(names):
+            server.put(f"in/{name}", b"x" * i, mtime=base + 7 * i)
+        async with await connect(settings_for(server), log) as c:
+            listed = {e.name: e for e in await c.list("/in")}
+            assert sorted(listed) == sorted(names)
+            for i, name in enumerate(names):
+                e = listed[name]
+                if "gone" in name:
+                    assert not e.precise and e.mtime is not None and e.mtime % 60 == 0, name
+                else:
+                    assert (e.precise, e.mtime, e.size) == (True, base + 7 * i, i), name
+            assert (await c.stat("/in/f001.txt")).size == 1  # type: ignore[union-attr]  # still in step
 
 
 async def test_pyftpd_active_mode(pyftpd, tmp_path: Path, log: logging.Logger) -> None:  # type: ignore[no-untyped-def]
