@@ -15,6 +15,7 @@ from pathlib import Path
 import anyio
 import pytest
 
+from schedulerd import logs
 from schedulerd.config import load
 from schedulerd.context import Alarms, Waker
 from schedulerd.daemon import Daemon
@@ -121,3 +122,27 @@ def test_two_thousand_tasks_run_within_a_limit_of_1024_open_files(site):
     site.console("task:stop", "n0000", check=True)  # its log file was closed long ago (1,999 written since)
     assert "state waiting -> stopping" in site.log("n0000") or "state running -> stopping" in site.log("n0000")
     assert "Too many open files" not in site.log()
+
+
+def test_making_a_task_logger_costs_the_same_with_ten_thousand_tasks(tmp_path):
+    """A task's logger is made in constant time however many exist (Logger.setLevel per task
+    emptied every logger's cache: the start of 10,000 tasks was quadratic), and it still logs at
+    the configured level."""
+
+    def make(names: range) -> float:
+        t0 = time.process_time()
+        for i in names:  # a logger asked once (as a runner's state change does) caches its level
+            logs.task_logger(f"scale{i:05d}", tmp_path, "info", 0, 0).debug("not written")
+        return time.process_time() - t0
+
+    try:
+        first, last = make(range(0, 1000)), (make(range(1000, 9000)), make(range(9000, 10000)))[1]
+        assert last < 3 * first + 0.05, (first, last)
+        log = logs.task_logger("scale00000", tmp_path, "warning", 0, 0)
+        log.info("not written")
+        log.warning("written")
+        logs.close_task_logger("scale00000")
+        assert (tmp_path / "task-scale00000.log").read_text().count("written") == 1
+    finally:
+        for i in range(10000):
+            logs.close_task_logger(f"scale{i:05d}")
