@@ -260,13 +260,13 @@ class TaskRunner:
     async def _run(self) -> None:
         self.started_at = time.time()
         try:
-            with anyio.CancelScope() as self._scope:
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(self._background, name=f"task:{self.tc.name}:background")
-                    if self.lease is not None:
-                        tg.start_soon(self.lease.keep, name=f"task:{self.tc.name}:lease")
-                    await self._loop()
-                    tg.cancel_scope.cancel()
+            async with anyio.create_task_group() as tg:  # its cancel scope is the one stop() cancels
+                self._scope = tg.cancel_scope
+                tg.start_soon(self._background, name=f"task:{self.tc.name}:background")
+                if self.lease is not None:
+                    tg.start_soon(self.lease.keep, name=f"task:{self.tc.name}:lease")
+                await self._loop()
+                tg.cancel_scope.cancel()
         finally:
             self._scope = None
             if self.lease is not None:
