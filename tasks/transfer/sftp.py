@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import stat as statmod
+from collections.abc import AsyncIterator
 
 import anyio
 import asyncssh
@@ -169,25 +170,41 @@ class SftpClient(RemoteClient):
                     await f.close()
 
     async def put(self, source: Source, path: str, on_bytes: OnBytes | None = None) -> int:
-        """Write in pieces of `sftp_requests` blocks, asyncssh keeping their writes in flight."""
-        piece = self._block * self.s.sftp_requests
+        """Write in pieces of half `sftp_requests` blocks, two pieces written at once (asyncssh
+        keeping each one's writes in flight, parallel writes at their offsets): the next piece is
+        read while the others are written, and the requests in flight never all drain at once."""
+        piece = self._block * max(1, self.s.sftp_requests // 2)
         sent = 0
+        failure: list[BaseException] = []  # raised below, not as an ExceptionGroup
         with self._errors("upload", path):
             async with self._sftp.open(path.encode(self.s.encoding), "wb", block_size=self._block,
-                                       max_requests=self.s.sftp_requests) as f:
-                data = bytearray()
-                while True:
-                    more = await source()
-                    data += more
-                    if data and (len(data) >= piece or not more):
+                                       max_requests=max(1, self.s.sftp_requests // 2)) as f:
+                room = anyio.Semaphore(2)
+
+                async def write(data: bytes, at: int) -> None:
+                    try:
                         with anyio.fail_after(self.s.timeout * 4):
-                            await f.write(bytes(data), sent)
-                        sent += len(data)
+                            await f.write(data, at)
                         if on_bytes:
                             on_bytes(len(data))
-                        data.clear()
-                    if not more:
-                        return sent
+                    except Exception as e:
+                        failure.append(e)
+                        tg.cancel_scope.cancel()
+                    finally:
+                        room.release()
+
+                async with anyio.create_task_group() as tg:
+                    try:
+                        async for data in _pieces(source, piece):
+                            await room.acquire()
+                            tg.start_soon(write, data, sent)
+                            sent += len(data)
+                    except Exception as e:
+                        failure.append(e)
+                        tg.cancel_scope.cancel()
+                if failure:
+                    raise failure[0]
+        return sent
 
     async def delete(self, path: str) -> None:
         with self._errors("delete", path), anyio.fail_after(self.s.timeout):
@@ -209,3 +226,18 @@ class SftpClient(RemoteClient):
         with self._errors("mkdir", path), anyio.fail_after(self.s.timeout):
             await self._sftp.makedirs(path.encode(self.s.encoding), exist_ok=True)
         self._dirs.add(path)
+
+
+async def _pieces(source: Source, piece: int) -> AsyncIterator[bytes]:
+    """What `source` gives, joined into pieces of at least `piece` bytes (the last one shorter)."""
+    chunks: list[bytes] = []
+    size = 0
+    while more := await source():
+        chunks.append(more)
+        size += len(more)
+        if size >= piece:
+            yield b"".join(chunks)
+            chunks.clear()
+            size = 0
+    if chunks:
+        yield b"".join(chunks)

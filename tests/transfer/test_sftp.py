@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tasks.transfer import AuthError, HostKeyError, NotFound, connect
+from tasks.transfer.errors import LocalError
 from tasks.transfer.fetch import fetch, part_path
 from tasks.transfer.send import send
 from tests.transfer.servers import SshServer, settings_for
@@ -43,6 +44,34 @@ async def test_sftp_roundtrip(sshd: SshServer, tmp_path: Path, log: logging.Logg
         with pytest.raises(NotFound):
             await c.delete(f"{remote}/in/a.txt")
         assert await c.stat(f"{remote}/in/a.txt") is None
+
+
+async def test_sftp_upload_of_many_pieces_is_exact_and_a_failing_source_stops_it(sshd: SshServer, tmp_path: Path,
+                                                                                 log: logging.Logger) -> None:
+    """Pieces written at once at their offsets give the file byte for byte; a source that fails
+    midway ends the upload with its own error (not a group of them)."""
+    payload = os.urandom(1_000_003)  # 4 KB blocks, 2 requests: about 120 pieces of 8 KB
+    chunks = [payload[i:i + 3001] for i in range(0, len(payload), 3001)]
+    sent: list[int] = []
+    s = settings_for(sshd, block_size="4KB", sftp_requests=4)
+    async with await connect(s, log) as c:
+        feed = iter(chunks)
+
+        async def source() -> bytes:
+            return next(feed, b"")
+
+        n = await c.put(source, f"{sshd.root}/many.bin", on_bytes=sent.append)
+        assert n == len(payload) == sum(sent) and (sshd.root / "many.bin").read_bytes() == payload
+        given = iter(range(40))
+
+        async def failing() -> bytes:
+            if next(given, None) is None:
+                raise LocalError("cannot read the source: disk error")
+            return b"y" * 3001
+
+        with pytest.raises(LocalError, match="disk error"):
+            await c.put(failing, f"{sshd.root}/broken.bin")
+        assert not c.broken and await c.stat(f"{sshd.root}/many.bin") is not None
 
 
 async def test_sftp_resume_reads_only_the_rest(sshd: SshServer, tmp_path: Path, log: logging.Logger) -> None:
