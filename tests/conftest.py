@@ -8,10 +8,24 @@ there a skip means a missing install step and must fail the run (`CI` set to any
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Generator
+from collections.abc import Generator, Iterator
 
 import pytest
+
+
+@pytest.fixture(autouse=True)
+def _restore_schedulerd_loggers() -> Iterator[None]:
+    """A test that runs the daemon in-process sets up its loggers ("schedulerd" at the configured
+    level, not propagating): put them back, so a later test's captured DEBUG lines still arrive."""
+    saved = [(lg, lg.level, lg.propagate, list(lg.handlers))
+             for lg in (logging.getLogger("schedulerd"), logging.getLogger("schedulerd.task"))]
+    yield
+    for lg, level, propagate, handlers in saved:
+        lg.setLevel(level)
+        lg.propagate = propagate
+        lg.handlers[:] = handlers
 
 
 def _on_ci() -> bool:
