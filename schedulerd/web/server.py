@@ -4,7 +4,7 @@ uvicorn's `Server.serve()` is a coroutine on the running asyncio loop (anyio's d
 so it runs as one more task of the daemon's task group, beside the control socket and the runners,
 and its handlers call the daemon's objects directly. We bind the socket ourselves (the file's mode,
 a clear error) and hand it over; uvicorn's own signal handling is switched off (the daemon owns
-SIGTERM/SIGINT/SIGHUP/SIGUSR1) and its shutdown is asked for when the daemon begins to stop."""
+SIGTERM/SIGINT/SIGHUP/SIGUSR1) and it serves through the drain and ends with the daemon's task group."""
 
 from __future__ import annotations
 
@@ -74,9 +74,10 @@ async def serve_console(control: ControlServer, config: Config, *, task_status: 
                     await anyio.sleep(0.01)
             log.info("web console on %s", where if where.path else f"{'https' if http.tls else 'http'}://{where}/")
             task_status.started()
-            while not control.shutting_down and not server.should_exit:
+            # served through the drain, like the control socket (pages show the tasks stopping,
+            # actions answer 503 SHUTTING_DOWN); the daemon cancels its task group once drained
+            while not server.should_exit:
                 await anyio.sleep(POLL)
-            server.should_exit = True  # live logs end, the port closes; the daemon drains meanwhile
     finally:
         sock.close()
         if where.path is not None:

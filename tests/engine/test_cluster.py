@@ -250,7 +250,9 @@ def test_pinned_tasks_cluster_wide_stop_and_differing_configs(cluster, tmp_path)
     n1.config.write_text(n1.config.read_text() + tasks_section(out, 4)[len(tasks_section(out, 3)):])
     n1.console("scheduler:reload", check=True)
     n2.wait_for(lambda: len({n["config_hash"] for n in n2.json("cluster:nodes")}) == 2, 15, "two config hashes")
-    assert "the nodes' task configurations differ" in n2.console("scheduler:state").stdout
+    # the daemon sees the other node's hash at its next heartbeat (cluster:nodes reads the table)
+    n2.wait_for(lambda: "the nodes' task configurations differ" in n2.console("scheduler:state").stdout, 10,
+                "the state's warning")
     assert "configurations differ" in n2.console("cluster:nodes").stdout
 
 
