@@ -71,10 +71,17 @@ def _copy_files(src: Databox, dst: Databox, recs: list[Any], subdefs: list[Any])
     rels = [r["document"] for r in recs if r["document"]] + [r[0] for r in subdefs if not os.path.isabs(r[0])]
     for rel in rels:
         source, target = src.store.path(rel), dst.store.path(rel)
-        if target.exists() or not source.exists():
+        if not source.exists() or (target.exists() and target.stat().st_size == source.stat().st_size):
             continue
         target.parent.mkdir(parents=True, exist_ok=True)
+        # whole or not at all: a copy cut short (crash, full disk) leaves a temp name, never a
+        # truncated document under the final one that a later run would take as copied
+        tmp = target.with_name(f".{target.name}.copying")
+        tmp.unlink(missing_ok=True)
         try:
-            os.link(source, target)
+            os.link(source, tmp)
         except OSError:
-            shutil.copy2(source, target)
+            shutil.copy2(source, tmp)
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+        os.replace(tmp, target)

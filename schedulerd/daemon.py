@@ -80,7 +80,7 @@ class Daemon:
             # does not answer yet is waited for, said once in scheduler.log
             await store_call("checking the store's schema", check_schema, self.config.store)
             await self._join_cluster()
-            self.store = open_state_store(sch, self.config.store)
+            self.store = await store_call("opening the state store", open_state_store, sch, self.config.store)
             self._env = RunnerEnv(self.config, self.store, sch.state_dir / "locks",
                                   make_logger=self._make_logger, emit=self.emit, add_job=self._add_job,
                                   node=sch.node, cluster=self.cluster, alarms=self.alarms)

@@ -386,7 +386,7 @@ class JobService:
                     with anyio.fail_after(tc.timeout):
                         await self._saved_up_to(ended_before)
                         result = await handler.run(ctx, job.payload)
-                    outcome, summary = "finished", None if result is None else str(result)[:2000]
+                    outcome, summary = "finished", None if result is None else REDACTOR.redact(str(result))[:2000]
                 except TimeoutError:
                     outcome, error = "failed", f"timed out after {tc.timeout:g}s"
                 except Exception as e:

@@ -77,6 +77,9 @@ class ChildRecord:
         return cls(pgid, start, int(owner), owner_start, float(grace), label.strip())
 
 
+KILL_WAIT = 10.0  # seconds a group may take to vanish after SIGKILL before we give up waiting
+
+
 class ChildRegistry:
     """Child process groups written down under state_dir before they may do any work, so that
     after a `kill -9` of their owner the next daemon (or the next attempt of the same task or
@@ -134,17 +137,26 @@ class ChildRegistry:
             log.warning("ending orphaned process group %d of %s, left by a dead owner (pid %d)", r.pgid, r.label, r.owner)
             kill_group(r.pgid, signal.SIGTERM)
         deadline = time.monotonic() + max((r.grace for r in orphans), default=0.0)
+        killed_at: float | None = None
         left = orphans
         while left:
             left = [r for r in left if group_alive(r.pgid, r.start)]
-            if left and time.monotonic() >= deadline:
+            if left and killed_at is None and time.monotonic() >= deadline:
                 for r in left:
                     kill_group(r.pgid, signal.SIGKILL)
-                deadline = float("inf")  # SIGKILL cannot be refused: wait until the kernel is done
+                killed_at = time.monotonic()
+            if left and killed_at is not None and time.monotonic() - killed_at > KILL_WAIT:
+                # SIGKILL cannot be refused, but a process in uninterruptible sleep (a hung NFS
+                # mount) dies only when its I/O returns: say so and go on rather than wait forever
+                for r in left:
+                    log.error("process group %d of %s survives SIGKILL (uninterruptible sleep?): "
+                              "kept on record, ended again at the next start", r.pgid, r.label)
+                break
             time.sleep(0.02 if left else 0)
         for r in orphans:
-            self.remove(r.pgid)
-        return [r.pgid for r in orphans]
+            if r not in left:
+                self.remove(r.pgid)
+        return [r.pgid for r in orphans if r not in left]
 
 
 REGISTRY: ChildRegistry | None = None

@@ -23,8 +23,8 @@ from typing import Annotated, Any, ClassVar
 import anyio
 
 from schedulerd import settings as s
-from schedulerd.durable import fsync_dir
 from schedulerd.plugin import Context, FailForGood, Item, JobType, TaskFailed
+from tasks.ftp_common import write_atomic
 
 RETRYABLE_4XX = (408, 429)
 
@@ -127,8 +127,6 @@ def _read(path: Any) -> list[str]:
 
 
 def _write(path: Any, urls: list[str]) -> None:
+    """The URLs that accepted, synced (write_atomic): a ledger lost to a crash would re-post to them."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(urls))
-    tmp.replace(path)
-    fsync_dir(path.parent)
+    write_atomic(path, json.dumps(urls).encode())

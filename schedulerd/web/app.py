@@ -68,6 +68,7 @@ class Console:
         self.settings = settings
         self.unix_socket = unix_socket
         self.sessions = auth.Sessions(settings.session_max_age)
+        self.login_limiter = anyio.CapacityLimiter(2)  # password checks at once (see login)
         self.templates = _templates()
 
     async def call(self, cmd: str, **args: Any) -> Any:
@@ -189,7 +190,10 @@ def build(console: Console) -> ASGIApp:
             return await login_form(request, 403, "the login form expired: try again")
         user, password = form.get("user", ""), form.get("password", "")
         stored = c.settings.users.get(user)
-        ok = await anyio.to_thread.run_sync(auth.check_password, password, stored or auth.DUMMY_HASH)
+        # scrypt costs 16 MiB and tens of ms: two at a time, in threads of their own limiter, so a
+        # flood of logins cannot take the worker threads the store calls need
+        ok = await anyio.to_thread.run_sync(auth.check_password, password, stored or auth.DUMMY_HASH,
+                                            limiter=c.login_limiter)
         if not ok or stored is None:
             return await login_form(request, 403, "wrong user name or password")
         response = RedirectResponse("/tasks", 303)
