@@ -223,6 +223,14 @@ class Daemon:
         await self.shutdown_trigger()
         self.request_stop()
 
+    async def _reload_on_signal(self) -> None:
+        try:
+            await self.reload()
+        except ControlError as e:
+            if e.code == Fault.SHUTTING_DOWN:
+                log.info("SIGHUP ignored: %s", e.message)
+            # otherwise logged by reload(); the old configuration stays in force
+
     async def _signals(self, signals: AsyncIterator[int]) -> None:
         """Signal handlers only set an event or schedule a reload; the task group does the work."""
         async for sig in signals:
@@ -230,12 +238,10 @@ class Daemon:
                 self._reopen.set()
             elif sig == signal.SIGHUP:
                 log.info("SIGHUP: reloading the configuration")
-                try:
-                    await self.reload()
-                except ControlError as e:
-                    if e.code == Fault.SHUTTING_DOWN:
-                        log.info("SIGHUP ignored: %s", e.message)
-                    # otherwise logged by reload(); the old configuration stays in force
+                # in the task group, not awaited here: a reload waiting for a store that does
+                # not answer must not keep this loop from reading the SIGTERM that may follow
+                assert self._tg is not None
+                self._tg.start_soon(self._reload_on_signal)
             else:
                 log.info("%s: stopping", signal.Signals(sig).name)
                 self.request_stop()
