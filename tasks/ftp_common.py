@@ -3,31 +3,15 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
 import time
-from pathlib import Path
 from typing import Any
 
 from schedulerd import metrics
-from schedulerd.durable import fsync_dir
 
 
 def check_remote_dir(value: str, key: str = "remote_dir") -> None:
     if not value or any(c in value for c in "\r\n\0"):
         raise ValueError(f"{key}: must be a non-empty path without CR, LF or NUL")
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """`data` as `path`, whole or not at all: a synced temp renamed over it."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    with contextlib.suppress(OSError):
-        fsync_dir(path.parent)
 
 
 def human(n: float) -> str:

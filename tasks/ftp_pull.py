@@ -22,9 +22,10 @@ from typing import Annotated, Any, ClassVar, Literal
 
 import anyio
 
+from schedulerd.durable import write_atomic
 from schedulerd.plugin import Context, TaskType
 from schedulerd.settings import duration, int_range
-from tasks.ftp_common import Progress, check_remote_dir, write_atomic
+from tasks.ftp_common import Progress, check_remote_dir
 from tasks.transfer import ConnectError, RemoteClient, RemoteEntry, TransferError, close, connect, extra_session
 from tasks.transfer.fetch import PART_RE, Downloaded, LocalError, commit, download, inside, part_name
 from tasks.transfer.names import printable

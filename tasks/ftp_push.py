@@ -18,9 +18,10 @@ from typing import Annotated, Any, ClassVar
 
 import anyio
 
+from schedulerd.durable import write_atomic
 from schedulerd.plugin import Context, JobType, TaskType
 from schedulerd.settings import ConfigError, build, duration, int_range
-from tasks.ftp_common import Progress, check_remote_dir, write_atomic
+from tasks.ftp_common import Progress, check_remote_dir
 from tasks.transfer import RemoteClient, TransferError, close, connect, extra_session
 from tasks.transfer.names import join, printable, unsafe_reason
 from tasks.transfer.send import send

@@ -23,8 +23,8 @@ from typing import Annotated, Any, ClassVar
 import anyio
 
 from schedulerd import settings as s
+from schedulerd.durable import write_atomic
 from schedulerd.plugin import Context, FailForGood, Item, JobType, TaskFailed
-from tasks.ftp_common import write_atomic
 
 RETRYABLE_4XX = (408, 429)
 
