@@ -317,6 +317,12 @@ class TaskRunner:
                 await self._save_cursor(self.slot)
             ok = await self._iteration()
             retry = self.ctx.iteration_ended()  # the task waits for something (ctx.wait_for)
+            # counted before the stop check: a failure that ends as the stop comes is in the
+            # history, so it is in the consecutive-failure counter too
+            if ok is False:
+                self._set_crashes(self.crashes + 1)
+            elif ok and self.crashes:
+                self._set_crashes(0)
             if self._stop_asked():
                 break
             now = anyio.current_time()
@@ -324,15 +330,12 @@ class TaskRunner:
                 scheduled = self.next_at = self._next_tick(scheduled, now)
                 self._change(TaskState.WAITING)
             elif ok:
-                if self.crashes:
-                    self._set_crashes(0)
                 scheduled = self.next_at = self._next_tick(scheduled, now)
                 if retry is not None and now + retry < self.next_at:
                     scheduled = self.next_at = now + retry
                     self.slot = None  # a retry, not a scheduled start
                 self._change(TaskState.WAITING)
             else:
-                self._set_crashes(self.crashes + 1)
                 if self.crashes >= self.settings.max_crashes:
                     self._change(TaskState.CRASHED, f"{self.crashes} consecutive failures")
                     return
