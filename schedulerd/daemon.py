@@ -395,6 +395,7 @@ class Daemon:
         r = server.route
         r("ping", self.c_ping, during_shutdown=True)
         r("state", self.c_state, during_shutdown=True)
+        r("queue.list", self.c_queue_list, during_shutdown=True)  # the queues alone (the console's jobs page)
         r("task.list", self.c_task_list, during_shutdown=True)
         r("task.state", self.c_task_state, during_shutdown=True)
         r("task.start", self.c_task_start)
@@ -424,6 +425,9 @@ class Daemon:
                 "uptime": time.time() - self.started_at, "config": str(self.config.file),
                 "tasks": [r.snapshot() for r in self.runners.values()], "queues": await self._queue_states(),
                 "cluster": self._cluster_status()}
+
+    async def c_queue_list(self, args: dict[str, Any]) -> list[dict[str, Any]] | None:
+        return await self._queue_states()
 
     async def _queue_states(self) -> list[dict[str, Any]] | None:
         """The queues as the store has them; None while the store does not answer (the state still shows)."""

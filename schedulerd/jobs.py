@@ -599,7 +599,8 @@ def routes(server: Any, service: Callable[[], JobService]) -> None:
         """Jobs newest first (running ones with live progress), filtered, and the counts by queue and state."""
         s = service()
         state, queue, limit = args.get("state"), args.get("queue"), int(args.get("limit", 200))
-        jobs = await store_call("listing jobs", s.store.list, state, queue, limit, give_up_after=10)
+        before = None if args.get("before") is None else int(args["before"])  # the next page: ids below it
+        jobs = await store_call("listing jobs", s.store.list, state, queue, limit, before, give_up_after=10)
         counts = await store_call("counting jobs", s.store.count_by_queue_state, give_up_after=10)
         return {"jobs": [job_view(j, s.running.get(j.id)) for j in jobs],
                 "counts": [{"queue": q, "state": st, "jobs": n} for (q, st), n in sorted(counts.items())]}

@@ -83,7 +83,8 @@ class JobStore(Protocol):
     def change_priority(self, job_id: int, delta: int) -> Job: ...
     def count_by_queue_state(self) -> dict[tuple[str, str], int]: ...
     def get(self, job_id: int) -> Job: ...
-    def list(self, state: str | None = None, queue: str | None = None, limit: int = 1000) -> list[Job]: ...
+    def list(self, state: str | None = None, queue: str | None = None, limit: int = 1000,
+             before: int | None = None) -> list[Job]: ...
     def recover(self, node: str) -> builtins.list[int]: ...
     def recover_orphans(self, node: str, grace: float) -> builtins.list[int]: ...
     def cancelled_among(self, ids: Collection[int]) -> set[int]: ...
@@ -359,8 +360,14 @@ class SqliteJobStore(SqliteFile):
         with self._lock:
             return self._get(self._conn, job_id)
 
-    def list(self, state: str | None = None, queue: str | None = None, limit: int = 1000) -> list[Job]:
-        where, params = [], []
+    def list(self, state: str | None = None, queue: str | None = None, limit: int = 1000,
+             before: int | None = None) -> list[Job]:
+        """Newest first; `before`: only ids below it (the next page of a listing)."""
+        where: list[str] = []
+        params: list[object] = []
+        if before is not None:
+            where.append("id<?")
+            params.append(before)
         if state:
             where.append("state=?")
             params.append(state)

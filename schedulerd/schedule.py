@@ -15,6 +15,7 @@ An interval counts real seconds from its start (P1D is 86400 s), so it has no DS
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from dataclasses import dataclass
@@ -50,6 +51,8 @@ def zone(name: str | None) -> tzinfo:
 
 
 def system_zone() -> tzinfo:
+    """TZ, else /etc/localtime, else UTC. The file is read again only when it changed (a task
+    snapshot asks for every task: the tasks page of the console would read it 1,000 times)."""
     import os
 
     tz = os.environ.get("TZ", "").lstrip(":")
@@ -58,6 +61,16 @@ def system_zone() -> tzinfo:
             return ZoneInfo(tz)
         except (ZoneInfoNotFoundError, ValueError):
             pass
+    try:
+        st = os.stat("/etc/localtime")
+    except OSError:
+        return UTC
+    return _localtime((st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size))
+
+
+@functools.lru_cache(maxsize=4)
+def _localtime(version: tuple[int, int, int, int]) -> tzinfo:
+    """/etc/localtime as a zone; `version` (the file's identity and time) keys the cache."""
     try:
         with open("/etc/localtime", "rb") as f:
             return ZoneInfo.from_file(f, key="localtime")

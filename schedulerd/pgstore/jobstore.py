@@ -236,10 +236,11 @@ class PgJobStore:
         with self.db.transaction() as cur:
             return self._get(cur, job_id)
 
-    def list(self, state: str | None = None, queue: str | None = None, limit: int = 1000) -> list[Job]:
+    def list(self, state: str | None = None, queue: str | None = None, limit: int = 1000,
+             before: int | None = None) -> list[Job]:
         with self.db.transaction() as cur, cur.connection.cursor(row_factory=dict_row) as rows:
             return [_job(r) for r in run(rows, "list_jobs", state=state, queue=queue,  # type: ignore[arg-type]
-                                         limit=limit).fetchall()]
+                                         limit=limit, before=before).fetchall()]
 
     def count_by_state(self) -> dict[str, int]:
         with self.db.transaction() as cur:

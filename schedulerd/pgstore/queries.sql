@@ -111,6 +111,7 @@ SELECT state, attempts, max_attempts FROM jobs WHERE id = %(id)s FOR UPDATE;
 -- name: list_jobs
 SELECT * FROM job_rows
 WHERE (%(state)s::text IS NULL OR state = %(state)s) AND (%(queue)s::text IS NULL OR queue = %(queue)s)
+  AND (%(before)s::bigint IS NULL OR id < %(before)s)
 ORDER BY id DESC LIMIT %(limit)s;
 
 -- name: count_by_state

@@ -3,91 +3,38 @@
 Every page and action calls the daemon through `ControlServer.dispatch`, the functions behind
 the control socket's commands (task.start, job.retry, ...): the same checks, the same
 SHUTTING_DOWN refusal while the daemon stops. The login check is an ASGI middleware in front
-of the router, so an unknown path without a login gets 403 too."""
+of the router, so an unknown path without a login gets 403 too. The pages are in `pages`, the
+login in `login`; here the gate, the actions (POSTs) and the routes."""
 
 from __future__ import annotations
 
-import secrets
+import functools
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
+from collections.abc import Awaitable, Callable
 from typing import Any
-from urllib.parse import parse_qs, urlencode
 
-import anyio
-import jinja2
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
-from starlette.routing import Mount, Route
+from starlette.responses import RedirectResponse, Response
+from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..control import ControlServer
 from ..protocol import ControlError, Fault
-from ..settings import format_duration
-from ..states import JobState
 from . import auth, metrics
-from .settings import HttpSettings
+from .console import HERE, STATUS, Console, read_form
+from .login import Login
+from .pages import Pages
 
-HERE = Path(__file__).parent
-COOKIE = "schedulerd_session"
-LOGIN_COOKIE = "schedulerd_login"  # the login form's CSRF token (double submit): no session yet
-MAX_FORM = 16 * 1024
-JOBS_SHOWN = 200  # the jobs table shows the newest this many of the filter (counts show them all)
 TASK_ACTIONS = ("start", "stop", "run-now", "restart")
 JOB_ACTIONS = {"retry": ("job.retry", {}), "cancel": ("job.cancel", {}),
                "raise": ("job.priority", {"delta": 1}), "lower": ("job.priority", {"delta": -1})}
 PURGE = {"finished": ["finished"], "finished-failed": ["finished", "failed", "cancelled"]}
-STATUS = {Fault.NO_SUCH_TASK: 404, Fault.NO_SUCH_JOB: 404, Fault.NO_SUCH_QUEUE: 404, Fault.SHUTTING_DOWN: 503,
-          Fault.BAD_ARGUMENTS: 400}
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
        "form-action 'self'; frame-ancestors 'none'; base-uri 'none'; object-src 'none'")
 HEADERS = [(b"content-security-policy", CSP.encode()), (b"x-content-type-options", b"nosniff"),
            (b"x-frame-options", b"DENY"), (b"referrer-policy", b"same-origin"), (b"cache-control", b"no-store")]
-
-
-def ago(ts: float | None) -> str:
-    return "" if ts is None else format_duration(max(0, round(time.time() - ts)))
-
-
-def _templates() -> jinja2.Environment:
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True,
-                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
-    env.filters["duration"] = lambda s: "" if s is None else format_duration(round(s, 1) if s < 1 else round(s))
-    env.filters["ago"] = ago
-    env.filters["when"] = lambda ts: "" if ts is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
-    return env
-
-
-class Console:
-    """What the pages need: the control server's commands, the [http] settings, the sessions."""
-
-    def __init__(self, control: ControlServer, settings: HttpSettings, *, unix_socket: bool):
-        self.control = control
-        self.settings = settings
-        self.unix_socket = unix_socket
-        self.sessions = auth.Sessions(settings.session_max_age)
-        self.login_limiter = anyio.CapacityLimiter(2)  # password checks at once (see login)
-        self.templates = _templates()
-
-    async def call(self, cmd: str, **args: Any) -> Any:
-        return await self.control.dispatch(cmd, args)
-
-    def user(self, request: Request) -> auth.Session | None:
-        header = self.settings.proxy_user_header
-        if header and self.unix_socket:
-            name = request.headers.get(header)
-            if name:
-                return self.sessions.proxy_session(name)
-        return self.sessions.get(request.cookies.get(COOKIE))
-
-    def page(self, request: Request, template: str, status: int = 200, **values: Any) -> HTMLResponse:
-        session: auth.Session | None = request.scope.get("session_user")
-        html = self.templates.get_template(template).render(
-            user=session.user if session else None, csrf=session.csrf if session else "",
-            refresh=self.settings.refresh, path=request.url.path, **values)
-        return HTMLResponse(html, status)
+Endpoint = Callable[[Request], Awaitable[Response]]
 
 
 class Gate:
@@ -130,16 +77,6 @@ class Gate:
         return False
 
 
-async def read_form(request: Request) -> dict[str, str]:
-    """A urlencoded form (the console's forms have a few short fields), bounded in size."""
-    body = b""
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_FORM:
-            raise ControlError(Fault.BAD_ARGUMENTS, "form too large")
-    return {k: v[0] for k, v in parse_qs(body.decode("utf-8", "replace")).items()}
-
-
 def back(form: dict[str, str], default: str) -> str:
     """Where an action returns: the page it was sent from (a local path only)."""
     target = form.get("next", "")
@@ -149,7 +86,7 @@ def back(form: dict[str, str], default: str) -> str:
 Action = Callable[[Request, dict[str, str]], Awaitable[Any]]
 
 
-def action(console: Console, default: str, do: Action) -> Callable[[Request], Awaitable[Response]]:
+def action(console: Console, default: str, do: Action) -> Endpoint:
     """A POST: the CSRF token checked first, then `do`; back to the page, or the daemon's refusal."""
 
     async def endpoint(request: Request) -> Response:
@@ -169,131 +106,69 @@ def action(console: Console, default: str, do: Action) -> Callable[[Request], Aw
     return endpoint
 
 
+async def task_action(c: Console, request: Request, form: dict[str, str]) -> None:
+    verb = request.path_params["action"]
+    if verb not in TASK_ACTIONS:
+        raise ControlError(Fault.BAD_ARGUMENTS, f"no action {verb!r} (known: {', '.join(TASK_ACTIONS)})")
+    await c.call(f"task.{verb}", name=request.path_params["name"])
+
+
+async def job_action(c: Console, request: Request, form: dict[str, str]) -> None:
+    verb = request.path_params["action"]
+    if verb not in JOB_ACTIONS:
+        raise ControlError(Fault.BAD_ARGUMENTS, f"no action {verb!r} (known: {', '.join(JOB_ACTIONS)})")
+    cmd, extra = JOB_ACTIONS[verb]
+    await c.call(cmd, id=request.path_params["id"], **extra)
+
+
+async def purge(c: Console, request: Request, form: dict[str, str]) -> None:
+    states = PURGE.get(form.get("what", ""))
+    if states is None:
+        raise ControlError(Fault.BAD_ARGUMENTS, f"what: expected one of {', '.join(PURGE)}")
+    await c.call("job.purge", states=states)
+
+
+async def queue_action(c: Console, request: Request, form: dict[str, str]) -> None:
+    verb = request.path_params["action"]
+    if verb not in ("pause", "resume"):
+        raise ControlError(Fault.BAD_ARGUMENTS, f"no action {verb!r} (known: pause, resume)")
+    await c.call(f"queue.{verb}", queue=request.path_params["name"])
+
+
+def routes(c: Console) -> list[BaseRoute]:
+    pages, login = Pages(c), Login(c)
+
+    def act(default: str, do: Callable[[Console, Request, dict[str, str]], Awaitable[None]]) -> Endpoint:
+        return action(c, default, functools.partial(do, c))
+
+    return [
+        Route("/", pages.index),
+        Route("/login", login.form, methods=["GET"]),
+        Route("/login", login.submit, methods=["POST"]),
+        Route("/logout", action(c, "/login", login.logout), methods=["POST"]),
+        Route("/tasks", pages.tasks),
+        Route("/tasks/{name}", pages.task),
+        Route("/tasks/{name}/log", pages.task_log),
+        Route("/tasks/{name}/{action}", act("/tasks", task_action), methods=["POST"]),
+        Route("/jobs", pages.jobs),
+        Route("/jobs/purge", act("/jobs", purge), methods=["POST"]),
+        Route("/jobs/{id:int}/{action}", act("/jobs", job_action), methods=["POST"]),
+        Route("/queues/{name}/{action}", act("/jobs", queue_action), methods=["POST"]),
+        Route("/metrics", pages.scrape),
+        Mount("/static", StaticFiles(directory=HERE / "static")),
+    ]
+
+
 def build(console: Console) -> ASGIApp:
-    c = console
-
-    async def index(request: Request) -> Response:
-        return RedirectResponse("/tasks", 303)
-
-    async def login_form(request: Request, status: int = 200, error: str | None = None) -> Response:
-        token = secrets.token_urlsafe(32)
-        response = c.page(request, "login.html", status, login_token=token, error=error)
-        response.set_cookie(LOGIN_COOKIE, token, httponly=True, samesite="strict", secure=c.settings.tls, path="/login")
-        return response
-
-    async def login(request: Request) -> Response:
-        try:
-            form = await read_form(request)
-        except ControlError as e:
-            return await login_form(request, 413, e.message)
-        if not auth.same_token(form.get("csrf"), request.cookies.get(LOGIN_COOKIE) or "-"):
-            return await login_form(request, 403, "the login form expired: try again")
-        user, password = form.get("user", ""), form.get("password", "")
-        stored = c.settings.users.get(user)
-        # scrypt costs 16 MiB and tens of ms: two at a time, in threads of their own limiter, so a
-        # flood of logins cannot take the worker threads the store calls need
-        ok = await anyio.to_thread.run_sync(auth.check_password, password, stored or auth.DUMMY_HASH,
-                                            limiter=c.login_limiter)
-        if not ok or stored is None:
-            return await login_form(request, 403, "wrong user name or password")
-        response = RedirectResponse("/tasks", 303)
-        response.set_cookie(COOKIE, c.sessions.create(user), httponly=True, samesite="strict", secure=c.settings.tls,
-                            max_age=int(c.settings.session_max_age), path="/")
-        response.delete_cookie(LOGIN_COOKIE, path="/login")
-        return response
-
-    async def logout(request: Request, form: dict[str, str]) -> None:
-        c.sessions.end(request.cookies.get(COOKIE))
-
-    async def tasks(request: Request) -> Response:
-        snapshots = await c.call("task.list")
-        clustered = any(t["cluster"] for t in snapshots)
-        template = "tasks_rows.html" if request.query_params.get("fragment") else "tasks.html"
-        return c.page(request, template, tasks=snapshots, clustered=clustered)
-
-    async def task(request: Request) -> Response:
-        name = request.path_params["name"]
-        snapshot = await c.call("task.state", name=name)
-        history = await c.call("task.history", name=name, limit=50)
-        lines = [line async for line in c.control.stream("log.tail", {"task": name, "lines": 200})]
-        return c.page(request, "task.html", task=snapshot, history=history, lines=lines)
-
-    async def task_log(request: Request) -> Response:
-        name = request.path_params["name"]
-        await c.call("task.state", name=name)  # NO_SUCH_TASK before the stream starts
-        return StreamingResponse(sse(c.control.stream("log.tail", {"task": name, "lines": 0, "follow": True})),
-                                 media_type="text/event-stream", headers={"x-accel-buffering": "no"})
-
-    async def task_action(request: Request, form: dict[str, str]) -> None:
-        verb = request.path_params["action"]
-        if verb not in TASK_ACTIONS:
-            raise ControlError(Fault.BAD_ARGUMENTS, f"no action {verb!r} (known: {', '.join(TASK_ACTIONS)})")
-        await c.call(f"task.{verb}", name=request.path_params["name"])
-
-    async def jobs(request: Request) -> Response:
-        state, queue = request.query_params.get("state") or None, request.query_params.get("queue") or None
-        if state is not None and state not in {s.value for s in JobState}:
-            return c.page(request, "error.html", 400, message=f"state: no job state {state!r}")
-        listing = await c.call("job.list", state=state, queue=queue, limit=JOBS_SHOWN)
-        queues = await c.call("state")
-        template = "jobs_rows.html" if request.query_params.get("fragment") else "jobs.html"
-        query = urlencode({k: v for k, v in (("state", state), ("queue", queue)) if v})
-        return c.page(request, template, jobs=listing["jobs"], counts=listing["counts"], queues=queues["queues"] or [],
-                      states=[s.value for s in JobState], state=state, queue=queue, shown=JOBS_SHOWN,
-                      here="/jobs" + (f"?{query}" if query else ""), now=time.time())
-
-    async def job_action(request: Request, form: dict[str, str]) -> None:
-        verb = request.path_params["action"]
-        if verb not in JOB_ACTIONS:
-            raise ControlError(Fault.BAD_ARGUMENTS, f"no action {verb!r} (known: {', '.join(JOB_ACTIONS)})")
-        cmd, extra = JOB_ACTIONS[verb]
-        await c.call(cmd, id=request.path_params["id"], **extra)
-
-    async def purge(request: Request, form: dict[str, str]) -> None:
-        states = PURGE.get(form.get("what", ""))
-        if states is None:
-            raise ControlError(Fault.BAD_ARGUMENTS, f"what: expected one of {', '.join(PURGE)}")
-        await c.call("job.purge", states=states)
-
-    async def queue_action(request: Request, form: dict[str, str]) -> None:
-        verb = request.path_params["action"]
-        if verb not in ("pause", "resume"):
-            raise ControlError(Fault.BAD_ARGUMENTS, f"no action {verb!r} (known: pause, resume)")
-        await c.call(f"queue.{verb}", queue=request.path_params["name"])
-
-    async def scrape(request: Request) -> Response:
-        body = await metrics.scrape(c)
-        return Response(body, media_type=metrics.CONTENT_TYPE)
+    """The console's ASGI app: the routes behind the login gate; a refusal of the daemon's is its page."""
 
     async def not_found(request: Request, exc: Exception) -> Response:
-        return c.page(request, "error.html", 404, message=f"no page {request.url.path}")
+        return console.page(request, "error.html", 404, message=f"no page {request.url.path}")
 
     async def refused(request: Request, exc: Exception) -> Response:
         if not isinstance(exc, ControlError):  # registered for ControlError only
             raise exc
-        return c.page(request, "error.html", STATUS.get(exc.code, 409), message=exc.message)
+        return console.page(request, "error.html", STATUS.get(exc.code, 409), message=exc.message)
 
-    routes = [
-        Route("/", index),
-        Route("/login", login_form, methods=["GET"]),
-        Route("/login", login, methods=["POST"]),
-        Route("/logout", action(c, "/login", logout), methods=["POST"]),
-        Route("/tasks", tasks),
-        Route("/tasks/{name}", task),
-        Route("/tasks/{name}/log", task_log),
-        Route("/tasks/{name}/{action}", action(c, "/tasks", task_action), methods=["POST"]),
-        Route("/jobs", jobs),
-        Route("/jobs/purge", action(c, "/jobs", purge), methods=["POST"]),
-        Route("/jobs/{id:int}/{action}", action(c, "/jobs", job_action), methods=["POST"]),
-        Route("/queues/{name}/{action}", action(c, "/jobs", queue_action), methods=["POST"]),
-        Route("/metrics", scrape),
-        Mount("/static", StaticFiles(directory=HERE / "static")),
-    ]
-    app = Starlette(routes=routes, exception_handlers={404: not_found, ControlError: refused})
-    return Gate(app, c)
-
-
-async def sse(lines: AsyncIterator[str]) -> AsyncIterator[str]:
-    """Server-sent events: one event per log line (a traceback's lines are `data:` lines of one event)."""
-    async for line in lines:
-        yield "".join(f"data: {part}\n" for part in line.split("\n")) + "\n"
+    app = Starlette(routes=routes(console), exception_handlers={404: not_found, ControlError: refused})
+    return Gate(app, console)

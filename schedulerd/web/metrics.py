@@ -17,7 +17,7 @@ from . import auth
 from .settings import HttpSettings
 
 if TYPE_CHECKING:
-    from .app import Console
+    from .console import Console
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 

@@ -21,7 +21,8 @@ import uvicorn
 
 from ..config import Config
 from ..control import ControlServer
-from .app import Console, build
+from .app import build
+from .console import Console
 from .settings import Listen
 
 log = logging.getLogger("schedulerd.web")

@@ -73,6 +73,9 @@ class HttpSettings:
     proxy_user_header: str | None = None
     refresh: Annotated[float, s.positive_duration] = 5.0  # the tables refresh themselves this often
     session_max_age: Annotated[float, s.positive_duration] = 12 * 3600.0
+    # failed logins per client address, and per user name, within login_window: past it, 429
+    login_max_failures: Annotated[int, s.int_range(1, 1000)] = 5
+    login_window: Annotated[float, s.positive_duration] = 60.0
     metrics_token: Secret | None = None  # `Authorization: Bearer TOKEN` reads /metrics from anywhere
     metrics_public_on_loopback: bool = True  # /metrics without login from 127.0.0.1/::1
 

@@ -115,3 +115,13 @@ def test_first_due_catches_up_once_or_waits_for_the_next():
     assert first_due(s, slept_over, paris(2026, 5, 1, 3, 0, 20), 60) == paris(2026, 5, 1, 3, 0, 20)  # a takeover
     assert first_due(s, None, now, math.inf) == paris(2026, 5, 2, 3, 0)  # never ran: nothing to catch up
     assert first_due(s, paris(2026, 5, 1, 8, 0), now, math.inf) == paris(2026, 5, 2, 3, 0)  # nothing missed
+
+
+def test_the_system_zone_is_read_again_only_when_etc_localtime_changes(monkeypatch):
+    """A task snapshot asks for the zone: the tasks page with 1,000 tasks read the file 1,000 times."""
+    from schedulerd.schedule import system_zone
+
+    monkeypatch.delenv("TZ", raising=False)
+    first = system_zone()
+    assert system_zone() is first
+    assert zone(None) is first

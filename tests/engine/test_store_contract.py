@@ -77,6 +77,8 @@ def test_add_get_list_and_claim_in_priority_order(backend: Backend) -> None:
     assert [j.id for j in s.list()] == [other, high, low]
     assert [j.id for j in s.list(queue="q")] == [high, low]
     assert [j.id for j in s.list(state="waiting", limit=1)] == [other]
+    assert [j.id for j in s.list(before=other)] == [high, low]  # the next page of a listing
+    assert [j.id for j in s.list(queue="q", before=high)] == [low]
     assert s.queue_names() == {"q", "other"} and s.queues_with_work() == {"q", "other"}
     first = s.claim("q", "n1")
     assert first is not None and first.id == high and first.state is JobState.RUNNING

@@ -3,6 +3,8 @@ non-loopback refusal at load, http:passwd."""
 
 from __future__ import annotations
 
+import html
+import re
 import subprocess
 import time
 
@@ -190,3 +192,68 @@ argv = ["sleep", "30"]
         assert status == 503 and "shutting down" in page
     finally:
         stopper.communicate(timeout=30)
+
+
+def test_failed_logins_are_refused_per_address_and_per_user_without_locking_out_the_others(site, web):
+    """Defaults: 5 failures within 1 minute. Each client is another loopback address."""
+    attacker = Web(web.port, source="127.0.0.2")
+    guesses = [f"guess-{i}-Secret" for i in range(5)]
+    for guess in guesses:
+        assert attacker.login("alice", guess) == 403
+    status, headers, page = attacker.try_login("alice")  # the right password: not even checked
+    assert status == 429 and "too many failed logins" in page
+    assert 1 <= int(headers["retry-after"]) <= 60
+    assert Web(web.port, source="127.0.0.3").try_login("alice")[0] == 429  # the user, from anywhere
+    assert Web(web.port, source="127.0.0.3").login("bob") == 303  # another user: unaffected
+    assert attacker.try_login("bob")[0] == 429  # the address, for any user
+    assert web.login("bob") == 303 and web.get("/tasks")[0] == 200
+    log = site.log()
+    assert log.count("5 failed logins for address 127.0.0.2 within 1m") == 1, log
+    assert log.count("5 failed logins for user alice within 1m") == 1
+    assert "WARNING" in next(line for line in log.splitlines() if "failed logins for user alice" in line)
+    assert not any(secret in log for secret in [*guesses, *PASSWORDS.values()])
+
+
+def test_the_login_throttle_forgets_old_failures_and_holds_a_bounded_number_of_addresses():
+    from schedulerd.web.ratelimit import FailureWindow, LoginLimiter
+
+    w = FailureWindow(max_failures=3, window=10.0, max_keys=100)
+    assert [w.fail("a", t) for t in (0.0, 1.0, 2.0)] == [False, False, True]  # the third reaches it: logged
+    assert w.blocked_for("a", 5.0) == 5.0  # until the first is 10 s old
+    assert w.blocked_for("a", 10.0) == 0.0  # a sliding window: one more try
+    for i in range(10_000):  # a flood from many addresses
+        w.fail(f"10.0.{i // 256}.{i % 256}", 3.0)
+    assert len(w) == 100
+    limiter = LoginLimiter(3, 10.0, frozenset({"alice"}), max_keys=100)
+    for i in range(1_000):  # user names that are no user are not counted
+        limiter.failed(f"10.1.{i // 256}.{i % 256}", f"nosuch{i}")
+    assert len(limiter.by_user) == 0 and len(limiter.by_address) == 100
+
+
+def test_the_jobs_table_shows_a_page_at_a_time_with_links_to_older_and_newest(site, web):
+    from schedulerd.jobstore import SqliteJobStore
+
+    site.console("queue:pause", "slow", check=True)
+    store = SqliteJobStore(next(site.root.rglob("jobs.db")), 10.0)  # beside the running daemon, as job:add
+    try:
+        ids = store.add_many([("slow", "slow", {"i": i}, f"paged job {i}") for i in range(250)])
+    finally:
+        store.close()
+    assert web.login() == 303
+
+    def shown(path: str) -> tuple[list[int], str]:
+        status, _, page = web.get(path)
+        assert status == 200, page
+        return [int(i) for i in re.findall(r'data-job="(\d+)"', page)], page
+
+    first, page = shown("/jobs")
+    assert first == ids[::-1][:100] and 'id="newest"' not in page
+    older = html.unescape(re.search(r'href="([^"]+)" id="older"', page).group(1))
+    assert older == f"/jobs?before={ids[150]}"
+    second, page = shown(older)
+    assert second == ids[::-1][100:200] and "slow/waiting: 250" in page
+    third, page = shown(html.unescape(re.search(r'href="([^"]+)" id="older"', page).group(1)))
+    assert third == ids[::-1][200:] and 'id="older"' not in page and 'href="/jobs" id="newest"' in page
+    rows, _ = shown(f"/jobs?state=waiting&queue=slow&before={ids[10]}&fragment=rows")  # a page's refresh
+    assert rows == ids[:10][::-1]
+    assert web.get("/jobs?before=x1")[0] == 400

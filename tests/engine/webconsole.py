@@ -128,13 +128,14 @@ def start_env(root: Path) -> dict[str, str]:
 class Web:
     """A browser-less client: cookies kept, redirects not followed, answers as (status, headers, text)."""
 
-    def __init__(self, port: int):
+    def __init__(self, port: int, source: str = "127.0.0.1"):
         self.port = port
+        self.source = source  # the client's address: any of 127.0.0.0/8 is a different client
         self.cookies: dict[str, str] = {}
 
     def request(self, method: str, path: str, form: dict[str, str] | None = None,
                 headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], str]:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30, source_address=(self.source, 0))
         h = dict(headers or {})
         if self.cookies:
             h["Cookie"] = "; ".join(f"{k}={v}" for k, v in self.cookies.items())
@@ -163,10 +164,12 @@ class Web:
         return self.request("POST", path, form, **kw)
 
     def login(self, user: str = "alice", password: str | None = None) -> int:
+        return self.try_login(user, password)[0]
+
+    def try_login(self, user: str = "alice", password: str | None = None) -> tuple[int, dict[str, str], str]:
         _, _, page = self.get("/login")
         token = re.search(r'name="csrf" value="([^"]+)"', page).group(1)
-        status, _, _ = self.post("/login", {"csrf": token, "user": user, "password": password or PASSWORDS[user]})
-        return status
+        return self.post("/login", {"csrf": token, "user": user, "password": password or PASSWORDS[user]})
 
     def csrf(self, path: str = "/tasks") -> str:
         _, _, page = self.get(path)

@@ -1,0 +1,77 @@
+"""The console's pages (GET): the tasks table, a task with its history and live log, the jobs
+table a page at a time, /metrics. The daemon's answers come from `Console.call` (the control
+socket's commands); the tables are rendered off the event loop."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from urllib.parse import urlencode
+
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response, StreamingResponse
+
+from ..states import JobState
+from . import metrics
+from .console import Console
+
+JOBS_SHOWN = 100  # jobs on one page of the jobs table, newest first (the counts show them all)
+JOB_STATES = [s.value for s in JobState]
+
+
+class Pages:
+    def __init__(self, console: Console):
+        self.c = console
+
+    async def index(self, request: Request) -> Response:
+        return RedirectResponse("/tasks", 303)
+
+    async def tasks(self, request: Request) -> Response:
+        snapshots = await self.c.call("task.list")
+        clustered = any(t["cluster"] for t in snapshots)
+        template = "tasks_rows.html" if request.query_params.get("fragment") else "tasks.html"
+        return await self.c.table(request, template, tasks=snapshots, clustered=clustered)
+
+    async def task(self, request: Request) -> Response:
+        name = request.path_params["name"]
+        snapshot = await self.c.call("task.state", name=name)
+        history = await self.c.call("task.history", name=name, limit=50)
+        lines = [line async for line in self.c.control.stream("log.tail", {"task": name, "lines": 200})]
+        return await self.c.table(request, "task.html", task=snapshot, history=history, lines=lines)
+
+    async def task_log(self, request: Request) -> Response:
+        name = request.path_params["name"]
+        await self.c.call("task.state", name=name)  # NO_SUCH_TASK before the stream starts
+        lines = self.c.control.stream("log.tail", {"task": name, "lines": 0, "follow": True})
+        return StreamingResponse(sse(lines), media_type="text/event-stream", headers={"x-accel-buffering": "no"})
+
+    async def jobs(self, request: Request) -> Response:
+        """JOBS_SHOWN jobs of the filter, newest first; `before=ID`: the page of those older than ID."""
+        q = request.query_params
+        state, queue, before = q.get("state") or None, q.get("queue") or None, q.get("before") or None
+        if state is not None and state not in JOB_STATES:
+            return self.c.page(request, "error.html", 400, message=f"state: no job state {state!r}")
+        if before is not None and not (before.isdigit() and int(before) > 0):
+            return self.c.page(request, "error.html", 400, message=f"before: expected a job id, got {before!r}")
+        listing = await self.c.call("job.list", state=state, queue=queue, limit=JOBS_SHOWN,
+                                    before=None if before is None else int(before))
+        queues = await self.c.call("queue.list")
+        filters = {k: v for k, v in (("state", state), ("queue", queue)) if v}
+        jobs = listing["jobs"]
+        older = urlencode({**filters, "before": jobs[-1]["id"]}) if len(jobs) >= JOBS_SHOWN else None
+        here = {**filters, **({"before": before} if before else {})}
+        return await self.c.table(
+            request, "jobs_rows.html" if q.get("fragment") else "jobs.html",
+            jobs=jobs, counts=listing["counts"], queues=queues or [], states=JOB_STATES, state=state, queue=queue,
+            shown=JOBS_SHOWN, before=before, newest="/jobs" + (f"?{urlencode(filters)}" if filters else ""),
+            older=f"/jobs?{older}" if older else None, here="/jobs" + (f"?{urlencode(here)}" if here else ""),
+            now=time.time())
+
+    async def scrape(self, request: Request) -> Response:
+        return Response(await metrics.scrape(self.c), media_type=metrics.CONTENT_TYPE)
+
+
+async def sse(lines: AsyncIterator[str]) -> AsyncIterator[str]:
+    """Server-sent events: one event per log line (a traceback's lines are `data:` lines of one event)."""
+    async for line in lines:
+        yield "".join(f"data: {part}\n" for part in line.split("\n")) + "\n"
