@@ -6,7 +6,7 @@ import heapq
 import itertools
 import logging
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -88,7 +88,7 @@ class TaskContext:
         store: Any = None,
         *,
         emitter: Callable[[str, Mapping[str, Any]], None] | None = None,
-        job_adder: Callable[..., int] | None = None,
+        job_adder: Callable[..., Awaitable[int]] | None = None,
         on_progress: Callable[[int, int | None], None] | None = None,
         on_started: Callable[[], None] | None = None,
         alarms: Alarms | None = None,
@@ -147,10 +147,12 @@ class TaskContext:
         if self._emitter:
             self._emitter(event, data)
 
-    def add_job(self, type: str, payload: Mapping[str, Any], **options: Any) -> int:
+    async def add_job(self, type: str, payload: Mapping[str, Any], **options: Any) -> int:
+        """The job goes to the store in a worker thread, retried while the store fails (a locked
+        jobs.db, PostgreSQL away): the event loop never waits for it, and no job is lost."""
         if self._job_adder is None:
             raise RuntimeError("no job queue in this process")
-        return self._job_adder(type, payload, **options)
+        return await self._job_adder(type, payload, **options)
 
     def wait_for(self, what: str, retry: float = 5.0) -> None:
         if self.info.get("waiting_for") != what:

@@ -377,8 +377,8 @@ class Daemon:
             if runner.state in (TaskState.WAITING, TaskState.RUNNING):  # running: one more pass right after
                 runner.ctx.wake()
 
-    def _add_job(self, type: str, payload: Mapping[str, Any], **options: Any) -> int:
-        jid: int = self.jobs.add(type, payload, **options)
+    async def _add_job(self, type: str, payload: Mapping[str, Any], **options: Any) -> int:
+        jid: int = await self.jobs.add(type, payload, **options)
         return jid
 
     def _runner(self, args: dict[str, Any]) -> TaskRunner:

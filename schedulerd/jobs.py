@@ -93,12 +93,12 @@ def add_job(store: JobStore, config: Config, type_name: str, payload: Mapping[st
     return jid, q
 
 
-def store_adder(config: Config) -> Callable[..., int]:
+def store_adder(config: Config) -> Callable[..., Awaitable[int]]:
     """`ctx.add_job` outside the daemon (task:run, worker:run-service): the job goes to the
-    store, and a running daemon's queue is woken."""
+    store (in a worker thread, retried while the store fails), and a running daemon's queue is woken."""
     from .wake import send_wake
 
-    def add(type: str, payload: Mapping[str, Any], **options: Any) -> int:
+    def add_sync(type: str, payload: Mapping[str, Any], options: Mapping[str, Any]) -> int:
         store = open_job_store(config.scheduler, config.store, pool_size=1)
         try:
             jid, queue = add_job(store, config, type, payload, **options)
@@ -106,6 +106,9 @@ def store_adder(config: Config) -> Callable[..., int]:
             store.close()
         send_wake(config.scheduler.state_dir, queue)
         return jid
+
+    async def add(type: str, payload: Mapping[str, Any], **options: Any) -> int:
+        return await store_call(f"adding a {type} job", add_sync, type, payload, options)
     return add
 
 
@@ -475,8 +478,11 @@ class JobService:
         return self.store.settle_many(batch)
 
     # --- operations ------------------------------------------------------------
-    def add(self, type: str, payload: Mapping[str, Any], **options: Any) -> int:
-        jid, queue = add_job(self.store, self.config, type, payload, **options)
+    async def add(self, type: str, payload: Mapping[str, Any], **options: Any) -> int:
+        """`ctx.add_job` in the daemon: the store write in a worker thread, retried while the store
+        fails (a locked jobs.db, PostgreSQL away) so the job is not lost; a JobError raises at once."""
+        jid, queue = await store_call(f"adding a {type} job",
+                                      functools.partial(add_job, self.store, self.config, type, payload, **options))
         self.wake_queue(queue)
         return jid
 

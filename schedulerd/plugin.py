@@ -114,8 +114,9 @@ class Context(Protocol):
     def emit(self, event: str, **data: Any) -> None:
         """Publish an event (`record.created`, ...) to the task types that listen for it."""
 
-    def add_job(self, type: str, payload: Mapping[str, Any], **options: Any) -> int:
-        """Queue a one-off job; returns its id."""
+    async def add_job(self, type: str, payload: Mapping[str, Any], **options: Any) -> int:
+        """Queue a one-off job; returns its id. The store write runs off the event loop and is
+        retried while the store fails (a bad type or payload raises at once)."""
 
     def wait_for(self, what: str, retry: float = 5.0) -> None:
         """This iteration found nothing to work on because `what` does not exist yet (say, a

@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -112,7 +112,7 @@ class RunnerEnv:
     history: HistorySink = field(default_factory=lambda: HistorySink())
     make_logger: Callable[[str], Any] = lambda name: logging.getLogger(f"schedulerd.task.{name}")
     emit: Callable[[str, Mapping[str, Any]], None] | None = None
-    add_job: Callable[..., int] | None = None
+    add_job: Callable[..., Awaitable[int]] | None = None
     node: str = ""  # this daemon's node id
     cluster: Any = None  # a shared store's cluster.ClusterStore: tasks run under leases; None: SQLite
     holders: Mapping[str, str] = field(default_factory=dict)  # task -> node holding it (the last heartbeat's view)

@@ -219,14 +219,14 @@ class ArchiveTask(TaskType):
 
     # --- one pass ------------------------------------------------------------------------
 
-    def _queue_jobs(self, ctx: Any, event: str, ids: list[int]) -> None:
+    async def _queue_jobs(self, ctx: Any, event: str, ids: list[int]) -> None:
         """The jobs `[databoxes.NAME.on]` names for `event` (subdefCreation, deferred, by default).
         Without a job queue (a test context) the sweepers (`subdefs`, ...) take the records."""
         from repository import record_jobs
 
         for type_name, payload in record_jobs(self.settings.databox, self._databox_settings(ctx), event, ids):
             try:
-                ctx.add_job(type_name, payload)
+                await ctx.add_job(type_name, payload)
             except RuntimeError:  # no job queue in this process
                 return
 
@@ -286,7 +286,7 @@ class ArchiveTask(TaskType):
                     ctx.emit("record.created", databox=s.databox, record_id=rid)
                     touched_dirs.add(rel.rpartition("/")[0])
                     self._seen.pop(rel, None)
-                self._queue_jobs(ctx, "record.created", [rid for rid, _ in res.created])
+                await self._queue_jobs(ctx, "record.created", [rid for rid, _ in res.created])
                 for rel, twin in res.skipped:
                     self._skipped(ctx, rel, twin)
                 for rel, _ in res.skipped + res.errors:

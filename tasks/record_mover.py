@@ -491,12 +491,12 @@ class RecordMover(TaskType):
         return self._each(config, work)
 
     @staticmethod
-    def _queue_jobs(ctx: Context, databox: str, event: str, ids: list[int]) -> None:
+    async def _queue_jobs(ctx: Context, databox: str, event: str, ids: list[int]) -> None:
         from repository import record_jobs
 
         for type_name, payload in record_jobs(databox, ctx.config.databoxes[databox], event, ids):
             try:
-                ctx.add_job(type_name, payload)
+                await ctx.add_job(type_name, payload)
             except RuntimeError:  # no job queue in this process (a test context)
                 return
 
@@ -508,7 +508,7 @@ class RecordMover(TaskType):
                 event = "record.deleted" if o.rule.action == "delete" else "record.updated"
                 ctx.emit(event, databox=o.rule.databox, ids=o.ids, rule=o.rule.name, task=ctx.name)
                 if event == "record.deleted":  # deleteRecord + webhook by default ([databoxes.NAME.on])
-                    self._queue_jobs(ctx, o.rule.databox, event, o.ids)
+                    await self._queue_jobs(ctx, o.rule.databox, event, o.ids)
         waiting = ", ".join(dict.fromkeys(o.waiting for o in outcomes if o.waiting))
         if waiting:
             ctx.wait_for(waiting)

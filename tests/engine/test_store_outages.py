@@ -154,3 +154,71 @@ def test_a_daemon_survives_jobs_db_locked_for_40s_and_each_job_finishes_once(sit
     said_once(log, r"the store failed \(OperationalError: database is locked\)")
     assert "Traceback" not in log
     os.kill(pid, 0)
+
+
+def records_in(db: Path) -> list[int]:
+    import sqlite3
+
+    try:
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+    except sqlite3.OperationalError:
+        return []
+    try:
+        return [r[0] for r in conn.execute("SELECT id FROM records")]
+    except sqlite3.OperationalError:
+        return []
+    finally:
+        conn.close()
+
+
+def test_jobs_a_task_queues_while_jobs_db_is_locked_wait_off_the_loop_and_are_not_lost(site, tmp_path) -> None:
+    """An archive task queues a subdefCreation job per new record (`ctx.add_job`) while another
+    process holds jobs.db's write lock: the control socket and another task keep answering on
+    time meanwhile, and once the lock goes every record has its job."""
+    from repository import DataboxSettings, open_databox
+
+    hot, box = site.var / "hot", DataboxSettings(site.var / "main.sqlite", site.var / "storage")
+    hot.mkdir(parents=True)
+    (hot / ".phrasea.xml").write_bytes(b'<?xml version="1.0" encoding="UTF-8"?>\n<record/>\n')
+    with open_databox(box) as db:
+        db.create_collection("photos")
+    site.write(f"""
+[databoxes.main]
+path = "{box.path}"
+storage = "{box.storage}"
+
+[tasks.inbox]
+type = "archive"
+period = "200ms"
+databox = "main"
+collection = "photos"
+hotfolder = "{hot}"
+cold = 0
+
+[tasks.tick]
+type = "noop"
+period = "100ms"
+
+[queues.subdefs]
+workers = 0
+""", scheduler='store_busy_timeout = "2s"\n')  # a write gives up before the lock goes
+    site.console("scheduler:start", check=True)
+    site.wait_for(lambda: (site.var / "state" / "jobs.db").exists(), 15, "jobs.db")
+    locker = hold_write_lock(site.var / "state" / "jobs.db", 6)
+    try:
+        for i in range(5):
+            (hot / f"f{i}.bin").write_bytes(f"file {i} ".encode() + os.urandom(8))
+        site.wait_for(lambda: len(records_in(box.path)) == 5, 5, "the records archived while jobs.db is locked")
+        pings = [ping_seconds(site) for _ in range(10)]
+        assert max(pings) < 1.0, pings  # the loop is not waiting for jobs.db
+        ticks = site.task("tick")["runs"]
+        site.wait_for(lambda: site.task("tick")["runs"] > ticks + 5, 2, "the other task's iterations")
+        assert locker.poll() is None  # all of it while the lock was held
+    finally:
+        locker.wait(30)
+    ids = records_in(box.path)
+
+    def queued() -> set[int]:
+        return {j["payload"]["record"] for j in finished_or_not(site) if j["type"] == "subdefCreation"}
+    site.wait_for(lambda: queued() == set(ids), 20, "a job per record once the lock went")
+    assert site.pid() is not None
