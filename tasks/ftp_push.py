@@ -8,6 +8,7 @@ under the job's state folder, so a retry never sends again what was sent.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import os
@@ -24,10 +25,13 @@ from schedulerd.settings import ConfigError, build, duration, int_range
 from tasks.ftp_common import Progress, check_remote_dir
 from tasks.transfer import RemoteClient, TransferError, close, connect, extra_session
 from tasks.transfer.names import join, printable, unsafe_reason
-from tasks.transfer.send import send
+from tasks.transfer.send import Outgoing, send, send_batch
 from tasks.transfer.settings import ConnectionSettings
 
 # --- the drop-box task ------------------------------------------------------------
+
+BATCH_FILES = 32  # files uploaded before their sizes are checked and they are renamed together
+BATCH_BYTES = 8 * 1024 * 1024  # ... or fewer, once they make this many bytes
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -110,16 +114,21 @@ class FtpPush(TaskType):
             return "nothing stable to send yet"
         progress = Progress(ctx, len(todo), sum(v[1] for v in todo.values()))
         errors: list[str] = []
-        work = iter(sorted(todo.items()))
+        work = collections.deque(sorted(todo.items()))
         fatal: list[TransferError] = []
 
-        async def send_one(client: RemoteClient, rel: str, path: Path, size: int, mtime_ns: int) -> None:
-            remote_dir = join(s.remote_dir, rel.rsplit("/", 1)[0]) if "/" in rel else s.remote_dir
-            try:
-                final = await send(client, path, remote_dir, log=ctx.log, on_bytes=progress.on_bytes)
-            except TransferError as e:
-                ctx.log.warning("cannot send %s: %s", path, e)
-                errors.append(str(e))
+        def take() -> list[tuple[str, tuple[Path, int, int]]]:
+            """The next files to send together: up to BATCH_FILES, fewer once they make BATCH_BYTES."""
+            batch, size = [], 0
+            while work and len(batch) < BATCH_FILES and size < BATCH_BYTES:
+                batch.append(work.popleft())
+                size += batch[-1][1][1]
+            return batch
+
+        def settle(path: Path, size: int, mtime_ns: int, outcome: str | TransferError) -> None:
+            if isinstance(outcome, TransferError):
+                ctx.log.warning("cannot send %s: %s", path, outcome)
+                errors.append(str(outcome))
                 progress.file_done(failed=True)
                 return
             try:
@@ -130,7 +139,7 @@ class FtpPush(TaskType):
                     ctx.log.warning("%s changed while it was sent: kept, sent again next pass", path)
             except FileNotFoundError:
                 pass
-            ctx.log.info("sent %s -> %s", path, final)
+            ctx.log.info("sent %s -> %s", path, outcome)
             progress.file_done()
 
         async def worker(first: bool) -> None:
@@ -140,9 +149,7 @@ class FtpPush(TaskType):
                     client = await extra_session(s, ctx.log, s.parallel)
                     if client is None:
                         return
-                for rel, (path, size, mtime_ns) in work:
-                    if fatal:
-                        break
+                while work and not fatal:
                     if client is None or client.broken:
                         await close(client)
                         client = None
@@ -151,7 +158,16 @@ class FtpPush(TaskType):
                         except TransferError as e:
                             fatal.append(e)
                             break
-                    await send_one(client, rel, path, size, mtime_ns)
+                    if not (batch := take()):  # the others took the last files meanwhile
+                        break
+                    outgoing = [Outgoing(path, join(s.remote_dir, rel.rsplit("/", 1)[0]) if "/" in rel else s.remote_dir,
+                                         path.name) for rel, (path, _, _) in batch]
+                    outcomes = await send_batch(client, outgoing, log=ctx.log, on_bytes=progress.on_bytes)
+                    for (rel, (path, size, mtime_ns)), outcome in zip(batch, outcomes, strict=True):
+                        if outcome is None:  # not tried: the session broke
+                            work.appendleft((rel, (path, size, mtime_ns)))
+                        else:
+                            settle(path, size, mtime_ns, outcome)
             finally:
                 await close(client)
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Literal
+
+from .errors import TransferError
 
 EntryType = Literal["file", "dir", "link", "other"]
 OnBytes = Callable[[int], None]
@@ -49,7 +51,12 @@ class RemoteClient(abc.ABC):
 
     @abc.abstractmethod
     async def put(self, source: Source, path: str, on_bytes: OnBytes | None = None) -> int:
-        """Store what `source` gives as `path`; returns the bytes sent, checked stored (IntegrityError)."""
+        """Store what `source` gives as `path`; returns the bytes sent (see `short_uploads`)."""
+
+    async def short_uploads(self, uploads: Sequence[tuple[str, int]]) -> list[str | None]:
+        """For each `put` (path, bytes sent), why the stored file is not whole, or None (whole, or
+        the server cannot tell). Here: None, the protocol acknowledges what it stores (SFTP)."""
+        return [None] * len(uploads)
 
     @abc.abstractmethod
     async def delete(self, path: str) -> None: ...
@@ -57,6 +64,19 @@ class RemoteClient(abc.ABC):
     @abc.abstractmethod
     async def rename(self, src: str, dst: str) -> None:
         """Rename, replacing `dst` if it exists."""
+
+    async def renames(self, pairs: Sequence[tuple[str, str]]) -> list[TransferError | None]:
+        """`rename` each (src, dst): per pair None, or why it failed. A lost session raises."""
+        failed: list[TransferError | None] = []
+        for src, dst in pairs:
+            try:
+                await self.rename(src, dst)
+                failed.append(None)
+            except TransferError as e:
+                if self.broken:
+                    raise
+                failed.append(e)
+        return failed
 
     @abc.abstractmethod
     async def mkdir(self, path: str) -> None:

@@ -15,20 +15,20 @@ import ipaddress
 import logging
 import re
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 import anyio
 from OpenSSL import SSL
 
 from .base import OnBytes, RemoteClient, RemoteEntry, Sink, Source
-from .errors import AuthError, ConnectError, IntegrityError, NotFound, RemoteError, ResumeUnsupported, TransferError, scrub
+from .errors import AuthError, ConnectError, NotFound, RemoteError, ResumeUnsupported, TransferError, scrub
 from .listing import parse_listing, parse_mlsd_time
 from .proxy import open_socket
 from .settings import ConnectionSettings
 from .tls import Tls, TlsConn, TlsFailure, reason, wait_for
 
 MAX_LISTING = 256 * 1024 * 1024
-MDTM_BATCH = 100  # MDTM commands sent in one write: their replies (about 20 bytes each) fit any buffer
+PIPELINE = 100  # commands sent in one write (MDTM, SIZE, RNFR+RNTO): their short replies fit any buffer
 # the protocol, at debug level (passwords starred): its own logger, so a task or job log
 # kept at debug level does not get ten lines per file
 PROTOCOL_LOG = logging.getLogger("schedulerd.ftp.protocol")
@@ -505,26 +505,28 @@ class FtpClient(RemoteClient):
         return entries if mlsd else await self._exact_times(entries)
 
     async def _exact_times(self, entries: list[RemoteEntry]) -> list[RemoteEntry]:
-        """LIST times are to the minute at best: each file's exact time from `MDTM`. The commands of a
-        batch go in one write and their replies, in order (RFC 959), are read after it; a file whose
-        `MDTM` is refused (gone meanwhile, no permission) keeps its listed time."""
+        """LIST times are to the minute at best: each file's exact time from `MDTM` (pipelined); a
+        file whose `MDTM` is refused (gone meanwhile, no permission) keeps its listed time."""
         files = [i for i, e in enumerate(entries) if e.type == "file" and not e.precise]
         if not files or (self._features and "MDTM" not in self._features):
             return entries
         out = list(entries)
-        for start in range(0, len(files), MDTM_BATCH):
-            batch = files[start:start + MDTM_BATCH]
-            lines = tuple(f"MDTM {entries[i].path}" for i in batch)
-            for n, i in enumerate(batch):
-                try:
-                    _, info = await self._cmd(lines if n == 0 else None, "213", what="MDTM")
-                    exact = parse_mlsd_time(info[-1].split()[-1])
-                except (RemoteError, ValueError, IndexError):
-                    if self.broken:
-                        raise
-                    continue
-                out[i] = dataclasses.replace(entries[i], mtime=exact, precise=True)
+        for i, (code, info) in zip(files, await self._pipelined([f"MDTM {entries[i].path}" for i in files], "MDTM"),
+                                   strict=True):
+            with contextlib.suppress(ValueError, IndexError):
+                if code == "213":
+                    out[i] = dataclasses.replace(entries[i], mtime=parse_mlsd_time(info[-1].split()[-1]), precise=True)
         return out
+
+    async def _pipelined(self, lines: list[str], what: str) -> list[tuple[str, list[str]]]:
+        """Each line's reply, whatever its code: up to PIPELINE lines go in one write, their
+        replies (in order, RFC 959) are read after it. Only a lost connection raises."""
+        replies = []
+        for start in range(0, len(lines), PIPELINE):
+            chunk = tuple(lines[start:start + PIPELINE])
+            for n in range(len(chunk)):
+                replies.append(await self._cmd(chunk if n == 0 else None, what=what))
+        return replies
 
     async def _read_all(self, command: str) -> bytes:
         chunks = bytearray()
@@ -582,17 +584,17 @@ class FtpClient(RemoteClient):
                     on_bytes(len(chunk))
             return sent
 
-        sent = await self._transfer(f"STOR {path}", send, upload=True)
-        try:  # a data connection cut short can look like a complete upload to the server
-            _, info = await self._cmd(f"SIZE {path}", "213", what="SIZE")
-            size = int(info[-1].split()[-1])
-        except (RemoteError, ValueError, IndexError):
-            if self.broken:
-                raise
-            return sent  # the server cannot tell
-        if size != sent:
-            raise IntegrityError(f"{path}: remote size {size}, local size {sent}")
-        return sent
+        return await self._transfer(f"STOR {path}", send, upload=True)
+
+    async def short_uploads(self, uploads: Sequence[tuple[str, int]]) -> list[str | None]:
+        """A data connection cut short can look like a complete upload to the server: each stored
+        size from `SIZE` (pipelined); a refused or unreadable reply means the server cannot tell."""
+        replies = await self._pipelined([f"SIZE {path}" for path, _ in uploads], "SIZE")
+        short: list[str | None] = []
+        for (path, sent), (code, info) in zip(uploads, replies, strict=True):
+            size = int(word) if code == "213" and (word := info[-1].strip()).isdigit() else sent
+            short.append(None if size == sent else f"{path}: remote size {size}, local size {sent}")
+        return short
 
     async def delete(self, path: str) -> None:
         await self._cmd(f"DELE {path}", "2xx", what="DELE", not_found=True)
@@ -607,6 +609,14 @@ class FtpClient(RemoteClient):
                 raise
             await self.delete(dst)  # a server that does not replace: dst deleted, then the rename
             await self._rename(src, dst)
+
+    async def renames(self, pairs: Sequence[tuple[str, str]]) -> list[TransferError | None]:
+        """RNFR+RNTO pairs pipelined; a pair not answered 350 then 2xx (a refusal, a server that does
+        not replace) is done again by `rename`, which says why or deletes `dst` first."""
+        replies = await self._pipelined([line for src, dst in pairs for line in (f"RNFR {src}", f"RNTO {dst}")], "RNFR")
+        redo = [pair for n, pair in enumerate(pairs) if (replies[2 * n][0], replies[2 * n + 1][0][:1]) != ("350", "2")]
+        failed = dict(zip(redo, await super().renames(redo), strict=True))
+        return [failed.get(pair) for pair in pairs]
 
     async def _rename(self, src: str, dst: str) -> None:
         """RNFR and RNTO in one write (one round trip for the operation), their replies read in order."""

@@ -1,10 +1,18 @@
-"""Upload one local file safely: temp remote name, size check, rename."""
+"""Upload local files safely: temp remote name, size check, rename.
+
+A batch of files goes up under temp names one after the other; then their stored
+sizes are checked together and only the whole ones renamed together (FTP pipelines
+both: one round trip each for the batch, not one per file). A temp name is never
+the name of a finished file, so a crash anywhere leaves at worst a temp behind.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import BinaryIO
 
@@ -31,34 +39,75 @@ def _open(src: Path) -> tuple[BinaryIO, int, bytes]:
         raise
 
 
-async def send(
-    client: RemoteClient,
-    src: Path,
-    remote_dir: str,
-    name: str | None = None,
-    *,
-    log: logging.Logger,
-    on_bytes: OnBytes | None = None,
-) -> str:
-    """Upload `src` as `remote_dir/name` under a temp name (`put` checks the stored size), rename
-    it; returns the final remote path. A failed upload leaves no temp behind when it can."""
-    name = name or src.name
-    reason = unsafe_reason(name)
+@dataclasses.dataclass(frozen=True)
+class Outgoing:
+    """A local file to upload as `remote_dir/name`."""
+
+    src: Path
+    remote_dir: str
+    name: str
+
+    @property
+    def temp(self) -> str:
+        return join(self.remote_dir, temp_name(self.name))
+
+    @property
+    def final(self) -> str:
+        return join(self.remote_dir, self.name)
+
+
+Outcome = str | TransferError | None  # the final remote path, why it was not sent, or None: not tried
+
+
+async def send_batch(client: RemoteClient, files: Sequence[Outgoing], *, log: logging.Logger,
+                     on_bytes: OnBytes | None = None) -> list[Outcome]:
+    """Upload `files` (see module doc); per file its Outcome. A file whose stored size is short
+    is never renamed (its temp is deleted). When the session breaks, the files uploaded and not
+    yet renamed fail with its error and those not yet tried are None (for another session)."""
+    outcomes: list[Outcome] = [None] * len(files)
+    uploaded: list[tuple[int, int]] = []  # (index, bytes sent)
+    try:
+        for i, f in enumerate(files):
+            try:
+                uploaded.append((i, await _upload(client, f, on_bytes)))
+            except TransferError as e:
+                outcomes[i] = e
+                if client.broken:
+                    return outcomes
+        short = await client.short_uploads([(files[i].temp, sent) for i, sent in uploaded])
+        whole = [i for (i, _), why in zip(uploaded, short, strict=True) if why is None]
+        for (i, _), why in zip(uploaded, short, strict=True):
+            if why is not None:
+                await _discard(client, files[i].temp)
+                outcomes[i] = IntegrityError(why)
+        for i, failed in zip(whole, await client.renames([(files[i].temp, files[i].final) for i in whole]), strict=True):
+            outcomes[i] = failed or files[i].final
+            if failed is None:
+                log.debug("sent %s to %s", files[i].src, files[i].final)
+    except TransferError as e:  # the session broke after the uploads
+        for i, _ in uploaded:
+            outcomes[i] = outcomes[i] or e
+    return outcomes
+
+
+async def send(client: RemoteClient, src: Path, remote_dir: str, name: str | None = None, *,
+               log: logging.Logger, on_bytes: OnBytes | None = None) -> str:
+    """Upload one file (a batch of one); returns its final remote path."""
+    [outcome] = await send_batch(client, [Outgoing(src, remote_dir, name or src.name)], log=log, on_bytes=on_bytes)
+    if isinstance(outcome, TransferError):
+        raise outcome
+    assert outcome is not None
+    return outcome
+
+
+async def _upload(client: RemoteClient, item: Outgoing, on_bytes: OnBytes | None) -> int:
+    """`item.src` uploaded as `item.temp` (the file read in a worker thread); the bytes sent. A failed
+    upload leaves no temp behind when it can."""
+    reason = unsafe_reason(item.name)
     if reason is not None:
-        raise RemoteError(f"refusing to upload under the name {name!r}: {reason}")
-    await client.mkdir(remote_dir)
-    tmp, final = join(remote_dir, temp_name(name)), join(remote_dir, name)
-    size, sent = await _upload(client, src, tmp, on_bytes)
-    if sent != size:
-        await _discard(client, tmp)
-        raise IntegrityError(f"{final}: sent {sent} bytes, local size {size}")
-    await client.rename(tmp, final)
-    log.debug("sent %s to %s (%d bytes)", src, final, size)
-    return final
-
-
-async def _upload(client: RemoteClient, src: Path, tmp: str, on_bytes: OnBytes | None) -> tuple[int, int]:
-    """(local size, bytes sent) of `src` uploaded as `tmp`; the file is read in a worker thread."""
+        raise RemoteError(f"refusing to upload under the name {item.name!r}: {reason}")
+    await client.mkdir(item.remote_dir)
+    src, tmp = item.src, item.temp
     try:
         f, size, first = await anyio.to_thread.run_sync(_open, src)
     except OSError as e:
@@ -74,7 +123,10 @@ async def _upload(client: RemoteClient, src: Path, tmp: str, on_bytes: OnBytes |
             raise LocalError(f"cannot read {src}: {e.strerror or e}") from None
 
     try:
-        return size, await client.put(source, tmp, on_bytes)
+        sent = await client.put(source, tmp, on_bytes)
+        if sent != size:
+            raise IntegrityError(f"{item.final}: sent {sent} bytes, local size {size}")
+        return sent
     except Exception:
         if not client.broken:
             with contextlib.suppress(TransferError):

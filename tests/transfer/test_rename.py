@@ -12,7 +12,7 @@ import pytest
 
 from schedulerd.context import TaskContext
 from schedulerd.settings import build
-from tasks.ftp_push import FtpPush, PushSettings
+from tasks.ftp_push import BATCH_FILES, FtpPush, PushSettings
 from tasks.transfer import NotFound, RemoteError, TransferError, connect
 from tasks.transfer.send import send
 from tests.transfer import servers
@@ -144,3 +144,33 @@ async def test_push_renames_only_files_whose_remote_size_matches(tmp_path: Path)
     lines = notes.read_text().splitlines()
     assert "DELE .b-short.bin.part" in lines  # the short temp deleted
     assert not any(ln.startswith(("RNFR .b-short", "RNTO b-short")) for ln in lines)  # never renamed
+
+
+async def test_a_batch_checks_every_size_before_renaming_and_never_renames_a_short_upload(tmp_path: Path) -> None:
+    """More files than one batch (BATCH_FILES) over one session: short uploads first, last and in
+    the middle of a batch, a refused rename beside them; the replies of the pipelined checks and
+    renames stay in step, only the whole files are renamed, each batch's sizes asked before its renames."""
+    outbox = tmp_path / "outbox"
+    kinds = {0: "short", 17: "short", 18: "refuse", BATCH_FILES - 1: "short", BATCH_FILES + 3: "short"}
+    names = [f"{i:02}-{kinds.get(i, 'ok')}.bin" for i in range(BATCH_FILES + 8)]
+    made = local_files(outbox, names)
+    with quirky(tmp_path / "srv") as (server, notes):
+        data = {"host": server.host, "port": server.port, "user": server.user, "password": server.password,
+                "timeout": 5, "retries": 0, "local_dir": str(outbox), "remote_dir": "/up", "stable": 0}
+        task = FtpPush(build(PushSettings, data, "tasks.dropbox"))
+        ctx = TaskContext.for_test("dropbox", task.settings, tmp_path=tmp_path)
+        with pytest.raises(TransferError, match=rf"sent {len(names) - 5} files.*5 failed"):
+            await task.run_once(ctx)
+    whole = [n for n in names if "ok" in n]
+    up = server.root / "up"
+    assert sorted(p.name for p in up.iterdir()) == sorted([*whole, ".18-refuse.bin.part"])
+    for name in whole:
+        assert (up / name).read_bytes() == made[name], name
+    assert sorted(p.name for p in outbox.iterdir()) == sorted(n for n in names if "ok" not in n)  # kept for the next pass
+    lines = notes.read_text().splitlines()
+    for name in (n for n in names if "short" in n):
+        assert f"DELE .{name}.part" in lines
+        assert not any(ln.endswith(name) or ln.endswith(f".{name}.part") for ln in lines if ln.startswith(("RNFR", "RNTO")))
+    first_batch = names[:BATCH_FILES]
+    last_size = max(lines.index(f"SIZE .{n}.part") for n in first_batch)
+    assert last_size < min(lines.index(f"RNFR .{n}.part") for n in first_batch if "ok" in n)
