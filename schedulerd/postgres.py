@@ -64,7 +64,27 @@ def open_pool(url: str, password: Secret | None, name: str, *, max_size: int = 4
     from psycopg_pool import ConnectionPool
 
     pool = ConnectionPool(url, kwargs=connection_kwargs(password, name), min_size=0, max_size=max_size, open=False,
-                          name=name, timeout=POOL_TIMEOUT, check=ConnectionPool.check_connection,
-                          configure=configure)
+                          name=name, timeout=POOL_TIMEOUT, check=check_connection, configure=configure)
     pool.open(wait=False)
     return pool
+
+
+def check_connection(conn: Any) -> None:
+    """The pool's check before it lends a connection: a round trip to the server (psycopg_pool's
+    check_connection) only when the connection is not idle or its socket has something to read
+    (the server closed it: a restart, an idle timeout; or sent a notice). A quiet idle connection
+    is lent as it is: every store call is one transaction, and a round trip more for each one
+    was a fifth of a no-op job's store time. A connection the server dropped without a word (a
+    network cut) fails at its first statement, like one that fails during a call: the caller's
+    retry (store.store_call) takes another."""
+    import select
+
+    from psycopg import pq
+    from psycopg_pool import ConnectionPool
+
+    if conn.pgconn.status == pq.ConnStatus.OK and conn.info.transaction_status == pq.TransactionStatus.IDLE:
+        poller = select.poll()  # not select.select: a daemon with thousands of files has fds above 1024
+        poller.register(conn.pgconn.socket, select.POLLIN | select.POLLPRI)
+        if not poller.poll(0):
+            return
+    ConnectionPool.check_connection(conn)

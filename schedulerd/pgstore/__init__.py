@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any
 
 import psycopg
@@ -78,6 +78,22 @@ class Database:
         try:
             with self.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
                 yield cur
+        except psycopg.OperationalError as e:
+            raise unavailable(self.settings, e) from None
+
+    @contextmanager
+    def statement(self) -> Iterator[psycopg.Cursor]:
+        """A cursor for one statement that is a transaction by itself (autocommit): no BEGIN and
+        COMMIT round trips around it. Only for a single statement (a claim: one UPDATE)."""
+        try:
+            with self.pool.connection() as conn:
+                conn.autocommit = True  # on an idle connection: no round trip
+                try:
+                    with conn.cursor() as cur:
+                        yield cur
+                finally:
+                    with suppress(psycopg.Error):  # a lost connection is dropped by the pool anyway
+                        conn.autocommit = False
         except psycopg.OperationalError as e:
             raise unavailable(self.settings, e) from None
 

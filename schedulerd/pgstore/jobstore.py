@@ -36,19 +36,33 @@ def _job(row: dict[str, Any]) -> Job:
     return Job(**{**row, "state": JobState(row["state"]), "deps": tuple(row["deps"])})
 
 
-def _move(cur: psycopg.Cursor, statement: str, from_states: Collection[JobState], to: JobState,
-          **params: Any) -> list[int]:
-    """The one way a job's state changes here: the named statement (claim_jobs, finish_job,
+def _moved(cur: psycopg.Cursor, statement: str, from_states: Collection[JobState], to: JobState,
+           **params: Any) -> psycopg.Cursor:
+    """The one way a job's state changes here: the named statement (claim_jobs, finish_jobs,
     fail_job, ...) moves the jobs it selects that are still in one of `from_states` to `to`; each
     arrow is checked against states.JOB_TRANSITIONS first (IllegalTransition). A job another node
-    changed meanwhile is left alone. Returns the ids that moved."""
+    changed meanwhile is left alone. Returns the cursor holding the rows of the jobs that moved."""
     for old in from_states:
         check_job(old, to)
     if statement == "fail_job":  # its waiting dependents fail with it
         for old in WAITING:
             check_job(old, to)
     olds = [s.value for s in from_states]
-    return [r[0] for r in run(cur, statement, to=to.value, **{"from": olds}, **params).fetchall()]
+    return run(cur, statement, to=to.value, **{"from": olds}, **params)
+
+
+def _move(cur: psycopg.Cursor, statement: str, from_states: Collection[JobState], to: JobState,
+          **params: Any) -> list[int]:
+    """_moved: the ids of the jobs that moved."""
+    return [r[0] for r in _moved(cur, statement, from_states, to, **params).fetchall()]
+
+
+def _claim(cur: psycopg.Cursor, queue: str, node: str, limit: int) -> list[Job]:
+    """Up to `limit` ready jobs claimed for `node`, read in the same statement (one round trip)."""
+    with cur.connection.cursor(row_factory=dict_row) as rows:
+        found = [_job(r) for r in _moved(rows, "claim_jobs", WAITING, JobState.RUNNING,  # type: ignore[arg-type]
+                                         queue=queue, node=node, limit=limit).fetchall()]
+    return sorted(found, key=lambda j: (-j.priority, j.id))
 
 
 def _refuse(job: Job, allowed: Collection[JobState], verb: str) -> None:
@@ -93,10 +107,9 @@ class PgJobStore:
         return jobs[0] if jobs else None
 
     def claim_many(self, queue: str, node: str, limit: int) -> list[Job]:
-        """Up to `limit` ready jobs of an unpaused queue, marked running for `node`, in one transaction."""
-        with self.db.transaction() as cur:
-            ids = _move(cur, "claim_jobs", WAITING, JobState.RUNNING, queue=queue, node=node, limit=limit)
-            return self._jobs(cur, ids)
+        """Up to `limit` ready jobs of an unpaused queue, marked running for `node`: one statement."""
+        with self.db.statement() as cur:
+            return _claim(cur, queue, node, limit)
 
     def _jobs(self, cur: psycopg.Cursor, ids: list[int]) -> list[Job]:
         if not ids:
@@ -114,21 +127,28 @@ class PgJobStore:
             for o in outcomes:
                 if o.lines:
                     self._append_log(cur, o.job_id, o.lines)
-                if o.kind == "finished":
-                    _move(cur, "finish_job", RUNNING, JobState.FINISHED, id=o.job_id, summary=o.summary, node=o.node)
-                elif o.kind == "retry":
+                if o.kind == "retry":
                     self._retry_later(cur, o.job_id, o.error, (o.retry_at or o.ended) - o.ended, o.node)
                 elif o.kind == "failed":
                     _move(cur, "fail_job", RUNNING, JobState.FAILED, id=o.job_id, error=o.error or "failed",
                           node=o.node)
                 elif o.kind == "interrupted":
                     self._interrupt(cur, o.job_id, o.error or "interrupted", o.node)
+            self._finish(cur, [o for o in outcomes if o.kind == "finished"])
             again = [o.job_id for o in outcomes if o.kind in ("retry", "interrupted")]
             rows = run(cur, "queues_after_settle", ids=[o.job_id for o in outcomes], again=again).fetchall()
             others = sorted(q for q, look in rows if look)
             if others:  # a retry's due time, a dependent's start: other nodes look
                 run(cur, "notify_queues", queues=others)
             return {q for q, _ in rows}
+
+    @staticmethod
+    def _finish(cur: psycopg.Cursor, outcomes: Sequence[Outcome]) -> None:
+        """Finished attempts: one statement per node that ran them (in practice one)."""
+        for node in {o.node for o in outcomes}:
+            mine = [o for o in outcomes if o.node == node]
+            _move(cur, "finish_jobs", RUNNING, JobState.FINISHED, ids=[o.job_id for o in mine],
+                  summaries=[o.summary for o in mine], node=node)
 
     @staticmethod
     def _retry_later(cur: psycopg.Cursor, job_id: int, error: str | None, delay: float,
@@ -139,7 +159,7 @@ class PgJobStore:
 
     def finish(self, job_id: int, summary: str | None) -> None:
         with self.db.transaction() as cur:
-            _move(cur, "finish_job", RUNNING, JobState.FINISHED, id=job_id, summary=summary, node=None)
+            _move(cur, "finish_jobs", RUNNING, JobState.FINISHED, ids=[job_id], summaries=[summary], node=None)
 
     def fail_attempt(self, job_id: int, error: str, retry_at: float | None) -> None:
         with self.db.transaction() as cur:

@@ -50,6 +50,13 @@ ON CONFLICT (name) DO UPDATE SET runs = tasks.runs + excluded.runs, failures = t
 -- name: task_record
 SELECT wanted, crashes, runs, failures FROM tasks WHERE name = %(task)s;
 
+-- name: task_records
+SELECT n.name, t.wanted, t.crashes, t.runs, t.failures, r.task, extract(epoch FROM r.started)::float8,
+       extract(epoch FROM r.ended)::float8, r.outcome, r.error, r.summary, r.source, r.node, r.generation
+FROM unnest(%(names)s::text[]) AS n(name)
+LEFT JOIN tasks t ON t.name = n.name
+LEFT JOIN LATERAL (SELECT * FROM runs WHERE runs.task = n.name ORDER BY id DESC LIMIT 1) r ON true;
+
 -- name: history
 SELECT task, extract(epoch FROM started)::float8, extract(epoch FROM ended)::float8, outcome, error, summary, source
 FROM runs WHERE task = %(task)s ORDER BY id DESC LIMIT %(limit)s;
@@ -157,7 +164,8 @@ SELECT queue, bool_or(others) FROM (
 -- plan walks that index in priority order even once psycopg prepared the statement: with
 -- `state = ANY(%(from)s)` alone a generic plan cannot use the partial index and reads every row
 -- of the table, done jobs included, at every claim (10,000 jobs: quadratic). `= ANY(from)` stays
--- the transition guard.
+-- the transition guard. It returns the claimed jobs as job_rows shows them (one round trip, no
+-- second read by id).
 WITH picked AS (
     SELECT id FROM jobs j
     WHERE queue = %(queue)s AND state IN ('waiting', 'interrupted') AND state = ANY(%(from)s)
@@ -171,14 +179,21 @@ WITH picked AS (
 UPDATE jobs SET state = %(to)s, attempts = attempts + 1, started = now(), node = %(node)s, done = NULL,
                 total = NULL
 FROM picked WHERE jobs.id = picked.id
-RETURNING jobs.id;
+RETURNING jobs.id, jobs.type, jobs.queue, jobs.payload, jobs.title, jobs.priority,
+          ARRAY(SELECT d.dep FROM job_deps d WHERE d.job = jobs.id ORDER BY d.dep) AS deps,
+          jobs.attempts, jobs.max_attempts, extract(epoch FROM jobs.next_attempt_at)::float8 AS next_attempt_at,
+          jobs.state, jobs.done, jobs.total, jobs.summary, jobs.error,
+          extract(epoch FROM jobs.created)::float8 AS created, extract(epoch FROM jobs.started)::float8 AS started,
+          extract(epoch FROM jobs.finished)::float8 AS finished, jobs.node;
 
--- name: finish_job
--- `node` (when given): only the node whose claim it is may settle it (a node frozen past its
--- heartbeat, whose job another node recovered and claimed again, changes nothing)
-UPDATE jobs SET state = %(to)s, summary = %(summary)s, error = NULL, finished = now()
-WHERE id = %(id)s AND state = ANY(%(from)s)
-  AND (%(node)s::text IS NULL OR node = %(node)s) RETURNING id;
+-- name: finish_jobs
+-- jobs `ids` finished, each with its summary (`summaries`, in the same order): one statement for a
+-- batch of ended attempts. `node` (when given): only the node whose claim it is may settle it (a
+-- node frozen past its heartbeat, whose job another node recovered and claimed again, changes nothing)
+UPDATE jobs SET state = %(to)s, summary = s.summary, error = NULL, finished = now()
+FROM unnest(%(ids)s::bigint[], %(summaries)s::text[]) AS s (id, summary)
+WHERE jobs.id = s.id AND jobs.state = ANY(%(from)s)
+  AND (%(node)s::text IS NULL OR jobs.node = %(node)s) RETURNING jobs.id;
 
 -- name: retry_attempt
 -- an attempt failed with attempts left: due again `delay` seconds from now

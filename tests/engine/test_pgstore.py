@@ -174,3 +174,46 @@ def test_store_settings_default_to_sqlite_and_keep_libpq_parameters(tmp_path) ->
     assert store.url == "postgresql://u@h:6543/db?sslmode=verify-full&sslrootcert=/etc/ca.pem"
     assert (store.lease, store.store_retry, repr(store.password)) == (30.0, 5.0, "Secret('********')")
     assert "Hunter2x" in load(f).secrets()
+
+
+def round_trips(trace: str) -> int:
+    """Requests the client sent, in a libpq trace: each simple Query or extended-protocol Sync
+    waits for the server's answer."""
+    return sum(1 for line in trace.splitlines() if line.split("\t")[:3:2] in (["F", "Query"], ["F", "Sync"]))
+
+
+def test_a_claim_is_one_round_trip_and_a_settled_batch_a_few(pg_server, pg_database, tmp_path) -> None:
+    """A node's store work per no-op job is its claim and its settle: a claim of several jobs is one
+    statement (no BEGIN, no COMMIT, no second read, no check of a quiet pooled connection), and
+    a batch of finished attempts is one UPDATE, whatever its size (libpq's own trace counts)."""
+    import time
+
+    from psycopg import pq
+
+    from schedulerd.jobstore import Outcome
+    from schedulerd.pgstore.jobstore import PgJobStore
+    from tests.pgserver import store_settings
+
+    store = PgJobStore(store_settings(pg_server, pg_database), max_size=1)
+    try:
+        ids = [store.add("noop", "default", {"n": i}) for i in range(30)]
+        path = tmp_path / "trace"
+        with open(path, "w") as out:
+            with store.db.pool.connection() as conn:  # the pool's one connection
+                conn.pgconn.trace(out.fileno())
+                conn.pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS)
+            claimed = store.claim_many("default", "n1", 20)
+            claim_trips = round_trips(path.read_text())
+            store.settle_many([Outcome(j.id, "finished", time.time(), f"done {j.id}", None, None, (), node="n1")
+                               for j in claimed])
+            settle_trips = round_trips(path.read_text()) - claim_trips
+            with store.db.pool.connection() as conn:
+                conn.pgconn.untrace()
+        assert [j.id for j in claimed] == ids[:20] and {j.state.value for j in claimed} == {"running"}
+        assert claimed[0].payload == {"n": 0} and claimed[0].attempts == 1 and claimed[0].node == "n1"
+        assert claim_trips == 1, path.read_text()
+        assert settle_trips <= 4, path.read_text()  # BEGIN, the UPDATE, the queues to wake, COMMIT
+        done = store.list(state="finished")
+        assert sorted(j.id for j in done) == ids[:20] and {j.summary for j in done} == {f"done {i}" for i in ids[:20]}
+    finally:
+        store.close()
