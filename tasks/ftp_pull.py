@@ -15,6 +15,7 @@ import dataclasses
 import fnmatch
 import json
 import os
+import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -128,6 +129,12 @@ def plan(local_dir: Path, todo: dict[str, RemoteEntry], log: Any) -> Plan:
     return Plan(places, resumable)
 
 
+def _plan_in(local_dir: Path, todo: dict[str, RemoteEntry], log: Any) -> Plan:
+    """`plan` after making `local_dir` (blocking: run in a worker thread)."""
+    local_dir.mkdir(parents=True, exist_ok=True)
+    return plan(local_dir, todo, log)
+
+
 Key = tuple[int | None, float | None]
 
 
@@ -138,6 +145,8 @@ class Ledger:
     pulled file, handed to the kernel by `flush()` after each group of settled files:
     a crash mid-pass loses nothing flushed (a file not yet flushed is pulled again, as
     if the crash came a moment earlier); the next `compact()` folds the journal in.
+    `add` and `seen` only touch memory; loading, `flush` and `compact` do file I/O: the task
+    runs them in worker threads.
     """
 
     def __init__(self, path: Path):
@@ -145,6 +154,9 @@ class Ledger:
         self.journal = path.with_suffix(path.suffix + ".journal")
         self.items: dict[str, Key] = {}
         self._fh = None
+        self._lines: list[str] = []  # journal lines added since the last flush
+        self._lock = threading.Lock()  # the lines and items: add (the loop) against flush (a worker thread)
+        self._io = threading.Lock()  # the journal file: two workers' flushes
         self._load()
 
     def _load(self) -> None:
@@ -167,32 +179,42 @@ class Ledger:
         return self.items.get(rel) == (size, mtime)
 
     def add(self, rel: str, size: int | None, mtime: float | None) -> None:
-        self.items[rel] = (size, mtime)
-        if self._fh is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._fh = open(self.journal, "a", encoding="utf-8")
-        self._fh.write(json.dumps([rel, size, mtime]) + "\n")
+        with self._lock:
+            self.items[rel] = (size, mtime)
+            self._lines.append(json.dumps([rel, size, mtime]) + "\n")
 
     def flush(self) -> None:
-        if self._fh is not None:
+        """The lines added since the last flush, appended to the journal and handed to the kernel."""
+        with self._lock:
+            lines, self._lines = self._lines, []
+        if not lines:
+            return
+        with self._io:
+            if self._fh is None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._fh = open(self.journal, "a", encoding="utf-8")
+            self._fh.write("".join(lines))
             self._fh.flush()
 
     def compact(self, keep: Iterable[str] | None = None) -> None:
         """Fold the journal into the snapshot; with `keep`, forget files no longer on the server."""
-        if keep is not None:
-            wanted = set(keep)
-            self.items = {k: v for k, v in self.items.items() if k in wanted}
+        with self._lock:
+            if keep is not None:
+                wanted = set(keep)
+                self.items = {k: v for k, v in self.items.items() if k in wanted}
+            items, self._lines = dict(self.items), []  # all in the snapshot: the journal goes
         self.close()
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        files = {k: list(v) for k, v in sorted(self.items.items())}
+        files = {k: list(v) for k, v in sorted(items.items())}
         write_atomic(self.path, json.dumps({"version": 1, "files": files}, separators=(",", ":")).encode())
         with contextlib.suppress(FileNotFoundError):
             self.journal.unlink()
 
     def close(self) -> None:
-        if self._fh is not None:
-            self._fh.close()
-            self._fh = None
+        with self._io:
+            if self._fh is not None:
+                self._fh.close()
+                self._fh = None
 
 
 async def _commit(batch: list[tuple[str, RemoteEntry, Downloaded]], done: anyio.Event) -> None:
@@ -225,7 +247,7 @@ class FtpPull(TaskType):
 
     async def run_once(self, ctx: Context) -> str | None:
         s = self.settings
-        ledger = Ledger(self.ledger_path(ctx))
+        ledger = await anyio.to_thread.run_sync(Ledger, self.ledger_path(ctx))
         listed: dict[str, RemoteEntry] | None = None
         try:
             client = await connect(s, ctx.log)
@@ -255,13 +277,13 @@ class FtpPull(TaskType):
             finally:
                 await close(client)
         finally:
-            ledger.compact(keep=listed.keys() if listed is not None else None)
+            with anyio.CancelScope(shield=True):  # a stopped pass keeps what it pulled (one file write)
+                await anyio.to_thread.run_sync(ledger.compact, list(listed) if listed is not None else None)
 
     async def _pull(self, ctx: Context, client: RemoteClient, todo: dict[str, RemoteEntry], ledger: Ledger,
                     waiting: int) -> str:
         s = self.settings
-        s.local_dir.mkdir(parents=True, exist_ok=True)
-        p = plan(s.local_dir, todo, ctx.log)
+        p = await anyio.to_thread.run_sync(_plan_in, s.local_dir, todo, ctx.log)
         progress = Progress(ctx, len(p.places), sum(todo[r].size or 0 for r in p.places))
         work = iter(sorted(p.places.items()))
         errors: list[str] = []
@@ -381,4 +403,4 @@ class FtpPull(TaskType):
                                     printable(e.path))
                 ledger.add(rel, e.size, e.mtime)
             progress.file_done()
-        ledger.flush()
+        await anyio.to_thread.run_sync(ledger.flush)

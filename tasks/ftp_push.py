@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import json
 import os
 import time
@@ -90,7 +91,7 @@ class FtpPush(TaskType):
     async def _stable_files(self, ctx: Context) -> dict[str, tuple[Path, int, int]] | None:
         """The files unchanged over `stable` whose names can be used remotely; None: `local_dir` is empty."""
         s = self.settings
-        first = scan(s)
+        first = await anyio.to_thread.run_sync(scan, s)
         if not first:
             return None
         todo = first
@@ -98,7 +99,7 @@ class FtpPush(TaskType):
             deadline = time.monotonic() + s.stable
             while (left := deadline - time.monotonic()) > 0:
                 await ctx.sleep(left)
-            again = scan(s)
+            again = await anyio.to_thread.run_sync(scan, s)
             todo = {rel: v for rel, v in first.items() if again.get(rel) == v}
         for rel in sorted(rel for rel in todo if unsafe_reason(rel.rsplit("/", 1)[-1])):
             ctx.log.warning("not sending %s: its name cannot be used remotely", printable(rel))
@@ -125,20 +126,14 @@ class FtpPush(TaskType):
                 size += batch[-1][1][1]
             return batch
 
-        def settle(path: Path, size: int, mtime_ns: int, outcome: str | TransferError) -> None:
+        async def settle(path: Path, size: int, mtime_ns: int, outcome: str | TransferError) -> None:
             if isinstance(outcome, TransferError):
                 ctx.log.warning("cannot send %s: %s", path, outcome)
                 errors.append(str(outcome))
                 progress.file_done(failed=True)
                 return
-            try:
-                st = path.stat()
-                if (st.st_size, st.st_mtime_ns) == (size, mtime_ns):
-                    path.unlink()
-                else:
-                    ctx.log.warning("%s changed while it was sent: kept, sent again next pass", path)
-            except FileNotFoundError:
-                pass
+            if await anyio.to_thread.run_sync(_remove_if_unchanged, path, size, mtime_ns) is False:
+                ctx.log.warning("%s changed while it was sent: kept, sent again next pass", path)
             ctx.log.info("sent %s -> %s", path, outcome)
             progress.file_done()
 
@@ -167,7 +162,7 @@ class FtpPush(TaskType):
                         if outcome is None:  # not tried: the session broke
                             work.appendleft((rel, (path, size, mtime_ns)))
                         else:
-                            settle(path, size, mtime_ns, outcome)
+                            await settle(path, size, mtime_ns, outcome)
             finally:
                 await close(client)
 
@@ -181,6 +176,18 @@ class FtpPush(TaskType):
         if errors:
             raise TransferError(f"{summary}; first error: {errors[0]}")
         return summary
+
+
+def _remove_if_unchanged(path: Path, size: int, mtime_ns: int) -> bool | None:
+    """Remove a sent file unless it changed since it was scanned: True removed, False changed, None gone."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    if (st.st_size, st.st_mtime_ns) != (size, mtime_ns):
+        return False
+    path.unlink(missing_ok=True)
+    return True
 
 
 # --- the export job ---------------------------------------------------------------
@@ -297,19 +304,17 @@ class FtpExport(JobType):
         dest = ctx.config.ftp_destinations[p.destination]
         elements = await anyio.to_thread.run_sync(resolve, p, ctx.config)
         state_file = self.state_path(ctx)
-        try:
-            outcomes: dict[str, dict[str, Any]] = json.loads(state_file.read_text())
-        except FileNotFoundError:
-            outcomes = {}
+        outcomes = await anyio.to_thread.run_sync(_read_outcomes, state_file)
         sent_before = [e for e in elements if outcomes.get(e.key, {}).get("status") == "sent"]
         todo = [e for e in elements if e not in sent_before]
         if sent_before:
             ctx.log.info("%d of %d files were sent by an earlier attempt: not sent again", len(sent_before), len(elements))
-        progress = Progress(ctx, len(elements), sum(_size(e.path) for e in todo))
+        size = await anyio.to_thread.run_sync(lambda: sum(_size(e.path) for e in todo))
+        progress = Progress(ctx, len(elements), size)
         progress.files_done = len(sent_before)
         client: RemoteClient | None = None
 
-        def save() -> None:
+        def save() -> None:  # blocking: run in a worker thread
             state_file.parent.mkdir(parents=True, exist_ok=True)
             write_atomic(state_file, json.dumps(outcomes, indent=1, sort_keys=True).encode())
 
@@ -330,7 +335,7 @@ class FtpExport(JobType):
                                        "at": time.time()}
                     ctx.log.info("%s: sent to %s", e.name, final)
                     progress.file_done()
-                save()
+                await anyio.to_thread.run_sync(save)
             failed = [e for e in elements if outcomes.get(e.key, {}).get("status") != "sent"]
             if p.log_file and not failed:
                 client = await self._send_log(ctx, client, dest, p, elements, outcomes)
@@ -342,7 +347,7 @@ class FtpExport(JobType):
             raise TransferError(f"{len(failed)} of {len(elements)} files not sent to {p.destination}; "
                                 f"{failed[0].name}: {first}")
         total = sum(o.get("bytes", 0) for o in outcomes.values() if o.get("status") == "sent")
-        state_file.unlink(missing_ok=True)
+        await anyio.to_thread.run_sync(functools.partial(state_file.unlink, missing_ok=True))
         return (f"sent {len(elements)} file{'s' if len(elements) != 1 else ''} "
                 f"({total} bytes) to {p.destination}:{p.remote_dir}")
 
@@ -355,8 +360,7 @@ class FtpExport(JobType):
             stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(o.get("at", 0)))
             lines.append(f"{stamp}\t{o.get('bytes', 0)}\t{e.name}\n")
         local = ctx.state_dir / f"{ctx.name}.{p.log_file}"
-        local.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(local, "".join(lines).encode())
+        await anyio.to_thread.run_sync(_write_file, local, "".join(lines).encode())
         try:
             if client is None or client.broken:
                 await close(client)
@@ -366,6 +370,20 @@ class FtpExport(JobType):
             local.unlink(missing_ok=True)
         ctx.log.info("transfer log written to %s", join(p.remote_dir, p.log_file or ""))
         return client
+
+
+def _read_outcomes(state_file: Path) -> dict[str, dict[str, Any]]:
+    """What an earlier attempt of an export job saved, by element key (blocking: run in a worker thread)."""
+    try:
+        outcomes: dict[str, dict[str, Any]] = json.loads(state_file.read_text())
+    except FileNotFoundError:
+        return {}
+    return outcomes
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, data)
 
 
 def _size(path: Path) -> int:

@@ -269,3 +269,24 @@ async def test_a_server_allowing_fewer_sessions_than_parallel_is_still_emptied( 
         assert not [p for p in server.root.iterdir() if p.is_file()]  # all deleted once safe
     assert "cannot open one more session" in caplog.text and "going on with fewer than parallel = 4" in caplog.text
     assert server.password not in caplog.text
+
+
+async def test_the_ledger_is_read_and_written_off_the_event_loop(vsftpd: FtpServer, tmp_path: Path) -> None:
+    """A ledger on a slow disk (a FIFO whose writer comes 3 s later): the pass waits for it in a
+    worker thread while the loop goes on, then pulls as usual and writes the ledger back."""
+    from tests.tasks.loopwatch import fifo_served_later, longest_stall
+
+    task = pull_task(vsftpd, tmp_path / "in", stable=0, delete_remote=False)
+    ctx = context(task, tmp_path)
+    assert (await task.run_once(ctx) or "").startswith("nothing new")  # (the modules a pass imports: imported)
+    task.ledger_path(ctx).unlink()
+    vsftpd.put("new.jpg", b"n" * 100, mtime=1_700_000_000)
+    vsftpd.put("old.jpg", b"o" * 100, mtime=1_700_000_000)
+    ledger = {"version": 1, "files": {"old.jpg": [100, 1_700_000_000.0]}}
+    writer = fifo_served_later(task.ledger_path(ctx), json.dumps(ledger).encode(), 3.0)
+    summary, stall = await longest_stall(lambda: task.run_once(ctx))
+    writer.join(5)
+    assert stall < 1.5, f"the event loop stood still {stall:.1f}s"
+    assert summary is not None and summary.startswith("pulled 1 file"), summary
+    assert sorted(p.name for p in (tmp_path / "in").iterdir()) == ["new.jpg"]
+    assert set(json.loads(task.ledger_path(ctx).read_text())["files"]) == {"new.jpg", "old.jpg"}

@@ -224,3 +224,34 @@ async def test_drop_box_to_a_server_allowing_fewer_sessions_than_parallel(  # ty
         assert all((remote / f"f{i}.jpg").stat().st_size == 1000 + i for i in range(8))
         assert list(local.iterdir()) == []  # every file sent, none lost by a session that never opened
     assert "cannot open one more session" in caplog.text
+
+
+async def test_an_export_jobs_state_is_read_and_written_off_the_event_loop(pyftpd, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The job's state file on a slow disk (a FIFO whose writer comes 3 s later): the attempt waits
+    for it in a worker thread while the loop goes on, and what it says (a.txt sent) is kept."""
+    import json
+    from types import MappingProxyType, SimpleNamespace
+
+    from tests.tasks.loopwatch import fifo_served_later, longest_stall
+    from tests.transfer.servers import settings_for
+
+    files = [tmp_path / "a.txt", tmp_path / "b.txt", tmp_path / "c.txt"]
+    for f in files:
+        f.write_bytes(f.name.encode() * 100)
+    with pyftpd() as server:
+        (server.root / "out").mkdir()
+        config = SimpleNamespace(ftp_destinations=MappingProxyType({"client": settings_for(server)}),
+                                 databoxes=MappingProxyType({}))
+        payload = {"destination": "client", "files": [str(f) for f in files[:2]], "remote_dir": "/out"}
+        job = FtpExport()
+        ctx = TaskContext.for_test("job-8", None, config=config, tmp_path=tmp_path / "job")
+        warm = TaskContext.for_test("job-7", None, config=config, tmp_path=tmp_path / "job")
+        await job.run(warm, {**payload, "files": [str(files[2])]})  # (the modules an attempt imports: imported)
+        before = {f"file:{files[0]}": {"status": "sent", "name": "a.txt", "remote": "/out/a.txt", "bytes": 500, "at": 1.0}}
+        writer = fifo_served_later(job.state_path(ctx), json.dumps(before).encode(), 3.0)
+        summary, stall = await longest_stall(lambda: job.run(ctx, payload))
+        writer.join(5)
+        assert stall < 1.5, f"the event loop stood still {stall:.1f}s"
+        assert summary is not None and summary.startswith("sent 2 files"), summary
+        assert sorted(p.name for p in (server.root / "out").iterdir()) == ["b.txt", "c.txt"]  # a.txt: sent before
+        assert not job.state_path(ctx).exists()
