@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import math
 import re
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, tzinfo
 from typing import Protocol
@@ -51,8 +52,15 @@ def zone(name: str | None) -> tzinfo:
 
 
 def system_zone() -> tzinfo:
-    """TZ, else /etc/localtime, else UTC. The file is read again only when it changed (a task
-    snapshot asks for every task: the tasks page of the console would read it 1,000 times)."""
+    """TZ, else /etc/localtime, else UTC. Looked up again at most once a second, and the file read
+    again only when it changed: a task's snapshot asks, and the console's tasks page takes 1,000."""
+    now = time.monotonic()
+    if now - _system.checked_at >= 1.0:
+        _system.zone, _system.checked_at = _look_up_system_zone(), now
+    return _system.zone
+
+
+def _look_up_system_zone() -> tzinfo:
     import os
 
     tz = os.environ.get("TZ", "").lstrip(":")
@@ -66,6 +74,14 @@ def system_zone() -> tzinfo:
     except OSError:
         return UTC
     return _localtime((st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size))
+
+
+class _SystemZone:
+    checked_at = -math.inf  # monotonic
+    zone: tzinfo = UTC
+
+
+_system = _SystemZone()
 
 
 @functools.lru_cache(maxsize=4)

@@ -40,14 +40,14 @@ def may_read(request: Request, settings: HttpSettings, unix_socket: bool) -> boo
 class States:
     """A collector of what is true now, filled just before the scrape renders it."""
 
-    def __init__(self, tasks: list[dict[str, Any]], jobs: list[dict[str, Any]]):
-        self.tasks = tasks
+    def __init__(self, task_states: list[str], jobs: list[dict[str, Any]]):
+        self.task_states = task_states
         self.jobs = jobs
 
     def collect(self) -> Any:
         g = GaugeMetricFamily("schedulerd_tasks", "Tasks by state", labels=["state"])
         for state in TaskState:
-            g.add_metric([state.value], sum(1 for t in self.tasks if t["state"] == state.value))
+            g.add_metric([state.value], self.task_states.count(state.value))
         yield g
         j = GaugeMetricFamily("schedulerd_jobs", "Jobs in the store by queue and state", labels=["queue", "state"])
         queues = sorted({c["queue"] for c in self.jobs})
@@ -59,7 +59,7 @@ class States:
 
 
 async def scrape(console: Console) -> bytes:
-    tasks = await console.call("task.list")
+    tasks = (await console.call("task.page", limit=0))["states"]  # no snapshot needed
     jobs = (await console.call("job.list", limit=0))["counts"]
     registry = CollectorRegistry(auto_describe=False)
     registry.register(States(tasks, jobs))

@@ -15,6 +15,7 @@ from ..states import JobState
 from . import metrics
 from .console import Console
 
+TASKS_SHOWN = 100  # tasks on one page of the tasks table, in the config's order
 JOBS_SHOWN = 100  # jobs on one page of the jobs table, newest first (the counts show them all)
 JOB_STATES = [s.value for s in JobState]
 
@@ -27,10 +28,24 @@ class Pages:
         return RedirectResponse("/tasks", 303)
 
     async def tasks(self, request: Request) -> Response:
-        snapshots = await self.c.call("task.list")
-        clustered = any(t["cluster"] for t in snapshots)
-        template = "tasks_rows.html" if request.query_params.get("fragment") else "tasks.html"
-        return await self.c.table(request, template, tasks=snapshots, clustered=clustered)
+        """TASKS_SHOWN tasks a page (`page=N`), of those whose name contains `match`."""
+        q = request.query_params
+        match, page = q.get("match", ""), q.get("page") or "1"
+        if not (page.isdigit() and int(page) > 0):
+            return self.c.page(request, "error.html", 400, message=f"page: expected a page number, got {page!r}")
+        number = int(page)
+        listing = await self.c.call("task.page", offset=(number - 1) * TASKS_SHOWN, limit=TASKS_SHOWN, match=match)
+        pages = max(1, -(-listing["total"] // TASKS_SHOWN))
+
+        def link(n: int) -> str:
+            params = urlencode({**({"match": match} if match else {}), **({"page": n} if n > 1 else {})})
+            return "/tasks" + (f"?{params}" if params else "")
+
+        return await self.c.table(
+            request, "tasks_rows.html" if q.get("fragment") else "tasks.html", tasks=listing["tasks"],
+            clustered=any(t["cluster"] for t in listing["tasks"]), total=listing["total"], match=match,
+            number=number, pages=pages, here=link(number), previous=link(number - 1) if number > 1 else None,
+            next=link(number + 1) if number < pages else None)
 
     async def task(self, request: Request) -> Response:
         name = request.path_params["name"]

@@ -257,3 +257,30 @@ def test_the_jobs_table_shows_a_page_at_a_time_with_links_to_older_and_newest(si
     rows, _ = shown(f"/jobs?state=waiting&queue=slow&before={ids[10]}&fragment=rows")  # a page's refresh
     assert rows == ids[:10][::-1]
     assert web.get("/jobs?before=x1")[0] == 400
+
+
+def test_the_tasks_table_shows_a_page_at_a_time_and_filters_by_name(site, tmp_path):
+    port = free_port()
+    start(site, tmp_path, port, tasks="".join(f'\n[tasks.many{i:03d}]\ntype = "noop"\nperiod = "1h"\n'
+                                              for i in range(230)))
+    web = Web(port)
+    assert web.login() == 303
+
+    def shown(path: str) -> tuple[list[str], str]:
+        status, _, page = web.get(path)
+        assert status == 200, page
+        return re.findall(r'<tr data-task="([^"]+)"', page), page
+
+    first, page = shown("/tasks")  # chatty, pull, then many000..many229: 232 tasks
+    assert first == ["chatty", "pull", *[f"many{i:03d}" for i in range(98)]]
+    assert "page 1 of 3 (232 tasks)" in page and 'id="previous"' not in page
+    assert re.search(r'href="([^"]+)" id="next"', page).group(1) == "/tasks?page=2"
+    last, page = shown("/tasks?page=3&fragment=rows")  # the refresh of page 3
+    assert last == [f"many{i:03d}" for i in range(198, 230)] and 'id="next"' not in page
+    found, page = shown("/tasks?match=many1")
+    assert found == [f"many{i:03d}" for i in range(100, 200)] and "(100 tasks matching many1)" in page
+    assert 'data-live="/tasks?match=many1&amp;fragment=rows"' in page
+    assert shown("/tasks?match=nosuch")[1].count("no tasks matching nosuch") == 1
+    assert web.get("/tasks?page=0")[0] == 400
+    scraped = web.get("/metrics")[2]  # every task counted, not only a page of them
+    assert sum(float(line.split()[-1]) for line in scraped.splitlines() if line.startswith("schedulerd_tasks{")) == 232
