@@ -112,16 +112,19 @@ def history(server: PgServer, db: str, task: str) -> list[tuple[float, float, st
 def check_history(server: PgServer, db: str, tasks: list[str], period: float = PERIOD) -> None:
     """The run history, whose times under a lease are the database's (the start begin_iteration
     recorded, the end counted from before that start was asked for, so never before the real
-    end): no two runs of a task overlap, across nodes; the first start under a new take of the
-    lease (another node, or this one after losing it) is a full period after the last start
-    anywhere, as the design promises; and under one take, where the ticks are exactly a period
-    apart and a start is its tick plus the time the database took to answer begin, two starts
-    are at least 0.6 of a period apart."""
+    end): no two runs of a task overlap across takes of the lease (another node, or this one
+    after losing it), and the first start under a new take is a full period after the last start
+    anywhere, as the design promises; under one take, where the ticks are exactly a period apart
+    and a start is its tick plus the time the database took to answer begin, two starts are at
+    least 0.6 of a period apart. Within one take the recorded end may pass the next start by that
+    same answer time (an upper bound, seen 66 ms at load 13): that the node's own iterations
+    follow each other is checked on `sh`'s times (check_once_and_spaced)."""
     for task in tasks:
         runs = history(server, db, task)
         assert len(runs) >= 2, (task, runs)
         for (s1, e1, n1, g1), (s2, _, n2, g2) in itertools.pairwise(runs):
-            assert s2 >= e1, f"{task}: {n1} (generation {g1}) ran {s1:.3f}-{e1:.3f} while {n2} started at {s2:.3f}"
+            if (n1, g1) != (n2, g2):
+                assert s2 >= e1, f"{task}: {n1} (generation {g1}) ran {s1:.3f}-{e1:.3f} while {n2} started at {s2:.3f}"
             if g1 == g2:
                 assert n1 == n2 and s2 - s1 >= 0.6 * period, f"{task}: {s2 - s1:.3f}s between two starts on {n2}"
             else:  # 1 ms: the history keeps microseconds, the lease's arithmetic rounds to them too
@@ -134,6 +137,19 @@ def running_on(out: Path, tasks: list[str], since: float) -> dict[str, set[str]]
     return {t: {n for n, s, _ in iterations(out, t) if s > since} for t in tasks}
 
 
+def each_ran(out: Path, server: PgServer, db: str, tasks: list[str], since: float, times: int = 2) -> bool:
+    """Every task has `times` iterations begun after `since` and ended, in its file and in the
+    shared history (both written after the iteration: read them only once this holds)."""
+    return all(sum(1 for _, s, e in iterations(out, t) if s > since and e is not None) >= times
+               and sum(1 for s, _, _, _ in history(server, db, t) if s > since) >= times for t in tasks)
+
+
+def store_said(node: Node, store: str, said: str) -> bool:
+    """The node's scheduler:state shows the store as `store` and its scheduler.log has `said`."""
+    state = node.json("scheduler:state")
+    return state["cluster"]["store"] == store and said in node.log()  # type: ignore[index]
+
+
 def test_three_nodes_run_each_task_once_and_take_over_a_killed_one(cluster, tmp_path, pg_server, pg_database) -> None:
     out = tmp_path / "out"
     out.mkdir()
@@ -141,14 +157,26 @@ def test_three_nodes_run_each_task_once_and_take_over_a_killed_one(cluster, tmp_
     nodes = [cluster(f"n{i}", tasks_section(out, 20)) for i in range(1, 4)]
     for node in nodes:
         node.console("scheduler:start", check=True)
-    time.sleep(12)
+    begun = time.time()
+    time.sleep(12)  # the window whose iterations are checked: across 3 nodes, none overlaps
+    nodes[0].wait_for(lambda: each_ran(out, pg_server, pg_database, names, begun), 30, "two runs of every task")
     check_once_and_spaced(out, names)
     check_history(pg_server, pg_database, names)
-    listed = nodes[0].json("cluster:nodes")
-    assert sorted(n["id"] for n in listed) == ["n1", "n2", "n3"] and all(n["alive"] for n in listed)  # type: ignore[index]
-    assert sum(n["tasks_held"] for n in listed) == 20 and len({n["config_hash"] for n in listed}) == 1  # type: ignore[union-attr]
-    holders = {t["name"]: t["node"] for t in nodes[0].json("task:list")}  # type: ignore[union-attr]
-    assert set(holders) == set(names) and set(holders.values()) <= {"n1", "n2", "n3"}
+
+    def all_held() -> list[dict]:  # tasks_held is each node's count at its last heartbeat
+        listed = nodes[0].json("cluster:nodes")
+        return listed if sum(n["tasks_held"] for n in listed) == 20 else []  # type: ignore[union-attr,return-value]
+
+    listed = nodes[0].wait_for(all_held, 15, "20 tasks held across the nodes")
+    assert sorted(n["id"] for n in listed) == ["n1", "n2", "n3"] and all(n["alive"] for n in listed)
+    assert len({n["config_hash"] for n in listed}) == 1
+
+    def holders_now() -> dict[str, str]:
+        holders = {t["name"]: t["node"] for t in nodes[0].json("task:list")}  # type: ignore[union-attr]
+        return holders if set(holders.values()) <= {"n1", "n2", "n3"} else {}
+
+    holders = nodes[0].wait_for(holders_now, 15, "a holder shown for every task")
+    assert set(holders) == set(names)
     # kill -9 the node holding the most tasks: its tasks run elsewhere within 2 lease periods
     victim = max(nodes, key=lambda n: sum(1 for h in holders.values() if h == n.name))
     lost = [t for t, h in holders.items() if h == victim.name]
@@ -157,7 +185,8 @@ def test_three_nodes_run_each_task_once_and_take_over_a_killed_one(cluster, tmp_
     assert pid
     os.kill(pid, signal.SIGKILL)
     killed = time.time()
-    time.sleep(2 * LEASE + PERIOD + 0.5)
+    nodes[0].wait_for(lambda: all(running_on(out, lost, killed).values()), 2 * LEASE + PERIOD + 15,
+                      "the killed node's tasks started elsewhere")
     moved = running_on(out, lost, killed)
     assert all(moved[t] and victim.name not in moved[t] for t in lost), moved
     firsts = [min(s for n, s, _ in iterations(out, t) if s > killed) for t in lost]
@@ -180,31 +209,34 @@ def test_the_store_going_away_is_survived_and_said(cluster, tmp_path, pg_server,
     nodes = [cluster(f"n{i}", tasks_section(out, 5)) for i in (1, 2)]
     for node in nodes:
         node.console("scheduler:start", check=True)
-    time.sleep(5)
+    nodes[0].wait_for(lambda: each_ran(out, pg_server, pg_database, names, 0), 30, "two runs of every task")
     pg_server.stop()
     try:
         stopped = time.time()
-        nodes[0].wait_for(lambda: nodes[0].json("scheduler:state")["cluster"]["store"] == "unavailable",  # type: ignore[index]
-                          15, "scheduler:state saying the store is away")
+        nodes[0].wait_for(lambda: store_said(nodes[0], "unavailable", "node n1: the store does not answer"),
+                          15, "scheduler:state and scheduler.log saying the store is away")
         st = nodes[0].json("scheduler:state")
         assert any("the store does not answer" in w for w in st["cluster"]["warnings"])  # type: ignore[index]
         time.sleep(max(0.0, LEASE + 1 - (time.time() - stopped)))
         quiet = time.time()  # every lease has been given up by now: nothing starts while the store is away
         time.sleep(3)
     finally:
+        resuming = time.time()
         pg_server.start()
-    assert running_on(out, names, quiet + 0.1) == {t: set() for t in names}
+    # read after the restart: only starts before it count (the nodes may already be running them again)
+    assert {t: {n for n, s, _ in iterations(out, t) if quiet + 0.1 < s < resuming} for t in names} \
+        == {t: set() for t in names}
     restarted = time.time()
-    nodes[0].wait_for(lambda: all(running_on(out, names, restarted)[t] for t in names), 45, "every task running again")
-    time.sleep(3)
+    nodes[0].wait_for(lambda: each_ran(out, pg_server, pg_database, names, restarted), 60, "every task running again")
     check_once_and_spaced(out, names)
     check_history(pg_server, pg_database, names)
     for node in nodes:
+        # each node's heartbeat retries on its own backoff (store_retry doubling to 30 s): wait for its own word
+        node.wait_for(lambda node=node: store_said(node, "ok", f"node {node.name}: the store answers again"), 60,
+                      f"{node.name} saying the store answers again")
         assert node.console("scheduler:state", "--short").returncode == 10
         log = node.log()
         assert log.count("the store does not answer") == 1, log
-        assert "the store answers again" in log
-    assert nodes[0].json("scheduler:state")["cluster"]["store"] == "ok"  # type: ignore[index]
 
 
 def test_a_second_live_node_with_the_same_id_is_refused(cluster, tmp_path) -> None:
@@ -235,9 +267,10 @@ def test_pinned_tasks_cluster_wide_stop_and_differing_configs(cluster, tmp_path)
     n1.wait_for(lambda: all(iterations(out, t) for t in ("t0", "t1", "t2")), 20, "every task ran")
     time.sleep(2)
     assert {n for t in ("t0", "t1") for n, _, _ in iterations(out, t)} == {"n2"}  # pinned: only there
+    # n1 learns who holds what at its heartbeat
+    n1.wait_for(lambda: "on n2" in n1.console("task:list").stdout, 10, "task:list on n1 showing t0 on n2")
     listed = {t["name"]: t for t in n1.json("task:list")}  # type: ignore[union-attr]
     assert listed["t0"]["node"] == "n2" and listed["t0"]["nodes"] == ["n2"]
-    assert "on n2" in n1.console("task:list").stdout
     # task:stop through n1's CLI stops t2 wherever it runs, and it stays stopped everywhere
     n1.console("task:stop", "t2", check=True)
     n1.wait_for(lambda: all(n.task("t2")["state"] == "stopped" for n in (n1, n2)), 15, "t2 stopped on both nodes")

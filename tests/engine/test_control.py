@@ -16,6 +16,19 @@ def _fd_count(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
+def settled_fd_count(pid: int, timeout: float = 10.0) -> int:
+    """The daemon's open files once the count has stayed the same for 0.3 s (a connection just
+    closed by its client is closed by the daemon a moment later)."""
+    deadline = time.monotonic() + timeout
+    counts = [_fd_count(pid)]
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+        counts.append(_fd_count(pid))
+        if len(counts) >= 7 and len(set(counts[-7:])) == 1:
+            return counts[-1]
+    raise AssertionError(f"the daemon's open files did not settle: {counts[-10:]}")
+
+
 def connect(site) -> socket.socket:
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.settimeout(10)
@@ -38,8 +51,7 @@ def test_malformed_oversized_half_sent_and_slow(site):
     pid = started(site)
     with connect(site) as s:
         ask(s, {"cmd": "ping"})  # warm up: the first connection allocates loop resources
-    time.sleep(0.2)
-    before = _fd_count(pid)
+    before = settled_fd_count(pid)
     with connect(site) as s:
         r = ask(s, b"{not json")
         assert r["ok"] is False and r["error"]["name"] == "BAD_REQUEST"
@@ -69,10 +81,8 @@ def test_malformed_oversized_half_sent_and_slow(site):
         assert time.monotonic() - t0 < 0.5
     for s in slow:
         s.close()
-    time.sleep(1.5)
     assert site.console("scheduler:state").returncode == 10
-    time.sleep(0.3)
-    assert _fd_count(pid) == before
+    site.wait_for(lambda: _fd_count(pid) == before, 10, f"the daemon's open files back to {before}")
 
 
 def test_connection_limit(site):
@@ -85,9 +95,12 @@ def test_connection_limit(site):
         assert json.loads(s.makefile("rb").readline())["error"]["name"] == "BUSY"
     for s in held:
         s.close()
-    time.sleep(0.2)
-    with connect(site) as s:
-        assert ask(s, {"cmd": "ping"})["ok"]
+
+    def served() -> bool:  # the daemon frees the slots as it reads the closes: until then, BUSY
+        with connect(site) as s:
+            return ask(s, {"cmd": "ping"})["ok"]
+
+    site.wait_for(served, 10, "a ping served once the held connections closed")
 
 
 SYSTEM_PY = "/usr/bin/python3"

@@ -6,7 +6,6 @@ from __future__ import annotations
 import html
 import re
 import subprocess
-import time
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -107,10 +106,14 @@ def test_metrics_parse_and_count_as_tasks_and_jobs_run(site, web):
     runs = first.get(("schedulerd_task_iterations_total", (("outcome", "ok"), ("task", "chatty"))), 0)
     site.console("job:add", "slow", "--queue", "slow", "--payload", '{"step": 0.01}', check=True)
     site.wait_for(lambda: site.json("job:list", "--state", "finished"), what="the job to finish")
-    time.sleep(2.5)  # two more iterations of chatty
-    m = scrape(headers={"Authorization": f"Bearer {METRICS_TOKEN}"})
-    assert m[("schedulerd_task_iterations_total", (("outcome", "ok"), ("task", "chatty")))] >= runs + 2
-    assert m[("schedulerd_task_iteration_seconds_count", (("type", "chatty"),))] >= runs + 2
+
+    def two_more() -> dict | None:  # two more iterations of chatty, counted in both metrics
+        m = scrape(headers={"Authorization": f"Bearer {METRICS_TOKEN}"})
+        done = (m.get(("schedulerd_task_iterations_total", (("outcome", "ok"), ("task", "chatty"))), 0) >= runs + 2
+                and m.get(("schedulerd_task_iteration_seconds_count", (("type", "chatty"),)), 0) >= runs + 2)
+        return m if done else None
+
+    m = site.wait_for(two_more, 20, "two more iterations of chatty in /metrics")
     assert m[("schedulerd_tasks", (("state", "waiting"),))] + m[("schedulerd_tasks", (("state", "running"),))] >= 2
     assert m[("schedulerd_jobs", (("queue", "slow"), ("state", "finished")))] == 1
     assert m[("schedulerd_job_run_seconds_count", (("outcome", "finished"), ("queue", "slow")))] == 1
