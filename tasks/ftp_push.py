@@ -26,7 +26,7 @@ from schedulerd.settings import ConfigError, build, duration, int_range
 from tasks.ftp_common import Progress, check_remote_dir
 from tasks.transfer import RemoteClient, TransferError, close, connect, extra_session
 from tasks.transfer.names import join, printable, unsafe_reason
-from tasks.transfer.send import Outgoing, send, send_batch
+from tasks.transfer.send import Outcome, Outgoing, send, send_batch
 from tasks.transfer.settings import ConnectionSettings
 
 # --- the drop-box task ------------------------------------------------------------
@@ -126,16 +126,24 @@ class FtpPush(TaskType):
                 size += batch[-1][1][1]
             return batch
 
-        async def settle(path: Path, size: int, mtime_ns: int, outcome: str | TransferError) -> None:
-            if isinstance(outcome, TransferError):
-                ctx.log.warning("cannot send %s: %s", path, outcome)
-                errors.append(str(outcome))
-                progress.file_done(failed=True)
-                return
-            if await anyio.to_thread.run_sync(_remove_if_unchanged, path, size, mtime_ns) is False:
-                ctx.log.warning("%s changed while it was sent: kept, sent again next pass", path)
-            ctx.log.info("sent %s -> %s", path, outcome)
-            progress.file_done()
+        async def settle(batch: list[tuple[str, tuple[Path, int, int]]], outcomes: list[Outcome]) -> None:
+            """The sent files removed locally (one worker-thread call for the batch), the failed ones
+            kept for the next pass, those not tried (the session broke) back in `work`."""
+            sent = [v for (_, v), outcome in zip(batch, outcomes, strict=True) if isinstance(outcome, str)]
+            removed = iter(await anyio.to_thread.run_sync(_remove_unchanged, sent) if sent else [])
+            for item, outcome in zip(batch, outcomes, strict=True):
+                path = item[1][0]
+                if outcome is None:
+                    work.appendleft(item)
+                elif isinstance(outcome, TransferError):
+                    ctx.log.warning("cannot send %s: %s", path, outcome)
+                    errors.append(str(outcome))
+                    progress.file_done(failed=True)
+                else:
+                    if next(removed) is False:
+                        ctx.log.warning("%s changed while it was sent: kept, sent again next pass", path)
+                    ctx.log.info("sent %s -> %s", path, outcome)
+                    progress.file_done()
 
         async def worker(first: bool) -> None:
             client: RemoteClient | None = None
@@ -157,12 +165,7 @@ class FtpPush(TaskType):
                         break
                     outgoing = [Outgoing(path, join(s.remote_dir, rel.rsplit("/", 1)[0]) if "/" in rel else s.remote_dir,
                                          path.name) for rel, (path, _, _) in batch]
-                    outcomes = await send_batch(client, outgoing, log=ctx.log, on_bytes=progress.on_bytes)
-                    for (rel, (path, size, mtime_ns)), outcome in zip(batch, outcomes, strict=True):
-                        if outcome is None:  # not tried: the session broke
-                            work.appendleft((rel, (path, size, mtime_ns)))
-                        else:
-                            await settle(path, size, mtime_ns, outcome)
+                    await settle(batch, await send_batch(client, outgoing, log=ctx.log, on_bytes=progress.on_bytes))
             finally:
                 await close(client)
 
@@ -178,16 +181,21 @@ class FtpPush(TaskType):
         return summary
 
 
-def _remove_if_unchanged(path: Path, size: int, mtime_ns: int) -> bool | None:
-    """Remove a sent file unless it changed since it was scanned: True removed, False changed, None gone."""
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        return None
-    if (st.st_size, st.st_mtime_ns) != (size, mtime_ns):
-        return False
-    path.unlink(missing_ok=True)
-    return True
+def _remove_unchanged(sent: list[tuple[Path, int, int]]) -> list[bool | None]:
+    """Remove each sent file (path, size, mtime_ns) unless it changed since it was scanned:
+    True removed, False changed, None gone (blocking: run in a worker thread)."""
+    removed: list[bool | None] = []
+    for path, size, mtime_ns in sent:
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            removed.append(None)
+            continue
+        unchanged = (st.st_size, st.st_mtime_ns) == (size, mtime_ns)
+        if unchanged:
+            path.unlink(missing_ok=True)
+        removed.append(unchanged)
+    return removed
 
 
 # --- the export job ---------------------------------------------------------------

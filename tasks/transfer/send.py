@@ -29,14 +29,29 @@ def temp_name(name: str) -> str:
     return f".{name}.part"
 
 
-def _open(src: Path) -> tuple[BinaryIO, int, bytes]:
-    """`src` opened, its size and its first piece: a small file costs one thread hop."""
-    f = open(src, "rb")
-    try:
-        return f, os.fstat(f.fileno()).st_size, f.read(PIECE)
-    except BaseException:
-        f.close()
-        raise
+Opened = tuple[BinaryIO | None, int, bytes]  # a local file (open while there is more), its size, its first piece
+
+
+def _open_all(srcs: list[Path]) -> list[Opened | OSError]:
+    """Each file's size and first piece, all in one worker-thread call (one thread hop per batch,
+    not per file); a file read whole is closed at once."""
+    opened: list[Opened | OSError] = []
+    for src in srcs:
+        try:
+            f = open(src, "rb")
+        except OSError as e:
+            opened.append(e)
+            continue
+        try:
+            size, first = os.fstat(f.fileno()).st_size, f.read(PIECE)
+        except OSError as e:
+            f.close()
+            opened.append(e)
+            continue
+        if len(first) < PIECE:  # read whole
+            f.close()
+        opened.append((f if len(first) == PIECE else None, size, first))
+    return opened
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,10 +81,11 @@ async def send_batch(client: RemoteClient, files: Sequence[Outgoing], *, log: lo
     yet renamed fail with its error and those not yet tried are None (for another session)."""
     outcomes: list[Outcome] = [None] * len(files)
     uploaded: list[tuple[int, int]] = []  # (index, bytes sent)
+    opened = await anyio.to_thread.run_sync(_open_all, [f.src for f in files])
     try:
         for i, f in enumerate(files):
             try:
-                uploaded.append((i, await _upload(client, f, on_bytes)))
+                uploaded.append((i, await _upload(client, f, opened[i], on_bytes)))
             except TransferError as e:
                 outcomes[i] = e
                 if client.broken:
@@ -87,6 +103,10 @@ async def send_batch(client: RemoteClient, files: Sequence[Outgoing], *, log: lo
     except TransferError as e:  # the session broke after the uploads
         for i, _ in uploaded:
             outcomes[i] = outcomes[i] or e
+    finally:
+        for o in opened:
+            if isinstance(o, tuple) and o[0] is not None:
+                o[0].close()
     return outcomes
 
 
@@ -100,25 +120,24 @@ async def send(client: RemoteClient, src: Path, remote_dir: str, name: str | Non
     return outcome
 
 
-async def _upload(client: RemoteClient, item: Outgoing, on_bytes: OnBytes | None) -> int:
-    """`item.src` uploaded as `item.temp` (the file read in a worker thread); the bytes sent. A failed
-    upload leaves no temp behind when it can."""
+async def _upload(client: RemoteClient, item: Outgoing, opened: Opened | OSError, on_bytes: OnBytes | None) -> int:
+    """`item.src` uploaded as `item.temp` (the rest of a big file read in worker threads); the bytes
+    sent. A failed upload leaves no temp behind when it can."""
     reason = unsafe_reason(item.name)
     if reason is not None:
         raise RemoteError(f"refusing to upload under the name {item.name!r}: {reason}")
     await client.mkdir(item.remote_dir)
     src, tmp = item.src, item.temp
-    try:
-        f, size, first = await anyio.to_thread.run_sync(_open, src)
-    except OSError as e:
-        raise LocalError(f"cannot read {src}: {e.strerror or e}") from None
-    pieces = [first] if len(first) == PIECE else [b"", first]  # short: the whole file, then the end
+    if isinstance(opened, OSError):
+        raise LocalError(f"cannot read {src}: {opened.strerror or opened}")
+    f, size, first = opened
+    pieces = [first] if f is not None else [b"", first]  # read whole: the file, then the end
 
     async def source() -> bytes:
         if pieces:
             return pieces.pop()
         try:
-            return await anyio.to_thread.run_sync(f.read, PIECE)
+            return await anyio.to_thread.run_sync(f.read, PIECE) if f else b""
         except OSError as e:
             raise LocalError(f"cannot read {src}: {e.strerror or e}") from None
 
@@ -133,7 +152,8 @@ async def _upload(client: RemoteClient, item: Outgoing, on_bytes: OnBytes | None
                 await client.delete(tmp)
         raise
     finally:
-        f.close()
+        if f is not None:
+            f.close()
 
 
 async def _discard(client: RemoteClient, tmp: str) -> None:
