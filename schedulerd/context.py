@@ -42,7 +42,8 @@ class Alarms:
             now = anyio.current_time()
             while self._heap and self._heap[0][0] <= now:
                 heapq.heappop(self._heap)[2].set()
-            self._earlier = anyio.Event()
+            if self._earlier.is_set():  # a new event only when the last one was used
+                self._earlier = anyio.Event()
             with anyio.move_on_after(self._heap[0][0] - now if self._heap else None):
                 await self._earlier.wait()
 
@@ -63,13 +64,20 @@ class Waker:
     async def wait(self, seconds: float) -> bool:
         """Wait up to `seconds`; True when woken. Re-arms after a wake."""
         if seconds > 0 and not self._woken:
+            return await self.wait_until(anyio.current_time() + seconds)
+        woken, self._woken = self._woken, False
+        return woken
+
+    async def wait_until(self, deadline: float) -> bool:
+        """Wait until `deadline` (anyio.current_time(), the runners' plans); True when woken."""
+        if not self._woken:
             # an event per wait: the alarm of an earlier wait (cancelled, or woken) sets only its own
             self._event = event = anyio.Event()
-            if self._alarms is not None and math.isfinite(seconds):
-                self._alarms.set_at(anyio.current_time() + seconds, event)
+            if self._alarms is not None and math.isfinite(deadline):
+                self._alarms.set_at(deadline, event)
                 await event.wait()
             else:
-                with anyio.move_on_after(seconds if math.isfinite(seconds) else None):
+                with anyio.move_on_after(deadline - anyio.current_time() if math.isfinite(deadline) else None):
                     await event.wait()
         woken, self._woken = self._woken, False
         return woken

@@ -313,10 +313,10 @@ class Daemon:
         return rec.wanted or Wanted.STARTED
 
     async def _records(self, names: list[str]) -> dict[str, TaskRecord]:
-        """The stored counters of tasks, read in a worker thread; pending writes not yet saved win."""
+        """The stored counters of tasks, read in one query in a worker thread; pending writes not yet saved win."""
         assert self.store is not None and self._env is not None
         store, sink = self.store, self._env.history
-        stored = await store_call("reading the tasks' states", lambda: {n: store.task(n) for n in names})
+        stored = await store_call("reading the tasks' states", store.tasks, names)
         return {n: dataclasses.replace(r, crashes=sink.crashes.get(n, r.crashes), wanted=sink.wanted.get(n, r.wanted))
                 for n, r in stored.items()}
 
@@ -326,6 +326,7 @@ class Daemon:
         records = await self._records([n for n in config.tasks if n not in self.runners])
         self._env.config = config
         self._listeners = {}
+        started = 0
         with long_lived_objects():
             for name, tc in config.tasks.items():
                 runner = self.runners.get(name)
@@ -333,9 +334,14 @@ class Daemon:
                     rec = records[name]
                     runner = self.runners[name] = TaskRunner(tc, self._env, self._wanted(tc, rec), rec)
                     if runner.wanted is Wanted.STARTED:
-                        runner.start(self._tg)
+                        runner.start(self._tg, quiet=first)
+                        started += 1
                 for event in {*runner.task.wake_on, *tc.trigger}:
                     self._listeners.setdefault(event, []).append(runner)
+        if first:  # one line for all; each task's own start lines are at debug level in its log
+            log.info("%d task(s) starting, %d stopped, %d disabled", started,
+                     sum(r.wanted is Wanted.STOPPED for r in self.runners.values()),
+                     sum(r.wanted is Wanted.DISABLED for r in self.runners.values()))
 
     async def reload(self) -> dict[str, list[str]]:
         """New tasks start, removed ones stop, changed ones restart, unchanged ones are untouched."""

@@ -43,6 +43,7 @@ from .tasklock import TaskLock
 
 log = logging.getLogger("schedulerd.runner")
 ROUTINE_STATES = (TaskState.RUNNING, TaskState.WAITING)  # a change between these two is logged at debug level
+START_STATES = (TaskState.STOPPED, TaskState.STARTING)  # a quiet start (the daemon's own) logs leaving these at debug
 
 
 def next_run(scheduled: float, period: float, now: float) -> float:
@@ -146,6 +147,7 @@ class TaskRunner:
         self._cut: tuple[RunOutcome, str | None] = (RunOutcome.CANCELLED, "cancelled at stop")  # set by stop()
         self._done = anyio.Event()
         self._done.set()
+        self._quiet = False  # set by start(quiet=True)
         self.lock = TaskLock(env.lock_dir, tc.name)
         self.lease = self._lease()
 
@@ -182,7 +184,8 @@ class TaskRunner:
             return
         check_task(old, new)
         self.state = new
-        level = logging.DEBUG if old in ROUTINE_STATES and new in ROUTINE_STATES else logging.INFO
+        routine = (old in ROUTINE_STATES and new in ROUTINE_STATES) or (self._quiet and old in START_STATES)
+        level = logging.DEBUG if routine else logging.INFO
         self.log.log(level, "state %s -> %s%s", old, new, f" ({why})" if why else "")
         if self.env.emit:
             self.env.emit("task.state", {"task": self.tc.name, "from": old.value, "to": new.value})
@@ -217,10 +220,13 @@ class TaskRunner:
         return local_text(wall, zone(self.settings.timezone))
 
     # --- control -------------------------------------------------------------
-    def start(self, tg: TaskGroup) -> None:
-        """Start the loop in the daemon's task group (no-op if already active)."""
+    def start(self, tg: TaskGroup, quiet: bool = False) -> None:
+        """Start the loop in the daemon's task group (no-op if already active). `quiet`: the
+        daemon starts all its tasks and says so in one line; each task's start is logged at debug
+        level (10,000 INFO lines, each opening a task's log file, were a third of the start-up)."""
         if self.state not in STOPPED_STATES:
             return
+        self._quiet = quiet
         if self.state is TaskState.CRASHED:
             self._set_crashes(0)
         self._done = anyio.Event()
@@ -301,9 +307,8 @@ class TaskRunner:
             if not self._leased(planned):
                 scheduled = await self._wait_for_lease(planned)
                 planned = self.lease.generation if self.lease is not None else None
-            now = anyio.current_time()
-            if self.next_at > now:
-                if await self.ctx.sleep(self.next_at - now):
+            if self.next_at > anyio.current_time():
+                if await self.ctx.waker.wait_until(self.next_at):
                     scheduled = self.next_at = anyio.current_time()  # woken: run now, re-base the ticks
                     self.slot = None
                 elif self.slot is not None and time.time() < self.slot - 0.01:
@@ -429,7 +434,7 @@ class TaskRunner:
             self.log.warning("iteration skipped: a one-shot task:run holds the lock (%s)", self.lock.holder())
             return None
         generation = self.lease.generation if self.lease is not None else None
-        began = anyio.current_time()
+        began = anyio.current_time() if self.lease is not None else 0.0  # under a lease: see `ended`
         started = time.time() if self.lease is None else await self.lease.begin(generation)
         if started is None:  # from here nothing is awaited until the iteration's scope is set: a loss cancels it
             self.lock.release()

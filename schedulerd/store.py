@@ -6,11 +6,12 @@ embedded SQLite one when several daemons share one cluster.
 
 from __future__ import annotations
 
+import json
 import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,6 +66,7 @@ class StateStore(Protocol):
     def record_run(self, run: Run) -> None: ...
     def save(self, runs: list[Run], crashes: Mapping[str, int], wanted: Mapping[str, Wanted]) -> None: ...
     def task(self, task: str) -> TaskRecord: ...
+    def tasks(self, names: Sequence[str]) -> dict[str, TaskRecord]: ...
     def history(self, task: str, limit: int = 20) -> list[Run]: ...
     def purge_history(self, keep_ok: int, keep_failed: int, max_age_ok: float, max_age_failed: float) -> int: ...
     def get_value(self, key: str) -> Any: ...
@@ -190,6 +192,18 @@ class SqliteStateStore(SqliteFile):
         if not row:
             return TaskRecord(task, None, 0, 0, 0, hist[0] if hist else None)
         return TaskRecord(task, Wanted(row[0]) if row[0] else None, row[1], row[2], row[3], hist[0] if hist else None)
+
+    def tasks(self, names: Sequence[str]) -> dict[str, TaskRecord]:
+        """`task()` of many tasks in one query (the daemon's start: 10,000 tasks read one by one
+        were 20,000 statements); each task's last run found through the runs(task, id) index."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT n.value, t.wanted, t.crashes, t.runs, t.failures, r.task, r.started, r.ended, r.outcome, "
+                "r.error, r.summary, r.source FROM json_each(?) n LEFT JOIN tasks t ON t.name = n.value "
+                "LEFT JOIN runs r ON r.id = (SELECT max(id) FROM runs WHERE task = n.value)",
+                (json.dumps(list(names)),)).fetchall()
+        return {row[0]: TaskRecord(row[0], Wanted(row[1]) if row[1] else None, row[2] or 0, row[3] or 0, row[4] or 0,
+                                   Run(*row[5:]) if row[5] is not None else None) for row in rows}
 
     def history(self, task: str, limit: int = 20) -> list[Run]:
         with self._lock:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import psycopg
 
@@ -73,6 +73,13 @@ class PgStateStore:
         if row is None:
             return TaskRecord(task, None, 0, 0, 0, last_run)
         return TaskRecord(task, Wanted(row[0]) if row[0] else None, row[1], row[2], row[3], last_run)
+
+    def tasks(self, names: Sequence[str]) -> dict[str, TaskRecord]:
+        """`task()` of many tasks in one statement (a round trip per task made the start of 10,000 slow)."""
+        with self.db.transaction() as cur:
+            rows = run(cur, "task_records", names=list(names)).fetchall()
+        return {row[0]: TaskRecord(row[0], Wanted(row[1]) if row[1] else None, row[2] or 0, row[3] or 0, row[4] or 0,
+                                   Run(*row[5:]) if row[5] is not None else None) for row in rows}
 
     def history(self, task: str, limit: int = 20) -> list[Run]:
         with self.db.transaction() as cur:

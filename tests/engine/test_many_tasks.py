@@ -98,8 +98,9 @@ def test_two_thousand_tasks_run_within_a_limit_of_1024_open_files(site):
     """The daemon's open files do not grow with its tasks: 2,000 tasks run under a hard limit of
     1,024 open files (a task's lock file is open only while held, its log file only among the
     most recently written), every task's log is written, and a log file closed as idle is
-    reopened by its path at the task's next line."""
-    site.write("".join(f'[tasks.n{i:04d}]\ntype = "noop"\nperiod = "1s"\n\n' for i in range(TASKS)))
+    reopened by its path at the task's next line (at debug level: every state change is a line)."""
+    site.write("".join(f'[tasks.n{i:04d}]\ntype = "noop"\nperiod = "1s"\n\n' for i in range(TASKS)),
+               scheduler='log_level = "debug"\n')
     cmd = 'ulimit -n 1024 && exec "$0" --config "$1" scheduler:start'
     start = subprocess.run(["sh", "-c", cmd, str(CONSOLE), str(site.config)], capture_output=True, text=True,
                            timeout=120, cwd=site.root, env={k: v for k, v in os.environ.items() if k != "SCHEDULERD_CONFIG"})

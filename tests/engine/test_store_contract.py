@@ -273,6 +273,21 @@ def test_wanted_states_crashes_and_records(backend: Backend) -> None:
     assert abs(last.ended - time.time()) < 5 and abs(last.ended - last.started - 1) < 0.01
 
 
+def test_the_records_of_many_tasks_in_one_read_are_each_tasks_own(backend: Backend) -> None:
+    """`tasks(names)` (the daemon's start reads every task's state at once, issue 22) gives for
+    each name what `task(name)` gives: counters, wanted state, the newest run; unknown names too."""
+    s = backend.states()
+    s.save([run("a", "ok", ago=30), run("a", "failed", ago=20, error="boom"), run("b", "ok", ago=10),
+            run("a", "ok", ago=5, summary="last")], {"c": 4}, {"b": Wanted.STOPPED})
+    s.record_run(run("b", "failed", error="by task:run", source="cli"))
+    names = ["a", "b", "c", "never-seen"]
+    many = s.tasks(names)
+    assert set(many) == set(names) and all(many[n] == s.task(n) for n in names), many
+    assert (many["a"].last_run.summary, many["b"].last_run.source, many["c"].crashes) == ("last", "cli", 4)
+    assert many["never-seen"].last_run is None and many["b"].wanted is Wanted.STOPPED
+    assert s.tasks([]) == {}
+
+
 def test_history_newest_first_and_purged_by_count_and_age(backend: Backend) -> None:
     s = backend.states()
     s.save([run("a", "failed", ago=5000)] + [run("a", "ok", ago=100 - i) for i in range(5)]
