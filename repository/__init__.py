@@ -20,6 +20,7 @@ from .fields import MULTI_SEPARATOR, embedded_fields, normalize_date, now_iso
 from .fulltext import FulltextError, open_index
 from .hotfolder import Scanner, Tree, split
 from .ingest import Ingestor, Journal, Unit
+from .kept import KEPT, KeptDataboxes
 from .model import (
     Collection,
     DataboxError,
@@ -40,6 +41,8 @@ from .status import NO_MASK, StatusMask, format_mask, format_status, parse_mask
 from .storage import DocumentStore, SourceError, StorageError, guess_mime
 
 __all__ = [
+    "KEPT",
+    "KeptDataboxes",
     "record_jobs",
     "MULTI_SEPARATOR",
     "embedded_fields",

@@ -266,8 +266,9 @@ class Databox:
             fields = self._fields_of([r["id"] for r in rows]) if with_fields else {}
         return [self._record(r, fields.get(r["id"])) for r in rows]
 
-    def get_record(self, record_id: int) -> Record:
-        found = self._records("r.id = ?", (int(record_id),), with_fields=True)
+    def get_record(self, record_id: int, *, with_fields: bool = True) -> Record:
+        """The record; without its fields (an empty `fields`, one read less) when not `with_fields`."""
+        found = self._records("r.id = ?", (int(record_id),), with_fields=with_fields)
         if not found:
             raise UnknownRecord(f"no record {record_id} in databox {self.settings.where}")
         return found[0]

@@ -16,7 +16,8 @@ has its own queue of the same name by default (`[queues.NAME] workers`, 0 leaves
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from typing import Any, ClassVar
 
 import anyio
@@ -45,21 +46,31 @@ def _check_keys(payload: Mapping[str, Any], known: tuple[str, ...]) -> None:
         raise ValueError(f"{unknown[0]}: unknown key (known: {', '.join(known)})")
 
 
-async def _open(ctx: Context, databox: str) -> Any:
-    from repository import DataboxMissing, awaited, open_databox
+@asynccontextmanager
+async def _kept(ctx: Context, databox: str) -> AsyncIterator[Any]:
+    """The databox, kept open by this process between jobs (repository.kept): the job has it to
+    itself; after an error it is closed, so the next job opens it afresh."""
+    from repository import KEPT, DataboxMissing, awaited
 
     box = ctx.config.databoxes[databox]
     try:
-        return await anyio.to_thread.run_sync(lambda: open_databox(box, create=False))
+        db = await anyio.to_thread.run_sync(KEPT.take, box)
     except DataboxMissing:
         raise TaskFailed(f"{awaited(databox, box)} does not exist yet") from None
+    broken = True
+    try:
+        yield db
+        broken = False
+    finally:
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(lambda: KEPT.give_back(db, broken=broken))
 
 
-async def _get(db: Any, rid: int) -> Any:
+async def _get(db: Any, rid: int, *, with_fields: bool = True) -> Any:
     from repository import UnknownRecord
 
     try:
-        return await anyio.to_thread.run_sync(db.get_record, rid)
+        return await anyio.to_thread.run_sync(lambda: db.get_record(rid, with_fields=with_fields))
     except UnknownRecord:
         return None
 
@@ -99,9 +110,8 @@ class SubdefCreation(RecordJob):
 
         databox, rid = payload["databox"], payload["record"]
         st = task_settings_for(ctx.config, databox) or SubdefsSettings(databox=databox)
-        db = await _open(ctx, databox)
-        try:
-            record = await _get(db, rid)
+        async with _kept(ctx, databox) as db:
+            record = await _get(db, rid, with_fields=False)  # sub-definitions need no fields
             if record is None:
                 return f"record {rid} no longer exists"
             if record.subdefs_version is not None and record.subdefs_version >= record.doc_version:
@@ -109,8 +119,6 @@ class SubdefCreation(RecordJob):
             ctx.progress(0, 1)
             outcome = await build_record(db, record, as_specs(ctx.config.databoxes[databox].subdefs),
                                          timeout=st.tool_timeout, status_bit=st.status_bit, log=ctx.log)
-        finally:
-            await anyio.to_thread.run_sync(db.close)
         if outcome.waiting:
             raise TaskFailed(f"{record.label}: {outcome.waiting}")
         ctx.progress(1, 1)
@@ -131,15 +139,12 @@ class WriteMetadatas(RecordJob):
         st = task_settings_for(ctx.config, databox)
         if st is None:
             return f"nothing to write: no write_metadata task is configured for databox {databox}"
-        db = await _open(ctx, databox)
-        try:
+        async with _kept(ctx, databox) as db:
             record = await _get(db, rid)
             if record is None:
                 return f"record {rid} no longer exists"
             async with ExifTool(st.exiftool, timeout=st.request_timeout, log=ctx.log) as et:
                 files = await WriteMetadataTask(st).write_record(et, db, record)
-        finally:
-            await anyio.to_thread.run_sync(db.close)
         return f"{record.label}: {files} file{'s' if files != 1 else ''} written"
 
 
@@ -188,11 +193,8 @@ class DeleteRecord(RecordJob):
 
         databox, rid = payload["databox"], payload["record"]
         box = ctx.config.databoxes[databox]
-        db = await _open(ctx, databox)
-        try:
+        async with _kept(ctx, databox) as db:
             deleted = await anyio.to_thread.run_sync(lambda: db.delete_records([rid]))
-        finally:
-            await anyio.to_thread.run_sync(db.close)
 
         def unindex() -> int:
             if box.url is None and not box.path.is_file():
