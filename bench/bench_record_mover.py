@@ -27,6 +27,7 @@ within 2 s. In one run, on one databox:
   one commit: the fastest honest loop) and (b) each call committing on its own, as plain
   calls do. Each loop's time for all matching records is extrapolated from the sample,
   and the output says so. The ratios use the median of the task passes;
+- the preview: `task.preview(config)` (what `task:preview` prints) before each pass, timed;
 - interleaved, because a shared host is noisy: each of the `--repeat` rounds (default 5)
   puts the records back, runs one task pass, then a 1/repeat share of the sample through
   each loop (records put back before each).
@@ -69,6 +70,7 @@ from tasks.record_mover import where_clause  # noqa: E402
 
 TARGET_RATIO = 20.0
 TARGET_SECONDS = 2.0
+TARGET_PREVIEW = 0.5
 TASK = "expire"
 LOOPS = (("one transaction per record", True), ("each API call commits", False))
 FIELDS = {"Expiry": "date", "Title": "text"}
@@ -294,6 +296,16 @@ def task_pass(task: Any, ctx: Any, expect: int, cpu: list[float] | None = None) 
     return seconds
 
 
+def preview(task: Any, config: Any, expect: int) -> float:
+    """`task:preview` of the rule (what `bin/console task:preview` prints): wall seconds."""
+    t0 = time.perf_counter()
+    shown = task.preview(config)
+    seconds = time.perf_counter() - t0
+    if shown[0]["count"] != expect:
+        raise SystemExit(f"the preview counts {shown[0]['count']} records, expected {expect}")
+    return seconds
+
+
 def select_ids(settings: DataboxSettings, config: Any) -> tuple[float, list[int]]:
     """The loop's first step: the matching ids, with the rule's own SQL (timed, cheap)."""
     rule = config.tasks[TASK].settings.rules[0]
@@ -382,6 +394,7 @@ def main() -> int:
         chosen = sorted(random.Random(args.seed).sample(ids, min(args.sample, len(ids))))
         chunks = [chosen[i::args.repeat] for i in range(args.repeat)]
         passes: list[float] = []
+        previews: list[float] = []
         cpu: list[float] = []
         loop_rounds: dict[str, list[float]] = {name: [] for name, _ in LOOPS}  # seconds per round's chunk
         os.sync()
@@ -389,6 +402,7 @@ def main() -> int:
             for i, chunk in enumerate(chunks):  # interleaved: a busy spell of the host hits both sides
                 if i:
                     side.put_back()
+                previews.append(preview(task, config, expect))
                 passes.append(task_pass(task, ctx, expect, cpu))
                 if i == 0:
                     handler.flush()
@@ -421,6 +435,7 @@ def main() -> int:
         "page_size": page, "task_pass_seconds": [round(p, 3) for p in passes], "task_pass_median": round(med, 3),
         "task_pass_cpu_seconds": [round(c, 3) for c in cpu],
         "target_seconds_met": med <= TARGET_SECONDS, "second_pass_seconds": round(again, 3),
+        "preview_seconds": [round(p, 3) for p in previews], "preview_median": round(statistics.median(previews), 3),
         "log_lines_of_ids": logged, "loop_select_seconds": round(select, 3), "loops": loops,
         "load_average": os.getloadavg()[0],
     }
@@ -431,6 +446,9 @@ def main() -> int:
           f"{', '.join(f'{p:.2f}s' for p in passes)} -> median {med:.2f}s "
           f"(CPU of this process: {', '.join(f'{c:.2f}s' for c in cpu)})")
     print(f"second pass (changes nothing): {again:.2f}s")
+    pmed = statistics.median(previews)
+    print(f"preview (task:preview, before each pass): {', '.join(f'{p:.2f}s' for p in previews)} -> median "
+          f"{pmed:.2f}s   target <= {TARGET_PREVIEW:g}s: {verdict(pmed <= TARGET_PREVIEW)}")
     for name, v in loops.items():
         how = (f"extrapolated from {v['sample']:,} sampled records" if v["extrapolated"] else "all records, measured")
         print(f"per-record loop, {name}: select {select:.2f}s + {v['ms_per_record']:.2f} ms/record x {len(ids):,} = "

@@ -7,7 +7,9 @@ in the target state are not matched, so a second pass changes nothing. Every cha
 is logged, and `record.updated` / `record.deleted` are emitted once per rule.
 
 `preview` runs the same statements in a transaction that is rolled back: what it shows
-is exactly what a run at the same moment would do.
+is exactly what a run at the same moment would do. The last rule of a databox is not applied
+but only read (its WHERE as a SELECT: the same ids, no rows written), unless it deletes
+stories' children.
 """
 
 from __future__ import annotations
@@ -291,6 +293,13 @@ def where_clause(db: Any, r: Rule, now: datetime) -> tuple[str, list[Any]]:
     return " AND ".join(parts) or "TRUE", params
 
 
+def matching_ids(db: Any, r: Rule, now: datetime) -> list[int]:
+    """The ids `apply_rule` would change now, sorted, read without changing anything (the same
+    WHERE): exact for an update rule and for a delete rule without `delete_children`."""
+    where, params = where_clause(db, r, now)
+    return sorted(db.column(f"SELECT r.id FROM records r WHERE {where}", params))
+
+
 def apply_rule(db: Any, r: Rule, now: datetime) -> list[int]:
     """Run one rule inside the caller's `db.transaction()`; the changed (or deleted) ids, sorted."""
     where, params = where_clause(db, r, now)
@@ -530,15 +539,18 @@ class RecordMover(TaskType):
 
         def work(db: Any, rs: list[Rule]) -> list[Outcome]:
             out = [Outcome(r) for r in rs]
+            active = [o for o in out if o.rule.active]
             try:
                 with db.transaction():
-                    for o in out:
-                        if o.rule.active:
-                            try:
-                                with db.transaction():  # nested: joins the outer one
-                                    o.ids = apply_rule(db, o.rule, now)
-                            except RuleError as e:
-                                o.error = str(e)
+                    for o in active:
+                        # a rule is applied (then rolled back) only when a later rule may see what it
+                        # changed; the last one's ids are only read: a fraction of the cost, the same ids
+                        read_only = o is active[-1] and not o.rule.delete_children
+                        try:
+                            with db.transaction():  # nested: joins the outer one
+                                o.ids = matching_ids(db, o.rule, now) if read_only else apply_rule(db, o.rule, now)
+                        except RuleError as e:
+                            o.error = str(e)
                     raise _Rollback
             except _Rollback:
                 pass
