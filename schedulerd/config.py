@@ -133,6 +133,9 @@ def _collect_secrets(obj: Any, found: list[Secret | str], key: str = "") -> None
         if s.is_secret_key(key):
             found.append(obj)
     elif dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        more = getattr(obj, "log_secrets", None)  # settings whose secrets hide in other values (a URL's token)
+        if callable(more):
+            found.extend(more())
         for f in dataclasses.fields(obj):
             _collect_secrets(getattr(obj, f.name), found, f.name)
     elif isinstance(obj, Mapping):

@@ -80,6 +80,35 @@ def _stars(m: re.Match[str]) -> str:
 REDACTOR = Redactor()
 
 
+def display_url(url: str) -> str:
+    """A URL as messages show it: scheme://host:port/path, without its user:password, each query
+    value replaced by stars (a webhook's URL may carry a token in either)."""
+    from urllib.parse import parse_qsl, urlsplit, urlunsplit  # here: the thin CLI imports this module
+
+    try:
+        parts = urlsplit(url)
+        host, port = parts.hostname or "", parts.port
+    except ValueError:
+        return "<a URL that does not parse>"
+    netloc = (f"[{host}]" if ":" in host else host) + (f":{port}" if port is not None else "")
+    query = "&".join(f"{k}=********" for k, _ in parse_qsl(parts.query, keep_blank_values=True))
+    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+
+
+def url_secrets(url: str) -> list[str]:
+    """The parts of a URL that may be secret, for REDACTOR: user:password, the password, the query
+    string and each of its values."""
+    from urllib.parse import parse_qsl, urlsplit
+
+    try:
+        parts = urlsplit(url)
+        found = [parts.netloc.rpartition("@")[0], parts.password or "", parts.query]
+        found += [v for _, v in parse_qsl(parts.query, keep_blank_values=True)]
+    except ValueError:
+        return [url]
+    return [v for v in found if v]
+
+
 class Follow(Enum):
     """What a live follower wants when it is not one task's log."""
 

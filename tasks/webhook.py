@@ -5,17 +5,21 @@ never shown), `timeout` per request, `events` (empty: every event), `header`. Th
 `{"event": ..., "job": ..., "data": {...the payload but its event...}}`; the header holds
 `sha256=<hex HMAC-SHA256 of the body with the secret>`. Attempts and their delay are the type's
 `max_attempts` and `retry_delay`; a URL that accepted (2xx) is not posted again by a later
-attempt of the same job (kept in the job's state folder). A 4xx answer other than 408 and 429
-fails the job for good, with the status and reason: retrying would get the same answer.
+attempt of the same job (kept in the job's state folder, as hashes). A 4xx answer other than 408
+and 429 fails the job for good, with the status and reason: retrying would get the same answer.
+A URL may carry credentials: `user:password@` is sent as HTTP Basic authentication, and logs,
+errors and summaries show a URL without them and with its query values starred (`display_url`).
 """
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import hashlib
 import hmac
 import json
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, ClassVar
@@ -24,6 +28,7 @@ import anyio
 
 from schedulerd import settings as s
 from schedulerd.durable import write_atomic
+from schedulerd.logs import display_url, url_secrets
 from schedulerd.plugin import Context, FailForGood, Item, JobType, TaskFailed
 
 RETRYABLE_4XX = (408, 429)
@@ -44,6 +49,10 @@ class Settings:
         if self.urls and self.secret is None:
             raise ValueError('secret: needed to sign the bodies ("env:VAR", "file:PATH" or the secret itself)')
 
+    def log_secrets(self) -> list[str]:
+        """The credentials and query values of the URLs: kept out of every log line (Config.secrets)."""
+        return [v for url in self.urls for v in url_secrets(url)]
+
 
 def signature(secret: str, body: bytes) -> str:
     """The header's value: `sha256=` and the hex HMAC-SHA256 of the body."""
@@ -52,8 +61,11 @@ def signature(secret: str, body: bytes) -> str:
 
 def post(url: str, body: bytes, headers: Mapping[str, str], timeout: float) -> int:
     """POST once (blocking: run in a worker thread); the status of a 2xx, else raises:
-    FailForGood for a 4xx no retry mends, TaskFailed for the rest."""
-    request = urllib.request.Request(url, data=body, method="POST", headers=dict(headers))
+    FailForGood for a 4xx no retry mends, TaskFailed for the rest. The messages show
+    `display_url(url)`; a `user:password@` in the URL goes as HTTP Basic authentication."""
+    target, headers = _with_basic_auth(url, headers)
+    request = urllib.request.Request(target, data=body, method="POST", headers=headers)
+    url = display_url(url)
     try:
         with urllib.request.urlopen(request, timeout=timeout) as answer:  # noqa: S310 (http(s) checked at load)
             return int(answer.status)
@@ -65,6 +77,18 @@ def post(url: str, body: bytes, headers: Mapping[str, str], timeout: float) -> i
     except (urllib.error.URLError, OSError) as e:
         reason = getattr(e, "reason", e)
         raise TaskFailed(f"{url} unreachable: {reason}") from None
+
+
+def _with_basic_auth(url: str, headers: Mapping[str, str]) -> tuple[str, dict[str, str]]:
+    """The URL without `user:password@` and the headers with its Basic authentication
+    (urllib would take the user:password for part of the host name)."""
+    parts = urllib.parse.urlsplit(url)
+    if "@" not in parts.netloc:
+        return url, dict(headers)
+    user, password = urllib.parse.unquote(parts.username or ""), urllib.parse.unquote(parts.password or "")
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    plain = urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+    return plain, {**headers, "Authorization": f"Basic {token}"}
 
 
 class Webhook(JobType):
@@ -99,8 +123,9 @@ class Webhook(JobType):
                            "data": {k: v for k, v in payload.items() if k != "event"}}, sort_keys=True).encode()
         headers = {"Content-Type": "application/json", st.header: signature(st.secret.reveal(), body)}
         ledger = ctx.state_dir / "webhook-delivered.json"
-        delivered = set(await anyio.to_thread.run_sync(_read, ledger))
-        todo = [u for u in st.urls if u not in delivered]
+        delivered = {k if k.startswith("sha256:") else _key(k)  # (a plain URL: an older ledger's)
+                     for k in await anyio.to_thread.run_sync(_read, ledger)}
+        todo = [u for u in st.urls if _key(u) not in delivered]
         errors: list[Exception] = []
         for i, url in enumerate(todo):
             try:
@@ -110,13 +135,18 @@ class Webhook(JobType):
                     raise
                 errors.append(e)
                 continue
-            ctx.log.info("%s delivered to %s (%d)", event, url, status)
-            delivered.add(url)
+            ctx.log.info("%s delivered to %s (%d)", event, display_url(url), status)
+            delivered.add(_key(url))
             await anyio.to_thread.run_sync(_write, ledger, sorted(delivered))
             ctx.progress(i + 1, len(todo))
         if errors:
             raise TaskFailed("; ".join(str(e) for e in errors))
         return f"{event} delivered to {len(st.urls)} URL{'s' if len(st.urls) != 1 else ''}"
+
+
+def _key(url: str) -> str:
+    """How the ledger names a URL that accepted: a hash (the URL may carry a token)."""
+    return "sha256:" + hashlib.sha256(url.encode()).hexdigest()
 
 
 def _read(path: Any) -> list[str]:
@@ -127,6 +157,6 @@ def _read(path: Any) -> list[str]:
 
 
 def _write(path: Any, urls: list[str]) -> None:
-    """The URLs that accepted, synced (write_atomic): a ledger lost to a crash would re-post to them."""
+    """The URLs that accepted (their keys), synced (write_atomic): a ledger lost to a crash would re-post to them."""
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, json.dumps(urls).encode())

@@ -123,3 +123,18 @@ def test_refused_reload_logs_the_key_path_readably(site):
     log = site.log()
     assert "ftp_destinations.d.password: expected a string" in log
     assert "pw-Zx81-kept" not in log
+
+
+@pytest.mark.parametrize("url, shown", [
+    ("https://u:p%40ss@hooks.example.org:8443/a/b?token=T0K&x=1#frag", "https://hooks.example.org:8443/a/b?token=********&x=********"),
+    ("http://[::1]:9000/hook", "http://[::1]:9000/hook"),
+    ("https://hooks.example.org", "https://hooks.example.org"),
+    ("http://host:notaport/x", "<a URL that does not parse>"),
+])
+def test_display_url_drops_credentials_and_query_values(url: str, shown: str) -> None:
+    from schedulerd.logs import display_url, url_secrets
+
+    assert display_url(url) == shown
+    r = Redactor()
+    r.add(url_secrets(url))
+    assert r.redact(f"posting to {url}").count("p%40ss") == 0 and "T0K" not in r.redact(url)

@@ -23,12 +23,14 @@ class Hook:
     def __init__(self, codes: list[int]):
         self.codes = list(codes)
         self.got: list[tuple[bytes, str]] = []
+        self.asked: list[tuple[str, str]] = []  # (path with its query, Authorization header) of each POST
         hook = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 hook.got.append((body, self.headers.get("X-Webhook-Signature", "")))
+                hook.asked.append((self.path, self.headers.get("Authorization", "")))
                 code = hook.codes.pop(0) if hook.codes else 200
                 self.send_response(code)
                 self.send_header("Content-Length", "0")
@@ -127,3 +129,42 @@ def test_run_service_exit_codes(site: Site, hook_factory) -> None:  # noqa: F811
     assert site.console("worker:run-service", "nosuchtype").returncode == 2
     assert site.console("worker:run-service", "webhook", "--payload", "{}").returncode == 2
     assert site.console("worker:run-service", "webhook", "--payload", "[").returncode == 2
+
+
+def test_a_webhook_urls_credentials_and_token_show_nowhere(site: Site, hook_factory, tmp_path, monkeypatch) -> None:  # noqa: F811
+    """URLs with `user:password@` and `?token=`: the user and password go as Basic authentication,
+    the query as given; no log, job view, state file or console page shows them."""
+    import base64
+    import re
+
+    from tests.engine.webconsole import Web, console_config, free_port, start_env, wait_for_port
+
+    monkeypatch.setenv("PYTHONPATH", start_env(tmp_path)["PYTHONPATH"])  # the console's probe plugin
+    hook = hook_factory([503])  # the first attempt refused: the retry's warning names the URLs
+    port = hook.server.server_address[1]
+    good = f"http://hookuser:hookpass@127.0.0.1:{port}/hook?token=SECRETVALUE&v=2"
+    dead = f"http://deaduser:deadpass@127.0.0.1:{_free_port()}/gone?token=DEADTOKEN"
+    web_port = free_port()
+    site.write(console_config(web_port, tasks=f"""
+        [jobs.types.webhook]
+        urls = ["{good}", "{dead}"]
+        secret = "{SECRET}"
+        timeout = "2s"
+        max_attempts = 2
+        retry_delay = "100ms"
+        """))
+    job = _run_job(site, {"event": "record.deleted"})
+    wait_for_port(web_port)
+    assert job["state"] == "failed" and job["attempts"] == 2, job
+    assert hook.asked[-1] == ("/hook?token=SECRETVALUE&v=2", "Basic " + base64.b64encode(b"hookuser:hookpass").decode())
+    shown = site.console("job:show", str(job["id"]), "-v").stdout
+    assert f"delivered to http://127.0.0.1:{port}/hook?token=********" in shown, shown
+    assert re.search(r"http://127\.0\.0\.1:\d+/gone\?token=\*+ unreachable", job["error"]), job["error"]
+    web = Web(web_port)
+    assert web.login() == 303
+    pages = [web.get(path)[2] for path in ("/jobs", "/jobs?state=failed", "/tasks", "/metrics")]
+    files = [p.read_bytes().decode(errors="replace") for p in site.var.rglob("*") if p.is_file() and not p.is_socket()]
+    assert "webhook-delivered.json" in " ".join(str(p) for p in site.var.rglob("*"))  # the state is among them
+    for text in [shown, site.console("job:list", "--json").stdout, *pages, *files]:
+        for secret in ("hookuser", "hookpass", "SECRETVALUE", "deaduser", "deadpass", "DEADTOKEN"):
+            assert secret not in text, (secret, text[:3000])
