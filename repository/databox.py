@@ -448,6 +448,15 @@ class Databox:
                 out[r[0]] = r[1]
         return out
 
+    def find_twin(self, collection: CollectionRef, sha256: str, original_name: str) -> int | None:
+        """The record (lowest id) in `collection` with this checksum and this original name, if any:
+        the one an archiving of that very file made (a record of the same content under another
+        name is not it)."""
+        cid = self.collection(collection).id
+        rows = self._query("SELECT min(id) FROM records WHERE collection_id = ? AND sha256 = ? AND original_name = ?",
+                           [cid, sha256, original_name])
+        return rows[0][0] if rows else None
+
     def set_status(self, record_id: int, mask: str | StatusMask) -> Record:
         """Force the bits named by `mask` (`"1x0"`: set bit 2, clear bit 0), keep the others."""
         m = _as_mask(mask)

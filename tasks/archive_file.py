@@ -5,7 +5,9 @@ Payload `{"databox": D, "collection": C, "path": P}` (and `status`, a mask such 
 pipeline the step gives `databox`, `collection` (and `status`), each file item its `path`, and the
 output item is the record (id, collection, status), its path, size and mime kept. Archiving is
 idempotent: a file whose content (sha256) already has a record of that name in the collection gets
-that record back, so an attempt run again after a crash archives nothing twice.
+that record back, so an attempt run again after a crash archives nothing twice. The same content
+under another name is a record of its own (the job has no `duplicates` setting; the archive task's
+`duplicates` decides for hotfolders).
 """
 
 from __future__ import annotations
@@ -37,12 +39,9 @@ def archive(box: Any, collection: str, path: Path, status: str) -> tuple[Any, bo
 
     db = open_databox(box, create=False)
     try:
-        sha = _sha256(path)
-        twin = db.find_by_sha256(collection, [sha]).get(sha)
+        twin = db.find_twin(collection, _sha256(path), path.name)
         if twin is not None:
-            record = db.get_record(twin)
-            if record.original_name == path.name:
-                return record, False
+            return db.get_record(twin), False
         return db.create_record(collection, path, status=status or 0), True
     finally:
         db.close()
