@@ -151,7 +151,8 @@ def advance(store: PipelineStore, config: Config, run: RunRow) -> set[str]:
                 return set()
             if counts.get("finished", 0) < row.parts:
                 return set()
-            if not store.finish_step(run, step.name, row.items_in, store.step_output(run), started=True):
+            if not store.finish_step(run, step.name, row.items_in, store.step_output(run, bool(step.parallel)),
+                                     started=True):
                 return set()
         else:
             return set()

@@ -54,8 +54,10 @@ CREATE INDEX IF NOT EXISTS pipeline_parts_job ON pipeline_parts(job);
 
 SQLITE_INSERT_JOB = ("INSERT INTO jobs(type, queue, payload, title, max_attempts, next_attempt_at, state, created) "
                      "VALUES (?,?,?,?,?,?,'waiting',?) RETURNING id")
-PG_INSERT_JOB = ("INSERT INTO jobs (type, queue, payload, title, max_attempts) "
-                 "VALUES (?, ?, ?::jsonb, ?, ?) RETURNING id")
+# every part's job and its pipeline_parts row in one statement (the job's payload says its part)
+PG_INSERT_PARTS = ("WITH j AS (INSERT INTO jobs (type, queue, payload, title, max_attempts) "
+                   "SELECT * FROM unnest(?::text[], ?::text[], ?::jsonb[], ?::text[], ?::int[]) RETURNING id, payload) "
+                   "INSERT INTO pipeline_parts (run, step, part, job) SELECT ?, ?, (payload->>'part')::int, id FROM j")
 
 
 @dataclass(frozen=True)
@@ -102,7 +104,11 @@ class RunRow:
 
 
 def dump(items: Sequence[Item]) -> str:
-    return json.dumps([i.to_json() for i in items], separators=(",", ":"))
+    return dump_json([i.to_json() for i in items])
+
+
+def dump_json(data: Any) -> str:
+    return json.dumps(data, separators=(",", ":"))
 
 
 def load_items(text: str) -> list[Item]:
@@ -179,17 +185,24 @@ class PipelineStore:
     def step_input(self, run: RunRow) -> list[Item]:
         """The run's input for its first step, else the previous step's output."""
         with self.transaction() as c:
-            if run.step == 0:
-                row = c.execute("SELECT input FROM pipeline_runs WHERE id=?", (run.id,)).fetchone()
-            else:
-                row = c.execute("SELECT output FROM pipeline_steps WHERE run=? AND step=?",
-                                (run.id, run.step - 1)).fetchone()
-        return load_items(row[0]) if row and row[0] else []
+            text = self._input_text(c, run)
+        return load_items(text)
 
-    def finish_step(self, run: RunRow, name: str, items_in: int, output: Sequence[Item], *, started: bool) -> bool:
-        """The step is done with `output` (started now if not `started`); the run moves on.
-        False when another node moved the run first."""
+    @staticmethod
+    def _input_text(c: Any, run: RunRow) -> str:
+        if run.step == 0:
+            row = c.execute("SELECT input FROM pipeline_runs WHERE id=?", (run.id,)).fetchone()
+        else:
+            row = c.execute("SELECT output FROM pipeline_steps WHERE run=? AND step=?", (run.id, run.step - 1)).fetchone()
+        return row[0] if row and row[0] else "[]"
+
+    def finish_step(self, run: RunRow, name: str, items_in: int, output: Sequence[Item] | str, *,
+                    started: bool) -> bool:
+        """The step is done with `output` (items, or their stored JSON; started now if not
+        `started`); the run moves on. False when another node moved the run first."""
         now = time.time()
+        text = output if isinstance(output, str) else dump(output)
+        count = len(json.loads(text)) if isinstance(output, str) else len(output)
         with self.transaction() as c:
             moved = c.execute("UPDATE pipeline_runs SET step=step+1 WHERE id=? AND step=? AND state=?",
                               (run.id, run.step, RunState.RUNNING.value)).rowcount
@@ -197,42 +210,56 @@ class PipelineStore:
                 return False
             if started:
                 c.execute("UPDATE pipeline_steps SET state=?, items_out=?, finished=?, output=? WHERE run=? AND step=?",
-                          (StepState.FINISHED.value, len(output), now, dump(output), run.id, run.step))
+                          (StepState.FINISHED.value, count, now, text, run.id, run.step))
             else:
                 c.execute("INSERT INTO pipeline_steps(run, step, name, state, items_in, items_out, parts, started, "
                           "finished, output) VALUES (?,?,?,?,?,?,0,?,?,?)",
-                          (run.id, run.step, name, StepState.FINISHED.value, items_in, len(output), now, now,
-                           dump(output)))
+                          (run.id, run.step, name, StepState.FINISHED.value, items_in, count, now, now, text))
             return True
 
     def start_step(self, run: RunRow, name: str, items_in: int, jobs: Sequence[PartJob]) -> bool:
-        """The step's row, its parts and their jobs, in one transaction; False when it exists."""
-        pg = self._pg is not None
+        """The step's row, its parts and their jobs, in one transaction; False when it exists.
+        The rows go in with one statement each (executemany, or one on PostgreSQL), not one per item."""
         with self.transaction() as c:
             if c.execute("SELECT 1 FROM pipeline_steps WHERE run=? AND step=?", (run.id, run.step)).fetchone():
                 return False
             now = time.time()
             c.execute("INSERT INTO pipeline_steps(run, step, name, state, items_in, parts, started) "
                       "VALUES (?,?,?,?,?,?,?)", (run.id, run.step, name, StepState.RUNNING.value, items_in, len(jobs), now))
-            for part, j in enumerate(jobs):
-                payload = json.dumps(j.payload, separators=(",", ":"))
-                if pg:
-                    jid = c.execute(PG_INSERT_JOB, (j.type, j.queue, payload, j.title, j.max_attempts)).fetchone()[0]
-                else:
-                    jid = c.execute(SQLITE_INSERT_JOB, (j.type, j.queue, payload, j.title, j.max_attempts, now,
-                                                        now)).fetchone()[0]
-                c.execute("INSERT INTO pipeline_parts(run, step, part, job) VALUES (?,?,?,?)",
-                          (run.id, run.step, part, jid))
-            if pg and jobs:
-                c.execute("SELECT pg_notify('schedulerd_jobs', ?)", (jobs[0].queue,))
+            if jobs:
+                (self._insert_parts_pg if self._pg is not None else self._insert_parts_sqlite)(c, run, jobs, now)
             return True
 
+    @staticmethod
+    def _insert_parts_sqlite(c: Any, run: RunRow, jobs: Sequence[PartJob], now: float) -> None:
+        c.executemany(SQLITE_INSERT_JOB, [(j.type, j.queue, json.dumps(j.payload, separators=(",", ":")), j.title,
+                                           j.max_attempts, now, now) for j in jobs])
+        # AUTOINCREMENT gives each new row the largest id the table ever had + 1, and this
+        # transaction holds the write lock: the jobs just inserted have the ids last-n+1 .. last
+        last = int(c.execute("SELECT last_insert_rowid()").fetchone()[0])
+        first = last - len(jobs) + 1
+        c.executemany("INSERT INTO pipeline_parts(run, step, part, job) VALUES (?,?,?,?)",
+                      [(run.id, run.step, k, first + k) for k in range(len(jobs))])
+
+    @staticmethod
+    def _insert_parts_pg(c: Any, run: RunRow, jobs: Sequence[PartJob], now: float) -> None:
+        cols: list[list[Any]] = [[], [], [], [], []]
+        for j in jobs:
+            for col, v in zip(cols, (j.type, j.queue, json.dumps(j.payload, separators=(",", ":")), j.title,
+                                     j.max_attempts), strict=True):
+                col.append(v)
+        c.execute(PG_INSERT_PARTS, (*cols, run.id, run.step))
+        c.execute("SELECT pg_notify('schedulerd_jobs', ?)", (jobs[0].queue,))
+
     def part_states(self, run: RunRow) -> tuple[dict[str, int], str | None]:
-        """The current step's jobs by state, and the error of one that failed or was cancelled."""
+        """The current step's jobs by state, and the error of one that failed or was cancelled.
+        A part whose job is gone was purged by the retention, which deletes only done jobs: counted
+        `finished` (a failure is seen at the driver's look before: 0.2 s, against a retention that
+        keeps the newest `keep_failed` failed jobs)."""
         with self.transaction() as c:
             counts = {r[0]: int(r[1]) for r in c.execute(
-                "SELECT j.state, count(*) FROM pipeline_parts p JOIN jobs j ON j.id=p.job "
-                "WHERE p.run=? AND p.step=? GROUP BY j.state", (run.id, run.step)).fetchall()}
+                "SELECT coalesce(j.state, 'finished'), count(*) FROM pipeline_parts p LEFT JOIN jobs j ON j.id=p.job "
+                "WHERE p.run=? AND p.step=? GROUP BY 1", (run.id, run.step)).fetchall()}
             error = None
             if counts.get("failed") or counts.get("cancelled"):
                 row = c.execute("SELECT j.id, j.state, j.error FROM pipeline_parts p JOIN jobs j ON j.id=p.job "
@@ -241,19 +268,22 @@ class PipelineStore:
                 error = f"job {row[0]} {row[1]}: {row[2] or ''}".rstrip(": ")
         return counts, error
 
-    def step_output(self, run: RunRow) -> list[Item]:
-        """Every part's output in order: what its job returned, else its input items."""
+    def step_output(self, run: RunRow, parallel: bool) -> str:
+        """Every part's output in order, as stored JSON: what its job returned, else its input
+        items (part k of a `parallel` step is input item k; else one part holds them all). Read
+        from the step's input and the parts' outputs, never from the jobs (the retention may have
+        purged them); when no part returned other items, the input's text as it is."""
         with self.transaction() as c:
-            rows = c.execute("SELECT p.output, j.payload FROM pipeline_parts p JOIN jobs j ON j.id=p.job "
-                             "WHERE p.run=? AND p.step=? ORDER BY p.part", (run.id, run.step)).fetchall()
-        out: list[Item] = []
-        for output, payload in rows:
-            if output is not None:
-                out += load_items(output)
-            else:
-                data = payload if isinstance(payload, dict) else json.loads(payload)
-                out += [Item.from_json(d) for d in data["items"]]
-        return out
+            changed = c.execute("SELECT part, output FROM pipeline_parts WHERE run=? AND step=? AND output IS NOT NULL "
+                                "ORDER BY part", (run.id, run.step)).fetchall()
+            text = self._input_text(c, run)
+        if not changed:
+            return text
+        outputs = {int(part): json.loads(output) for part, output in changed}
+        items = json.loads(text)
+        if not parallel:
+            return dump_json(outputs.get(0, items))
+        return dump_json([x for k, item in enumerate(items) for x in outputs.get(k, [item])])
 
     def fail_step(self, run: RunRow, error: str) -> None:
         now = time.time()

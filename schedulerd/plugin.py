@@ -42,8 +42,11 @@ class Item:
     fields: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        d: dict[str, Any] = {k: v for k, v in dataclasses.asdict(self).items() if v not in (None, {})}
-        d["kind"] = self.kind.value
+        d: dict[str, Any] = {"kind": self.kind.value}
+        for key in _ITEM_VALUE_KEYS:  # (not dataclasses.asdict: a pipeline step dumps thousands)
+            value = getattr(self, key)
+            if value is not None:
+                d[key] = value
         if self.fields:
             d["fields"] = dict(self.fields)
         return d
@@ -53,9 +56,9 @@ class Item:
         """An item from its JSON form; ValueError naming the key for a bad one."""
         if not isinstance(d, Mapping):
             raise ValueError(f"expected an object, got {d!r}")
-        unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
+        unknown = sorted(d.keys() - _ITEM_KEYS)
         if unknown:
-            raise ValueError(f"{unknown[0]}: unknown key (known: {', '.join(f.name for f in dataclasses.fields(cls))})")
+            raise ValueError(f"{unknown[0]}: unknown key (known: {', '.join(_ITEM_KEYS)})")
         try:
             kind = ItemKind(d.get("kind", "file"))
         except ValueError:
@@ -78,6 +81,10 @@ class Item:
         if self.kind is ItemKind.FILE:
             return {"path": self.path}
         return {}
+
+
+_ITEM_KEYS = tuple(f.name for f in dataclasses.fields(Item))
+_ITEM_VALUE_KEYS = tuple(k for k in _ITEM_KEYS if k not in ("kind", "fields"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -216,5 +223,6 @@ class JobType:
         out = []
         for i, item in enumerate(items):
             out.append(await self.run_item(ctx, payload, item))
-            ctx.progress(i + 1, len(items))
+            if len(items) > 1:  # (a one-item part's progress would cost a store write per item)
+                ctx.progress(i + 1, len(items))
         return out

@@ -209,3 +209,30 @@ def test_a_failed_task_triggers_a_webhook_pipeline_from_the_preset(site: Site, t
     assert body["event"] == "task.failed"
     (item,) = body["data"]["items"]
     assert item["kind"] == "event" and item["fields"]["task"] == "broken"
+
+
+def test_a_step_whose_finished_jobs_are_purged_mid_run_still_passes_every_item_on(site: Site) -> None:  # noqa: F811
+    """job:purge (or the retention) deletes finished jobs while a step runs: the step still ends,
+    and its output (every item, in order) comes from the run's own rows, not from the jobs."""
+    site.write("""
+        [pipelines.slow]
+        steps = [{ type = "command", argv = ["sleep", "0.3"], parallel = 2 }, { type = "noop" }]
+        """)
+    site.console("scheduler:start", check=True)
+    items = [{"kind": "event", "fields": {"n": str(i)}} for i in range(10)]
+    rid = int(site.console("pipeline:run", "slow", "--input", json.dumps(items), check=True).stdout)
+
+    def finished_parts() -> int:
+        with sqlite3.connect(site.var / "state" / "jobs.db", timeout=10) as c:
+            return c.execute("SELECT count(*) FROM jobs WHERE queue='pipeline.slow.0' AND state='finished'").fetchone()[0]
+
+    site.wait_for(lambda: finished_parts() >= 3, timeout=30, what="three parts finished")
+    purged = site.console("job:purge", "--finished", check=True)
+    assert int(purged.stdout.split()[1]) >= 3, purged.stdout  # "purged 4 jobs"
+    run = site.wait_for(lambda: (lambda r: r if r["state"] != "running" else None)(
+        site.json("pipeline:show", str(rid))), timeout=30, what="run ended")
+    assert run["state"] == "finished", run
+    assert [(s["items_in"], s["items_out"]) for s in run["step_rows"]] == [(10, 10), (10, 10)]
+    with sqlite3.connect(site.var / "state" / "jobs.db") as c:
+        (payload,) = c.execute("SELECT payload FROM jobs WHERE queue='pipeline.slow.1'").fetchone()
+    assert [i["fields"]["n"] for i in json.loads(payload)["items"]] == [str(i) for i in range(10)]

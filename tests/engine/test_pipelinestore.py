@@ -1,0 +1,82 @@
+"""schedulerd.pipelinestore on both back-ends (SQLite jobs.db and a real PostgreSQL): a step's parts
+go in with their jobs, each part matched to its own job; a step's output is every part's, in order,
+read from the run's rows even after the retention purged the parts' jobs."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from schedulerd.jobstore import Outcome
+from schedulerd.pipelinestore import PartJob, RunRow, open_pipeline_store
+from schedulerd.plugin import Item, ItemKind
+from schedulerd.stores import StoreSettings, open_job_store
+from tests.pgserver import store_settings
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def stores(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Any, Any]]:
+    from schedulerd.config import SchedulerSettings
+
+    sch = SchedulerSettings(state_dir=tmp_path / "state")
+    sch.state_dir.mkdir()
+    settings = StoreSettings()
+    if request.param == "postgresql":
+        settings = store_settings(request.getfixturevalue("pg_server"), request.getfixturevalue("pg_database"))
+    pipelines = open_pipeline_store(sch.state_dir, settings)
+    jobs = open_job_store(sch, settings)
+    yield pipelines, jobs
+    jobs.close()
+    pipelines.close()
+
+
+def _items(n: int) -> list[Item]:
+    return [Item(ItemKind.EVENT, fields={"n": str(i)}) for i in range(n)]
+
+
+def test_parts_get_their_own_jobs_and_the_output_survives_purged_jobs(stores: tuple[Any, Any]) -> None:
+    pipelines, jobs = stores
+    jobs.add("noop", "elsewhere", {})  # ids of the step's jobs do not start at 1
+    items = _items(5)
+    rid = pipelines.create_run("p", "manual", ["0:noop"], items)
+    run: RunRow = pipelines.run(rid)
+    parts = [PartJob("pipelineStep", "pipeline.p.0", {"pipeline": "p", "run": rid, "step": 0, "part": k,
+                                                      "items": [i.to_json()]}, f"part {k}", 1)
+             for k, i in enumerate(items)]
+    assert pipelines.start_step(run, "0:noop", 5, parts)
+    assert not pipelines.start_step(run, "0:noop", 5, parts)  # started once
+    claimed = sorted(jobs.claim_many("pipeline.p.0", "n1", 10), key=lambda j: j.id)
+    assert [j.payload["part"] for j in claimed] == [0, 1, 2, 3, 4]  # part k's row points at part k's job
+    with pipelines.transaction() as c:
+        rows = c.execute("SELECT part, job FROM pipeline_parts WHERE run=? ORDER BY part", (rid,)).fetchall()
+    assert [(int(p), int(j)) for p, j in rows] == [(j.payload["part"], j.id) for j in claimed]
+    # part 2 returned two items, part 4 none; the others their input
+    pipelines.set_part_output(rid, 0, 2, [Item(ItemKind.EVENT, fields={"n": "2a"}), Item(ItemKind.EVENT, fields={"n": "2b"})])
+    pipelines.set_part_output(rid, 0, 4, [])
+    jobs.settle_many([Outcome(j.id, "finished", 0.0, node="n1") for j in claimed])
+    assert jobs.purge(["finished"]) >= 5  # the retention's work, before the driver looked
+    counts, error = pipelines.part_states(run)
+    assert counts == {"finished": 5} and error is None
+    out = json.loads(pipelines.step_output(run, True))
+    assert [i["fields"]["n"] for i in out] == ["0", "1", "2a", "2b", "3"]
+    assert pipelines.finish_step(run, "0:noop", 5, pipelines.step_output(run, True), started=True)
+    assert pipelines.steps(rid)[0].items_out == 5
+
+
+def test_a_step_whose_parts_returned_nothing_new_passes_its_input_on_as_it_is(stores: tuple[Any, Any]) -> None:
+    pipelines, jobs = stores
+    items = _items(3)
+    rid = pipelines.create_run("p", "manual", ["0:noop"], items)
+    run = pipelines.run(rid)
+    part = PartJob("pipelineStep", "pipeline.p.0", {"pipeline": "p", "run": rid, "step": 0, "part": 0,
+                                                    "items": [i.to_json() for i in items]}, "all", 1)
+    assert pipelines.start_step(run, "0:noop", 3, [part])
+    counts, error = pipelines.part_states(run)
+    assert counts == {"waiting": 1} and error is None
+    assert [Item.from_json(d) for d in json.loads(pipelines.step_output(run, False))] == items
+    assert pipelines.finish_step(run, "0:noop", 3, pipelines.step_output(run, False), started=True)
+    assert pipelines.step_input(pipelines.run(rid)) == items  # the next step's input
