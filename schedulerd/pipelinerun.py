@@ -16,6 +16,7 @@ import mimetypes
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -209,17 +210,25 @@ class PipelineService:
                         tg.start_soon(self._schedule, pc, name=f"pipeline:{pc.name}:schedule")
 
     async def _schedule(self, pc: PipelineConfig) -> None:
+        """A run at each due time of the schedule, its item saying which (`due`, UTC ISO-8601). The
+        first due time comes after the last one a run was made for (a daemon restarted within a
+        period, or with its clock set back, does not run one due time twice), and after now
+        (none is caught up); a wake-up a little early does not make the same due time again."""
         from .schedule import parse_schedule, zone
 
         spec = pc.trigger.schedule
-        assert spec is not None
+        assert spec is not None and self.store is not None
         sched = parse_schedule(spec, zone(getattr(self.config.scheduler, "timezone", None)))
+        last = await store_call(f"reading the last scheduled run of pipeline {pc.name}", self.store.last_due, pc.name)
+        after = max(time.time(), last or 0.0)
         while True:
-            due = sched.next_after(time.time())
+            due = sched.next_after(after)
             if due is None:
                 return
             await anyio.sleep(max(0.0, due - time.time()))
-            await self.start_run(pc.name, "schedule", [Item(ItemKind.EVENT, fields={"schedule": spec})])
+            when = datetime.fromtimestamp(due, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+            await self.start_run(pc.name, "schedule", [Item(ItemKind.EVENT, fields={"schedule": spec, "due": when})])
+            after = max(due, time.time())
 
     async def start_run(self, name: str, trigger: str, items: Sequence[Item]) -> int:
         pc = self.config.pipelines[name]

@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -175,6 +176,18 @@ class PipelineStore:
             rows = c.execute("SELECT step, name, state, items_in, items_out, parts, started, finished, error "
                              "FROM pipeline_steps WHERE run=? ORDER BY step", (run_id,)).fetchall()
         return [StepRow(r[0], r[1], StepState(r[2]), *r[3:]) for r in rows]
+
+    def last_due(self, pipeline: str) -> float | None:
+        """The due time (seconds since the epoch) of the pipeline's last run made by its schedule."""
+        with self.transaction() as c:
+            row = c.execute("SELECT input FROM pipeline_runs WHERE pipeline=? AND trigger='schedule' "
+                            "ORDER BY id DESC LIMIT 1", (pipeline,)).fetchone()
+        items = load_items(row[0]) if row else []
+        due = items[0].fields.get("due") if items else None
+        try:
+            return datetime.fromisoformat(due.replace("Z", "+00:00")).timestamp() if due else None
+        except ValueError:  # a run of an older version, or a hand-made one
+            return None
 
     def end_run(self, run_id: int, state: RunState, error: str | None = None) -> None:
         with self.transaction() as c:

@@ -3,6 +3,7 @@ thumbnailed in parallel and posted in one webhook; kill -9 mid-run; pipeline:run
 
 from __future__ import annotations
 
+import calendar
 import json
 import os
 import signal
@@ -236,3 +237,38 @@ def test_a_step_whose_finished_jobs_are_purged_mid_run_still_passes_every_item_o
     with sqlite3.connect(site.var / "state" / "jobs.db") as c:
         (payload,) = c.execute("SELECT payload FROM jobs WHERE queue='pipeline.slow.1'").fetchone()
     assert [i["fields"]["n"] for i in json.loads(payload)["items"]] == [str(i) for i in range(10)]
+
+
+def test_a_schedule_trigger_runs_at_each_due_time_once_across_a_restart(site: Site) -> None:  # noqa: F811
+    start = int(time.time()) + 2
+    iso = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(start))
+    site.write(f"""
+        [pipelines.tick]
+        trigger = {{ schedule = "R/{iso}/PT2S" }}
+        steps = [{{ type = "noop" }}]
+        """)
+    site.console("scheduler:start", check=True)
+
+    def scheduled() -> list[dict]:
+        return [r for r in _runs(site) if r["pipeline"] == "tick" and r["trigger"] == "schedule"]
+
+    site.wait_for(lambda: len(scheduled()) >= 1, timeout=30, what="a scheduled run")
+    # stopped just after a due time's run was made, started again at once: that due time is not run again
+    seen = len(scheduled())
+    site.wait_for(lambda: len(scheduled()) > seen, timeout=30, what="one more run")
+    site.console("scheduler:stop", check=True)
+    site.console("scheduler:start", check=True)
+    seen = len(scheduled())
+    site.wait_for(lambda: len(scheduled()) >= seen + 2, timeout=30, what="runs after the restart")
+    site.wait_for(lambda: all(r["state"] == "finished" for r in scheduled()), timeout=30, what="runs finished")
+    runs = scheduled()
+    with sqlite3.connect(site.var / "state" / "jobs.db") as c:
+        inputs = dict(c.execute("SELECT id, input FROM pipeline_runs WHERE pipeline='tick'").fetchall())
+    dues = []
+    for r in runs:
+        (item,) = json.loads(inputs[r["id"]])
+        due = calendar.timegm(time.strptime(item["fields"]["due"][:19], "%Y-%m-%dT%H:%M:%S"))
+        assert (due - start) % 2 == 0, item  # a due time of the schedule
+        assert due - 0.05 <= r["created"] < due + 1.5, (r, item)  # made at its due time, not later
+        dues.append(due)
+    assert len(dues) == len(set(dues)), sorted(dues)  # never two runs for one due time
