@@ -31,7 +31,7 @@ class Pages:
         """TASKS_SHOWN tasks a page (`page=N`), of those whose name contains `match`."""
         q = request.query_params
         match, page = q.get("match", ""), q.get("page") or "1"
-        if not (page.isdigit() and int(page) > 0):
+        if not (page.isdigit() and 0 < len(page) < 10 and int(page) > 0):
             return self.c.page(request, "error.html", 400, message=f"page: expected a page number, got {page!r}")
         number = int(page)
         listing = await self.c.call("task.page", offset=(number - 1) * TASKS_SHOWN, limit=TASKS_SHOWN, match=match)
@@ -66,7 +66,7 @@ class Pages:
         state, queue, before = q.get("state") or None, q.get("queue") or None, q.get("before") or None
         if state is not None and state not in JOB_STATES:
             return self.c.page(request, "error.html", 400, message=f"state: no job state {state!r}")
-        if before is not None and not (before.isdigit() and int(before) > 0):
+        if before is not None and not (before.isdigit() and len(before) < 19 and int(before) > 0):
             return self.c.page(request, "error.html", 400, message=f"before: expected a job id, got {before!r}")
         listing = await self.c.call("job.list", state=state, queue=queue, limit=JOBS_SHOWN,
                                     before=None if before is None else int(before))
