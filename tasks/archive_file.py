@@ -8,6 +8,9 @@ idempotent: a file whose content (sha256) already has a record of that name in t
 that record back, so an attempt run again after a crash archives nothing twice. The same content
 under another name is a record of its own (the job has no `duplicates` setting; the archive task's
 `duplicates` decides for hotfolders).
+
+A new record gets the fields its file embeds (EXIF, IPTC, XMP), read by exiftool as the archive
+task reads them: the databox's fields with a `src` tag, and the step's `fields = { Make = "EXIF:Make" }`.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import anyio
 from schedulerd import metrics
 from schedulerd.plugin import Context, FailForGood, Item, ItemKind, JobType, TaskFailed
 
-STEP_KEYS = ("databox", "collection", "status")
+STEP_KEYS = ("databox", "collection", "status", "fields")
 
 
 def _sha256(path: Path) -> str:
@@ -33,8 +36,9 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def archive(box: Any, collection: str, path: Path, status: str) -> tuple[Any, bool]:
-    """(the record, whether it is new); blocking: run it in a worker thread."""
+def archive(box: Any, collection: str, path: Path, status: str,
+            fields: Mapping[str, str] | None = None) -> tuple[Any, bool]:
+    """(the record, whether it is new; a new one with `fields`); blocking: run it in a worker thread."""
     from repository import open_databox
 
     db = open_databox(box, create=False)
@@ -42,9 +46,48 @@ def archive(box: Any, collection: str, path: Path, status: str) -> tuple[Any, bo
         twin = db.find_twin(collection, _sha256(path), path.name)
         if twin is not None:
             return db.get_record(twin), False
-        return db.create_record(collection, path, status=status or 0), True
+        return db.create_record(collection, path, status=status or 0, fields=fields), True
     finally:
         db.close()
+
+
+def _check_sources(fields: Any, box: Any) -> None:
+    """A step's `fields = { Make = "EXIF:Make" }`: field name -> the embedded tag read into it, as
+    a databox field's `src` says (the databox's own `src` fields are read too)."""
+    from repository import FIELD_NAME_RE, FieldSettings
+
+    if not isinstance(fields, Mapping):
+        raise ValueError(f'fields: expected a table like {{ Make = "EXIF:Make" }}, got {fields!r}')
+    declared = box.field_types
+    for name, tag in fields.items():
+        if not FIELD_NAME_RE.match(name) or (declared and name not in declared):
+            known = f" (declared: {', '.join(sorted(declared))})" if declared else ""
+            raise ValueError(f"fields.{name}: not a field of the databox{known}")
+        try:
+            FieldSettings(src=tag if isinstance(tag, str) else repr(tag)).check()
+        except ValueError as e:
+            raise ValueError(f"fields.{name}: {str(e).removeprefix('src: ')}") from None
+
+
+async def embedded(ctx: Context, box: Any, sources: Mapping[str, str], path: Path) -> dict[str, str]:
+    """The fields `path` embeds (field -> tag: `sources`), read by exiftool; none (a warning
+    logged) when exiftool is missing or cannot read the file: the file is archived without them."""
+    from repository import embedded_fields
+    from tasks.media import MediaError
+    from tasks.media.exiftool import ExifTool
+
+    if not sources:
+        return {}
+    try:
+        async with ExifTool(log=ctx.log) as et:  # type: ignore[arg-type]
+            read = await et.read_values(path, sorted(set(sources.values())))
+    except MediaError as e:
+        ctx.log.warning("%s: embedded metadata not read: %s", path.name, e)
+        return {}
+    fields, problems = embedded_fields(sources, box.field_types, read)
+    for problem in problems:
+        ctx.log.warning("%s: embedded %s (field left empty)", path.name, problem)
+    return fields
 
 
 class ArchiveFile(JobType):
@@ -67,6 +110,7 @@ class ArchiveFile(JobType):
         if not isinstance(payload.get("status", ""), str):
             raise ValueError(f"status: expected a mask like \"x1x0\", got {payload['status']!r}")
         parse_mask(payload.get("status", ""), "status")
+        _check_sources(payload.get("fields", {}), boxes[payload["databox"]])
 
     def check_payload(self, payload: Mapping[str, Any], config: Any) -> None:
         self.check_step({k: v for k, v in payload.items() if k != "path"}, config)
@@ -83,9 +127,10 @@ class ArchiveFile(JobType):
         box = ctx.config.databoxes[databox]
         if not path.is_file():
             raise FailForGood(f"{path}: no such file")
+        fields = await embedded(ctx, box, {**box.field_sources, **payload.get("fields", {})}, path)
         try:
             record, new = await anyio.to_thread.run_sync(archive, box, str(payload["collection"]), path,
-                                                         str(payload.get("status", "")))
+                                                         str(payload.get("status", "")), fields)
         except (SourceError, StorageError) as e:
             raise TaskFailed(f"{path}: {e}") from None
         except DataboxError as e:

@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import sqlite3
+import subprocess
 import time
 from pathlib import Path
 
@@ -272,3 +273,41 @@ def test_a_schedule_trigger_runs_at_each_due_time_once_across_a_restart(site: Si
         assert due - 0.05 <= r["created"] < due + 1.5, (r, item)  # made at its due time, not later
         dues.append(due)
     assert len(dues) == len(set(dues)), sorted(dues)  # never two runs for one due time
+
+
+def test_the_image_preset_reads_exif_into_fields_and_builds_the_thumbnail(site: Site, tmp_path: Path) -> None:  # noqa: F811
+    """Pydio's preset as shipped: a JPEG whose EXIF exiftool wrote, dropped into the watched folder,
+    ends as a record whose fields hold the EXIF values, with its thumbnail."""
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    site.write("""
+        [databoxes.main]
+        path = "var/main.sqlite"
+        storage = "var/storage"
+        """)
+    site.console("databox:create", check=True)
+    site.console("collection:create", "images", check=True)
+    r = site.console("pipeline:create", "images", "--from-preset", "image-thumbnails", "--set", f"trigger.folder={inbox}",
+                     "--set", "trigger.cold=1s", "--set", "steps.1.databox=main", "--set", "steps.1.collection=images")
+    assert r.returncode == 0, r.stderr
+    bad = site.console("pipeline:create", "x", "--from-preset", "image-thumbnails", "--set", f"trigger.folder={inbox}",
+                       "--set", "steps.1.databox=main", "--set", "steps.1.fields.Lens=Lens")
+    assert bad.returncode == 2 and "pipelines.x.steps[1].fields.Lens: expected a tag like" in bad.stderr, bad.stderr
+    photo = tmp_path / "camera.jpg"
+    Image.new("RGB", (640, 480), (200, 120, 40)).save(photo, quality=90)
+    subprocess.run(["exiftool", "-q", "-overwrite_original", "-Make=Canon", "-Model=EOS 5D Mark IV",
+                    "-DateTimeOriginal=2024:05:01 10:00:00", "-ExposureTime=1/250", "-FNumber=5.6", "-ISO=200",
+                    str(photo)], check=True)
+    site.console("scheduler:start", check=True)
+    time.sleep(1.5)  # the watcher's baseline is taken
+    photo.rename(inbox / photo.name)
+    run = site.wait_for(lambda: [r for r in _runs(site) if r["state"] != "running"], timeout=60, what="run ended")[0]
+    assert run["state"] == "finished", site.json("pipeline:show", str(run["id"]))
+    (rid,) = _records(site)
+    with sqlite3.connect(site.var / "main.sqlite") as c:
+        fields = dict(c.execute("SELECT name, value FROM fields WHERE record_id=?", (rid,)).fetchall())
+        thumbs = c.execute("SELECT count(*) FROM subdefs WHERE record_id=? AND name='thumbnail'", (rid,)).fetchone()[0]
+    assert {k: fields.get(k) for k in ("CameraMake", "CameraModel", "DateTaken", "Exposure", "FNumber", "ISO")} == {
+        "CameraMake": "Canon", "CameraModel": "EOS 5D Mark IV", "DateTaken": "2024:05:01 10:00:00",
+        "Exposure": "1/250", "FNumber": "5.6", "ISO": "200"}, fields
+    assert thumbs == 1
