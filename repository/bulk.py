@@ -7,6 +7,11 @@ between SQLite and PostgreSQL, by name per dialect. A task type asks its Databox
   offset is UTC, an offset is honoured. SQLite: julianday (NULL for text that is no date);
   PostgreSQL: timestamptz, only for text shaped like a date (NULL otherwise; a date-shaped
   impossible date such as 2024-02-31 fails the statement, naming the value).
+- `date_bound` (value, op): on PostgreSQL `{value} {op} ? AND `, a text bound taken before
+  `date_compare` (the rule passes the threshold's day +/- 2 days as ISO text): a date-shaped
+  text orders as its day and an offset moves it by less than a day, so the bound keeps every
+  match and lets the `fields (name, value)` index serve the rule instead of a cast per value.
+  SQLite: nothing (julianday reads more than ISO text: a day number, `now`; no text bound holds).
 - `number` (value): a field's text as a number (declared number fields hold numbers:
   checked on write). SQLite: CAST AS REAL (0 for text that is no number); PostgreSQL: double
   precision, NULL for text that is no number.
@@ -34,11 +39,13 @@ def _pg_instant(value: str) -> str:
 STATEMENTS: dict[str, dict[str, str]] = {
     "sqlite": {
         "date_compare": "julianday({value}) {op} julianday(?)",
+        "date_bound": "",
         "number": "CAST({value} AS REAL)",
         "bulk_session": "PRAGMA temp_store = MEMORY",
     },
     "postgresql": {
         "date_compare": _pg_instant("{value}") + " {op} (?::timestamp AT TIME ZONE 'UTC')",
+        "date_bound": "{value} {op} ? AND ",
         "number": f"(CASE WHEN {{value}} ~ {_NUMBER} THEN {{value}}::double precision END)",
         "bulk_session": "",
     },

@@ -13,6 +13,7 @@ jpg, adjacent); `word*` matches a prefix.
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from collections.abc import Iterable, Mapping
 
@@ -27,8 +28,15 @@ def _fold(token: str) -> str:
     return "".join(ch for ch in decomposed if unicodedata.category(ch) != "Mn")
 
 
+_ASCII_TOKEN = re.compile(r"[a-z0-9]+")
+
+
 def tokens(text: str) -> list[str]:
     """The tokens of `text` as unicode61 with remove_diacritics cuts and folds them."""
+    if text.isascii():
+        # ASCII letters and digits are the only ASCII token characters, and folding them is
+        # lower(): the same cut at C speed (a rule over 100,000 records re-indexes them all)
+        return _ASCII_TOKEN.findall(text.lower())
     out: list[str] = []
     start = None
     for i, ch in enumerate(text):

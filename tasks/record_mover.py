@@ -231,6 +231,13 @@ def threshold(d: DateCondition, now: datetime) -> str:
     return (_utc(now) + timedelta(days=d.delta_days)).strftime("%Y-%m-%d %H:%M:%S.%f")
 
 
+def day_bound(d: DateCondition, now: datetime) -> str:
+    """The threshold's day moved 2 days outwards, as ISO text: every date-shaped text whose instant
+    passes the threshold also passes this bound as text (repository.bulk `date_bound`)."""
+    day = (_utc(now) + timedelta(days=d.delta_days)).date()
+    return (day + timedelta(days=2 if d.direction == "before" else -2)).isoformat()
+
+
 class RuleError(Exception):
     """A rule cannot run now (a collection it names is gone): the message names the rule."""
 
@@ -269,9 +276,10 @@ def where_clause(db: Any, r: Rule, now: datetime) -> tuple[str, list[Any]]:
         params += [c.status.mask, c.status.value]
     for d in c.date:
         op = "<" if d.direction == "before" else ">"
+        bound = db.dialect("date_bound", value="f.value", op=op)  # an index range first (PostgreSQL)
         parts.append("r.id IN (SELECT f.record_id FROM fields f WHERE f.name = ? "
-                     f"AND {db.dialect('date_compare', value='f.value', op=op)})")
-        params += [d.field, threshold(d, now)]
+                     f"AND {bound}{db.dialect('date_compare', value='f.value', op=op)})")
+        params += [d.field, *([day_bound(d, now)] if bound else []), threshold(d, now)]
     for t in c.text:
         op = COMPARE_SQL[t.compare]
         if declared.get(t.field) == "number":

@@ -143,6 +143,21 @@ async def test_date_deltas_across_a_day_boundary(tmp_path: Path, box: Box, now: 
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize(("value", "direction", "now"), [
+    ("2024-05-12T13:00:00+14:00", "before", datetime(2024, 5, 11, 23, 30, tzinfo=UTC)),  # 2024-05-11 23:00 UTC
+    ("2024-05-10T13:00:00-12:00", "after", datetime(2024, 5, 11, 0, 30, tzinfo=UTC)),  # 2024-05-11 01:00 UTC
+])
+async def test_a_date_whose_offset_moves_it_to_another_day_is_matched_by_its_instant(
+        tmp_path: Path, box: Box, value: str, direction: str, now: datetime) -> None:
+    """The PostgreSQL rule reads the index with a text bound of the threshold's day +/- 2 days first:
+    a date written a day off by its offset is still compared as the instant it is."""
+    rid = add(box.db, "trash", "edge.jpg", fields={"Expiry": value})
+    task = mover([rule({"collection": ["trash"], "date": {"field": "Expiry", "direction": direction}})], box, now)
+    await task.run_once(ctx_for(task, box, tmp_path))
+    assert box.db.get_record(rid).status & 0x80
+
+
+@pytest.mark.anyio
 async def test_update_moves_sets_and_clears_bits_then_a_second_pass_changes_nothing(tmp_path: Path, box: Box) -> None:
     lines, done = collect("schedulerd.task.m")
     try:
