@@ -24,6 +24,14 @@ throughput >= 1.0x huey's.
 
 With --rounds R each round runs ours then huey's (stream, then drain); the paired ratio is
 taken per round (median and min printed).
+
+Queue depth (issue 22, "cost grows linearly"): with --depths 1000,10000,100000 each side first
+gets D no-op jobs queued (ours: `add_many` in transactions of 10,000; huey: `task()` D times),
+then its consumer starts and the rate is read over a window of --window jobs finished (from the
+--skip-th finished job to the skip+window-th, seen by the same 20 ms poller on both sides): the
+consumer's jobs/s with D jobs behind it. The rest of the backlog is left when the consumer stops.
+
+    .venv/bin/python bench/bench_jobs.py --depths 1000,10000,100000 --window 2000 --rounds 2
 """
 
 from __future__ import annotations
@@ -42,6 +50,7 @@ from _common import (
     Reaper,
     child_env,
     machine,
+    median,
     percentile,
     print_sides,
     report_paired,
@@ -140,8 +149,9 @@ def run_ours(tmp: Path, n: int, workers: int, timeout: float, drain: bool) -> di
 
 
 # --- huey ------------------------------------------------------------------------
-def run_huey(tmp: Path, n: int, workers: int, timeout: float, drain: bool) -> dict[str, Any]:
-    app_dir = tmp / f"huey{'-drain' if drain else ''}-{ROUND[0]}"
+def huey_app(app_dir: Path) -> tuple[Path, Any, dict[str, str]]:
+    """The huey app module written to `app_dir` and imported (app_dir is put first on sys.path:
+    the caller removes it), and the consumer's environment."""
     app_dir.mkdir(parents=True)
     (app_dir / "bench_huey_app.py").write_text(HUEY_APP)
     db_path = app_dir / "huey.db"
@@ -152,6 +162,23 @@ def run_huey(tmp: Path, n: int, workers: int, timeout: float, drain: bool) -> di
 
     env = child_env(BENCH_HUEY_DB=str(db_path))
     env["PYTHONPATH"] = os.pathsep.join([str(app_dir), env["PYTHONPATH"]])
+    return app_dir, bench_huey_app, env
+
+
+def start_consumer(reaper: Reaper, app_dir: Path, env: dict[str, str], workers: int) -> subprocess.Popen:
+    consumer = reaper.popen([str(Path(PY).parent / "huey_consumer"), "bench_huey_app.huey", "-w", str(workers),
+                             "-k", "thread", "-l", str(app_dir / "consumer.log")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=app_dir)
+    wait_for(lambda: _dead(consumer) or "consumer started" in _read(app_dir / "consumer.log").lower(),
+             30, "huey_consumer")
+    if consumer.poll() is not None:
+        raise RuntimeError(f"huey_consumer exited ({consumer.returncode}); see {app_dir}/consumer.log")
+    return consumer
+
+
+def run_huey(tmp: Path, n: int, workers: int, timeout: float, drain: bool) -> dict[str, Any]:
+    app_dir, bench_huey_app, env = huey_app(tmp / f"huey{'-drain' if drain else ''}-{ROUND[0]}")
+    db_path = app_dir / "huey.db"
     handles = []
 
     def add_all() -> None:
@@ -164,13 +191,7 @@ def run_huey(tmp: Path, n: int, workers: int, timeout: float, drain: bool) -> di
         if drain:
             add_all()
         t1 = time.time()
-        consumer = reaper.popen([str(Path(PY).parent / "huey_consumer"), "bench_huey_app.huey", "-w", str(workers),
-                                 "-k", "thread", "-l", str(app_dir / "consumer.log")],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=app_dir)
-        wait_for(lambda: _dead(consumer) or "consumer started" in _read(app_dir / "consumer.log").lower(),
-                 30, "huey_consumer")
-        if consumer.poll() is not None:
-            raise RuntimeError(f"huey_consumer exited ({consumer.returncode}); see {app_dir}/consumer.log")
+        consumer = start_consumer(reaper, app_dir, env, workers)
         db = sqlite3.connect(db_path, timeout=30)
         try:
             if not drain:
@@ -187,6 +208,82 @@ def run_huey(tmp: Path, n: int, workers: int, timeout: float, drain: bool) -> di
     if drain:
         t0 = t1 = min(s for _, s in starts)
     return summary(n, t0, t1, t_done, [s - t for t, s in starts])
+
+
+# --- queue depth -------------------------------------------------------------------
+def window_rate(count: Any, skip: int, window: int, timeout: float, what: str) -> float:
+    """Jobs/s between the skip-th and the (skip+window)-th finished job, both seen by the 20 ms poller."""
+    t_from = wait_all(count, skip, timeout, what)
+    t_to = wait_all(count, skip + window, timeout, what)
+    return window / (t_to - t_from)
+
+
+def depth_ours(tmp: Path, depth: int, window: int, skip: int, workers: int, timeout: float) -> float:
+    from schedulerd.config import load
+    from schedulerd.jobstore import open_job_store
+
+    body = f"[jobs]\nkeep_finished = {depth}\n\n[jobs.types.noop]\nmax_attempts = 1\n\n" \
+           f"[queues.default]\nworkers = {workers}\n"
+    path = write_config(tmp / f"sd-depth{depth}-{ROUND[0]}", body)
+    config = load(path)
+    store = open_job_store(config.scheduler.state_dir)
+    try:
+        for start in range(0, depth, 10_000):
+            store.add_many([("noop", "default", {}, "")] * min(10_000, depth - start))
+    finally:
+        store.close()
+    with Reaper() as reaper:
+        daemon = start_daemon(reaper, path)
+        db = sqlite3.connect(config.scheduler.state_dir / "jobs.db", timeout=30)
+        try:
+            rate = window_rate(lambda: db.execute("SELECT COUNT(*) FROM jobs WHERE state='finished'").fetchone()[0],
+                               skip, window, timeout, f"schedulerd at depth {depth}")
+        finally:
+            db.close()
+        code = reaper.stop(daemon, 60)
+    if code != 0:
+        raise RuntimeError(f"the daemon exited with {code}; see {tmp}/sd-depth{depth}-{ROUND[0]}/var/log")
+    return rate
+
+
+def depth_huey(tmp: Path, depth: int, window: int, skip: int, workers: int, timeout: float) -> float:
+    app_dir, app, env = huey_app(tmp / f"huey-depth{depth}-{ROUND[0]}")
+    try:
+        for _ in range(depth):
+            app.noop()
+        with Reaper() as reaper:
+            consumer = start_consumer(reaper, app_dir, env, workers)
+            db = sqlite3.connect(app_dir / "huey.db", timeout=30)
+            try:
+                rate = window_rate(lambda: db.execute("SELECT COUNT(*) FROM kv WHERE queue='bench'").fetchone()[0],
+                                   skip, window, timeout, f"huey at depth {depth}")
+            finally:
+                db.close()
+            reaper.stop(consumer, 30)
+    finally:
+        sys.path.remove(str(app_dir))
+    return rate
+
+
+def run_depths(tmp: Path, a: argparse.Namespace) -> None:
+    depths = [int(d) for d in a.depths.split(",")]
+    print(f"# queue depth: D no-op jobs queued before the consumer starts; jobs/s over finished jobs "
+          f"{a.skip}..{a.skip + a.window}, {a.workers} workers each side, {a.rounds} round(s) A B A B per depth")
+    ours: dict[int, list[float]] = {d: [] for d in depths}
+    theirs: dict[int, list[float]] = {d: [] for d in depths}
+    for r in range(a.rounds):
+        ROUND[0] = r
+        for d in depths:
+            ours[d].append(depth_ours(tmp, d, a.window, a.skip, a.workers, a.timeout))
+            theirs[d].append(depth_huey(tmp, d, a.window, a.skip, a.workers, a.timeout))
+            print(f"round {r + 1} depth {d:>7}: schedulerd {ours[d][-1]:7.0f} jobs/s   huey {theirs[d][-1]:7.0f} jobs/s",
+                  flush=True)
+    first = depths[0]
+    for d in depths:
+        print(f"depth {d:>7}: schedulerd median {median(ours[d]):7.0f} jobs/s ({median(ours[d]) / median(ours[first]):.2f}x "
+              f"its rate at {first}), huey {median(theirs[d]):7.0f} jobs/s "
+              f"({median(theirs[d]) / median(theirs[first]):.2f}x)")
+        report_paired(f"jobs/s at depth {d} (ours / huey)", ours[d], theirs[d])
 
 
 def _read(p: Path) -> str:
@@ -216,7 +313,17 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=1, help="rounds, each ours then huey's, stream then drain")
     ap.add_argument("--timeout", type=float, default=600.0, help="give up on a side after this long")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir")
+    ap.add_argument("--depths", default="", help="queue depth mode: comma-separated numbers of jobs queued first")
+    ap.add_argument("--window", type=int, default=2000, help="depth mode: jobs/s over this many finished jobs")
+    ap.add_argument("--skip", type=int, default=200, help="depth mode: finished jobs before the window starts")
     a = ap.parse_args()
+    if a.depths:
+        print(f"# bench_jobs  {machine()}")
+        print_sides("a job row per job in SQLite (WAL, synchronous=NORMAL) with its attempts and states",
+                    "a queue row and a result row in SQLite (WAL, synchronous=NORMAL)", "huey")
+        with tempdir("bench-jobs-", a.keep) as tmp:
+            run_depths(tmp, a)
+        return 0
     n = a.jobs or (2000 if a.quick else 10_000)
     print(f"# bench_jobs  {machine()}")
     print(f"# {n} no-op jobs, {a.workers} workers each side, {a.rounds} round(s) A B A B")
