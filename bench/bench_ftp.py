@@ -425,8 +425,9 @@ def main() -> int:
         cost = settle_deletions(work, opts.settle)
         print(f"# {time.strftime('%Y-%m-%d %H:%M:%S %Z')}, {os.cpu_count()} CPUs, load {_load()} at start, "
               f"file creation {cost:.0f} us (median)")
-        print("# both sides: the clock stops after a sync of what the run wrote (like for like); "
-              "ours: temp names, size check, pull data durable before rename; lftp: no temp names")
+        print("# both sides: the clock stops after a sync of what the run wrote (like for like); neither hashes (sizes "
+              "are compared); ours: temp names, pull: size check, syncfs per batch of 64 files before the renames, "
+              "push: sizes checked and renames per batch of 32 files; lftp: final names, no fsync of its own")
         print(f"{'protocol':8} {'dir':5} {'data':14} {'ours s':>8} {'lftp s':>8} {'ratio':>6}   "
               f"{'median: ours':>12} {'lftp':>6} {'ratio':>6}   {'paired':>6} {'won':>5}   "
               f"(parallel {opts.parallel}, best of {opts.repeat}{f' after {opts.warmup} untimed' if opts.warmup else ''})")

@@ -1,6 +1,7 @@
 """One transfer layer for FTP, FTPS and SFTP: `connect(settings, log)` gives a logged-in
 `RemoteClient` (see `base`: list, stat, mtime, get, put, rename, delete, mkdir); `fetch`
-and `send` move one file safely (temp name, size check, fsync, rename)."""
+downloads a file safely (temp name, size check, fsync, rename), `send` a batch of uploads
+(temp names, size checks, renames)."""
 
 from __future__ import annotations
 
