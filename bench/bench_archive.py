@@ -75,11 +75,20 @@ def sync() -> None:
     subprocess.run(["sync"], check=True)
 
 
-def timed(argv_list: list[list[str]]) -> float:
-    t = time.perf_counter()
+def children_cpu() -> float:
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+def timed(argv_list: list[list[str]], cpu: list[float] | None = None) -> float:
+    """Wall seconds of the commands, one after the other; their CPU seconds appended to `cpu`."""
+    c, t = children_cpu(), time.perf_counter()
     for argv in argv_list:
         subprocess.run(argv, check=True)
-    return time.perf_counter() - t
+    wall = time.perf_counter() - t
+    if cpu is not None:
+        cpu.append(children_cpu() - c)
+    return wall
 
 
 def mv_commands(src: Path, dst: Path) -> list[list[str]]:
@@ -112,17 +121,18 @@ def run_pass(task: ArchiveTask, ctx: TaskContext) -> tuple[float, str]:
     return time.perf_counter() - t, summary
 
 
-def warm_session(task: ArchiveTask, ctx: TaskContext, between) -> tuple[float, str, object]:
+def warm_session(task: ArchiveTask, ctx: TaskContext, between) -> tuple[float, float, str, object]:
     """One event loop, as in the daemon: a first pass on the still empty hotfolder (opens the
     databox and the journal, imports what a pass needs: once per daemon life), then
-    `between()` (fills the hotfolder, times the baselines), then the timed pass."""
-    async def session() -> tuple[float, str, object]:
+    `between()` (fills the hotfolder, times the baselines), then the timed pass: its wall and
+    CPU seconds (this process, all threads: the rest of the wall is waiting, for syncs or a core)."""
+    async def session() -> tuple[float, float, str, object]:
         try:
             await task.run_once(ctx)
             extra = between()
-            t = time.perf_counter()
+            c, t = time.process_time(), time.perf_counter()
             summary = await task.run_once(ctx)
-            return time.perf_counter() - t, summary, extra
+            return time.perf_counter() - t, time.process_time() - c, summary, extra
         finally:
             await task.shutdown(ctx)
 
@@ -156,9 +166,11 @@ def one_round(base: Path, label: str, n: int, size: int, *, move_archived: bool 
         (hot / ".phrasea.xml").write_bytes(PX)
         task, ctx = task_for(work, hot, move_archived=move_archived)
 
+        mv_cpu: list[float] = []
+
         def baselines() -> tuple[float, float, float]:
             sync()
-            t_mv = timed(mv_commands(src, hot))  # the mv fills the hotfolder
+            t_mv = timed(mv_commands(src, hot), mv_cpu)  # the mv fills the hotfolder
             t_sync = timed([["sync", "-f", str(hot)]])  # what mv would need to be durable
             t_cp = timed([["cp", "-r", str(hot), str(copied)]])
             sync()
@@ -166,7 +178,7 @@ def one_round(base: Path, label: str, n: int, size: int, *, move_archived: bool 
             sync()
             return t_mv, t_sync, t_cp
 
-        t_arch, summary, (t_mv, t_sync, t_cp) = warm_session(task, ctx, baselines)
+        t_arch, cpu_arch, summary, (t_mv, t_sync, t_cp) = warm_session(task, ctx, baselines)
         with open_databox(DataboxSettings(work / "db.sqlite", work / "storage")) as db:
             count = db.count_records()
         if count != n:
@@ -178,13 +190,16 @@ def one_round(base: Path, label: str, n: int, size: int, *, move_archived: bool 
             "mv_files_per_s": n / t_mv, "cp_files_per_s": n / t_cp, "cp_mb_per_s": mb / t_cp,
             "ratio_vs_mv": t_mv / t_arch, "ratio_vs_cp": t_cp / t_arch,
             "mv_sync_s": t_mv + t_sync, "ratio_vs_mv_sync": (t_mv + t_sync) / t_arch,
+            "mv_cpu_s": mv_cpu[0], "archive_cpu_s": cpu_arch,
         }
         print(f"{label}: {n} x {size:,} B{tag}")
-        print(f"  mv       {t_mv:8.3f} s  {n / t_mv:10.0f} files/s  {mb / t_mv:9.1f} MB/s")
+        print(f"  mv       {t_mv:8.3f} s  {n / t_mv:10.0f} files/s  {mb / t_mv:9.1f} MB/s  (CPU {mv_cpu[0]:.3f} s)")
         print(f"  mv+sync  {t_mv + t_sync:8.3f} s  {n / (t_mv + t_sync):10.0f} files/s  "
               "(mv, then sync -f: durable like the archive)")
         print(f"  cp -r    {t_cp:8.3f} s  {n / t_cp:10.0f} files/s  {mb / t_cp:9.1f} MB/s")
         print(f"  archive  {t_arch:8.3f} s  {n / t_arch:10.0f} files/s  {mb / t_arch:9.1f} MB/s  ({summary})")
+        print(f"           CPU {cpu_arch:.3f} s (all threads), waiting {max(0.0, t_arch - cpu_arch):.3f} s "
+              "(syncs, disk, or a core on a loaded machine)")
         print(f"  ratio    archive/mv {res['ratio_vs_mv']:.2f}x   archive/(mv+sync) {res['ratio_vs_mv_sync']:.2f}x   "
               f"archive/cp {res['ratio_vs_cp']:.2f}x", flush=True)
         return res

@@ -31,7 +31,7 @@ then its consumer starts and the rate is read over a window of --window jobs fin
 --skip-th finished job to the skip+window-th, seen by the same 20 ms poller on both sides): the
 consumer's jobs/s with D jobs behind it. The rest of the backlog is left when the consumer stops.
 
-    .venv/bin/python bench/bench_jobs.py --depths 1000,10000,100000 --window 2000 --rounds 2
+    .venv/bin/python bench/bench_jobs.py --depths 1000,10000,100000 --rounds 2    # --window 800 --skip 100
 """
 
 from __future__ import annotations
@@ -267,6 +267,9 @@ def depth_huey(tmp: Path, depth: int, window: int, skip: int, workers: int, time
 
 def run_depths(tmp: Path, a: argparse.Namespace) -> None:
     depths = [int(d) for d in a.depths.split(",")]
+    if min(depths) < a.skip + a.window:
+        raise SystemExit(f"bench_jobs: --depths {a.depths}: each depth must hold --skip + --window = "
+                         f"{a.skip + a.window} jobs (the window is read on the queued jobs)")
     print(f"# queue depth: D no-op jobs queued before the consumer starts; jobs/s over finished jobs "
           f"{a.skip}..{a.skip + a.window}, {a.workers} workers each side, {a.rounds} round(s) A B A B per depth")
     ours: dict[int, list[float]] = {d: [] for d in depths}
@@ -314,8 +317,8 @@ def main() -> int:
     ap.add_argument("--timeout", type=float, default=600.0, help="give up on a side after this long")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir")
     ap.add_argument("--depths", default="", help="queue depth mode: comma-separated numbers of jobs queued first")
-    ap.add_argument("--window", type=int, default=2000, help="depth mode: jobs/s over this many finished jobs")
-    ap.add_argument("--skip", type=int, default=200, help="depth mode: finished jobs before the window starts")
+    ap.add_argument("--window", type=int, default=800, help="depth mode: jobs/s over this many finished jobs")
+    ap.add_argument("--skip", type=int, default=100, help="depth mode: finished jobs before the window starts")
     a = ap.parse_args()
     if a.depths:
         print(f"# bench_jobs  {machine()}")
