@@ -211,9 +211,11 @@ class PipelineService:
 
     async def _schedule(self, pc: PipelineConfig) -> None:
         """A run at each due time of the schedule, its item saying which (`due`, UTC ISO-8601). The
-        first due time comes after the last one a run was made for (a daemon restarted within a
-        period, or with its clock set back, does not run one due time twice), and after now
-        (none is caught up); a wake-up a little early does not make the same due time again."""
+        first due time comes after the last one a run was made for, and after now (none is caught
+        up); a wake-up a little early does not make the same due time again. The due time is the
+        run's key with the pipeline: every node of a cluster runs this, and the first to insert a
+        due time's run makes it (a daemon restarted within a period, or with its clock set back,
+        does not run one due time twice either)."""
         from .schedule import parse_schedule, zone
 
         spec = pc.trigger.schedule
@@ -226,18 +228,31 @@ class PipelineService:
             if due is None:
                 return
             await anyio.sleep(max(0.0, due - time.time()))
-            when = datetime.fromtimestamp(due, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-            await self.start_run(pc.name, "schedule", [Item(ItemKind.EVENT, fields={"schedule": spec, "due": when})])
+            await self._start_scheduled(pc, spec, due)
             after = max(due, time.time())
+
+    async def _start_scheduled(self, pc: PipelineConfig, spec: str, due: float) -> None:
+        assert self.store is not None
+        when = datetime.fromtimestamp(due, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        item = Item(ItemKind.EVENT, fields={"schedule": spec, "due": when})
+        rid = await store_call(f"starting a run of pipeline {pc.name}", self.store.create_scheduled_run, pc.name,
+                               [s.name for s in pc.steps], [item], due)
+        if rid is None:
+            log.debug("pipeline %s: the run due at %s was made already (by another node)", pc.name, when)
+            return
+        self._started(pc.name, rid, "schedule", 1)
 
     async def start_run(self, name: str, trigger: str, items: Sequence[Item]) -> int:
         pc = self.config.pipelines[name]
         assert self.store is not None
         rid = await store_call(f"starting a run of pipeline {name}", self.store.create_run, name, trigger,
                                [s.name for s in pc.steps], items)
-        log.info("pipeline %s run %d started (%s, %d item(s))", name, rid, trigger, len(items))
-        self.waker.wake()
+        self._started(name, rid, trigger, len(items))
         return rid
+
+    def _started(self, name: str, rid: int, trigger: str, items: int) -> None:
+        log.info("pipeline %s run %d started (%s, %d item(s))", name, rid, trigger, items)
+        self.waker.wake()
 
     def on_event(self, event: str, data: Mapping[str, Any]) -> None:
         """An event emitted in the daemon: a run of each pipeline it triggers, its item kept by the filter."""

@@ -16,7 +16,6 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +40,7 @@ SQLITE_SCHEMA = """
 CREATE TABLE IF NOT EXISTS pipeline_runs (
     id INTEGER PRIMARY KEY AUTOINCREMENT, pipeline TEXT NOT NULL, trigger TEXT NOT NULL, state TEXT NOT NULL,
     step INTEGER NOT NULL DEFAULT 0, steps TEXT NOT NULL, input TEXT NOT NULL, created REAL NOT NULL,
-    finished REAL, error TEXT);
+    finished REAL, error TEXT, due REAL);
 CREATE INDEX IF NOT EXISTS pipeline_runs_state ON pipeline_runs(state);
 CREATE TABLE IF NOT EXISTS pipeline_steps (
     run INTEGER NOT NULL, step INTEGER NOT NULL, name TEXT NOT NULL, state TEXT NOT NULL, items_in INTEGER NOT NULL,
@@ -53,6 +52,12 @@ CREATE TABLE IF NOT EXISTS pipeline_parts (
 CREATE INDEX IF NOT EXISTS pipeline_parts_job ON pipeline_parts(job);
 """
 
+# a jobs.db made before pipeline_runs had `due` gets it (_SqlitePipelines); then its unique key
+SQLITE_DUE_INDEX = "CREATE UNIQUE INDEX IF NOT EXISTS pipeline_runs_due ON pipeline_runs(pipeline, due)"
+# a scheduled run's due time is a unique key with its pipeline: a run for a due time that has one
+# is not made (another node of the cluster made it); other runs have no due time (NULLs never conflict)
+INSERT_RUN = ("INSERT INTO pipeline_runs(pipeline, trigger, state, step, steps, input, created, due) "
+              "VALUES (?,?,?,0,?,?,?,?) ON CONFLICT DO NOTHING RETURNING id")
 SQLITE_INSERT_JOB = ("INSERT INTO jobs(type, queue, payload, title, max_attempts, next_attempt_at, state, created) "
                      "VALUES (?,?,?,?,?,?,'waiting',?) RETURNING id")
 # every part's job and its pipeline_parts row in one statement (the job's payload says its part)
@@ -99,6 +104,7 @@ class RunRow:
     created: float
     finished: float | None
     error: str | None
+    due: float | None  # a scheduled run's due time
 
     def to_json(self) -> dict[str, Any]:
         return {**vars(self), "state": self.state.value, "steps": list(self.steps)}
@@ -145,19 +151,29 @@ class PipelineStore:
 
     # --- runs ------------------------------------------------------------------------------
     def create_run(self, pipeline: str, trigger: str, steps: Sequence[str], items: Sequence[Item]) -> int:
+        rid = self._insert_run(pipeline, trigger, steps, items, None)
+        assert rid is not None  # without a due time there is no key to meet
+        return rid
+
+    def create_scheduled_run(self, pipeline: str, steps: Sequence[str], items: Sequence[Item],
+                             due: float) -> int | None:
+        """The run for the schedule's due time `due` (rounded to the millisecond); None when the
+        pipeline has a run for it already (made by another node, or before a restart)."""
+        return self._insert_run(pipeline, "schedule", steps, items, round(due, 3))
+
+    def _insert_run(self, pipeline: str, trigger: str, steps: Sequence[str], items: Sequence[Item],
+                    due: float | None) -> int | None:
         with self.transaction() as c:
-            return int(c.execute(
-                "INSERT INTO pipeline_runs(pipeline, trigger, state, step, steps, input, created) "
-                "VALUES (?,?,?,0,?,?,?) RETURNING id",
-                (pipeline, trigger, RunState.RUNNING.value, json.dumps(list(steps)), dump(items), time.time()),
-            ).fetchone()[0])
+            row = c.execute(INSERT_RUN, (pipeline, trigger, RunState.RUNNING.value, json.dumps(list(steps)),
+                                         dump(items), time.time(), due)).fetchone()
+        return None if row is None else int(row[0])
 
     def _run(self, row: Sequence[Any]) -> RunRow:
-        rid, pipeline, trigger, state, step, steps, created, finished, error = row
+        rid, pipeline, trigger, state, step, steps, created, finished, error, due = row
         return RunRow(int(rid), pipeline, trigger, RunState(state), int(step), tuple(json.loads(steps)),
-                      float(created), finished, error)
+                      float(created), finished, error, due)
 
-    RUN_COLUMNS = "id, pipeline, trigger, state, step, steps, created, finished, error"
+    RUN_COLUMNS = "id, pipeline, trigger, state, step, steps, created, finished, error, due"
 
     def runs(self, state: RunState | None = None, limit: int = 100) -> list[RunRow]:
         where, params = ("WHERE state=?", [state.value]) if state else ("", [])
@@ -178,16 +194,10 @@ class PipelineStore:
         return [StepRow(r[0], r[1], StepState(r[2]), *r[3:]) for r in rows]
 
     def last_due(self, pipeline: str) -> float | None:
-        """The due time (seconds since the epoch) of the pipeline's last run made by its schedule."""
+        """The latest due time (seconds since the epoch) a run of the pipeline was made for."""
         with self.transaction() as c:
-            row = c.execute("SELECT input FROM pipeline_runs WHERE pipeline=? AND trigger='schedule' "
-                            "ORDER BY id DESC LIMIT 1", (pipeline,)).fetchone()
-        items = load_items(row[0]) if row else []
-        due = items[0].fields.get("due") if items else None
-        try:
-            return datetime.fromisoformat(due.replace("Z", "+00:00")).timestamp() if due else None
-        except ValueError:  # a run of an older version, or a hand-made one
-            return None
+            row = c.execute("SELECT max(due) FROM pipeline_runs WHERE pipeline=?", (pipeline,)).fetchone()
+        return None if row is None or row[0] is None else float(row[0])
 
     def end_run(self, run_id: int, state: RunState, error: str | None = None) -> None:
         with self.transaction() as c:
@@ -315,6 +325,17 @@ class PipelineStore:
 
 class _SqlitePipelines(SqliteFile):
     SCHEMA = SQLITE_SCHEMA
+
+    def __init__(self, path: Path, busy_timeout: float = DEFAULT_BUSY_TIMEOUT):
+        super().__init__(path, busy_timeout)
+        with self._lock:
+            done = self._conn.execute("SELECT 1 FROM sqlite_master WHERE name='pipeline_runs_due'").fetchone()
+        if done:
+            return
+        with self.transaction() as c:  # a write only the first time
+            if "due" not in {r[1] for r in c.execute("PRAGMA table_info(pipeline_runs)")}:
+                c.execute("ALTER TABLE pipeline_runs ADD COLUMN due REAL")
+            c.execute(SQLITE_DUE_INDEX)
 
 
 def open_pipeline_store(state_dir: Path, store: StoreSettings,

@@ -136,9 +136,11 @@ CREATE TABLE pipeline_runs (
     input text NOT NULL,
     created double precision NOT NULL,
     finished double precision,
-    error text
+    error text,
+    due double precision  -- a scheduled run's due time (migration 0004): one run per due time cluster-wide
 );
 CREATE INDEX pipeline_runs_state ON pipeline_runs (state);
+CREATE UNIQUE INDEX pipeline_runs_due ON pipeline_runs (pipeline, due);
 
 CREATE TABLE pipeline_steps (
     run bigint NOT NULL REFERENCES pipeline_runs (id) ON DELETE CASCADE,

@@ -289,6 +289,36 @@ def test_pinned_tasks_cluster_wide_stop_and_differing_configs(cluster, tmp_path)
     assert "configurations differ" in n2.console("cluster:nodes").stdout
 
 
+def test_a_scheduled_pipeline_runs_once_per_due_time_across_the_nodes(cluster) -> None:
+    """Both nodes load the pipeline and its schedule; each due time makes one run in the cluster,
+    whichever node makes it (read by `pipeline:list --json`, after both stopped)."""
+    every = 2
+    start = int(time.time()) + 2
+    iso = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(start))
+    body = f'[pipelines.tick]\ntrigger = {{ schedule = "R/{iso}/PT{every}S" }}\nsteps = [{{ type = "noop" }}]\n'
+    nodes = [cluster(name, body) for name in ("n1", "n2")]
+    for node in nodes:
+        node.console("scheduler:start", check=True)
+    both_up = time.time()
+
+    def slot(run: dict) -> int:  # the due time a run was made for: made at it, less than a period late
+        return (int(run["created"] + 0.05) - start) // every
+
+    def slots_since_both_up() -> set[int]:
+        runs = nodes[0].json("pipeline:list")
+        return {slot(r) for r in runs if start + slot(r) * every > both_up}  # type: ignore[union-attr]
+
+    nodes[0].wait_for(lambda: len(slots_since_both_up()) >= 3, 30, "three due times after both nodes started")
+    for node in nodes:
+        node.console("scheduler:stop", check=True)
+    runs = [r for r in nodes[0].json("pipeline:list") if r["trigger"] == "schedule"]  # type: ignore[union-attr]
+    per_slot: dict[int, list[dict]] = {}
+    for r in runs:
+        per_slot.setdefault(slot(r), []).append(r)
+    assert {s: len(rs) for s, rs in per_slot.items() if len(rs) != 1} == {}, sorted(per_slot.items())
+    assert all(r["due"] == start + slot(r) * every for r in runs), runs  # each run says its due time
+
+
 def test_a_run_under_an_older_lease_generation_is_refused(pg_server, pg_database) -> None:
     """The fencing token: a node frozen past its lease cannot write over its successor's work."""
     from schedulerd.pgstore.cluster import PgCluster

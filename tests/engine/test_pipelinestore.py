@@ -80,3 +80,37 @@ def test_a_step_whose_parts_returned_nothing_new_passes_its_input_on_as_it_is(st
     assert [Item.from_json(d) for d in json.loads(pipelines.step_output(run, False))] == items
     assert pipelines.finish_step(run, "0:noop", 3, pipelines.step_output(run, False), started=True)
     assert pipelines.step_input(pipelines.run(rid)) == items  # the next step's input
+
+
+def test_a_due_time_makes_one_run_of_its_pipeline(stores: tuple[Any, Any]) -> None:
+    """The schedule trigger's key: a second run for one due time (another node's) is not made."""
+    pipelines, _ = stores
+    item = [Item(ItemKind.EVENT, fields={"due": "2026-01-01T03:00:00.000Z"})]
+    first = pipelines.create_scheduled_run("p", ["0:noop"], item, 1767236400.0)
+    assert first is not None
+    assert pipelines.create_scheduled_run("p", ["0:noop"], item, 1767236400.0) is None
+    assert pipelines.create_scheduled_run("q", ["0:noop"], item, 1767236400.0) is not None  # another pipeline's
+    pipelines.create_run("p", "manual", ["0:noop"], item)  # runs without a due time never meet the key
+    pipelines.create_run("p", "manual", ["0:noop"], item)
+    assert [r.due for r in pipelines.runs() if r.pipeline == "p"] == [None, None, 1767236400.0]
+    assert pipelines.last_due("p") == 1767236400.0 and pipelines.last_due("none") is None
+
+
+def test_a_jobs_db_made_before_due_times_gets_the_key(tmp_path: Path) -> None:
+    import sqlite3
+
+    from schedulerd.pipelinestore import SQLITE_SCHEMA
+
+    (tmp_path / "state").mkdir()
+    with sqlite3.connect(tmp_path / "state" / "jobs.db") as c:
+        c.executescript(SQLITE_SCHEMA.replace(", due REAL", ""))
+        c.execute("INSERT INTO pipeline_runs(pipeline, trigger, state, steps, input, created) "
+                  "VALUES ('p', 'schedule', 'finished', '[]', '[]', 1.0)")
+    c.close()
+    pipelines = open_pipeline_store(tmp_path / "state", StoreSettings())
+    try:
+        assert pipelines.runs()[0].due is None and pipelines.last_due("p") is None
+        assert pipelines.create_scheduled_run("p", ["0:noop"], [], 5.0) is not None
+        assert pipelines.create_scheduled_run("p", ["0:noop"], [], 5.0) is None
+    finally:
+        pipelines.close()
