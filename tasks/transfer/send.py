@@ -77,8 +77,9 @@ Outcome = str | TransferError | None  # the final remote path, why it was not se
 async def send_batch(client: RemoteClient, files: Sequence[Outgoing], *, log: logging.Logger,
                      on_bytes: OnBytes | None = None) -> list[Outcome]:
     """Upload `files` (see module doc); per file its Outcome. A file whose stored size is short
-    is never renamed (its temp is deleted). When the session breaks, the files uploaded and not
-    yet renamed fail with its error and those not yet tried are None (for another session)."""
+    is never renamed (its temp is deleted). A session that breaks during an upload fails that
+    file, and the batch's other files are None (none renamed yet: to send on another session);
+    one that breaks during the checks or renames fails the files not renamed yet."""
     outcomes: list[Outcome] = [None] * len(files)
     uploaded: list[tuple[int, int]] = []  # (index, bytes sent)
     opened = await anyio.to_thread.run_sync(_open_all, [f.src for f in files])

@@ -22,7 +22,8 @@ pytestmark = pytest.mark.anyio
 
 # pyftpdlib noting what it received; RNTO refused for names with "refuse", and onto an
 # existing file for names with "noreplace" (as servers that never replace do); SIZE
-# answers 1 for names with "short" (as after a data connection cut short)
+# answers 1 for names with "short" (as after a data connection cut short); STOR of a name with
+# "drop" closes the session (as a server that goes away mid-batch)
 QUIRKS = r"""
 import os, sys
 sys.path.insert(0, sys.argv.pop(1))
@@ -56,6 +57,12 @@ def make_handler(opts):
                 self.respond("213 1")
                 return None
             return super().ftp_SIZE(path)
+
+        def ftp_STOR(self, path, mode="w"):
+            if "drop" in os.path.basename(path):
+                self.close()
+                return None
+            return super().ftp_STOR(path, mode)
 
         def ftp_DELE(self, path):
             notes.write(f"DELE {os.path.basename(path)}\n")
@@ -174,3 +181,23 @@ async def test_a_batch_checks_every_size_before_renaming_and_never_renames_a_sho
     first_batch = names[:BATCH_FILES]
     last_size = max(lines.index(f"SIZE .{n}.part") for n in first_batch)
     assert last_size < min(lines.index(f"RNFR .{n}.part") for n in first_batch if "ok" in n)
+
+
+async def test_a_session_lost_mid_batch_fails_that_file_and_sends_the_others_on_a_new_one(tmp_path: Path) -> None:
+    outbox = tmp_path / "outbox"
+    names = [f"{i:02}-{'drop' if i == 4 else 'ok'}.bin" for i in range(10)]
+    made = local_files(outbox, names)
+    with quirky(tmp_path / "srv") as (server, notes):
+        data = {"host": server.host, "port": server.port, "user": server.user, "password": server.password,
+                "timeout": 5, "retries": 0, "local_dir": str(outbox), "remote_dir": "/up", "stable": 0}
+        task = FtpPush(build(PushSettings, data, "tasks.dropbox"))
+        ctx = TaskContext.for_test("dropbox", task.settings, tmp_path=tmp_path)
+        with pytest.raises(TransferError, match=r"sent 9 files.*1 failed"):
+            await task.run_once(ctx)
+    up = server.root / "up"
+    whole = [n for n in names if "ok" in n]
+    assert sorted(p.name for p in up.iterdir() if not p.name.startswith(".")) == whole
+    for name in whole:
+        assert (up / name).read_bytes() == made[name], name
+    assert [p.name for p in outbox.iterdir()] == ["04-drop.bin"]  # kept for the next pass
+    assert not any("drop" in ln for ln in notes.read_text().splitlines() if ln.startswith(("RNFR", "RNTO")))
