@@ -105,7 +105,8 @@ class TaskContext:
         self.settings = settings
         self.log = log
         self.config = config
-        self.state_dir = state_dir or Path(".")
+        self._state_dir = state_dir or Path(".")
+        self._state_dir_made = False
         self.store = store
         self.info: dict[str, Any] = {}
         self.done: int | None = None
@@ -126,6 +127,16 @@ class TaskContext:
         ctx.events = []  # type: ignore[attr-defined]
         ctx._emitter = lambda event, data: ctx.events.append((event, dict(data)))  # type: ignore[attr-defined]
         return ctx
+
+    @property
+    def state_dir(self) -> Path:
+        """The task's own directory (`state_dir/tasks/NAME` in the daemon), made at its first use:
+        the tasks that keep no file make no directory (a mkdir per task was a fifth of the
+        system time of a 10,000-task start)."""
+        if not self._state_dir_made:
+            self._state_dir.mkdir(parents=True, exist_ok=True)
+            self._state_dir_made = True
+        return self._state_dir
 
     def progress(self, done: int, total: int | None = None) -> None:
         self.done, self.total = done, total

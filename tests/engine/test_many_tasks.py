@@ -147,3 +147,25 @@ def test_making_a_task_logger_costs_the_same_with_ten_thousand_tasks(tmp_path):
     finally:
         for i in range(10000):
             logs.close_task_logger(f"scale{i:05d}")
+
+
+def test_a_task_gets_its_state_directory_at_its_first_use_not_at_the_start(site, tmp_path):
+    """The daemon's start makes no directory per task (10,000 mkdirs were a fifth of its system
+    time): a no-op task never gets one; a task's `ctx.state_dir` is made when it is first asked for."""
+    site.write("".join(f'[tasks.n{i:03d}]\ntype = "noop"\nperiod = "60s"\n\n' for i in range(50)))
+    daemon = Daemon(load(site.config))
+
+    async def trigger() -> None:
+        with anyio.fail_after(30):
+            while len(daemon.runners) < 50 or any(r.runs == 0 for r in daemon.runners.values()):
+                await anyio.sleep(0.05)
+
+    daemon.shutdown_trigger = trigger
+    anyio.run(daemon.serve)
+    tasks_dir = load(site.config).scheduler.state_dir / "tasks"
+    assert not tasks_dir.exists() or not any(tasks_dir.iterdir())
+    ctx = daemon.runners["n007"].ctx
+    assert not (tasks_dir / "n007").exists()
+    assert ctx.state_dir == tasks_dir / "n007" and (tasks_dir / "n007").is_dir()
+    (ctx.state_dir / "kept.json").write_text("{}")  # what a task keeps there
+    assert (tasks_dir / "n007" / "kept.json").is_file()
