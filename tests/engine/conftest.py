@@ -91,17 +91,41 @@ class Site:
         return path.read_text() if path.exists() else ""
 
 
+def running(pid: int) -> bool:
+    """Whether `pid` is a live schedulerd process (not gone, not a zombie): the pid of a daemon
+    the test killed may be another program's by now."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z" and b"schedulerd" in cmdline
+
+
+def stop_site(s: Site) -> None:
+    """A test's daemon stopped at its end as scheduler:stop does (a shutdown on its socket, else
+    SIGTERM), from this process: a teardown need not start a console; killed after 10 s."""
+    from schedulerd.client import Client
+
+    pid = s.pid()
+    if not pid or not running(pid):
+        return
+    try:
+        Client(s.socket, 5).call("shutdown")
+    except Exception:
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    while running(pid) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    if running(pid):
+        os.kill(pid, signal.SIGKILL)
+
+
 @pytest.fixture
 def site(tmp_path: Path) -> Iterator[Site]:
     s = Site(tmp_path / "site")
     yield s
-    pid = s.pid()
-    if pid:
-        s.console("scheduler:stop", "--timeout", "10")
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    stop_site(s)
 
 
 def fd_count(pid: int) -> int:

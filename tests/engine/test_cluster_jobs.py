@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from tests.engine.conftest import CONSOLE, Site
+from tests.engine.conftest import CONSOLE, Site, stop_site
 from tests.pgserver import PASSWORD, PgServer, store_settings
 
 PY = sys.executable
@@ -47,13 +47,13 @@ def stop(p: subprocess.Popen) -> str:
     return out
 
 
-def wait_for(predicate, timeout: float, what: str):
+def wait_for(predicate, timeout: float, what: str, every: float = 0.05):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
         if value:
             return value
-        time.sleep(0.05)
+        time.sleep(every)
     raise AssertionError(f"timed out waiting for {what}")
 
 
@@ -220,9 +220,11 @@ def test_a_claim_reads_the_ready_jobs_not_the_done_ones(pg_server, pg_database) 
     assert read() < 20000, f"the claims read {read()} rows of jobs one by one (a sequential scan)"
 
 
-@pytest.mark.parametrize("n", [2000, pytest.param(10_000, marks=pytest.mark.slow)])
-def test_many_jobs_over_three_daemons_and_a_worker_run_once_each(tmp_path, pg_env, pg_server, pg_database,
-                                                                  n: int) -> None:
+@pytest.mark.slow
+def test_many_jobs_over_three_daemons_and_a_worker_run_once_each(tmp_path, pg_env, pg_server, pg_database) -> None:
+    """Issue 20's 10,000 jobs over 3 daemons and a worker:execute process, each run once (a run
+    of 2,000 before it proved nothing this one does not, in a suite near its time budget)."""
+    n = 10_000
     sites = [Site(tmp_path / f"n{i}") for i in range(3)]
     w = None
     try:
@@ -242,7 +244,8 @@ def test_many_jobs_over_three_daemons_and_a_worker_run_once_each(tmp_path, pg_en
                 store.add("noop", "default", {})
         finally:
             store.close()
-        wait_for(lambda: counts(pg_server, pg_database).get("finished") == n, 300, f"{n} jobs finished")
+        # a count is a new session and a scan of the jobs: twice a second, not twenty times
+        wait_for(lambda: counts(pg_server, pg_database).get("finished") == n, 300, f"{n} jobs finished", every=0.5)
         took = time.monotonic() - t0
         rows = pg_server.sql("SELECT node, count(*), max(attempts) FROM jobs GROUP BY node", pg_database)
         assert all(r[2] == 1 for r in rows), rows  # each claimed (so run) once
@@ -252,5 +255,4 @@ def test_many_jobs_over_three_daemons_and_a_worker_run_once_each(tmp_path, pg_en
         if w is not None:
             stop(w)
         for s in sites:
-            if s.pid():
-                s.console("scheduler:stop", "--timeout", "10")
+            stop_site(s)

@@ -14,11 +14,12 @@ import os
 import re
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.engine.conftest import Site, hold_write_lock, ping_seconds
+from tests.engine.conftest import Site, hold_write_lock, ping_seconds, stop_site
 from tests.pgserver import PASSWORD, PgServer
 
 PY = sys.executable
@@ -98,62 +99,80 @@ def said_once(log: str, pattern: str) -> None:
     assert len(found) == len(set(found)), found
 
 
-def test_a_daemon_survives_postgresql_stopped_for_30s_and_each_job_finishes_once(
-        pg_server: PgServer, pg_database, site, tmp_path, monkeypatch) -> None:
-    monkeypatch.setenv("SCHEDULERD_TEST_PGPASS", PASSWORD)
+def start_pg_site(site: Site, server: PgServer, db: str, out: Path) -> list[int]:
     site.write(f"""
 [store]
-url = "{pg_server.url(pg_database)}"
+url = "{server.url(db)}"
 password = "env:SCHEDULERD_TEST_PGPASS"
 lease = "3s"
 store_retry = "1s"
 """ + CONFIG)
-    out = tmp_path / "attempts"
     ids = add_jobs(site, out)
     site.console("scheduler:start", check=True)
-    pid = site.pid()
-    site.wait_for(lambda: ended(out) >= 4, 30, "the first jobs to end")
-    pg_server.stop()
+    return ids
+
+
+def start_sqlite_site(site: Site, out: Path) -> list[int]:
+    # a store call waits 2 s for the lock and is retried after 0.5 s doubling to 30 s: its tries
+    # begin 25.5 s and 43.5 s after its first one, which straddle the 40 s lock's end; with a 1 s
+    # wait they were 38.5 s and 69.5 s (the jobs resumed ~30 s after the lock went)
+    site.write(CONFIG, scheduler='store_busy_timeout = "2s"\n')
+    ids = add_jobs(site, out)
+    site.console("scheduler:start", check=True)
+    return ids
+
+
+@pytest.fixture
+def lite(tmp_path: Path) -> Iterator[Site]:
+    """A second daemon's site beside `site`, stopped at the end like it."""
+    s = Site(tmp_path / "lite")
+    yield s
+    stop_site(s)
+
+
+def test_daemons_survive_postgresql_stopped_for_30s_and_jobs_db_locked_for_40s_and_each_job_finishes_once(
+        pg_server: PgServer, pg_database, site, lite, tmp_path, monkeypatch) -> None:
+    """Two daemons, two outages at once (the suite waits for them once, not one after the other):
+    `site` runs its jobs on PostgreSQL, stopped for 30 s; `lite` on SQLite, whose jobs.db another
+    process write-locks for 40 s. Each daemon survives, says it once, and every job of each ends
+    exactly once afterwards."""
+    monkeypatch.setenv("SCHEDULERD_TEST_PGPASS", PASSWORD)
+    pg_out, lite_out = tmp_path / "pg-attempts", tmp_path / "lite-attempts"
+    pg_ids, lite_ids = start_pg_site(site, pg_server, pg_database, pg_out), start_sqlite_site(lite, lite_out)
+    pg_pid, lite_pid = site.pid(), lite.pid()
+    site.wait_for(lambda: ended(pg_out) >= 4 and ended(lite_out) >= 4, 30, "the first jobs to end on both")
+    locker = hold_write_lock(lite.var / "state" / "jobs.db", 40)
     try:
-        stopped = time.monotonic()
-        site.wait_for(lambda: "the store does not answer" in site.log(), 15, "the outage said")
-        assert max(ping_seconds(site) for _ in range(3)) < 1.0  # the loop is not stuck on the store
-        time.sleep(max(0.0, 30 - (time.monotonic() - stopped)))
-        assert site.pid() == pid and os.path.exists(f"/proc/{pid}")
+        pg_server.stop()
+        try:
+            stopped = time.monotonic()
+            site.wait_for(lambda: "the store does not answer" in site.log(), 15, "the outage said")
+            lite.wait_for(lambda: "database is locked" in lite.log(), 20, "the lock said")
+            for s in (site, lite):
+                assert max(ping_seconds(s) for _ in range(3)) < 1.0  # the loop is not stuck on the store
+            during = ended(lite_out)
+            time.sleep(10)
+            assert ended(lite_out) <= during + 2  # the running ones end; nothing new starts meanwhile
+            time.sleep(max(0.0, 30 - (time.monotonic() - stopped)))
+            assert site.pid() == pg_pid and os.path.exists(f"/proc/{pg_pid}")
+        finally:
+            pg_server.start()
+        assert lite.pid() == lite_pid and os.path.exists(f"/proc/{lite_pid}")
     finally:
-        pg_server.start()
-    site.wait_for(lambda: finished(site) == N, 120, "every job finished")
-    check_each_finished_once(out, site, ids)
+        locker.wait(60)
+    site.wait_for(lambda: finished(site) == N, 120, "every job finished on PostgreSQL")
+    lite.wait_for(lambda: finished(lite) == N, 120, "every job finished on SQLite")
+    check_each_finished_once(pg_out, site, pg_ids)
+    check_each_finished_once(lite_out, lite, lite_ids)
     log = site.log()
     assert log.count("the store does not answer") == 1, log
     said_once(log, r"the store failed|job notifications lost")
-    assert "Traceback" not in log
-    os.kill(pid, 0)  # the same daemon, alive
-
-
-def test_a_daemon_survives_jobs_db_locked_for_40s_and_each_job_finishes_once(site, tmp_path) -> None:
-    site.write(CONFIG, scheduler='store_busy_timeout = "1s"\n')
-    out = tmp_path / "attempts"
-    ids = add_jobs(site, out)
-    site.console("scheduler:start", check=True)
-    pid = site.pid()
-    site.wait_for(lambda: ended(out) >= 4, 30, "the first jobs to end")
-    locker = hold_write_lock(site.var / "state" / "jobs.db", 40)
-    try:
-        site.wait_for(lambda: "database is locked" in site.log(), 20, "the lock said")
-        assert max(ping_seconds(site) for _ in range(3)) < 1.0
-        during = ended(out)
-        time.sleep(10)
-        assert ended(out) <= during + 2  # the running ones end; nothing new starts meanwhile
-        assert site.pid() == pid and os.path.exists(f"/proc/{pid}")
-    finally:
-        locker.wait(60)
-    site.wait_for(lambda: finished(site) == N, 120, "every job finished")
-    check_each_finished_once(out, site, ids)
-    log = site.log()
+    log = lite.log()
     said_once(log, r"the store failed \(OperationalError: database is locked\)")
-    assert "Traceback" not in log
-    os.kill(pid, 0)
+    for log in (site.log(), lite.log()):
+        assert "Traceback" not in log
+    os.kill(pg_pid, 0)  # the same daemons, alive
+    os.kill(lite_pid, 0)
 
 
 def records_in(db: Path) -> list[int]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import re
 import socket
-import time
 
 from tests.engine.conftest import ROOT
 
@@ -50,7 +49,8 @@ def test_tasks_wait_for_their_databox_then_run_once_it_exists(site):
         assert 0 < st["next_run_in"] <= 5  # retried soon, not after its period of an hour
     shown = site.console("task:state", "expiry").stdout
     assert f"waiting for {what}" in shown
-    time.sleep(6)  # a retry or two while it is still missing: said once in the log, no failure
+    # a retry (5 s later) while it is still missing: said once in the log, no failure
+    site.wait_for(lambda: site.task("expiry")["runs"] >= 2, 20, "expiry's retry")
     assert site.log("expiry").count(f"waiting for {what}") == 1 and site.task("expiry")["failures"] == 0
     assert site.console("databox:create").returncode == 0
     for name in ("expiry", "thumbs"):
