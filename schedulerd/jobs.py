@@ -136,8 +136,12 @@ class RunningJob:
 class JobService:
     def __init__(self, config: Config, state_dir: Path, make_logger: Callable[[str], Any],
                  emit: Callable[[str, Mapping[str, Any]], None] | None = None,
-                 *, node: str | None = None, only: frozenset[str] | None = None, max_jobs: int | None = None):
+                 *, node: str | None = None, only: frozenset[str] | None = None, max_jobs: int | None = None,
+                 tell_daemon: bool = False):
         self.config = config
+        # worker:execute on SQLite: the daemon beside it hears of the queues that may have work now
+        # (a job it added, a dependency it finished) on wake.sock, as from the CLI (PostgreSQL: NOTIFY)
+        self.tell_daemon = tell_daemon
         self.store = open_job_store(config.scheduler, config.store, pool_size=8)
         # on a shared store the node's id in the registry (its heartbeat guards its running jobs)
         self.node = node or (config.scheduler.node if config.store.shared else node_id(state_dir))
@@ -340,6 +344,7 @@ class JobService:
                 continue
             # In a worker thread: a claim waits for another process's write lock (busy timeout), and
             # a store that fails is retried (logged once). A paused queue claims nothing (checked in the SQL).
+            looked = time.monotonic()
             claimed = await store_call(f"claiming jobs of queue {queue}", self.store.claim_many, queue, self.node, free)
             self.claimed += len(claimed)
             claimed_here += len(claimed)
@@ -351,9 +356,17 @@ class JobService:
                 continue
             # fewer than asked (none: another node was quicker): the queue has nothing more ready
             # now; a job added meanwhile has woken the waker already, so nothing is missed
-            due = await store_call(f"reading the next due job of queue {queue}", self.store.next_due, queue)
-            timeout = POLL if due is None else max(0.0, min(POLL, due - time.time()))
-            await waker.wait(timeout if timeout > 0 else 0.01)
+            await self._sleep_until_due(queue, waker, time.monotonic() - looked)
+
+    async def _sleep_until_due(self, queue: str, waker: Waker, since: float) -> None:
+        """Nothing more to claim: sleep until the queue's next job not yet due at the claim
+        (`since` seconds ago) is due, a wake (a job added, a job's or a dependency's end, a
+        resume, a retry, a notification), or POLL (another process on the store, not telling).
+        A job due but not claimed (its queue paused, its dependency unfinished) waits for such
+        a wake: an idle queue of 10,000 paused jobs costs a look every POLL, not a claim loop."""
+        due = await store_call(f"reading the next due job of queue {queue}", self.store.next_due, queue, since)
+        timeout = POLL if due is None else max(0.0, min(POLL, due - time.time()))
+        await waker.wait(timeout if timeout > 0 else 0.01)
 
     async def _run(self, job: Job, scope: anyio.CancelScope) -> None:
         handler_log = JobLogHandler()
@@ -475,7 +488,16 @@ class JobService:
     def _save(self, progress: dict[int, tuple[int, int | None]], batch: list[Outcome]) -> set[str]:
         for job_id, (done, total) in progress.items():
             self.store.set_progress(job_id, done, total)
-        return self.store.settle_many(batch)
+        queues = self.store.settle_many(batch)
+        self._tell_daemon(queues)
+        return queues
+
+    def _tell_daemon(self, queues: set[str]) -> None:
+        if self.tell_daemon:
+            from .wake import send_wake
+
+            for q in queues:
+                send_wake(self.config.scheduler.state_dir, q)
 
     # --- operations ------------------------------------------------------------
     async def add(self, type: str, payload: Mapping[str, Any], **options: Any) -> int:
@@ -484,6 +506,7 @@ class JobService:
         jid, queue = await store_call(f"adding a {type} job",
                                       functools.partial(add_job, self.store, self.config, type, payload, **options))
         self.wake_queue(queue)
+        self._tell_daemon({queue})
         return jid
 
     async def submit(self, type: str, payload: Mapping[str, Any], **options: Any) -> int:

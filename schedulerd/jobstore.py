@@ -94,7 +94,7 @@ class JobStore(Protocol):
     def log_lines(self, job_id: int, limit: int = 200) -> builtins.list[tuple[float, str, str]]: ...
     def set_paused(self, queue: str, paused: bool) -> None: ...
     def paused(self) -> set[str]: ...
-    def next_due(self, queue: str) -> float | None: ...
+    def next_due(self, queue: str, since: float = 0.0) -> float | None: ...
     def queue_names(self) -> set[str]: ...
     def queues_with_work(self) -> set[str]: ...
     def close(self) -> None: ...
@@ -133,6 +133,18 @@ WITH RECURSIVE ready(name) AS (
     SELECT (SELECT MIN(queue) FROM jobs INDEXED BY jobs_ready WHERE state IN ('waiting','interrupted')
             AND queue > ready.name) FROM ready WHERE ready.name IS NOT NULL)
 SELECT name FROM ready UNION SELECT queue FROM jobs WHERE state='running'
+"""
+
+
+# The dispatcher's sleep: when the next job of a queue becomes due that was not due `since`
+# seconds ago (when its claim looked), by the store's clock; None when there is none or the queue
+# is paused. The jobs already due then were the claim's: it took the claimable ones, and the
+# others start only after something that wakes the dispatcher (a resume, a dependency's end, a
+# retry); counting them (they stay due) made a paused queue's dispatcher ask again at once.
+NEXT_DUE = """
+SELECT CASE WHEN EXISTS (SELECT 1 FROM queues WHERE name=? AND paused=1) THEN NULL ELSE
+    (SELECT MIN(next_attempt_at) FROM jobs INDEXED BY jobs_due
+     WHERE queue=? AND state IN ('waiting','interrupted') AND next_attempt_at>?) END
 """
 
 
@@ -240,15 +252,18 @@ class SqliteJobStore(SqliteFile):
         return jobs[0] if jobs else None
 
     def claim_many(self, queue: str, node: str, limit: int) -> list[Job]:
-        """Up to `limit` ready jobs of an unpaused queue, marked running for `node`, in one transaction."""
+        """Up to `limit` ready jobs of an unpaused queue, marked running for `node`, in one transaction.
+        The pause is read once, before the jobs (in the query it was tested for every waiting job:
+        a paused queue of 10,000 jobs read them all at every claim)."""
         now = time.time()
         with self.transaction() as c:
+            if c.execute("SELECT 1 FROM queues WHERE name=? AND paused=1", (queue,)).fetchone():
+                return []
             rows = c.execute(
                 # INDEXED BY: the ready jobs in claim order, LIMIT rows read; on jobs_due (next_attempt_at<=?)
                 # SQLite would read every due job and sort them
                 f"SELECT {COLUMNS} FROM jobs INDEXED BY jobs_ready WHERE queue=? AND state IN ('waiting','interrupted') "
                 "AND next_attempt_at<=? "
-                "AND NOT EXISTS (SELECT 1 FROM queues q WHERE q.name=jobs.queue AND q.paused=1) "
                 "AND NOT EXISTS (SELECT 1 FROM job_deps d JOIN jobs p ON p.id=d.dep WHERE d.job=jobs.id "
                 "AND p.state != 'finished') ORDER BY priority DESC, id LIMIT ?", (queue, now, limit)).fetchall()
             if not rows:
@@ -449,10 +464,10 @@ class SqliteJobStore(SqliteFile):
         with self._lock:
             return {r[0] for r in self._conn.execute("SELECT name FROM queues WHERE paused=1")}
 
-    def next_due(self, queue: str) -> float | None:
+    def next_due(self, queue: str, since: float = 0.0) -> float | None:
+        """When the queue's next job becomes due (see NEXT_DUE): one seek in jobs_due."""
         with self._lock:
-            row = self._conn.execute("SELECT MIN(next_attempt_at) FROM jobs WHERE queue=? AND state IN "
-                                     "('waiting','interrupted')", (queue,)).fetchone()
+            row = self._conn.execute(NEXT_DUE, (queue, queue, time.time() - since)).fetchone()
         return row[0] if row else None
 
     def queue_names(self) -> set[str]:

@@ -74,7 +74,7 @@ class Worker:
         await store_call("checking the store's schema", check_schema, self.config.store)
         jobs = self.jobs = JobService(self.config, self.config.scheduler.state_dir, lambda n: log,
                                       node=self.opts.node, only=frozenset(self.opts.queues) or None,
-                                      max_jobs=self.opts.max_jobs)
+                                      max_jobs=self.opts.max_jobs, tell_daemon=not self.config.store.shared)
         cluster = open_cluster(self.config.store)
         try:
             if cluster is not None:

@@ -306,9 +306,10 @@ class PgJobStore:
         with self.db.transaction() as cur:
             return {r[0] for r in run(cur, "paused_queues").fetchall()}
 
-    def next_due(self, queue: str) -> float | None:
+    def next_due(self, queue: str, since: float = 0.0) -> float | None:
+        """When the queue's next job becomes due (jobstore.NEXT_DUE), by the database's clock."""
         with self.db.transaction() as cur:
-            row = run(cur, "next_due", queue=queue).fetchone()
+            row = run(cur, "next_due", queue=queue, since=since).fetchone()
         return row[0] if row else None
 
     def queue_names(self) -> set[str]:

@@ -128,8 +128,12 @@ SELECT state, count(*) FROM jobs GROUP BY state;
 SELECT id FROM jobs WHERE state = 'running' AND node = %(node)s ORDER BY id FOR UPDATE;
 
 -- name: next_due
-SELECT extract(epoch FROM min(next_attempt_at))::float8 FROM jobs
-WHERE queue = %(queue)s AND state IN ('waiting', 'interrupted');
+-- when the next job of the queue becomes due that was not due `since` seconds ago (when the
+-- dispatcher's claim looked); NULL when none is or the queue is paused (see jobstore.NEXT_DUE)
+SELECT CASE WHEN EXISTS (SELECT 1 FROM queues WHERE name = %(queue)s AND paused) THEN NULL ELSE
+    (SELECT extract(epoch FROM min(next_attempt_at))::float8 FROM jobs
+     WHERE queue = %(queue)s AND state IN ('waiting', 'interrupted')
+       AND next_attempt_at > now() - make_interval(secs => %(since)s)) END;
 
 -- name: queue_names
 SELECT DISTINCT queue FROM jobs;
@@ -159,7 +163,8 @@ SELECT queue, bool_or(others) FROM (
 
 -- name: claim_jobs
 -- up to `limit` ready jobs of an unpaused queue whose dependencies all finished, in priority
--- order; rows another node is claiming right now are skipped, not waited for.
+-- order; rows another node is claiming right now are skipped, not waited for. The pause is read
+-- once (an uncorrelated subquery: a one-time filter before the scan), not for every waiting job.
 -- `state IN ('waiting', 'interrupted')` is written out (it is jobs_ready's predicate) so that the
 -- plan walks that index in priority order even once psycopg prepared the statement: with
 -- `state = ANY(%(from)s)` alone a generic plan cannot use the partial index and reads every row
@@ -170,7 +175,7 @@ WITH picked AS (
     SELECT id FROM jobs j
     WHERE queue = %(queue)s AND state IN ('waiting', 'interrupted') AND state = ANY(%(from)s)
       AND next_attempt_at <= now()
-      AND NOT EXISTS (SELECT 1 FROM queues q WHERE q.name = j.queue AND q.paused)
+      AND NOT EXISTS (SELECT 1 FROM queues q WHERE q.name = %(queue)s AND q.paused)
       AND NOT EXISTS (SELECT 1 FROM job_deps d JOIN jobs p ON p.id = d.dep
                       WHERE d.job = j.id AND p.state <> 'finished')
     ORDER BY priority DESC, id

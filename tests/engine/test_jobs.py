@@ -348,3 +348,67 @@ max_jobs = 5
     assert "queue default: workers recycled (2 so far)" in log
     queues = {q["name"]: q for q in site.json("scheduler:state")["queues"]}
     assert queues["default"]["recycled"] == 2
+
+
+def cpu_seconds(pid: int) -> float:
+    """The process's CPU time so far (user + system, every thread), from /proc."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_an_idle_daemon_with_10000_paused_jobs_costs_almost_no_cpu(site):
+    """A paused queue's dispatcher sleeps until something wakes it (before: it claimed and read
+    the next due time every ~0.2 s, the claim testing the pause for each of the 10,000 waiting
+    jobs: 11-14 % of a core). Other queues still start a job at once, and a resume at once."""
+    from schedulerd.jobstore import open_job_store
+
+    site.write(JOBS_CONFIG)
+    site.console("queue:pause", "two", check=True)
+    store = open_job_store(site.var / "state")
+    try:
+        paused = store.add_many([("command", "two", {"argv": ["true"]}, "")] * 10_000)
+    finally:
+        store.close()
+    site.console("scheduler:start", check=True)
+    pid = site.pid()
+    first = add(site, {"argv": ["true"]})  # the daemon is up and its dispatchers have looked
+    wait_state(site, first, "finished")
+    before, t0 = cpu_seconds(pid), time.monotonic()
+    time.sleep(5)  # a measuring window, not a wait for a condition
+    share = (cpu_seconds(pid) - before) / (time.monotonic() - t0)
+    print(f"idle daemon with 10,000 paused jobs: {share:.2%} of a core (load {os.getloadavg()[0]:.1f})")
+    assert share < 0.03, f"{share:.1%} of a core while idle (load {os.getloadavg()[0]:.1f})"
+    latencies = []
+    for _ in range(3):
+        j = wait_state(site, add(site, {"argv": ["true"]}), "finished")
+        latencies.append(j["started"] - j["created"])
+    assert min(latencies) < 0.15 and max(latencies) < 1.5, latencies  # woken by the CLI, not a poll
+    site.console("queue:resume", "two", check=True)
+    resumed = time.time()  # the CLI has resumed the queue and woken the daemon (a console takes ~1 s under load)
+    j = site.wait_for(lambda: (x := job(site, paused[0]))["started"] and x, 10, "the first paused job to start")
+    assert j["started"] - resumed < 1.0, j["started"] - resumed
+    site.console("queue:pause", "two", check=True)
+
+
+def test_a_dependency_finished_by_worker_execute_starts_its_dependent_in_the_daemon_at_once(site):
+    """worker:execute on SQLite tells the daemon beside it on wake.sock that a queue may have work
+    (here: a dependency it finished): the daemon's idle dispatcher claims then, not at its 5 s look."""
+    import subprocess
+
+    from tests.engine.conftest import CONSOLE
+
+    site.write(JOBS_CONFIG + "\n[queues.side]\nworkers = 0\n")  # only the worker runs queue side
+    site.console("scheduler:start", check=True)
+    dep = add(site, {"argv": ["sh", "-c", "sleep 0.3"]}, "--queue", "side")
+    child = add(site, {"argv": ["true"]}, "--after", str(dep))  # the daemon's queue default
+    worker = subprocess.Popen([str(CONSOLE), "--config", str(site.config), "worker:execute", "--queue-name",
+                               "side", "-m", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        done = wait_state(site, dep, "finished")
+        started = wait_state(site, child, "finished")["started"]
+    finally:
+        worker.terminate()
+        worker.wait(30)
+    assert done["node"] != job(site, child)["node"]  # run by the worker, then by the daemon
+    assert started - done["finished"] < 1.0, started - done["finished"]

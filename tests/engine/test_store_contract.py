@@ -200,6 +200,23 @@ def test_paused_queue_claims_nothing(backend: Backend) -> None:
     assert s.paused() == set() and claim_all(s) == [jid]
 
 
+def test_the_next_due_time_is_of_a_job_not_yet_due_at_the_claim_and_none_while_paused(backend: Backend) -> None:
+    """next_due(queue, since): what the dispatcher sleeps until after a claim `since` seconds ago.
+    Jobs due before it were the claim's (claimed, or blocked until a wake: a dependency, a resume)."""
+    s = backend.jobs()
+    dep = s.add("command", "other", {})
+    blocked = s.add("command", "q", {}, deps=[dep], delay=-30)  # due 30 s ago, its dependency unfinished
+    later = s.add("command", "q", {}, delay=3600)
+    assert s.claim("q", "n1") is None
+    assert abs(s.next_due("q", 10) - s.get(later).next_attempt_at) < 0.01  # `blocked` was due at the claim
+    assert abs(s.next_due("q", 60) - s.get(blocked).next_attempt_at) < 0.01  # not yet due 60 s ago
+    s.set_paused("q", True)
+    assert s.next_due("q", 60) is None  # nothing becomes claimable before the resume
+    s.set_paused("q", False)
+    assert abs(s.next_due("q") - s.get(later).next_attempt_at) < 0.01
+    assert s.next_due("empty") is None
+
+
 def test_progress_and_log_lines(backend: Backend) -> None:
     s = backend.jobs()
     jid = s.add("command", "q", {})
