@@ -94,15 +94,23 @@ class ClusterStore(Protocol):
     def close(self) -> None: ...
 
 
-def config_hash(tasks: Mapping[str, Any]) -> str:
-    """A short hash of the task configuration: nodes that show different ones disagree."""
+DIFFERING_CONFIGS = ("a task runs only where it is defined; a pipeline's running runs fail on a node that does not "
+                     "have it with the same steps")
+
+
+def config_hash(tasks: Mapping[str, Any], pipelines: Mapping[str, Any] | None = None) -> str:
+    """A short hash of the task and pipeline configuration: nodes that show different ones
+    disagree (a task runs only where it is defined; a node fails the runs of a pipeline it does
+    not have, or has with other steps). Without pipelines it is the tasks' hash alone, as before."""
     text = repr(sorted((name, repr(tc)) for name, tc in tasks.items()))
+    if pipelines:
+        text += repr(sorted((name, repr(pc)) for name, pc in pipelines.items()))
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-def node_info(node: str, version: str, kind: Literal["daemon", "worker"], lease: float, tasks: Mapping[str, Any]
-              ) -> NodeInfo:
-    return NodeInfo(node, socket.gethostname(), os.getpid(), version, kind, lease, config_hash(tasks))
+def node_info(node: str, version: str, kind: Literal["daemon", "worker"], lease: float, tasks: Mapping[str, Any],
+              pipelines: Mapping[str, Any] | None = None) -> NodeInfo:
+    return NodeInfo(node, socket.gethostname(), os.getpid(), version, kind, lease, config_hash(tasks, pipelines))
 
 
 def open_cluster(store: Any) -> ClusterStore | None:
@@ -303,7 +311,7 @@ class NodeKeeper:
         hashes = {n.config_hash for n in self.view.nodes if n.alive and n.kind == "daemon"}
         if len(hashes) > 1:
             by = ", ".join(f"{n.id}={n.config_hash}" for n in self.view.nodes if n.alive and n.kind == "daemon")
-            warnings.append(f"the nodes' task configurations differ ({by}): a task runs only where it is defined")
+            warnings.append(f"the nodes' task or pipeline configurations differ ({by}): {DIFFERING_CONFIGS}")
         return {"node": self.me.id, "store": "unavailable" if self.outage.since is not None else "ok",
                 "store_down_since": self.outage.since, "warnings": warnings,
                 "nodes": [vars(n) for n in self.view.nodes]}

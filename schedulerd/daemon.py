@@ -110,7 +110,8 @@ class Daemon:
         self.cluster = open_cluster(store)
         if self.cluster is None:
             return
-        me = node_info(self.config.scheduler.node, __version__, "daemon", store.lease, self.config.tasks)
+        me = node_info(self.config.scheduler.node, __version__, "daemon", store.lease, self.config.tasks,
+                       self.config.pipelines)
         await store_call("entering the node registry", self.cluster.register, me)
         self.keeper = NodeKeeper(self.cluster, me, store.store_retry, self._node_counts, self._follow)
 
@@ -371,8 +372,8 @@ class Daemon:
         self.jobs.reconfigure(new)
         if self.pipelines is not None:
             self.pipelines.reconfigure(new)
-        if self.keeper is not None:  # cluster:nodes shows the new task configuration's hash
-            self.keeper.me = dataclasses.replace(self.keeper.me, config_hash=config_hash(new.tasks))
+        if self.keeper is not None:  # cluster:nodes shows the new task and pipeline configuration's hash
+            self.keeper.me = dataclasses.replace(self.keeper.me, config_hash=config_hash(new.tasks, new.pipelines))
         log.info("configuration reloaded: %d added, %d changed, %d removed", len(added), len(changed), len(removed))
         return {"added": added, "changed": changed, "removed": removed}
 
@@ -449,7 +450,8 @@ class Daemon:
         if self.keeper is not None:
             return self.keeper.status()
         sch = self.config.scheduler  # the SQLite store: this one node
-        me = node_info(sch.node, __version__, "daemon", self.config.store.lease, self.config.tasks)
+        me = node_info(sch.node, __version__, "daemon", self.config.store.lease, self.config.tasks,
+                       self.config.pipelines)
         held = sum(1 for r in self.runners.values() if r.state not in STOPPED_STATES)
         row = NodeRow(me.id, me.host, me.pid, me.version, me.kind, self.started_at, time.time(), 0.0, True,
                       me.config_hash, held, len(self.jobs.running) if self.jobs is not None else 0)

@@ -51,5 +51,7 @@ def nodes(args: Any, env: Any) -> int:
     else:
         print_table([_row(n) for n in found], HEADERS)
         if len({n["config_hash"] for n in found if n["alive"] and n["kind"] == "daemon"}) > 1:
-            print("warning: the nodes' task configurations differ (CONFIG): a task runs only where it is defined")
+            from ..cluster import DIFFERING_CONFIGS
+
+            print(f"warning: the nodes' task or pipeline configurations differ (CONFIG): {DIFFERING_CONFIGS}")
     return 0

@@ -284,9 +284,30 @@ def test_pinned_tasks_cluster_wide_stop_and_differing_configs(cluster, tmp_path)
     n1.console("scheduler:reload", check=True)
     n2.wait_for(lambda: len({n["config_hash"] for n in n2.json("cluster:nodes")}) == 2, 15, "two config hashes")
     # the daemon sees the other node's hash at its next heartbeat (cluster:nodes reads the table)
-    n2.wait_for(lambda: "the nodes' task configurations differ" in n2.console("scheduler:state").stdout, 10,
+    n2.wait_for(lambda: "the nodes' task or pipeline configurations differ" in n2.console("scheduler:state").stdout, 10,
                 "the state's warning")
     assert "configurations differ" in n2.console("cluster:nodes").stdout
+
+
+def test_nodes_whose_pipelines_differ_are_warned_of(cluster) -> None:
+    """CONFIG (cluster:nodes) covers the pipelines: a node whose pipeline has other steps (whose
+    running runs the other node would fail as no longer configured) makes the nodes differ."""
+    body = '[pipelines.p]\nsteps = [{ type = "noop" }]\n'
+    n1, n2 = cluster("n1", body), cluster("n2", body)
+    for node in (n1, n2):
+        node.console("scheduler:start", check=True)
+
+    def hashes() -> list[str]:
+        return [n["config_hash"] for n in n1.json("cluster:nodes") if n["alive"]]  # type: ignore[union-attr]
+
+    n1.wait_for(lambda: len(hashes()) == 2, 15, "both nodes registered")
+    assert len(set(hashes())) == 1 and "differ" not in n1.console("scheduler:state").stdout
+    n2.config.write_text(n2.config.read_text().replace('"noop" }]', '"noop" }, { filter = { glob = ["*.jpg"] } }]'))
+    n2.console("scheduler:reload", check=True)
+    n1.wait_for(lambda: len(set(hashes())) == 2, 15, "two config hashes")
+    n1.wait_for(lambda: "pipeline configurations differ" in n1.console("scheduler:state").stdout, 10,
+                "the state's warning")
+    assert "pipeline configurations differ" in n1.console("cluster:nodes").stdout
 
 
 def test_a_scheduled_pipeline_runs_once_per_due_time_across_the_nodes(cluster) -> None:
