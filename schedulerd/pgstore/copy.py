@@ -1,10 +1,12 @@
 """`bin/console store:copy`: the embedded SQLite stores (state_dir/schedulerd.db and jobs.db)
-into the PostgreSQL store of `[store] url`, in one transaction, ids kept (chains stay chains).
+into the PostgreSQL store of `[store] url`, in one transaction, ids kept (chains stay chains,
+a pipeline run's parts keep their jobs).
 
-A target that already holds tasks, runs, values, jobs or queues is refused (NotEmpty) unless
-`force`, which empties those tables first. Times are seconds since the epoch in SQLite and
-timestamptz here. Run it with the daemon stopped (a job it claims meanwhile would be copied
-as running, and recovered as interrupted at the first start on PostgreSQL).
+A target that already holds tasks, runs, values, jobs, queues or pipeline runs is refused
+(NotEmpty) unless `force`, which empties those tables first. Times are seconds since the epoch
+in SQLite and timestamptz here (the pipeline tables keep seconds on both). Run it with the daemon
+stopped (a job it claims meanwhile would be copied as running, and recovered as interrupted at
+the first start on PostgreSQL).
 """
 
 from __future__ import annotations
@@ -20,7 +22,12 @@ from psycopg.types.json import Jsonb
 from ..stores import StoreSettings
 from . import connect
 
-TABLES = ("tasks", "runs", "kv", "jobs", "job_deps", "job_logs", "queues")
+TABLES = ("tasks", "runs", "kv", "jobs", "job_deps", "job_logs", "queues", "pipeline_runs", "pipeline_steps",
+          "pipeline_parts")
+RUN_COLUMNS = ("id", "pipeline", "trigger", "state", "step", "steps", "input", "created", "finished", "error", "due")
+STEP_COLUMNS = ("run", "step", "name", "state", "items_in", "items_out", "parts", "started", "finished", "error",
+                "output")
+PART_COLUMNS = ("run", "step", "part", "job", "output")
 
 
 class NotEmpty(Exception):
@@ -56,7 +63,36 @@ def copy(settings: StoreSettings, state_dir: Path, force: bool) -> Copied:
             raise NotEmpty(f"the PostgreSQL store is not empty ({what}): store:copy --force replaces them")
         if held:
             cur.execute("TRUNCATE " + ", ".join(TABLES) + " RESTART IDENTITY")
-        return Copied(_copy_state(cur, state) | _copy_jobs(cur, jobs))
+        return Copied(_copy_state(cur, state) | _copy_jobs(cur, jobs) | _copy_pipelines(cur, jobs))
+
+
+def _columns(path: Path, table: str) -> set[str]:
+    return {r[1] for r in _rows(path, f"PRAGMA table_info({table})")}
+
+
+def _insert(cur: psycopg.Cursor, table: str, columns: tuple[str, ...], rows: list[tuple[Any, ...]]) -> None:
+    cur.executemany(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join(['%s'] * len(columns))})", rows)
+
+
+def _copy_pipelines(cur: psycopg.Cursor, path: Path) -> dict[str, int]:
+    """The pipeline runs, their steps and parts (the parts' jobs are the jobs copied with their
+    ids). Times are seconds since the epoch on both sides; a jobs.db made before runs had `due`
+    has none (NULL: not a scheduled run's)."""
+    have = _columns(path, "pipeline_runs")
+    if not have:  # a jobs.db from before pipelines
+        return {"pipeline_runs": 0, "pipeline_steps": 0, "pipeline_parts": 0}
+    runs = _rows(path, f"SELECT {', '.join(c if c in have else 'NULL' for c in RUN_COLUMNS)} "
+                       "FROM pipeline_runs ORDER BY id")
+    _insert(cur, "pipeline_runs", RUN_COLUMNS, runs)
+    steps = _rows(path, f"SELECT {', '.join(STEP_COLUMNS)} FROM pipeline_steps "
+                        "WHERE run IN (SELECT id FROM pipeline_runs) ORDER BY run, step")
+    _insert(cur, "pipeline_steps", STEP_COLUMNS, steps)
+    parts = _rows(path, f"SELECT {', '.join(PART_COLUMNS)} FROM pipeline_parts "
+                        "WHERE (run, step) IN (SELECT run, step FROM pipeline_steps) ORDER BY run, step, part")
+    _insert(cur, "pipeline_parts", PART_COLUMNS, parts)
+    cur.execute("SELECT setval(pg_get_serial_sequence('pipeline_runs', 'id'), coalesce(max(id), 0) + 1, false) "
+                "FROM pipeline_runs")
+    return {"pipeline_runs": len(runs), "pipeline_steps": len(steps), "pipeline_parts": len(parts)}
 
 
 def _copy_state(cur: psycopg.Cursor, path: Path) -> dict[str, int]:

@@ -4,6 +4,7 @@ once), a worker killed -9 has its jobs finished by others once its heartbeat exp
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import statistics
@@ -194,6 +195,35 @@ def test_store_copy_moves_the_sqlite_stores_into_postgresql(pg_env, pg_server, p
     wait_for(lambda: counts(pg_server, pg_database).get("finished") == 3, 20, "the copied jobs run")
     started = dict(pg_server.sql("SELECT id, started FROM jobs", pg_database))  # type: ignore[arg-type]
     assert started[a] <= started[b]
+
+
+def test_store_copy_moves_pipeline_runs_and_an_unfinished_one_resumes(pg_env, pg_server, pg_database, site) -> None:
+    """A finished run and one whose job step waits (its queue paused) in jobs.db: after store:copy
+    PostgreSQL shows the same pipeline:list and pipeline:show, the waiting run finishes there, and
+    a new run's id follows the copied ones."""
+    body = '[pipelines.p]\nsteps = [{ filter = { kind = ["event"] } }, { type = "noop", parallel = 2 }]\n'
+    site.write(body)  # SQLite first
+    site.console("scheduler:start", check=True)
+    items = json.dumps([{"kind": "event", "fields": {"n": str(i)}} for i in range(3)])
+    show = lambda run: site.json("pipeline:show", str(run))  # noqa: E731
+    done = int(site.console("pipeline:run", "p", "--input", items, check=True).stdout)
+    wait_for(lambda: show(done)["state"] == "finished", 20, "the first run finished", every=0.2)
+    site.console("queue:pause", "pipeline.p.1", check=True)
+    held = int(site.console("pipeline:run", "p", "--input", items, check=True).stdout)
+    wait_for(lambda: len(show(held)["step_rows"]) == 2, 20, "the second run's job step started", every=0.2)
+    site.console("scheduler:stop", check=True)
+    before = [site.json("pipeline:list"), show(done), show(held)]
+    assert before[2]["state"] == "running" and before[2]["step_rows"][1]["state"] == "running"
+    site.write(pg_config(pg_server, pg_database, body))
+    r = site.console("store:copy")
+    assert r.returncode == 0, r.stderr
+    assert "2 pipeline_runs, 4 pipeline_steps, 6 pipeline_parts" in r.stdout, r.stdout
+    assert [site.json("pipeline:list"), show(done), show(held)] == before
+    site.console("queue:resume", "pipeline.p.1", check=True)
+    site.console("scheduler:start", check=True)
+    wait_for(lambda: show(held)["state"] == "finished", 20, "the copied run finished on PostgreSQL", every=0.2)
+    assert show(held)["step_rows"][1]["items_out"] == 3
+    assert int(site.console("pipeline:run", "p", check=True).stdout) == held + 1
 
 
 def test_a_claim_reads_the_ready_jobs_not_the_done_ones(pg_server, pg_database) -> None:
