@@ -138,6 +138,10 @@ class TaskContext:
             self._state_dir_made = True
         return self._state_dir
 
+    @state_dir.setter
+    def state_dir(self, path: Path) -> None:
+        self._state_dir, self._state_dir_made = path, False
+
     def progress(self, done: int, total: int | None = None) -> None:
         self.done, self.total = done, total
         if self._on_progress:

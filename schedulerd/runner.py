@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -294,11 +294,11 @@ class TaskRunner:
                 self._change(TaskState.STOPPED)
             self._done.set()
 
-    def _companions(self) -> list[tuple[Callable[[], Awaitable[None]], str]]:
+    def _companions(self) -> list[tuple[Callable[[], Coroutine[Any, Any, None]], str]]:
         """What runs beside the loop: the task type's background watcher, the lease keeper. A task
         with neither gets no task group of its own (with 10,000 tasks, a group and a watcher task
         that ends at once were per runner ~1 KB and an eighth of the start-up's CPU)."""
-        companions: list[tuple[Callable[[], Awaitable[None]], str]] = []
+        companions: list[tuple[Callable[[], Coroutine[Any, Any, None]], str]] = []
         if type(self.task).background is not TaskType.background:
             companions.append((self._background, "background"))
         if self.lease is not None:
