@@ -46,3 +46,16 @@ def _load_syncfs() -> Any:
 
 
 SYNCFS = _load_syncfs()  # None where libc has no syncfs: callers fall back to os.sync()
+
+
+def syncfs(folder: Path | str) -> None:
+    """Make everything written on `folder`'s filesystem durable: one syncfs(2) for a whole batch
+    of files (os.sync() where libc has none); OSError when the kernel reports a write-back error."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        if SYNCFS is None:
+            os.sync()
+        elif SYNCFS(fd) != 0:
+            raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+    finally:
+        os.close(fd)

@@ -1,6 +1,6 @@
 """One transfer layer for FTP, FTPS and SFTP: `connect(settings, log)` gives a logged-in
-`RemoteClient` (see `base`: list, stat, mtime, get, put, rename, delete, mkdir); `fetch`
-downloads a file safely (temp name, size check, fsync, rename), `send` a batch of uploads
+`RemoteClient` (see `base`: list, stat, get, put, rename, delete, mkdir); `fetch`
+downloads files safely (temp name, size check, syncfs, rename), `send` a batch of uploads
 (temp names, size checks, renames)."""
 
 from __future__ import annotations

@@ -41,10 +41,6 @@ class RemoteClient(abc.ABC):
         """Size (and time when cheap) of one file, or None when it does not exist."""
 
     @abc.abstractmethod
-    async def mtime(self, path: str) -> float | None:
-        """Exact modification time of one file (UTC epoch), None when the server cannot tell."""
-
-    @abc.abstractmethod
     async def get(self, path: str, sink: Sink, offset: int = 0, size: int | None = None,
                   on_bytes: OnBytes | None = None) -> int:
         """The file's bytes from `offset` to `sink`; returns their count. `size`: expected, when known."""

@@ -5,7 +5,6 @@ temp file when the remote file is unchanged (the temp name carries a digest of i
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import dataclasses
 import hashlib
 import logging
@@ -16,7 +15,7 @@ from typing import BinaryIO, Literal
 
 import anyio
 
-from schedulerd.durable import SYNCFS, fsync_dir
+from schedulerd.durable import fsync_dir, syncfs
 
 from .base import OnBytes, RemoteClient, RemoteEntry
 from .errors import IntegrityError, LocalError, ResumeUnsupported
@@ -123,7 +122,7 @@ async def download(
         await client.get(entry.path, keep, 0, entry.size, on_bytes)
         if len(data) != entry.size:
             raise IntegrityError(f"{entry.path}: got {len(data)} bytes, expected {entry.size}")
-        return Downloaded(part, target, on_exists, await _exact_mtime(client, entry), len(data), data=data)
+        return Downloaded(part, target, on_exists, entry.mtime, len(data), data=data)
     try:
         f, offset = await anyio.to_thread.run_sync(_open_part, part, entry.size)
     except OSError as e:
@@ -140,14 +139,7 @@ async def download(
         if size > entry.size:
             part.unlink(missing_ok=True)
         raise IntegrityError(f"{entry.path}: got {size} bytes, expected {entry.size}")
-    return Downloaded(part, target, on_exists, await _exact_mtime(client, entry), size)
-
-
-async def _exact_mtime(client: RemoteClient, entry: RemoteEntry) -> float | None:
-    """The listed time, or (LIST times are to the minute at best) the server's exact one."""
-    if entry.precise:
-        return entry.mtime
-    return await client.mtime(entry.path) or entry.mtime
+    return Downloaded(part, target, on_exists, entry.mtime, size)
 
 
 async def _receive(client: RemoteClient, entry: RemoteEntry, f: BinaryIO, offset: int,
@@ -189,11 +181,11 @@ async def fetch(
     log: logging.Logger,
     on_bytes: OnBytes | None = None,
 ) -> Path | None:
-    """Download `entry` to `target` (see module doc): fsync, then rename. None when skipped."""
+    """Download `entry` to `target` (see module doc), a batch of one. None when skipped."""
     d = await download(client, entry, target, on_exists=on_exists, log=log, on_bytes=on_bytes)
     if d is None:
         return None
-    await anyio.to_thread.run_sync(_commit, [d], False)
+    await commit([d])
     if d.error is not None:
         raise d.error
     return d.result
@@ -228,30 +220,12 @@ def _write_part(d: Downloaded) -> bool:
     return True
 
 
-def _sync(batch: list[Downloaded], whole_fs: bool) -> None:
-    """The batch's data on disk: one syncfs per filesystem involved (or one fsync per file)."""
-    if whole_fs and SYNCFS is not None:
-        for folder in {os.stat(p).st_dev: p for p in {d.part.parent for d in batch}}.values():
-            fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                if SYNCFS(fd) != 0:
-                    raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
-            finally:
-                os.close(fd)
-        return
-    for d in batch:
-        fd = os.open(d.part, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _commit(batch: list[Downloaded], whole_fs: bool) -> None:
-    """Make the temp files durable, then give them their time and name (each gets `result` or `error`)."""
+def _commit(batch: list[Downloaded]) -> None:
+    """Make the temp files durable (one syncfs per filesystem), then give them their time and name."""
     batch = [d for d in batch if d.error is None and (d.data is None or _write_part(d))]
     try:
-        _sync(batch, whole_fs)
+        for folder in {os.stat(p).st_dev: p for p in {d.part.parent for d in batch}}.values():
+            syncfs(folder)
     except OSError as e:
         for d in batch:
             d.error = LocalError(f"cannot make {d.part} durable: {e.strerror or e}")
@@ -274,4 +248,4 @@ async def commit(batch: list[Downloaded]) -> None:
     """Make a batch durable with one syncfs (per filesystem), then name its files: each gets
     `result` or `error`. Shielded: a batch is named as a whole, even when cancelled."""
     with anyio.CancelScope(shield=True):
-        await anyio.to_thread.run_sync(_commit, batch, True)
+        await anyio.to_thread.run_sync(_commit, batch)

@@ -70,13 +70,6 @@ class SocketConn:
 Conn = SocketConn | TlsConn  # one data path: TLS is a wrapper around the same socket
 
 
-class _Refused(Exception):  # a reply other than the expected one
-    def __init__(self, code: str, info: list[str]) -> None:
-        super().__init__(code)
-        self.code = code
-        self.text = " ".join(i.strip() for i in info if i.strip())[:300]
-
-
 class _DataLost(Exception):  # the data connection failed (its `__cause__`), not the local side
     pass
 
@@ -151,17 +144,17 @@ class FtpClient(RemoteClient):
             await self._start_tls()
         await self._cmd(None, "220", "120", what="greeting")
         if s.protocol == "ftps":
-            await self._cmd("AUTH TLS", "234", what="AUTH TLS")
+            await self._cmd("AUTH TLS", "234")
             await self._start_tls()
         await self._login()
         if s.tls:
-            await self._cmd("PBSZ 0", "200", what="PBSZ")
-            await self._cmd("PROT P", "200", what="PROT P")
+            await self._cmd("PBSZ 0", "200")
+            await self._cmd("PROT P", "200")
         await self._feat()
         if "UTF8" in self._features and s.encoding.lower().replace("-", "") == "utf8":
             with contextlib.suppress(RemoteError):
-                await self._cmd("OPTS UTF8 ON", "2xx", what="OPTS")
-        await self._cmd("TYPE I", "200", what="TYPE")
+                await self._cmd("OPTS UTF8 ON", "2xx")
+        await self._cmd("TYPE I", "200")
         self.log.debug("connected to %s", s.describe())
 
     async def _start_tls(self) -> None:
@@ -183,65 +176,30 @@ class FtpClient(RemoteClient):
             user = f"{s.user}@{s.host}" + (f":{s.port}" if s.port != 21 else "")
         acct = s.proxy_password.reveal() if (self._gateway and s.proxy_password) else ""
         try:
-            code, _ = await self._command("USER " + user, ("230", "33x"))
+            code, _ = await self._cmd("USER " + user, ("230", "331", "332"))
             sent_acct = False
-            while _matches(code, "33x"):
-                if code == "331":
-                    code, _ = await self._command("PASS " + s.secret_password(), ("230", "202", "33x"))
-                elif code == "332":
-                    code, _ = await self._command("ACCT " + acct, ("230", "202", "33x"))
-                    sent_acct = True
-                else:
-                    raise self._error(AuthError, f"login to {s.host} failed: unexpected reply {code}")
+            while code in ("331", "332"):
+                sent_acct |= code == "332"
+                line = "PASS " + s.secret_password() if code == "331" else "ACCT " + acct
+                code, _ = await self._cmd(line, ("230", "202", "331", "332"))
             if acct and not sent_acct:
-                code, _ = await self._command("ACCT " + acct, ("2xx", "5xx"))
+                code, _ = await self._cmd("ACCT " + acct, ("2xx", "5xx"))
                 if _matches(code, "5xx") and code not in ("500", "502"):
                     raise self._error(AuthError, f"FTP gateway {self._ctrl_host} refused the proxy password: {code}")
-        except _Refused as e:
-            raise self._error(AuthError, f"login to {s.host} as {s.user} refused: {e.code} {e.text}") from None
-        except (*NET_ERRORS, ValueError) as e:
-            self.broken = True
-            raise self._error(ConnectError, f"connection to {s.host} lost during login: {self._why(e)}") from None
+        except RemoteError as e:  # a lost connection (ConnectError) goes through as it is
+            raise self._error(AuthError, f"login to {s.host} as {s.user} refused: {e}") from None
 
     async def _feat(self) -> None:
         try:
-            _, info = await self._cmd("FEAT", "2xx", what="FEAT")
+            _, info = await self._cmd("FEAT", "2xx")
         except RemoteError:
             if self.broken:
                 raise
             return
         for line in info[1:]:
-            word = line.strip().split(" ", 1)[0].upper()
-            if word:
+            if word := line.strip().split(" ", 1)[0].upper():
                 self._features.add(word)
-                if word == "REST" and "STREAM" in line.upper():
-                    self._features.add("REST STREAM")
         self._mlsd = "MLST" in self._features
-
-    def _why(self, e: BaseException) -> str:
-        if isinstance(e, TimeoutError):
-            return f"no reply within {self.s.timeout:g}s"
-        return reason(e)
-
-    async def _command(self, line: str | tuple[str, ...] | None, expected: str | tuple[str, ...] = (),
-                       wait: str | tuple[str, ...] = ()) -> tuple[str, list[str]]:
-        """Write `line` (several: in one write; None: already sent), read the (first) reply and
-        those after it while they match `wait`, check `expected`."""
-        assert self._control is not None
-        lines = (line,) if isinstance(line, str) else line or ()
-        for one in lines:
-            if "\r" in one or "\n" in one:
-                raise ValueError("a command must not contain CR or LF")
-            if PROTOCOL_LOG.isEnabledFor(logging.DEBUG):
-                PROTOCOL_LOG.debug("%s> %s", self.s.host, one[:5] + "********" if one[:5] in ("PASS ", "ACCT ") else one)
-        if lines:
-            await self._control.sendall("".join(one + "\r\n" for one in lines).encode(self.s.encoding))
-        code, info = await self._reply()
-        while wait and _matches(code, wait):
-            code, info = await self._reply()
-        if expected and not _matches(code, expected):
-            raise _Refused(code, info)
-        return code, info
 
     async def _line(self) -> str:
         assert self._control is not None
@@ -272,15 +230,32 @@ class FtpClient(RemoteClient):
 
     async def _cmd(self, line: str | tuple[str, ...] | None, expected: str | tuple[str, ...] = (),
                    wait: str | tuple[str, ...] = (), *, what: str = "", not_found: bool = False) -> tuple[str, list[str]]:
-        """One command; server refusals become RemoteError, lost connections ConnectError (broken)."""
+        """Write `line` (several: in one write; None: already sent), read the (first) reply and those
+        after it while they match `wait`. A reply not `expected` is a RemoteError (NotFound: 550 or
+        450 with `not_found`); a lost connection a ConnectError, the session broken."""
+        assert self._control is not None
+        lines = (line,) if isinstance(line, str) else line or ()
+        what = what or lines[0].split(" ", 1)[0]
         try:
-            return await self._command(line, expected, wait)
-        except _Refused as e:
-            cls = NotFound if (not_found and e.code in ("550", "450")) else RemoteError
-            raise self._error(cls, f"{what}: {e.code} {e.text}", e.code) from None
+            for one in lines:
+                if "\r" in one or "\n" in one:
+                    raise ValueError("a command must not contain CR or LF")
+                if PROTOCOL_LOG.isEnabledFor(logging.DEBUG):
+                    PROTOCOL_LOG.debug("%s> %s", self.s.host, one[:5] + "********" if one[:5] in ("PASS ", "ACCT ") else one)
+            if lines:
+                await self._control.sendall("".join(one + "\r\n" for one in lines).encode(self.s.encoding))
+            code, info = await self._reply()
+            while wait and _matches(code, wait):
+                code, info = await self._reply()
         except (*NET_ERRORS, ValueError) as e:
             self.broken = True
-            raise self._error(ConnectError, f"{what}: connection to {self.s.host} lost ({self._why(e)})") from None
+            why = f"no reply within {self.s.timeout:g}s" if isinstance(e, TimeoutError) else reason(e)
+            raise self._error(ConnectError, f"{what}: connection to {self.s.host} lost ({why})") from None
+        if expected and not _matches(code, expected):
+            cls = NotFound if (not_found and code in ("550", "450")) else RemoteError
+            text = " ".join(i.strip() for i in info if i.strip())[:300]
+            raise self._error(cls, f"{what}: {code} {text}", code)
+        return code, info
 
     def _abort(self) -> None:
         self.broken = True
@@ -291,7 +266,7 @@ class FtpClient(RemoteClient):
     async def aclose(self) -> None:
         if not self.broken and self._control is not None:
             with anyio.move_on_after(min(self.s.timeout, 5)), contextlib.suppress(TransferError):
-                await self._cmd("QUIT", "2xx", what="QUIT")
+                await self._cmd("QUIT", "2xx")
         self._abort()
 
     async def _passive_address(self, then: str | None) -> tuple[str, int, bool]:
@@ -300,7 +275,7 @@ class FtpClient(RemoteClient):
         early = then is not None and self._epsv_seen
         if self._epsv:
             try:
-                _, info = await self._cmd(("EPSV", then) if early else "EPSV", "229", what="EPSV")  # type: ignore[arg-type]
+                _, info = await self._cmd(("EPSV", then) if early else "EPSV", "229")  # type: ignore[arg-type]
                 if m := _EPSV.search(info[-1]):
                     self._epsv_seen = True
                     return self._data_host, int(m.group(2)), early
@@ -316,7 +291,7 @@ class FtpClient(RemoteClient):
                         raise
                 self.log.debug("EPSV refused (%s), using PASV", e)
                 self._epsv = False
-        _, info = await self._cmd("PASV", "227", what="PASV")
+        _, info = await self._cmd("PASV", "227")
         m = _PASV.search(info[-1])
         if m is None:
             self.broken = True
@@ -339,9 +314,9 @@ class FtpClient(RemoteClient):
             port = lsock.getsockname()[1]
             announced = self.s.active_address or local
             if ":" in announced:
-                await self._cmd(f"EPRT |2|{announced}|{port}|", "200", what="EPRT")
+                await self._cmd(f"EPRT |2|{announced}|{port}|", "200")
             else:
-                await self._cmd("PORT " + ",".join(announced.split(".") + [str(port >> 8), str(port & 255)]), "200", what="PORT")
+                await self._cmd("PORT " + ",".join(announced.split(".") + [str(port >> 8), str(port & 255)]), "200")
         except BaseException:
             lsock.close()
             raise
@@ -366,7 +341,7 @@ class FtpClient(RemoteClient):
     async def _rest(self, offset: int) -> None:
         """REST before a resumed transfer; a refusal means this server cannot resume."""
         try:
-            await self._cmd(f"REST {offset}", "350", what="REST")
+            await self._cmd(f"REST {offset}", "350")
         except RemoteError:
             if self.broken:
                 raise
@@ -542,7 +517,7 @@ class FtpClient(RemoteClient):
     async def stat(self, path: str) -> RemoteEntry | None:
         name = path.rstrip("/").rsplit("/", 1)[-1]
         try:
-            _, info = await self._cmd(f"SIZE {path}", "213", what="SIZE", not_found=True)
+            _, info = await self._cmd(f"SIZE {path}", "213", not_found=True)
             return RemoteEntry(name, path, "file", int(info[-1].split()[-1]), None, False)
         except NotFound:
             return None
@@ -552,21 +527,8 @@ class FtpClient(RemoteClient):
         parent = path.rsplit("/", 1)[0] if "/" in path else "."  # no SIZE: ask the listing
         return next((e for e in await self.list(parent or "/") if e.name == name), None)
 
-    async def mtime(self, path: str) -> float | None:
-        if self._features and "MDTM" not in self._features:
-            return None
-        try:
-            _, info = await self._cmd(f"MDTM {path}", "213", what="MDTM", not_found=True)
-            return parse_mlsd_time(info[-1].split()[-1])  # UTC, as MLSD times
-        except (RemoteError, ValueError, IndexError):
-            if self.broken:
-                raise
-            return None
-
     async def get(self, path: str, sink: Sink, offset: int = 0, size: int | None = None,
                   on_bytes: OnBytes | None = None) -> int:
-        if offset and self._features and "REST STREAM" not in self._features:
-            raise ResumeUnsupported(f"{self.s.host} does not announce REST STREAM")
         room = self.s.block_size if size is None else min(self.s.block_size, max(65536, size - offset + 1))
         return await self._transfer(f"RETR {path}", lambda conn: self._receive(conn, sink, room, on_bytes),
                                     offset=offset, not_found=True)
@@ -597,7 +559,7 @@ class FtpClient(RemoteClient):
         return short
 
     async def delete(self, path: str) -> None:
-        await self._cmd(f"DELE {path}", "2xx", what="DELE", not_found=True)
+        await self._cmd(f"DELE {path}", "2xx", not_found=True)
 
     async def rename(self, src: str, dst: str) -> None:
         try:
@@ -621,7 +583,7 @@ class FtpClient(RemoteClient):
     async def _rename(self, src: str, dst: str) -> None:
         """RNFR and RNTO in one write (one round trip for the operation), their replies read in order."""
         try:
-            await self._cmd((f"RNFR {src}", f"RNTO {dst}"), "350", what="RNFR", not_found=True)
+            await self._cmd((f"RNFR {src}", f"RNTO {dst}"), "350", not_found=True)
         except RemoteError:
             if not self.broken:
                 await self._cmd(None, what="RNTO")  # its answer to a refused RNFR (503)
@@ -636,7 +598,7 @@ class FtpClient(RemoteClient):
             folder = "/".join(parts[:i])
             if folder and folder not in self._dirs:
                 try:
-                    await self._cmd(f"MKD {folder}", "257", what="MKD")
+                    await self._cmd(f"MKD {folder}", "257")
                 except RemoteError:
                     if self.broken:
                         raise

@@ -48,8 +48,3 @@ def join(directory: str, name: str) -> str:
     if not directory or directory == ".":
         return name
     return directory.rstrip("/") + "/" + name if directory != "/" else "/" + name
-
-
-def safe_relative(rel: str) -> bool:
-    """A relative remote path made of safe components only."""
-    return bool(rel) and not rel.startswith("/") and all(unsafe_reason(p) is None for p in rel.split("/"))

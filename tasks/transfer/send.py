@@ -95,7 +95,8 @@ async def send_batch(client: RemoteClient, files: Sequence[Outgoing], *, log: lo
         whole = [i for (i, _), why in zip(uploaded, short, strict=True) if why is None]
         for (i, _), why in zip(uploaded, short, strict=True):
             if why is not None:
-                await _discard(client, files[i].temp)
+                with contextlib.suppress(TransferError):
+                    await client.delete(files[i].temp)
                 outcomes[i] = IntegrityError(why)
         for i, failed in zip(whole, await client.renames([(files[i].temp, files[i].final) for i in whole]), strict=True):
             outcomes[i] = failed or files[i].final
@@ -155,8 +156,3 @@ async def _upload(client: RemoteClient, item: Outgoing, opened: Opened | OSError
     finally:
         if f is not None:
             f.close()
-
-
-async def _discard(client: RemoteClient, tmp: str) -> None:
-    with contextlib.suppress(TransferError):
-        await client.delete(tmp)

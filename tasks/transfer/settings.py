@@ -7,6 +7,7 @@ errors naming the key, never surprises at 3 a.m.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import ipaddress
 import urllib.parse
@@ -38,11 +39,7 @@ def parse_proxy(value: str) -> Proxy:
         port = url.port
     except ValueError:
         raise ValueError("proxy: not a valid URL like \"socks5://host:1080\"") from None
-    scheme = url.scheme.lower()
-    if scheme in ("socks5h", "socks"):
-        scheme = "socks5"
-    if scheme in ("socks4a",):
-        scheme = "socks4"
+    scheme = {"socks5h": "socks5", "socks": "socks5", "socks4a": "socks4"}.get(url.scheme.lower(), url.scheme.lower())
     if scheme not in PROXY_PORTS:
         raise ValueError(f"proxy: scheme must be socks5, socks4 or ftp, got {url.scheme!r}")
     if url.password is not None:
@@ -158,15 +155,10 @@ class ConnectionSettings:
 
     def secrets(self) -> list[str]:
         """Every secret value, for scrubbing error texts."""
-        found = []
-        for s in (self.password, self.proxy_password, self.key_passphrase):
-            if s:
-                found.append(s.reveal())
+        found = [s.reveal() for s in (self.password, self.proxy_password, self.key_passphrase) if s]
         if self.password_file is not None:
-            try:
+            with contextlib.suppress(ConfigError):
                 found.append(self.secret_password())
-            except ConfigError:
-                pass
         return [v for v in found if v]
 
     def describe(self) -> str:

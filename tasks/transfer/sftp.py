@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import stat as statmod
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import anyio
 import asyncssh
 
 from .base import OnBytes, RemoteClient, RemoteEntry, Sink, Source
-from .errors import AuthError, ConnectError, HostKeyError, NotFound, RemoteError, TransferError, scrub
+from .errors import AuthError, ConnectError, HostKeyError, NotFound, RemoteError, scrub
 from .names import check_name, join
 from .proxy import open_socket
 from .settings import ConnectionSettings
@@ -22,15 +21,14 @@ CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "chacha20-poly130
            "aes256-ctr", "aes192-ctr", "aes128-ctr")
 
 
+# asyncssh gives the type (SFTP v4+), or derives it from the permissions (v3)
 _TYPES = {asyncssh.FILEXFER_TYPE_REGULAR: "file", asyncssh.FILEXFER_TYPE_DIRECTORY: "dir",
           asyncssh.FILEXFER_TYPE_SYMLINK: "link"}
 
 
-def _entry_type(attrs: asyncssh.SFTPAttrs) -> str:
-    if attrs.type in _TYPES:
-        return _TYPES[attrs.type]
-    mode = attrs.permissions or 0
-    return "file" if statmod.S_ISREG(mode) else "dir" if statmod.S_ISDIR(mode) else "link" if statmod.S_ISLNK(mode) else "other"
+def _entry(name: str, path: str, a: asyncssh.SFTPAttrs) -> RemoteEntry:
+    return RemoteEntry(name, path, _TYPES.get(a.type, "other"), a.size,  # type: ignore[arg-type]
+                       float(a.mtime) if a.mtime is not None else None, True)
 
 
 class SftpClient(RemoteClient):
@@ -87,23 +85,19 @@ class SftpClient(RemoteClient):
         log.debug("connected to %s", s.describe())
         return cls(settings, log, conn, sftp)
 
-    def _wrap(self, e: Exception, what: str, path: str) -> TransferError:
-        if isinstance(e, asyncssh.SFTPNoSuchFile):
-            return NotFound(f"{what} {path}: no such file")
-        if isinstance(e, asyncssh.SFTPError):
-            return RemoteError(scrub(f"{what} {path}: {e.reason}", self.s.secrets()))
-        self.broken = True
-        reason = getattr(e, "reason", None) or str(e) or type(e).__name__
-        return ConnectError(scrub(f"{what} {path}: connection to {self.s.host} lost ({reason})", self.s.secrets()))
-
     @contextlib.contextmanager
-    def _errors(self, what: str, path: str):  # type: ignore[no-untyped-def]
+    def _errors(self, what: str, path: str) -> Iterator[None]:
+        """asyncssh's errors as ours: a refusal is a RemoteError, anything else breaks the session."""
         try:
             yield
-        except TransferError:
-            raise
+        except asyncssh.SFTPNoSuchFile:
+            raise NotFound(f"{what} {path}: no such file") from None
+        except asyncssh.SFTPError as e:
+            raise RemoteError(scrub(f"{what} {path}: {e.reason}", self.s.secrets())) from None
         except (asyncssh.Error, OSError, TimeoutError) as e:
-            raise self._wrap(e, what, path) from None
+            self.broken = True
+            why = getattr(e, "reason", None) or str(e) or type(e).__name__
+            raise ConnectError(scrub(f"{what} {path}: connection to {self.s.host} lost ({why})", self.s.secrets())) from None
 
     async def aclose(self) -> None:
         self._sftp.exit()
@@ -125,9 +119,7 @@ class SftpClient(RemoteClient):
                 continue
             if name in (".", "..") or not check_name(name, self.log, path):
                 continue
-            a = n.attrs
-            out.append(RemoteEntry(name, join(path, name), _entry_type(a), a.size,  # type: ignore[arg-type]
-                                   float(a.mtime) if a.mtime is not None else None, True))
+            out.append(_entry(name, join(path, name), n.attrs))
         return out
 
     async def stat(self, path: str) -> RemoteEntry | None:
@@ -136,12 +128,7 @@ class SftpClient(RemoteClient):
                 a = await self._sftp.stat(path.encode(self.s.encoding))
         except NotFound:
             return None
-        name = path.rstrip("/").rsplit("/", 1)[-1]
-        return RemoteEntry(name, path, _entry_type(a), a.size, float(a.mtime) if a.mtime is not None else None, True)  # type: ignore[arg-type]
-
-    async def mtime(self, path: str) -> float | None:
-        e = await self.stat(path)
-        return e.mtime if e else None
+        return _entry(path.rstrip("/").rsplit("/", 1)[-1], path, a)
 
     async def get(self, path: str, sink: Sink, offset: int = 0, size: int | None = None,
                   on_bytes: OnBytes | None = None) -> int:
