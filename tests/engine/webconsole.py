@@ -3,6 +3,7 @@ task (found by entry points, as any installed plugin), and an HTTP client with a
 
 from __future__ import annotations
 
+import functools
 import http.client
 import os
 import re
@@ -66,6 +67,7 @@ def plugin(root: Path) -> Path:
     return path
 
 
+@functools.cache  # a hash made by `http:passwd` once per password and test session: each takes a console start
 def password_hash(password: str) -> str:
     p = subprocess.run([str(CONSOLE), "http:passwd", "someone"], input=password + "\n", capture_output=True,
                        text=True, check=True)
