@@ -177,12 +177,16 @@ def test_kill_9_during_running_jobs_interrupts_then_reruns_once(site, tmp_path):
     site.write(JOBS_CONFIG.replace('retry_delay = "300ms"', 'retry_delay = "1h"'))
     runs = tmp_path / "runs"
     runs.mkdir()
-    # each attempt notes its pid and whether an earlier attempt of the same job is still alive
+    # each attempt notes its pid and whether an earlier attempt of the same job is still alive; a
+    # first attempt then runs until it is killed (60 s at most: an orphan the restart failed to end
+    # is still alive when the second attempt looks), a second one ends after 0.3 s. Before, every
+    # attempt slept 1.5 s: under load the first job ended before the test saw the third running.
     body = ("import os,sys,time; d=sys.argv[1]; n=sys.argv[2]; "
             "alive=lambda p: os.path.exists('/proc/'+p) and open('/proc/'+p+'/stat').read().rsplit(')',1)[1].split()[0] != 'Z'; "
             "prev=[p for p in os.listdir(d) if p.startswith(n+'-')]; "
             "alive=[p for p in prev if alive(p.split('-')[1])]; "
-            "open(os.path.join(d, n+'-'+str(os.getpid())),'w').write('overlap' if alive else 'ok'); time.sleep(1.5)")
+            "open(os.path.join(d, n+'-'+str(os.getpid())),'w').write('overlap' if alive else 'ok'); "
+            "time.sleep(60 if not prev else 0.3)")
     ids = [add(site, {"argv": [PY, "-c", body, str(runs), f"j{i}"]}) for i in range(3)]
     site.console("scheduler:start", check=True)
     for jid in ids:
@@ -301,16 +305,23 @@ def test_a_locked_job_store_delays_jobs_but_never_kills_the_daemon(site, tmp_pat
     out = tmp_path / "out"
     site.console("scheduler:start", check=True)
     pid = site.pid()
-    a = add(site, {"argv": ["sh", "-c", f"sleep 1; echo a >> {out}"]})
+    go = tmp_path / "go"
+    # job a ends once the test holds the lock (before: `sleep 1`, which under load ended and was
+    # saved before the locker process had the lock); bounded: 60 s at most
+    a = add(site, {"argv": ["sh", "-c", f"i=0; while [ ! -e {go} ] && [ $i -lt 1200 ]; do sleep 0.05; i=$((i+1)); done; "
+                                        f"echo a >> {out}"]})
     wait_state(site, a, "running")
-    locker = hold_write_lock(site.var / "state" / "jobs.db", 6)
+    # held until the checks below are done (before: 6 s, which under load ran out before the last check)
+    locker = hold_write_lock(site.var / "state" / "jobs.db", 60)
     try:
+        go.touch()
         site.wait_for(lambda: out.exists(), what="job a to end while the store is locked")
         site.wait_for(lambda: "saving ended job attempts: the store failed" in site.log(), what="the failed save")
         # the store calls wait in worker threads: the loop answers at once meanwhile
         assert max(ping_seconds(site) for _ in range(5)) < 0.5
         assert job(site, a)["state"] == "running"  # not saved yet, and not lost
     finally:
+        locker.terminate()  # the lock ends with the process (its transaction wrote nothing)
         locker.wait(10)
     assert wait_state(site, a, "finished")["summary"] == "exit 0"
     b = add(site, {"argv": ["sh", "-c", f"echo b >> {out}"]})
@@ -337,8 +348,9 @@ max_jobs = 5
             "open(sys.argv[1], 'a').write(f'{sys.argv[2]} {t0} {time.time()}\\n')")
     ids = [add(site, {"argv": [PY, "-c", body, str(out), str(i)]}) for i in range(12)]
     site.console("scheduler:start", check=True)
-    wait_state(site, ids[-1], "finished")
-    site.wait_for(lambda: all(j["state"] == "finished" for j in site.json("job:list")), what="every job finished")
+    # 12 Python children, two at a time, two drains: ~3 s here, over 20 s at load 14 (the old bound)
+    wait_state(site, ids[-1], "finished", timeout=90)
+    site.wait_for(lambda: all(j["state"] == "finished" for j in site.json("job:list")), 30, "every job finished")
     spans = sorted((float(t0), float(t1), label) for label, t0, t1 in (line.split() for line in out.read_text().splitlines()))
     assert sorted(label for _, _, label in spans) == sorted(str(i) for i in range(12))  # each ran once
     for n in (5, 10):  # the 6th and the 11th jobs start once the jobs before them ended
