@@ -103,7 +103,8 @@ def run_one(config: Any, name: str, *, progress: bool = False) -> int:
     tc = config.tasks[name]
     lock = TaskLock(sch.state_dir / "locks", name)
     if not lock.try_acquire("task:run"):
-        print(f"console task:run: task {name} is running an iteration elsewhere ({lock.holder()}); try again later",
+        print(f"console task:run: task {name} is running an iteration elsewhere ({lock.holder() or 'the daemon'}); "
+              "try again later",
               file=sys.stderr)
         lock.close()
         return BUSY
