@@ -62,6 +62,8 @@ CREATE TABLE jobs (
 );
 -- what a claim scans: the ready jobs of one queue in priority order
 CREATE INDEX jobs_ready ON jobs (queue, priority DESC, id) WHERE state IN ('waiting', 'interrupted');
+-- when a queue's next job becomes due (next_due; migration 0005)
+CREATE INDEX jobs_due ON jobs (queue, next_attempt_at) WHERE state IN ('waiting', 'interrupted');
 CREATE INDEX jobs_state ON jobs (state, finished);
 CREATE INDEX jobs_running_node ON jobs (node) WHERE state = 'running';
 

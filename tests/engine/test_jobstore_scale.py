@@ -90,3 +90,67 @@ def test_a_paused_queue_is_looked_at_once_not_per_waiting_job(tmp_path: Path) ->
     large = steps_of_a_paused_queue(tmp_path / "large", 20_000)
     for what in small:
         assert large[what] <= small[what] * 1.2 + 50, (what, small[what], large[what], sqlite3.sqlite_version)
+
+
+# --- the same on PostgreSQL: shared buffers a statement touches ----------------------------------
+# Counted from EXPLAIN (ANALYZE, BUFFERS) of the store's own statements (queries.sql, with the
+# parameters PgJobStore passes): shared blocks hit + read while the statement ran, as steady as
+# SQLite's VM steps. Each is counted under the plan PostgreSQL makes for the values (a custom
+# plan) and under the generic plan a prepared statement gets after psycopg's fifth execution;
+# the larger counts. Before migration 0005 and the loose index scan: next_due read every ready
+# job of the queue through jobs_ready, queues_with_work every ready job of the table (20,000
+# queued: ~270 blocks against ~20 at 1,000).
+
+def pg_buffers(conn, name: str, params: dict[str, object]) -> int:
+    """Shared blocks the statement `name` touched once (the fewest of three runs: the first may
+    also read catalogs)."""
+    from schedulerd.pgstore import QUERIES
+
+    counts = []
+    for _ in range(3):
+        row = conn.execute(f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {QUERIES[name]}", params).fetchone()
+        top = row[0][0]["Plan"]
+        counts.append(top["Shared Hit Blocks"] + top["Shared Read Blocks"])
+    return min(counts)
+
+
+def pg_blocks_of_a_cycle(pg_server, queued: int) -> dict[str, int]:
+    """Shared blocks of the dispatcher's statements with `queued` no-op jobs waiting in `default`
+    (and a few in three other queues, four running: what queues_with_work jumps between)."""
+    import psycopg
+
+    from schedulerd.jobstore import WAITING
+    from tests.pgserver import PASSWORD
+
+    db = pg_server.database()
+    try:
+        pg_server.sql("INSERT INTO jobs (type, queue, payload) SELECT 'noop', 'default', '{}' "
+                      f"FROM generate_series(1, {queued})", db)
+        pg_server.sql("INSERT INTO jobs (type, queue, payload) SELECT 'noop', 'q' || (i % 3), '{}' "
+                      "FROM generate_series(1, 30) i", db)
+        pg_server.sql("INSERT INTO jobs (type, queue, payload, state, attempts, node, started) "
+                      "SELECT 'noop', 'r', '{}', 'running', 1, 'n0', now() FROM generate_series(1, 4)", db)
+        blocks: dict[str, int] = {}
+        for mode in ("auto", "force_generic_plan"):
+            with psycopg.connect(pg_server.url(db), password=PASSWORD, autocommit=True) as conn:
+                conn.execute(f"SET plan_cache_mode = {mode}")
+                calls: dict[str, dict[str, object]] = {
+                    "claim_jobs": {"queue": "default", "node": "n1", "limit": 4, "to": "running",
+                                   "from": [s.value for s in WAITING]},
+                    "next_due": {"queue": "default", "since": 0.0},
+                    "queues_with_work": {},
+                }
+                for name, params in calls.items():
+                    blocks[name] = max(blocks.get(name, 0), pg_buffers(conn, name, params))
+        return blocks
+    finally:
+        pg_server.drop(db)
+
+
+def test_on_postgresql_a_claim_the_next_due_time_and_the_queues_with_work_cost_the_same_at_1000_and_20000_queued(
+        pg_server) -> None:
+    small = pg_blocks_of_a_cycle(pg_server, 1_000)
+    large = pg_blocks_of_a_cycle(pg_server, 20_000)
+    for what in small:
+        # the same index seeks; a B-tree one level deeper adds a block per seek
+        assert large[what] <= small[what] * 1.2 + 10, (what, small, large)

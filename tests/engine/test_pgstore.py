@@ -54,6 +54,8 @@ def test_store_migrate_creates_the_schema_then_is_idempotent(pg_site, pg_server)
     whole = pg_server.database(template="template0")
     pg_server.sql(files("schedulerd.pgstore").joinpath("schema.sql").read_text(), whole)
     assert catalog(pg_server, whole) == catalog(pg_server, db) != []
+    indexes = "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = 'public' ORDER BY 1"
+    assert pg_server.sql(indexes, whole) == pg_server.sql(indexes, db)  # partial indexes' predicates too
 
 
 def test_a_newer_schema_is_refused_by_the_cli_and_the_daemon(pg_site, pg_server, pg_database) -> None:
