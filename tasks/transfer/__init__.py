@@ -29,17 +29,17 @@ async def connect(settings: ConnectionSettings, log: logging.Logger, *, retries:
     else:
         from .ftp import FtpClient as impl  # type: ignore[assignment]
     delay = settings.retry_delay
-    for attempt in range(retries + 1):
+    for attempt in range(retries):
         try:
             return await impl.open(settings, log)
         except TransferError as e:
-            if e.permanent or attempt >= retries:
+            if e.permanent:
                 raise
             log.warning("connecting to %s failed: %s; retry %d/%d in %.1fs",
                         settings.describe(), e, attempt + 1, retries, delay)
         await anyio.sleep(delay)
         delay *= 2
-    raise AssertionError("unreachable")  # pragma: no cover
+    return await impl.open(settings, log)  # the last attempt: its error is the caller's
 
 
 async def extra_session(settings: ConnectionSettings, log: logging.Logger, parallel: int) -> RemoteClient | None:

@@ -1,6 +1,7 @@
-"""Download one remote file safely: hidden temp beside the target, resume, size check, fsync, rename.
-A half file is never visible under its final name; an interrupted download resumes from the
-temp file when the remote file is unchanged (the temp name carries a digest of its path, size, time)."""
+"""Download remote files safely: `download` each to a hidden temp beside its target (resumed, size
+checked), then `commit` the batch (one syncfs, then the names). A half file is never visible under
+its final name; an interrupted download resumes from the temp file when the remote file is
+unchanged (the temp name carries a digest of its path, size, time)."""
 
 from __future__ import annotations
 
@@ -90,17 +91,9 @@ class Downloaded:
 SMALL_FILE = 512 * 1024  # at most this is downloaded to memory, written with its batch by `commit`
 
 
-async def download(
-    client: RemoteClient,
-    entry: RemoteEntry,
-    target: Path,
-    *,
-    on_exists: OnExists = "rename",
-    log: logging.Logger,
-    on_bytes: OnBytes | None = None,
-    part: Path | None = None,
-    part_exists: bool | None = None,
-) -> Downloaded | None:
+async def download(client: RemoteClient, entry: RemoteEntry, target: Path, *,
+                   on_exists: OnExists = "rename", log: logging.Logger, on_bytes: OnBytes | None = None,
+                   part: Path | None = None, part_exists: bool | None = None) -> Downloaded | None:
     """Download `entry` to its hidden temp beside `target` (resuming), check its size; None when skipped.
 
     `part` (`part_path` of target and entry) and `part_exists` (whether it is there),
@@ -170,25 +163,6 @@ def _restart(f: BinaryIO) -> None:
 def _flushed_size(f: BinaryIO) -> int:
     f.flush()
     return os.fstat(f.fileno()).st_size
-
-
-async def fetch(
-    client: RemoteClient,
-    entry: RemoteEntry,
-    target: Path,
-    *,
-    on_exists: OnExists = "rename",
-    log: logging.Logger,
-    on_bytes: OnBytes | None = None,
-) -> Path | None:
-    """Download `entry` to `target` (see module doc), a batch of one. None when skipped."""
-    d = await download(client, entry, target, on_exists=on_exists, log=log, on_bytes=on_bytes)
-    if d is None:
-        return None
-    await commit([d])
-    if d.error is not None:
-        raise d.error
-    return d.result
 
 
 def _open_part(part: Path, size: int | None) -> tuple[BinaryIO, int]:

@@ -70,19 +70,15 @@ class SocketConn:
 Conn = SocketConn | TlsConn  # one data path: TLS is a wrapper around the same socket
 
 
-class _DataLost(Exception):  # the data connection failed (its `__cause__`), not the local side
-    pass
-
-
 def _matches(code: str, masks: str | tuple[str, ...]) -> bool:
     """Masks like "2xx", "33x", "350": an "x" (always last) matches any digit."""
     return code.startswith(tuple(m.rstrip("x") for m in ((masks,) if isinstance(masks, str) else masks)))
 
 
 def _private(host: str) -> bool:
+    """Not a global address: private, loopback, link-local, unspecified, reserved..."""
     with contextlib.suppress(ValueError):
-        ip = ipaddress.ip_address(host)
-        return ip.is_unspecified or ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_reserved
+        return not ipaddress.ip_address(host).is_global
     return False
 
 
@@ -192,13 +188,9 @@ class FtpClient(RemoteClient):
     async def _feat(self) -> None:
         try:
             _, info = await self._cmd("FEAT", "2xx")
-        except RemoteError:
-            if self.broken:
-                raise
+        except RemoteError:  # a refusal: the session is fine (a lost one is a ConnectError)
             return
-        for line in info[1:]:
-            if word := line.strip().split(" ", 1)[0].upper():
-                self._features.add(word)
+        self._features = {line.split()[0].upper() for line in info[1:] if line.strip()}
         self._mlsd = "MLST" in self._features
 
     async def _line(self) -> str:
@@ -241,7 +233,8 @@ class FtpClient(RemoteClient):
                 if "\r" in one or "\n" in one:
                     raise ValueError("a command must not contain CR or LF")
                 if PROTOCOL_LOG.isEnabledFor(logging.DEBUG):
-                    PROTOCOL_LOG.debug("%s> %s", self.s.host, one[:5] + "********" if one[:5] in ("PASS ", "ACCT ") else one)
+                    shown = one[:5] + "********" if one[:5] in ("PASS ", "ACCT ") else one
+                    PROTOCOL_LOG.debug("%s> %s", self.s.host, shown)
             if lines:
                 await self._control.sendall("".join(one + "\r\n" for one in lines).encode(self.s.encoding))
             code, info = await self._reply()
@@ -281,8 +274,6 @@ class FtpClient(RemoteClient):
                     return self._data_host, int(m.group(2)), early
                 raise self._error(RemoteError, f"EPSV: cannot parse reply {info[-1][:100]!r}")
             except RemoteError as e:
-                if self.broken:
-                    raise
                 if early:  # the command came with no data connection announced: its refusal is read
                     try:
                         await self._cmd(None, ("4xx", "5xx"), what=then.split(" ")[0])  # type: ignore[union-attr]
@@ -343,15 +334,14 @@ class FtpClient(RemoteClient):
         try:
             await self._cmd(f"REST {offset}", "350")
         except RemoteError:
-            if self.broken:
-                raise
             raise ResumeUnsupported(f"{self.s.host} does not resume transfers (REST refused)") from None
 
     async def _transfer(self, command: str, job: Callable[[Conn], Awaitable[int]], *, offset: int = 0,
                         not_found: bool = False, upload: bool = False) -> int:
         """`command` over a new data connection; `job(conn)` moves the bytes. The data connection's
-        failure is a ConnectError (the session is out of step: broken); `job`'s own errors (the
-        local file) come out unchanged, the session broken too (the server still waits)."""
+        failure (an OSError, a TLS error) is a ConnectError; the errors of `job`'s sink or source
+        (TransferErrors: the local file) come out unchanged. Either way the session is broken
+        (out of step: the server still waits)."""
         if self.broken:
             raise self._error(ConnectError, f"connection to {self.s.host} is broken")
         what = command.split(" ", 1)[0]
@@ -386,12 +376,9 @@ class FtpClient(RemoteClient):
                 await self._beside_1xx(command, what, not_found, establish)
             try:
                 n = await job(conns[0])
-                try:
-                    await conns[0].finish(upload=upload)
-                except NET_ERRORS as e:
-                    raise _DataLost() from e
-            except _DataLost as e:
-                raise self._data_lost(e.__cause__ or e, what) from None
+                await conns[0].finish(upload=upload)
+            except NET_ERRORS as e:
+                raise self._data_lost(e, what) from None
             except BaseException:
                 self.broken = True
                 raise
@@ -444,10 +431,7 @@ class FtpClient(RemoteClient):
         buf = memoryview(bytearray(room))
         got = fill = 0
         while True:
-            try:
-                k = await conn.recv_into(buf[fill:])
-            except NET_ERRORS as e:
-                raise _DataLost() from e
+            k = await conn.recv_into(buf[fill:])
             if k:
                 fill += k
                 got += k
@@ -522,9 +506,8 @@ class FtpClient(RemoteClient):
         except NotFound:
             return None
         except (RemoteError, ValueError, IndexError):
-            if self.broken:
-                raise
-        parent = path.rsplit("/", 1)[0] if "/" in path else "."  # no SIZE: ask the listing
+            pass  # no SIZE: ask the listing
+        parent = path.rsplit("/", 1)[0] if "/" in path else "."
         return next((e for e in await self.list(parent or "/") if e.name == name), None)
 
     async def get(self, path: str, sink: Sink, offset: int = 0, size: int | None = None,
@@ -537,10 +520,7 @@ class FtpClient(RemoteClient):
         async def send(conn: Conn) -> int:
             sent = 0
             while chunk := await source():
-                try:
-                    await conn.sendall(chunk)
-                except NET_ERRORS as e:
-                    raise _DataLost() from e
+                await conn.sendall(chunk)
                 sent += len(chunk)
                 if on_bytes:
                     on_bytes(len(chunk))
@@ -567,7 +547,7 @@ class FtpClient(RemoteClient):
         except NotFound:
             raise
         except RemoteError:
-            if self.broken or await self.stat(dst) is None:
+            if await self.stat(dst) is None:
                 raise
             await self.delete(dst)  # a server that does not replace: dst deleted, then the rename
             await self._rename(src, dst)
@@ -597,9 +577,6 @@ class FtpClient(RemoteClient):
         for i in range(1, len(parts) + 1):
             folder = "/".join(parts[:i])
             if folder and folder not in self._dirs:
-                try:
+                with contextlib.suppress(RemoteError):
                     await self._cmd(f"MKD {folder}", "257")
-                except RemoteError:
-                    if self.broken:
-                        raise
                 self._dirs.add(folder)

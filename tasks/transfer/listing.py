@@ -105,16 +105,8 @@ def parse_dos_line(line: str, directory: str, zone: tzinfo) -> tuple[str, Remote
                              None if is_dir else int(m["size"]), d.timestamp(), False)
 
 
-def parse_listing(
-    data: bytes,
-    directory: str,
-    *,
-    mlsd: bool,
-    encoding: str = "utf-8",
-    zone: tzinfo = UTC,
-    log: logging.Logger,
-    now: datetime | None = None,
-) -> list[RemoteEntry]:
+def parse_listing(data: bytes, directory: str, *, mlsd: bool, encoding: str = "utf-8",
+                  zone: tzinfo = UTC, log: logging.Logger, now: datetime | None = None) -> list[RemoteEntry]:
     """All safe entries of one listing; bad lines and unsafe names are skipped with a warning."""
     now = now or datetime.now(UTC)
     entries: list[RemoteEntry] = []

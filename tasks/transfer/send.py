@@ -25,10 +25,6 @@ from .names import join, unsafe_reason
 PIECE = 1024 * 1024  # bytes read from the local file per worker-thread call
 
 
-def temp_name(name: str) -> str:
-    return f".{name}.part"
-
-
 Opened = tuple[BinaryIO | None, int, bytes]  # a local file (open while there is more), its size, its first piece
 
 
@@ -64,7 +60,7 @@ class Outgoing:
 
     @property
     def temp(self) -> str:
-        return join(self.remote_dir, temp_name(self.name))
+        return join(self.remote_dir, f".{self.name}.part")
 
     @property
     def final(self) -> str:

@@ -39,7 +39,8 @@ def parse_proxy(value: str) -> Proxy:
         port = url.port
     except ValueError:
         raise ValueError("proxy: not a valid URL like \"socks5://host:1080\"") from None
-    scheme = {"socks5h": "socks5", "socks": "socks5", "socks4a": "socks4"}.get(url.scheme.lower(), url.scheme.lower())
+    scheme = url.scheme.lower()
+    scheme = {"socks5h": "socks5", "socks": "socks5", "socks4a": "socks4"}.get(scheme, scheme)
     if scheme not in PROXY_PORTS:
         raise ValueError(f"proxy: scheme must be socks5, socks4 or ftp, got {url.scheme!r}")
     if url.password is not None:
@@ -99,8 +100,6 @@ class ConnectionSettings:
     def check(self) -> None:
         if self.password is not None and self.password_file is not None:
             raise ValueError("password_file: set either password or password_file, not both")
-        if self.password_file is not None and not self.password_file.is_file():
-            raise ValueError(f"password_file: no such file {self.password_file}")
         try:
             zoneinfo.ZoneInfo(self.server_timezone)
         except (zoneinfo.ZoneInfoNotFoundError, ValueError):
@@ -121,17 +120,13 @@ class ConnectionSettings:
                 ipaddress.ip_address(self.active_address)
             except ValueError:
                 raise ValueError(f"active_address: not an IP address: {self.active_address!r}") from None
-        if self.ca_file is not None and not self.ca_file.is_file():
-            raise ValueError(f"ca_file: no such file {self.ca_file}")
-        if self.protocol == "sftp":
-            if self.known_hosts is None:
-                raise ValueError('known_hosts: required for sftp (a known_hosts file, or "off" to accept any host key)')
-            if isinstance(self.known_hosts, Path) and not self.known_hosts.is_file():
-                raise ValueError(f"known_hosts: no such file {self.known_hosts}")
-            if self.key_file is not None and not self.key_file.is_file():
-                raise ValueError(f"key_file: no such file {self.key_file}")
-        elif self.key_file is not None or self.known_hosts is not None:
+        if self.protocol == "sftp" and self.known_hosts is None:
+            raise ValueError('known_hosts: required for sftp (a known_hosts file, or "off" to accept any host key)')
+        if self.protocol != "sftp" and (self.key_file is not None or self.known_hosts is not None):
             raise ValueError("key_file: known_hosts and key_file apply to protocol = \"sftp\" only")
+        for key in ("password_file", "ca_file", "known_hosts", "key_file"):
+            if isinstance(path := getattr(self, key), Path) and not path.is_file():
+                raise ValueError(f"{key}: no such file {path}")
         if self.block_size < 4096 or self.block_size > 16 * 1024 * 1024:
             raise ValueError("block_size: must be from 4KB to 16MB")
 

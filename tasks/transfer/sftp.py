@@ -67,20 +67,18 @@ class SftpClient(RemoteClient):
             with anyio.fail_after(s.timeout * 2):
                 conn = await asyncssh.connect(s.host, s.port, sock=sock, **options)  # type: ignore[arg-type]
                 sftp = await conn.start_sftp_client()
-        except asyncssh.HostKeyNotVerifiable as e:
-            raise HostKeyError(scrub(f"SSH host key of {s.host}:{s.port} refused: {e.reason}", secrets)) from None
-        except asyncssh.PermissionDenied:
-            raise AuthError(f"SSH login to {s.host} as {s.user} refused") from None
-        except (asyncssh.Error, OSError, TimeoutError) as e:
+        except BaseException as e:
             if conn is not None:
                 conn.abort()
-            reason = getattr(e, "reason", None) or getattr(e, "strerror", None) or str(e) or type(e).__name__
-            raise ConnectError(scrub(f"SFTP connection to {s.host}:{s.port} failed: {reason}", secrets)) from None
-        except BaseException:
-            if conn is not None:
-                conn.abort()
-            if sock is not None:
+            elif sock is not None:  # not handed over to a connection yet
                 sock.close()
+            if isinstance(e, asyncssh.HostKeyNotVerifiable):
+                raise HostKeyError(scrub(f"SSH host key of {s.host}:{s.port} refused: {e.reason}", secrets)) from None
+            if isinstance(e, asyncssh.PermissionDenied):
+                raise AuthError(f"SSH login to {s.host} as {s.user} refused") from None
+            if isinstance(e, (asyncssh.Error, OSError, TimeoutError)):
+                reason = getattr(e, "reason", None) or getattr(e, "strerror", None) or str(e) or type(e).__name__
+                raise ConnectError(scrub(f"SFTP connection to {s.host}:{s.port} failed: {reason}", secrets)) from None
             raise
         log.debug("connected to %s", s.describe())
         return cls(settings, log, conn, sftp)
@@ -97,7 +95,8 @@ class SftpClient(RemoteClient):
         except (asyncssh.Error, OSError, TimeoutError) as e:
             self.broken = True
             why = getattr(e, "reason", None) or str(e) or type(e).__name__
-            raise ConnectError(scrub(f"{what} {path}: connection to {self.s.host} lost ({why})", self.s.secrets())) from None
+            text = f"{what} {path}: connection to {self.s.host} lost ({why})"
+            raise ConnectError(scrub(text, self.s.secrets())) from None
 
     async def aclose(self) -> None:
         self._sftp.exit()

@@ -347,6 +347,20 @@ def settings_for(server: FtpServer | SshServer, **overrides: object):  # type: i
     return build(ConnectionSettings, data, "test")
 
 
+async def fetch(client, entry, target: Path, *, log, on_bytes=None) -> Path | None:  # type: ignore[no-untyped-def]
+    """One remote file to `target` the way `ftp_pull` moves a batch: `download` (temp name, size
+    check), then `commit` (durable, then named); None when skipped."""
+    from tasks.transfer.fetch import commit, download
+
+    d = await download(client, entry, target, log=log, on_bytes=on_bytes)
+    if d is None:
+        return None
+    await commit([d])
+    if d.error is not None:
+        raise d.error
+    return d.result
+
+
 def task_table(server: FtpServer | SshServer, local: Path, ftp_subdir: str = "", **over: object) -> dict[str, object]:
     """A task's connection settings for one of these servers (SFTP uses its key and known_hosts)."""
     data: dict[str, object] = {"host": server.host, "port": server.port, "user": server.user, "timeout": 5,

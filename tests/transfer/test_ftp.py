@@ -10,9 +10,8 @@ from pathlib import Path
 import pytest
 
 from tasks.transfer import AuthError, ConnectError, NotFound, TransferError, connect, tls
-from tasks.transfer.fetch import fetch
 from tasks.transfer.send import send
-from tests.transfer.servers import FtpServer, settings_for
+from tests.transfer.servers import FtpServer, fetch, settings_for
 
 pytestmark = pytest.mark.anyio
 

@@ -11,9 +11,9 @@ import pytest
 
 from tasks.transfer import AuthError, HostKeyError, NotFound, connect
 from tasks.transfer.errors import LocalError
-from tasks.transfer.fetch import fetch, part_path
+from tasks.transfer.fetch import part_path
 from tasks.transfer.send import send
-from tests.transfer.servers import SshServer, settings_for
+from tests.transfer.servers import SshServer, fetch, settings_for
 
 pytestmark = pytest.mark.anyio
 
