@@ -32,16 +32,23 @@ then its consumer starts and the rate is read over a window of --window jobs fin
 consumer's jobs/s with D jobs behind it. The rest of the backlog is left when the consumer stops.
 
     .venv/bin/python bench/bench_jobs.py --depths 1000,10000,100000 --rounds 2    # --window 800 --skip 100
+
+`--store postgresql` (depth mode): our queue on PostgreSQL instead, on a server this script starts
+from Debian's binaries (tests/pgserver.py: initdb in a temp folder, loopback port, fsync and
+synchronous_commit off), a database per depth and round, the D jobs inserted by one INSERT ...
+SELECT; huey stays on SQLite (it has no PostgreSQL storage).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +92,11 @@ def noop():
 '''
 
 POLL = 0.02
+OUR_STORE = {
+    "sqlite": "a job row per job in SQLite (WAL, synchronous=NORMAL) with its attempts and states",
+    "postgresql": "a job row per job in PostgreSQL 'jobs' (fsync and synchronous_commit off) with its attempts "
+                  "and states, claimed FOR UPDATE SKIP LOCKED",
+}
 
 
 def summary(n: int, t_first_add: float, t_last_add: float, t_done: float, lat: list[float]) -> dict[str, Any]:
@@ -218,28 +230,81 @@ def window_rate(count: Any, skip: int, window: int, timeout: float, what: str) -
     return window / (t_to - t_from)
 
 
-def depth_ours(tmp: Path, depth: int, window: int, skip: int, workers: int, timeout: float) -> float:
-    from schedulerd.config import load
-    from schedulerd.jobstore import open_job_store
+FINISHED = "SELECT COUNT(*) FROM jobs WHERE state='finished'"
 
-    body = f"[jobs]\nkeep_finished = {depth}\n\n[jobs.types.noop]\nmax_attempts = 1\n\n" \
-           f"[queues.default]\nworkers = {workers}\n"
-    path = write_config(tmp / f"sd-depth{depth}-{ROUND[0]}", body)
-    config = load(path)
-    store = open_job_store(config.scheduler.state_dir)
-    try:
-        for start in range(0, depth, 10_000):
-            store.add_many([("noop", "default", {}, "")] * min(10_000, depth - start))
-    finally:
-        store.close()
-    with Reaper() as reaper:
-        daemon = start_daemon(reaper, path)
-        db = sqlite3.connect(config.scheduler.state_dir / "jobs.db", timeout=30)
+
+class SqliteQueue:
+    """Our queue in the daemon's jobs.db (the default store)."""
+
+    def section(self, depth: int) -> str:
+        return ""
+
+    def fill(self, path: Path, depth: int) -> None:
+        from schedulerd.config import load
+        from schedulerd.jobstore import open_job_store
+
+        store = open_job_store(load(path).scheduler.state_dir)
         try:
-            rate = window_rate(lambda: db.execute("SELECT COUNT(*) FROM jobs WHERE state='finished'").fetchone()[0],
-                               skip, window, timeout, f"schedulerd at depth {depth}")
+            for start in range(0, depth, 10_000):
+                store.add_many([("noop", "default", {}, "")] * min(10_000, depth - start))
+        finally:
+            store.close()
+
+    @contextlib.contextmanager
+    def finished(self, path: Path, depth: int) -> Iterator[Callable[[], int]]:
+        from schedulerd.config import load
+
+        db = sqlite3.connect(load(path).scheduler.state_dir / "jobs.db", timeout=30)
+        try:
+            yield lambda: db.execute(FINISHED).fetchone()[0]
         finally:
             db.close()
+
+
+class PgQueue:
+    """--store postgresql: one server for the run (tests/pgserver.py), a database per depth and round."""
+
+    def __init__(self) -> None:
+        from tests.pgserver import PASSWORD, start_server
+
+        os.environ["BENCH_PGPASS"] = PASSWORD  # the daemons' [store] password (child_env passes it on)
+        self.server = start_server()
+        self.dbs: dict[int, str] = {}
+
+    def section(self, depth: int) -> str:
+        self.dbs[depth] = self.server.database()
+        return f'[store]\nurl = "{self.server.url(self.dbs[depth])}"\npassword = "env:BENCH_PGPASS"\n\n'
+
+    def fill(self, path: Path, depth: int) -> None:
+        self.server.sql("INSERT INTO jobs (type, queue, payload) SELECT 'noop', 'default', '{}' "
+                        f"FROM generate_series(1, {depth})", self.dbs[depth])
+
+    @contextlib.contextmanager
+    def finished(self, path: Path, depth: int) -> Iterator[Callable[[], int]]:
+        import psycopg
+
+        s = self.server
+        with psycopg.connect(host=str(s.root), port=s.port, user="postgres", dbname=self.dbs[depth],
+                             autocommit=True) as conn:
+            yield lambda: conn.execute(FINISHED).fetchone()[0]  # type: ignore[index]
+        s.drop(self.dbs.pop(depth))
+
+    def close(self) -> None:
+        from tests.pgserver import remove
+
+        self.server.stop()
+        remove(self.server.root)
+
+
+def depth_ours(tmp: Path, queue: SqliteQueue | PgQueue, depth: int, window: int, skip: int, workers: int,
+               timeout: float) -> float:
+    body = f"{queue.section(depth)}[jobs]\nkeep_finished = {depth}\n\n[jobs.types.noop]\nmax_attempts = 1\n\n" \
+           f"[queues.default]\nworkers = {workers}\n"
+    path = write_config(tmp / f"sd-depth{depth}-{ROUND[0]}", body)
+    queue.fill(path, depth)
+    with Reaper() as reaper, queue.finished(path, depth) as finished:
+        daemon = start_daemon(reaper, path)
+        rate = window_rate(finished, skip, window, timeout, f"schedulerd at depth {depth}")
         code = reaper.stop(daemon, 60)
     if code != 0:
         raise RuntimeError(f"the daemon exited with {code}; see {tmp}/sd-depth{depth}-{ROUND[0]}/var/log")
@@ -265,7 +330,7 @@ def depth_huey(tmp: Path, depth: int, window: int, skip: int, workers: int, time
     return rate
 
 
-def run_depths(tmp: Path, a: argparse.Namespace) -> None:
+def run_depths(tmp: Path, a: argparse.Namespace, queue: SqliteQueue | PgQueue) -> None:
     depths = [int(d) for d in a.depths.split(",")]
     if min(depths) < a.skip + a.window:
         raise SystemExit(f"bench_jobs: --depths {a.depths}: each depth must hold --skip + --window = "
@@ -277,7 +342,7 @@ def run_depths(tmp: Path, a: argparse.Namespace) -> None:
     for r in range(a.rounds):
         ROUND[0] = r
         for d in depths:
-            ours[d].append(depth_ours(tmp, d, a.window, a.skip, a.workers, a.timeout))
+            ours[d].append(depth_ours(tmp, queue, d, a.window, a.skip, a.workers, a.timeout))
             theirs[d].append(depth_huey(tmp, d, a.window, a.skip, a.workers, a.timeout))
             print(f"round {r + 1} depth {d:>7}: schedulerd {ours[d][-1]:7.0f} jobs/s   huey {theirs[d][-1]:7.0f} jobs/s",
                   flush=True)
@@ -319,13 +384,21 @@ def main() -> int:
     ap.add_argument("--depths", default="", help="queue depth mode: comma-separated numbers of jobs queued first")
     ap.add_argument("--window", type=int, default=800, help="depth mode: jobs/s over this many finished jobs")
     ap.add_argument("--skip", type=int, default=100, help="depth mode: finished jobs before the window starts")
+    ap.add_argument("--store", choices=("sqlite", "postgresql"), default="sqlite",
+                    help="depth mode: our queue's store (postgresql: a server started for the run)")
     a = ap.parse_args()
+    if a.store != "sqlite" and not a.depths:
+        ap.error(f"--store {a.store}: only with --depths (queue depth mode)")
     if a.depths:
         print(f"# bench_jobs  {machine()}")
-        print_sides("a job row per job in SQLite (WAL, synchronous=NORMAL) with its attempts and states",
-                    "a queue row and a result row in SQLite (WAL, synchronous=NORMAL)", "huey")
-        with tempdir("bench-jobs-", a.keep) as tmp:
-            run_depths(tmp, a)
+        print_sides(OUR_STORE[a.store], "a queue row and a result row in SQLite (WAL, synchronous=NORMAL)", "huey")
+        queue = PgQueue() if a.store == "postgresql" else SqliteQueue()
+        try:
+            with tempdir("bench-jobs-", a.keep) as tmp:
+                run_depths(tmp, a, queue)
+        finally:
+            if isinstance(queue, PgQueue):
+                queue.close()
         return 0
     n = a.jobs or (2000 if a.quick else 10_000)
     print(f"# bench_jobs  {machine()}")
