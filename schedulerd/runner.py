@@ -443,7 +443,7 @@ class TaskRunner:
 
     async def _iteration(self) -> bool | None:
         """One run_once under the per-task lock and the task's timeout; True ok, False failed."""
-        if not self.lock.try_acquire("daemon"):
+        if not self.lock.try_acquire():  # the daemon leaves no holder's note: task:run knows it
             self.log.warning("iteration skipped: a one-shot task:run holds the lock (%s)", self.lock.holder())
             return None
         generation = self.lease.generation if self.lease is not None else None

@@ -14,6 +14,7 @@ lock; the daemon's iterations write nothing.
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import os
 import struct
@@ -44,12 +45,22 @@ def _byte(name: str) -> int:
     return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "big") >> 2
 
 
+@functools.cache
+def _locks_file(lock_dir: Path) -> Path:
+    return lock_dir / LOCKS_FILE  # one Path for all the tasks' locks, not one per task
+
+
 class TaskLock:
     def __init__(self, lock_dir: Path, name: str):
-        self.path = lock_dir / LOCKS_FILE
-        self.note = lock_dir / f"{name}.holder"
+        self.path = _locks_file(lock_dir)
+        self.name = name
         self._byte = _byte(name)
         self._fd: int | None = None  # open while the lock is held
+        self._noted = False  # a holder's note was left (removed at release)
+
+    @property
+    def note(self) -> Path:
+        return self.path.parent / f"{self.name}.holder"
 
     def _open(self) -> int:
         try:
@@ -69,6 +80,7 @@ class TaskLock:
             os.close(fd)
             return False
         self._fd = fd
+        self._noted = bool(holder)
         if holder:
             self.note.write_text(f"{os.getpid()} {holder}"[:HOLDER_WIDTH])
         return True
@@ -87,7 +99,8 @@ class TaskLock:
         if self._fd is not None:
             fd, self._fd = self._fd, None
             try:
-                self.note.unlink(missing_ok=True)
+                if self._noted:
+                    self.note.unlink(missing_ok=True)
             finally:
                 os.close(fd)
 
