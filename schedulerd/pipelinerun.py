@@ -141,9 +141,11 @@ def advance(store: PipelineStore, config: Config, run: RunRow) -> set[str]:
                 out = step.filter.apply(items) if step.filter is not None else []
                 if not store.finish_step(run, step.name, len(items), out, started=False):
                     return set()
-            else:
-                store.start_step(run, step.name, len(items), part_jobs(config, pc, run, items))
+            elif store.start_step(run, step.name, len(items), part_jobs(config, pc, run, items)):
                 return {pc.queue(run.step)}
+            else:  # a lost race, no error: another node started the step (or moved the run) first
+                log.debug("pipeline %s run %d: step %s was started by another node", run.pipeline, run.id, step.name)
+                return set()
         elif row.state is StepState.RUNNING:
             counts, error = store.part_states(run)
             if error is not None:

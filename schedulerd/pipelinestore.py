@@ -58,6 +58,12 @@ SQLITE_DUE_INDEX = "CREATE UNIQUE INDEX IF NOT EXISTS pipeline_runs_due ON pipel
 # is not made (another node of the cluster made it); other runs have no due time (NULLs never conflict)
 INSERT_RUN = ("INSERT INTO pipeline_runs(pipeline, trigger, state, step, steps, input, created, due) "
               "VALUES (?,?,?,0,?,?,?,?) ON CONFLICT DO NOTHING RETURNING id")
+# a step's row, unless it has one (a node that started it, maybe at the same moment: on PostgreSQL
+# the insert waits for that node's transaction, then does nothing) or its run moved on or ended
+# (SQLite: an INSERT ... SELECT with ON CONFLICT needs the WHERE it has here)
+START_STEP = ("INSERT INTO pipeline_steps(run, step, name, state, items_in, parts, started) SELECT ?,?,?,?,?,?,? "
+              "WHERE EXISTS (SELECT 1 FROM pipeline_runs WHERE id=? AND step=? AND state=?) "
+              "ON CONFLICT DO NOTHING RETURNING step")
 SQLITE_INSERT_JOB = ("INSERT INTO jobs(type, queue, payload, title, max_attempts, next_attempt_at, state, created) "
                      "VALUES (?,?,?,?,?,?,'waiting',?) RETURNING id")
 # every part's job and its pipeline_parts row in one statement (the job's payload says its part)
@@ -241,14 +247,15 @@ class PipelineStore:
             return True
 
     def start_step(self, run: RunRow, name: str, items_in: int, jobs: Sequence[PartJob]) -> bool:
-        """The step's row, its parts and their jobs, in one transaction; False when it exists.
+        """The step's row, its parts and their jobs, in one transaction; False when the step has
+        its row (another node of the cluster started it, even at the same moment: the insert waits
+        for the other transaction and does nothing) or the run is no longer running at this step.
         The rows go in with one statement each (executemany, or one on PostgreSQL), not one per item."""
+        now = time.time()
         with self.transaction() as c:
-            if c.execute("SELECT 1 FROM pipeline_steps WHERE run=? AND step=?", (run.id, run.step)).fetchone():
+            if c.execute(START_STEP, (run.id, run.step, name, StepState.RUNNING.value, items_in, len(jobs), now,
+                                      run.id, run.step, RunState.RUNNING.value)).fetchone() is None:
                 return False
-            now = time.time()
-            c.execute("INSERT INTO pipeline_steps(run, step, name, state, items_in, parts, started) "
-                      "VALUES (?,?,?,?,?,?,?)", (run.id, run.step, name, StepState.RUNNING.value, items_in, len(jobs), now))
             if jobs:
                 (self._insert_parts_pg if self._pg is not None else self._insert_parts_sqlite)(c, run, jobs, now)
             return True

@@ -5,6 +5,7 @@ read from the run's rows even after the retention purged the parts' jobs."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -114,3 +115,51 @@ def test_a_jobs_db_made_before_due_times_gets_the_key(tmp_path: Path) -> None:
         assert pipelines.create_scheduled_run("p", ["0:noop"], [], 5.0) is None
     finally:
         pipelines.close()
+
+
+def test_two_nodes_starting_one_step_at_once_start_it_once_and_the_loser_raises_nothing(
+        tmp_path: Path, pg_server: Any, pg_database: str, caplog: pytest.LogCaptureFixture) -> None:
+    """Two nodes' drivers (two stores, each its own pool) advance one run at the same moment: both
+    read that the step has no row, both insert it. The race is made certain by a lock on
+    pipeline_steps held until both wait for it. The step starts once, with one job per part, and
+    the node that lost says so at debug level only (before: a unique violation, logged by the
+    driver as "could not advance" with its traceback)."""
+    import logging
+    from concurrent.futures import ThreadPoolExecutor
+
+    from schedulerd.config import load
+    from schedulerd.pgstore import connect
+    from schedulerd.pipelinerun import advance
+
+    settings = store_settings(pg_server, pg_database)
+    (tmp_path / "s.toml").write_text('[pipelines.p]\nsteps = [{ type = "noop", parallel = 2 }]\n')
+    config = load(tmp_path / "s.toml")
+    nodes = [open_pipeline_store(tmp_path, settings) for _ in range(2)]
+    waiting = ("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+               "AND wait_event_type = 'Lock'")
+    try:
+        run = nodes[0].run(nodes[0].create_run("p", "manual", ["0:noop"], _items(3)))
+        caplog.set_level(logging.DEBUG, "schedulerd.pipelines")
+        with connect(settings, "test") as lock, ThreadPoolExecutor(2) as pool:
+            try:
+                lock.execute("LOCK TABLE pipeline_steps IN EXCLUSIVE MODE")  # reads pass, inserts wait
+                done = [pool.submit(advance, node, config, run) for node in nodes]
+                deadline = time.monotonic() + 20
+                while pg_server.sql(waiting, pg_database)[0][0] < 2:  # a new session: fresh statistics
+                    assert time.monotonic() < deadline and not any(f.done() for f in done), \
+                        [f.exception() for f in done if f.done()]
+                    time.sleep(0.02)
+            finally:
+                lock.rollback()  # the lock goes: both inserts go on
+            woken = [f.result(timeout=20) for f in done]  # neither raised
+        assert sorted(woken, key=len) == [set(), {"pipeline.p.0"}]  # the winner wakes the step's queue
+        said = [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "schedulerd.pipelines"]
+        assert said == [(logging.DEBUG, "pipeline p run 1: step 0:noop was started by another node")], said
+        steps = nodes[0].steps(run.id)
+        assert [(s.step, s.parts) for s in steps] == [(0, 3)]
+        with nodes[0].transaction() as c:
+            assert c.execute("SELECT count(*) FROM jobs").fetchone()[0] == 3
+            assert c.execute("SELECT count(*) FROM pipeline_parts").fetchone()[0] == 3
+    finally:
+        for node in nodes:
+            node.close()
