@@ -82,6 +82,12 @@ def _private(host: str) -> bool:
     return False
 
 
+def _size(info: list[str]) -> int | None:
+    """The size in a 213 reply to SIZE: its last word that is a number (`213 1234`, and worded ones
+    like `213 File size: 1234`); None when it holds none."""
+    return next((int(w) for w in reversed(info[-1].split()) if w.isdecimal()), None)
+
+
 _EPSV = re.compile(r"\(([!-~])\1\1(\d+)\1\)")
 _PASV = re.compile(r"(\d+),(\d+),(\d+),(\d+),(\d+),(\d+)")
 
@@ -502,11 +508,12 @@ class FtpClient(RemoteClient):
         name = path.rstrip("/").rsplit("/", 1)[-1]
         try:
             _, info = await self._cmd(f"SIZE {path}", "213", not_found=True)
-            return RemoteEntry(name, path, "file", int(info[-1].split()[-1]), None, False)
+            if (size := _size(info)) is not None:
+                return RemoteEntry(name, path, "file", size, None, False)
         except NotFound:
             return None
-        except (RemoteError, ValueError, IndexError):
-            pass  # no SIZE: ask the listing
+        except RemoteError:
+            pass  # no SIZE (or no number in its reply): ask the listing
         parent = path.rsplit("/", 1)[0] if "/" in path else "."
         return next((e for e in await self.list(parent or "/") if e.name == name), None)
 
@@ -530,12 +537,12 @@ class FtpClient(RemoteClient):
 
     async def short_uploads(self, uploads: Sequence[tuple[str, int]]) -> list[str | None]:
         """A data connection cut short can look like a complete upload to the server: each stored
-        size from `SIZE` (pipelined); a refused or unreadable reply means the server cannot tell."""
+        size from `SIZE` (pipelined); a refusal, or a reply with no number, means the server cannot tell."""
         replies = await self._pipelined([f"SIZE {path}" for path, _ in uploads], "SIZE")
         short: list[str | None] = []
         for (path, sent), (code, info) in zip(uploads, replies, strict=True):
-            size = int(word) if code == "213" and (word := info[-1].strip()).isdigit() else sent
-            short.append(None if size == sent else f"{path}: remote size {size}, local size {sent}")
+            size = _size(info) if code == "213" else None
+            short.append(None if size in (None, sent) else f"{path}: remote size {size}, local size {sent}")
         return short
 
     async def delete(self, path: str) -> None:

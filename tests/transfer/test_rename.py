@@ -23,7 +23,8 @@ pytestmark = pytest.mark.anyio
 # pyftpdlib noting what it received; RNTO refused for names with "refuse", and onto an
 # existing file for names with "noreplace" (as servers that never replace do); SIZE
 # answers 1 for names with "short" (as after a data connection cut short); STOR of a name with
-# "drop" closes the session (as a server that goes away mid-batch)
+# "drop" closes the session (as a server that goes away mid-batch). With QUIRK_SIZE_WORDS, SIZE
+# answers in words (`213 File size: N`, as some servers do)
 QUIRKS = r"""
 import os, sys
 sys.path.insert(0, sys.argv.pop(1))
@@ -53,8 +54,12 @@ def make_handler(opts):
 
         def ftp_SIZE(self, path):
             self._note("SIZE", path)
+            words = "File size: " if os.environ.get("QUIRK_SIZE_WORDS") else ""
             if "short" in os.path.basename(path):  # as after a data connection cut short
-                self.respond("213 1")
+                self.respond(f"213 {words}1")
+                return None
+            if words and os.path.isfile(path):
+                self.respond(f"213 {words}{os.path.getsize(path)}")
                 return None
             return super().ftp_SIZE(path)
 
@@ -77,11 +82,12 @@ base.main()
 
 
 @contextlib.contextmanager
-def quirky(folder: Path) -> Iterator[tuple[FtpServer, Path]]:
+def quirky(folder: Path, **env: str) -> Iterator[tuple[FtpServer, Path]]:
+    """The quirky server; `env`: QUIRK_* switches (see QUIRKS)."""
     notes = folder / "notes.txt"
     folder.mkdir(parents=True, exist_ok=True)
     notes.touch()
-    with servers.pyftpd(folder, subclass=QUIRKS, env={"QUIRK_NOTES": str(notes)}) as server:
+    with servers.pyftpd(folder, subclass=QUIRKS, env={"QUIRK_NOTES": str(notes), **env}) as server:
         yield server, notes
 
 
@@ -133,10 +139,11 @@ async def test_server_that_never_replaces_gets_delete_then_rename(tmp_path: Path
     assert lines.index("DELE x-noreplace.bin") > lines.index("RNTO x-noreplace.bin")
 
 
-async def test_push_renames_only_files_whose_remote_size_matches(tmp_path: Path) -> None:
+@pytest.mark.parametrize("worded", [False, True], ids=["213 N", "213 File size: N"])
+async def test_push_renames_only_files_whose_remote_size_matches(tmp_path: Path, worded: bool) -> None:
     outbox = tmp_path / "outbox"
     made = local_files(outbox, ["a.bin", "b-short.bin", "c.bin"])
-    with quirky(tmp_path / "srv") as (server, notes):
+    with quirky(tmp_path / "srv", **({"QUIRK_SIZE_WORDS": "1"} if worded else {})) as (server, notes):
         data = {"host": server.host, "port": server.port, "user": server.user, "password": server.password,
                 "timeout": 5, "retries": 0, "local_dir": str(outbox), "remote_dir": "/up", "stable": 0}
         task = FtpPush(build(PushSettings, data, "tasks.dropbox"))
