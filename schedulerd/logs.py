@@ -81,9 +81,12 @@ REDACTOR = Redactor()
 
 
 def display_url(url: str) -> str:
-    """A URL as messages show it: scheme://host:port/path, without its user:password, each query
-    value replaced by stars (a webhook's URL may carry a token in either)."""
-    from urllib.parse import parse_qsl, urlsplit, urlunsplit  # here: the thin CLI imports this module
+    """A URL as messages show it: `scheme://host[:port]/… #1a2b3c4d`. A webhook's URL may carry a
+    token in its user:password, its path (Slack's /services/T/B/TOKEN, Discord's
+    /api/webhooks/ID/TOKEN) or its query, so none of them is shown; the first 8 hex digits of the
+    whole URL's SHA-256 tell URLs apart (the webhook ledger's key for the URL begins with them)."""
+    import hashlib
+    from urllib.parse import urlsplit  # here: the thin CLI imports this module
 
     try:
         parts = urlsplit(url)
@@ -91,19 +94,24 @@ def display_url(url: str) -> str:
     except ValueError:
         return "<a URL that does not parse>"
     netloc = (f"[{host}]" if ":" in host else host) + (f":{port}" if port is not None else "")
-    query = "&".join(f"{k}=********" for k, _ in parse_qsl(parts.query, keep_blank_values=True))
-    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+    hidden = "/…" if parts.path not in ("", "/") or parts.query or parts.fragment else parts.path
+    return f"{parts.scheme}://{netloc}{hidden} #{hashlib.sha256(url.encode()).hexdigest()[:8]}"
 
 
 def url_secrets(url: str) -> list[str]:
-    """The parts of a URL that may be secret, for REDACTOR: user:password, the password, the query
-    string and each of its values."""
-    from urllib.parse import parse_qsl, urlsplit
+    """The parts of a URL that may be secret, for REDACTOR: the URL itself, with and without its
+    user:password; the user:password and the password; the path with its query, the path, the
+    query string and each of its `key=value` pairs. Never a bare query value: `?wait=true` would
+    star the word 'true' in every log line."""
+    from urllib.parse import urlsplit, urlunsplit
 
     try:
         parts = urlsplit(url)
-        found = [parts.netloc.rpartition("@")[0], parts.password or "", parts.query]
-        found += [v for _, v in parse_qsl(parts.query, keep_blank_values=True)]
+        plain = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+        path_query = parts.path + (f"?{parts.query}" if parts.query else "")
+        found = [url, plain, parts.netloc.rpartition("@")[0], parts.password or "", path_query, parts.query]
+        found += [parts.path if parts.path != "/" else ""]
+        found += [pair for pair in re.split(r"[&;]", parts.query) if "=" in pair]
     except ValueError:
         return [url]
     return [v for v in found if v]

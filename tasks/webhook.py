@@ -8,7 +8,8 @@ never shown), `timeout` per request, `events` (empty: every event), `header`. Th
 attempt of the same job (kept in the job's state folder, as hashes). A 4xx answer other than 408
 and 429 fails the job for good, with the status and reason: retrying would get the same answer.
 A URL may carry credentials: `user:password@` is sent as HTTP Basic authentication, and logs,
-errors and summaries show a URL without them and with its query values starred (`display_url`).
+errors and summaries show a URL as `scheme://host:port/… #hash` (`display_url`): a token may be in its
+path too (Slack's, Discord's).
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ class Settings:
             raise ValueError('secret: needed to sign the bodies ("env:VAR", "file:PATH" or the secret itself)')
 
     def log_secrets(self) -> list[str]:
-        """The credentials and query values of the URLs: kept out of every log line (Config.secrets)."""
+        """The URLs and their secret-bearing parts (`url_secrets`): kept out of every log line (Config.secrets)."""
         return [v for url in self.urls for v in url_secrets(url)]
 
 

@@ -125,16 +125,46 @@ def test_refused_reload_logs_the_key_path_readably(site):
     assert "pw-Zx81-kept" not in log
 
 
-@pytest.mark.parametrize("url, shown", [
-    ("https://u:p%40ss@hooks.example.org:8443/a/b?token=T0K&x=1#frag", "https://hooks.example.org:8443/a/b?token=********&x=********"),
-    ("http://[::1]:9000/hook", "http://[::1]:9000/hook"),
-    ("https://hooks.example.org", "https://hooks.example.org"),
-    ("http://host:notaport/x", "<a URL that does not parse>"),
+@pytest.mark.parametrize("url, shown, secrets", [
+    ("https://u:p%40ss@hooks.example.org:8443/a/b?token=T0K&x=1#frag", "https://hooks.example.org:8443/…",
+     ["p%40ss", "T0K"]),
+    ("https://hooks.slack.com/services/T0001/B0002/XXXXsecretTOKENyyyy", "https://hooks.slack.com/…",
+     ["XXXXsecretTOKENyyyy", "T0001/B0002"]),
+    ("https://discord.com/api/webhooks/123456789/DiscordTok_en-42?wait=true", "https://discord.com/…",
+     ["DiscordTok_en-42", "123456789"]),
+    ("http://[::1]:9000/hook", "http://[::1]:9000/…", ["/hook"]),
+    ("https://hooks.example.org", "https://hooks.example.org", []),
+    ("https://hooks.example.org/", "https://hooks.example.org/", []),
 ])
-def test_display_url_drops_credentials_and_query_values(url: str, shown: str) -> None:
+def test_display_url_shows_scheme_host_and_port_and_a_hash_only(url: str, shown: str, secrets: list[str]) -> None:
+    """A webhook's token may be in its user:password, its path or its query: none is shown, and the
+    redactor hides the whole URL, its path and its query wherever they appear."""
+    import hashlib
+
     from schedulerd.logs import display_url, url_secrets
 
-    assert display_url(url) == shown
+    assert display_url(url) == f"{shown} #{hashlib.sha256(url.encode()).hexdigest()[:8]}"
     r = Redactor()
     r.add(url_secrets(url))
-    assert r.redact(f"posting to {url}").count("p%40ss") == 0 and "T0K" not in r.redact(url)
+    path = url.split("/", 3)[3] if url.count("/") > 2 else ""
+    for text in (f"posting to {url}", f"POST /{path} failed", display_url(url)):
+        for secret in secrets:
+            assert secret not in r.redact(text), (secret, r.redact(text))
+
+
+def test_display_url_tells_urls_apart_and_says_when_one_does_not_parse() -> None:
+    from schedulerd.logs import display_url
+
+    a, b = "https://hooks.slack.com/services/T1/B1/aaaa", "https://hooks.slack.com/services/T1/B1/bbbb"
+    assert display_url(a) != display_url(b) and display_url(a) == display_url(a)
+    assert display_url("http://host:notaport/x") == "<a URL that does not parse>"
+
+
+def test_a_query_value_that_is_a_common_word_is_not_starred_elsewhere() -> None:
+    """`?wait=true`: the URL, its query and `wait=true` are hidden, the word 'true' elsewhere is not."""
+    from schedulerd.logs import url_secrets
+
+    r = Redactor()
+    r.add(url_secrets("https://discord.com/api/webhooks/1/tok?wait=true&x=1"))
+    assert r.redact("argv: ['true'] exited 0; retry = true") == "argv: ['true'] exited 0; retry = true"
+    assert "true" not in r.redact("posted with ?wait=true&x=1 and wait=true")

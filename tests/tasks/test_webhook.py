@@ -142,7 +142,7 @@ def test_a_webhook_urls_credentials_and_token_show_nowhere(site: Site, hook_fact
     monkeypatch.setenv("PYTHONPATH", start_env(tmp_path)["PYTHONPATH"])  # the console's probe plugin
     hook = hook_factory([503])  # the first attempt refused: the retry's warning names the URLs
     port = hook.server.server_address[1]
-    good = f"http://hookuser:hookpass@127.0.0.1:{port}/hook?token=SECRETVALUE&v=2"
+    good = f"http://hookuser:hookpass@127.0.0.1:{port}/services/T0001/B0002/PATHTOKENyyyy?token=SECRETVALUE&v=2"
     dead = f"http://deaduser:deadpass@127.0.0.1:{_free_port()}/gone?token=DEADTOKEN"
     web_port = free_port()
     site.write(console_config(web_port, tasks=f"""
@@ -156,15 +156,38 @@ def test_a_webhook_urls_credentials_and_token_show_nowhere(site: Site, hook_fact
     job = _run_job(site, {"event": "record.deleted"})
     wait_for_port(web_port)
     assert job["state"] == "failed" and job["attempts"] == 2, job
-    assert hook.asked[-1] == ("/hook?token=SECRETVALUE&v=2", "Basic " + base64.b64encode(b"hookuser:hookpass").decode())
+    assert hook.asked[-1] == ("/services/T0001/B0002/PATHTOKENyyyy?token=SECRETVALUE&v=2",
+                              "Basic " + base64.b64encode(b"hookuser:hookpass").decode())
     shown = site.console("job:show", str(job["id"]), "-v").stdout
-    assert f"delivered to http://127.0.0.1:{port}/hook?token=********" in shown, shown
-    assert re.search(r"http://127\.0\.0\.1:\d+/gone\?token=\*+ unreachable", job["error"]), job["error"]
+    assert f"delivered to http://127.0.0.1:{port}/… #{hashlib.sha256(good.encode()).hexdigest()[:8]}" in shown, shown
+    assert re.search(r"http://127\.0\.0\.1:\d+/… #[0-9a-f]{8} unreachable", job["error"]), job["error"]
     web = Web(web_port)
     assert web.login() == 303
     pages = [web.get(path)[2] for path in ("/jobs", "/jobs?state=failed", "/tasks", "/metrics")]
     files = [p.read_bytes().decode(errors="replace") for p in site.var.rglob("*") if p.is_file() and not p.is_socket()]
     assert "webhook-delivered.json" in " ".join(str(p) for p in site.var.rglob("*"))  # the state is among them
     for text in [shown, site.console("job:list", "--json").stdout, *pages, *files]:
-        for secret in ("hookuser", "hookpass", "SECRETVALUE", "deaduser", "deadpass", "DEADTOKEN"):
+        for secret in ("hookuser", "hookpass", "PATHTOKENyyyy", "T0001/B0002", "SECRETVALUE", "deaduser", "deadpass",
+                       "DEADTOKEN", "/gone"):
             assert secret not in text, (secret, text[:3000])
+
+
+def test_a_common_word_in_a_webhook_query_stays_readable_in_other_log_lines(site: Site, hook_factory) -> None:  # noqa: F811
+    """`?wait=true` (Discord's): the URL and `wait=true` are hidden, the word 'true' of another
+    task's output is not starred."""
+    hook = hook_factory([])
+    url = f"{hook.url}/api/webhooks/42/DiscordTOKENzz?wait=true"
+    site.write(f"""
+        [jobs.types.webhook]
+        urls = ["{url}"]
+        secret = "{SECRET}"
+        [tasks.says]
+        type = "command"
+        period = "1h"
+        argv = ["sh", "-c", "echo the answer is true; echo posting to {url}"]
+        """)
+    job = _run_job(site, {"event": "record.deleted"})
+    assert job["state"] == "finished", job
+    log = site.wait_for(lambda: (text := site.log("says")) and "posting to" in text and text, what="the task's output")
+    assert "the answer is true" in log, log
+    assert "DiscordTOKENzz" not in log and "wait=true" not in log, log
