@@ -62,16 +62,17 @@ class RemoteClient(abc.ABC):
         """Rename, replacing `dst` if it exists."""
 
     async def renames(self, pairs: Sequence[tuple[str, str]]) -> list[TransferError | None]:
-        """`rename` each (src, dst): per pair None, or why it failed. A lost session raises."""
+        """`rename` each (src, dst): per pair None, or why it failed. A session lost partway (`broken`)
+        fails the pairs not renamed yet with its error; those renamed before keep their None."""
         failed: list[TransferError | None] = []
         for src, dst in pairs:
             try:
                 await self.rename(src, dst)
                 failed.append(None)
             except TransferError as e:
-                if self.broken:
-                    raise
                 failed.append(e)
+                if self.broken:
+                    return failed + [e] * (len(pairs) - len(failed))
         return failed
 
     @abc.abstractmethod

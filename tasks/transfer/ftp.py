@@ -484,14 +484,24 @@ class FtpClient(RemoteClient):
         return out
 
     async def _pipelined(self, lines: list[str], what: str) -> list[tuple[str, list[str]]]:
-        """Each line's reply, whatever its code: up to PIPELINE lines go in one write, their
-        replies (in order, RFC 959) are read after it. Only a lost connection raises."""
+        """Each line's reply, whatever its code (see `_answered`). Only a lost connection raises."""
+        replies, lost = await self._answered(lines, what)
+        if lost is not None:
+            raise lost
+        return replies
+
+    async def _answered(self, lines: list[str], what: str) -> tuple[list[tuple[str, list[str]]], ConnectError | None]:
+        """Up to PIPELINE lines go in one write, their replies (in order, RFC 959) are read after it:
+        the replies read, and the error that lost the connection before the last one (else None)."""
         replies = []
         for start in range(0, len(lines), PIPELINE):
             chunk = tuple(lines[start:start + PIPELINE])
             for n in range(len(chunk)):
-                replies.append(await self._cmd(chunk if n == 0 else None, what=what))
-        return replies
+                try:
+                    replies.append(await self._cmd(chunk if n == 0 else None, what=what))
+                except ConnectError as e:
+                    return replies, e
+        return replies, None
 
     async def _read_all(self, command: str) -> bytes:
         chunks = bytearray()
@@ -561,11 +571,14 @@ class FtpClient(RemoteClient):
 
     async def renames(self, pairs: Sequence[tuple[str, str]]) -> list[TransferError | None]:
         """RNFR+RNTO pairs pipelined; a pair not answered 350 then 2xx (a refusal, a server that does
-        not replace) is done again by `rename`, which says why or deletes `dst` first."""
-        replies = await self._pipelined([line for src, dst in pairs for line in (f"RNFR {src}", f"RNTO {dst}")], "RNFR")
-        redo = [pair for n, pair in enumerate(pairs) if (replies[2 * n][0], replies[2 * n + 1][0][:1]) != ("350", "2")]
-        failed = dict(zip(redo, await super().renames(redo), strict=True))
-        return [failed.get(pair) for pair in pairs]
+        not replace) is done again by `rename`, which says why or deletes `dst` first. A session
+        lost amid the replies fails the pairs not answered (and those to do again) with its error."""
+        replies, lost = await self._answered([ln for src, dst in pairs for ln in (f"RNFR {src}", f"RNTO {dst}")], "RNFR")
+        answered = len(replies) // 2
+        redo = [pair for n, pair in enumerate(pairs[:answered])
+                if (replies[2 * n][0], replies[2 * n + 1][0][:1]) != ("350", "2")]
+        failed = dict(zip(redo, [lost] * len(redo) if lost else await super().renames(redo), strict=True))
+        return [failed.get(pair) if n < answered else lost for n, pair in enumerate(pairs)]
 
     async def _rename(self, src: str, dst: str) -> None:
         """RNFR and RNTO in one write (one round trip for the operation), their replies read in order."""

@@ -75,7 +75,8 @@ async def send_batch(client: RemoteClient, files: Sequence[Outgoing], *, log: lo
     """Upload `files` (see module doc); per file its Outcome. A file whose stored size is short
     is never renamed (its temp is deleted). A session that breaks during an upload fails that
     file, and the batch's other files are None (none renamed yet: to send on another session);
-    one that breaks during the checks or renames fails the files not renamed yet."""
+    one that breaks during the checks fails the uploaded files, during the renames those whose
+    rename the server did not answer (the renamed ones are sent: never sent again)."""
     outcomes: list[Outcome] = [None] * len(files)
     uploaded: list[tuple[int, int]] = []  # (index, bytes sent)
     opened = await anyio.to_thread.run_sync(_open_all, [f.src for f in files])
@@ -98,7 +99,7 @@ async def send_batch(client: RemoteClient, files: Sequence[Outgoing], *, log: lo
             outcomes[i] = failed or files[i].final
             if failed is None:
                 log.debug("sent %s to %s", files[i].src, files[i].final)
-    except TransferError as e:  # the session broke after the uploads
+    except TransferError as e:  # the session broke during the size checks
         for i, _ in uploaded:
             outcomes[i] = outcomes[i] or e
     finally:

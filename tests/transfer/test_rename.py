@@ -24,7 +24,9 @@ pytestmark = pytest.mark.anyio
 # existing file for names with "noreplace" (as servers that never replace do); SIZE
 # answers 1 for names with "short" (as after a data connection cut short); STOR of a name with
 # "drop" closes the session (as a server that goes away mid-batch). With QUIRK_SIZE_WORDS, SIZE
-# answers in words (`213 File size: N`, as some servers do)
+# answers in words (`213 File size: N`, as some servers do); with QUIRK_DROP_AFTER_RENAMES=N,
+# the session that makes the server's Nth rename closes after its reply, ignoring the commands
+# already sent after it (as a server that goes away amid pipelined renames)
 QUIRKS = r"""
 import os, sys
 sys.path.insert(0, sys.argv.pop(1))
@@ -32,6 +34,7 @@ import pyftpd_server as base
 
 notes = open(os.environ["QUIRK_NOTES"], "a", buffering=1)
 plain = base.make_handler
+renamed = [0]  # by the server (every session)
 
 
 def make_handler(opts):
@@ -50,7 +53,18 @@ def make_handler(opts):
                 self._rnfr = None
                 self.respond("550 Rename refused.")
                 return None
-            return super().ftp_RNTO(path)
+            done = super().ftp_RNTO(path)
+            renamed[0] += 1
+            if renamed[0] == int(os.environ.get("QUIRK_DROP_AFTER_RENAMES", 0)):
+                notes.write("DROP\n")
+                self.dropped = True
+                self.close_when_done()  # after this reply
+            return done
+
+        def pre_process_command(self, line, cmd, arg):
+            if not getattr(self, "dropped", False):  # commands read with the last rename's: ignored
+                return super().pre_process_command(line, cmd, arg)
+            return None
 
         def ftp_SIZE(self, path):
             self._note("SIZE", path)
@@ -64,6 +78,7 @@ def make_handler(opts):
             return super().ftp_SIZE(path)
 
         def ftp_STOR(self, path, mode="w"):
+            self._note("STOR", path)
             if "drop" in os.path.basename(path):
                 self.close()
                 return None
@@ -208,3 +223,31 @@ async def test_a_session_lost_mid_batch_fails_that_file_and_sends_the_others_on_
         assert (up / name).read_bytes() == made[name], name
     assert [p.name for p in outbox.iterdir()] == ["04-drop.bin"]  # kept for the next pass
     assert not any("drop" in ln for ln in notes.read_text().splitlines() if ln.startswith(("RNFR", "RNTO")))
+
+
+async def test_a_session_lost_amid_the_renames_keeps_the_renamed_files_sent_and_retries_only_the_others(
+        tmp_path: Path) -> None:
+    """The server renames 3 of a batch's 6 pipelined pairs, answers them and goes away: those 3 are
+    sent (removed locally, never sent again), the other 3 fail and go up on the next pass."""
+    outbox = tmp_path / "outbox"
+    names = [f"{i:02}.bin" for i in range(6)]
+    made = local_files(outbox, names)
+    with quirky(tmp_path / "srv", QUIRK_DROP_AFTER_RENAMES="3") as (server, notes):
+        data = {"host": server.host, "port": server.port, "user": server.user, "password": server.password,
+                "timeout": 5, "retries": 0, "local_dir": str(outbox), "remote_dir": "/up", "stable": 0}
+        task = FtpPush(build(PushSettings, data, "tasks.dropbox"))
+        ctx = TaskContext.for_test("dropbox", task.settings, tmp_path=tmp_path)
+        with pytest.raises(TransferError, match=r"sent 3 files.*3 failed.*lost"):
+            await task.run_once(ctx)
+        assert sorted(p.name for p in outbox.iterdir()) == names[3:]  # the renamed ones recorded as sent
+        assert await task.run_once(ctx)  # the second pass sends the rest
+    up = server.root / "up"
+    assert sorted(p.name for p in up.iterdir()) == names
+    for name in names:
+        assert (up / name).read_bytes() == made[name], name
+    assert not list(outbox.iterdir())
+    lines = notes.read_text().splitlines()
+    assert lines.count("DROP") == 1
+    for name in names:
+        assert lines.count(f"RNTO {name}") == 1, name  # each file renamed into the drop box once
+        assert lines.count(f"STOR .{name}.part") == (1 if name in names[:3] else 2), name
