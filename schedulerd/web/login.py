@@ -1,7 +1,7 @@
 """Logging in and out. The login form carries a double-submit CSRF token (no session yet); a
 password is checked with scrypt in threads of its own; failed logins are throttled per client
 address and per user name (ratelimit.LoginLimiter: past the limit 429 with Retry-After, the
-password not even checked)."""
+password not even checked; a login is counted before its check, so concurrent ones count too)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from ..protocol import ControlError
 from ..settings import format_duration
 from . import auth
 from .console import COOKIE, LOGIN_COOKIE, Console, read_form
-from .ratelimit import LoginLimiter
+from .ratelimit import LoginLimiter, Refusal
 
 log = logging.getLogger("schedulerd.web")
 
@@ -26,7 +26,8 @@ class Login:
         self.c = console
         self.checks = anyio.CapacityLimiter(2)  # password checks at once (see check)
         s = console.settings
-        self.limiter = LoginLimiter(s.login_max_failures, s.login_window, frozenset(s.users))
+        self.limiter = LoginLimiter(s.login_max_failures, s.login_window, frozenset(s.users),
+                                    user_max_failures=s.login_user_max_failures)
 
     async def form(self, request: Request, status: int = 200, error: str | None = None,
                    headers: dict[str, str] | None = None) -> Response:
@@ -45,15 +46,15 @@ class Login:
         if not auth.same_token(form.get("csrf"), request.cookies.get(LOGIN_COOKIE) or "-"):
             return await self.form(request, 403, "the login form expired: try again")
         user, address = form.get("user", ""), self.address(request)
-        refusal = self.limiter.refusal(address, user)
-        if refusal is not None:
-            return await self.form(request, 429, f"too many failed logins: try again in {refusal.retry_after} s",
-                                   headers={"retry-after": str(refusal.retry_after)})
+        admitted = self.limiter.admit(address, user)  # counted as failed until the check passes
+        if isinstance(admitted, Refusal):
+            return await self.form(request, 429, f"too many failed logins: try again in {admitted.retry_after} s",
+                                   headers={"retry-after": str(admitted.retry_after)})
         if not await self.check(user, form.get("password", "")):
-            for what in self.limiter.failed(address, user):
+            for what, limit in admitted.reached:
                 window = format_duration(self.c.settings.login_window)
                 log.warning("web console: %d failed logins for %s within %s; its logins are refused (429) "
-                            "until the oldest is %s old", self.c.settings.login_max_failures, what, window, window)
+                            "until the oldest is %s old", limit, what, window, window)
             return await self.form(request, 403, "wrong user name or password")
         self.limiter.succeeded(address, user)
         response = RedirectResponse("/tasks", 303)

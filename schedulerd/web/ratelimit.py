@@ -1,6 +1,9 @@
 """Failed logins, counted per client address and per user name: past `max_failures` within
 `window` seconds, further logins from that address (or for that user) are refused (429, with
 Retry-After) without checking the password, until the oldest of those failures is `window` old.
+A login is counted as failed when it is let through to its password check, not after it: logins
+sent at once cannot all get their passwords checked before the first failure is counted; a
+success then clears the counts.
 
 Memory is bounded: at most `max_keys` addresses are tracked (the least recently failed one is
 forgotten first), each with at most `max_failures` times; user names are counted only when they
@@ -70,13 +73,30 @@ class FailureWindow:
         self._failures.pop(key, None)
 
 
-class LoginLimiter:
-    """The console's login throttle: one window per client address, one per configured user."""
+@dataclass(frozen=True)
+class Admitted:
+    """A login let through to its password check, already counted as a failure; `reached`: what
+    it took to the limit (to log if the password is wrong)."""
 
-    def __init__(self, max_failures: int, window: float, users: frozenset[str], max_keys: int = MAX_KEYS):
-        self.users = users
+    reached: tuple[tuple[str, int], ...]  # ("address 10.0.0.1", its limit), ("user alice", ...)
+
+
+class LoginLimiter:
+    """The console's login throttle: one window per client address, one per configured user
+    (`user_max_failures` 0: no per-user window)."""
+
+    def __init__(self, max_failures: int, window: float, users: frozenset[str], max_keys: int = MAX_KEYS,
+                 user_max_failures: int | None = None):
+        per_user = max_failures if user_max_failures is None else user_max_failures
+        self.users = users if per_user > 0 else frozenset()
         self.by_address = FailureWindow(max_failures, window, max_keys)
-        self.by_user = FailureWindow(max_failures, window, max(1, len(users)))
+        self.by_user = FailureWindow(max(1, per_user), window, max(1, len(users)))
+
+    def admit(self, address: str, user: str) -> Refusal | Admitted:
+        """Refuse a login now, or let it through to its password check counted as a failure
+        (`succeeded` takes it back), so that concurrent logins count toward the limit."""
+        refusal = self.refusal(address, user)
+        return refusal if refusal is not None else Admitted(tuple(self.failed(address, user)))
 
     def refusal(self, address: str, user: str) -> Refusal | None:
         """Why a login from `address` for `user` is refused now; None: check its password."""
@@ -87,12 +107,12 @@ class LoginLimiter:
                 return Refusal(what, max(1, math.ceil(wait)))
         return None
 
-    def failed(self, address: str, user: str) -> list[str]:
-        """Count a wrong password; what reached the limit with it (to log, once per lockout)."""
+    def failed(self, address: str, user: str) -> list[tuple[str, int]]:
+        """Count a failure; what reached the limit with it, and the limit (to log, once per lockout)."""
         now = time.monotonic()
-        reached = [f"address {address}"] if self.by_address.fail(address, now) else []
+        reached = [(f"address {address}", self.by_address.max_failures)] if self.by_address.fail(address, now) else []
         if user in self.users and self.by_user.fail(user, now):
-            reached.append(f"user {user}")
+            reached.append((f"user {user}", self.by_user.max_failures))
         return reached
 
     def succeeded(self, address: str, user: str) -> None:

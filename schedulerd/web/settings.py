@@ -75,6 +75,8 @@ class HttpSettings:
     session_max_age: Annotated[float, s.positive_duration] = 12 * 3600.0
     # failed logins per client address, and per user name, within login_window: past it, 429
     login_max_failures: Annotated[int, s.int_range(1, 1000)] = 5
+    # per user name, if not login_max_failures; 0: no per-user limit (docs/console.md: lockouts)
+    login_user_max_failures: Annotated[int, s.int_range(0, 1000)] | None = None
     login_window: Annotated[float, s.positive_duration] = 60.0
     metrics_token: Secret | None = None  # `Authorization: Bearer TOKEN` reads /metrics from anywhere
     metrics_public_on_loopback: bool = True  # /metrics without login from 127.0.0.1/::1

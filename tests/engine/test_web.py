@@ -217,6 +217,40 @@ def test_failed_logins_are_refused_per_address_and_per_user_without_locking_out_
     assert not any(secret in log for secret in [*guesses, *PASSWORDS.values()])
 
 
+def test_wrong_passwords_sent_at_once_get_at_most_the_limit_checked(site, web):
+    """20 logins at once from one address, one CSRF pair: each is counted before its password
+    check, so at most 5 (the limit) are checked, the others refused; another user logs in."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    _, _, page = web.get("/login")
+    token, cookies = re.search(r'name="csrf" value="([^"]+)"', page).group(1), dict(web.cookies)
+    barrier = threading.Barrier(20)
+
+    def guess(i: int) -> str:
+        client = Web(web.port, source="127.0.0.2")
+        client.cookies = dict(cookies)
+        barrier.wait(20)
+        status, _, text = client.post("/login", {"csrf": token, "user": "alice", "password": f"guess-{i}"})
+        return {403: "checked", 429: "refused"}[status] if "form expired" not in text else "expired"
+
+    with ThreadPoolExecutor(20) as pool:
+        outcomes = list(pool.map(guess, range(20)))
+    assert 1 <= outcomes.count("checked") <= 5 and outcomes.count("refused") == 20 - outcomes.count("checked"), outcomes
+    assert Web(web.port, source="127.0.0.3").login("bob") == 303
+    assert Web(web.port, source="127.0.0.3").login("alice") == 429  # the per-user limit (docs/console.md)
+
+
+def test_without_a_per_user_limit_wrong_passwords_lock_out_the_address_only(site, tmp_path):
+    port = free_port()
+    start(site, tmp_path, port, extra="login_user_max_failures = 0")
+    attacker = Web(port, source="127.0.0.2")
+    for i in range(5):
+        assert attacker.login("alice", f"guess-{i}") == 403
+    assert attacker.try_login("alice")[0] == 429
+    assert Web(port, source="127.0.0.3").login("alice") == 303
+
+
 def test_the_login_throttle_forgets_old_failures_and_holds_a_bounded_number_of_addresses():
     from schedulerd.web.ratelimit import FailureWindow, LoginLimiter
 
