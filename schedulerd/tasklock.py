@@ -89,9 +89,14 @@ class TaskLock:
         """Who holds the lock when it named itself (`PID task:run`); "" when not said (the daemon)."""
         try:
             pid, _, who = self.note.read_text().partition(" ")
-            os.kill(int(pid), 0)  # a note left by a holder killed before it removed it: not the holder
-        except (OSError, ValueError):
-            return ""
+        except OSError:
+            return ""  # no note (the daemon leaves none), or one this user may not read
+        try:
+            os.kill(int(pid), 0)
+        except PermissionError:
+            pass  # EPERM: the process is there, another user's (a task:run they started)
+        except (ProcessLookupError, ValueError, OverflowError):
+            return ""  # a note left by a holder killed before it removed it: not the holder
         return f"{pid} {who}".strip()
 
     def release(self) -> None:
