@@ -31,9 +31,9 @@ class Pages:
         """TASKS_SHOWN tasks a page (`page=N`), of those whose name contains `match`."""
         q = request.query_params
         match, page = q.get("match", ""), q.get("page") or "1"
-        if not (page.isdigit() and 0 < len(page) < 10 and int(page) > 0):
+        number = whole_number(page, 9)
+        if number is None:
             return self.c.page(request, "error.html", 400, message=f"page: expected a page number, got {page!r}")
-        number = int(page)
         listing = await self.c.call("task.page", offset=(number - 1) * TASKS_SHOWN, limit=TASKS_SHOWN, match=match)
         pages = max(1, -(-listing["total"] // TASKS_SHOWN))
 
@@ -66,10 +66,10 @@ class Pages:
         state, queue, before = q.get("state") or None, q.get("queue") or None, q.get("before") or None
         if state is not None and state not in JOB_STATES:
             return self.c.page(request, "error.html", 400, message=f"state: no job state {state!r}")
-        if before is not None and not (before.isdigit() and len(before) < 19 and int(before) > 0):
+        older_than = None if before is None else whole_number(before, 18)
+        if before is not None and older_than is None:
             return self.c.page(request, "error.html", 400, message=f"before: expected a job id, got {before!r}")
-        listing = await self.c.call("job.list", state=state, queue=queue, limit=JOBS_SHOWN,
-                                    before=None if before is None else int(before))
+        listing = await self.c.call("job.list", state=state, queue=queue, limit=JOBS_SHOWN, before=older_than)
         queues = await self.c.call("queue.list")
         filters = {k: v for k, v in (("state", state), ("queue", queue)) if v}
         jobs = listing["jobs"]
@@ -84,6 +84,14 @@ class Pages:
 
     async def scrape(self, request: Request) -> Response:
         return Response(await metrics.scrape(self.c), media_type=metrics.CONTENT_TYPE)
+
+
+def whole_number(text: str, max_digits: int) -> int | None:
+    """`text` as a number from 1, in at most `max_digits` ASCII digits; None if it is not one
+    ('²' and '١' are digits to str.isdigit, and int('²') raises)."""
+    if text.isascii() and text.isdigit() and len(text) <= max_digits and int(text) > 0:
+        return int(text)
+    return None
 
 
 async def sse(lines: AsyncIterator[str]) -> AsyncIterator[str]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import html
 import re
 import subprocess
+from urllib.parse import urlencode
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -294,6 +295,9 @@ def test_the_jobs_table_shows_a_page_at_a_time_with_links_to_older_and_newest(si
     rows, _ = shown(f"/jobs?state=waiting&queue=slow&before={ids[10]}&fragment=rows")  # a page's refresh
     assert rows == ids[:10][::-1]
     assert web.get("/jobs?before=x1")[0] == 400
+    for odd in ("²", "١٢", "１"):  # digits to str.isdigit, not job ids: 400, not 500
+        status, _, page = web.get("/jobs?" + urlencode({"before": odd}))
+        assert status == 400 and "before: expected a job id" in page, (odd, status)
 
 
 def test_the_tasks_table_shows_a_page_at_a_time_and_filters_by_name(site, tmp_path):
@@ -319,5 +323,8 @@ def test_the_tasks_table_shows_a_page_at_a_time_and_filters_by_name(site, tmp_pa
     assert 'data-live="/tasks?match=many1&amp;fragment=rows"' in page
     assert shown("/tasks?match=nosuch")[1].count("no tasks matching nosuch") == 1
     assert web.get("/tasks?page=0")[0] == 400 and web.get("/tasks?page=" + "9" * 5000)[0] == 400
+    for odd in ("²", "١٢", "１"):  # digits to str.isdigit, not page numbers: 400, not 500
+        status, _, page = web.get("/tasks?" + urlencode({"page": odd}))
+        assert status == 400 and "page: expected a page number" in page, (odd, status)
     scraped = web.get("/metrics")[2]  # every task counted, not only a page of them
     assert sum(float(line.split()[-1]) for line in scraped.splitlines() if line.startswith("schedulerd_tasks{")) == 232
