@@ -15,9 +15,10 @@ import logging
 import socket
 import time
 import traceback
+import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 from anyio.abc import TaskGroup
@@ -30,12 +31,14 @@ from .logs import REDACTOR
 from .plugin import FailForGood, failure_detail
 from .protocol import ControlError, Fault
 from .registry import UnknownType, job_type, job_types
-from .store import STORE_ERRORS, store_call
+from .store import RETRY_MAX, STORE_ERRORS, store_call
 from .stores import open_job_store
 
 log = logging.getLogger("schedulerd.jobs")
 PROGRESS_EVERY = 0.5  # seconds between progress writes to the store
 POLL = 5.0  # another daemon on the same store may add jobs: look again this often
+ADD_GRACE = RETRY_MAX  # seconds a cancelled ctx.add_job still tries to write its job (add_once)
+T = TypeVar("T")
 
 
 def retry_delay(attempt: int, delay: float, grows: bool, maximum: float) -> float:
@@ -80,17 +83,39 @@ def validate(config: Config, type_name: str, payload: Any) -> Any:
 
 def add_job(store: JobStore, config: Config, type_name: str, payload: Mapping[str, Any], *,
             queue: str | None = None, priority: int = 0, after: tuple[int, ...] = (),
-            delay: float | None = None) -> tuple[int, str]:
+            delay: float | None = None, key: str | None = None) -> tuple[int, str]:
     """Validate and store a job; (its id, the queue it went to) — the queue is what to wake.
     Without `delay`, the type's `defer`: such a deferred job coalesces with an identical one
-    still waiting for its first attempt (a record changed twice within the defer is built once)."""
+    still waiting for its first attempt (a record changed twice within the defer is built once).
+    `key`: the add's idempotency key (a retried add gets the job its first try made)."""
     handler = validate(config, type_name, payload)
     tc = config.jobs.type_config(type_name)
     q = queue or tc.queue or handler.default_queue
     wait = tc.defer if delay is None else delay
     jid = store.add(type_name, q, dict(payload), title=handler.title(payload)[:200], priority=priority,
-                    max_attempts=tc.max_attempts, deps=after, delay=wait, coalesce=delay is None and tc.defer > 0)
+                    max_attempts=tc.max_attempts, deps=after, delay=wait, coalesce=delay is None and tc.defer > 0,
+                    key=key)
     return jid, q
+
+
+async def add_once(type: str, call: Callable[[str], T]) -> T:
+    """A `ctx.add_job`'s store write `call(key)`, retried while the store fails (store_call), made
+    once however it ends. Every try carries one idempotency key drawn here, so a try whose commit
+    was lost (PostgreSQL: the connection dropped after the server committed) is not made again by
+    the next. A cancelled caller (its task stopped or timed out, the daemon stopping) gets ADD_GRACE
+    seconds more, shielded, to finish the write: the caller's own work is committed already (an
+    archived record, a moved one) and its job must not be dropped; only a store failing all that
+    time loses it, and that is logged."""
+    key, what = uuid.uuid4().hex, f"adding a {type} job"
+    try:
+        return await store_call(what, call, key)
+    except anyio.get_cancelled_exc_class():
+        with anyio.CancelScope(shield=True, deadline=anyio.current_time() + ADD_GRACE) as scope:
+            await store_call(what, call, key)
+        if scope.cancelled_caught:
+            log.error("a %s job was not added: its task was stopped, and the job store kept failing for %gs "
+                      "more", type, ADD_GRACE)
+        raise
 
 
 def store_adder(config: Config) -> Callable[..., Awaitable[int]]:
@@ -98,17 +123,17 @@ def store_adder(config: Config) -> Callable[..., Awaitable[int]]:
     store (in a worker thread, retried while the store fails), and a running daemon's queue is woken."""
     from .wake import send_wake
 
-    def add_sync(type: str, payload: Mapping[str, Any], options: Mapping[str, Any]) -> int:
+    def add_sync(type: str, payload: Mapping[str, Any], options: Mapping[str, Any], key: str) -> int:
         store = open_job_store(config.scheduler, config.store, pool_size=1)
         try:
-            jid, queue = add_job(store, config, type, payload, **options)
+            jid, queue = add_job(store, config, type, payload, **options, key=key)
         finally:
             store.close()
         send_wake(config.scheduler.state_dir, queue)
         return jid
 
     async def add(type: str, payload: Mapping[str, Any], **options: Any) -> int:
-        return await store_call(f"adding a {type} job", add_sync, type, payload, options)
+        return await add_once(type, functools.partial(add_sync, type, payload, options))
     return add
 
 
@@ -502,9 +527,12 @@ class JobService:
     # --- operations ------------------------------------------------------------
     async def add(self, type: str, payload: Mapping[str, Any], **options: Any) -> int:
         """`ctx.add_job` in the daemon: the store write in a worker thread, retried while the store
-        fails (a locked jobs.db, PostgreSQL away) so the job is not lost; a JobError raises at once."""
-        jid, queue = await store_call(f"adding a {type} job",
-                                      functools.partial(add_job, self.store, self.config, type, payload, **options))
+        fails (a locked jobs.db, PostgreSQL away) so the job is not lost, made once (add_once);
+        a JobError raises at once."""
+        def write(key: str) -> tuple[int, str]:
+            return add_job(self.store, self.config, type, payload, **options, key=key)
+
+        jid, queue = await add_once(type, write)
         self.wake_queue(queue)
         self._tell_daemon({queue})
         return jid

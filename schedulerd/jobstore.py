@@ -71,7 +71,8 @@ class Outcome:
 
 class JobStore(Protocol):
     def add(self, type: str, queue: str, payload: dict[str, Any], *, title: str = "", priority: int = 0,
-            max_attempts: int = 1, deps: Sequence[int] = (), delay: float = 0.0, coalesce: bool = False) -> int: ...
+            max_attempts: int = 1, deps: Sequence[int] = (), delay: float = 0.0, coalesce: bool = False,
+            key: str | None = None) -> int: ...
     def claim(self, queue: str, node: str) -> Job | None: ...
     def claim_many(self, queue: str, node: str, limit: int) -> list[Job]: ...
     def settle_many(self, outcomes: Sequence[Outcome]) -> set[str]: ...
@@ -106,7 +107,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     title TEXT NOT NULL DEFAULT '', priority INTEGER NOT NULL DEFAULT 0, attempts INTEGER NOT NULL DEFAULT 0,
     max_attempts INTEGER NOT NULL DEFAULT 1, next_attempt_at REAL NOT NULL, state TEXT NOT NULL,
     done INTEGER, total INTEGER, summary TEXT, error TEXT, created REAL NOT NULL, started REAL,
-    finished REAL, node TEXT);
+    finished REAL, node TEXT, add_key TEXT);
 CREATE INDEX IF NOT EXISTS jobs_claim ON jobs(queue, state, priority DESC, id);
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, finished);
 CREATE INDEX IF NOT EXISTS jobs_ready ON jobs(queue, priority DESC, id) WHERE state IN ('waiting','interrupted');
@@ -118,6 +119,11 @@ CREATE TABLE IF NOT EXISTS job_logs (job INTEGER NOT NULL, ts REAL NOT NULL, lev
 CREATE INDEX IF NOT EXISTS job_logs_job ON job_logs(job);
 CREATE TABLE IF NOT EXISTS queues (name TEXT PRIMARY KEY, paused INTEGER NOT NULL DEFAULT 0);
 """
+
+# the key of the add that made a job (a uuid its caller drew once): an add retried after its
+# commit was lost finds its job instead of making a second one. A jobs.db made before the column
+# gets it when opened (SqliteJobStore.__init__), then this index.
+ADD_KEY_INDEX = "CREATE UNIQUE INDEX IF NOT EXISTS jobs_add_key ON jobs(add_key) WHERE add_key IS NOT NULL"
 
 COLUMNS = ("id, type, queue, payload, title, priority, attempts, max_attempts, next_attempt_at, state, done, total, "
            "summary, error, created, started, finished, node")
@@ -185,6 +191,17 @@ RETRYABLE = (JobState.FAILED, JobState.CANCELLED, JobState.INTERRUPTED)  # job:r
 class SqliteJobStore(SqliteFile):
     SCHEMA = SCHEMA
 
+    def __init__(self, path: Path, busy_timeout: float = DEFAULT_BUSY_TIMEOUT):
+        super().__init__(path, busy_timeout)
+        with self._lock:
+            done = self._conn.execute("SELECT 1 FROM sqlite_master WHERE name='jobs_add_key'").fetchone()
+        if done:
+            return
+        with self.transaction() as c:  # a write only the first time
+            if "add_key" not in {r[1] for r in c.execute("PRAGMA table_info(jobs)")}:
+                c.execute("ALTER TABLE jobs ADD COLUMN add_key TEXT")
+            c.execute(ADD_KEY_INDEX)
+
     def _row(self, c: sqlite3.Connection, row: tuple[Any, ...]) -> Job:
         deps = tuple(r[0] for r in c.execute("SELECT dep FROM job_deps WHERE job=? ORDER BY dep", (row[0],)))
         (jid, type_, queue, payload, title, prio, att, maxatt, nxt, state, done, total, summ, err, created,
@@ -193,11 +210,17 @@ class SqliteJobStore(SqliteFile):
                    done, total, summ, err, created, started, finished, node)
 
     def add(self, type: str, queue: str, payload: dict[str, Any], *, title: str = "", priority: int = 0,
-            max_attempts: int = 1, deps: Sequence[int] = (), delay: float = 0.0, coalesce: bool = False) -> int:
+            max_attempts: int = 1, deps: Sequence[int] = (), delay: float = 0.0, coalesce: bool = False,
+            key: str | None = None) -> int:
         """A new waiting job's id. `coalesce`: when a job of the same type, queue and payload still
-        waits for its first attempt (a deferred one), its id instead, and nothing is added."""
+        waits for its first attempt (a deferred one), its id instead, and nothing is added. `key`:
+        the add's idempotency key; when a job was made with it (the add is a retry), its id."""
         now = time.time()
         with self.transaction() as c:
+            if key is not None:
+                row = c.execute("SELECT id FROM jobs WHERE add_key=?", (key,)).fetchone()
+                if row is not None:
+                    return int(row[0])
             if coalesce and not deps:
                 row = c.execute("SELECT id FROM jobs WHERE type=? AND queue=? AND payload=? AND state='waiting' "
                                 "AND attempts=0 ORDER BY id LIMIT 1",
@@ -212,9 +235,9 @@ class SqliteJobStore(SqliteFile):
                     raise JobError(f"--after {d}: no job with id {d}")
                 states[d] = row[0]
             cur = c.execute(
-                "INSERT INTO jobs(type, queue, payload, title, priority, max_attempts, next_attempt_at, state, created) "
-                "VALUES (?,?,?,?,?,?,?,?,?)",
-                (type, queue, json.dumps(payload), title, priority, max_attempts, now + delay, "waiting", now))
+                "INSERT INTO jobs(type, queue, payload, title, priority, max_attempts, next_attempt_at, state, created, "
+                "add_key) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (type, queue, json.dumps(payload), title, priority, max_attempts, now + delay, "waiting", now, key))
             jid = cur.lastrowid
             assert jid is not None  # set by an INSERT
             c.executemany("INSERT INTO job_deps(job, dep) VALUES (?, ?)", [(jid, d) for d in deps])

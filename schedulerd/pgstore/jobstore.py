@@ -78,9 +78,12 @@ class PgJobStore:
 
     # --- adding and claiming -------------------------------------------------------
     def add(self, type: str, queue: str, payload: dict[str, Any], *, title: str = "", priority: int = 0,
-            max_attempts: int = 1, deps: Sequence[int] = (), delay: float = 0.0, coalesce: bool = False) -> int:
+            max_attempts: int = 1, deps: Sequence[int] = (), delay: float = 0.0, coalesce: bool = False,
+            key: str | None = None) -> int:
         """A new waiting job's id. `coalesce`: when a job of the same type, queue and payload still
-        waits for its first attempt (a deferred one), its id instead, and nothing is added."""
+        waits for its first attempt (a deferred one), its id instead, and nothing is added. `key`:
+        the add's idempotency key; when a job was made with it (the add is a retry of one whose
+        commit was lost), its id: the INSERT yields to that row."""
         with self.db.transaction() as cur:
             if coalesce and not deps:
                 twin = run(cur, "waiting_twin", type=type, queue=queue, payload=Jsonb(payload)).fetchone()
@@ -90,8 +93,11 @@ class PgJobStore:
             for d in deps:
                 if d not in states:
                     raise JobError(f"--after {d}: no job with id {d}")
-            jid = run(cur, "insert_job", type=type, queue=queue, payload=Jsonb(payload), title=title,
-                      priority=priority, max_attempts=max_attempts, delay=delay).fetchone()[0]  # type: ignore[index]
+            row = run(cur, "insert_job", type=type, queue=queue, payload=Jsonb(payload), title=title,
+                      priority=priority, max_attempts=max_attempts, delay=delay, key=key).fetchone()
+            if row is None:  # made by an earlier try of this add
+                return int(run(cur, "job_by_add_key", key=key).fetchone()[0])  # type: ignore[index]
+            jid = row[0]
             if deps:
                 run(cur, "insert_deps", job=jid, deps=list(deps))
             bad = [d for d in deps if states[d] in ("failed", "cancelled")]

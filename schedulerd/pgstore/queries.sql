@@ -98,10 +98,16 @@ SELECT pg_advisory_xact_lock(hashtext(%(type)s || chr(31) || %(queue)s || chr(31
           AND state = 'waiting' AND attempts = 0 ORDER BY id LIMIT 1);
 
 -- name: insert_job
-INSERT INTO jobs (type, queue, payload, title, priority, max_attempts, next_attempt_at)
+-- a new job; with an idempotency key (`key`) that a job already has (the add is a retry of one
+-- whose commit was lost, or runs beside it), nothing: no row returned (then job_by_add_key)
+INSERT INTO jobs (type, queue, payload, title, priority, max_attempts, next_attempt_at, add_key)
 VALUES (%(type)s, %(queue)s, %(payload)s, %(title)s, %(priority)s, %(max_attempts)s,
-        now() + make_interval(secs => %(delay)s))
+        now() + make_interval(secs => %(delay)s), %(key)s)
+ON CONFLICT (add_key) WHERE add_key IS NOT NULL DO NOTHING
 RETURNING id;
+
+-- name: job_by_add_key
+SELECT id FROM jobs WHERE add_key = %(key)s;
 
 -- name: insert_deps
 INSERT INTO job_deps (job, dep) SELECT %(job)s, unnest(%(deps)s::bigint[]);

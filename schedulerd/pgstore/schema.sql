@@ -58,8 +58,11 @@ CREATE TABLE jobs (
     created timestamptz NOT NULL DEFAULT now(),
     started timestamptz,
     finished timestamptz,
-    node text
+    node text,
+    add_key text  -- the idempotency key of the add that made it (migration 0006)
 );
+-- an add retried after its commit was lost finds its job by its key (migration 0006)
+CREATE UNIQUE INDEX jobs_add_key ON jobs (add_key) WHERE add_key IS NOT NULL;
 -- what a claim scans: the ready jobs of one queue in priority order
 CREATE INDEX jobs_ready ON jobs (queue, priority DESC, id) WHERE state IN ('waiting', 'interrupted');
 -- when a queue's next job becomes due (next_due; migration 0005)

@@ -345,3 +345,36 @@ def test_coalesced_add_returns_the_job_still_waiting(backend: Backend) -> None:
     assert len({first, other, plain}) == 3
     claim_all(s)  # `plain` runs; `first` is deferred, still waiting for its first attempt
     assert s.add("command", "q", {"record": 1, "b": [1, 2]}, coalesce=True) == first
+
+
+def test_an_add_retried_with_its_key_makes_one_job(backend: Backend) -> None:
+    """An add retried after its commit was lost (the connection dropped after the server committed;
+    store.store_call tries again) carries the same idempotency key: the retry gets the job the
+    first try made, and makes none. Another key is another job; no key is never a match."""
+    s = backend.jobs()
+    first = s.add("command", "q", {"record": 1}, key="k-1")
+    assert s.add("command", "q", {"record": 1}, key="k-1") == first  # the retry
+    assert backend.jobs().add("command", "q", {"record": 1}, key="k-1") == first  # from another store object
+    other = s.add("command", "q", {"record": 1}, key="k-2")
+    plain = [s.add("command", "q", {"record": 1}) for _ in range(2)]
+    assert len({first, other, *plain}) == 4
+    assert len(s.list(queue="q")) == 4
+
+
+def test_a_jobs_db_from_before_add_keys_gets_them_when_opened(tmp_path: Path) -> None:
+    """A jobs.db made before jobs had an add_key column is upgraded in place, its jobs kept."""
+    import sqlite3
+
+    from schedulerd.jobstore import SCHEMA, SqliteJobStore
+
+    db = tmp_path / "jobs.db"
+    with sqlite3.connect(db) as c:
+        c.executescript(SCHEMA.replace(", add_key TEXT", ""))
+        c.execute("INSERT INTO jobs(type, queue, payload, next_attempt_at, state, created) "
+                  "VALUES ('command', 'q', '{}', 0, 'waiting', 0)")
+    s = SqliteJobStore(db)
+    try:
+        assert [j.id for j in s.list()] == [1]
+        assert s.add("command", "q", {}, key="k") == s.add("command", "q", {}, key="k") == 2
+    finally:
+        s.close()

@@ -241,3 +241,56 @@ workers = 0
         return {j["payload"]["record"] for j in finished_or_not(site) if j["type"] == "subdefCreation"}
     site.wait_for(lambda: queued() == set(ids), 20, "a job per record once the lock went")
     assert site.pid() is not None
+
+
+def test_a_daemon_stopped_while_an_archive_task_waits_to_queue_a_records_job_still_queues_it(site) -> None:
+    """The archive task commits a record, then queues its job (`ctx.add_job`) while another process
+    holds jobs.db's write lock; the daemon is stopped meanwhile and cuts the task after its
+    stop_timeout. The add, cancelled, still writes its job once the lock goes (within ADD_GRACE):
+    after the daemon ended every record has its job, none twice. Before, the cancel dropped it."""
+    import sqlite3
+
+    from repository import DataboxSettings, open_databox
+    from schedulerd.client import Client
+
+    hot, box = site.var / "hot", DataboxSettings(site.var / "main.sqlite", site.var / "storage")
+    hot.mkdir(parents=True)
+    (hot / ".phrasea.xml").write_bytes(b'<?xml version="1.0" encoding="UTF-8"?>\n<record/>\n')
+    with open_databox(box) as db:
+        db.create_collection("photos")
+    site.write(f"""
+[databoxes.main]
+path = "{box.path}"
+storage = "{box.storage}"
+
+[tasks.inbox]
+type = "archive"
+period = "200ms"
+databox = "main"
+collection = "photos"
+hotfolder = "{hot}"
+cold = 0
+
+[queues.subdefs]
+workers = 0
+""", scheduler='store_busy_timeout = "1s"\nstop_timeout = "1s"\n')
+    site.console("scheduler:start", check=True)
+    pid = site.pid()
+    jobs_db = site.var / "state" / "jobs.db"
+    site.wait_for(lambda: jobs_db.exists(), 15, "jobs.db")
+    locker = hold_write_lock(jobs_db, 6)
+    try:
+        (hot / "f0.bin").write_bytes(b"file 0 " + os.urandom(8))
+        site.wait_for(lambda: len(records_in(box.path)) == 1, 5, "the record archived while jobs.db is locked")
+        Client(site.socket, 5).call("shutdown")
+        assert locker.poll() is None  # stopped while the lock was held
+    finally:
+        locker.wait(30)
+    deadline = time.monotonic() + 60
+    while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not os.path.exists(f"/proc/{pid}"), "the daemon did not end"
+    with sqlite3.connect(jobs_db) as c:
+        queued = [json.loads(p)["record"] for t, p in c.execute("SELECT type, payload FROM jobs")
+                  if t == "subdefCreation"]
+    assert sorted(queued) == sorted(records_in(box.path)), (queued, site.log())

@@ -1,0 +1,100 @@
+"""`ctx.add_job` made once however its store write ends (review item: duplicates on PostgreSQL).
+
+A connection that drops after the server committed the add's INSERT raises OperationalError in
+the daemon; store.store_call retries the add, which must find the job the first try made instead
+of inserting it again. Made real and deterministic with a TCP relay between the job service and
+a real PostgreSQL (tests/pgserver.py): once armed, the relay passes the server's reply to the
+next COMMIT to no one and closes both sides, exactly what a network cut at that moment does.
+The server has committed (PostgreSQL sends CommandComplete "COMMIT" after the commit), the
+client sees its connection lost.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+from pathlib import Path
+
+import pytest
+
+from tests.engine.conftest import Site
+from tests.pgserver import PASSWORD, PgServer
+
+# PostgreSQL's CommandComplete message for COMMIT: 'C', int32 length (4 + 7), "COMMIT\0"
+COMMIT_DONE = b"C\x00\x00\x00\x0bCOMMIT\x00"
+
+
+class CuttingRelay:
+    """127.0.0.1:port -> the server; `arm()`: the next COMMIT's reply is lost with its connection."""
+
+    def __init__(self, target_port: int):
+        self.target = target_port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.armed = threading.Event()
+        self.cut = threading.Event()  # set once a connection was cut after a COMMIT
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def arm(self) -> None:
+        self.armed.set()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(("127.0.0.1", self.target))
+            threading.Thread(target=self._pump, args=(client, server, False), daemon=True).start()
+            threading.Thread(target=self._pump, args=(server, client, True), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, from_server: bool) -> None:
+        tail = b""
+        try:
+            while data := src.recv(65536):
+                seen = tail + data
+                if from_server and self.armed.is_set() and COMMIT_DONE in seen:
+                    self.armed.clear()
+                    self.cut.set()
+                    break
+                tail = seen[-len(COMMIT_DONE):]
+                dst.sendall(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+@pytest.mark.anyio
+async def test_an_add_whose_commit_reply_is_lost_is_retried_into_the_same_job(
+        pg_server: PgServer, pg_database: str, tmp_path: Path) -> None:
+    """JobService.add (ctx.add_job in the daemon) through the relay: the first try's COMMIT is
+    done on the server but its reply lost; the retry makes no second job and returns the first's id."""
+    from schedulerd.config import load
+    from schedulerd.jobs import JobService
+
+    relay = CuttingRelay(pg_server.port)
+    site = Site(tmp_path / "site")
+    site.write(f"""
+[store]
+url = "postgresql://schedulerd@127.0.0.1:{relay.port}/{pg_database}"
+password = "{PASSWORD}"
+""")
+    config = load(site.config)
+    service = JobService(config, config.scheduler.state_dir, lambda name: None)
+    try:
+        relay.arm()
+        jid = await service.add("noop", {"record": 7})
+        assert relay.cut.is_set()  # the first try's reply was lost: the add was retried
+    finally:
+        service.store.close()
+        relay.close()
+    rows = pg_server.sql("SELECT id FROM jobs", pg_database)
+    assert rows == [(jid,)], rows
