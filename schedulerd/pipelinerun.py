@@ -141,7 +141,8 @@ def advance(store: PipelineStore, config: Config, run: RunRow) -> set[str]:
                 out = step.filter.apply(items) if step.filter is not None else []
                 if not store.finish_step(run, step.name, len(items), out, started=False):
                     return set()
-            elif store.start_step(run, step.name, len(items), part_jobs(config, pc, run, items)):
+            elif store.start_step(run, step.name, len(items), part_jobs(config, pc, run, items),
+                                  1 if step.parallel else None):
                 return {pc.queue(run.step)}
             else:  # a lost race, no error: another node started the step (or moved the run) first
                 log.debug("pipeline %s run %d: step %s was started by another node", run.pipeline, run.id, step.name)
@@ -154,8 +155,7 @@ def advance(store: PipelineStore, config: Config, run: RunRow) -> set[str]:
                 return set()
             if counts.get("finished", 0) < row.parts:
                 return set()
-            if not store.finish_step(run, step.name, row.items_in, store.step_output(run, bool(step.parallel)),
-                                     started=True):
+            if not store.finish_step(run, step.name, row.items_in, store.step_output(run), started=True):
                 return set()
         else:
             return set()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import enum
 import json
+import sqlite3
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -45,7 +46,7 @@ CREATE INDEX IF NOT EXISTS pipeline_runs_state ON pipeline_runs(state);
 CREATE TABLE IF NOT EXISTS pipeline_steps (
     run INTEGER NOT NULL, step INTEGER NOT NULL, name TEXT NOT NULL, state TEXT NOT NULL, items_in INTEGER NOT NULL,
     items_out INTEGER, parts INTEGER NOT NULL DEFAULT 0, started REAL NOT NULL, finished REAL, error TEXT,
-    output TEXT, PRIMARY KEY (run, step));
+    output TEXT, part_items INTEGER, PRIMARY KEY (run, step));
 CREATE TABLE IF NOT EXISTS pipeline_parts (
     run INTEGER NOT NULL, step INTEGER NOT NULL, part INTEGER NOT NULL, job INTEGER NOT NULL, output TEXT,
     PRIMARY KEY (run, step, part));
@@ -61,7 +62,8 @@ INSERT_RUN = ("INSERT INTO pipeline_runs(pipeline, trigger, state, step, steps, 
 # a step's row, unless it has one (a node that started it, maybe at the same moment: on PostgreSQL
 # the insert waits for that node's transaction, then does nothing) or its run moved on or ended
 # (SQLite: an INSERT ... SELECT with ON CONFLICT needs the WHERE it has here)
-START_STEP = ("INSERT INTO pipeline_steps(run, step, name, state, items_in, parts, started) SELECT ?,?,?,?,?,?,? "
+START_STEP = ("INSERT INTO pipeline_steps(run, step, name, state, items_in, parts, part_items, started) "
+              "SELECT ?,?,?,?,?,?,?,? "
               "WHERE EXISTS (SELECT 1 FROM pipeline_runs WHERE id=? AND step=? AND state=?) "
               "ON CONFLICT DO NOTHING RETURNING step")
 SQLITE_INSERT_JOB = ("INSERT INTO jobs(type, queue, payload, title, max_attempts, next_attempt_at, state, created) "
@@ -246,15 +248,18 @@ class PipelineStore:
                           (run.id, run.step, name, StepState.FINISHED.value, items_in, count, now, now, text))
             return True
 
-    def start_step(self, run: RunRow, name: str, items_in: int, jobs: Sequence[PartJob]) -> bool:
-        """The step's row, its parts and their jobs, in one transaction; False when the step has
+    def start_step(self, run: RunRow, name: str, items_in: int, jobs: Sequence[PartJob],
+                   part_items: int | None) -> bool:
+        """The step's row, its parts and their jobs, in one transaction: part k holds the input
+        items k*part_items .. (k+1)*part_items - 1 (1: a `parallel` step), or every item when
+        part_items is None, which the step's output is read with. False when the step has
         its row (another node of the cluster started it, even at the same moment: the insert waits
         for the other transaction and does nothing) or the run is no longer running at this step.
         The rows go in with one statement each (executemany, or one on PostgreSQL), not one per item."""
         now = time.time()
         with self.transaction() as c:
-            if c.execute(START_STEP, (run.id, run.step, name, StepState.RUNNING.value, items_in, len(jobs), now,
-                                      run.id, run.step, RunState.RUNNING.value)).fetchone() is None:
+            if c.execute(START_STEP, (run.id, run.step, name, StepState.RUNNING.value, items_in, len(jobs),
+                                      part_items, now, run.id, run.step, RunState.RUNNING.value)).fetchone() is None:
                 return False
             if jobs:
                 (self._insert_parts_pg if self._pg is not None else self._insert_parts_sqlite)(c, run, jobs, now)
@@ -298,22 +303,25 @@ class PipelineStore:
                 error = f"job {row[0]} {row[1]}: {row[2] or ''}".rstrip(": ")
         return counts, error
 
-    def step_output(self, run: RunRow, parallel: bool) -> str:
+    def step_output(self, run: RunRow) -> str:
         """Every part's output in order, as stored JSON: what its job returned, else its input
-        items (part k of a `parallel` step is input item k; else one part holds them all). Read
+        items, the parts mapped to the items as they were built (the step row's `part_items`, not
+        the step's `parallel` setting now: a reload or another node may have changed it). Read
         from the step's input and the parts' outputs, never from the jobs (the retention may have
         purged them); when no part returned other items, the input's text as it is."""
         with self.transaction() as c:
             changed = c.execute("SELECT part, output FROM pipeline_parts WHERE run=? AND step=? AND output IS NOT NULL "
                                 "ORDER BY part", (run.id, run.step)).fetchall()
+            size = c.execute("SELECT part_items FROM pipeline_steps WHERE run=? AND step=?",
+                             (run.id, run.step)).fetchone()
             text = self._input_text(c, run)
         if not changed:
             return text
         outputs = {int(part): json.loads(output) for part, output in changed}
         items = json.loads(text)
-        if not parallel:
-            return dump_json(outputs.get(0, items))
-        return dump_json([x for k, item in enumerate(items) for x in outputs.get(k, [item])])
+        n = int(size[0]) if size and size[0] else max(len(items), 1)  # None: one part holds every item
+        parts = [items[k:k + n] for k in range(0, len(items), n)] or [[]]
+        return dump_json([x for k, part in enumerate(parts) for x in outputs.get(k, part)])
 
     def fail_step(self, run: RunRow, error: str) -> None:
         now = time.time()
@@ -331,18 +339,33 @@ class PipelineStore:
 
 
 class _SqlitePipelines(SqliteFile):
+    """jobs.db's pipeline tables; one made by an older schedulerd gets the columns added since
+    (PostgreSQL: migrations 0004, 0007), a write only the first time."""
+
     SCHEMA = SQLITE_SCHEMA
+    # (table, column, its type, what fills it in the rows there are: a step started before
+    # part_items with more than one part was a parallel one)
+    ADDED = (("pipeline_runs", "due", "REAL", None),
+             ("pipeline_steps", "part_items", "INTEGER", "UPDATE pipeline_steps SET part_items = 1 WHERE parts > 1"))
 
     def __init__(self, path: Path, busy_timeout: float = DEFAULT_BUSY_TIMEOUT):
         super().__init__(path, busy_timeout)
         with self._lock:
+            missing = [a for a in self.ADDED if a[1] not in self._columns(self._conn, a[0])]
             done = self._conn.execute("SELECT 1 FROM sqlite_master WHERE name='pipeline_runs_due'").fetchone()
-        if done:
+        if done and not missing:
             return
-        with self.transaction() as c:  # a write only the first time
-            if "due" not in {r[1] for r in c.execute("PRAGMA table_info(pipeline_runs)")}:
-                c.execute("ALTER TABLE pipeline_runs ADD COLUMN due REAL")
+        with self.transaction() as c:
+            for table, column, kind, fill in self.ADDED:
+                if column not in self._columns(c, table):
+                    c.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+                    if fill:
+                        c.execute(fill)
             c.execute(SQLITE_DUE_INDEX)
+
+    @staticmethod
+    def _columns(c: sqlite3.Connection, table: str) -> set[str]:
+        return {r[1] for r in c.execute(f"PRAGMA table_info({table})")}
 
 
 def open_pipeline_store(state_dir: Path, store: StoreSettings,

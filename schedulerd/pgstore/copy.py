@@ -26,7 +26,7 @@ TABLES = ("tasks", "runs", "kv", "jobs", "job_deps", "job_logs", "queues", "pipe
           "pipeline_parts")
 RUN_COLUMNS = ("id", "pipeline", "trigger", "state", "step", "steps", "input", "created", "finished", "error", "due")
 STEP_COLUMNS = ("run", "step", "name", "state", "items_in", "items_out", "parts", "started", "finished", "error",
-                "output")
+                "output", "part_items")
 PART_COLUMNS = ("run", "step", "part", "job", "output")
 
 
@@ -77,14 +77,18 @@ def _insert(cur: psycopg.Cursor, table: str, columns: tuple[str, ...], rows: lis
 def _copy_pipelines(cur: psycopg.Cursor, path: Path) -> dict[str, int]:
     """The pipeline runs, their steps and parts (the parts' jobs are the jobs copied with their
     ids). Times are seconds since the epoch on both sides; a jobs.db made before runs had `due`
-    has none (NULL: not a scheduled run's)."""
+    has none (NULL: not a scheduled run's), one made before steps had `part_items` gets it as
+    its upgrade would (1 for a step of more than one part: a parallel one)."""
     have = _columns(path, "pipeline_runs")
     if not have:  # a jobs.db from before pipelines
         return {"pipeline_runs": 0, "pipeline_steps": 0, "pipeline_parts": 0}
     runs = _rows(path, f"SELECT {', '.join(c if c in have else 'NULL' for c in RUN_COLUMNS)} "
                        "FROM pipeline_runs ORDER BY id")
     _insert(cur, "pipeline_runs", RUN_COLUMNS, runs)
-    steps = _rows(path, f"SELECT {', '.join(STEP_COLUMNS)} FROM pipeline_steps "
+    fill = {"part_items": "CASE WHEN parts > 1 THEN 1 END"}
+    step_columns = _columns(path, "pipeline_steps")
+    steps = _rows(path, f"SELECT {', '.join(c if c in step_columns else fill[c] for c in STEP_COLUMNS)} "
+                        "FROM pipeline_steps "
                         "WHERE run IN (SELECT id FROM pipeline_runs) ORDER BY run, step")
     _insert(cur, "pipeline_steps", STEP_COLUMNS, steps)
     parts = _rows(path, f"SELECT {', '.join(PART_COLUMNS)} FROM pipeline_parts "

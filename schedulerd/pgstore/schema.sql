@@ -159,6 +159,7 @@ CREATE TABLE pipeline_steps (
     finished double precision,
     error text,
     output text,
+    part_items integer,  -- items per part (1: parallel), NULL: one part holds every item (migration 0007)
     PRIMARY KEY (run, step)
 );
 

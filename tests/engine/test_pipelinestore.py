@@ -48,8 +48,8 @@ def test_parts_get_their_own_jobs_and_the_output_survives_purged_jobs(stores: tu
     parts = [PartJob("pipelineStep", "pipeline.p.0", {"pipeline": "p", "run": rid, "step": 0, "part": k,
                                                       "items": [i.to_json()]}, f"part {k}", 1)
              for k, i in enumerate(items)]
-    assert pipelines.start_step(run, "0:noop", 5, parts)
-    assert not pipelines.start_step(run, "0:noop", 5, parts)  # started once
+    assert pipelines.start_step(run, "0:noop", 5, parts, 1)
+    assert not pipelines.start_step(run, "0:noop", 5, parts, 1)  # started once
     claimed = sorted(jobs.claim_many("pipeline.p.0", "n1", 10), key=lambda j: j.id)
     assert [j.payload["part"] for j in claimed] == [0, 1, 2, 3, 4]  # part k's row points at part k's job
     with pipelines.transaction() as c:
@@ -62,9 +62,9 @@ def test_parts_get_their_own_jobs_and_the_output_survives_purged_jobs(stores: tu
     assert jobs.purge(["finished"]) >= 5  # the retention's work, before the driver looked
     counts, error = pipelines.part_states(run)
     assert counts == {"finished": 5} and error is None
-    out = json.loads(pipelines.step_output(run, True))
+    out = json.loads(pipelines.step_output(run))
     assert [i["fields"]["n"] for i in out] == ["0", "1", "2a", "2b", "3"]
-    assert pipelines.finish_step(run, "0:noop", 5, pipelines.step_output(run, True), started=True)
+    assert pipelines.finish_step(run, "0:noop", 5, pipelines.step_output(run), started=True)
     assert pipelines.steps(rid)[0].items_out == 5
 
 
@@ -75,11 +75,11 @@ def test_a_step_whose_parts_returned_nothing_new_passes_its_input_on_as_it_is(st
     run = pipelines.run(rid)
     part = PartJob("pipelineStep", "pipeline.p.0", {"pipeline": "p", "run": rid, "step": 0, "part": 0,
                                                     "items": [i.to_json() for i in items]}, "all", 1)
-    assert pipelines.start_step(run, "0:noop", 3, [part])
+    assert pipelines.start_step(run, "0:noop", 3, [part], None)
     counts, error = pipelines.part_states(run)
     assert counts == {"waiting": 1} and error is None
-    assert [Item.from_json(d) for d in json.loads(pipelines.step_output(run, False))] == items
-    assert pipelines.finish_step(run, "0:noop", 3, pipelines.step_output(run, False), started=True)
+    assert [Item.from_json(d) for d in json.loads(pipelines.step_output(run))] == items
+    assert pipelines.finish_step(run, "0:noop", 3, pipelines.step_output(run), started=True)
     assert pipelines.step_input(pipelines.run(rid)) == items  # the next step's input
 
 
@@ -163,3 +163,58 @@ def test_two_nodes_starting_one_step_at_once_start_it_once_and_the_loser_raises_
     finally:
         for node in nodes:
             node.close()
+
+
+@pytest.mark.parametrize("started, now", [(2, None), (None, 2)], ids=["parallel-then-not", "not-then-parallel"])
+def test_a_steps_output_maps_parts_to_items_as_they_were_built_when_parallel_changes_mid_run(
+        stores: tuple[Any, Any], tmp_path: Path, started: int | None, now: int | None) -> None:
+    """A reload turns `parallel` on or off while the step runs (or a node of the cluster has the
+    other setting): the step's output still holds every item's output, once each, in order (before:
+    only part 0's output with `parallel` turned off; part 0's output and then the raw input items
+    with it turned on)."""
+    from schedulerd.config import load
+    from schedulerd.pipelinerun import advance
+
+    pipelines, jobs = stores
+
+    def config(parallel: int | None) -> Any:
+        path = tmp_path / f"p{parallel}.toml"
+        path.write_text(f'[pipelines.p]\nsteps = [{{ type = "noop"{f", parallel = {parallel}" if parallel else ""} }}]\n')
+        return load(path)
+
+    items = _items(4)
+    run = pipelines.run(pipelines.create_run("p", "manual", ["0:noop"], items))
+    assert advance(pipelines, config(started), run) == {"pipeline.p.0"}
+    claimed = sorted(jobs.claim_many("pipeline.p.0", "n1", 10), key=lambda j: j.id)
+    assert len(claimed) == (4 if started else 1)
+    for job in claimed:  # each part's job returns its items marked as done (as archive returns records)
+        done = [Item(ItemKind.EVENT, fields={"n": d["fields"]["n"] + "'"}) for d in job.payload["items"]]
+        pipelines.set_part_output(run.id, 0, job.payload["part"], done)
+    jobs.settle_many([Outcome(j.id, "finished", 0.0, node="n1") for j in claimed])
+    advance(pipelines, config(now), run)  # the configuration changed meanwhile
+    ended = pipelines.run(run.id)
+    assert ended.state.value == "finished", ended
+    assert [i.fields["n"] for i in pipelines.step_input(ended)] == ["0'", "1'", "2'", "3'"]
+    assert pipelines.steps(run.id)[0].items_out == 4
+
+
+def test_a_jobs_db_made_before_part_items_gets_them_for_its_running_steps(tmp_path: Path) -> None:
+    """An older jobs.db's steps get `part_items` when it is opened: 1 for a step of more than one
+    part (only a parallel step has several), none for a step of one part (both map it alike)."""
+    import sqlite3
+
+    from schedulerd.pipelinestore import SQLITE_SCHEMA
+
+    (tmp_path / "state").mkdir()
+    with sqlite3.connect(tmp_path / "state" / "jobs.db") as c:
+        c.executescript(SQLITE_SCHEMA.replace(" part_items INTEGER,", ""))
+        for step, parts in ((0, 3), (1, 1)):
+            c.execute("INSERT INTO pipeline_steps(run, step, name, state, items_in, parts, started) "
+                      "VALUES (1, ?, 'x', 'running', 3, ?, 1.0)", (step, parts))
+    c.close()
+    pipelines = open_pipeline_store(tmp_path / "state", StoreSettings())
+    try:
+        with pipelines.transaction() as t:
+            assert t.execute("SELECT step, part_items FROM pipeline_steps ORDER BY step").fetchall() == [(0, 1), (1, None)]
+    finally:
+        pipelines.close()
