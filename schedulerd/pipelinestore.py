@@ -5,7 +5,8 @@ holding every item, or one per item with `parallel`), and the part's jobs are in
 same transaction as the step row: a step is started whole or not at all, and its items are then
 retried, recovered after a kill -9 and cancelled as the durable job queue does for any job. A
 part whose job returned items other than its input keeps them (`output`); the step's output is
-every part's, in order. The same SQL runs on both databases (`?` becomes `%s` on PostgreSQL).
+every part's, in order. A part keeps the state and error its job had when the job was deleted
+(`job_state`, `job_error`: a trigger on jobs), so a purged job still says how its part ended. The same SQL runs on both databases (`?` becomes `%s` on PostgreSQL).
 """
 
 from __future__ import annotations
@@ -49,12 +50,26 @@ CREATE TABLE IF NOT EXISTS pipeline_steps (
     output TEXT, part_items INTEGER, PRIMARY KEY (run, step));
 CREATE TABLE IF NOT EXISTS pipeline_parts (
     run INTEGER NOT NULL, step INTEGER NOT NULL, part INTEGER NOT NULL, job INTEGER NOT NULL, output TEXT,
-    PRIMARY KEY (run, step, part));
+    job_state TEXT, job_error TEXT, PRIMARY KEY (run, step, part));
 CREATE INDEX IF NOT EXISTS pipeline_parts_job ON pipeline_parts(job);
 """
 
 # a jobs.db made before pipeline_runs had `due` gets it (_SqlitePipelines); then its unique key
 SQLITE_DUE_INDEX = "CREATE UNIQUE INDEX IF NOT EXISTS pipeline_runs_due ON pipeline_runs(pipeline, due)"
+# a deleted job's state and error stay with its part (the retention or job:purge may delete a part's
+# done job before the driver looked at it); PostgreSQL: migration 0008
+SQLITE_PART_TRIGGER = ("CREATE TRIGGER IF NOT EXISTS pipeline_parts_job_deleted AFTER DELETE ON jobs BEGIN "
+                       "UPDATE pipeline_parts SET job_state=OLD.state, job_error=OLD.error WHERE job=OLD.id; END")
+# the current step's parts by state: a part whose job is gone has the state its job had then, and
+# is `deleted` unless that was an end (none recorded: its job went before parts kept it)
+PART_STATES = ("SELECT CASE WHEN j.id IS NOT NULL THEN j.state WHEN p.job_state IN ('finished','failed','cancelled') "
+               "THEN p.job_state ELSE 'deleted' END, count(*) FROM pipeline_parts p LEFT JOIN jobs j ON j.id=p.job "
+               "WHERE p.run=? AND p.step=? GROUP BY 1")
+# the first part that fails its step: its job failed or was cancelled, or went before finishing
+PART_FAILED = ("SELECT p.part, p.job, j.id IS NULL, coalesce(j.state, p.job_state), coalesce(j.error, p.job_error) "
+               "FROM pipeline_parts p LEFT JOIN jobs j ON j.id=p.job WHERE p.run=? AND p.step=? AND "
+               "(j.state IN ('failed','cancelled') OR (j.id IS NULL AND coalesce(p.job_state, '') <> 'finished')) "
+               "ORDER BY p.part LIMIT 1")
 # a scheduled run's due time is a unique key with its pipeline: a run for a due time that has one
 # is not made (another node of the cluster made it); other runs have no due time (NULLs never conflict)
 INSERT_RUN = ("INSERT INTO pipeline_runs(pipeline, trigger, state, step, steps, input, created, due) "
@@ -287,21 +302,24 @@ class PipelineStore:
         c.execute("SELECT pg_notify('schedulerd_jobs', ?)", (jobs[0].queue,))
 
     def part_states(self, run: RunRow) -> tuple[dict[str, int], str | None]:
-        """The current step's jobs by state, and the error of one that failed or was cancelled.
-        A part whose job is gone was purged by the retention, which deletes only done jobs: counted
-        `finished` (a failure is seen at the driver's look before: 0.2 s, against a retention that
-        keeps the newest `keep_failed` failed jobs)."""
+        """The current step's jobs by state, and the error of the first part that fails the step:
+        its job failed or was cancelled, or was deleted before it ended. A part whose job is gone
+        (the retention or job:purge deletes done jobs, maybe before the driver looked) has the
+        state and error its job had then (pipeline_parts.job_state, written as the job is deleted):
+        only a finished one counts as finished."""
         with self.transaction() as c:
-            counts = {r[0]: int(r[1]) for r in c.execute(
-                "SELECT coalesce(j.state, 'finished'), count(*) FROM pipeline_parts p LEFT JOIN jobs j ON j.id=p.job "
-                "WHERE p.run=? AND p.step=? GROUP BY 1", (run.id, run.step)).fetchall()}
-            error = None
-            if counts.get("failed") or counts.get("cancelled"):
-                row = c.execute("SELECT j.id, j.state, j.error FROM pipeline_parts p JOIN jobs j ON j.id=p.job "
-                                "WHERE p.run=? AND p.step=? AND j.state IN ('failed','cancelled') ORDER BY p.part "
-                                "LIMIT 1", (run.id, run.step)).fetchone()
-                error = f"job {row[0]} {row[1]}: {row[2] or ''}".rstrip(": ")
-        return counts, error
+            counts = {r[0]: int(r[1]) for r in c.execute(PART_STATES, (run.id, run.step)).fetchall()}
+            if not (counts.get("failed") or counts.get("cancelled") or counts.get("deleted")):
+                return counts, None
+            row = c.execute(PART_FAILED, (run.id, run.step)).fetchone()
+        if row is None:  # retried (job:retry) since the count, on PostgreSQL
+            return counts, None
+        part, job, gone, state, error = row
+        if gone and state is None:
+            return counts, f"part {part}'s job {job} was deleted before its end was recorded"
+        if gone and state not in ("failed", "cancelled"):
+            return counts, f"part {part}'s job {job} was deleted while {state}"
+        return counts, f"job {job} {state}: {error or ''}".rstrip(": ")
 
     def step_output(self, run: RunRow) -> str:
         """Every part's output in order, as stored JSON: what its job returned, else its input
@@ -340,20 +358,22 @@ class PipelineStore:
 
 class _SqlitePipelines(SqliteFile):
     """jobs.db's pipeline tables; one made by an older schedulerd gets the columns added since
-    (PostgreSQL: migrations 0004, 0007), a write only the first time."""
+    (PostgreSQL: migrations 0004, 0007, 0008), a write only the first time."""
 
     SCHEMA = SQLITE_SCHEMA
     # (table, column, its type, what fills it in the rows there are: a step started before
     # part_items with more than one part was a parallel one)
     ADDED = (("pipeline_runs", "due", "REAL", None),
-             ("pipeline_steps", "part_items", "INTEGER", "UPDATE pipeline_steps SET part_items = 1 WHERE parts > 1"))
+             ("pipeline_steps", "part_items", "INTEGER", "UPDATE pipeline_steps SET part_items = 1 WHERE parts > 1"),
+             ("pipeline_parts", "job_state", "TEXT", None), ("pipeline_parts", "job_error", "TEXT", None))
+    MADE = {"pipeline_runs_due": SQLITE_DUE_INDEX, "pipeline_parts_job_deleted": SQLITE_PART_TRIGGER}
 
     def __init__(self, path: Path, busy_timeout: float = DEFAULT_BUSY_TIMEOUT):
         super().__init__(path, busy_timeout)
         with self._lock:
             missing = [a for a in self.ADDED if a[1] not in self._columns(self._conn, a[0])]
-            done = self._conn.execute("SELECT 1 FROM sqlite_master WHERE name='pipeline_runs_due'").fetchone()
-        if done and not missing:
+            made = {r[0] for r in self._conn.execute("SELECT name FROM sqlite_master WHERE type IN ('index','trigger')")}
+        if set(self.MADE) <= made and not missing:
             return
         with self.transaction() as c:
             for table, column, kind, fill in self.ADDED:
@@ -361,7 +381,8 @@ class _SqlitePipelines(SqliteFile):
                     c.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
                     if fill:
                         c.execute(fill)
-            c.execute(SQLITE_DUE_INDEX)
+            for sql in self.MADE.values():
+                c.execute(sql)
 
     @staticmethod
     def _columns(c: sqlite3.Connection, table: str) -> set[str]:

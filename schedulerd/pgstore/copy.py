@@ -27,7 +27,7 @@ TABLES = ("tasks", "runs", "kv", "jobs", "job_deps", "job_logs", "queues", "pipe
 RUN_COLUMNS = ("id", "pipeline", "trigger", "state", "step", "steps", "input", "created", "finished", "error", "due")
 STEP_COLUMNS = ("run", "step", "name", "state", "items_in", "items_out", "parts", "started", "finished", "error",
                 "output", "part_items")
-PART_COLUMNS = ("run", "step", "part", "job", "output")
+PART_COLUMNS = ("run", "step", "part", "job", "output", "job_state", "job_error")
 
 
 class NotEmpty(Exception):
@@ -78,7 +78,8 @@ def _copy_pipelines(cur: psycopg.Cursor, path: Path) -> dict[str, int]:
     """The pipeline runs, their steps and parts (the parts' jobs are the jobs copied with their
     ids). Times are seconds since the epoch on both sides; a jobs.db made before runs had `due`
     has none (NULL: not a scheduled run's), one made before steps had `part_items` gets it as
-    its upgrade would (1 for a step of more than one part: a parallel one)."""
+    its upgrade would (1 for a step of more than one part: a parallel one), and parts from before
+    they kept their deleted job's end have none."""
     have = _columns(path, "pipeline_runs")
     if not have:  # a jobs.db from before pipelines
         return {"pipeline_runs": 0, "pipeline_steps": 0, "pipeline_parts": 0}
@@ -91,7 +92,9 @@ def _copy_pipelines(cur: psycopg.Cursor, path: Path) -> dict[str, int]:
                         "FROM pipeline_steps "
                         "WHERE run IN (SELECT id FROM pipeline_runs) ORDER BY run, step")
     _insert(cur, "pipeline_steps", STEP_COLUMNS, steps)
-    parts = _rows(path, f"SELECT {', '.join(PART_COLUMNS)} FROM pipeline_parts "
+    part_columns = _columns(path, "pipeline_parts")
+    parts = _rows(path, f"SELECT {', '.join(c if c in part_columns else 'NULL' for c in PART_COLUMNS)} "
+                        "FROM pipeline_parts "
                         "WHERE (run, step) IN (SELECT run, step FROM pipeline_steps) ORDER BY run, step, part")
     _insert(cur, "pipeline_parts", PART_COLUMNS, parts)
     cur.execute("SELECT setval(pg_get_serial_sequence('pipeline_runs', 'id'), coalesce(max(id), 0) + 1, false) "

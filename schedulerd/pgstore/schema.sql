@@ -169,7 +169,18 @@ CREATE TABLE pipeline_parts (
     part integer NOT NULL,
     job bigint NOT NULL,
     output text,
+    job_state text,  -- the state and error its job had when deleted (migration 0008: the trigger below)
+    job_error text,
     PRIMARY KEY (run, step, part),
     FOREIGN KEY (run, step) REFERENCES pipeline_steps (run, step) ON DELETE CASCADE
 );
 CREATE INDEX pipeline_parts_job ON pipeline_parts (job);
+
+-- a deleted job's end stays with its part: a part whose job is gone is finished only if its job was
+CREATE FUNCTION pipeline_parts_job_deleted() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE pipeline_parts p SET job_state = gone.state, job_error = gone.error FROM gone WHERE p.job = gone.id;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER pipeline_parts_job_deleted AFTER DELETE ON jobs REFERENCING OLD TABLE AS gone
+    FOR EACH STATEMENT EXECUTE FUNCTION pipeline_parts_job_deleted();

@@ -198,16 +198,17 @@ def test_a_steps_output_maps_parts_to_items_as_they_were_built_when_parallel_cha
     assert pipelines.steps(run.id)[0].items_out == 4
 
 
-def test_a_jobs_db_made_before_part_items_gets_them_for_its_running_steps(tmp_path: Path) -> None:
+def test_a_jobs_db_made_before_part_items_and_job_ends_gets_them(tmp_path: Path) -> None:
     """An older jobs.db's steps get `part_items` when it is opened: 1 for a step of more than one
-    part (only a parallel step has several), none for a step of one part (both map it alike)."""
+    part (only a parallel step has several), none for a step of one part (both map it alike); its
+    parts then keep the end of a job deleted."""
     import sqlite3
 
     from schedulerd.pipelinestore import SQLITE_SCHEMA
 
     (tmp_path / "state").mkdir()
     with sqlite3.connect(tmp_path / "state" / "jobs.db") as c:
-        c.executescript(SQLITE_SCHEMA.replace(" part_items INTEGER,", ""))
+        c.executescript(SQLITE_SCHEMA.replace(" part_items INTEGER,", "").replace(" job_state TEXT, job_error TEXT,", ""))
         for step, parts in ((0, 3), (1, 1)):
             c.execute("INSERT INTO pipeline_steps(run, step, name, state, items_in, parts, started) "
                       "VALUES (1, ?, 'x', 'running', 3, ?, 1.0)", (step, parts))
@@ -216,5 +217,43 @@ def test_a_jobs_db_made_before_part_items_gets_them_for_its_running_steps(tmp_pa
     try:
         with pipelines.transaction() as t:
             assert t.execute("SELECT step, part_items FROM pipeline_steps ORDER BY step").fetchall() == [(0, 1), (1, None)]
+            t.execute("INSERT INTO jobs(id, type, queue, payload, next_attempt_at, state, error, created) "
+                      "VALUES (7, 'noop', 'q', '{}', 0, 'failed', 'boom', 0)")
+            t.execute("INSERT INTO pipeline_parts(run, step, part, job) VALUES (1, 0, 0, 7)")
+            t.execute("DELETE FROM jobs WHERE id=7")
+            assert t.execute("SELECT job_state, job_error FROM pipeline_parts").fetchall() == [("failed", "boom")]
     finally:
         pipelines.close()
+
+
+def test_a_failed_part_whose_job_is_purged_before_the_driver_looks_fails_the_run(
+        stores: tuple[Any, Any], tmp_path: Path) -> None:
+    """The retention (or job:purge) deletes a part's failed job before the driver looked: the step
+    and the run fail with the job's error (before: a part whose job was gone counted as finished,
+    and the run passed). A part whose job went without its end recorded (a step started before
+    the parts kept it) fails the step, saying so."""
+    from schedulerd.config import load
+    from schedulerd.pipelinerun import advance
+
+    pipelines, jobs = stores
+    (tmp_path / "s.toml").write_text('[pipelines.p]\nsteps = [{ type = "noop", parallel = 2 }]\n')
+    config = load(tmp_path / "s.toml")
+    runs = [pipelines.run(pipelines.create_run("p", "manual", ["0:noop"], _items(3))) for _ in range(2)]
+    for run in runs:
+        assert advance(pipelines, config, run) == {"pipeline.p.0"}
+    claimed = sorted(jobs.claim_many("pipeline.p.0", "n1", 10), key=lambda j: j.id)
+    assert len(claimed) == 6
+    jobs.settle_many([Outcome(j.id, "failed" if j.payload["part"] == 1 else "finished", 0.0, error="disk full",
+                              node="n1") for j in claimed])
+    assert jobs.purge(["finished", "failed"]) == 6  # before the driver looked
+    with pipelines.transaction() as c:  # the second run's step as one started before parts kept their end
+        c.execute("UPDATE pipeline_parts SET job_state=NULL, job_error=NULL WHERE run=?", (runs[1].id,))
+    for run in runs:
+        advance(pipelines, config, run)
+    failed, lost = (pipelines.run(r.id) for r in runs)
+    job = next(j.id for j in claimed if j.payload["run"] == runs[0].id and j.payload["part"] == 1)
+    assert failed.state.value == "failed" and failed.error == f"step 0 (0:noop): job {job} failed: disk full", failed
+    assert pipelines.steps(failed.id)[0].error == f"job {job} failed: disk full"
+    first = next(j.id for j in claimed if j.payload["run"] == runs[1].id and j.payload["part"] == 0)
+    assert lost.state.value == "failed", lost
+    assert lost.error == f"step 0 (0:noop): part 0's job {first} was deleted before its end was recorded", lost
