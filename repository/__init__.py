@@ -18,8 +18,8 @@ from .databox import Databox, awaited, display_name, open_databox
 from .events import PER_RECORD, record_jobs
 from .fields import MULTI_SEPARATOR, embedded_fields, normalize_date, now_iso
 from .fulltext import FulltextError, open_index
-from .hotfolder import Scanner, Tree, split
-from .ingest import Ingestor, Journal, Unit
+from .hotfolder import FileStat, Rules, Scan, Scanner, Tree, split
+from .ingest import BatchResult, Ingestor, Journal, Unit
 from .kept import KEPT, KeptDataboxes
 from .model import (
     Collection,
@@ -66,6 +66,10 @@ __all__ = [
     "FieldType",
     "FolderConfig",
     "Ingestor",
+    "BatchResult",
+    "FileStat",
+    "Rules",
+    "Scan",
     "JSON_ARG",
     "Journal",
     "NO_MASK",

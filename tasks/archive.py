@@ -17,13 +17,32 @@ import re
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 import anyio
 
 from schedulerd import metrics
-from schedulerd.plugin import TaskType
+from schedulerd.plugin import Context, TaskType
 from schedulerd.settings import ConfigError, duration
+
+if TYPE_CHECKING:  # (the repository is imported when a pass first needs it)
+    from repository import (
+        BatchResult,
+        Collection,
+        Databox,
+        DataboxSettings,
+        FieldType,
+        FileStat,
+        Ingestor,
+        Journal,
+        Rules,
+        Scan,
+        Scanner,
+        Tree,
+        Unit,
+        UnknownCollection,
+    )
+    from tasks.media.exiftool import ExifTool
 
 MAX_COLD = 300.0
 MAX_BATCH_BYTES = 512 * 1024 * 1024
@@ -73,6 +92,9 @@ class Settings:
                     raise ConfigError(f"{key}[{i}]", f'expected a file-name pattern like "*.jpg", got {p!r}')
 
 
+ArchiveSettings = Settings  # (in ArchiveTask's body, `Settings` is the ClassVar)
+
+
 def sibling(hotfolder: Path, suffix: str) -> Path:
     return hotfolder.parent / f"{hotfolder.name}{suffix}"
 
@@ -82,18 +104,32 @@ def _inside(a: Path, b: Path) -> bool:
     return a == b or b in a.parents
 
 
+_Error = tuple[str, str, str | None]  # (path, why, its caption's path): a file for the error folder
+
+
 @dataclasses.dataclass
 class _Plan:
     """What one pass does with the files it scanned."""
 
-    units: list[Any] = dataclasses.field(default_factory=list)  # to archive (ingest.Unit)
-    errors: list[tuple[str, str, str | None]] = dataclasses.field(default_factory=list)  # (path, why, caption)
+    units: list[Unit] = dataclasses.field(default_factory=list)  # to archive
+    errors: list[_Error] = dataclasses.field(default_factory=list)
     waiting: list[str] = dataclasses.field(default_factory=list)  # ready, but their caption is not
     empty: list[str] = dataclasses.field(default_factory=list)  # 0 bytes: wait until they grow
     problems: dict[str, str] = dataclasses.field(default_factory=dict)  # what stops the whole hotfolder
 
 
-def _collection_names(db: Any) -> dict[int, str]:
+@dataclasses.dataclass
+class _Tally:
+    """What archiving the units of one pass did."""
+
+    created: int = 0
+    skipped: int = 0  # duplicates
+    done: int = 0  # units dealt with (progress)
+    changed: list[str] = dataclasses.field(default_factory=list)  # changed under us: left to a next pass
+    touched_dirs: set[str] = dataclasses.field(default_factory=set)  # folders files left (delete_empty_folders)
+
+
+def _collection_names(db: Databox) -> dict[int, str]:
     return {c.id: c.name for c in db.collections()}
 
 
@@ -101,11 +137,11 @@ def _collection_names(db: Any) -> dict[int, str]:
 class _Open:
     """What a configured task keeps open between passes."""
 
-    db: Any
-    journal: Any
-    hot: Any
-    scanner: Any
-    ingestor: Any
+    db: Databox
+    journal: Journal
+    hot: Tree
+    scanner: Scanner
+    ingestor: Ingestor
 
 
 class ArchiveTask(TaskType):
@@ -113,8 +149,9 @@ class ArchiveTask(TaskType):
     Settings: ClassVar[type] = Settings
     emits: ClassVar[tuple[str, ...]] = ("record.created",)
     default_period: ClassVar[float] = 30.0
+    settings: ArchiveSettings
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: ArchiveSettings):
         super().__init__(settings)
         self._open: _Open | None = None
         self._seen: dict[str, tuple[int, float]] = {}  # path -> (hash of its stat, unchanged since)
@@ -135,14 +172,15 @@ class ArchiveTask(TaskType):
             if _inside(p, Path(box.storage)) or _inside(Path(box.storage), p):
                 raise ConfigError("hotfolder", f"{p} and the storage of databox {s.databox!r} ({box.storage}) overlap")
 
-    def _databox_settings(self, ctx: Any) -> Any:
+    def _databox_settings(self, ctx: Context) -> DataboxSettings:
         boxes = getattr(ctx.config, "databoxes", None) or {}
         try:
-            return boxes[self.settings.databox]
+            box: DataboxSettings = boxes[self.settings.databox]
+            return box
         except KeyError:
             raise RuntimeError(f"databox {self.settings.databox!r} is not configured") from None
 
-    def _ensure_open(self, ctx: Any) -> _Open:
+    def _ensure_open(self, ctx: Context) -> _Open:
         if self._open is not None:
             return self._open
         from repository import Ingestor, Journal, Scanner, Tree, open_databox
@@ -178,13 +216,13 @@ class ArchiveTask(TaskType):
         o.journal.close()
         o.db.close()
 
-    async def shutdown(self, ctx: Any) -> None:
+    async def shutdown(self, ctx: Context) -> None:
         async with self._lock:
             await anyio.to_thread.run_sync(self._close)
 
     # --- reporting -----------------------------------------------------------------------
 
-    def _say(self, ctx: Any, key: str, message: str, level: int = logging.WARNING) -> None:
+    def _say(self, ctx: Context, key: str, message: str, level: int = logging.WARNING) -> None:
         """Log a problem once (again only if its text changes)."""
         if self._said.get(key) != message:
             self._said[key] = message
@@ -195,7 +233,7 @@ class ArchiveTask(TaskType):
         for k in [k for k in self._said if k.startswith(key_prefix) and k not in keep]:
             del self._said[k]
 
-    def _failed(self, ctx: Any, rel: str, why: str, target: str | None) -> None:
+    def _failed(self, ctx: Context, rel: str, why: str, target: str | None) -> None:
         """One line per rejected file: its name, why, and where it went."""
         from repository import display_name
 
@@ -205,12 +243,12 @@ class ArchiveTask(TaskType):
             where = f"moved to {display_name(str(sibling(self.settings.hotfolder, '_error') / target))}"
         ctx.log.warning("rejected %s: %s (%s)", display_name(rel), why, where)
 
-    def _archived(self, ctx: Any, rel: str, record_id: int, collection: str) -> None:
+    def _archived(self, ctx: Context, rel: str, record_id: int, collection: str) -> None:
         from repository import display_name
 
         ctx.log.info("archived %s -> record %d, collection %s", display_name(rel), record_id, collection)
 
-    def _skipped(self, ctx: Any, rel: str, twin: int) -> None:
+    def _skipped(self, ctx: Context, rel: str, twin: int) -> None:
         from repository import display_name
 
         where = f"moved to {sibling(self.settings.hotfolder, '_archived')}" if self.settings.move_archived else "removed"
@@ -219,7 +257,7 @@ class ArchiveTask(TaskType):
 
     # --- one pass ------------------------------------------------------------------------
 
-    async def _queue_jobs(self, ctx: Any, event: str, ids: list[int]) -> None:
+    async def _queue_jobs(self, ctx: Context, event: str, ids: list[int]) -> None:
         """The jobs `[databoxes.NAME.on]` names for `event` (subdefCreation, deferred, by default).
         Without a job queue (a test context) the sweepers (`subdefs`, ...) take the records."""
         from repository import record_jobs
@@ -230,115 +268,133 @@ class ArchiveTask(TaskType):
             except RuntimeError:  # no job queue in this process
                 return
 
-    async def run_once(self, ctx: Any) -> str | None:
+    async def run_once(self, ctx: Context) -> str | None:
         async with self._lock:
             return await self._pass(ctx)
 
-    async def _pass(self, ctx: Any) -> str:
-        s = self.settings
+    async def _pass(self, ctx: Context) -> str:
+        """One pass: check the root, scan until cold, plan, archive, tidy; returns the summary."""
         o = await anyio.to_thread.run_sync(self._ensure_open, ctx)
         await anyio.to_thread.run_sync(o.ingestor.recover)
+        problem = await self._root_problem(ctx, o)
+        if problem:
+            return problem
+        scan, ready, pending = await self._cold_scan(ctx, o)
+        plan = await anyio.to_thread.run_sync(self._plan, o, scan, ready)
+        blocked = self._report_problems(ctx, scan, plan.problems)
+        await self._reject(o, scan, plan.errors)
+        tally = await self._archive(ctx, o, plan.units)
+        tally.touched_dirs.update(rel.rpartition("/")[0] for rel, _, _ in plan.errors)
+        still = await self._finish(ctx, o, scan, plan, tally, pending)
+        return blocked or _summary(tally, plan, scan, still)
 
+    async def _root_problem(self, ctx: Context, o: _Open) -> str | None:
+        """What keeps the hotfolder's root from being used (bootstrapping it when asked),
+        logged once and shown in the state; None when it is usable (saying so once it is again)."""
         problem = await anyio.to_thread.run_sync(self._check_root, ctx, o)
         if problem:
             ctx.set_info(error=problem)
             self._say(ctx, "root", problem, logging.ERROR)
             return problem
         if "root" in self._said:
-            ctx.log.info("hotfolder %s is usable again", s.hotfolder)
+            ctx.log.info("hotfolder %s is usable again", self.settings.hotfolder)
             self._said.pop("root", None)
         ctx.set_info(error=None)
+        return None
 
+    async def _cold_scan(self, ctx: Context, o: _Open) -> tuple[Scan, list[str], list[str]]:
+        """Scan the tree; when only files still warming up (or empty ones) are there, wait until
+        the first of them can be cold and scan again. Returns the scan, ready and pending paths."""
+        s = self.settings
         scan = await anyio.to_thread.run_sync(o.scanner.scan)
         ready, pending = self._stable(scan)
         if pending and s.cold > 0 and not any(scan.files[rel].size for rel in ready):  # (empty files wait anyway)
             now = time.monotonic()
             wait = max(s.cold - (now - self._seen[rel][1]) for rel in pending)
+            del scan, ready, pending  # (100,000 files: free before sleeping and rescanning)
             await self._sleep_full(ctx, min(s.cold, max(wait, 0.0)) + 0.01)
-            scan = ready = pending = None  # type: ignore[assignment]  # (100,000 files: free before rescanning)
             scan = await anyio.to_thread.run_sync(o.scanner.scan)
             ready, pending = self._stable(scan)
+        return scan, ready, pending
 
-        plan = await anyio.to_thread.run_sync(self._plan, o, scan, ready)
-        units, errors, waiting = plan.units, plan.errors, plan.waiting
-        blocked = self._report_problems(ctx, scan, plan.problems)
-
+    async def _reject(self, o: _Open, scan: Scan, errors: list[_Error]) -> None:
+        """Send the files the plan refused to the error folder (or leave them, remembered)."""
         for rel, why, caption in errors:
             await anyio.to_thread.run_sync(
                 functools.partial(o.ingestor.fail, rel, why, caption=caption, stat=scan.files.get(rel))
             )
 
-        created = skipped = 0
-        changed: list[str] = []
-        touched_dirs: set[str] = {rel.rpartition("/")[0] for rel, _, _ in errors}
-        total = len(units)
-        done = 0
-        ctx.progress(0, total)
+    async def _archive(self, ctx: Context, o: _Open, units: list[Unit]) -> _Tally:
+        """Archive the units in journaled batches, with their embedded fields; log, emit and
+        queue the jobs of each record made; count what was made, skipped and changed."""
+        tally = _Tally()
+        ctx.progress(0, len(units))
         names = await anyio.to_thread.run_sync(_collection_names, o.db) if units else {}
         box = self._databox_settings(ctx)
         async with _Embedded(self, ctx, box.field_sources, box.field_types) as embedded:
-            for batch in _batches(units, s.batch, MAX_BATCH_BYTES):
+            for batch in _batches(units, self.settings.batch, MAX_BATCH_BYTES):
                 batch = await embedded.units(batch)
                 res = await anyio.to_thread.run_sync(o.ingestor.ingest, batch)
-                coll_of = {u.rel: u.collection_id for u in batch}
-                for rid, rel in res.created:
-                    self._archived(ctx, rel, rid, names.get(coll_of[rel], str(coll_of[rel])))
-                    ctx.emit("record.created", databox=s.databox, record_id=rid)
-                    touched_dirs.add(rel.rpartition("/")[0])
-                    self._seen.pop(rel, None)
-                await self._queue_jobs(ctx, "record.created", [rid for rid, _ in res.created])
-                for rel, twin in res.skipped:
-                    self._skipped(ctx, rel, twin)
-                for rel, _ in res.skipped + res.errors:
-                    touched_dirs.add(rel.rpartition("/")[0])
-                    self._seen.pop(rel, None)
-                created += len(res.created)
-                metrics.records_archived(ctx.name, len(res.created))
-                skipped += len(res.skipped)
-                changed += res.changed
-                done += len(batch)
-                ctx.progress(done, total)
-        for rel in changed:
+                await self._batch_done(ctx, batch, res, names, tally)
+                ctx.progress(tally.done, len(units))
+        return tally
+
+    async def _batch_done(self, ctx: Context, batch: list[Unit], res: BatchResult,
+                          names: dict[int, str], tally: _Tally) -> None:
+        """Report one ingested batch: a line per archived or skipped file, `record.created`
+        events and jobs, the folders touched; forget the files dealt with; count them."""
+        coll_of = {u.rel: u.collection_id for u in batch}
+        for rid, rel in res.created:
+            self._archived(ctx, rel, rid, names.get(coll_of[rel], str(coll_of[rel])))
+            ctx.emit("record.created", databox=self.settings.databox, record_id=rid)
+            tally.touched_dirs.add(rel.rpartition("/")[0])
             self._seen.pop(rel, None)
+        await self._queue_jobs(ctx, "record.created", [rid for rid, _ in res.created])
+        for rel, twin in res.skipped:
+            self._skipped(ctx, rel, twin)
+        for rel, _ in res.skipped + res.errors:
+            tally.touched_dirs.add(rel.rpartition("/")[0])
+            self._seen.pop(rel, None)
+        tally.created += len(res.created)
+        metrics.records_archived(ctx.name, len(res.created))
+        tally.skipped += len(res.skipped)
+        tally.changed += res.changed
+        tally.done += len(batch)
 
-        warming = set(pending) | set(changed) | set(waiting)
+    async def _finish(self, ctx: Context, o: _Open, scan: Scan, plan: _Plan, tally: _Tally,
+                      pending: list[str]) -> set[str]:
+        """After archiving: tidy the tree, update the state, and wake the task again when files
+        are still warming up. Returns the files left waiting."""
+        for rel in tally.changed:
+            self._seen.pop(rel, None)
+        warming = set(pending) | set(tally.changed) | set(plan.waiting)
         still = warming | set(plan.empty)
-        await anyio.to_thread.run_sync(self._tidy, ctx, o, scan, still, touched_dirs)
-
-        self._archived_total += created
+        await anyio.to_thread.run_sync(self._tidy, ctx, o, scan, still, tally.touched_dirs)
+        self._archived_total += tally.created
         ctx.set_info(waiting=len(still) or None, archived_total=self._archived_total)
         if warming:
             wake = getattr(ctx, "wake", None)
             if wake is not None:
                 wake()  # files still warming up: come back as soon as they can be cold
-        if blocked:
-            return blocked
-        parts = [f"archived {created}"]
-        if skipped:
-            parts.append(f"skipped {skipped} duplicates")
-        if errors:
-            parts.append(f"errors {len(errors)}")
-        if still:
-            parts.append(f"waiting {len(still)}")
-        if plan.problems or scan.broken:
-            parts.append(f"problems {len(plan.problems) + len(scan.broken)}")
-        return ", ".join(parts)
+        return still
 
-    async def _sleep_full(self, ctx: Any, seconds: float) -> None:
+    async def _sleep_full(self, ctx: Context, seconds: float) -> None:
         """Wait the whole cold time: being woken (new files) does not make files colder."""
         deadline = time.monotonic() + seconds
         woken = False
         while (left := deadline - time.monotonic()) > 0:
             woken |= bool(await ctx.sleep(left))
-        if woken and getattr(ctx, "wake", None):
-            ctx.wake()
+        wake = getattr(ctx, "wake", None)
+        if woken and wake is not None:
+            wake()
 
-    def _stable(self, scan: Any) -> tuple[list[str], list[str]]:
+    def _stable(self, scan: Scan) -> tuple[list[str], list[str]]:
         """Files unchanged for `cold` seconds (ready), and the others (pending)."""
         now = time.monotonic()
         cold = self.settings.cold
         seen = self._seen
-        ready, pending = [], []
+        ready: list[str] = []
+        pending: list[str] = []
         fresh: dict[str, tuple[int, float]] = {}
         for rel, fs in scan.files.items():
             key = hash(fs.key)  # not the FileStat itself: the previous scan can be freed
@@ -349,7 +405,7 @@ class ArchiveTask(TaskType):
         self._seen = fresh
         return ready, pending
 
-    def _check_root(self, ctx: Any, o: _Open) -> str | None:
+    def _check_root(self, ctx: Context, o: _Open) -> str | None:
         from repository import PHRASEA_XML as NAME
         from repository import UnknownCollection, render_phrasea_xml
 
@@ -373,113 +429,11 @@ class ArchiveTask(TaskType):
 
     # --- planning: what to archive, what is an error, what waits -------------------------
 
-    def _plan(self, o: _Open, scan: Any, ready: list[str]) -> _Plan:
+    def _plan(self, o: _Open, scan: Scan, ready: list[str]) -> _Plan:
         """Group ready files with their captions, resolve collections and status."""
-        from repository import CAPTION_MAX_BYTES as MAX_BYTES
-        from repository import CaptionError, Unit, UnknownCollection, parse_caption, parse_mask, split
+        return _Planner(self, o, scan, ready).plan()
 
-        s = self.settings
-        failed = o.journal.failed_keys() if not s.move_error else {}
-        if failed:
-            gone = [r for r in failed if r not in scan.files]
-            o.journal.drop_failed(gone)
-        base_status = parse_mask(s.status, "status").apply(0)
-        declared = o.db.settings.field_types
-        ready_set = set(ready)
-        colls: dict[str, Any] = {}
-
-        def resolve(ref: str) -> Any:
-            if ref not in colls:
-                try:
-                    colls[ref] = o.db.collection(ref)
-                except UnknownCollection as e:
-                    colls[ref] = e
-            return colls[ref]
-
-        plan = _Plan()
-        root_coll = resolve(scan.rules[""].collection or s.collection) if "" in scan.rules else None
-        if isinstance(root_coll, Exception):
-            src = scan.rules[""].collection_from or "the task setting collection"
-            plan.problems["collection"] = f"{root_coll} (set in {src}): nothing archived"
-            return plan
-
-        accept_all = "*" in s.accept
-        by_dir: dict[str, list[str]] = {}  # folder -> its files' paths (the scan's own strings)
-        for rel in scan.files:
-            by_dir.setdefault(split(rel)[0], []).append(rel)
-
-        units, errors, waiting = plan.units, plan.errors, plan.waiting
-        now = time.monotonic()
-        for d in sorted(by_dir):  # files in name order: record ids follow names
-            rels = sorted(by_dir[d])
-            cut = len(d) + 1 if d else 0
-            caption_of: dict[str, str] = {}
-            claimed: set[str] = set()
-            if s.captions:
-                names_set = {rel[cut:] for rel in rels}
-                for n in names_set:
-                    stem = n.rsplit(".", 1)[0] if "." in n[1:] else n
-                    for pat in s.captions:
-                        c = pat.replace("{stem}", stem).replace("{name}", n)
-                        if c != n and c in names_set:
-                            caption_of[n] = c
-                            claimed.add(c)
-                            break
-            rules = scan.rules.get(d)
-            for rel in rels:
-                n = rel[cut:]
-                if n in claimed:
-                    continue  # a caption, archived with its document
-                fs = scan.files[rel]
-                cap = caption_of.get(n)
-                cap_rel = (f"{d}/{cap}" if d else cap) if cap else None
-                if rel in failed and failed[rel] == (fs.ino, fs.size, fs.mtime_ns):
-                    continue  # failed before, unchanged since: reported once, not retried
-                if rel not in ready_set or (cap_rel and cap_rel not in ready_set):
-                    if rel in ready_set:
-                        waiting.append(rel)
-                    continue
-                if fs.size == 0:
-                    unchanged = now - self._seen[rel][1] if rel in self._seen else 0.0
-                    if unchanged < s.cold * EMPTY_COLDS:
-                        plan.empty.append(rel)  # a writer may only have created it yet
-                    else:
-                        errors.append((rel, f"empty file (0 bytes) for {unchanged:.0f}s "
-                                            f"({EMPTY_COLDS} x cold): not archived", cap_rel))
-                    continue
-                lower = n.lower()
-                refused = next((p for p in s.refuse if fnmatch.fnmatchcase(lower, p.lower())), None)
-                if refused:
-                    errors.append((rel, f"refused by mask {refused!r}", cap_rel))
-                    continue
-                if not accept_all and not any(fnmatch.fnmatchcase(lower, p.lower()) for p in s.accept):
-                    errors.append((rel, f"not accepted by masks {list(s.accept)}", cap_rel))
-                    continue
-                coll = resolve(rules.collection) if rules and rules.collection else root_coll
-                if isinstance(coll, Exception):
-                    errors.append((rel, f"{coll} (set in {rules.collection_from})", cap_rel))
-                    continue
-                status = base_status
-                for m in rules.status if rules else ():
-                    status = m.apply(status)
-                fields: dict[str, str] = {}
-                cap_stat = scan.files.get(cap_rel) if cap_rel else None
-                if cap_rel:
-                    try:
-                        caption = parse_caption(o.hot.read_small(cap_rel, MAX_BYTES), cap, declared)
-                    except (CaptionError, ValueError) as e:
-                        errors.append((rel, f"bad caption {cap}: {e}", cap_rel))
-                        continue
-                    except OSError as e:
-                        errors.append((rel, f"cannot read caption {cap}: {e.strerror}", cap_rel))
-                        continue
-                    fields = dict(caption.fields)
-                    if caption.status is not None:
-                        status = caption.status.apply(status)
-                units.append(Unit(rel, fs, coll.id, status, fields, cap_rel, cap_stat))
-        return plan
-
-    def _report_problems(self, ctx: Any, scan: Any, problems: dict[str, str]) -> str | None:
+    def _report_problems(self, ctx: Context, scan: Scan, problems: dict[str, str]) -> str | None:
         """Log each problem once and show them in the state; returns what keeps the whole
         hotfolder from being archived (its root collection or .phrasea.xml), if anything."""
         from repository import display_name
@@ -510,7 +464,7 @@ class ArchiveTask(TaskType):
             ctx.set_info(error=shown[0] + (f" (and {len(shown) - 1} more problems)" if len(shown) > 1 else ""))
         return root
 
-    def _tidy(self, ctx: Any, o: _Open, scan: Any, still: set[str], touched_dirs: set[str]) -> None:
+    def _tidy(self, ctx: Context, o: _Open, scan: Scan, still: set[str], touched_dirs: set[str]) -> None:
         """Remove used UNLOCK files and, when asked, folders emptied by this pass."""
         for d, name in scan.unlock.items():
             prefix = f"{d}/" if d else ""
@@ -538,7 +492,7 @@ class ArchiveTask(TaskType):
 
     # --- the watcher ---------------------------------------------------------------------
 
-    async def background(self, ctx: Any) -> None:
+    async def background(self, ctx: Context) -> None:
         """Wake the task when something changes in the hotfolder (inotify, or polling)."""
         from watchfiles import awatch
 
@@ -573,11 +527,11 @@ class _Embedded:
     with the pass; a caption's fields win over embedded ones. Without exiftool the pass archives
     without them and says why once (again after exiftool has been back)."""
 
-    def __init__(self, task: ArchiveTask, ctx: Any, sources: Mapping[str, str], declared: Mapping[str, str]):
+    def __init__(self, task: ArchiveTask, ctx: Context, sources: Mapping[str, str], declared: Mapping[str, FieldType]):
         self.task, self.ctx, self.sources, self.declared = task, ctx, sources, declared
         self.tags = sorted(set(sources.values()))
         self.stack = contextlib.AsyncExitStack()
-        self.et: Any = None
+        self.et: ExifTool | None = None
         self.off = not sources
 
     async def __aenter__(self) -> _Embedded:
@@ -586,10 +540,10 @@ class _Embedded:
     async def __aexit__(self, *exc: object) -> None:
         await self.stack.aclose()
 
-    async def units(self, batch: list[Any]) -> list[Any]:
+    async def units(self, batch: list[Unit]) -> list[Unit]:
         return batch if self.off else [await self._unit(u) for u in batch]
 
-    async def _unit(self, unit: Any) -> Any:
+    async def _unit(self, unit: Unit) -> Unit:
         from repository import display_name, embedded_fields
         from tasks.media import MediaError
 
@@ -611,7 +565,7 @@ class _Embedded:
             self.ctx.log.warning("%s: embedded %s (field left empty)", display_name(unit.rel), problem)
         return dataclasses.replace(unit, fields={**fields, **unit.fields}) if fields else unit
 
-    async def _exiftool(self) -> Any:
+    async def _exiftool(self) -> ExifTool | None:
         from tasks.media import MediaError
         from tasks.media.exiftool import ExifTool
 
@@ -626,6 +580,178 @@ class _Embedded:
         return self.et
 
 
+class _Refused(Exception):
+    """A file the plan sends to the error folder, and why."""
+
+
+class _Planner:
+    """One pass's planning: which ready files become records (with their collection, status and
+    caption fields), which are errors, which wait (see `_Plan`)."""
+
+    def __init__(self, task: ArchiveTask, o: _Open, scan: Scan, ready: list[str]):
+        from repository import parse_mask
+
+        self.s, self.o, self.scan, self.seen = task.settings, o, scan, task._seen
+        self.ready = set(ready)
+        self.base_status = parse_mask(self.s.status, "status").apply(0)
+        self.colls: dict[str, Collection | UnknownCollection] = {}
+        self.result = _Plan()
+        self.now = time.monotonic()
+
+    def plan(self) -> _Plan:
+        """Plan every folder, files in name order (record ids follow names); a root collection
+        that does not exist stops the whole hotfolder."""
+        from repository import split
+
+        failed = self._failed_before()
+        rules = self.scan.rules
+        root = self._collection(rules[""].collection or self.s.collection) if "" in rules else None
+        if isinstance(root, Exception):
+            src = rules[""].collection_from or "the task setting collection"
+            self.result.problems["collection"] = f"{root} (set in {src}): nothing archived"
+            return self.result
+        by_dir: dict[str, list[str]] = {}  # folder -> its files' paths (the scan's own strings)
+        for rel in self.scan.files:
+            by_dir.setdefault(split(rel)[0], []).append(rel)
+        for d in sorted(by_dir):
+            self._folder(d, sorted(by_dir[d]), root, failed)
+        return self.result
+
+    def _failed_before(self) -> dict[str, tuple[int, int, int]]:
+        """Files that failed before and were left in place (no error folder), by their stat
+        key; forgets those gone from the tree."""
+        failed = self.o.journal.failed_keys() if not self.s.move_error else {}
+        if failed:
+            self.o.journal.drop_failed([r for r in failed if r not in self.scan.files])
+        return failed
+
+    def _collection(self, ref: str) -> Collection | UnknownCollection:
+        """The collection a name or id refers to, or why there is none (looked up once a pass)."""
+        from repository import UnknownCollection
+
+        if ref not in self.colls:
+            try:
+                self.colls[ref] = self.o.db.collection(ref)
+            except UnknownCollection as e:
+                self.colls[ref] = e
+        return self.colls[ref]
+
+    def _folder(self, d: str, rels: list[str], root: Collection | None,
+                failed: dict[str, tuple[int, int, int]]) -> None:
+        """Plan one folder's files; a caption goes with its document, not on its own."""
+        cut = len(d) + 1 if d else 0
+        caption_of = _pair_captions({rel[cut:] for rel in rels}, self.s.captions)
+        claimed = set(caption_of.values())
+        rules = self.scan.rules.get(d)
+        for rel in rels:
+            name = rel[cut:]
+            if name in claimed:
+                continue  # a caption, archived with its document
+            cap = caption_of.get(name)
+            cap_rel = (f"{d}/{cap}" if d else cap) if cap else None
+            fs = self.scan.files[rel]
+            if rel in failed and failed[rel] == (fs.ino, fs.size, fs.mtime_ns):
+                continue  # failed before, unchanged since: reported once, not retried
+            if rel not in self.ready or (cap_rel and cap_rel not in self.ready):
+                if rel in self.ready:
+                    self.result.waiting.append(rel)
+                continue
+            try:
+                unit = self._unit(rel, name, fs, rules, root, cap, cap_rel)
+            except _Refused as e:
+                self.result.errors.append((rel, str(e), cap_rel))
+                continue
+            if unit is not None:
+                self.result.units.append(unit)
+
+    def _unit(self, rel: str, name: str, fs: FileStat, rules: Rules | None, root: Collection | None,
+              cap: str | None, cap_rel: str | None) -> Unit | None:
+        """The unit to archive for a ready file (None: empty, it waits to grow); raises
+        _Refused when it goes to the error folder."""
+        from repository import Unit
+
+        if fs.size == 0:
+            self._empty(rel)
+            return None
+        self._screen(name)
+        coll = root
+        if rules and rules.collection:
+            found = self._collection(rules.collection)
+            if isinstance(found, Exception):
+                raise _Refused(f"{found} (set in {rules.collection_from})")
+            coll = found
+        assert coll is not None  # (files are scanned under a root with its .phrasea.xml rules)
+        status = self.base_status
+        for m in rules.status if rules else ():
+            status = m.apply(status)
+        fields: dict[str, str] = {}
+        if cap and cap_rel:
+            fields, status = self._caption(cap, cap_rel, status)
+        cap_stat = self.scan.files.get(cap_rel) if cap_rel else None
+        return Unit(rel, fs, coll.id, status, fields, cap_rel, cap_stat)
+
+    def _empty(self, rel: str) -> None:
+        """A 0-byte file waits EMPTY_COLDS x cold to grow (its writer may only have created it),
+        then is an error."""
+        unchanged = self.now - self.seen[rel][1] if rel in self.seen else 0.0
+        if unchanged >= self.s.cold * EMPTY_COLDS:
+            raise _Refused(f"empty file (0 bytes) for {unchanged:.0f}s ({EMPTY_COLDS} x cold): not archived")
+        self.result.empty.append(rel)
+
+    def _screen(self, name: str) -> None:
+        """Raises _Refused when the name matches a `refuse` pattern or no `accept` one."""
+        lower = name.lower()
+        refused = next((p for p in self.s.refuse if fnmatch.fnmatchcase(lower, p.lower())), None)
+        if refused:
+            raise _Refused(f"refused by mask {refused!r}")
+        if "*" not in self.s.accept and not any(fnmatch.fnmatchcase(lower, p.lower()) for p in self.s.accept):
+            raise _Refused(f"not accepted by masks {list(self.s.accept)}")
+
+    def _caption(self, cap: str, cap_rel: str, status: int) -> tuple[dict[str, str], int]:
+        """The fields a caption file sets, and the status with its mask applied; raises
+        _Refused when it cannot be read or parsed."""
+        from repository import CAPTION_MAX_BYTES, CaptionError, parse_caption
+
+        try:
+            caption = parse_caption(self.o.hot.read_small(cap_rel, CAPTION_MAX_BYTES), cap,
+                                    self.o.db.settings.field_types)
+        except (CaptionError, ValueError) as e:
+            raise _Refused(f"bad caption {cap}: {e}") from None
+        except OSError as e:
+            raise _Refused(f"cannot read caption {cap}: {e.strerror}") from None
+        if caption.status is not None:
+            status = caption.status.apply(status)
+        return dict(caption.fields), status
+
+
+def _pair_captions(names: set[str], patterns: tuple[str, ...]) -> dict[str, str]:
+    """Document name -> its caption's name, both in `names`: the first pattern
+    ("{stem}.xml", "{name}.json") that names another file of the folder."""
+    caption_of: dict[str, str] = {}
+    for n in names:
+        stem = n.rsplit(".", 1)[0] if "." in n[1:] else n
+        for pat in patterns:
+            c = pat.replace("{stem}", stem).replace("{name}", n)
+            if c != n and c in names:
+                caption_of[n] = c
+                break
+    return caption_of
+
+
+def _summary(tally: _Tally, plan: _Plan, scan: Scan, still: set[str]) -> str:
+    """The pass's outcome on one line: archived, skipped, errors, waiting, problems."""
+    parts = [f"archived {tally.created}"]
+    if tally.skipped:
+        parts.append(f"skipped {tally.skipped} duplicates")
+    if plan.errors:
+        parts.append(f"errors {len(plan.errors)}")
+    if still:
+        parts.append(f"waiting {len(still)}")
+    if plan.problems or scan.broken:
+        parts.append(f"problems {len(plan.problems) + len(scan.broken)}")
+    return ", ".join(parts)
+
+
 async def _set_when_cancelled(event: anyio.Event) -> None:
     """awatch's thread only notices its stop event: set it as soon as we are cancelled."""
     try:
@@ -634,8 +760,9 @@ async def _set_when_cancelled(event: anyio.Event) -> None:
         event.set()
 
 
-def _batches(units: list[Any], count: int, max_bytes: int) -> Iterable[list[Any]]:
-    batch: list[Any] = []
+def _batches(units: list[Unit], count: int, max_bytes: int) -> Iterable[list[Unit]]:
+    """The units in batches of at most `count` files and `max_bytes` (a bigger file alone)."""
+    batch: list[Unit] = []
     size = 0
     for u in units:
         if batch and (len(batch) >= count or size + u.stat.size > max_bytes):
