@@ -318,12 +318,19 @@ class FolderTrigger:
         return found
 
     async def _watch(self, folder: Path) -> None:
+        """The folder's changes into `pending`. Says so once the watcher is on (its first batch of
+        changes, or its first second without any): a file appearing from then on fires."""
         from watchfiles import awatch
 
         stop = anyio.Event()
+        watching = False
         async for changes in awatch(folder, stop_event=stop, force_polling=self.pc.trigger.force_polling,
                                     recursive=self.pc.trigger.recursive, debounce=50, step=20,
-                                    rust_timeout=1000, watch_filter=None, ignore_permission_denied=True):
+                                    rust_timeout=1000, yield_on_timeout=True, watch_filter=None,
+                                    ignore_permission_denied=True):
+            if not watching:
+                watching = True
+                log.info("pipeline %s: watching %s (%d file(s) there before)", self.pc.name, folder, len(self.seen))
             now = time.monotonic()
             for _change, path in changes:
                 name = path.rsplit("/", 1)[-1]

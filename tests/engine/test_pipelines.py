@@ -53,6 +53,11 @@ def _feed(inbox: Path, jpegs: int, others: int) -> None:
         f.rename(inbox / f.name)  # whole files appear at once
 
 
+def _watching(site: Site, pipeline: str) -> None:
+    """Until the daemon says the pipeline's folder trigger watches (its baseline taken, its watcher on)."""
+    site.wait_for(lambda: f"pipeline {pipeline}: watching " in site.log(), timeout=30, what=f"{pipeline} watching")
+
+
 def _runs(site: Site) -> list[dict]:
     return site.json("pipeline:list")  # type: ignore[return-value]
 
@@ -68,7 +73,7 @@ def test_files_to_records_to_thumbnails_to_one_webhook_survives_kill_9(site: Sit
     inbox.mkdir()
     _config(site, inbox, hook, parallel=4)
     site.console("scheduler:start", check=True)
-    time.sleep(1.5)  # the watcher's baseline is taken
+    _watching(site, "photos")
     _feed(inbox, 80, 20)
     # kill -9 once the subdefCreation step is under way
     def thumbnails_done() -> int:  # finished jobs of the subdefCreation step, read from the store
@@ -300,7 +305,7 @@ def test_the_image_preset_reads_exif_into_fields_and_builds_the_thumbnail(site: 
                     "-DateTimeOriginal=2024:05:01 10:00:00", "-ExposureTime=1/250", "-FNumber=5.6", "-ISO=200",
                     str(photo)], check=True)
     site.console("scheduler:start", check=True)
-    time.sleep(1.5)  # the watcher's baseline is taken
+    _watching(site, "images")
     photo.rename(inbox / photo.name)
     run = site.wait_for(lambda: [r for r in _runs(site) if r["state"] != "running"], timeout=60, what="run ended")[0]
     assert run["state"] == "finished", site.json("pipeline:show", str(run["id"]))
