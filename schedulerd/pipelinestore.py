@@ -6,7 +6,8 @@ same transaction as the step row: a step is started whole or not at all, and its
 retried, recovered after a kill -9 and cancelled as the durable job queue does for any job. A
 part whose job returned items other than its input keeps them (`output`); the step's output is
 every part's, in order. A part keeps the state and error its job had when the job was deleted
-(`job_state`, `job_error`: a trigger on jobs), so a purged job still says how its part ended. The same SQL runs on both databases (`?` becomes `%s` on PostgreSQL).
+(`job_state`, `job_error`: a trigger on jobs), so a purged job still says how its part ended.
+The same SQL runs on both databases (`?` becomes `%s` on PostgreSQL).
 """
 
 from __future__ import annotations
@@ -19,11 +20,16 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .plugin import Item
 from .store import DEFAULT_BUSY_TIMEOUT, SqliteFile
 from .stores import StoreSettings
+
+if TYPE_CHECKING:  # psycopg is imported only with a PostgreSQL store
+    import psycopg
+
+    from .pgstore import Database
 
 
 class RunState(enum.Enum):
@@ -148,19 +154,24 @@ def load_items(text: str) -> list[Item]:
 class _Pg:
     """A psycopg cursor seen as sqlite3's connection: `execute(sql with ?, params)`."""
 
-    def __init__(self, cur: Any):
+    def __init__(self, cur: psycopg.Cursor[Any]):
         self.cur = cur
 
-    def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> psycopg.Cursor[Any]:
         return self.cur.execute(sql.replace("?", "%s"), tuple(params))
 
 
+# a transaction of either back-end: both run `execute(sql with ?, params)`, whose result has
+# fetchone, fetchall and rowcount
+Transaction = sqlite3.Connection | _Pg
+
+
 class PipelineStore:
-    def __init__(self, sqlite: SqliteFile | None = None, pg: Any = None):
+    def __init__(self, sqlite: SqliteFile | None = None, pg: Database | None = None):
         self._sqlite, self._pg = sqlite, pg
 
     @contextmanager
-    def transaction(self) -> Iterator[Any]:
+    def transaction(self) -> Iterator[Transaction]:
         if self._pg is not None:
             with self._pg.transaction() as cur:
                 yield _Pg(cur)
@@ -235,7 +246,7 @@ class PipelineStore:
         return load_items(text)
 
     @staticmethod
-    def _input_text(c: Any, run: RunRow) -> str:
+    def _input_text(c: Transaction, run: RunRow) -> str:
         if run.step == 0:
             row = c.execute("SELECT input FROM pipeline_runs WHERE id=?", (run.id,)).fetchone()
         else:
@@ -276,12 +287,16 @@ class PipelineStore:
             if c.execute(START_STEP, (run.id, run.step, name, StepState.RUNNING.value, items_in, len(jobs),
                                       part_items, now, run.id, run.step, RunState.RUNNING.value)).fetchone() is None:
                 return False
-            if jobs:
-                (self._insert_parts_pg if self._pg is not None else self._insert_parts_sqlite)(c, run, jobs, now)
+            if not jobs:
+                return True
+            if isinstance(c, _Pg):
+                self._insert_parts_pg(c, run, jobs, now)
+            else:
+                self._insert_parts_sqlite(c, run, jobs, now)
             return True
 
     @staticmethod
-    def _insert_parts_sqlite(c: Any, run: RunRow, jobs: Sequence[PartJob], now: float) -> None:
+    def _insert_parts_sqlite(c: sqlite3.Connection, run: RunRow, jobs: Sequence[PartJob], now: float) -> None:
         c.executemany(SQLITE_INSERT_JOB, [(j.type, j.queue, json.dumps(j.payload, separators=(",", ":")), j.title,
                                            j.max_attempts, now, now) for j in jobs])
         # AUTOINCREMENT gives each new row the largest id the table ever had + 1, and this
@@ -292,7 +307,7 @@ class PipelineStore:
                       [(run.id, run.step, k, first + k) for k in range(len(jobs))])
 
     @staticmethod
-    def _insert_parts_pg(c: Any, run: RunRow, jobs: Sequence[PartJob], now: float) -> None:
+    def _insert_parts_pg(c: _Pg, run: RunRow, jobs: Sequence[PartJob], now: float) -> None:
         cols: list[list[Any]] = [[], [], [], [], []]
         for j in jobs:
             for col, v in zip(cols, (j.type, j.queue, json.dumps(j.payload, separators=(",", ":")), j.title,
