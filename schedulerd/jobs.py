@@ -185,6 +185,7 @@ class JobService:
         self._last_purge = 0.0
         self._idle = anyio.Event()
         self._ended: list[Outcome] = []
+        self._unsaved: set[int] = set()  # jobs whose attempt ended here and is not yet in the store
         self._progress: dict[int, tuple[int, int | None]] = {}  # job id -> (done, total) not yet saved
         self._ended_ready = anyio.Event()
         self._ended_count = 0  # attempts ended so far; _saved_count of them are in the store
@@ -237,8 +238,10 @@ class JobService:
 
     async def _watch_cluster(self) -> None:
         """Every POLL seconds: running jobs cancelled from elsewhere end here; jobs of nodes whose
-        heartbeat expired are put back in their queues (PostgreSQL). Skipped while the store fails."""
+        heartbeat expired are put back in their queues (PostgreSQL); every lease, jobs the store
+        says this node runs and it does not are put back (_recover_lost). Skipped while the store fails."""
         grace = 2 * self.config.store.lease
+        last_lost = time.monotonic()
         while True:
             await anyio.sleep(POLL)
             try:
@@ -249,8 +252,24 @@ class JobService:
                     if ids:
                         log.warning("%d job(s) of node(s) whose heartbeat expired were interrupted, to run "
                                     "again: %s", len(ids), ids)
+                if self._accepting and time.monotonic() - last_lost >= self.config.store.lease:
+                    last_lost = time.monotonic()
+                    await self._recover_lost()
             except STORE_ERRORS as e:
                 log.debug("cluster check skipped: the job store failed (%s)", e)
+
+    async def _recover_lost(self) -> None:
+        """A claim whose answer never came back (PostgreSQL: the connection lost after the server
+        ran the UPDATE; store_call then claims again) leaves jobs `running` for this live node,
+        whose heartbeat keeps the other nodes off them: they would wait for its restart. Those
+        claimed more than a lease ago that this node neither runs nor has yet to save go back to
+        their queues (their attempt not counted) and are claimed again."""
+        mine = set(self.running) | self._unsaved  # read before the store's list: a job's end moves it
+        ids = await anyio.to_thread.run_sync(self.store.recover_lost, self.node, self.config.store.lease, mine)
+        if ids:
+            log.warning("%d job(s) the store had running on this node, which does not run them (a claim "
+                        "whose answer was lost), were put back in their queues: %s", len(ids), ids)
+            self.wake_all()
 
     def _cancelled_elsewhere(self, job_id: int) -> None:
         """job:cancel on another node (or the CLI) of a job this node runs: its attempt ends now."""
@@ -440,6 +459,7 @@ class JobService:
                 # the work is over: the slot frees now, the outcome is written with the next batch
                 # (until then the job stays `running` in the store, so nothing claims it twice)
                 self._ended.append(self._outcome(job, tc, outcome, error, summary, handler_log.lines, for_good))
+                self._unsaved.add(job.id)
                 metrics.job_ended(job.queue, outcome, time.time() - began)
                 self._ended_count += 1
                 self._ended_ready.set()
@@ -504,6 +524,7 @@ class JobService:
             self._progress = {**progress, **self._progress}
             raise
         self._saved_count += len(batch)
+        self._unsaved.difference_update(o.job_id for o in batch)
         self._saved_more.set()
         self._saved_more = anyio.Event()
         self._ensure_dispatchers(wake)

@@ -20,6 +20,8 @@ from .states import JobState, check_job, job_sources
 from .store import DEFAULT_BUSY_TIMEOUT, SqliteFile
 
 CLAIMABLE = ("waiting", "interrupted")
+# a job put back by recover_lost: the store had it running for a node that did not run it
+LOST_CLAIM = "interrupted: claimed for this node, which never got the claim (its connection was lost)"
 
 
 class JobError(Exception):
@@ -88,6 +90,7 @@ class JobStore(Protocol):
              before: int | None = None) -> list[Job]: ...
     def recover(self, node: str) -> builtins.list[int]: ...
     def recover_orphans(self, node: str, grace: float) -> builtins.list[int]: ...
+    def recover_lost(self, node: str, grace: float, keep: Collection[int]) -> builtins.list[int]: ...
     def cancelled_among(self, ids: Collection[int]) -> set[int]: ...
     def purge(self, states: Sequence[str], keep: int = 0, max_age: float | None = None) -> int: ...
     def set_progress(self, job_id: int, done: int, total: int | None) -> None: ...
@@ -368,6 +371,22 @@ class SqliteJobStore(SqliteFile):
         """Other nodes' jobs to take over: none here. A SQLite store has no heartbeats; a
         worker:execute process on it recovers its own jobs when it starts again."""
         return []
+
+    def recover_lost(self, node: str, grace: float, keep: Collection[int]) -> list[int]:
+        """Jobs the store says `node` runs that it does not run (`keep`: those it runs or has yet
+        to save), claimed more than `grace` seconds ago: claims whose answer the node never got.
+        Back to their queues, interrupted, their claim's attempt not counted. Read first, written
+        only when there are some (no write lock every lease period)."""
+        lost = "SELECT id, attempts FROM jobs WHERE state='running' AND node=? AND started<?"
+        with self._lock:
+            if not [r for r in self._conn.execute(lost, (node, time.time() - grace)) if r[0] not in keep]:
+                return []
+        with self.transaction() as c:
+            rows = [r for r in c.execute(lost, (node, time.time() - grace)).fetchall() if r[0] not in keep]
+            for jid, attempts in rows:
+                move(c, [jid], (JobState.RUNNING,), JobState.INTERRUPTED, attempts=max(0, attempts - 1),
+                     error=LOST_CLAIM, next_attempt_at=time.time())
+            return [jid for jid, _ in rows]
 
     def cancelled_among(self, ids: Collection[int]) -> set[int]:
         """Which of these running jobs were cancelled meanwhile (job:cancel from another process)."""

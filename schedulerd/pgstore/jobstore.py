@@ -24,7 +24,7 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from ..jobstore import CANCELLABLE, RETRYABLE, WAITING, Job, JobError, Outcome
+from ..jobstore import CANCELLABLE, LOST_CLAIM, RETRYABLE, WAITING, Job, JobError, Outcome
 from ..states import JobState, check_job
 from ..stores import StoreSettings
 from . import QUERIES, Database, run
@@ -203,6 +203,17 @@ class PgJobStore:
         with self.db.transaction() as cur:
             ids = [r[0] for r in run(cur, "orphaned_jobs", node=node, grace=grace).fetchall()]
             return self._interrupt_all(cur, ids, "interrupted: its node stopped sending heartbeats")
+
+    def recover_lost(self, node: str, grace: float, keep: Collection[int]) -> list[int]:
+        """Jobs the store says `node` runs that it does not run (`keep`: those it runs or has yet
+        to save), claimed more than `grace` seconds ago: claims whose answer the node never got.
+        Back to their queues, interrupted, their claim's attempt not counted (jobstore.LOST_CLAIM)."""
+        with self.db.transaction() as cur:
+            rows = _moved(cur, "unclaim_lost", RUNNING, JobState.INTERRUPTED, node=node, grace=grace,
+                          keep=sorted(keep), error=LOST_CLAIM).fetchall()
+            if rows:
+                run(cur, "notify_queues", queues=sorted({q for _, q in rows}))
+            return sorted(jid for jid, _ in rows)
 
     def _interrupt_all(self, cur: psycopg.Cursor, ids: list[int], error: str) -> list[int]:
         for jid in ids:

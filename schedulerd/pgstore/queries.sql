@@ -227,6 +227,18 @@ WHERE id = %(id)s AND state = ANY(%(from)s)
 UPDATE jobs SET state = %(to)s, error = %(error)s, next_attempt_at = now()
 WHERE id = %(id)s AND state = ANY(%(from)s) RETURNING id;
 
+-- name: unclaim_lost
+-- jobs the store says `node` runs that it does not (not in `keep`), claimed more than `grace`
+-- seconds ago: a claim whose answer the node never got (its connection lost after the server ran
+-- the UPDATE). Back to the queue as interrupted, the claim's attempt not counted (it never ran);
+-- rows another node is changing right now are skipped
+UPDATE jobs SET state = %(to)s, attempts = greatest(attempts - 1, 0), error = %(error)s, next_attempt_at = now()
+WHERE id IN (SELECT id FROM jobs WHERE state = 'running' AND node = %(node)s
+               AND started < now() - make_interval(secs => %(grace)s) AND NOT (id = ANY(%(keep)s::bigint[]))
+             ORDER BY id FOR UPDATE SKIP LOCKED)
+  AND state = ANY(%(from)s)
+RETURNING id, queue;
+
 -- name: fail_job
 -- the job fails if still in one of `from`, and with it every waiting job that depends on it,
 -- transitively (waiting/interrupted -> failed)

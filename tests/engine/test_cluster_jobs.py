@@ -226,6 +226,29 @@ def test_store_copy_moves_pipeline_runs_and_an_unfinished_one_resumes(pg_env, pg
     assert int(site.console("pipeline:run", "p", check=True).stdout) == held + 1
 
 
+def test_a_job_left_running_for_a_live_node_that_does_not_run_it_is_put_back_and_runs_once(
+        pg_env, pg_server, pg_database, site, tmp_path) -> None:
+    """A claim whose answer never reached the node (its connection lost after the server ran the
+    UPDATE) leaves the job `running` for that node, whose heartbeat is fine: no other node takes
+    it. Made as that claim leaves it, straight in the store; the live daemon puts it back after a
+    lease and runs it, once. Before: it stayed running until the daemon's restart."""
+    out = tmp_path / "ran"
+    site.write(pg_config(pg_server, pg_database, "[queues.default]\nworkers = 2\n"), scheduler='node = "n1"\n')
+    site.console("scheduler:start", check=True)
+    wait_for(lambda: pg_server.sql("SELECT count(*) FROM nodes WHERE id = 'n1'", pg_database) == [(1,)],
+             20, "the daemon registered")
+    argv = json.dumps({"argv": [PY, "-c", f"open({str(out)!r}, 'a').write('ran\\n')"]})
+    (jid,) = pg_server.sql("INSERT INTO jobs (type, queue, payload, state, attempts, max_attempts, started, node) "
+                           f"VALUES ('command', 'default', $j${argv}$j$, 'running', 1, 1, now(), 'n1') RETURNING id",
+                           pg_database)[0]
+    wait_for(lambda: pg_server.sql(f"SELECT state FROM jobs WHERE id = {jid}", pg_database) == [("finished",)],
+             30, "the lost claim's job put back and finished")
+    assert out.read_text() == "ran\n"
+    assert pg_server.sql(f"SELECT attempts FROM jobs WHERE id = {jid}", pg_database) == [(1,)]
+    assert f"which does not run them (a claim whose answer was lost), were put back in their queues: [{jid}]" \
+        in site.log()
+
+
 def test_a_claim_reads_the_ready_jobs_not_the_done_ones(pg_server, pg_database) -> None:
     """A claim's cost must not grow with the jobs already done (10,000 jobs were quadratic): with
     the plan PostgreSQL uses once the statement is prepared (a generic plan), it walks jobs_ready."""

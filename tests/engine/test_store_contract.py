@@ -378,3 +378,22 @@ def test_a_jobs_db_from_before_add_keys_gets_them_when_opened(tmp_path: Path) ->
         assert s.add("command", "q", {}, key="k") == s.add("command", "q", {}, key="k") == 2
     finally:
         s.close()
+
+
+def test_jobs_running_for_a_node_that_does_not_run_them_go_back_uncounted(backend: Backend) -> None:
+    """recover_lost: jobs the store has `running` for node n1 that n1 does not run (not in `keep`)
+    and that were claimed more than `grace` seconds ago are put back, interrupted, their claim's
+    attempt not counted; the ones it runs, another node's and fresh claims are left alone."""
+    s = backend.jobs()
+    ids = [s.add("command", "q", {"i": i}) for i in range(3)]
+    assert claim_all(s, node="n1") == ids
+    theirs = s.add("command", "q", {"i": 9})
+    assert claim_all(s, node="n2") == [theirs]
+    assert s.recover_lost("n1", 3600, {ids[0]}) == []  # claimed just now: an answer may be on its way
+    time.sleep(0.05)
+    assert s.recover_lost("n1", 0.01, {ids[0]}) == ids[1:]
+    jobs = {j.id: j for j in s.list(queue="q")}
+    assert [(jobs[i].state, jobs[i].attempts) for i in ids] == [
+        (JobState.RUNNING, 1), (JobState.INTERRUPTED, 0), (JobState.INTERRUPTED, 0)]
+    assert jobs[theirs].state is JobState.RUNNING
+    assert claim_all(s, node="n1") == ids[1:]  # claimed again, once each
