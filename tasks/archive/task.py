@@ -1,97 +1,40 @@
-"""The `archive` task type: files dropped in a hotfolder become records of a databox.
-
-A pass scans the tree (size, mtime, ctime), waits `cold`, rescans, and archives
-only what did not change, in journaled batches (see repository.ingest):
-a crash at any instant loses nothing and archives nothing twice. A watcher wakes
-the task early when files arrive; the scan stays the truth.
-"""
+"""The archive task: each pass archives the hotfolder's cold files (see the package's docstring)."""
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import fnmatch
 import functools
 import logging
 import re
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import anyio
 
 from schedulerd import metrics
 from schedulerd.plugin import Context, TaskType
-from schedulerd.settings import ConfigError, duration
+from schedulerd.settings import ConfigError
+
+from .embedded import Embedded
+from .plan import Error, Plan, Planner
+from .settings import Settings
 
 if TYPE_CHECKING:  # (the repository is imported when a pass first needs it)
     from repository import (
         BatchResult,
-        Collection,
         Databox,
         DataboxSettings,
-        FieldType,
-        FileStat,
         Ingestor,
         Journal,
-        Rules,
         Scan,
         Scanner,
         Tree,
         Unit,
-        UnknownCollection,
     )
-    from tasks.media.exiftool import ExifTool
 
-MAX_COLD = 300.0
 MAX_BATCH_BYTES = 512 * 1024 * 1024
-EMPTY_COLDS = 10  # a 0-byte file waits this many times `cold` to grow, then goes to _error
-_CAPTION_RE = re.compile(r"^(?:[^{}]|\{stem\}|\{name\})+$")
-
-
-@dataclasses.dataclass(frozen=True)
-class Settings:
-    """`[tasks.NAME]` of type "archive" (besides type, period, enabled, timeout)."""
-
-    databox: str
-    collection: str  # name or id; a folder's .phrasea.xml may choose another for its subtree
-    hotfolder: Path
-    cold: Annotated[float, duration] = 30.0
-    move_archived: bool = False  # keep a copy in <hotfolder>_archived (same sub-paths)
-    move_error: bool = True  # send failures to <hotfolder>_error with a .error.txt
-    status: str = ""  # mask given to new records, e.g. "x1x0"
-    accept: tuple[str, ...] = ("*",)  # file-name patterns (case-insensitive) to archive
-    refuse: tuple[str, ...] = ()  # patterns sent to the error folder
-    captions: tuple[str, ...] = ()  # sidecar names, e.g. "{stem}.xml", "{name}.json"
-    duplicates: Literal["allow", "skip", "error"] = "allow"  # same sha256 in the collection
-    delete_empty_folders: bool = False
-    force_polling: bool = False  # network shares: poll instead of inotify
-    batch: int = 5000  # files per journaled transaction (one durable sync each)
-    bootstrap: bool = False  # create a missing hotfolder, its .phrasea.xml and the collection
-    exiftool: str = "exiftool"  # reads the embedded tags the databox's fields name (`src`)
-
-    def check(self) -> None:
-        from repository import parse_mask
-
-        if not 0 <= self.cold <= MAX_COLD:
-            raise ConfigError("cold", f"expected 0 to {MAX_COLD:.0f} seconds, got {self.cold:g}")
-        try:
-            parse_mask(self.status, "status mask")
-        except ValueError as e:
-            raise ConfigError("status", str(e)) from None
-        if not 1 <= self.batch <= 100000:
-            raise ConfigError("batch", f"expected 1 to 100000 files, got {self.batch}")
-        for i, p in enumerate(self.captions):
-            if not _CAPTION_RE.match(p) or "/" in p or "{" not in p:
-                raise ConfigError(f"captions[{i}]",
-                                  f'expected a name made with {{stem}} or {{name}}, like "{{stem}}.xml", got {p!r}')
-        for key in ("accept", "refuse"):
-            for i, p in enumerate(getattr(self, key)):
-                if not p or "/" in p:
-                    raise ConfigError(f"{key}[{i}]", f'expected a file-name pattern like "*.jpg", got {p!r}')
-
-
 ArchiveSettings = Settings  # (in ArchiveTask's body, `Settings` is the ClassVar)
 
 
@@ -102,20 +45,6 @@ def sibling(hotfolder: Path, suffix: str) -> Path:
 def _inside(a: Path, b: Path) -> bool:
     a, b = a.resolve(), b.resolve()
     return a == b or b in a.parents
-
-
-_Error = tuple[str, str, str | None]  # (path, why, its caption's path): a file for the error folder
-
-
-@dataclasses.dataclass
-class _Plan:
-    """What one pass does with the files it scanned."""
-
-    units: list[Unit] = dataclasses.field(default_factory=list)  # to archive
-    errors: list[_Error] = dataclasses.field(default_factory=list)
-    waiting: list[str] = dataclasses.field(default_factory=list)  # ready, but their caption is not
-    empty: list[str] = dataclasses.field(default_factory=list)  # 0 bytes: wait until they grow
-    problems: dict[str, str] = dataclasses.field(default_factory=dict)  # what stops the whole hotfolder
 
 
 @dataclasses.dataclass
@@ -134,7 +63,7 @@ def _collection_names(db: Databox) -> dict[int, str]:
 
 
 @dataclasses.dataclass
-class _Open:
+class Open:
     """What a configured task keeps open between passes."""
 
     db: Databox
@@ -153,7 +82,7 @@ class ArchiveTask(TaskType):
 
     def __init__(self, settings: ArchiveSettings):
         super().__init__(settings)
-        self._open: _Open | None = None
+        self._open: Open | None = None
         self._seen: dict[str, tuple[int, float]] = {}  # path -> (hash of its stat, unchanged since)
         self._said: dict[str, str] = {}  # problem key -> message already logged
         self._archived_total = 0
@@ -180,7 +109,7 @@ class ArchiveTask(TaskType):
         except KeyError:
             raise RuntimeError(f"databox {self.settings.databox!r} is not configured") from None
 
-    def _ensure_open(self, ctx: Context) -> _Open:
+    def _ensure_open(self, ctx: Context) -> Open:
         if self._open is not None:
             return self._open
         from repository import Ingestor, Journal, Scanner, Tree, open_databox
@@ -202,7 +131,7 @@ class ArchiveTask(TaskType):
             log=ctx.log,
             on_failed=lambda rel, why, target: self._failed(ctx, rel, why, target),
         )
-        self._open = _Open(db, journal, hot, Scanner(hot), ingestor)
+        self._open = Open(db, journal, hot, Scanner(hot), ingestor)
         return self._open
 
     def _close(self) -> None:
@@ -255,6 +184,13 @@ class ArchiveTask(TaskType):
         of = f"record {twin}" if twin else "another file of this pass"
         ctx.log.info("skipped %s: duplicate of %s (%s)", display_name(rel), of, where)
 
+    def _exiftool_problem(self, ctx: Context, message: str | None) -> None:
+        """Say once why embedded metadata is not read; None: it is read again."""
+        if message is None:
+            self._said.pop("exiftool", None)
+        else:
+            self._say(ctx, "exiftool", message)
+
     # --- one pass ------------------------------------------------------------------------
 
     async def _queue_jobs(self, ctx: Context, event: str, ids: list[int]) -> None:
@@ -288,7 +224,7 @@ class ArchiveTask(TaskType):
         still = await self._finish(ctx, o, scan, plan, tally, pending)
         return blocked or _summary(tally, plan, scan, still)
 
-    async def _root_problem(self, ctx: Context, o: _Open) -> str | None:
+    async def _root_problem(self, ctx: Context, o: Open) -> str | None:
         """What keeps the hotfolder's root from being used (bootstrapping it when asked),
         logged once and shown in the state; None when it is usable (saying so once it is again)."""
         problem = await anyio.to_thread.run_sync(self._check_root, ctx, o)
@@ -302,7 +238,7 @@ class ArchiveTask(TaskType):
         ctx.set_info(error=None)
         return None
 
-    async def _cold_scan(self, ctx: Context, o: _Open) -> tuple[Scan, list[str], list[str]]:
+    async def _cold_scan(self, ctx: Context, o: Open) -> tuple[Scan, list[str], list[str]]:
         """Scan the tree; when only files still warming up (or empty ones) are there, wait until
         the first of them can be cold and scan again. Returns the scan, ready and pending paths."""
         s = self.settings
@@ -317,21 +253,22 @@ class ArchiveTask(TaskType):
             ready, pending = self._stable(scan)
         return scan, ready, pending
 
-    async def _reject(self, o: _Open, scan: Scan, errors: list[_Error]) -> None:
+    async def _reject(self, o: Open, scan: Scan, errors: list[Error]) -> None:
         """Send the files the plan refused to the error folder (or leave them, remembered)."""
         for rel, why, caption in errors:
             await anyio.to_thread.run_sync(
                 functools.partial(o.ingestor.fail, rel, why, caption=caption, stat=scan.files.get(rel))
             )
 
-    async def _archive(self, ctx: Context, o: _Open, units: list[Unit]) -> _Tally:
+    async def _archive(self, ctx: Context, o: Open, units: list[Unit]) -> _Tally:
         """Archive the units in journaled batches, with their embedded fields; log, emit and
         queue the jobs of each record made; count what was made, skipped and changed."""
         tally = _Tally()
         ctx.progress(0, len(units))
         names = await anyio.to_thread.run_sync(_collection_names, o.db) if units else {}
         box = self._databox_settings(ctx)
-        async with _Embedded(self, ctx, box.field_sources, box.field_types) as embedded:
+        problem = functools.partial(self._exiftool_problem, ctx)
+        async with Embedded(self.settings, ctx, box.field_sources, box.field_types, problem) as embedded:
             for batch in _batches(units, self.settings.batch, MAX_BATCH_BYTES):
                 batch = await embedded.units(batch)
                 res = await anyio.to_thread.run_sync(o.ingestor.ingest, batch)
@@ -361,7 +298,7 @@ class ArchiveTask(TaskType):
         tally.changed += res.changed
         tally.done += len(batch)
 
-    async def _finish(self, ctx: Context, o: _Open, scan: Scan, plan: _Plan, tally: _Tally,
+    async def _finish(self, ctx: Context, o: Open, scan: Scan, plan: Plan, tally: _Tally,
                       pending: list[str]) -> set[str]:
         """After archiving: tidy the tree, update the state, and wake the task again when files
         are still warming up. Returns the files left waiting."""
@@ -405,7 +342,7 @@ class ArchiveTask(TaskType):
         self._seen = fresh
         return ready, pending
 
-    def _check_root(self, ctx: Context, o: _Open) -> str | None:
+    def _check_root(self, ctx: Context, o: Open) -> str | None:
         from repository import PHRASEA_XML as NAME
         from repository import UnknownCollection, render_phrasea_xml
 
@@ -429,9 +366,9 @@ class ArchiveTask(TaskType):
 
     # --- planning: what to archive, what is an error, what waits -------------------------
 
-    def _plan(self, o: _Open, scan: Scan, ready: list[str]) -> _Plan:
+    def _plan(self, o: Open, scan: Scan, ready: list[str]) -> Plan:
         """Group ready files with their captions, resolve collections and status."""
-        return _Planner(self, o, scan, ready).plan()
+        return Planner(self.settings, o, scan, ready, self._seen).plan()
 
     def _report_problems(self, ctx: Context, scan: Scan, problems: dict[str, str]) -> str | None:
         """Log each problem once and show them in the state; returns what keeps the whole
@@ -464,7 +401,7 @@ class ArchiveTask(TaskType):
             ctx.set_info(error=shown[0] + (f" (and {len(shown) - 1} more problems)" if len(shown) > 1 else ""))
         return root
 
-    def _tidy(self, ctx: Context, o: _Open, scan: Scan, still: set[str], touched_dirs: set[str]) -> None:
+    def _tidy(self, ctx: Context, o: Open, scan: Scan, still: set[str], touched_dirs: set[str]) -> None:
         """Remove used UNLOCK files and, when asked, folders emptied by this pass."""
         for d, name in scan.unlock.items():
             prefix = f"{d}/" if d else ""
@@ -521,224 +458,7 @@ class ArchiveTask(TaskType):
             await anyio.sleep(1)
 
 
-class _Embedded:
-    """The fields a document embeds (`[databoxes.NAME.fields] K = { src = "IPTC:Keywords" }`),
-    read from the files of one pass by one exiftool child, started at the first file and ended
-    with the pass; a caption's fields win over embedded ones. Without exiftool the pass archives
-    without them and says why once (again after exiftool has been back)."""
-
-    def __init__(self, task: ArchiveTask, ctx: Context, sources: Mapping[str, str], declared: Mapping[str, FieldType]):
-        self.task, self.ctx, self.sources, self.declared = task, ctx, sources, declared
-        self.tags = sorted(set(sources.values()))
-        self.stack = contextlib.AsyncExitStack()
-        self.et: ExifTool | None = None
-        self.off = not sources
-
-    async def __aenter__(self) -> _Embedded:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stack.aclose()
-
-    async def units(self, batch: list[Unit]) -> list[Unit]:
-        return batch if self.off else [await self._unit(u) for u in batch]
-
-    async def _unit(self, unit: Unit) -> Unit:
-        from repository import display_name, embedded_fields
-        from tasks.media import MediaError
-
-        hot = self.task.settings.hotfolder
-        path = hot / unit.rel
-        # read only the file the scan saw: not through a folder swapped for a symlink since
-        if path.parent.resolve() != (hot.resolve() / unit.rel).parent or path.is_symlink():
-            return unit
-        et = await self._exiftool()
-        if et is None:
-            return unit
-        try:
-            read = await et.read_values(path, self.tags)
-        except MediaError as e:  # unreadable by exiftool, timed out: archived without them
-            self.ctx.log.warning("%s: embedded metadata not read: %s", display_name(unit.rel), e)
-            return unit
-        fields, problems = embedded_fields(self.sources, self.declared, read)
-        for problem in problems:
-            self.ctx.log.warning("%s: embedded %s (field left empty)", display_name(unit.rel), problem)
-        return dataclasses.replace(unit, fields={**fields, **unit.fields}) if fields else unit
-
-    async def _exiftool(self) -> ExifTool | None:
-        from tasks.media import MediaError
-        from tasks.media.exiftool import ExifTool
-
-        if self.et is None and not self.off:
-            try:
-                self.et = await self.stack.enter_async_context(ExifTool(self.task.settings.exiftool, log=self.ctx.log))
-                self.task._said.pop("exiftool", None)
-            except MediaError as e:  # not installed, or does not start
-                self.off = True
-                fields = ", ".join(f"{k} ({v})" for k, v in self.sources.items())
-                self.task._say(self.ctx, "exiftool", f"embedded metadata is not read into {fields}: {e}")
-        return self.et
-
-
-class _Refused(Exception):
-    """A file the plan sends to the error folder, and why."""
-
-
-class _Planner:
-    """One pass's planning: which ready files become records (with their collection, status and
-    caption fields), which are errors, which wait (see `_Plan`)."""
-
-    def __init__(self, task: ArchiveTask, o: _Open, scan: Scan, ready: list[str]):
-        from repository import parse_mask
-
-        self.s, self.o, self.scan, self.seen = task.settings, o, scan, task._seen
-        self.ready = set(ready)
-        self.base_status = parse_mask(self.s.status, "status").apply(0)
-        self.colls: dict[str, Collection | UnknownCollection] = {}
-        self.result = _Plan()
-        self.now = time.monotonic()
-
-    def plan(self) -> _Plan:
-        """Plan every folder, files in name order (record ids follow names); a root collection
-        that does not exist stops the whole hotfolder."""
-        from repository import split
-
-        failed = self._failed_before()
-        rules = self.scan.rules
-        root = self._collection(rules[""].collection or self.s.collection) if "" in rules else None
-        if isinstance(root, Exception):
-            src = rules[""].collection_from or "the task setting collection"
-            self.result.problems["collection"] = f"{root} (set in {src}): nothing archived"
-            return self.result
-        by_dir: dict[str, list[str]] = {}  # folder -> its files' paths (the scan's own strings)
-        for rel in self.scan.files:
-            by_dir.setdefault(split(rel)[0], []).append(rel)
-        for d in sorted(by_dir):
-            self._folder(d, sorted(by_dir[d]), root, failed)
-        return self.result
-
-    def _failed_before(self) -> dict[str, tuple[int, int, int]]:
-        """Files that failed before and were left in place (no error folder), by their stat
-        key; forgets those gone from the tree."""
-        failed = self.o.journal.failed_keys() if not self.s.move_error else {}
-        if failed:
-            self.o.journal.drop_failed([r for r in failed if r not in self.scan.files])
-        return failed
-
-    def _collection(self, ref: str) -> Collection | UnknownCollection:
-        """The collection a name or id refers to, or why there is none (looked up once a pass)."""
-        from repository import UnknownCollection
-
-        if ref not in self.colls:
-            try:
-                self.colls[ref] = self.o.db.collection(ref)
-            except UnknownCollection as e:
-                self.colls[ref] = e
-        return self.colls[ref]
-
-    def _folder(self, d: str, rels: list[str], root: Collection | None,
-                failed: dict[str, tuple[int, int, int]]) -> None:
-        """Plan one folder's files; a caption goes with its document, not on its own."""
-        cut = len(d) + 1 if d else 0
-        caption_of = _pair_captions({rel[cut:] for rel in rels}, self.s.captions)
-        claimed = set(caption_of.values())
-        rules = self.scan.rules.get(d)
-        for rel in rels:
-            name = rel[cut:]
-            if name in claimed:
-                continue  # a caption, archived with its document
-            cap = caption_of.get(name)
-            cap_rel = (f"{d}/{cap}" if d else cap) if cap else None
-            fs = self.scan.files[rel]
-            if rel in failed and failed[rel] == (fs.ino, fs.size, fs.mtime_ns):
-                continue  # failed before, unchanged since: reported once, not retried
-            if rel not in self.ready or (cap_rel and cap_rel not in self.ready):
-                if rel in self.ready:
-                    self.result.waiting.append(rel)
-                continue
-            try:
-                unit = self._unit(rel, name, fs, rules, root, cap, cap_rel)
-            except _Refused as e:
-                self.result.errors.append((rel, str(e), cap_rel))
-                continue
-            if unit is not None:
-                self.result.units.append(unit)
-
-    def _unit(self, rel: str, name: str, fs: FileStat, rules: Rules | None, root: Collection | None,
-              cap: str | None, cap_rel: str | None) -> Unit | None:
-        """The unit to archive for a ready file (None: empty, it waits to grow); raises
-        _Refused when it goes to the error folder."""
-        from repository import Unit
-
-        if fs.size == 0:
-            self._empty(rel)
-            return None
-        self._screen(name)
-        coll = root
-        if rules and rules.collection:
-            found = self._collection(rules.collection)
-            if isinstance(found, Exception):
-                raise _Refused(f"{found} (set in {rules.collection_from})")
-            coll = found
-        assert coll is not None  # (files are scanned under a root with its .phrasea.xml rules)
-        status = self.base_status
-        for m in rules.status if rules else ():
-            status = m.apply(status)
-        fields: dict[str, str] = {}
-        if cap and cap_rel:
-            fields, status = self._caption(cap, cap_rel, status)
-        cap_stat = self.scan.files.get(cap_rel) if cap_rel else None
-        return Unit(rel, fs, coll.id, status, fields, cap_rel, cap_stat)
-
-    def _empty(self, rel: str) -> None:
-        """A 0-byte file waits EMPTY_COLDS x cold to grow (its writer may only have created it),
-        then is an error."""
-        unchanged = self.now - self.seen[rel][1] if rel in self.seen else 0.0
-        if unchanged >= self.s.cold * EMPTY_COLDS:
-            raise _Refused(f"empty file (0 bytes) for {unchanged:.0f}s ({EMPTY_COLDS} x cold): not archived")
-        self.result.empty.append(rel)
-
-    def _screen(self, name: str) -> None:
-        """Raises _Refused when the name matches a `refuse` pattern or no `accept` one."""
-        lower = name.lower()
-        refused = next((p for p in self.s.refuse if fnmatch.fnmatchcase(lower, p.lower())), None)
-        if refused:
-            raise _Refused(f"refused by mask {refused!r}")
-        if "*" not in self.s.accept and not any(fnmatch.fnmatchcase(lower, p.lower()) for p in self.s.accept):
-            raise _Refused(f"not accepted by masks {list(self.s.accept)}")
-
-    def _caption(self, cap: str, cap_rel: str, status: int) -> tuple[dict[str, str], int]:
-        """The fields a caption file sets, and the status with its mask applied; raises
-        _Refused when it cannot be read or parsed."""
-        from repository import CAPTION_MAX_BYTES, CaptionError, parse_caption
-
-        try:
-            caption = parse_caption(self.o.hot.read_small(cap_rel, CAPTION_MAX_BYTES), cap,
-                                    self.o.db.settings.field_types)
-        except (CaptionError, ValueError) as e:
-            raise _Refused(f"bad caption {cap}: {e}") from None
-        except OSError as e:
-            raise _Refused(f"cannot read caption {cap}: {e.strerror}") from None
-        if caption.status is not None:
-            status = caption.status.apply(status)
-        return dict(caption.fields), status
-
-
-def _pair_captions(names: set[str], patterns: tuple[str, ...]) -> dict[str, str]:
-    """Document name -> its caption's name, both in `names`: the first pattern
-    ("{stem}.xml", "{name}.json") that names another file of the folder."""
-    caption_of: dict[str, str] = {}
-    for n in names:
-        stem = n.rsplit(".", 1)[0] if "." in n[1:] else n
-        for pat in patterns:
-            c = pat.replace("{stem}", stem).replace("{name}", n)
-            if c != n and c in names:
-                caption_of[n] = c
-                break
-    return caption_of
-
-
-def _summary(tally: _Tally, plan: _Plan, scan: Scan, still: set[str]) -> str:
+def _summary(tally: _Tally, plan: Plan, scan: Scan, still: set[str]) -> str:
     """The pass's outcome on one line: archived, skipped, errors, waiting, problems."""
     parts = [f"archived {tally.created}"]
     if tally.skipped:
