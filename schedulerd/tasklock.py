@@ -6,7 +6,11 @@ kernel when its holder dies, so a `kill -9` never leaves a task locked) on one b
 offset made from the task's name (62 bits of its BLAKE2b hash: two of 10,000 names share a
 byte with a chance of about 1e-11). Why not a file per task: creating 10,000 lock files at a
 first start was a third of its CPU time (system time: an inode and a directory entry each).
-The file is open only while a lock is held (an iteration): idle tasks hold no descriptor.
+A process opens the file once for all its tasks (`LockFile`: one descriptor, not one per
+task) and keeps it open while any of its TaskLocks is in use: an iteration's lock is then one
+fcntl to take and one to drop (opening and closing the file at each iteration was a tenth of
+the daemon's CPU per no-op iteration). Its own tasks share that open file description, to which
+OFD locks never say no, so the process keeps the bytes it holds itself in a set.
 A holder that names itself (`task:run`) leaves its name in `NAME.holder` while it holds the
 lock; the daemon's iterations write nothing.
 """
@@ -14,7 +18,6 @@ lock; the daemon's iterations write nothing.
 from __future__ import annotations
 
 import fcntl
-import functools
 import hashlib
 import os
 import struct
@@ -45,41 +48,89 @@ def _byte(name: str) -> int:
     return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "big") >> 2
 
 
-@functools.cache
-def _locks_file(lock_dir: Path) -> Path:
-    return lock_dir / LOCKS_FILE  # one Path for all the tasks' locks, not one per task
+class LockFile:
+    """This process's one open file description of `locks/tasks.lock`, shared by its TaskLocks."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.users = 0  # TaskLocks that took a lock since they were last closed
+        self.held: set[int] = set()  # bytes this process holds (the description never refuses itself)
+        self._fd: int | None = None
+
+    def fd(self) -> int:
+        """The open file; opened again when the file was removed meanwhile (a lock on a removed
+        file would exclude nobody: a task:run locks the file it creates anew)."""
+        if self._fd is not None and os.fstat(self._fd).st_nlink:
+            return self._fd
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None  # locks held on the removed file go with it: none would exclude anybody
+        try:
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        except FileNotFoundError:  # the locks directory is made at the first lock
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        return self._fd
+
+    def lock(self, byte: int) -> bool:
+        if byte in self.held:
+            return False
+        try:
+            fcntl.fcntl(self.fd(), fcntl.F_OFD_SETLK, struct.pack(_FLOCK, fcntl.F_WRLCK, os.SEEK_SET, byte, 1, 0))
+        except (BlockingIOError, PermissionError):  # EAGAIN or EACCES: held by another open file
+            return False
+        self.held.add(byte)
+        return True
+
+    def unlock(self, byte: int) -> None:
+        self.held.discard(byte)
+        if self._fd is not None:
+            fcntl.fcntl(self._fd, fcntl.F_OFD_SETLK, struct.pack(_FLOCK, fcntl.F_UNLCK, os.SEEK_SET, byte, 1, 0))
+
+    def leave(self) -> None:
+        """A TaskLock is closed: the file is closed with the last one (a daemon with no task running)."""
+        self.users -= 1
+        if self.users <= 0 and self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+            self.held.clear()
+
+
+_FILES: dict[Path, LockFile] = {}
+
+
+def _lock_file(lock_dir: Path) -> LockFile:
+    path = lock_dir / LOCKS_FILE
+    file = _FILES.get(path)
+    if file is None:
+        file = _FILES[path] = LockFile(path)
+    return file
 
 
 class TaskLock:
     def __init__(self, lock_dir: Path, name: str):
-        self.path = _locks_file(lock_dir)
+        self.file = _lock_file(lock_dir)
+        self.path = self.file.path
         self.name = name
         self._byte = _byte(name)
-        self._fd: int | None = None  # open while the lock is held
+        self._held = False
+        self._using = False  # counted in file.users: took a lock since it was last closed
         self._noted = False  # a holder's note was left (removed at release)
 
     @property
     def note(self) -> Path:
         return self.path.parent / f"{self.name}.holder"
 
-    def _open(self) -> int:
-        try:
-            return os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        except FileNotFoundError:  # the locks directory is made at the first lock
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            return os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-
     def try_acquire(self, holder: str = "") -> bool:
         """`holder`: a name left in `NAME.holder` while held (the daemon gives none)."""
-        if self._fd is not None:
+        if self._held:
             return True  # already held by this very object
-        fd = self._open()
-        try:
-            fcntl.fcntl(fd, fcntl.F_OFD_SETLK, struct.pack(_FLOCK, fcntl.F_WRLCK, os.SEEK_SET, self._byte, 1, 0))
-        except (BlockingIOError, PermissionError):  # EAGAIN or EACCES: held by another open file
-            os.close(fd)
+        if not self._using:
+            self._using = True
+            self.file.users += 1
+        if not self.file.lock(self._byte):
             return False
-        self._fd = fd
+        self._held = True
         self._noted = bool(holder)
         if holder:
             self.note.write_text(f"{os.getpid()} {holder}"[:HOLDER_WIDTH])
@@ -100,14 +151,18 @@ class TaskLock:
         return f"{pid} {who}".strip()
 
     def release(self) -> None:
-        """Closing the file drops its lock; the holder's note goes first."""
-        if self._fd is not None:
-            fd, self._fd = self._fd, None
+        """Dropping the byte's lock; the holder's note goes first."""
+        if self._held:
+            self._held = False
             try:
                 if self._noted:
                     self.note.unlink(missing_ok=True)
             finally:
-                os.close(fd)
+                self.file.unlock(self._byte)
 
     def close(self) -> None:
+        """Released, and this lock no longer keeps the shared file open (the runner's loop ended)."""
         self.release()
+        if self._using:
+            self._using = False
+            self.file.leave()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -79,3 +80,51 @@ argv = ["sh", "-c", "echo x >> {count}; sleep 3"]
     assert count.read_text() == "x\n"  # the daemon skipped: the one-shot holds the lock
     assert oneshot.wait(10) == 0
     site.wait_for(lambda: count.read_text().count("x") >= 2, what="the daemon to run again")
+
+
+def lock_file(site) -> Path:
+    from schedulerd.config import load
+
+    return load(site.config).scheduler.state_dir / "locks" / "tasks.lock"
+
+
+def lock_descriptors(pid: int, lock_file: Path) -> int:
+    """How many of the process's descriptors are open on `lock_file`."""
+    fds = Path(f"/proc/{pid}/fd")
+    return sum(1 for fd in fds.iterdir() if os.path.realpath(fd) == str(lock_file))
+
+
+def test_the_daemons_running_iterations_share_one_descriptor_of_the_lock_file(site, tmp_path):
+    """One open file for every task's lock: not a descriptor (an open and a close) per iteration."""
+    site.write("".join(f"""
+[tasks.slow{i}]
+type = "command"
+period = "1h"
+argv = ["sh", "-c", "touch {tmp_path}/began{i}; sleep 30"]
+""" for i in range(3)))
+    site.console("scheduler:start", check=True)
+    site.wait_for(lambda: all((tmp_path / f"began{i}").exists() for i in range(3)), what="three iterations running")
+    pid = site.pid()
+    assert pid is not None
+    assert lock_descriptors(pid, lock_file(site)) == 1
+    r = site.console("task:run", "slow1")  # each task's lock still holds on that one file
+    assert r.returncode == 3 and "running an iteration elsewhere" in r.stderr
+
+
+def test_a_lock_file_removed_while_the_daemon_runs_still_keeps_task_run_out(site, tmp_path):
+    """The daemon keeps the lock file open between iterations: a removed one is opened again, or
+    the daemon would lock a file nobody else opens and a task:run could overlap its iteration."""
+    count = tmp_path / "count"
+    site.write(f"""
+[tasks.slow]
+type = "command"
+period = "200ms"
+argv = ["sh", "-c", "echo x >> {count}; sleep 5"]
+""")
+    site.console("scheduler:start", check=True)
+    site.wait_for(lambda: count.exists(), what="a first iteration")  # its lock taken on the file removed next
+    lock_file(site).unlink()
+    site.wait_for(lambda: count.read_text().count("x") >= 2, 20, "the next iteration")
+    r = site.console("task:run", "slow")
+    assert r.returncode == 3 and "running an iteration elsewhere" in r.stderr
+    assert count.read_text().count("x") == 2  # the one-shot did not run beside it

@@ -1,0 +1,130 @@
+"""Engine CPU per no-op iteration (issue 22: goal <= 30 us), this checkout against another.
+
+Why: the daemon's cost per iteration is what limits how many tasks one core runs, and it is
+the one figure a loaded machine hardly moves when taken as CPU time, not wall time. Each side
+is the real `Daemon` (config, stores, control socket, history writer, job queue) served in a
+child process with N `noop` tasks at one period; once every task has run, the child counts
+its own CPU time (time.process_time: user + system of every thread, so the history writer's
+SQLite inserts are in) and the iterations (the runners' run counters) over a fixed window.
+CPU per iteration = CPU / iterations: everything the engine does per run, the per-task lock,
+the state changes, the run in the history, the metrics and the logging call included.
+
+Rounds alternate the two checkouts (A B A B) and the paired ratio is printed:
+
+    git worktree add --detach /tmp/old <commit>
+    .venv/bin/python bench/bench_iteration.py --old /tmp/old [--tasks 2000] [--seconds 20] [--rounds 3]
+    .venv/bin/python bench/bench_iteration.py --profile /tmp/new.prof   # cProfile of the loop thread, this checkout only
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from _common import PY, REPO, Reaper, machine, median, tempdir
+
+SETTLE = 2.0  # seconds after every task has run once before the window opens
+
+
+def child(checkout: Path, tasks: int, period: float, seconds: float, tmp: Path, profile: str | None) -> dict[str, Any]:
+    """In the child: the daemon of `checkout`, measured over `seconds` once every task has run."""
+    sys.path.insert(0, str(checkout))  # before the editable install's finder: this checkout's engine
+    import anyio
+
+    import schedulerd
+    from schedulerd.config import load
+    from schedulerd.daemon import Daemon
+
+    assert Path(schedulerd.__file__).resolve().is_relative_to(checkout), schedulerd.__file__
+    config = tmp / "schedulerd.toml"
+    var = tmp / "var"
+    config.write_text(f'[scheduler]\nstate_dir = "{var}/state"\nlog_dir = "{var}/log"\nsocket = "{var}/run/s.sock"\n'
+                      f'pidfile = "{var}/run/schedulerd.pid"\nlog_level = "info"\n\n'
+                      + "".join(f'[tasks.n{i:05d}]\ntype = "noop"\nperiod = "{period}s"\n\n' for i in range(tasks)))
+    daemon = Daemon(load(config))
+    out: dict[str, Any] = {}
+
+    def runs() -> int:
+        return sum(r.runs for r in list(daemon.runners.values()))
+
+    async def trigger() -> None:
+        while len(daemon.runners) < tasks or any(r.runs == 0 for r in list(daemon.runners.values())):
+            await anyio.sleep(0.05)
+        await anyio.sleep(SETTLE)
+        prof = None
+        if profile:
+            import cProfile
+
+            prof = cProfile.Profile()
+            prof.enable()
+        r0, c0, t0 = runs(), time.process_time(), time.monotonic()
+        await anyio.sleep(seconds)
+        out["iterations"], out["cpu"], out["wall"] = runs() - r0, time.process_time() - c0, time.monotonic() - t0
+        if prof is not None:
+            prof.disable()
+            prof.dump_stats(profile)
+
+    daemon.shutdown_trigger = trigger
+    anyio.run(daemon.serve)
+    out["us_per_iteration"] = out["cpu"] / max(1, out["iterations"]) * 1e6
+    out["load"] = os.getloadavg()[0]
+    return out
+
+
+def run_child(checkout: Path, a: argparse.Namespace, profile: str | None = None) -> dict[str, Any]:
+    with tempdir("bench-iteration-") as tmp, Reaper() as reaper:
+        argv = [PY, __file__, "--child", str(checkout), "--tasks", str(a.tasks), "--period", str(a.period),
+                "--seconds", str(a.seconds), "--dir", str(tmp)] + (["--profile", profile] if profile else [])
+        p = reaper.popen(argv, stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(checkout)})
+        out, _ = p.communicate(timeout=a.seconds + 600)
+    if p.returncode != 0:
+        raise RuntimeError(f"the {checkout} side failed ({p.returncode})")
+    return json.loads(out)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--old", type=Path, help="another checkout (a git worktree) to alternate with this one")
+    ap.add_argument("--tasks", type=int, default=2000)
+    ap.add_argument("--period", type=float, default=1.0)
+    ap.add_argument("--seconds", type=float, default=20.0)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--profile", help="cProfile the loop thread of this checkout's daemon into this file (one run)")
+    ap.add_argument("--child", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--dir", type=Path, help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.child:
+        print(json.dumps(child(a.child.resolve(), a.tasks, a.period, a.seconds, a.dir, a.profile)))
+        return 0
+    print(f"# bench_iteration  {machine()}")
+    print(f"# {a.tasks} noop tasks every {a.period:g}s, {a.seconds:g}s window; CPU of the whole daemon process "
+          "(every thread) / iterations")
+    if a.profile:
+        r = run_child(REPO, a, a.profile)
+        print(f"new  {r['us_per_iteration']:6.1f} us/iteration ({r['iterations']} iterations, load {r['load']:.2f}); "
+              f"profile in {a.profile}")
+        return 0
+    sides = [("new", REPO)] + ([("old", a.old.resolve())] if a.old else [])
+    results: dict[str, list[float]] = {name: [] for name, _ in sides}
+    for n in range(a.rounds):
+        for name, checkout in (sides if n % 2 == 0 else sides[::-1]):
+            r = run_child(checkout, a, None)
+            results[name].append(r["us_per_iteration"])
+            print(f"round {n + 1} {name:3}  {r['us_per_iteration']:6.1f} us/iteration  ({r['iterations']} iterations, "
+                  f"{r['cpu'] / r['wall'] * 100:5.1f}% of a core, load {r['load']:.2f})", flush=True)
+    for name, values in results.items():
+        print(f"{name:3} median {median(values):6.1f} us/iteration  (min {min(values):.1f})")
+    if a.old:
+        paired = [new / old for new, old in zip(results["new"], results["old"], strict=True)]
+        print(f"paired new/old: median {median(paired):.3f}x  min {min(paired):.3f}x  (goal: <= 30 us per iteration)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
