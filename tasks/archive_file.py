@@ -18,12 +18,15 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import anyio
 
 from schedulerd import metrics
 from schedulerd.plugin import Context, FailForGood, Item, ItemKind, JobType, TaskFailed
+
+if TYPE_CHECKING:
+    from repository import DataboxSettings, Record
 
 STEP_KEYS = ("databox", "collection", "status", "fields")
 
@@ -36,8 +39,8 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def archive(box: Any, collection: str, path: Path, status: str,
-            fields: Mapping[str, str] | None = None) -> tuple[Any, bool]:
+def archive(box: DataboxSettings, collection: str, path: Path, status: str,
+            fields: Mapping[str, str] | None = None) -> tuple[Record, bool]:
     """(the record, whether it is new; a new one with `fields`); blocking: run it in a worker thread."""
     from repository import open_databox
 
@@ -51,7 +54,7 @@ def archive(box: Any, collection: str, path: Path, status: str,
         db.close()
 
 
-def _check_sources(fields: Any, box: Any) -> None:
+def _check_sources(fields: object, box: DataboxSettings) -> None:
     """A step's `fields = { Make = "EXIF:Make" }`: field name -> the embedded tag read into it, as
     a databox field's `src` says (the databox's own `src` fields are read too)."""
     from repository import FIELD_NAME_RE, FieldSettings
@@ -69,7 +72,7 @@ def _check_sources(fields: Any, box: Any) -> None:
             raise ValueError(f"fields.{name}: {str(e).removeprefix('src: ')}") from None
 
 
-async def embedded(ctx: Context, box: Any, sources: Mapping[str, str], path: Path) -> dict[str, str]:
+async def embedded(ctx: Context, box: DataboxSettings, sources: Mapping[str, str], path: Path) -> dict[str, str]:
     """The fields `path` embeds (field -> tag: `sources`), read by exiftool; none (a warning
     logged) when exiftool is missing or cannot read the file: the file is archived without them."""
     from repository import embedded_fields
@@ -79,7 +82,7 @@ async def embedded(ctx: Context, box: Any, sources: Mapping[str, str], path: Pat
     if not sources:
         return {}
     try:
-        async with ExifTool(log=ctx.log) as et:  # type: ignore[arg-type]
+        async with ExifTool(log=ctx.log) as et:
             read = await et.read_values(path, sorted(set(sources.values())))
     except MediaError as e:
         ctx.log.warning("%s: embedded metadata not read: %s", path.name, e)

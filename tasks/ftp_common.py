@@ -4,9 +4,9 @@
 from __future__ import annotations
 
 import time
-from typing import Any
 
 from schedulerd import metrics
+from schedulerd.plugin import Context
 
 
 def check_remote_dir(value: str, key: str = "remote_dir") -> None:
@@ -23,7 +23,7 @@ def human(n: float) -> str:
 
 
 class Progress:
-    def __init__(self, ctx: Any, files_total: int, bytes_total: int | None, every: float = 0.25):
+    def __init__(self, ctx: Context, files_total: int, bytes_total: int | None, every: float = 0.25):
         self.ctx = ctx
         self.files_total = files_total
         self.bytes_total = bytes_total

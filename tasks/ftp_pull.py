@@ -19,16 +19,17 @@ import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, ClassVar, Literal, TextIO
 
 import anyio
 
 from schedulerd.durable import write_atomic
-from schedulerd.plugin import Context, TaskType
+from schedulerd.plugin import Context, TaskLog, TaskType
 from schedulerd.settings import duration, int_range
 from tasks.ftp_common import Progress, check_remote_dir
 from tasks.transfer import ConnectError, RemoteClient, RemoteEntry, TransferError, close, connect, extra_session
-from tasks.transfer.fetch import PART_RE, Downloaded, LocalError, commit, download, inside, part_name
+from tasks.transfer.errors import LocalError
+from tasks.transfer.fetch import PART_RE, Downloaded, commit, download, inside, part_name
 from tasks.transfer.names import printable
 from tasks.transfer.settings import ConnectionSettings
 
@@ -56,7 +57,7 @@ class PullSettings(ConnectionSettings):
                 raise ValueError(f"masks[{i}]: a file name pattern like \"*.jpg\", got {m!r}")
 
 
-async def walk(client: RemoteClient, s: PullSettings, log: Any) -> dict[str, RemoteEntry]:
+async def walk(client: RemoteClient, s: PullSettings, log: TaskLog) -> dict[str, RemoteEntry]:
     """Files under `remote_dir` by relative path (safe names only, masks applied)."""
     found: dict[str, RemoteEntry] = {}
     todo: list[tuple[str, str, int]] = [("", s.remote_dir, 0)]
@@ -90,7 +91,7 @@ class Plan:
     resumable: set[str]
 
 
-def plan(local_dir: Path, todo: dict[str, RemoteEntry], log: Any) -> Plan:
+def plan(local_dir: Path, todo: dict[str, RemoteEntry], log: TaskLog) -> Plan:
     """Targets and temp files, worked out folder by folder: one symlink check and one
     listing per folder, not a path parse and a lookup per file (this runs before the
     first download). Our temp files for these targets whose remote file changed since
@@ -129,7 +130,7 @@ def plan(local_dir: Path, todo: dict[str, RemoteEntry], log: Any) -> Plan:
     return Plan(places, resumable)
 
 
-def _plan_in(local_dir: Path, todo: dict[str, RemoteEntry], log: Any) -> Plan:
+def _plan_in(local_dir: Path, todo: dict[str, RemoteEntry], log: TaskLog) -> Plan:
     """`plan` after making `local_dir` (blocking: run in a worker thread)."""
     local_dir.mkdir(parents=True, exist_ok=True)
     return plan(local_dir, todo, log)
@@ -153,7 +154,7 @@ class Ledger:
         self.path = path
         self.journal = path.with_suffix(path.suffix + ".journal")
         self.items: dict[str, Key] = {}
-        self._fh = None
+        self._fh: TextIO | None = None
         self._lines: list[str] = []  # journal lines added since the last flush
         self._lock = threading.Lock()  # the lines and items: add (the loop) against flush (a worker thread)
         self._io = threading.Lock()  # the journal file: two workers' flushes

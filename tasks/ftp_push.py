@@ -120,7 +120,8 @@ class FtpPush(TaskType):
 
         def take() -> list[tuple[str, tuple[Path, int, int]]]:
             """The next files to send together: up to BATCH_FILES, fewer once they make BATCH_BYTES."""
-            batch, size = [], 0
+            batch: list[tuple[str, tuple[Path, int, int]]] = []
+            size = 0
             while work and len(batch) < BATCH_FILES and size < BATCH_BYTES:
                 batch.append(work.popleft())
                 size += batch[-1][1][1]
@@ -241,7 +242,7 @@ def _parse(payload: Mapping[str, Any]) -> ExportPayload:
 def _databox_name(p: ExportPayload, config: Any) -> str | None:
     if not p.records:
         return None
-    boxes = dict(getattr(config, "databoxes", {}) or {})
+    boxes: dict[str, object] = dict(getattr(config, "databoxes", {}) or {})
     if p.databox is not None:
         if p.databox not in boxes:
             raise ValueError(f"databox: unknown databox {p.databox!r} (known: {', '.join(sorted(boxes)) or 'none'})")

@@ -24,10 +24,10 @@ from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
 import anyio
-from anyio.abc import Process
+from anyio.abc import Process, TaskStatus
 
 from schedulerd import settings as s
-from schedulerd.plugin import Context, TaskFailed, TaskType
+from schedulerd.plugin import Context, TaskFailed, TaskLog, TaskType
 from schedulerd.process import end_process, kill_group, pump_lines, spawn
 from schedulerd.process import start_time as _start_time
 from schedulerd.settings import ConfigError, Secret
@@ -68,6 +68,9 @@ class Settings:
             raise ConfigError("charset", f"expected a character set name like utf8, got {self.charset!r}")
 
 
+IndexerSettings = Settings  # (in Indexer's body, `Settings` is the ClassVar)
+
+
 class FailedStart(TaskFailed):
     """The indexer exited within startsecs, or could not be started at all."""
 
@@ -91,11 +94,11 @@ def mask_argv(argv: list[str], secret: str) -> str:
 class _MaskedLog:
     """A logger facade for pump_lines that blanks the password in every child output line."""
 
-    def __init__(self, log: logging.Logger, secret: str):
+    def __init__(self, log: TaskLog, secret: str):
         self._log = log
         self._secret = secret
 
-    def log(self, level: int, fmt: str, *args: Any) -> None:
+    def log(self, level: int, fmt: str, *args: object) -> None:
         text = fmt % args if args else fmt
         if self._secret:
             text = text.replace(self._secret, MASK)
@@ -149,7 +152,9 @@ class Indexer(TaskType):
     default_period: ClassVar[float] = 5.0  # the delay before a restart after an exit following a good start
     long_running: ClassVar[bool] = True  # a stop cancels the supervision at once; the cancel path sends Q
 
-    def __init__(self, settings: Settings):
+    settings: IndexerSettings
+
+    def __init__(self, settings: IndexerSettings):
         super().__init__(settings)
         self.proc: Process | None = None
         self.starts = 0
@@ -333,7 +338,8 @@ class Indexer(TaskType):
         return code
 
     @staticmethod
-    async def _pump(proc: Process, log: _MaskedLog, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
+    async def _pump(proc: Process, log: _MaskedLog, *,
+                    task_status: TaskStatus[anyio.CancelScope] = anyio.TASK_STATUS_IGNORED) -> None:
         """Output lines to the task log; shielded, so a stop does not lose the child's last words."""
         with anyio.CancelScope(shield=True) as scope:
             task_status.started(scope)
@@ -365,7 +371,7 @@ class Indexer(TaskType):
                     ctx.log.warning("the indexer did not quit on Q within %.1fs: SIGTERM to its group", st.stop_wait)
             code = await end_process(proc, st.kill_wait)
             ctx.log.info("the indexer stopped (status %s)", code)
-            return code
+        return code
 
     async def shutdown(self, ctx: Context) -> None:
         proc = self.proc

@@ -18,11 +18,14 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import anyio
 
 from schedulerd.plugin import Context, FailForGood, Item, ItemKind, JobType, TaskFailed
+
+if TYPE_CHECKING:
+    from repository import Databox, Record
 
 
 def _databox(payload: Mapping[str, Any], config: Any) -> str:
@@ -47,7 +50,7 @@ def _check_keys(payload: Mapping[str, Any], known: tuple[str, ...]) -> None:
 
 
 @asynccontextmanager
-async def _kept(ctx: Context, databox: str) -> AsyncIterator[Any]:
+async def _kept(ctx: Context, databox: str) -> AsyncIterator[Databox]:
     """The databox, kept open by this process between jobs (repository.kept): the job has it to
     itself; after an error it is closed, so the next job opens it afresh."""
     from repository import KEPT, DataboxMissing, awaited
@@ -66,7 +69,7 @@ async def _kept(ctx: Context, databox: str) -> AsyncIterator[Any]:
             await anyio.to_thread.run_sync(lambda: KEPT.give_back(db, broken=broken))
 
 
-async def _get(db: Any, rid: int, *, with_fields: bool = True) -> Any:
+async def _get(db: Databox, rid: int, *, with_fields: bool = True) -> Record | None:
     from repository import UnknownRecord
 
     try:

@@ -15,9 +15,10 @@ stories' children.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, NoReturn, TypeVar
 
 import anyio
 
@@ -34,8 +35,13 @@ from repository import (
     parse_mask,
 )
 from schedulerd import settings as s
-from schedulerd.plugin import Context, TaskType
+from schedulerd.plugin import Context, TaskLog, TaskType
 from schedulerd.settings import ConfigError
+
+if TYPE_CHECKING:
+    from repository import Databox
+
+T = TypeVar("T")
 
 PREVIEW_IDS = 10
 IDS_PER_LOG_LINE = 500
@@ -52,22 +58,22 @@ def mask(value: Any, path: str) -> StatusMask:
         raise ConfigError(path, str(e).removeprefix("status mask: ")) from None
 
 
-def text_value(value: Any, path: str) -> str:
+def text_value(value: object, path: str) -> str:
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
         raise ConfigError(path, f"expected a string or a number, got {value!r}")
     return str(value)
 
 
-def field_name(value: Any, path: str) -> str:
+def field_name(value: object, path: str) -> str:
     if not isinstance(value, str) or not FIELD_NAME_RE.match(value):
         raise ConfigError(path, f"bad field name {value!r}: starts with a letter, then letters, digits, _ . : -")
     return value
 
 
-def one_or_many(cls: type) -> Callable[[Any, str], tuple]:
+def one_or_many(cls: type[T]) -> Callable[[object, str], tuple[T, ...]]:
     """A table, or a list of tables: several conditions of one kind are ANDed."""
 
-    def convert(value: Any, path: str) -> tuple:
+    def convert(value: object, path: str) -> tuple[T, ...]:
         if isinstance(value, Mapping):
             return (s.build(cls, value, path),)
         if isinstance(value, (list, tuple)):
@@ -78,7 +84,7 @@ def one_or_many(cls: type) -> Callable[[Any, str], tuple]:
     return convert
 
 
-def _not_table(value: Any, path: str) -> Any:
+def _not_table(value: object, path: str) -> NoReturn:
     raise ConfigError(path, f"expected a table, got {value!r}")
 
 
@@ -148,14 +154,14 @@ class Rule:
             raise ConfigError("from", "a delete rule needs at least one condition (it would delete every record)")
 
 
-def rule(value: Any, path: str) -> Rule:
+def rule(value: object, path: str) -> Rule:
     """One rule table (its key `from` is the field `from_`)."""
     if not isinstance(value, Mapping):
         raise ConfigError(path, f"expected a table, got {value!r}")
     return s.build(Rule, value, path)
 
 
-def rules(value: Any, path: str) -> tuple[Rule, ...]:
+def rules(value: object, path: str) -> tuple[Rule, ...]:
     if not isinstance(value, (list, tuple)):
         raise ConfigError(path, "expected a list of rule tables ([[tasks.NAME.rules]])")
     return tuple(rule(v, f"{path}[{i}]") for i, v in enumerate(value))
@@ -173,6 +179,9 @@ class Settings:
             if r.name in seen:
                 raise ConfigError(f"rules[{i}].name", f"duplicate rule name {r.name!r}")
             seen.add(r.name)
+
+
+RecordMoverSettings = Settings  # (in RecordMover's body, `Settings` is the ClassVar)
 
 
 # --- checking rules against the config and the databox ---------------------------------
@@ -252,13 +261,13 @@ def _collection_ids(conn: Any, r: Rule, names: Iterable[str]) -> list[int]:
     return ids
 
 
-def where_clause(db: Any, r: Rule, now: datetime) -> tuple[str, list[Any]]:
+def where_clause(db: Databox, r: Rule, now: datetime) -> tuple[str, list[object]]:
     """The rule's `from` (and, for update, "not already in the target state") on `records r`,
     in the databox's dialect (its date and number comparisons: repository.bulk)."""
     conn = db.connection
     declared: Mapping[str, str] = getattr(db.settings, "field_types", {}) or {}
     parts: list[str] = []
-    params: list[Any] = []
+    params: list[object] = []
     c = r.from_
     if c.type:
         parts.append("r.type = ?")
@@ -301,14 +310,14 @@ def where_clause(db: Any, r: Rule, now: datetime) -> tuple[str, list[Any]]:
     return " AND ".join(parts) or "TRUE", params
 
 
-def matching_ids(db: Any, r: Rule, now: datetime) -> list[int]:
+def matching_ids(db: Databox, r: Rule, now: datetime) -> list[int]:
     """The ids `apply_rule` would change now, sorted, read without changing anything (the same
     WHERE): exact for an update rule and for a delete rule without `delete_children`."""
     where, params = where_clause(db, r, now)
     return sorted(db.column(f"SELECT r.id FROM records r WHERE {where}", params))
 
 
-def apply_rule(db: Any, r: Rule, now: datetime) -> list[int]:
+def apply_rule(db: Databox, r: Rule, now: datetime) -> list[int]:
     """Run one rule inside the caller's `db.transaction()`; the changed (or deleted) ids, sorted."""
     where, params = where_clause(db, r, now)
     if r.action == "delete":
@@ -411,7 +420,9 @@ class RecordMover(TaskType):
     emits: ClassVar[tuple[str, ...]] = ("record.updated", "record.deleted")
     default_period: ClassVar[float] = 3600.0
 
-    def __init__(self, settings: Any):
+    settings: RecordMoverSettings
+
+    def __init__(self, settings: RecordMoverSettings):
         super().__init__(settings)
         self.clock: Callable[[], datetime] = _utcnow  # tests freeze time here
 
@@ -425,11 +436,11 @@ class RecordMover(TaskType):
 
     def check(self, config: Any) -> None:
         for i, r in enumerate(self.rules):
-            check_rule(r, config, lambda key, i=i: self.where(key, i))
+            check_rule(r, config, functools.partial(self.where, index=i))
 
     # --- databoxes -------------------------------------------------------------------
     @staticmethod
-    def _open(config: Any, name: str) -> Any:
+    def _open(config: Any, name: str) -> Databox:
         """The databox `name`, open; RuleError when it cannot be, DataboxMissing when it
         does not exist yet."""
         from repository import DataboxError, DataboxMissing, open_databox
@@ -454,7 +465,7 @@ class RecordMover(TaskType):
             raise RuleError(f"databox {name}: {e}") from None
         return db
 
-    def _each(self, config: Any, work: Callable[[Any, list[Rule]], list[Outcome]]) -> list[Outcome]:
+    def _each(self, config: Any, work: Callable[[Databox, list[Rule]], list[Outcome]]) -> list[Outcome]:
         """Run `work(db, rules)` per databox, rules kept in their configured order."""
         from repository import DataboxMissing, awaited
 
@@ -480,8 +491,10 @@ class RecordMover(TaskType):
         return [outcomes[r] for r in self.rules]
 
     # --- run -------------------------------------------------------------------------
-    def run_sync(self, config: Any, log: Any, now: datetime) -> list[Outcome]:
-        def work(db: Any, rs: list[Rule]) -> list[Outcome]:
+    def run_sync(self, config: Any, log: TaskLog, now: datetime) -> list[Outcome]:
+        errors: tuple[type[Exception], ...] = (RuleError, *database_errors())
+
+        def work(db: Databox, rs: list[Rule]) -> list[Outcome]:
             out = []
             for r in rs:
                 o = Outcome(r)
@@ -491,7 +504,7 @@ class RecordMover(TaskType):
                 try:
                     with db.transaction():
                         o.ids = apply_rule(db, r, now)
-                except (RuleError, *database_errors()) as e:
+                except errors as e:
                     o.error = str(e) if isinstance(e, RuleError) else f"rule {r.name!r}: {str(e).strip()}"
                     log.error("%s", o.error)
                 else:
@@ -545,7 +558,7 @@ class RecordMover(TaskType):
         and the first ids. Runs the rules in a transaction that is always rolled back."""
         now = now or self.clock()
 
-        def work(db: Any, rs: list[Rule]) -> list[Outcome]:
+        def work(db: Databox, rs: list[Rule]) -> list[Outcome]:
             out = [Outcome(r) for r in rs]
             active = [o for o in out if o.rule.active]
             try:

@@ -27,17 +27,20 @@ import os
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any, ClassVar
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
 import anyio
 
 from schedulerd import metrics
 from schedulerd import settings as s
-from schedulerd.plugin import Context, TaskType
+from schedulerd.plugin import Context, TaskLog, TaskType
 from tasks.media import Made, MediaError, Spec, ToolNotFound, as_specs, classify, make_subdefs
 from tasks.media.maker import check_spec, extension
 from tasks.media.text import document_text, has_text
 from tasks.media.tools import PACKAGES
+
+if TYPE_CHECKING:
+    from repository import Databox, Record
 
 SUBDEF_DIR = "subdefs"
 
@@ -57,6 +60,9 @@ class Settings:
     @property
     def concurrency(self) -> int:
         return self.workers or os.cpu_count() or 1
+
+
+SubdefsSettings = Settings  # (in SubdefsTask's body, `Settings` is the ClassVar)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,29 +95,31 @@ def task_settings_for(config: Any, databox: str) -> Settings | None:
     """The settings of the first `subdefs` task of `databox` (for the CLI's one-off builds)."""
     for tc in (getattr(config, "tasks", None) or {}).values():
         if tc.type == SubdefsTask.type_name and tc.settings.databox == databox:
-            return tc.settings
+            settings: Settings = tc.settings
+            return settings
     return None
 
 
-async def build_record(db: Any, record: Any, specs: Sequence[Spec], *, timeout: float,
-                       status_bit: int | None = None, log: Any = None) -> Outcome:
+async def build_record(db: Databox, record: Record, specs: Sequence[Spec], *, timeout: float,
+                       status_bit: int | None = None, log: TaskLog | None = None) -> Outcome:
     """Build one record's sub-definitions and register them (or its error) in the databox."""
     from repository import StatusMask
 
-    if record.document_path is None:
+    path, document = record.document_path, record.document
+    if path is None or document is None:
         return Outcome(record.id, error="record has no document")
-    media_class = classify(record.document_path, record.mime)
+    media_class = classify(path, record.mime)
     chosen = specs_for(specs, media_class)
     made: list[tuple[Spec, Made]] = []
     if chosen:
-        jobs = [(sp, subdef_path(db.store.root, record.document, sp)) for sp in chosen]
+        jobs = [(sp, subdef_path(db.store.root, document, sp)) for sp in chosen]
         try:
-            made = await make_subdefs(record.document_path, media_class or "", jobs, timeout=timeout)
+            made = await make_subdefs(path, media_class or "", jobs, timeout=timeout)
         except ToolNotFound as e:
             return Outcome(record.id, waiting=str(e))
         except MediaError as e:
             return await _mark(db, record, str(e), log)
-    store_text, text = await _document_text(db, record, timeout, log)
+    store_text, text = await _document_text(db, record, path, timeout, log)
 
     def register() -> None:
         with db.transaction():
@@ -134,23 +142,24 @@ async def build_record(db: Any, record: Any, specs: Sequence[Spec], *, timeout: 
     return Outcome(record.id, built=tuple((spec.name, m) for spec, m in made))
 
 
-async def _document_text(db: Any, record: Any, timeout: float, log: Any) -> tuple[bool, str | None]:
+async def _document_text(db: Databox, record: Record, path: Path, timeout: float,
+                         log: TaskLog | None) -> tuple[bool, str | None]:
     """(whether to store it, the document's text) for the full-text index, when the databox's
     `index_document_text` is on: a PDF's or a text file's; none for other documents (stored as
     none only for a replaced document, whose predecessor may have had some)."""
     if not db.settings.index_document_text:
         return False, None
-    if not has_text(record.document_path, record.mime):
+    if not has_text(path, record.mime):
         return record.doc_version > 1, None
     try:
-        return True, await document_text(record.document_path, record.mime, timeout=timeout)
+        return True, await document_text(path, record.mime, timeout=timeout)
     except (MediaError, OSError) as e:  # pdftotext missing or failing, an unreadable file
         if log is not None:
             log.warning("%s: its text is not indexed: %s", record.label, e)
         return False, None
 
 
-async def _mark(db: Any, record: Any, message: str, log: Any) -> Outcome:
+async def _mark(db: Databox, record: Record, message: str, log: TaskLog | None) -> Outcome:
     if log is not None:
         log.warning("%s: %s", record.label, message)
     await anyio.to_thread.run_sync(lambda: db.mark_subdef_error(record.id, message, doc_version=record.doc_version))
@@ -165,7 +174,9 @@ class SubdefsTask(TaskType):
     wake_on: ClassVar[tuple[str, ...]] = ("record.created",)
     default_period: ClassVar[float] = 30.0
 
-    def __init__(self, settings: Settings):
+    settings: SubdefsSettings
+
+    def __init__(self, settings: SubdefsSettings):
         super().__init__(settings)
         # record id -> the missing tool's message; such records are skipped until the tool appears
         self._waiting: dict[int, str] = {}
@@ -212,7 +223,7 @@ class SubdefsTask(TaskType):
             await anyio.to_thread.run_sync(db.close)
         return self._summarise(ctx, outcomes)
 
-    async def _batch(self, ctx: Context, db: Any, records: list[Any], specs: Sequence[Spec],
+    async def _batch(self, ctx: Context, db: Databox, records: list[Record], specs: Sequence[Spec],
                      outcomes: list[Outcome]) -> int:
         """Build one batch; the number of records that no longer need anything."""
         st: Settings = self.settings
@@ -221,7 +232,7 @@ class SubdefsTask(TaskType):
         ctx.progress(before, total)
         limiter = anyio.CapacityLimiter(st.concurrency)
 
-        async def one(record: Any) -> None:
+        async def one(record: Record) -> None:
             async with limiter:
                 outcome = await build_record(db, record, specs, timeout=st.tool_timeout,
                                              status_bit=st.status_bit, log=ctx.log)

@@ -23,6 +23,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Annotated, Any, ClassVar
 
 import anyio
@@ -150,14 +151,14 @@ def _key(url: str) -> str:
     return "sha256:" + hashlib.sha256(url.encode()).hexdigest()
 
 
-def _read(path: Any) -> list[str]:
+def _read(path: Path) -> list[str]:
     try:
         return list(json.loads(path.read_text()))
     except (FileNotFoundError, ValueError):
         return []
 
 
-def _write(path: Any, urls: list[str]) -> None:
+def _write(path: Path, urls: list[str]) -> None:
     """The URLs that accepted (their keys), synced (write_atomic): a ledger lost to a crash would re-post to them."""
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, json.dumps(urls).encode())

@@ -26,7 +26,7 @@ import hashlib
 import types
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, ClassVar
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
 import anyio
 
@@ -34,6 +34,9 @@ from schedulerd import settings as s
 from schedulerd.plugin import Context, TaskType
 from tasks.media import MediaError
 from tasks.media.exiftool import ExifTool, check_tag
+
+if TYPE_CHECKING:
+    from repository import Databox, Record, Subdef
 
 DEFAULT_ID_TAG = "XMP-dc:Identifier"
 
@@ -84,7 +87,7 @@ class Settings:
         tags = self.fields[field]
         return (tags,) if isinstance(tags, str) else tuple(tags)
 
-    def tags_for(self, record: Any) -> dict[str, str | None]:
+    def tags_for(self, record: Record) -> dict[str, str | None]:
         """Tag -> value for one record; None deletes the tag (the record lacks the field)."""
         out: dict[str, str | None] = {}
         for field in self.fields:
@@ -94,6 +97,9 @@ class Settings:
         if self.id_tag:
             out[self.id_tag] = str(record.id)
         return out
+
+
+WriteMetadataSettings = Settings  # (in WriteMetadataTask's body, `Settings` is the ClassVar)
 
 
 class WriteFailed(MediaError):
@@ -113,7 +119,8 @@ def task_settings_for(config: Any, databox: str) -> Settings | None:
     """The settings of the first `write_metadata` task of `databox` (what the writeMetadatas job writes)."""
     for tc in (getattr(config, "tasks", None) or {}).values():
         if tc.type == WriteMetadataTask.type_name and tc.settings.databox == databox:
-            return tc.settings
+            settings: Settings = tc.settings
+            return settings
     return None
 
 
@@ -134,7 +141,9 @@ class WriteMetadataTask(TaskType):
     Settings: ClassVar[type] = Settings
     default_period: ClassVar[float] = 60.0
 
-    def __init__(self, settings: Settings):
+    settings: WriteMetadataSettings
+
+    def __init__(self, settings: WriteMetadataSettings):
         super().__init__(settings)
         # record id -> its metadata_dirty when the write failed: skipped until that changes
         self._failed: dict[int, int] = {}
@@ -173,7 +182,7 @@ class WriteMetadataTask(TaskType):
             return "nothing to do" + (f" ({len(self._failed)} records failed)" if self._failed else "")
         return f"{written.records} records written ({written.files} files)" + (f", {failed} failed" if failed else "")
 
-    async def _sweep(self, ctx: Context, db: Any) -> tuple[_Written, int]:
+    async def _sweep(self, ctx: Context, db: Databox) -> tuple[_Written, int]:
         """Batch after batch while full batches are found (a backlog drains in one pass); a stop
         cancels between or inside records, each record's write being accounted on its own."""
         st: Settings = self.settings
@@ -206,17 +215,20 @@ class WriteMetadataTask(TaskType):
                     break
         return written, failed
 
-    def _targets(self, db: Any, record: Any) -> list[tuple[Path, Any]]:
+    def _targets(self, db: Databox, record: Record) -> list[tuple[Path, Subdef | None]]:
         """(path, Subdef or None for the document) to write for one record."""
         st: Settings = self.settings
-        out: list[tuple[Path, Any]] = [(record.document_path, None)]
-        if st.subdefs:
+        if record.document_path is None:
+            raise WriteFailed("the record has no document")
+        out: list[tuple[Path, Subdef | None]] = [(record.document_path, None)]
+        subdefs = st.subdefs
+        if subdefs:
             for name, sub in db.subdefs(record.id).items():
-                if st.subdefs is True or name in st.subdefs:
+                if isinstance(subdefs, bool) or name in subdefs:  # (a bool here is true: all of them)
                     out.append((sub.path, sub))
         return out
 
-    async def write_record(self, et: ExifTool, db: Any, record: Any) -> int:
+    async def write_record(self, et: ExifTool, db: Databox, record: Record) -> int:
         """Write, verify, account; the number of files written."""
         st: Settings = self.settings
         tags = st.tags_for(record)
@@ -237,7 +249,7 @@ class WriteMetadataTask(TaskType):
                                       f"not {record.id}")
             size, digest = await anyio.to_thread.run_sync(_sha256, path)
 
-            def account(path: Path = path, sub: Any = sub, size: int = size, digest: str = digest) -> None:
+            def account(path: Path = path, sub: Subdef | None = sub, size: int = size, digest: str = digest) -> None:
                 if sub is None:
                     db.document_written(record.id, size=size, sha256=digest)
                 elif sub.doc_version == record.doc_version:  # a stale one is about to be rebuilt anyway

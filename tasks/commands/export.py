@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from schedulerd.commands import CommandError, arg, command
     arg("--log-file", metavar="NAME", help="also write a transfer log of this name beside the files"),
     arg("--queue", help="job queue (default: the job type's)"),
 )
-def export_ftp(args: Any, env: Any) -> int:
+def export_ftp(args: argparse.Namespace, env: Any) -> int:
     if not args.record and not args.file:
         raise CommandError("give at least one --record ID or --file PATH", 2)
     config = env.config()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 from typing import Any
 
 from schedulerd.commands import CommandError, arg, command, print_json
@@ -9,7 +10,7 @@ from schedulerd.commands import CommandError, arg, command, print_json
 
 @command("task:preview", "Show, per rule, the condition in words, how many records a run would change and the "
          "first ids (changes nothing)", arg("name", help="task name, as in [tasks.NAME]"), arg("--json", action="store_true"))
-def task_preview(args: Any, env: Any) -> int:
+def task_preview(args: argparse.Namespace, env: Any) -> int:
     from schedulerd.registry import task_type
 
     config = env.config()

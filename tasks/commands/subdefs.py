@@ -6,11 +6,15 @@ record fixed by hand ends exactly as the task would have left it.
 
 from __future__ import annotations
 
+import argparse
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from repository import DATABOX_ARG, JSON_ARG, open_box
 from schedulerd.commands import CommandError, arg, command, print_json, print_table
+
+if TYPE_CHECKING:
+    from repository import Record
 
 
 @command(
@@ -20,7 +24,7 @@ from schedulerd.commands import CommandError, arg, command, print_json, print_ta
     arg("--rebuild", action="store_true", help="build them again even if up to date or marked in error"),
     JSON_ARG,
 )
-def record_subdefs(args: Any, env: Any) -> int:
+def record_subdefs(args: argparse.Namespace, env: Any) -> int:
     import functools
 
     import anyio
@@ -64,7 +68,8 @@ def record_subdefs(args: Any, env: Any) -> int:
     return 1 if problem else 0
 
 
-def _report(args: Any, record: Any, built: dict[str, Any], problem: str | None, note: str | None) -> None:
+def _report(args: argparse.Namespace, record: Record, built: dict[str, dict[str, object]], problem: str | None,
+            note: str | None) -> None:
     if args.json:
         print_json({"record": record.id, "original_name": record.original_name, "subdefs": built, "error": problem,
                     "note": note})

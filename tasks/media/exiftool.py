@@ -31,11 +31,13 @@ from typing import Any
 import anyio
 from anyio.abc import ByteReceiveStream, Process
 
-from schedulerd.process import spawn
+from schedulerd.durable import fsync_dir
+from schedulerd.plugin import TaskLog
+from schedulerd.process import die_with_parent, spawn
 
 from .errors import ToolError, ToolTimeout
-from .files import fsync_dir, fsync_file
-from .tools import die_with_parent, find_tool, kill_group, tail
+from .files import fsync_file
+from .tools import find_tool, kill_group, tail
 
 TAG_RE = re.compile(r"^[A-Za-z][\w-]*(:[A-Za-z][\w-]*)*$")
 TEMP_SUFFIX = "_exiftool_tmp"  # exiftool writes FILE_exiftool_tmp, then renames it over FILE
@@ -153,7 +155,7 @@ class ExifTool:
         timeout: float = 30.0,
         start_timeout: float = 20.0,
         close_timeout: float = 5.0,
-        log: logging.Logger | None = None,
+        log: TaskLog | None = None,
     ):
         self.executable = executable
         self.timeout = timeout
@@ -297,6 +299,8 @@ class ExifTool:
             data = json.loads(result.stdout)[0]
         except (ValueError, IndexError, TypeError):
             raise ExifToolError(f"{path.name}: exiftool gave unreadable JSON") from None
+        if not isinstance(data, dict):
+            raise ExifToolError(f"{path.name}: exiftool gave {type(data).__name__}, not an object of tags")
         data.pop("SourceFile", None)
         return data
 

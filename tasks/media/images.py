@@ -17,6 +17,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 from PIL import Image, UnidentifiedImageError
 
@@ -177,7 +178,7 @@ def _to_8bit(im: Image.Image) -> Image.Image:
     """16-bit and float greys scaled to 0..255 (Pillow's convert would clip at 255)."""
     if im.mode not in ("I", "F"):
         im = im.convert("I")
-    lo, hi = im.getextrema()
+    lo, hi = cast(tuple[float, float], im.getextrema())  # (one band, I or F: its low and high)
     if im.mode == "I":
         top = 255 if hi <= 255 else 65535 if hi <= 65535 else hi
         scale, offset = 255 / top, 0.0

@@ -8,16 +8,19 @@ its maker: Pillow for images, ffmpeg for video, pdftoppm for documents.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import anyio
 
 from . import images, pdf, video
 from .errors import MediaError
 from .images import Made, Target
+
+if TYPE_CHECKING:
+    from repository import SubdefSettings
 
 MEDIA_CLASSES = ("image", "video", "document")
 DEFAULT_TIMEOUT = 120.0
@@ -29,11 +32,15 @@ DOCUMENT_EXTENSIONS = frozenset(".pdf .ai .doc .docx .odt .ods .odp .ppt .pptx .
 AUDIO_EXTENSIONS = frozenset(".mp3 .wav .flac .aac .m4a .ogg .oga .opus .aif .aiff .wma".split())
 
 
-class SpecLike(Protocol):
-    media_class: str
-    size: int
-    format: str
-    quality: int
+class SpecLike(Protocol):  # (read-only: a frozen SubdefSettings is one)
+    @property
+    def media_class(self) -> str: ...
+    @property
+    def size(self) -> int: ...
+    @property
+    def format(self) -> str: ...
+    @property
+    def quality(self) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -157,7 +164,7 @@ async def make_subdefs(
     return list(zip([s for s, _ in stills] + [s for s, _ in movies], made, strict=True))
 
 
-def as_specs(declared: Any) -> list[Spec]:
+def as_specs(declared: Mapping[str, SubdefSettings] | None) -> list[Spec]:
     """Specs from a databox's `subdefs` mapping (name -> SubdefSettings); the defaults if empty."""
     if not declared:
         return list(DEFAULT_SPECS)

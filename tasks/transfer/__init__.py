@@ -5,9 +5,9 @@ downloads files safely (temp name, size check, syncfs, rename), `send` a batch o
 
 from __future__ import annotations
 
-import logging
-
 import anyio
+
+from schedulerd.plugin import TaskLog
 
 from .base import RemoteClient, RemoteEntry
 from .errors import AuthError, ConnectError, HostKeyError, IntegrityError, NotFound, RemoteError, ResumeUnsupported, TransferError
@@ -20,7 +20,7 @@ __all__ = [
 ]
 
 
-async def connect(settings: ConnectionSettings, log: logging.Logger, *, retries: int | None = None) -> RemoteClient:
+async def connect(settings: ConnectionSettings, log: TaskLog, *, retries: int | None = None) -> RemoteClient:
     """Connect and log in, retrying `retries` times (default: the setting's; doubling `retry_delay`);
     auth errors are final."""
     retries = settings.retries if retries is None else retries
@@ -42,7 +42,7 @@ async def connect(settings: ConnectionSettings, log: logging.Logger, *, retries:
     return await impl.open(settings, log)  # the last attempt: its error is the caller's
 
 
-async def extra_session(settings: ConnectionSettings, log: logging.Logger, parallel: int) -> RemoteClient | None:
+async def extra_session(settings: ConnectionSettings, log: TaskLog, parallel: int) -> RemoteClient | None:
     """One more session for `parallel`, tried once: None, with a warning, when it cannot be
     opened (a server that allows fewer connections per address than `parallel`). The pass
     goes on with the sessions it has; only the first session's failure fails it."""

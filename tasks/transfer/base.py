@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import builtins
 import dataclasses
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Literal
@@ -49,7 +50,7 @@ class RemoteClient(abc.ABC):
     async def put(self, source: Source, path: str, on_bytes: OnBytes | None = None) -> int:
         """Store what `source` gives as `path`; returns the bytes sent (see `short_uploads`)."""
 
-    async def short_uploads(self, uploads: Sequence[tuple[str, int]]) -> list[str | None]:
+    async def short_uploads(self, uploads: Sequence[tuple[str, int]]) -> builtins.list[str | None]:
         """For each `put` (path, bytes sent), why the stored file is not whole, or None (whole, or
         the server cannot tell). Here: None, the protocol acknowledges what it stores (SFTP)."""
         return [None] * len(uploads)
@@ -61,7 +62,7 @@ class RemoteClient(abc.ABC):
     async def rename(self, src: str, dst: str) -> None:
         """Rename, replacing `dst` if it exists."""
 
-    async def renames(self, pairs: Sequence[tuple[str, str]]) -> list[TransferError | None]:
+    async def renames(self, pairs: Sequence[tuple[str, str]]) -> builtins.list[TransferError | None]:
         """`rename` each (src, dst): per pair None, or why it failed. A session lost partway (`broken`)
         fails the pairs not renamed yet with its error; those renamed before keep their None."""
         failed: list[TransferError | None] = []

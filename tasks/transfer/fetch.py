@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
-import logging
 import os
 import re
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import BinaryIO, Literal
 import anyio
 
 from schedulerd.durable import fsync_dir, syncfs
+from schedulerd.plugin import TaskLog
 
 from .base import OnBytes, RemoteClient, RemoteEntry
 from .errors import IntegrityError, LocalError, ResumeUnsupported
@@ -92,7 +92,7 @@ SMALL_FILE = 512 * 1024  # at most this is downloaded to memory, written with it
 
 
 async def download(client: RemoteClient, entry: RemoteEntry, target: Path, *,
-                   on_exists: OnExists = "rename", log: logging.Logger, on_bytes: OnBytes | None = None,
+                   on_exists: OnExists = "rename", log: TaskLog, on_bytes: OnBytes | None = None,
                    part: Path | None = None, part_exists: bool | None = None) -> Downloaded | None:
     """Download `entry` to its hidden temp beside `target` (resuming), check its size; None when skipped.
 
@@ -136,7 +136,7 @@ async def download(client: RemoteClient, entry: RemoteEntry, target: Path, *,
 
 
 async def _receive(client: RemoteClient, entry: RemoteEntry, f: BinaryIO, offset: int,
-                   log: logging.Logger, on_bytes: OnBytes | None) -> None:
+                   log: TaskLog, on_bytes: OnBytes | None) -> None:
     """The remote bytes from `offset` on into `f`, written in a worker thread."""
 
     async def write(piece: memoryview) -> None:

@@ -9,6 +9,7 @@ side of the handshake, other servers after it.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import dataclasses
 import ipaddress
@@ -19,6 +20,8 @@ from collections.abc import Awaitable, Callable, Sequence
 
 import anyio
 from OpenSSL import SSL
+
+from schedulerd.plugin import TaskLog
 
 from .base import OnBytes, RemoteClient, RemoteEntry, Sink, Source
 from .errors import AuthError, ConnectError, NotFound, RemoteError, ResumeUnsupported, TransferError, scrub
@@ -92,10 +95,13 @@ _EPSV = re.compile(r"\(([!-~])\1\1(\d+)\1\)")
 _PASV = re.compile(r"(\d+),(\d+),(\d+),(\d+),(\d+),(\d+)")
 
 
+Replies = list[tuple[str, list[str]]]  # (code, lines) per command
+
+
 class FtpClient(RemoteClient):
     """One FTP/FTPS session (see module doc)."""
 
-    def __init__(self, settings: ConnectionSettings, log: logging.Logger):
+    def __init__(self, settings: ConnectionSettings, log: TaskLog):
         self.s = settings
         self.log = log
         self._tls = Tls(settings, log) if settings.tls else None
@@ -115,7 +121,7 @@ class FtpClient(RemoteClient):
         self.broken = False
 
     @classmethod
-    async def open(cls, settings: ConnectionSettings, log: logging.Logger) -> FtpClient:
+    async def open(cls, settings: ConnectionSettings, log: TaskLog) -> FtpClient:
         client = cls(settings, log)
         try:
             await client._connect()
@@ -469,7 +475,7 @@ class FtpClient(RemoteClient):
         entries = parse_listing(data, path, mlsd=mlsd, encoding=self.s.encoding, zone=self.s.zone, log=self.log)
         return entries if mlsd else await self._exact_times(entries)
 
-    async def _exact_times(self, entries: list[RemoteEntry]) -> list[RemoteEntry]:
+    async def _exact_times(self, entries: builtins.list[RemoteEntry]) -> builtins.list[RemoteEntry]:
         """LIST times are to the minute at best: each file's exact time from `MDTM` (pipelined); a
         file whose `MDTM` is refused (gone meanwhile, no permission) keeps its listed time."""
         files = [i for i, e in enumerate(entries) if e.type == "file" and not e.precise]
@@ -483,14 +489,14 @@ class FtpClient(RemoteClient):
                     out[i] = dataclasses.replace(entries[i], mtime=parse_mlsd_time(info[-1].split()[-1]), precise=True)
         return out
 
-    async def _pipelined(self, lines: list[str], what: str) -> list[tuple[str, list[str]]]:
+    async def _pipelined(self, lines: builtins.list[str], what: str) -> Replies:
         """Each line's reply, whatever its code (see `_answered`). Only a lost connection raises."""
         replies, lost = await self._answered(lines, what)
         if lost is not None:
             raise lost
         return replies
 
-    async def _answered(self, lines: list[str], what: str) -> tuple[list[tuple[str, list[str]]], ConnectError | None]:
+    async def _answered(self, lines: builtins.list[str], what: str) -> tuple[Replies, ConnectError | None]:
         """Up to PIPELINE lines go in one write, their replies (in order, RFC 959) are read after it:
         the replies read, and the error that lost the connection before the last one (else None)."""
         replies = []
@@ -545,7 +551,7 @@ class FtpClient(RemoteClient):
 
         return await self._transfer(f"STOR {path}", send, upload=True)
 
-    async def short_uploads(self, uploads: Sequence[tuple[str, int]]) -> list[str | None]:
+    async def short_uploads(self, uploads: Sequence[tuple[str, int]]) -> builtins.list[str | None]:
         """A data connection cut short can look like a complete upload to the server: each stored
         size from `SIZE` (pipelined); a refusal, or a reply with no number, means the server cannot tell."""
         replies = await self._pipelined([f"SIZE {path}" for path, _ in uploads], "SIZE")
@@ -569,7 +575,7 @@ class FtpClient(RemoteClient):
             await self.delete(dst)  # a server that does not replace: dst deleted, then the rename
             await self._rename(src, dst)
 
-    async def renames(self, pairs: Sequence[tuple[str, str]]) -> list[TransferError | None]:
+    async def renames(self, pairs: Sequence[tuple[str, str]]) -> builtins.list[TransferError | None]:
         """RNFR+RNTO pairs pipelined; a pair not answered 350 then 2xx (a refusal, a server that does
         not replace) is done again by `rename`, which says why or deletes `dst` first. A session
         lost amid the replies fails the pairs not answered (and those to do again) with its error."""

@@ -4,12 +4,13 @@ untrusted: a line no parser understands is skipped with a warning, unsafe names 
 from __future__ import annotations
 
 import calendar
-import logging
 import re
 from datetime import datetime, timedelta, tzinfo
 from zoneinfo import ZoneInfo
 
-from .base import RemoteEntry
+from schedulerd.plugin import TaskLog
+
+from .base import EntryType, RemoteEntry
 from .names import check_name, join, printable
 
 UTC = ZoneInfo("UTC")
@@ -49,7 +50,7 @@ def parse_mlsd_line(line: str, directory: str) -> tuple[str, RemoteEntry | None]
     kind = facts.get("type", "").lower()
     if kind in ("cdir", "pdir"):
         return name, None
-    etype = "file" if kind == "file" else "dir" if kind == "dir" else "link" if "slink" in kind else "other"
+    etype: EntryType = "file" if kind == "file" else "dir" if kind == "dir" else "link" if "slink" in kind else "other"
     size = facts.get("size") or facts.get("sizd")
     mtime = parse_mlsd_time(facts["modify"]) if "modify" in facts else None
     return name, RemoteEntry(name, join(directory, name), etype, int(size) if size and size.isdigit() else None, mtime, True)
@@ -106,7 +107,7 @@ def parse_dos_line(line: str, directory: str, zone: tzinfo) -> tuple[str, Remote
 
 
 def parse_listing(data: bytes, directory: str, *, mlsd: bool, encoding: str = "utf-8",
-                  zone: tzinfo = UTC, log: logging.Logger, now: datetime | None = None) -> list[RemoteEntry]:
+                  zone: tzinfo = UTC, log: TaskLog, now: datetime | None = None) -> list[RemoteEntry]:
     """All safe entries of one listing; bad lines and unsafe names are skipped with a warning."""
     now = now or datetime.now(UTC)
     entries: list[RemoteEntry] = []

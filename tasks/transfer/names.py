@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import logging
 import unicodedata
+
+from schedulerd.plugin import TaskLog
 
 MAX_NAME_BYTES = 255
 
@@ -33,7 +34,7 @@ def printable(name: str, limit: int = 80) -> str:
     return r if len(r) <= limit else r[: limit - 3] + "..."
 
 
-def check_name(name: str, log: logging.Logger | None, where: str = "") -> bool:
+def check_name(name: str, log: TaskLog | None, where: str = "") -> bool:
     """True when `name` is safe; otherwise warn (except for . and ..) and return False."""
     reason = unsafe_reason(name)
     if reason is None:

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import BinaryIO
 
 import anyio
+
+from schedulerd.plugin import TaskLog
 
 from .base import OnBytes, RemoteClient
 from .errors import IntegrityError, LocalError, RemoteError, TransferError
@@ -70,7 +71,7 @@ class Outgoing:
 Outcome = str | TransferError | None  # the final remote path, why it was not sent, or None: not tried
 
 
-async def send_batch(client: RemoteClient, files: Sequence[Outgoing], *, log: logging.Logger,
+async def send_batch(client: RemoteClient, files: Sequence[Outgoing], *, log: TaskLog,
                      on_bytes: OnBytes | None = None) -> list[Outcome]:
     """Upload `files` (see module doc); per file its Outcome. A file whose stored size is short
     is never renamed (its temp is deleted). A session that breaks during an upload fails that
@@ -110,7 +111,7 @@ async def send_batch(client: RemoteClient, files: Sequence[Outgoing], *, log: lo
 
 
 async def send(client: RemoteClient, src: Path, remote_dir: str, name: str | None = None, *,
-               log: logging.Logger, on_bytes: OnBytes | None = None) -> str:
+               log: TaskLog, on_bytes: OnBytes | None = None) -> str:
     """Upload one file (a batch of one); returns its final remote path."""
     [outcome] = await send_batch(client, [Outgoing(src, remote_dir, name or src.name)], log=log, on_bytes=on_bytes)
     if isinstance(outcome, TransferError):

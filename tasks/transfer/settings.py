@@ -158,5 +158,6 @@ class ConnectionSettings:
 
     def describe(self) -> str:
         """`ftps://user@host:port` for log lines: never a secret."""
-        via = f" via {self.proxy_spec.scheme}://{self.proxy_spec.host}:{self.proxy_spec.port}" if self.proxy else ""
+        proxy = self.proxy_spec
+        via = f" via {proxy.scheme}://{proxy.host}:{proxy.port}" if proxy is not None else ""
         return f"{self.protocol}://{self.user}@{self.host}:{self.port}{via}"

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
-import logging
 from collections.abc import AsyncIterator, Iterator
+from typing import cast
 
 import anyio
 import asyncssh
+
+from schedulerd.plugin import TaskLog
 
 from .base import OnBytes, RemoteClient, RemoteEntry, Sink, Source
 from .errors import AuthError, ConnectError, HostKeyError, NotFound, RemoteError, scrub
@@ -34,7 +36,7 @@ def _entry(name: str, path: str, a: asyncssh.SFTPAttrs) -> RemoteEntry:
 class SftpClient(RemoteClient):
     """SFTP: every write is acknowledged (an upload's stored size needs no check)."""
 
-    def __init__(self, settings: ConnectionSettings, log: logging.Logger, conn: asyncssh.SSHClientConnection,
+    def __init__(self, settings: ConnectionSettings, log: TaskLog, conn: asyncssh.SSHClientConnection,
                  sftp: asyncssh.SFTPClient):
         self.s = settings
         self.log = log
@@ -45,7 +47,7 @@ class SftpClient(RemoteClient):
         self._block = min(settings.block_size, 255 * 1024)  # OpenSSH caps reads near 256 KiB
 
     @classmethod
-    async def open(cls, settings: ConnectionSettings, log: logging.Logger) -> SftpClient:
+    async def open(cls, settings: ConnectionSettings, log: TaskLog) -> SftpClient:
         s = settings
         secrets = s.secrets()
         sock = None
@@ -65,7 +67,7 @@ class SftpClient(RemoteClient):
         conn = None
         try:
             with anyio.fail_after(s.timeout * 2):
-                conn = await asyncssh.connect(s.host, s.port, sock=sock, **options)  # type: ignore[arg-type]
+                conn = await asyncssh.connect(s.host, s.port, sock=sock, **options)
                 sftp = await conn.start_sftp_client()
         except BaseException as e:
             if conn is not None:
@@ -143,7 +145,7 @@ class SftpClient(RemoteClient):
                 while True:
                     want = piece if size is None else max(1, min(piece, size - offset - got + 1))
                     with anyio.fail_after(self.s.timeout * 4):
-                        data = await f.read(want, offset + got)
+                        data = cast(bytes, await f.read(want, offset + got))  # (opened "rb": bytes)
                     if data:
                         await sink(memoryview(data))
                         got += len(data)

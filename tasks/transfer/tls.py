@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
-import logging
 import socket
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -22,6 +21,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from OpenSSL import SSL, crypto
 from service_identity.cryptography import verify_certificate_hostname, verify_certificate_ip_address
+
+from schedulerd.plugin import TaskLog
 
 from .settings import ConnectionSettings
 
@@ -62,7 +63,7 @@ def names_host(cert: x509.Certificate, host: str) -> bool:
 class Tls:
     """One FTPS session's TLS: its context, the certificate checked once, the newest session."""
 
-    def __init__(self, settings: ConnectionSettings, log: logging.Logger):
+    def __init__(self, settings: ConnectionSettings, log: TaskLog):
         self.host = settings.host
         self.timeout = settings.timeout
         self.sni = None if _ip(settings.host) else settings.host.encode("idna")  # no SNI for an address
