@@ -279,8 +279,9 @@ class Databox:
         status: str | StatusMask | None,
         fields: Mapping[str, str] | Iterable[tuple[str, str]] | None,
         type: RecordType | None,
-    ) -> tuple[str, list[Any]]:
-        where, params = ["TRUE"], []
+    ) -> tuple[str, list[object]]:
+        where: list[str] = ["TRUE"]
+        params: list[object] = []
         if collection is not None:
             where.append("r.collection_id = ?")
             params.append(self.collection(collection).id)
@@ -327,7 +328,8 @@ class Databox:
         type: RecordType | None = None,
     ) -> int:
         where, params = self._filters(collection, status, fields, type)
-        return self._query(f"SELECT count(*) FROM {_FROM} WHERE {where}", params)[0][0]
+        count: int = self._query(f"SELECT count(*) FROM {_FROM} WHERE {where}", params)[0][0]
+        return count
 
     def fields(self, record_id: int) -> dict[str, str]:
         return self._fields_of([int(record_id)])[int(record_id)]
@@ -335,11 +337,13 @@ class Databox:
     # --- records: writing ----------------------------------------------------------
 
     def _initial_status(self, status: int | str | StatusMask) -> int:
-        if isinstance(status, int) and not isinstance(status, bool):
+        if isinstance(status, bool):
+            raise ValueError(f"status: expected 0 to 2**32-1 or a mask like \"x1x0\", got {status!r}")
+        if isinstance(status, int):
             if not 0 <= status <= 0xFFFFFFFF:
                 raise ValueError(f"status: expected 0 to 2**32-1, got {status}")
             return status
-        return _as_mask(status).apply(0)  # type: ignore[union-attr]
+        return (status if isinstance(status, StatusMask) else parse_mask(status, "status")).apply(0)
 
     def create_record(
         self,
@@ -395,7 +399,7 @@ class Databox:
             (r.collection_id, type, r.original_name, r.document or None, r.size if r.document else None,
              r.sha256 or None, r.mime or None, r.status, now, now, now, r.token),
         )
-        rid = cur.fetchone()[0]
+        rid: int = cur.fetchone()[0]
         if r.fields:
             c.executemany("INSERT INTO fields(record_id, name, value) VALUES (?,?,?)",
                           [(rid, k, v) for k, v in r.fields.items()])
@@ -709,7 +713,8 @@ class Databox:
             else:
                 cur = c.execute("UPDATE records SET metadata_dirty = 0 WHERE id = ? AND metadata_dirty = ?",
                                 (int(record_id), int(seen)))
-            return cur.rowcount > 0
+            cleared: int = cur.rowcount
+            return cleared > 0
 
     def set_document_text(self, record_id: int, text: str | None) -> None:
         """The document's own text, searchable with the fields (None or "" removes it); the

@@ -27,7 +27,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .settings import DataboxSettings
 
 INDEX_SUFFIX = ".fts"
 INDEX_VERSION = "1"
@@ -137,7 +140,7 @@ class Index:
     def changed(self) -> bool:
         """True when another connection committed to the databox since the last call."""
         assert self.conn is not None
-        v = self.conn.execute("PRAGMA db.data_version").fetchone()[0]
+        v: int = self.conn.execute("PRAGMA db.data_version").fetchone()[0]
         changed = v != self._data_version
         self._data_version = v
         return changed
@@ -309,7 +312,7 @@ class Index:
         return every > 0 and time.monotonic() - self._last_full >= every
 
 
-def open_index(databox: Path | Any) -> Index:
+def open_index(databox: str | Path | DataboxSettings) -> Index:
     """The databox's index, opened with the tokenizer it was built with (so that no stemming
     setting of the caller's rebuilds it): for one-off (re)indexing by jobs. `databox` is its
     SQLite file or its DataboxSettings (a PostgreSQL databox's rows: repository.postgres.PgIndex)."""
@@ -317,8 +320,11 @@ def open_index(databox: Path | Any) -> Index:
         if databox.url is not None:
             from .postgres import PgIndex
 
-            return PgIndex(databox)  # type: ignore[return-value]
+            return PgIndex(databox)  # type: ignore[return-value]  # (PgIndex offers what jobs use of an Index)
+        if databox.path is None:
+            raise FulltextError("the databox has neither a path nor a url")
         databox = databox.path
+    databox = Path(databox)
     path = index_path_for(databox)
     stem = False
     if path.is_file():
@@ -468,17 +474,22 @@ def resolve_databox(base: str, databox_path: Path | None, config: Path | None) -
     from schedulerd.config import load
     from schedulerd.settings import ConfigError
 
+    from .settings import DataboxSettings
+
     try:
         cfg = load(config)
     except ConfigError as e:
         raise FulltextError(f"cannot resolve databox {base!r}: {e}") from None
-    if base not in cfg.databoxes:
+    box = cfg.databoxes.get(base)
+    if box is None:
         known = ", ".join(sorted(cfg.databoxes)) or "none"
         raise FulltextError(f"unknown databox {base!r} (known: {known}); pass --databox-path or a file path")
-    if cfg.databoxes[base].url is not None:
+    if not isinstance(box, DataboxSettings):  # (the section `databoxes` is repository's own)
+        raise FulltextError(f"databox {base!r}: its settings are {type(box).__name__}, not DataboxSettings")
+    if box.url is not None or box.path is None:
         raise FulltextError(f"databox {base!r} is on PostgreSQL: its full-text rows are kept on write "
                             "(record:search reads them), no indexer is needed")
-    return Path(cfg.databoxes[base].path)
+    return Path(box.path)
 
 
 _muted: set[int] = set()
@@ -526,97 +537,147 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 async def _serve(index: Index, args: argparse.Namespace) -> int:
-    import anyio
+    return await _Server(index, args).serve()
 
-    stop = anyio.Event()
-    poke = anyio.Event()
-    pokes = [poke]
-    stopping = [False]
 
-    def request_stop() -> None:
-        stopping[0] = True
-        stop.set()
-        pokes[0].set()
+class _Server:
+    """The indexer process at work: a pass whenever the databox changed (or a full one is due,
+    or R asked), until SIGTERM, SIGINT or Q on the control socket; exit status as `main`'s."""
 
-    async def control(stream: Any) -> None:
+    def __init__(self, index: Index, args: argparse.Namespace):
+        import anyio
+
+        self.index, self.args = index, args
+        self.stop = anyio.Event()
+        self.poke = anyio.Event()  # set: pass now (R, or stopping); replaced by each pass
+        self.stopping = False  # read by a running pass, from its thread
+
+    def request_stop(self) -> None:
+        self.stopping = True
+        self.stop.set()
+        self.poke.set()
+
+    async def serve(self) -> int:
+        """Listen, then run passes until stopped: 0, 1 after MAX_FAILURES failed passes in a
+        row, 2 when the control port is taken."""
+        import anyio
+
+        # handlers in place before anything listens: a SIGTERM sent as soon as the port answers must
+        # be a clean stop, not the default action (seen under load: killed, status -15)
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as received:
+            listener = None
+            where = ""
+            if self.args.socket is not None:  # bound before anything else: a busy port is a failed start (exit 2)
+                try:
+                    listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=self.args.socket)
+                except OSError as e:
+                    print(f"indexer: cannot listen on 127.0.0.1:{self.args.socket}: {e.strerror or e}", file=sys.stderr)
+                    return 2
+                where = f", control socket 127.0.0.1:{self.args.socket}"
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self.signals, received)
+                if listener is not None:
+                    tg.start_soon(listener.serve, self.control)
+                say(f"indexer started (pid {os.getpid()}): databox {self.index.databox}, index {self.index.path}{where}")
+                failed = await self.passes()
+                tg.cancel_scope.cancel()
+            if failed:
+                return 1
+            say("indexer stopped")
+            return 0
+
+    async def passes(self) -> bool:
+        """Index whenever there is something to, every `--interval` at most; True when
+        MAX_FAILURES passes failed in a row (locked or busy: persistent, exit to be restarted)."""
+        import anyio
+
+        failures = 0
+        while not self.stop.is_set():
+            try:
+                if await self.pass_if_due():
+                    failures = 0
+            except sqlite3.OperationalError as e:  # locked or busy: try again
+                failures += 1
+                say(f"indexer: pass failed ({failures}/{MAX_FAILURES}): {e}", err=True)
+                if failures >= MAX_FAILURES:
+                    return True
+            with anyio.move_on_after(self.args.interval):
+                await self.poke.wait()
+        return False
+
+    async def pass_if_due(self) -> bool:
+        """One pass when a full one is due, the databox changed or one was asked for; says what
+        it did when it did something (or with --debug). Returns whether a pass ran."""
+        import anyio
+
+        index = self.index
+        full = index.due_full(self.args.full_every)
+        if not (full or await anyio.to_thread.run_sync(index.changed) or self.poke.is_set()):
+            return False
+        self.poke = anyio.Event()
+        res = await anyio.to_thread.run_sync(
+            functools.partial(index.run_pass, full=full, should_stop=lambda: self.stopping))
+        if res.indexed or res.removed or self.args.debug:
+            say(f"{'full pass' if res.full else 'pass'}: indexed {res.indexed}, removed {res.removed}, "
+                f"total {index.count} in {res.seconds:.3f}s")
+        return True
+
+    async def signals(self, received: Any) -> None:
+        async for sig in received:
+            say(f"{signal.Signals(sig).name}: stopping")
+            self.request_stop()
+            return
+
+    async def control(self, stream: Any) -> None:
+        """One control connection: a command a line, until Q, the end of the stream, 4 KiB
+        without a newline, or DEFAULT_SOCKET_TIMEOUT seconds of silence."""
         async with stream:
             buf = b""
-            while not stop.is_set():
-                with anyio.move_on_after(DEFAULT_SOCKET_TIMEOUT) as idle:
-                    try:
-                        chunk = await stream.receive(1024)
-                    except (anyio.EndOfStream, anyio.BrokenResourceError):
-                        return
-                if idle.cancelled_caught:
+            while not self.stop.is_set():
+                chunk = await _receive(stream)
+                if chunk is None:
                     return
                 buf += chunk
                 if len(buf) > 4096:
                     return
                 while b"\n" in buf:
                     line, buf = buf.split(b"\n", 1)
-                    cmd = line.strip().decode("ascii", "replace").upper()
-                    try:
-                        if cmd == "Q":
-                            say("Q received on the control socket: stopping")
-                            await stream.send(b"bye\r\n")
-                            request_stop()
-                            return
-                        if cmd == "S":
-                            await stream.send(json.dumps(index.status()).encode() + b"\r\n")
-                        elif cmd == "R":
-                            pokes[0].set()
-                            await stream.send(b"ok\r\n")
-                        elif cmd:
-                            await stream.send(b"unknown command (Q quit, S status, R index now)\r\n")
-                    except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                    if not await self.answer(stream, line.strip().decode("ascii", "replace").upper()):
                         return
 
-    async def signals(received: Any) -> None:
-        async for sig in received:
-            say(f"{signal.Signals(sig).name}: stopping")
-            request_stop()
-            return
+    async def answer(self, stream: Any, cmd: str) -> bool:
+        """Answer Q (quit), S (status) or R (index now); False ends the connection."""
+        import anyio
 
-    # handlers in place before anything listens: a SIGTERM sent as soon as the port answers must
-    # be a clean stop, not the default action (seen under load: killed, status -15)
-    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as received:
-        listener = None
-        where = ""
-        if args.socket is not None:  # bound before anything else: a busy port is a failed start (exit 2)
-            try:
-                listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=args.socket)
-            except OSError as e:
-                print(f"indexer: cannot listen on 127.0.0.1:{args.socket}: {e.strerror or e}", file=sys.stderr)
-                return 2
-            where = f", control socket 127.0.0.1:{args.socket}"
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(signals, received)
-            if listener is not None:
-                tg.start_soon(listener.serve, control)
-            say(f"indexer started (pid {os.getpid()}): databox {index.databox}, index {index.path}{where}")
-            failures = 0
-            while not stop.is_set():
-                full = index.due_full(args.full_every)
-                try:
-                    if full or await anyio.to_thread.run_sync(index.changed) or pokes[0].is_set():
-                        pokes[0] = anyio.Event()
-                        res = await anyio.to_thread.run_sync(
-                            functools.partial(index.run_pass, full=full, should_stop=lambda: stopping[0]))
-                        failures = 0
-                        if res.indexed or res.removed or args.debug:
-                            say(f"{'full pass' if res.full else 'pass'}: indexed {res.indexed}, removed {res.removed}, "
-                                f"total {index.count} in {res.seconds:.3f}s")
-                except sqlite3.OperationalError as e:  # locked or busy: try again; persistent: exit, be restarted
-                    failures += 1
-                    say(f"indexer: pass failed ({failures}/{MAX_FAILURES}): {e}", err=True)
-                    if failures >= MAX_FAILURES:
-                        tg.cancel_scope.cancel()
-                        return 1
-                with anyio.move_on_after(args.interval):
-                    await pokes[0].wait()
-            tg.cancel_scope.cancel()
-        say("indexer stopped")
-        return 0
+        try:
+            if cmd == "Q":
+                say("Q received on the control socket: stopping")
+                await stream.send(b"bye\r\n")
+                self.request_stop()
+                return False
+            if cmd == "S":
+                await stream.send(json.dumps(self.index.status()).encode() + b"\r\n")
+            elif cmd == "R":
+                self.poke.set()
+                await stream.send(b"ok\r\n")
+            elif cmd:
+                await stream.send(b"unknown command (Q quit, S status, R index now)\r\n")
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            return False
+        return True
+
+
+async def _receive(stream: Any) -> bytes | None:
+    """The next bytes of a control connection; None when it ended or stayed silent too long."""
+    import anyio
+
+    with anyio.move_on_after(DEFAULT_SOCKET_TIMEOUT):
+        try:
+            chunk: bytes = await stream.receive(1024)
+            return chunk
+        except (anyio.EndOfStream, anyio.BrokenResourceError):
+            return None
+    return None
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -36,6 +36,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Literal
 
+from schedulerd.plugin import TaskLog
+
 from .databox import Databox, display_name
 from .fields import now_iso
 from .hotfolder import _FILE_FLAGS, FileStat, Tree, split
@@ -107,6 +109,8 @@ class Journal:
         """Durably record a batch before touching any of its files; returns its id."""
         cur = self._conn.execute("INSERT INTO batches(entries, created) VALUES (?, ?)",
                                  (json.dumps(entries, separators=(",", ":")), time.time()))
+        if cur.lastrowid is None:  # (an INSERT sets it: never seen)
+            raise sqlite3.DatabaseError(f"journal {self.path}: the batch got no id")
         return cur.lastrowid
 
     def pending(self) -> list[tuple[int, list[Journal.Entry]]]:
@@ -125,7 +129,8 @@ class Journal:
             c.execute("PRAGMA synchronous = FULL")
 
     def count(self) -> int:
-        return self._conn.execute("SELECT count(*) FROM batches").fetchone()[0]
+        n: int = self._conn.execute("SELECT count(*) FROM batches").fetchone()[0]
+        return n
 
     # failed files, left in place (move_error = false): not retried while unchanged
 
@@ -191,7 +196,7 @@ class Ingestor:
         archived: Tree | None,
         error: Tree | None,
         duplicates: Duplicates = "allow",
-        log: logging.Logger | None = None,
+        log: TaskLog | None = None,
         on_failed: Callable[[str, str, str | None], None] | None = None,
     ):
         self.db = db
@@ -475,7 +480,7 @@ class Ingestor:
         """`_read` every unit; big files are hashed by a few threads at once (hashlib and the
         syscalls release the GIL), small ones in this thread (threads would only add cost)."""
         whys: list[str | None] = [None] * len(work)
-        big: list[tuple[int, int]] = []
+        big: list[tuple[int, tuple[int, os.stat_result]]] = []  # (index in work, what _open gave)
         try:
             for i, w in enumerate(work):
                 opened = self._open(w)

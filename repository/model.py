@@ -105,7 +105,7 @@ class NewRecord:
     """A record whose document is already in storage (the archive task's batches)."""
 
     collection_id: int
-    original_name: str
+    original_name: str | None  # (None: a story made without a document)
     document: str
     size: int
     sha256: str

@@ -145,12 +145,12 @@ QUERIES = {
 _SEARCH_BATCH = 1000
 
 
-class Row(tuple):
+class Row(tuple[Any, ...]):
     """A row readable by position and by column name, as sqlite3.Row is."""
 
     _names: dict[str, int]
 
-    def __getitem__(self, key: Any) -> Any:  # type: ignore[override]
+    def __getitem__(self, key: Any) -> Any:
         if isinstance(key, str):
             return tuple.__getitem__(self, self._names[key])
         return tuple.__getitem__(self, key)
@@ -179,17 +179,17 @@ class PgConnection:
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> psycopg.Cursor[Any]:
         cur = self.raw.cursor(row_factory=_rows)
-        return cur.execute(placeholders(sql), params)  # type: ignore[arg-type]
+        return cur.execute(placeholders(sql), params)
 
     def executemany(self, sql: str, seq: Iterable[Sequence[Any]]) -> psycopg.Cursor[Any]:
         cur = self.raw.cursor(row_factory=_rows)
-        cur.executemany(placeholders(sql), list(seq))  # type: ignore[arg-type]
+        cur.executemany(placeholders(sql), list(seq))
         return cur
 
     def named(self, name: str, *params: Any) -> psycopg.Cursor[Any]:
         """Run the statement QUERIES[name]."""
         cur = self.raw.cursor(row_factory=_rows)
-        return cur.execute(QUERIES[name], params)  # type: ignore[arg-type]
+        return cur.execute(QUERIES[name], params)
 
 
 class PgBackend:
@@ -209,7 +209,8 @@ class PgBackend:
     # --- schema --------------------------------------------------------------------
     def exists(self) -> bool:
         with self.pool.connection() as conn:
-            return bool(PgConnection(conn).named("has_schema").fetchone()[0])
+            row = PgConnection(conn).named("has_schema").fetchone()
+            return row is not None and bool(row[0])
 
     def migrate(self) -> None:
         """Create the schema (under an advisory lock: two hosts at once wait), or check its version."""
@@ -217,7 +218,7 @@ class PgBackend:
             c = PgConnection(conn)
             c.named("lock_schema")
             for stmt in (s for s in SCHEMA.split(";") if s.strip()):
-                conn.execute(stmt)  # type: ignore[arg-type]
+                conn.execute(stmt)
             row = c.named("schema_version").fetchone()
             if row is None:
                 c.named("set_schema_version", str(VERSION))
@@ -269,7 +270,7 @@ class PgBackend:
     def column(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         """The first column of `sql`: on the transaction's connection, else on a pooled one."""
         with self.reading() as c:
-            return [r[0] for r in c.raw.cursor().execute(placeholders(sql), params)]  # type: ignore[arg-type]
+            return [r[0] for r in c.raw.cursor().execute(placeholders(sql), params)]
 
     @contextmanager
     def reading(self) -> Iterator[PgConnection]:
@@ -332,7 +333,7 @@ def refresh_search(c: PgConnection, ids: Sequence[int]) -> int:
             name, coll, body = textsearch.document(original, collection, fields.get(rid, ()), text)
             rows.append((rid, updated, name, coll, body, textsearch.normalized(name, coll, body)))
         if rows:
-            c.raw.cursor().executemany(QUERIES["search_upsert"], rows)  # type: ignore[arg-type]
+            c.raw.cursor().executemany(QUERIES["search_upsert"], rows)
     return len(ids)
 
 
@@ -389,6 +390,6 @@ def search(settings: DataboxSettings, query: str, *, limit: int = 20) -> list[tu
     backend = PgBackend(settings, max_size=1)
     try:
         with backend.pool.connection() as conn:
-            return [tuple(r) for r in PgConnection(conn).named("search", text, int(limit))]  # type: ignore[misc]
+            return [tuple(r) for r in PgConnection(conn).named("search", text, int(limit))]
     finally:
         backend.close()

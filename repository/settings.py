@@ -66,7 +66,8 @@ def _field_spec(value: object, path: str) -> FieldType | FieldSettings:
     if isinstance(value, Mapping):
         return build(FieldSettings, value, path)
     if isinstance(value, str):
-        return convert(FieldType, value, path)
+        kind: FieldType = convert(FieldType, value, path)
+        return kind
     raise ConfigError(path, 'expected "text", "date", "number" or a table like '
                             '{ type = "text", src = "IPTC:Keywords" }')
 

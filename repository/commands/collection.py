@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 from typing import Any
 
 from schedulerd.commands import arg, command, print_json, print_table
@@ -11,7 +12,7 @@ from .databox import DATABOX_ARG, JSON_ARG, fail, open_box
 
 @command("collection:create", "Create a collection in a databox", arg("name", help="collection name"), DATABOX_ARG,
          JSON_ARG)
-def collection_create(args: Any, env: Any) -> int:
+def collection_create(args: argparse.Namespace, env: Any) -> int:
     from .. import DataboxError
     from ..checks import creating_collections
 
@@ -31,7 +32,7 @@ def collection_create(args: Any, env: Any) -> int:
 
 
 @command("collection:list", "List the collections of a databox", DATABOX_ARG, JSON_ARG)
-def collection_list(args: Any, env: Any) -> int:
+def collection_list(args: argparse.Namespace, env: Any) -> int:
     name, db = open_box(args, env)
     with db:
         colls = db.collections()

@@ -5,12 +5,17 @@ Heavy imports stay inside handlers: the CLI must stay light.
 
 from __future__ import annotations
 
-from typing import Any
+import argparse
+from typing import TYPE_CHECKING, Any
 
 from schedulerd.commands import CommandError, arg, command, print_json
 
+if TYPE_CHECKING:
+    from ..databox import Databox
+    from ..settings import DataboxSettings
 
-def pick_databox(args: Any, env: Any) -> tuple[str, Any]:
+
+def pick_databox(args: argparse.Namespace, env: Any) -> tuple[str, DataboxSettings]:
     """The databox named by --databox, else the only (or first) configured one."""
     boxes = getattr(env.config(), "databoxes", None) or {}
     if not boxes:
@@ -23,7 +28,7 @@ def pick_databox(args: Any, env: Any) -> tuple[str, Any]:
     return name, boxes[name]
 
 
-def open_box(args: Any, env: Any, *, create: bool = False) -> tuple[str, Any]:
+def open_box(args: argparse.Namespace, env: Any, *, create: bool = False) -> tuple[str, Databox]:
     """(name, open Databox) or a clean CommandError."""
     from .. import DataboxError, open_databox
 
@@ -45,7 +50,7 @@ JSON_ARG = arg("--json", action="store_true", help="print JSON")
 
 @command("databox:create", "Create a configured databox (its SQLite file or PostgreSQL schema, and storage folder)",
          DATABOX_ARG, JSON_ARG)
-def databox_create(args: Any, env: Any) -> int:
+def databox_create(args: argparse.Namespace, env: Any) -> int:
     from .. import DataboxError, DataboxMissing, open_databox
 
     name, settings = pick_databox(args, env)
@@ -73,7 +78,7 @@ def databox_create(args: Any, env: Any) -> int:
          arg("source", metavar="FROM", help="the configured databox to copy"),
          arg("target", metavar="TO", help="a configured databox holding nothing yet (created when missing)"),
          JSON_ARG)
-def databox_copy(args: Any, env: Any) -> int:
+def databox_copy(args: argparse.Namespace, env: Any) -> int:
     from .. import DataboxError, open_databox
     from ..copy import copy_databox
 

@@ -3,12 +3,17 @@
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from schedulerd.commands import CommandError, arg, command, print_json, print_table
 
 from .databox import DATABOX_ARG, JSON_ARG, fail, open_box
+
+if TYPE_CHECKING:
+    from ..databox import Databox
+    from ..model import Record
 
 
 def _record_id(text: str) -> int:
@@ -21,7 +26,7 @@ def _short_status(status: int) -> str:
     return format(status, "b")
 
 
-def _show(rec: Any, db: Any) -> dict[str, Any]:
+def _show(rec: Record, db: Databox) -> dict[str, Any]:
     d = rec.to_json()
     d["subdefs"] = {k: v.to_json() for k, v in db.subdefs(rec.id).items()}
     if rec.type == "story":
@@ -53,7 +58,7 @@ def _print_record(d: dict[str, Any]) -> None:
     arg("--limit", type=int, help="at most this many"),
     JSON_ARG,
 )
-def record_list(args: Any, env: Any) -> int:
+def record_list(args: argparse.Namespace, env: Any) -> int:
     from .. import DataboxError, parse_mask
 
     pairs = []
@@ -90,7 +95,7 @@ def record_list(args: Any, env: Any) -> int:
 
 @command("record:show", "Show one record: document, status bits, fields, sub-definitions",
          arg("id", metavar="ID"), DATABOX_ARG, JSON_ARG)
-def record_show(args: Any, env: Any) -> int:
+def record_show(args: argparse.Namespace, env: Any) -> int:
     from .. import UnknownRecord
 
     rid = _record_id(args.id)
@@ -106,7 +111,7 @@ def record_show(args: Any, env: Any) -> int:
 
 @command("record:set-status", 'Set status bits of a record with a mask ("1x0": set bit 2, clear bit 0)',
          arg("id", metavar="ID"), arg("mask", metavar="MASK"), DATABOX_ARG, JSON_ARG)
-def record_set_status(args: Any, env: Any) -> int:
+def record_set_status(args: argparse.Namespace, env: Any) -> int:
     from .. import UnknownRecord, parse_mask
 
     rid = _record_id(args.id)
@@ -129,7 +134,7 @@ def record_set_status(args: Any, env: Any) -> int:
 
 @command("record:set-field", "Set a metadata field of a record (marks its metadata to be written)",
          arg("id", metavar="ID"), arg("name", metavar="NAME"), arg("value", metavar="VALUE"), DATABOX_ARG, JSON_ARG)
-def record_set_field(args: Any, env: Any) -> int:
+def record_set_field(args: argparse.Namespace, env: Any) -> int:
     from .. import UnknownRecord
     from ..events import record_jobs
 
@@ -156,7 +161,7 @@ def record_set_field(args: Any, env: Any) -> int:
 @command("record:replace-document", "Replace a record's document (queues its subdefCreation: record.document_replaced)",
          arg("id", metavar="ID"), arg("file", metavar="FILE", type=Path, help="the new document"), DATABOX_ARG,
          arg("--name", default=None, help="its original name (default: the record's)"), JSON_ARG)
-def record_replace_document(args: Any, env: Any) -> int:
+def record_replace_document(args: argparse.Namespace, env: Any) -> int:
     from .. import SourceError, StorageError, UnknownRecord
     from ..events import record_jobs
 
@@ -185,7 +190,7 @@ def record_replace_document(args: Any, env: Any) -> int:
 
 @command("record:reindex", "Queue a populateIndex job: (re)index a databox's records in its full-text index",
          DATABOX_ARG, arg("--record", type=int, action="append", default=[], metavar="ID", help="only these records"))
-def record_reindex(args: Any, env: Any) -> int:
+def record_reindex(args: argparse.Namespace, env: Any) -> int:
     from .databox import pick_databox
 
     name, _ = pick_databox(args, env)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 from typing import Any
 
@@ -14,12 +15,12 @@ def _indexer_tasks(config: Any) -> list[Any]:
 
 def pick_databox(config: Any, wanted: str | None) -> str:
     """The databox to search: --databox, else the indexer task's, else the only one."""
-    names = sorted(config.databoxes)
+    names: list[str] = sorted(config.databoxes)
     if wanted is not None:
         if wanted not in config.databoxes:
             raise CommandError(f"unknown databox {wanted!r} (known: {', '.join(names) or 'none configured'})", 2)
         return wanted
-    bases = [tc.settings.base for tc in _indexer_tasks(config) if tc.settings.base in config.databoxes]
+    bases: list[str] = [tc.settings.base for tc in _indexer_tasks(config) if tc.settings.base in config.databoxes]
     if bases:
         return bases[0]
     if len(names) == 1:
@@ -47,7 +48,7 @@ def index_for(config: Any, databox: str) -> Path:
          arg("--limit", type=int, default=20),
          arg("--raw", action="store_true", help="the query is FTS5 syntax (OR, NOT, NEAR, column:)"),
          arg("--json", action="store_true"))
-def record_search(args: Any, env: Any) -> int:
+def record_search(args: argparse.Namespace, env: Any) -> int:
     from ..fulltext import FulltextError, search_databox
 
     if args.limit < 1:
