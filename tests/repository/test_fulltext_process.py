@@ -8,9 +8,11 @@ test_databox_backends.py."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import time
 from collections.abc import Iterator
@@ -95,6 +97,32 @@ def test_sigterm_is_a_clean_stop(box, procs) -> None:
     wait_for(lambda: listening(port), what="the control socket")
     p.send_signal(signal.SIGTERM)
     assert p.wait(5) == 0
+
+
+def test_r_asks_for_a_pass_now_and_five_failed_passes_in_a_row_end_the_process_with_1(box, procs) -> None:
+    settings, db = box
+    add(db, "incoming", "first.jpg")
+    port = free_port()
+    p = start(settings.path, port, "--interval=600")  # no pass but the first unless asked for
+    procs.append(p)
+    wait_for(lambda: listening(port) and json.loads(send(port, b"S\r\n"))["indexed"] == 1, what="the first pass")
+    add(db, "incoming", "second.jpg")
+    assert send(port, b"R\r\n") == b"ok\r\n"
+    wait_for(lambda: json.loads(send(port, b"S\r\n"))["indexed"] == 2, timeout=10, what="the pass R asked for")
+
+    with sqlite3.connect(settings.path) as c:  # every pass now fails (no such table: records)
+        c.execute("ALTER TABLE records RENAME TO records_gone")
+
+    def ask_again() -> bool:  # one failing pass per R (those sent during a pass: one more)
+        with contextlib.suppress(OSError):
+            send(port, b"R\r\n")
+        return p.poll() is not None
+
+    wait_for(ask_again, timeout=20, what="the fifth failed pass to end the process")
+    assert p.wait(5) == 1
+    out_text, err_text = p.communicate(timeout=5)
+    assert err_text.count("pass failed") == 5 and "pass failed (5/5)" in err_text
+    assert "indexer stopped" not in out_text
 
 
 def test_refuses_a_busy_port_a_missing_databox_and_a_bad_charset(tmp_path: Path, box, procs) -> None:
