@@ -45,19 +45,46 @@ def console(site, tmp_path, monkeypatch):
     return f"http://127.0.0.1:{port}"
 
 
-def wait(driver, condition, timeout: float = 20):
+Locator = tuple[str, str]
+
+
+def css(selector: str) -> Locator:
+    return ("css selector", selector)
+
+
+def until(driver, condition, timeout: float = 20):
+    """Polls condition(driver) until it is truthy. The console replaces its tables' rows every refresh,
+    so a condition finds its elements again at each poll (never holds one across a refresh): an
+    element missing, or replaced between its find and its use, is one more poll."""
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    return WebDriverWait(driver, timeout, poll_frequency=0.1).until(lambda d: condition(d))
+    return WebDriverWait(driver, timeout, poll_frequency=0.1,
+                         ignored_exceptions=(NoSuchElementException, StaleElementReferenceException)).until(condition)
 
 
-def text_of(driver, css: str) -> str:
-    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+def click(driver, locator: Locator) -> None:
+    """Clicks the element at locator, found again while a refresh replaced it. Retrying never clicks
+    twice: WebDriver's Element Click checks the element is attached before dispatching the events."""
+    until(driver, lambda d: d.find_element(*locator).click() or True)
 
-    try:
-        return driver.find_element("css selector", css).text
-    except (NoSuchElementException, StaleElementReferenceException):
-        return ""
+
+def type_into(driver, locator: Locator, text: str) -> None:
+    """Types text into the field at locator (cleared first: a retry types it whole, once)."""
+    def typed(d) -> bool:
+        field = d.find_element(*locator)
+        field.clear()
+        field.send_keys(text)
+        return True
+    until(driver, typed)
+
+
+def text_when(driver, locator: Locator, wanted) -> str:
+    """The text of the element at locator once wanted(text) holds, read from one find."""
+    def read(d) -> list[str] | None:
+        text = d.find_element(*locator).text
+        return [text] if wanted(text) else None
+    return until(driver, read)[0]
 
 
 def test_an_operator_drives_tasks_and_jobs_from_the_browser(site, console, browser, tmp_path):
@@ -65,56 +92,53 @@ def test_an_operator_drives_tasks_and_jobs_from_the_browser(site, console, brows
     b.get(console + "/tasks")
     assert "Login required" in b.page_source
     b.get(console + "/login")
-    b.find_element("id", "user").send_keys("alice")
-    b.find_element("id", "password").send_keys(PASSWORDS["alice"])
-    b.find_element("id", "login").click()
-    wait(b, lambda d: d.current_url.endswith("/tasks"))
-    wait(b, lambda d: text_of(d, 'tr[data-task="chatty"] .state').startswith(("waiting", "running")))
+    type_into(b, ("id", "user"), "alice")
+    type_into(b, ("id", "password"), PASSWORDS["alice"])
+    click(b, ("id", "login"))
+    until(b, lambda d: d.current_url.endswith("/tasks"))
+    chatty = 'tr[data-task="chatty"]'
+    text_when(b, css(chatty + " .state"), lambda t: t.startswith(("waiting", "running")))
 
     # stop and start a task: its state changes in the table
-    b.find_element("css selector", 'tr[data-task="chatty"] button[name="stop"]').click()
-    wait(b, lambda d: text_of(d, 'tr[data-task="chatty"] .state').startswith("stopped"))
+    click(b, css(chatty + ' button[name="stop"]'))
+    text_when(b, css(chatty + " .state"), lambda t: t.startswith("stopped"))
     assert site.task("chatty")["wanted"] == "stopped"
-    b.find_element("css selector", 'tr[data-task="chatty"] button[name="start"]').click()
-    wait(b, lambda d: text_of(d, 'tr[data-task="chatty"] .state').startswith(("waiting", "running")))
+    click(b, css(chatty + ' button[name="start"]'))
+    text_when(b, css(chatty + " .state"), lambda t: t.startswith(("waiting", "running")))
     b.save_screenshot(str(tmp_path / "tasks.png"))
 
     # the task's page follows its log: a line written after the page loaded arrives
-    b.find_element("link text", "chatty").click()
-    wait(b, lambda d: "chatty line" in text_of(d, "#log"))
-    last = max(int(line.rsplit(" ", 1)[1]) for line in text_of(b, "#log").splitlines() if "chatty line" in line)
-    wait(b, lambda d: f"chatty line {last + 2}" in text_of(d, "#log"))
+    click(b, ("link text", "chatty"))
+    log = text_when(b, css("#log"), lambda t: "chatty line" in t)
+    last = max(int(line.rsplit(" ", 1)[1]) for line in log.splitlines() if "chatty line" in line)
+    text_when(b, css("#log"), lambda t: f"chatty line {last + 2}" in t)
 
     # a job's progress bar fills without reloading the page
     b.get(console + "/jobs")
     site.console("job:add", "slow", "--queue", "slow", "--payload", '{"step": 0.4, "name": "one"}', check=True)
     row = 'tr[data-job="1"]'
-    wait(b, lambda d: text_of(d, row + " .state") == "running")
+    text_when(b, css(row + " .state"), lambda t: t == "running")
     seen = set()
 
     def filling(d) -> bool:
-        try:
-            value = d.find_element("css selector", row + " progress").get_attribute("value")
-        except Exception:
-            return False
-        seen.add(float(value))
-        return text_of(d, row + " .state") == "finished"
+        seen.add(float(d.find_element(*css(row + " progress")).get_attribute("value")))
+        return d.find_element(*css(row + " .state")).text == "finished"
 
-    wait(b, filling)
+    until(b, filling)
     assert len([v for v in seen if 0 < v < 10]) >= 2, seen  # in between values, refreshed in place
     site.console("job:add", "slow", "--queue", "slow", "--payload", '{"step": 0.01, "name": "two"}', check=True)
-    wait(b, lambda d: text_of(d, 'tr[data-job="2"] .state') == "finished")
+    text_when(b, css('tr[data-job="2"] .state'), lambda t: t == "finished")
     b.save_screenshot(str(tmp_path / "jobs.png"))
 
     # delete finished jobs
-    b.find_element("id", "purge-finished").click()
-    wait(b, lambda d: "no jobs" in text_of(d, "#jobs tbody"))
+    click(b, ("id", "purge-finished"))
+    text_when(b, css("#jobs tbody"), lambda t: "no jobs" in t)
     assert site.json("job:list") == []
 
     # pause a queue: a job added then waits
-    b.find_element("css selector", 'tr[data-queue="slow"] button').click()
-    wait(b, lambda d: text_of(d, 'tr[data-queue="slow"] .queue-status') == "paused")
+    click(b, css('tr[data-queue="slow"] button'))
+    text_when(b, css('tr[data-queue="slow"] .queue-status'), lambda t: t == "paused")
     site.console("job:add", "slow", "--queue", "slow", "--payload", '{"step": 0.01}', check=True)
-    wait(b, lambda d: text_of(d, 'tr[data-job="3"] .state') == "waiting")
+    text_when(b, css('tr[data-job="3"] .state'), lambda t: t == "waiting")
     assert site.json("job:show", "3")["state"] == "waiting"
     assert (tmp_path / "tasks.png").stat().st_size > 0 and (tmp_path / "jobs.png").stat().st_size > 0
