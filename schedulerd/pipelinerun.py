@@ -175,6 +175,8 @@ class PipelineService:
         self.waker = Waker()
         self._tg: TaskGroup | None = None
         self._triggers: anyio.CancelScope | None = None
+        self._triggers_lock = anyio.Lock()  # one set of triggers at a time: a reload's waits for the last's end
+        self._folders: dict[str, FolderState] = {}  # pipeline name -> what its folder trigger knows
 
     async def serve(self, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
         sch = self.config.scheduler
@@ -204,12 +206,24 @@ class PipelineService:
 
     async def _run_triggers(self, scope: anyio.CancelScope) -> None:
         with scope:
-            async with anyio.create_task_group() as tg:
+            async with self._triggers_lock, anyio.create_task_group() as tg:
+                self._folders = {pc.name: self._folder_state(pc) for pc in self.config.pipelines.values()
+                                 if pc.enabled and pc.trigger.event in FILE_EVENTS}
                 for pc in self.config.pipelines.values():
-                    if pc.enabled and pc.trigger.event in FILE_EVENTS:
-                        tg.start_soon(FolderTrigger(pc, self.start_run).serve, name=f"pipeline:{pc.name}:watch")
+                    if pc.name in self._folders:
+                        trigger = FolderTrigger(pc, self._folders[pc.name], self.start_run)
+                        tg.start_soon(trigger.serve, name=f"pipeline:{pc.name}:watch")
                     elif pc.enabled and pc.trigger.schedule is not None:
                         tg.start_soon(self._schedule, pc, name=f"pipeline:{pc.name}:schedule")
+
+    def _folder_state(self, pc: PipelineConfig) -> FolderState:
+        """What the pipeline's trigger knew before the reload, while it watches the same files: a
+        file changing during the reload still fires, one fired before does not fire again."""
+        old = self._folders.get(pc.name)
+        if old is not None and (old.folder, old.recursive) == (pc.trigger.folder, pc.trigger.recursive):
+            return old
+        assert pc.trigger.folder is not None
+        return FolderState(pc.trigger.folder, pc.trigger.recursive)
 
     async def _schedule(self, pc: PipelineConfig) -> None:
         """A run at each due time of the schedule, its item saying which (`due`, UTC ISO-8601). The
@@ -285,64 +299,108 @@ class PipelineService:
             await self.waker.wait(DRIVE_BUSY if runs else DRIVE_IDLE)
 
 
+Key = tuple[int, int, int, int]  # a file's inode, size, mtime and ctime (_key)
+
+
+@dataclasses.dataclass
+class FolderState:
+    """What a folder trigger knows of its folder, kept across reloads (PipelineService._folder_state)."""
+
+    folder: Path
+    recursive: bool
+    seen: dict[str, Key] | None = None  # stat keys of files present or fired; None: no baseline yet
+    pending: dict[str, tuple[Key | None, float]] = dataclasses.field(default_factory=dict)  # changing since
+
+
 class FolderTrigger:
     """`event = "file.created" | "file.modified"` on `folder`: a file fires once it stopped changing
     for `cold` (the hotfolders' rule: size, mtime, ctime and inode unchanged). The files that became
-    stable together start one run, once no other file is still changing (or `max_items` are)."""
+    stable together start one run, once no other file is still changing (or `max_items` are).
 
-    def __init__(self, pc: PipelineConfig, start_run: Callable[[str, str, Sequence[Item]], Any]):
+    The files there at the first start are the baseline: they do not fire. The watcher starts
+    after it, so once the watcher is on the folder is scanned again, and what appeared or changed
+    meanwhile is pending as if the watcher had seen it (a file seen twice is one pending entry,
+    fired once); a reload keeps the state and does the same."""
+
+    def __init__(self, pc: PipelineConfig, state: FolderState, start_run: Callable[[str, str, Sequence[Item]], Any]):
         self.pc = pc
+        self.state = state
         self.start_run = start_run
-        self.pending: dict[str, tuple[tuple[int, int, int, int] | None, float]] = {}
-        self.seen: dict[str, tuple[int, int, int, int]] = {}  # stat keys of files present or fired
+
+    @property
+    def pending(self) -> dict[str, tuple[Key | None, float]]:
+        return self.state.pending
+
+    @property
+    def seen(self) -> dict[str, Key]:
+        assert self.state.seen is not None
+        return self.state.seen
 
     async def serve(self) -> None:
-        folder = self.pc.trigger.folder
-        assert folder is not None
+        folder = self.state.folder
         while not folder.is_dir():
             await anyio.sleep(5)
-        self.seen = await anyio.to_thread.run_sync(self._baseline, folder)
+        if self.state.seen is None:
+            self.state.seen = await anyio.to_thread.run_sync(self._scan, folder)
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._watch, folder)
             while True:
                 await anyio.sleep(min(0.25, max(self.pc.trigger.cold / 4, 0.02)))
                 await self._check()
 
-    def _baseline(self, folder: Path) -> dict[str, tuple[int, int, int, int]]:
+    def _scan(self, folder: Path) -> dict[str, Key]:
         found = {}
-        walk = folder.rglob("*") if self.pc.trigger.recursive else folder.glob("*")
+        walk = folder.rglob("*") if self.state.recursive else folder.glob("*")
         for p in walk:
             key = _key(p)
-            if key is not None:
+            if key is not None and not p.name.startswith("."):
                 found[str(p)] = key
         return found
 
+    async def _catch_up(self, folder: Path) -> int:
+        """The watcher is on: the files that appeared or changed before are pending. Returns how
+        many files are there that do not fire (the baseline's, or those that fired)."""
+        found = await anyio.to_thread.run_sync(self._scan, folder)
+        now, known = time.monotonic(), 0
+        for path, key in found.items():
+            if self.seen.get(path) == key:
+                known += 1
+            elif path not in self.pending:  # (a file the watcher saw too: one entry, one run)
+                self.pending[path] = (None, now)
+        return known
+
     async def _watch(self, folder: Path) -> None:
-        """The folder's changes into `pending`. Says so once the watcher is on (its first batch of
-        changes, or its first second without any): a file appearing from then on fires."""
+        """The folder's changes into `pending`. Once the watcher is on (its first batch of changes,
+        or its first second without any), catches up and says so: a file appearing from then on fires."""
         from watchfiles import awatch
 
         stop = anyio.Event()
         watching = False
-        async for changes in awatch(folder, stop_event=stop, force_polling=self.pc.trigger.force_polling,
-                                    recursive=self.pc.trigger.recursive, debounce=50, step=20,
-                                    rust_timeout=1000, yield_on_timeout=True, watch_filter=None,
-                                    ignore_permission_denied=True):
-            if not watching:
-                watching = True
-                log.info("pipeline %s: watching %s (%d file(s) there before)", self.pc.name, folder, len(self.seen))
-            now = time.monotonic()
-            for _change, path in changes:
-                name = path.rsplit("/", 1)[-1]
-                if not name.startswith("."):
-                    self.pending[path] = (None, now)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_set_when_cancelled, stop)
+            async for changes in awatch(folder, stop_event=stop, force_polling=self.pc.trigger.force_polling,
+                                        recursive=self.state.recursive, debounce=50, step=20,
+                                        rust_timeout=1000, yield_on_timeout=True, watch_filter=None,
+                                        ignore_permission_denied=True):
+                now = time.monotonic()
+                for _change, path in changes:
+                    name = path.rsplit("/", 1)[-1]
+                    if not name.startswith("."):
+                        self.pending[path] = (None, now)
+                if not watching:
+                    watching = True
+                    known = await self._catch_up(folder)
+                    log.info("pipeline %s: watching %s (%d file(s) there before)", self.pc.name, folder, known)
+            tg.cancel_scope.cancel()
 
     async def _check(self) -> None:
+        """Fire the files that stopped changing. A file leaves `pending` once its run is in the
+        store: a trigger cancelled (a reload) before that leaves it to the next one."""
         if not self.pending:
             return
         now = time.monotonic()
         keys = await anyio.to_thread.run_sync(lambda: {p: _key(Path(p)) for p in list(self.pending)})
-        stable = []
+        stable: list[tuple[str, Key]] = []
         for path, key in keys.items():
             old, since = self.pending[path]
             if key is None:
@@ -353,21 +411,41 @@ class FolderTrigger:
                 stable.append((path, key))
         if not stable or (len(stable) < len(self.pending) and len(stable) < self.pc.trigger.max_items):
             return
-        items = []
+        fire: list[tuple[str, Key, tuple[Key | None, float], Item]] = []
         for path, key in sorted(stable):
-            del self.pending[path]
-            before = self.seen.get(path)
-            self.seen[path] = key
-            if (self.pc.trigger.event == "file.created") == (before is None) and before != key:
-                item = file_item(Path(path))
-                if item is not None:
-                    items.append(item)
+            item = file_item(Path(path)) if self._fires(self.seen.get(path), key) else None
+            if item is None:
+                self._done(path, key, self.pending[path])
+            else:
+                fire.append((path, key, self.pending[path], item))
         size = self.pc.trigger.max_items
-        for start in range(0, len(items), size):  # a run takes max_items at most
-            await self.start_run(self.pc.name, str(self.pc.trigger.event), items[start:start + size])
+        for start in range(0, len(fire), size):  # a run takes max_items at most
+            chunk = fire[start:start + size]
+            await self.start_run(self.pc.name, str(self.pc.trigger.event), [item for *_, item in chunk])
+            for path, key, entry, _ in chunk:
+                self._done(path, key, entry)
+
+    def _fires(self, before: Key | None, key: Key) -> bool:
+        """file.created: a file not seen before; file.modified: one seen with another key."""
+        return (self.pc.trigger.event == "file.created") == (before is None) and before != key
+
+    def _done(self, path: str, key: Key, entry: tuple[Key | None, float]) -> None:
+        """The file is dealt with at `key`; still pending if the watcher saw it change meanwhile
+        (its entry is no longer the one `_check` found stable)."""
+        self.seen[path] = key
+        if self.pending.get(path) == entry:
+            del self.pending[path]
 
 
-def _key(path: Path) -> tuple[int, int, int, int] | None:
+async def _set_when_cancelled(event: anyio.Event) -> None:
+    """awatch's thread only notices its stop event: set it as soon as we are cancelled."""
+    try:
+        await anyio.sleep_forever()
+    finally:
+        event.set()
+
+
+def _key(path: Path) -> Key | None:
     try:
         st = path.lstat()
     except OSError:

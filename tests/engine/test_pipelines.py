@@ -6,9 +6,11 @@ from __future__ import annotations
 import calendar
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -317,3 +319,60 @@ def test_the_image_preset_reads_exif_into_fields_and_builds_the_thumbnail(site: 
         "CameraMake": "Canon", "CameraModel": "EOS 5D Mark IV", "DateTaken": "2024:05:01 10:00:00",
         "Exposure": "1/250", "FNumber": "5.6", "ISO": "200"}, fields
     assert thumbs == 1
+
+
+def test_files_dropped_all_along_a_start_and_reloads_each_fire_exactly_once(site: Site, tmp_path: Path) -> None:  # noqa: F811
+    """Files keep appearing while the daemon starts and reloads three times: those there before
+    the first baseline (the count its `watching` line gives) never fire, every other file fires
+    once: none lost between a baseline and its watcher, nor while a reload restarts the watcher,
+    and none twice."""
+    inbox, tmp = tmp_path / "inbox", tmp_path / "tmp"
+    inbox.mkdir()
+    tmp.mkdir()
+    site.write(f"""
+        [pipelines.drop]
+        trigger = {{ event = "file.created", folder = "{inbox}", cold = "0.3s", max_items = 200 }}
+        steps = [{{ type = "noop" }}]
+        """)
+    stop = threading.Event()
+    made: list[str] = []
+
+    def drop() -> None:  # one whole file every 2 ms, until told to stop
+        while not stop.is_set():
+            name = f"f{len(made):06d}"
+            (tmp / name).write_text(name)
+            (tmp / name).rename(inbox / name)
+            made.append(name)
+            time.sleep(0.002)
+
+    def watching_lines() -> list[str]:
+        return [line for line in site.log().splitlines() if "pipeline drop: watching " in line]
+
+    writer = threading.Thread(target=drop, daemon=True)
+    writer.start()
+    try:
+        site.console("scheduler:start", check=True)
+        site.wait_for(lambda: watching_lines(), timeout=30, what="drop watching")
+        for n in range(2, 5):
+            site.console("scheduler:reload", check=True)
+            site.wait_for(lambda n=n: len(watching_lines()) >= n, timeout=30, what=f"drop watching after reload {n - 1}")
+        time.sleep(0.2)  # (files keep coming after the last reload's watcher is on)
+    finally:
+        stop.set()
+        writer.join(timeout=10)
+    before = int(re.search(r"\((\d+) file\(s\) there before\)", watching_lines()[0])[1])  # type: ignore[index]
+    assert 0 < before < len(made), (before, len(made))
+
+    def fired() -> list[str]:
+        with sqlite3.connect(site.var / "state" / "jobs.db", timeout=10) as c:
+            inputs = [r[0] for r in c.execute("SELECT input FROM pipeline_runs WHERE pipeline='drop'")]
+        return [Path(item["path"]).name for text in inputs for item in json.loads(text)]
+
+    try:  # (a file lost never fires: then the assertions below say which)
+        site.wait_for(lambda: len(set(fired())) >= len(made) - before, timeout=30, what="every file fired")
+    except AssertionError:
+        pass
+    names = fired()
+    assert len(names) == len(set(names)), sorted(n for n in set(names) if names.count(n) > 1)  # none twice
+    unfired = sorted(set(made) - set(names))
+    assert len(unfired) == before, (before, len(unfired), unfired[-5:], len(made))  # none lost
