@@ -87,15 +87,19 @@ def text_when(driver, locator: Locator, wanted) -> str:
     return until(driver, read)[0]
 
 
+def log_in(driver, console: str) -> None:
+    driver.get(console + "/login")
+    type_into(driver, ("id", "user"), "alice")
+    type_into(driver, ("id", "password"), PASSWORDS["alice"])
+    click(driver, ("id", "login"))
+    until(driver, lambda d: d.current_url.endswith("/tasks"))
+
+
 def test_an_operator_drives_tasks_and_jobs_from_the_browser(site, console, browser, tmp_path):
     b = browser
     b.get(console + "/tasks")
     assert "Login required" in b.page_source
-    b.get(console + "/login")
-    type_into(b, ("id", "user"), "alice")
-    type_into(b, ("id", "password"), PASSWORDS["alice"])
-    click(b, ("id", "login"))
-    until(b, lambda d: d.current_url.endswith("/tasks"))
+    log_in(b, console)
     chatty = 'tr[data-task="chatty"]'
     text_when(b, css(chatty + " .state"), lambda t: t.startswith(("waiting", "running")))
 
@@ -142,3 +146,58 @@ def test_an_operator_drives_tasks_and_jobs_from_the_browser(site, console, brows
     text_when(b, css('tr[data-job="3"] .state'), lambda t: t == "waiting")
     assert site.json("job:show", "3")["state"] == "waiting"
     assert (tmp_path / "tasks.png").stat().st_size > 0 and (tmp_path / "jobs.png").stat().st_size > 0
+
+
+LATENCY_MS = 3000  # the refreshes take this long; one leaves every 300 ms (the console fixture's refresh)
+SLOW_REFRESH_ARRIVED = """
+return performance.getEntriesByType("resource").some(
+    (e) => e.name.includes("fragment=rows") && e.responseEnd - e.startTime >= arguments[0]);
+"""
+# A refresh whose response arrives after t1 although it left before t0: in flight across [t0, t1].
+REFRESH_IN_FLIGHT = """
+return performance.getEntriesByType("resource").some(
+    (e) => e.name.includes("fragment=rows") && e.startTime < arguments[0] && e.responseEnd > arguments[1]);
+"""
+
+
+def press(driver, locator: Locator) -> bool:
+    """Presses the mouse on the element at locator and holds it there until a refresh that was in flight
+    at the press has arrived; says whether the pressed element is still in the page."""
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    def pressed(d):
+        element, t0 = d.find_element(*locator), d.execute_script("return performance.now()")
+        ActionChains(d).move_to_element(element).click_and_hold().perform()
+        return element, t0, d.execute_script("return performance.now()")
+
+    element, t0, t1 = until(driver, pressed)
+    until(driver, lambda d: d.execute_script(REFRESH_IN_FLIGHT, t0, t1))
+    try:
+        return element.is_displayed()  # the one element held across a refresh: that is the check
+    except StaleElementReferenceException:  # the refresh replaced the rows under the pointer
+        return False
+
+
+@pytest.mark.parametrize("where", ["stop button", "state cell"])
+def test_a_refresh_never_replaces_the_rows_under_a_pressed_pointer(site, console, browser, where):
+    """The rows' refresh is a fetch (slow here: a 3 s network latency); one that left before the
+    operator pressed a button used to replace the rows when it arrived, under the pressed pointer, and
+    the click was lost. A press on text (selecting an error to copy) is kept too: a cell is not focusable."""
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    b = browser
+    log_in(b, console)
+    chatty = 'tr[data-task="chatty"]'
+    text_when(b, css(chatty + " .state"), lambda t: t.startswith(("waiting", "running")))
+    b.execute_script("performance.setResourceTimingBufferSize(100000)")
+    b.set_network_conditions(latency=LATENCY_MS, download_throughput=1_000_000, upload_throughput=1_000_000)
+    until(b, lambda d: d.execute_script(SLOW_REFRESH_ARRIVED, LATENCY_MS))  # refreshes now always in flight
+    target = chatty + (' button[name="stop"]' if where == "stop button" else " .state")
+    kept = press(b, css(target))
+    assert kept, f"a refresh replaced the rows under the pointer pressed on the {where}"
+    ActionChains(b).release().perform()
+    if where == "stop button":  # the click counts: the task stops
+        b.set_network_conditions(latency=0, download_throughput=1_000_000, upload_throughput=1_000_000)
+        text_when(b, css(chatty + " .state"), lambda t: t.startswith("stopped"))
+        assert site.task("chatty")["wanted"] == "stopped"
