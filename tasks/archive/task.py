@@ -430,7 +430,9 @@ class ArchiveTask(TaskType):
     # --- the watcher ---------------------------------------------------------------------
 
     async def background(self, ctx: Context) -> None:
-        """Wake the task when something changes in the hotfolder (inotify, or polling)."""
+        """Wake the task when something changes in the hotfolder (inotify, or polling), and once
+        the watcher is on (its first second): a file that came after the last pass's scan but
+        before the watcher (at start, or when the hotfolder appears) waits no period."""
         from watchfiles import awatch
 
         s = self.settings
@@ -439,18 +441,20 @@ class ArchiveTask(TaskType):
                 await anyio.sleep(5)
                 continue
             stop = anyio.Event()
+            on = False
             try:
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(_set_when_cancelled, stop)
                     try:
-                        async for _changes in awatch(
+                        async for changes in awatch(
                             s.hotfolder, stop_event=stop, force_polling=s.force_polling,
-                            poll_delay_ms=1000, debounce=400, rust_timeout=1000,
+                            poll_delay_ms=1000, debounce=400, rust_timeout=1000, yield_on_timeout=True,
                             watch_filter=None, ignore_permission_denied=True,
                         ):
                             waker = getattr(ctx, "wake", None)
-                            if waker is not None:
+                            if waker is not None and (changes or not on):
                                 waker()
+                            on = True
                     finally:
                         tg.cancel_scope.cancel()
             except (FileNotFoundError, OSError, RuntimeError) as e:

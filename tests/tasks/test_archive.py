@@ -634,14 +634,29 @@ async def test_watcher_wakes_the_task(env, polling):
     e = env(force_polling=polling)
     async with anyio.create_task_group() as tg:
         tg.start_soon(e.task.background, e.ctx)
-        await anyio.sleep(0.6 if not polling else 1.2)
-        e.ctx.waker._event = anyio.Event()  # forget wakes from the set-up
+        with anyio.fail_after(8):
+            assert await e.ctx.sleep(30) is True  # the watcher is on: it wakes the task once
         e.put("sub/new.jpg")
         with anyio.fail_after(8):
             assert await e.ctx.sleep(30) is True
         started = time.monotonic()
         tg.cancel_scope.cancel()
     assert time.monotonic() - started < 3  # the watcher thread stops promptly
+
+
+@pytest.mark.anyio
+async def test_a_file_there_before_the_watcher_is_on_wakes_the_task(env):
+    """A file that came after the last pass's scan but before the watcher started (the daemon's
+    start, a hotfolder that appears) makes no event: the watcher wakes the task once it is on,
+    so the file waits no period."""
+    e = env()
+    e.put("early.jpg")
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(e.task.background, e.ctx)
+        with anyio.fail_after(8):
+            assert await e.ctx.sleep(30) is True
+        tg.cancel_scope.cancel()
+    assert await e.run() == "archived 1"
 
 
 # --- crash safety --------------------------------------------------------------------
