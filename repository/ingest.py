@@ -397,6 +397,21 @@ class Ingestor:
             self.log.error("cannot undo the interrupted batch yet: %s", e)
 
     def _ingest(self, work: list[_Work], res: BatchResult) -> None:
+        """Archive one batch, step by step (crash points between: tests/tasks/test_archive.py): read and
+        hash, set duplicates aside, store the documents and commit their records, then let the
+        sources leave the hotfolder."""
+        hashed, failed = self._hash_all(work, res)
+        crashpoint("hashed")
+        keep, skip, twins = self._set_duplicates_aside(hashed)
+        failed += twins
+        keep = self._store_and_commit(keep, res)
+        crashpoint("committed")
+        self._after_commit(keep, skip, failed, res)
+        crashpoint("before_done")
+
+    def _hash_all(self, work: list[_Work], res: BatchResult) -> tuple[list[_Work], list[tuple[_Work, str]]]:
+        """Read (copy mode: copy into storage) and hash every unit: those read whole, and those
+        that cannot be read with why; the ones that changed since the scan go to `res.changed`."""
         failed: list[tuple[_Work, str]] = []
         hashed: list[_Work] = []
         for w, why in zip(work, self._read_all(work), strict=True):
@@ -406,41 +421,56 @@ class Ingestor:
                 failed.append((w, why))
             else:
                 hashed.append(w)
-        crashpoint("hashed")
+        return hashed, failed
 
-        # duplicates: against the databox and within this batch
+    def _known_sha256(self, hashed: list[_Work]) -> dict[tuple[int, str], int]:
+        """(collection id, sha256) -> the lowest record id with it, for the batch's checksums."""
+        by_coll: dict[int, list[str]] = {}
+        for w in hashed:
+            by_coll.setdefault(w.unit.collection_id, []).append(w.sha256)
         dups: dict[tuple[int, str], int] = {}
-        if self.duplicates != "allow" and hashed:
-            by_coll: dict[int, list[str]] = {}
-            for w in hashed:
-                by_coll.setdefault(w.unit.collection_id, []).append(w.sha256)
-            for cid, shas in by_coll.items():
-                for sha, rid in self.db.find_by_sha256(cid, shas).items():
-                    dups[(cid, sha)] = rid
+        for cid, shas in by_coll.items():
+            for sha, rid in self.db.find_by_sha256(cid, shas).items():
+                dups[(cid, sha)] = rid
+        return dups
+
+    def _set_duplicates_aside(
+        self, hashed: list[_Work],
+    ) -> tuple[list[_Work], list[tuple[_Work, int]], list[tuple[_Work, str]]]:
+        """With `duplicates` skip or error, the units whose content is in their collection
+        already (or earlier in this batch) leave the batch (a copy in storage is removed):
+        returns those to archive, those to skip (with the record they duplicate, 0: one of
+        this batch) and those that are errors (with why)."""
+        if self.duplicates == "allow":
+            return hashed, [], []
+        dups = self._known_sha256(hashed) if hashed else {}
         keep: list[_Work] = []
         skip: list[tuple[_Work, int]] = []
+        failed: list[tuple[_Work, str]] = []
         seen: dict[tuple[int, str], _Work] = {}
-        for w in hashed if self.duplicates != "allow" else ():
+        for w in hashed:
             key = (w.unit.collection_id, w.sha256)
             other = dups.get(key)
-            if other is None and key in seen and self.duplicates != "allow":
+            if other is None and key in seen:
                 other = 0  # a twin in this very batch
-            if other is not None:
-                if w.stored:
-                    self.db.store.remove(w.doc)
-                    w.stored = False
-                if self.duplicates == "skip":
-                    skip.append((w, other))
-                else:
-                    twin = f"record {other}" if other else f"{display_name(seen[key].unit.rel)} (same batch)"
-                    failed.append((w, f"duplicate of {twin}: same sha256 {w.sha256} in this collection"))
+            if other is None:
+                seen[key] = w
+                keep.append(w)
                 continue
-            seen[key] = w
-            keep.append(w)
-        if self.duplicates == "allow":
-            keep = hashed
+            if w.stored:
+                self.db.store.remove(w.doc)
+                w.stored = False
+            if self.duplicates == "skip":
+                skip.append((w, other))
+            else:
+                twin = f"record {other}" if other else f"{display_name(seen[key].unit.rel)} (same batch)"
+                failed.append((w, f"duplicate of {twin}: same sha256 {w.sha256} in this collection"))
+        return keep, skip, failed
 
-        # move-mode documents: the source itself goes into storage now
+    def _store_and_commit(self, keep: list[_Work], res: BatchResult) -> list[_Work]:
+        """Move-mode sources go into storage now (those that changed meanwhile stay, in
+        `res.changed`); storage is synced, then the records are inserted in one transaction
+        (`res.created`). Returns the units archived."""
         for w in keep:
             if w.mode == "move" and not self._move_in(w):
                 res.changed.append(w.unit.rel)
@@ -457,9 +487,12 @@ class Ingestor:
                 for n in (w.unit.rel.rpartition("/")[2],)
             ])
             res.created = [(rid, w.unit.rel) for rid, w in zip(ids, keep, strict=True)]
-        crashpoint("committed")
+        return keep
 
-        # after the commit: sources and captions leave the hotfolder
+    def _after_commit(self, keep: list[_Work], skip: list[tuple[_Work, int]], failed: list[tuple[_Work, str]],
+                      res: BatchResult) -> None:
+        """Sources and captions leave the hotfolder: the archived ones and the skipped
+        duplicates (removed, or kept in the archived folder), the failed ones to the error folder."""
         for w in keep:
             if w.mode == "copy":
                 self.finish_source(w.unit.rel, w.unit.stat.ino)
@@ -474,7 +507,6 @@ class Ingestor:
         for w, why in failed:
             self.fail(w.unit.rel, why, caption=w.unit.caption, stat=w.unit.stat)
             res.errors.append((w.unit.rel, why))
-        crashpoint("before_done")
 
     def _read_all(self, work: list[_Work]) -> list[str | None]:
         """`_read` every unit; big files are hashed by a few threads at once (hashlib and the
