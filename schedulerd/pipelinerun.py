@@ -308,7 +308,7 @@ class FolderState:
 
     folder: Path
     recursive: bool
-    seen: dict[str, Key] | None = None  # stat keys of files present or fired; None: no baseline yet
+    seen: dict[str, Key] | None = None  # stat keys of files present or fired, until gone; None: no baseline yet
     pending: dict[str, tuple[Key | None, float]] = dataclasses.field(default_factory=dict)  # changing since
 
 
@@ -320,7 +320,9 @@ class FolderTrigger:
     The files there at the first start are the baseline: they do not fire. The watcher starts
     after it, so once the watcher is on the folder is scanned again, and what appeared or changed
     meanwhile is pending as if the watcher had seen it (a file seen twice is one pending entry,
-    fired once); a reload keeps the state and does the same."""
+    fired once); a reload keeps the state and does the same. A file is known (`seen`) until it is
+    gone (deleted or moved away, or missing from that scan): a file appearing under its name later
+    is a new one."""
 
     def __init__(self, pc: PipelineConfig, state: FolderState, start_run: Callable[[str, str, Sequence[Item]], Any]):
         self.pc = pc
@@ -358,9 +360,18 @@ class FolderTrigger:
         return found
 
     async def _catch_up(self, folder: Path) -> int:
-        """The watcher is on: the files that appeared or changed before are pending. Returns how
-        many files are there that do not fire (the baseline's, or those that fired)."""
+        """The watcher is on: the files that appeared or changed before are pending, those gone
+        are forgotten. Returns how many files are there that do not fire (the baseline's, or those
+        that fired)."""
+        before = dict(self.seen)
         found = await anyio.to_thread.run_sync(self._scan, folder)
+        for path, key in before.items():
+            if path not in found and self.seen.get(path) == key:  # (not fired again meanwhile)
+                del self.seen[path]
+        return self._add_found(found)
+
+    def _add_found(self, found: Mapping[str, Key]) -> int:
+        """Files found by a scan are pending unless known as they are; returns how many are known."""
         now, known = time.monotonic(), 0
         for path, key in found.items():
             if self.seen.get(path) == key:
@@ -372,7 +383,7 @@ class FolderTrigger:
     async def _watch(self, folder: Path) -> None:
         """The folder's changes into `pending`. Once the watcher is on (its first batch of changes,
         or its first second without any), catches up and says so: a file appearing from then on fires."""
-        from watchfiles import awatch
+        from watchfiles import Change, awatch
 
         stop = anyio.Event()
         watching = False
@@ -384,9 +395,9 @@ class FolderTrigger:
                                         ignore_permission_denied=True):
                 now = time.monotonic()
                 for _change, path in changes:
-                    name = path.rsplit("/", 1)[-1]
-                    if not name.startswith("."):
+                    if not path.rsplit("/", 1)[-1].startswith("."):
                         self.pending[path] = (None, now)
+                self._forget([path for change, path in changes if change == Change.deleted])
                 if not watching:
                     watching = True
                     known = await self._catch_up(folder)
@@ -398,13 +409,15 @@ class FolderTrigger:
         store: a trigger cancelled (a reload) before that leaves it to the next one."""
         if not self.pending:
             return
-        now = time.monotonic()
-        keys = await anyio.to_thread.run_sync(lambda: {p: _key(Path(p)) for p in list(self.pending)})
+        now, entries = time.monotonic(), dict(self.pending)
+        keys = await anyio.to_thread.run_sync(lambda: {p: _key(Path(p)) for p in entries})
         stable: list[tuple[str, Key]] = []
         for path, key in keys.items():
-            old, since = self.pending[path]
-            if key is None:
-                self.pending.pop(path, None)
+            old, since = entries[path]
+            if key is None:  # gone (or not a file): forgotten, unless the watcher saw it again meanwhile
+                self.seen.pop(path, None)
+                if self.pending.get(path) == entries[path]:
+                    del self.pending[path]
             elif key != old:
                 self.pending[path] = (key, now)
             elif now - since >= self.pc.trigger.cold:
@@ -426,8 +439,20 @@ class FolderTrigger:
                 self._done(path, key, entry)
 
     def _fires(self, before: Key | None, key: Key) -> bool:
-        """file.created: a file not seen before; file.modified: one seen with another key."""
-        return (self.pc.trigger.event == "file.created") == (before is None) and before != key
+        """file.created: a file not known under its name (none, or another inode: a file renamed
+        over the one known, which went without a deleted event); file.modified: one known with
+        another key."""
+        if self.pc.trigger.event == "file.created":
+            return before is None or before[0] != key[0]
+        return before is not None and before != key
+
+    def _forget(self, gone: Sequence[str]) -> None:
+        """Paths deleted or moved away: a file appearing under their names is a new one. A gone
+        path that was no file may be a folder (recursive): the files known under it go too."""
+        folders = tuple(f"{path}/" for path in gone if self.seen.pop(path, None) is None)
+        if folders and self.state.recursive:
+            for path in [p for p in self.seen if p.startswith(folders)]:
+                del self.seen[path]
 
     def _done(self, path: str, key: Key, entry: tuple[Key | None, float]) -> None:
         """The file is dealt with at `key`; still pending if the watcher saw it change meanwhile

@@ -378,3 +378,56 @@ def test_files_dropped_all_along_a_start_and_reloads_each_fire_exactly_once(site
     assert len(names) == len(set(names)), sorted(n for n in set(names) if names.count(n) > 1)  # none twice
     unfired = sorted(set(made) - set(names))
     assert len(unfired) == before, (before, len(unfired), unfired[-5:], len(made))  # none lost
+
+
+
+def _fired(site: Site, pipeline: str, folder: Path) -> list[str]:
+    """The files the pipeline's runs took, run after run (paths relative to its folder)."""
+    if not (site.var / "state" / "jobs.db").exists():
+        return []
+    with sqlite3.connect(site.var / "state" / "jobs.db", timeout=10) as c:
+        inputs = [r[0] for r in c.execute("SELECT input FROM pipeline_runs WHERE pipeline=? ORDER BY id", (pipeline,))]
+    return [str(Path(item["path"]).relative_to(folder)) for text in inputs for item in json.loads(text)]
+
+
+def _drop_pipeline(site: Site, folder: Path, *, recursive: bool = False) -> None:
+    site.write(f"""
+        [pipelines.drop]
+        trigger = {{ event = "file.created", folder = "{folder}", cold = "0.3s", recursive = {str(recursive).lower()} }}
+        steps = [{{ type = "noop" }}]
+        """)
+    site.console("scheduler:start", check=True)
+    _watching(site, "drop")
+
+
+def test_a_file_gone_then_dropped_again_under_its_name_fires_again(site: Site, tmp_path: Path) -> None:  # noqa: F811
+    """A name that fired is forgotten once its file is gone (deleted, moved away, or replaced by a
+    file renamed over it): a file appearing under that name fires again, the same file moved back
+    in included; a file that stays, changed in place, does not fire again."""
+    inbox, tmp = tmp_path / "inbox", tmp_path / "tmp"
+    inbox.mkdir()
+    tmp.mkdir()
+    _drop_pipeline(site, inbox)
+
+    def put(name: str, text: str) -> None:  # a whole file at once
+        (tmp / name).write_text(text)
+        (tmp / name).rename(inbox / name)
+
+    def runs_are(expected: list[str], what: str) -> None:
+        site.wait_for(lambda: len(_fired(site, "drop", inbox)) >= len(expected), timeout=20, what=what)
+        assert _fired(site, "drop", inbox) == expected
+
+    put("a.jpg", "first")
+    runs_are(["a.jpg"], "a.jpg fired")
+    (inbox / "a.jpg").unlink()
+    put("a.jpg", "second")  # a scanner writing scan001.jpg again
+    runs_are(["a.jpg"] * 2, "the new a.jpg fired")
+    (inbox / "a.jpg").rename(tmp / "away.jpg")  # moved away (as a step filing it would), then the same
+    (tmp / "away.jpg").rename(inbox / "a.jpg")  # file back: its inode, size and mtime as they were
+    runs_are(["a.jpg"] * 3, "a.jpg moved back in fired")
+    with (inbox / "a.jpg").open("a") as f:  # it stays, changed in place: no run. b.jpg comes after,
+        f.write(" changed")  # so a run of a.jpg would be in before b.jpg's
+    put("b.jpg", "b")
+    runs_are(["a.jpg"] * 3 + ["b.jpg"], "b.jpg fired")
+    put("a.jpg", "renamed over the one there")
+    runs_are(["a.jpg"] * 3 + ["b.jpg", "a.jpg"], "the a.jpg renamed over the old one fired")
