@@ -410,7 +410,7 @@ class FolderTrigger:
         if not self.pending:
             return
         now, entries = time.monotonic(), dict(self.pending)
-        keys = await anyio.to_thread.run_sync(lambda: {p: _key(Path(p)) for p in entries})
+        keys, found = await anyio.to_thread.run_sync(self._look, list(entries))
         stable: list[tuple[str, Key]] = []
         for path, key in keys.items():
             old, since = entries[path]
@@ -422,6 +422,7 @@ class FolderTrigger:
                 self.pending[path] = (key, now)
             elif now - since >= self.pc.trigger.cold:
                 stable.append((path, key))
+        self._add_found(found)
         if not stable or (len(stable) < len(self.pending) and len(stable) < self.pc.trigger.max_items):
             return
         fire: list[tuple[str, Key, tuple[Key | None, float], Item]] = []
@@ -437,6 +438,17 @@ class FolderTrigger:
             await self.start_run(self.pc.name, str(self.pc.trigger.event), [item for *_, item in chunk])
             for path, key, entry, _ in chunk:
                 self._done(path, key, entry)
+
+    def _look(self, paths: Sequence[str]) -> tuple[dict[str, Key | None], dict[str, Key]]:
+        """(In a worker thread.) The pending paths' keys, and the files in those that are folders
+        (recursive): a new folder's files written before its watch was added, or those of a folder
+        moved in whole, make no event."""
+        keys = {p: _key(Path(p)) for p in paths}
+        found: dict[str, Key] = {}
+        if self.state.recursive:
+            for path in (p for p, key in keys.items() if key is None and Path(p).is_dir()):
+                found.update(self._scan(Path(path)))
+        return keys, found
 
     def _fires(self, before: Key | None, key: Key) -> bool:
         """file.created: a file not known under its name (none, or another inode: a file renamed

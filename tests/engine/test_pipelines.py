@@ -431,3 +431,39 @@ def test_a_file_gone_then_dropped_again_under_its_name_fires_again(site: Site, t
     runs_are(["a.jpg"] * 3 + ["b.jpg"], "b.jpg fired")
     put("a.jpg", "renamed over the one there")
     runs_are(["a.jpg"] * 3 + ["b.jpg", "a.jpg"], "the a.jpg renamed over the old one fired")
+
+
+def test_files_in_a_new_subfolder_fire_once_each_made_in_place_or_moved_in_whole(site: Site, tmp_path: Path) -> None:  # noqa: F811
+    """`recursive`: the files of a new subfolder fire once each, those written before the watcher
+    could watch it (folders made and filled at once) and those of a folder moved in whole (no
+    event for them) included; the folder moved out and back in fires its files once more."""
+    inbox, tmp = tmp_path / "inbox", tmp_path / "tmp"
+    inbox.mkdir()
+    tmp.mkdir()
+    _drop_pipeline(site, inbox, recursive=True)
+
+    def write(root: Path, rel: str) -> str:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(rel)
+        return rel
+
+    def fire_all(expected: list[str], sentinel: str) -> None:
+        """Until `expected` fired, then a sentinel: a file firing twice would be in before its run."""
+        def names() -> list[str]:
+            return _fired(site, "drop", inbox)
+        try:  # (a file lost never fires: then the assertion below says which)
+            site.wait_for(lambda: set(expected) <= set(names()), timeout=20, what="every file fired")
+            write(inbox, sentinel)
+            site.wait_for(lambda: sentinel in names(), timeout=20, what=f"{sentinel} fired")
+        except AssertionError:
+            pass
+        assert sorted(names()) == sorted(expected + [sentinel])
+
+    made = [write(inbox, f"{d}/f{i}.jpg") for d in ("new", "new/a", "new/a/b") for i in range(5)]
+    moved = [write(tmp / "moved", f"{d}/m{i}.jpg") for d in (".", "x", "x/y") for i in range(5)]
+    (tmp / "moved").rename(inbox / "moved")
+    moved = [str(Path("moved") / rel) for rel in moved]
+    fire_all(made + moved, "last1.jpg")
+    (inbox / "moved").rename(tmp / "moved")
+    (tmp / "moved").rename(inbox / "moved")
+    fire_all(made + moved + ["last1.jpg"] + moved, "last2.jpg")
