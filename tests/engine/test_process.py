@@ -76,8 +76,14 @@ def kill_as_a_child_starts(pid: int, timeout: float = 5.0) -> bool:
     return False
 
 
+# The daemon's children die with it, not at the instant kill(2) returns: the kernel tears the
+# daemon down, which closes its end of each group's gate pipe, whose watcher then kills the group
+# (process.GATE). A job may write within that moment after the kill, never later.
+DEATH_LAG = 0.25
+
+
 def kill_daemon(site, rng: random.Random, at_child_start: bool) -> float:
-    """kill -9 the daemon; returns when."""
+    """kill -9 the daemon; returns when (just after kill(2) returned)."""
     pid = site.pid()
     assert pid
     if not (at_child_start and kill_as_a_child_starts(pid)):
@@ -121,11 +127,12 @@ workers = 5
         ends = sorted(float(line.split()[2]) for line in log.read_text().splitlines() if " end " in line)
         assert ends, f"job {jid} never completed (seed {seed})"
         # nothing of a job works on while the daemon is down (the issue's orphans completed then) ...
-        assert not [e for e in ends for killed, restarted in down if killed < e < restarted], (jid, ends, down)
+        assert not [e for e in ends for killed, restarted in down if killed + DEATH_LAG < e < restarted], \
+            (jid, ends, down, seed)
         # ... and a job completes once, unless the daemon died in the instant between an attempt's end
         # and the save of its outcome (at least once: then that attempt is run again)
         for e in ends[:-1]:
-            assert any(0 <= killed - e < 0.1 for killed, _ in down), f"job {jid} completed at {ends} (seed {seed})"
+            assert any(-DEATH_LAG < killed - e < 0.1 for killed, _ in down), f"job {jid} completed at {ends} (seed {seed})"
 
 
 def group_members(pgid: int) -> dict[int, str]:
