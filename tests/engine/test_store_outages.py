@@ -190,10 +190,10 @@ def records_in(db: Path) -> list[int]:
         conn.close()
 
 
-def test_jobs_a_task_queues_while_jobs_db_is_locked_wait_off_the_loop_and_are_not_lost(site, tmp_path) -> None:
-    """An archive task queues a subdefCreation job per new record (`ctx.add_job`) while another
-    process holds jobs.db's write lock: the control socket and another task keep answering on
-    time meanwhile, and once the lock goes every record has its job."""
+def archive_site(site, more_tasks: str, scheduler: str):
+    """A databox with a collection, a hotfolder and an archive task `inbox` (period 200 ms) that
+    queues a subdefCreation job per record into `subdefs`, a queue no worker takes; returns
+    (hotfolder, databox settings)."""
     from repository import DataboxSettings, open_databox
 
     hot, box = site.var / "hot", DataboxSettings(site.var / "main.sqlite", site.var / "storage")
@@ -214,13 +214,19 @@ collection = "photos"
 hotfolder = "{hot}"
 cold = 0
 
-[tasks.tick]
-type = "noop"
-period = "100ms"
-
+{more_tasks}
 [queues.subdefs]
 workers = 0
-""", scheduler='store_busy_timeout = "2s"\n')  # a write gives up before the lock goes
+""", scheduler=scheduler)
+    return hot, box
+
+
+def test_jobs_a_task_queues_while_jobs_db_is_locked_wait_off_the_loop_and_are_not_lost(site, tmp_path) -> None:
+    """An archive task queues a subdefCreation job per new record (`ctx.add_job`) while another
+    process holds jobs.db's write lock: the control socket and another task keep answering on
+    time meanwhile, and once the lock goes every record has its job."""
+    # a write gives up before the lock goes
+    hot, box = archive_site(site, '[tasks.tick]\ntype = "noop"\nperiod = "100ms"\n', 'store_busy_timeout = "2s"\n')
     site.console("scheduler:start", check=True)
     site.wait_for(lambda: (site.var / "state" / "jobs.db").exists(), 15, "jobs.db")
     locker = hold_write_lock(site.var / "state" / "jobs.db", 6)
@@ -250,30 +256,9 @@ def test_a_daemon_stopped_while_an_archive_task_waits_to_queue_a_records_job_sti
     after the daemon ended every record has its job, none twice. Before, the cancel dropped it."""
     import sqlite3
 
-    from repository import DataboxSettings, open_databox
     from schedulerd.client import Client
 
-    hot, box = site.var / "hot", DataboxSettings(site.var / "main.sqlite", site.var / "storage")
-    hot.mkdir(parents=True)
-    (hot / ".phrasea.xml").write_bytes(b'<?xml version="1.0" encoding="UTF-8"?>\n<record/>\n')
-    with open_databox(box) as db:
-        db.create_collection("photos")
-    site.write(f"""
-[databoxes.main]
-path = "{box.path}"
-storage = "{box.storage}"
-
-[tasks.inbox]
-type = "archive"
-period = "200ms"
-databox = "main"
-collection = "photos"
-hotfolder = "{hot}"
-cold = 0
-
-[queues.subdefs]
-workers = 0
-""", scheduler='store_busy_timeout = "1s"\nstop_timeout = "1s"\n')
+    hot, box = archive_site(site, "", 'store_busy_timeout = "1s"\nstop_timeout = "1s"\n')
     site.console("scheduler:start", check=True)
     pid = site.pid()
     jobs_db = site.var / "state" / "jobs.db"
