@@ -154,15 +154,20 @@ async def test_server_that_never_replaces_gets_delete_then_rename(tmp_path: Path
     assert lines.index("DELE x-noreplace.bin") > lines.index("RNTO x-noreplace.bin")
 
 
+def push_task(server: FtpServer, outbox: Path, tmp_path: Path) -> tuple[FtpPush, TaskContext]:
+    """An ftp_push task `dropbox` from `outbox` to the server's /up (no retries, files taken at once)."""
+    data = {"host": server.host, "port": server.port, "user": server.user, "password": server.password,
+            "timeout": 5, "retries": 0, "local_dir": str(outbox), "remote_dir": "/up", "stable": 0}
+    task = FtpPush(build(PushSettings, data, "tasks.dropbox"))
+    return task, TaskContext.for_test("dropbox", task.settings, tmp_path=tmp_path)
+
+
 @pytest.mark.parametrize("worded", [False, True], ids=["213 N", "213 File size: N"])
 async def test_push_renames_only_files_whose_remote_size_matches(tmp_path: Path, worded: bool) -> None:
     outbox = tmp_path / "outbox"
     made = local_files(outbox, ["a.bin", "b-short.bin", "c.bin"])
     with quirky(tmp_path / "srv", **({"QUIRK_SIZE_WORDS": "1"} if worded else {})) as (server, notes):
-        data = {"host": server.host, "port": server.port, "user": server.user, "password": server.password,
-                "timeout": 5, "retries": 0, "local_dir": str(outbox), "remote_dir": "/up", "stable": 0}
-        task = FtpPush(build(PushSettings, data, "tasks.dropbox"))
-        ctx = TaskContext.for_test("dropbox", task.settings, tmp_path=tmp_path)
+        task, ctx = push_task(server, outbox, tmp_path)
         with pytest.raises(TransferError, match=r"sent 2 files.*1 failed.*\.b-short\.bin\.part: remote size 1, local size"):
             await task.run_once(ctx)
     up = server.root / "up"
@@ -184,10 +189,7 @@ async def test_a_batch_checks_every_size_before_renaming_and_never_renames_a_sho
     names = [f"{i:02}-{kinds.get(i, 'ok')}.bin" for i in range(BATCH_FILES + 8)]
     made = local_files(outbox, names)
     with quirky(tmp_path / "srv") as (server, notes):
-        data = {"host": server.host, "port": server.port, "user": server.user, "password": server.password,
-                "timeout": 5, "retries": 0, "local_dir": str(outbox), "remote_dir": "/up", "stable": 0}
-        task = FtpPush(build(PushSettings, data, "tasks.dropbox"))
-        ctx = TaskContext.for_test("dropbox", task.settings, tmp_path=tmp_path)
+        task, ctx = push_task(server, outbox, tmp_path)
         with pytest.raises(TransferError, match=rf"sent {len(names) - 5} files.*5 failed"):
             await task.run_once(ctx)
     whole = [n for n in names if "ok" in n]
@@ -210,10 +212,7 @@ async def test_a_session_lost_mid_batch_fails_that_file_and_sends_the_others_on_
     names = [f"{i:02}-{'drop' if i == 4 else 'ok'}.bin" for i in range(10)]
     made = local_files(outbox, names)
     with quirky(tmp_path / "srv") as (server, notes):
-        data = {"host": server.host, "port": server.port, "user": server.user, "password": server.password,
-                "timeout": 5, "retries": 0, "local_dir": str(outbox), "remote_dir": "/up", "stable": 0}
-        task = FtpPush(build(PushSettings, data, "tasks.dropbox"))
-        ctx = TaskContext.for_test("dropbox", task.settings, tmp_path=tmp_path)
+        task, ctx = push_task(server, outbox, tmp_path)
         with pytest.raises(TransferError, match=r"sent 9 files.*1 failed"):
             await task.run_once(ctx)
     up = server.root / "up"
@@ -233,10 +232,7 @@ async def test_a_session_lost_amid_the_renames_keeps_the_renamed_files_sent_and_
     names = [f"{i:02}.bin" for i in range(6)]
     made = local_files(outbox, names)
     with quirky(tmp_path / "srv", QUIRK_DROP_AFTER_RENAMES="3") as (server, notes):
-        data = {"host": server.host, "port": server.port, "user": server.user, "password": server.password,
-                "timeout": 5, "retries": 0, "local_dir": str(outbox), "remote_dir": "/up", "stable": 0}
-        task = FtpPush(build(PushSettings, data, "tasks.dropbox"))
-        ctx = TaskContext.for_test("dropbox", task.settings, tmp_path=tmp_path)
+        task, ctx = push_task(server, outbox, tmp_path)
         with pytest.raises(TransferError, match=r"sent 3 files.*3 failed.*lost"):
             await task.run_once(ctx)
         assert sorted(p.name for p in outbox.iterdir()) == names[3:]  # the renamed ones recorded as sent
