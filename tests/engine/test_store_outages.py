@@ -221,7 +221,7 @@ workers = 0
     return hot, box
 
 
-def test_jobs_a_task_queues_while_jobs_db_is_locked_wait_off_the_loop_and_are_not_lost(site, tmp_path) -> None:
+def test_jobs_a_task_queues_while_jobs_db_is_locked_wait_off_the_loop_and_are_not_lost(site) -> None:
     """An archive task queues a subdefCreation job per new record (`ctx.add_job`) while another
     process holds jobs.db's write lock: the control socket and another task keep answering on
     time meanwhile, and once the lock goes every record has its job."""

@@ -156,9 +156,7 @@ async def test_server_that_never_replaces_gets_delete_then_rename(tmp_path: Path
 
 def push_task(server: FtpServer, outbox: Path, tmp_path: Path) -> tuple[FtpPush, TaskContext]:
     """An ftp_push task `dropbox` from `outbox` to the server's /up (no retries, files taken at once)."""
-    data = {"host": server.host, "port": server.port, "user": server.user, "password": server.password,
-            "timeout": 5, "retries": 0, "local_dir": str(outbox), "remote_dir": "/up", "stable": 0}
-    task = FtpPush(build(PushSettings, data, "tasks.dropbox"))
+    task = FtpPush(build(PushSettings, servers.task_table(server, outbox, "up"), "tasks.dropbox"))
     return task, TaskContext.for_test("dropbox", task.settings, tmp_path=tmp_path)
 
 
