@@ -25,6 +25,7 @@ from typing import Any, Literal, Protocol, TypeVar
 
 import anyio
 
+from .context import monotonic
 from .states import Wanted
 from .store import STORE_ERRORS
 
@@ -183,7 +184,7 @@ class TaskLease:
 
     @property
     def held(self) -> bool:
-        return self.generation is not None and anyio.current_time() < self.valid_until
+        return self.generation is not None and monotonic() < self.valid_until
 
     def _changed(self) -> None:
         self.changed.set()
@@ -199,7 +200,7 @@ class TaskLease:
             await anyio.sleep(wait)
 
     async def _take(self, outage: Outage) -> float:
-        sent = anyio.current_time()
+        sent = monotonic()
         try:
             grant = await bounded(self.cluster.acquire, self.task, self.node, self.lease, self.period,
                                   timeout=self.lease / 3)
@@ -209,14 +210,14 @@ class TaskLease:
         if grant is not None:
             # due_in was counted from the database's clock when the statement ran, before now:
             # counted from now, the next start is never early
-            self.generation, self.due_at = grant.generation, anyio.current_time() + max(0.0, grant.due_in or 0.0)
+            self.generation, self.due_at = grant.generation, monotonic() + max(0.0, grant.due_in or 0.0)
             self.valid_until = sent + self.lease * (1 - GIVE_UP_MARGIN)
             log.debug("task %s: lease taken (generation %d)", self.task, grant.generation)
             self._changed()
         return self.lease / 3
 
     async def _renew(self, outage: Outage) -> float:
-        sent = anyio.current_time()
+        sent = monotonic()
         if sent >= self.valid_until:
             self._lose("its lease could not be renewed in time (the store does not answer)")
             return 0
@@ -226,12 +227,12 @@ class TaskLease:
                                timeout=self.valid_until - sent)
         except FAILURES as e:
             outage.failed(e)
-            return max(0.0, min(self.lease / 8, self.valid_until - anyio.current_time()))
+            return max(0.0, min(self.lease / 8, self.valid_until - monotonic()))
         outage.ok()
         if not ok:
             self._lose("its lease ran out and another node may hold it")
             return self.lease / 3
-        lapsed = anyio.current_time() >= self.valid_until  # the answer came just after its deadline
+        lapsed = monotonic() >= self.valid_until  # the answer came just after its deadline
         self.valid_until = sent + self.lease * (1 - GIVE_UP_MARGIN)
         if lapsed:  # the same hold goes on (the database's expiry never passed): wake the waiting loop
             self._changed()
@@ -249,7 +250,7 @@ class TaskLease:
         database, so that the next holder keeps the period. Checked again here after the answer:
         a lease given up while the database answered (its iteration not yet there to cancel)
         starts nothing."""
-        left = self.valid_until - anyio.current_time()
+        left = self.valid_until - monotonic()
         if generation is None or generation != self.generation or left <= 0:
             return None
         try:

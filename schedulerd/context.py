@@ -6,6 +6,7 @@ import heapq
 import itertools
 import logging
 import math
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,12 @@ from typing import Any
 import anyio
 
 from .plugin import TaskLog
+
+# The runners' clock: their plans, the alarms' deadlines, the leases' times. The daemon runs on
+# asyncio, whose loop clock is time.monotonic; anyio.current_time() reads that same clock through
+# a lookup of the running backend that was a seventh of an idle iteration's CPU (bench_iteration).
+# Nothing hands these times to anyio as deadlines: the sleeps below are relative delays.
+monotonic = time.monotonic
 
 
 class Alarms:
@@ -28,7 +35,7 @@ class Alarms:
         self._compact_at = 1024
 
     def set_at(self, deadline: float, event: anyio.Event) -> None:
-        """Set `event` at `deadline` (anyio.current_time()); an event set before then stays set."""
+        """Set `event` at `deadline` (monotonic()); an event set before then stays set."""
         if not self._heap or deadline < self._heap[0][0]:
             self._earlier.set()
         heapq.heappush(self._heap, (deadline, next(self._seq), event))
@@ -39,7 +46,7 @@ class Alarms:
 
     async def run(self) -> None:
         while True:
-            now = anyio.current_time()
+            now = monotonic()
             while self._heap and self._heap[0][0] <= now:
                 heapq.heappop(self._heap)[2].set()
             if self._earlier.is_set():  # a new event only when the last one was used
@@ -64,12 +71,12 @@ class Waker:
     async def wait(self, seconds: float) -> bool:
         """Wait up to `seconds`; True when woken. Re-arms after a wake."""
         if seconds > 0 and not self._woken:
-            return await self.wait_until(anyio.current_time() + seconds)
+            return await self.wait_until(monotonic() + seconds)
         woken, self._woken = self._woken, False
         return woken
 
     async def wait_until(self, deadline: float) -> bool:
-        """Wait until `deadline` (anyio.current_time(), the runners' plans); True when woken."""
+        """Wait until `deadline` (monotonic(), the runners' plans); True when woken."""
         if not self._woken:
             # an event per wait: the alarm of an earlier wait (cancelled, or woken) sets only its own
             self._event = event = anyio.Event()
@@ -77,7 +84,7 @@ class Waker:
                 self._alarms.set_at(deadline, event)
                 await event.wait()
             else:
-                with anyio.move_on_after(deadline - anyio.current_time() if math.isfinite(deadline) else None):
+                with anyio.move_on_after(deadline - monotonic() if math.isfinite(deadline) else None):
                     await event.wait()
         woken, self._woken = self._woken, False
         return woken

@@ -31,7 +31,7 @@ from anyio.abc import TaskGroup
 
 from .cluster import TaskLease
 from .config import TaskConfig
-from .context import Alarms, TaskContext
+from .context import Alarms, TaskContext, monotonic
 from .iteration import IterationEnd, run_iteration
 from .plugin import TaskType
 from .registry import task_type
@@ -203,7 +203,7 @@ class TaskRunner:
         live = Live(
             started_at=self.started_at,
             iteration_started=self.iteration_started if self.state is TaskState.RUNNING else None,
-            next_run_in=max(0.0, self.next_at - anyio.current_time())
+            next_run_in=max(0.0, self.next_at - monotonic())
             if sleeping and self.next_at is not None and math.isfinite(self.next_at) else None,
             next_run_at=self._next_run_at() if sleeping else None,
             progress=(self.ctx.done, self.ctx.total) if self.ctx.done is not None else None,
@@ -215,7 +215,7 @@ class TaskRunner:
         """The next start on the wall clock, in [scheduler] timezone (`2026-03-29 03:00:00 CEST`)."""
         if self.next_at is None or not math.isfinite(self.next_at):
             return None
-        wall = self.slot if self.slot is not None else time.time() + self.next_at - anyio.current_time()
+        wall = self.slot if self.slot is not None else time.time() + self.next_at - monotonic()
         return local_text(wall, zone(self.settings.timezone))
 
     # --- control -------------------------------------------------------------
@@ -313,16 +313,16 @@ class TaskRunner:
 
     async def _loop(self) -> None:
         scheduled = self.next_at = await self._first_tick()
-        if self.next_at > anyio.current_time() and self.state is TaskState.STARTING:
+        if self.next_at > monotonic() and self.state is TaskState.STARTING:
             self._change(TaskState.WAITING, "until its scheduled start")
         planned: int | None = None  # the lease generation the ticks were planned under
         while self.state is not TaskState.STOPPING:
             if not self._leased(planned):
                 scheduled = await self._wait_for_lease(planned)
                 planned = self.lease.generation if self.lease is not None else None
-            if self.next_at > anyio.current_time():
+            if self.next_at > monotonic():
                 if await self.ctx.waker.wait_until(self.next_at):
-                    scheduled = self.next_at = anyio.current_time()  # woken: run now, re-base the ticks
+                    scheduled = self.next_at = monotonic()  # woken: run now, re-base the ticks
                     self.slot = None
                 elif self.slot is not None and time.time() < self.slot - 0.01:
                     self.next_at = self._monotonic(self.slot)  # the wall clock was set back meanwhile
@@ -343,7 +343,7 @@ class TaskRunner:
                 self._set_crashes(0)
             if self._stop_asked():
                 break
-            now = anyio.current_time()
+            now = monotonic()
             if ok is None:  # skipped: the one-shot holds the lock
                 scheduled = self.next_at = self._next_tick(scheduled, now)
                 self._change(TaskState.WAITING)
@@ -388,7 +388,7 @@ class TaskRunner:
         if self.tc.schedule is not None:  # from the last scheduled start anywhere (the shared store)
             self.next_at = await self._first_tick()
             return self.next_at
-        self.next_at = max(anyio.current_time(), self.lease.due_at)
+        self.next_at = max(monotonic(), self.lease.due_at)
         return self.next_at
 
     # --- schedules (`schedule = "0 3 * * *"`: schedulerd.schedule) -------------------
@@ -402,14 +402,14 @@ class TaskRunner:
 
     @staticmethod
     def _monotonic(wall: float | None) -> float:
-        return math.inf if wall is None else anyio.current_time() + max(0.0, wall - time.time())
+        return math.inf if wall is None else monotonic() + max(0.0, wall - time.time())
 
     async def _first_tick(self) -> float:
         """Where the loop starts: at once for a period; for a schedule, from its cursor in the
         state store (its last start anywhere): a start missed meanwhile runs at once with catch_up
         (or, on a shared store, when it fell due within two leases: a takeover), else the next."""
         if self.tc.schedule is None:
-            return anyio.current_time()
+            return monotonic()
         cursor = await self._store_call(self.env.store.get_value, self._cursor_key)
         now = time.time()
         if cursor is None:
@@ -447,7 +447,7 @@ class TaskRunner:
             self.log.warning("iteration skipped: a one-shot task:run holds the lock (%s)", self.lock.holder())
             return None
         generation = self.lease.generation if self.lease is not None else None
-        began = anyio.current_time() if self.lease is not None else 0.0  # under a lease: see `ended`
+        began = monotonic() if self.lease is not None else 0.0  # under a lease: see `ended`
         started = time.time() if self.lease is None else await self.lease.begin(generation)
         if started is None:  # from here nothing is awaited until the iteration's scope is set: a loss cancels it
             self.lock.release()
@@ -474,7 +474,7 @@ class TaskRunner:
                 end = IterationEnd(*self._cut)
             # under a lease both times are the database's: the start it recorded, and the end
             # counted from before that start was asked for (never before the real end)
-            ended = time.time() if self.lease is None else started + (anyio.current_time() - began)
+            ended = time.time() if self.lease is None else started + (monotonic() - began)
             run = Run(self.tc.name, started, ended, end.outcome, end.error, end.summary,
                       node=self.env.node or None, generation=generation)
             self.last = run
