@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 
 class TransferError(Exception):
     """A transfer failed. `permanent` errors are not worth retrying in the same pass."""
@@ -47,10 +45,3 @@ class ResumeUnsupported(RemoteError):
 
 class IntegrityError(TransferError):
     """A transferred file does not have the expected size."""
-
-
-def scrub(text: str, secrets: Iterable[str]) -> str:
-    """Replace every secret value found in `text` by stars."""
-    for s in sorted((s for s in secrets if s), key=len, reverse=True):
-        text = text.replace(s, "********")
-    return text

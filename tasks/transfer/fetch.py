@@ -95,10 +95,7 @@ async def download(client: RemoteClient, entry: RemoteEntry, target: Path, *,
                    on_exists: OnExists = "rename", log: TaskLog, on_bytes: OnBytes | None = None,
                    part: Path | None = None, part_exists: bool | None = None) -> Downloaded | None:
     """Download `entry` to its hidden temp beside `target` (resuming), check its size; None when skipped.
-
-    `part` (`part_path` of target and entry) and `part_exists` (whether it is there),
-    when the caller listed the folder already; None: found here.
-    """
+    `part` and `part_exists` (whether it is there): given when the caller listed the folder already."""
     if on_exists == "skip" and target.exists():
         return None
     part = part or part_path(target, entry)
@@ -174,9 +171,7 @@ def _open_part(part: Path, size: int | None) -> tuple[BinaryIO, int]:
         if size is not None and have <= size:
             offset = have
     f = open(part, "r+b" if offset else "wb")
-    if offset:
-        f.seek(offset)
-        f.truncate()
+    f.seek(offset)
     return f, offset
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import builtins
 import contextlib
 import dataclasses
-import ipaddress
 import logging
 import re
 import socket
@@ -24,11 +23,11 @@ from OpenSSL import SSL
 from schedulerd.plugin import TaskLog
 
 from .base import OnBytes, RemoteClient, RemoteEntry, Sink, Source
-from .errors import AuthError, ConnectError, NotFound, RemoteError, ResumeUnsupported, TransferError, scrub
+from .errors import AuthError, ConnectError, NotFound, RemoteError, ResumeUnsupported, TransferError
 from .listing import parse_listing, parse_mlsd_time
 from .proxy import open_socket
 from .settings import ConnectionSettings
-from .tls import Tls, TlsConn, TlsFailure, reason, wait_for
+from .tls import Tls, TlsConn, TlsFailure, ip_address, reason, wait_for
 
 MAX_LISTING = 256 * 1024 * 1024
 PIPELINE = 100  # commands sent in one write (MDTM, SIZE, RNFR+RNTO): their short replies fit any buffer
@@ -78,13 +77,6 @@ def _matches(code: str, masks: str | tuple[str, ...]) -> bool:
     return code.startswith(tuple(m.rstrip("x") for m in ((masks,) if isinstance(masks, str) else masks)))
 
 
-def _private(host: str) -> bool:
-    """Not a global address: private, loopback, link-local, unspecified, reserved..."""
-    with contextlib.suppress(ValueError):
-        return not ipaddress.ip_address(host).is_global
-    return False
-
-
 def _size(info: list[str]) -> int | None:
     """The size in a 213 reply to SIZE: its last word that is a number (`213 1234`, and worded ones
     like `213 File size: 1234`); None when it holds none."""
@@ -107,7 +99,6 @@ class FtpClient(RemoteClient):
         self._tls = Tls(settings, log) if settings.tls else None
         proxy = settings.proxy_spec
         self._gateway = proxy if proxy and proxy.scheme == "ftp" else None
-        self._socks = proxy if proxy and proxy.scheme != "ftp" else None
         self._ctrl_host = self._gateway.host if self._gateway else settings.host
         self._ctrl_port = self._gateway.port if self._gateway else settings.port
         self._data_host = self._ctrl_host  # where EPSV (and a private PASV address) points
@@ -118,7 +109,6 @@ class FtpClient(RemoteClient):
         self._dirs: set[str] = set()
         self._control: Conn | None = None
         self._lines = bytearray()  # of the control connection, not yet read
-        self.broken = False
 
     @classmethod
     async def open(cls, settings: ConnectionSettings, log: TaskLog) -> FtpClient:
@@ -131,20 +121,15 @@ class FtpClient(RemoteClient):
         return client
 
     def _error(self, cls: type[TransferError], text: str, code: str | None = None) -> TransferError:
-        err = cls(scrub(text, self.s.secrets()))
+        err = cls(self.s.scrub(text))
         if isinstance(err, RemoteError):
             err.code = code
         return err
 
-    async def _socket(self, host: str, port: int) -> socket.socket:
-        s = self.s
-        return await open_socket(host, port, proxy=self._socks, timeout=s.timeout,
-                                 proxy_password=s.proxy_password.reveal() if s.proxy_password else None)
-
     async def _connect(self) -> None:
         s = self.s
-        sock = await self._socket(self._ctrl_host, self._ctrl_port)
-        if self._socks is None:  # data connections go to the address already resolved
+        sock = await open_socket(self._ctrl_host, self._ctrl_port, s)
+        if not s.proxy or self._gateway:  # no SOCKS proxy: data connections go to the address already resolved
             with contextlib.suppress(OSError, IndexError):
                 self._data_host = sock.getpeername()[0]
         self._control = SocketConn(sock, s.timeout)
@@ -170,10 +155,9 @@ class FtpClient(RemoteClient):
         conn = TlsConn(self._tls, self._control.sock, resume=False)
         try:
             await conn.handshake()
-        except (TlsFailure, OSError, TimeoutError) as e:
+        except TlsFailure as e:  # handshake() raises no other error (a timeout included)
             self.broken = True
-            raise self._error(ConnectError, f"TLS handshake with {self.s.host}:{self.s.port} failed: "
-                                             f"{e or type(e).__name__}") from None
+            raise self._error(ConnectError, f"TLS handshake with {self.s.host}:{self.s.port} failed: {e}") from None
         self._tls.control = conn.conn  # its session is the first the data connections resume
         self._control = conn
 
@@ -224,16 +208,14 @@ class FtpClient(RemoteClient):
         if not code.isdigit():
             raise ValueError(f"not an FTP reply: {text[:60]!r}")
         if text[3:4] == "-":
-            while True:
-                text = await self._line()
-                if text[:3] == code and text[3:4] != "-":
-                    info.append(text[3:])
-                    break
+            while not ((text := await self._line())[:3] == code and text[3:4] != "-"):
                 info.append(text)
+            info.append(text[3:])
         return code, info
 
     async def _cmd(self, line: str | tuple[str, ...] | None, expected: str | tuple[str, ...] = (),
-                   wait: str | tuple[str, ...] = (), *, what: str = "", not_found: bool = False) -> tuple[str, list[str]]:
+                   wait: str | tuple[str, ...] = (), *, what: str = "",
+                   not_found: bool = False) -> tuple[str, list[str]]:
         """Write `line` (several: in one write; None: already sent), read the (first) reply and those
         after it while they match `wait`. A reply not `expected` is a RemoteError (NotFound: 550 or
         450 with `not_found`); a lost connection a ConnectError, the session broken."""
@@ -300,7 +282,7 @@ class FtpClient(RemoteClient):
             self.broken = True
             raise self._error(RemoteError, f"PASV: cannot parse reply {info[-1][:100]!r}")
         host, port = ".".join(m.groups()[:4]), int(m.group(5)) * 256 + int(m.group(6))
-        if _private(host) and host != self._data_host:
+        if (ip := ip_address(host)) is not None and not ip.is_global and host != self._data_host:
             self.log.debug("PASV address %s replaced by the control host %s", host, self._data_host)
             host = self._data_host
         return host, port, False
@@ -341,13 +323,6 @@ class FtpClient(RemoteClient):
             self.log.warning("refusing an active data connection from %s (server is %s)", addr[0], peer)
             conn.close()
 
-    async def _rest(self, offset: int) -> None:
-        """REST before a resumed transfer; a refusal means this server cannot resume."""
-        try:
-            await self._cmd(f"REST {offset}", "350")
-        except RemoteError:
-            raise ResumeUnsupported(f"{self.s.host} does not resume transfers (REST refused)") from None
-
     async def _transfer(self, command: str, job: Callable[[Conn], Awaitable[int]], *, offset: int = 0,
                         not_found: bool = False, upload: bool = False) -> int:
         """`command` over a new data connection; `job(conn)` moves the bytes. The data connection's
@@ -364,13 +339,16 @@ class FtpClient(RemoteClient):
                 host, port, sent = await self._passive_address(None if offset else command)
                 command = None if sent else command  # type: ignore[assignment]
                 try:
-                    sock = await self._socket(host, port)
+                    sock = await open_socket(host, port, self.s)
                 except ConnectError as e:
                     raise self._data_lost(e, what) from None
             else:
                 listener = await self._active_listener()
-            if offset:
-                await self._rest(offset)
+            if offset:  # a resumed transfer: a refused REST means this server cannot resume
+                try:
+                    await self._cmd(f"REST {offset}", "350")
+                except RemoteError:
+                    raise ResumeUnsupported(f"{self.s.host} does not resume transfers (REST refused)") from None
 
             async def establish() -> None:
                 nonlocal sock
@@ -395,11 +373,9 @@ class FtpClient(RemoteClient):
                 self.broken = True
                 raise
         finally:
-            for c in conns:
-                c.close()
-            for s in (sock, listener):
-                if s is not None:
-                    s.close()
+            for c in (*conns, sock, listener):
+                if c is not None:
+                    c.close()
         await self._cmd(None, "2xx", "1xx", what=what)  # not pipelined: some servers answer commands mid-transfer
         return n
 
@@ -456,22 +432,21 @@ class FtpClient(RemoteClient):
                 return got
 
     async def list(self, path: str) -> list[RemoteEntry]:
-        data = b""
         mlsd = self._mlsd is not False
-        if mlsd:
-            try:
-                data = await self._read_all(f"MLSD {path}")
-            except RemoteError as e:
-                if self.broken:
-                    raise
-                if e.code not in ("500", "502", "504"):
-                    raise NotFound(f"{path}: no such remote folder ({e})") if e.code in ("501", "550", "450") else e from None
-                self._mlsd = mlsd = False
-        if not mlsd:
-            try:
+        try:
+            if mlsd:
+                try:
+                    data = await self._read_all(f"MLSD {path}")
+                except RemoteError as e:  # 500, 502, 504: no MLSD after all, LIST it is
+                    if self.broken or e.code not in ("500", "502", "504"):
+                        raise
+                    self._mlsd = mlsd = False
+            if not mlsd:
                 data = await self._read_all(f"LIST {path}")
-            except NotFound as e:
+        except RemoteError as e:
+            if isinstance(e, NotFound) or (mlsd and e.code in ("501", "550", "450") and not self.broken):
                 raise NotFound(f"{path}: no such remote folder ({e})") from None
+            raise
         entries = parse_listing(data, path, mlsd=mlsd, encoding=self.s.encoding, zone=self.s.zone, log=self.log)
         return entries if mlsd else await self._exact_times(entries)
 
@@ -567,10 +542,8 @@ class FtpClient(RemoteClient):
     async def rename(self, src: str, dst: str) -> None:
         try:
             await self._rename(src, dst)
-        except NotFound:
-            raise
-        except RemoteError:
-            if await self.stat(dst) is None:
+        except RemoteError as e:
+            if isinstance(e, NotFound) or await self.stat(dst) is None:
                 raise
             await self.delete(dst)  # a server that does not replace: dst deleted, then the rename
             await self._rename(src, dst)
@@ -579,7 +552,8 @@ class FtpClient(RemoteClient):
         """RNFR+RNTO pairs pipelined; a pair not answered 350 then 2xx (a refusal, a server that does
         not replace) is done again by `rename`, which says why or deletes `dst` first. A session
         lost amid the replies fails the pairs not answered (and those to do again) with its error."""
-        replies, lost = await self._answered([ln for src, dst in pairs for ln in (f"RNFR {src}", f"RNTO {dst}")], "RNFR")
+        lines = [line for src, dst in pairs for line in (f"RNFR {src}", f"RNTO {dst}")]
+        replies, lost = await self._answered(lines, "RNFR")
         answered = len(replies) // 2
         redo = [pair for n, pair in enumerate(pairs[:answered])
                 if (replies[2 * n][0], replies[2 * n + 1][0][:1]) != ("350", "2")]

@@ -15,6 +15,7 @@ from .names import check_name, join, printable
 
 UTC = ZoneInfo("UTC")
 MONTHS = {m.lower(): i for i, m in enumerate(calendar.month_abbr) if m}
+_KINDS: dict[str, EntryType] = {"-": "file", "d": "dir", "D": "dir", "l": "link"}  # of a unix listing line
 
 _UNIX = re.compile(
     r"^(?P<kind>[-dlbcpsD])[-rwxsStTlL]{9}[.+@]?\s+\d+\s+\S+\s+(?:\S+\s+)?"
@@ -41,39 +42,33 @@ def parse_mlsd_line(line: str, directory: str) -> tuple[str, RemoteEntry | None]
     facts_text, sep, name = line.partition(" ")
     if not sep or "=" not in facts_text:
         raise ValueError("no facts")
-    facts = {}
-    for fact in facts_text.rstrip(";").split(";"):
-        key, eq, value = fact.partition("=")
-        if not eq:
-            raise ValueError("bad fact")
-        facts[key.lower()] = value
+    facts = {key.lower(): value for key, value in (f.split("=", 1) for f in facts_text.rstrip(";").split(";"))}
     kind = facts.get("type", "").lower()
     if kind in ("cdir", "pdir"):
         return name, None
     etype: EntryType = "file" if kind == "file" else "dir" if kind == "dir" else "link" if "slink" in kind else "other"
-    size = facts.get("size") or facts.get("sizd")
+    size = facts.get("size") or facts.get("sizd") or ""
     mtime = parse_mlsd_time(facts["modify"]) if "modify" in facts else None
-    return name, RemoteEntry(name, join(directory, name), etype, int(size) if size and size.isdigit() else None, mtime, True)
+    return name, RemoteEntry(name, join(directory, name), etype, int(size) if size.isdigit() else None, mtime)
 
 
-def _unix_time(m: re.Match[str], zone: tzinfo, now: datetime) -> tuple[float, bool]:
+def _unix_time(m: re.Match[str], zone: tzinfo, now: datetime) -> float:
     month = MONTHS.get(m["mon"].lower())
     if month is None:
         raise ValueError("month")
     day = int(m["day"])
     if m["year"]:
-        return datetime(int(m["year"]), month, day, tzinfo=zone).timestamp(), False
+        return datetime(int(m["year"]), month, day, tzinfo=zone).timestamp()
     hh, mm = int(m["hh"]), int(m["mm"])
     # recent files show no year: the most recent such date not in the future (a day of slack)
     local_now = now.astimezone(zone)
-    year = local_now.year
-    for y in (year, year - 1, year - 2, year - 3, year - 4):
+    for y in range(local_now.year, local_now.year - 5, -1):
         try:
             d = datetime(y, month, day, hh, mm, tzinfo=zone)
         except ValueError:  # Feb 29 in a non-leap year
             continue
         if d <= local_now + timedelta(days=1):
-            return d.timestamp(), False
+            return d.timestamp()
     raise ValueError("date")
 
 
@@ -82,11 +77,10 @@ def parse_unix_line(line: str, directory: str, zone: tzinfo, now: datetime) -> t
     if m is None:
         raise ValueError("not unix")
     kind, name = m["kind"], m["name"]
-    etype = {"-": "file", "d": "dir", "D": "dir", "l": "link"}.get(kind, "other")
+    etype = _KINDS.get(kind, "other")
     if etype == "link" and " -> " in name:
         name = name.split(" -> ", 1)[0]
-    mtime, precise = _unix_time(m, zone, now)
-    return name, RemoteEntry(name, join(directory, name), etype, int(m["size"]), mtime, precise)  # type: ignore[arg-type]
+    return name, RemoteEntry(name, join(directory, name), etype, int(m["size"]), _unix_time(m, zone, now), False)
 
 
 def parse_dos_line(line: str, directory: str, zone: tzinfo) -> tuple[str, RemoteEntry]:
@@ -118,7 +112,8 @@ def parse_listing(data: bytes, directory: str, *, mlsd: bool, encoding: str = "u
         try:
             line = raw.decode(encoding)
         except UnicodeDecodeError:
-            log.warning("skipping listing line of %s: not valid %s: %s", directory, encoding, printable(raw.decode("latin-1")))
+            log.warning("skipping listing line of %s: not valid %s: %s", directory, encoding,
+                        printable(raw.decode("latin-1")))
             continue
         if not mlsd and line.startswith("total "):
             continue

@@ -36,8 +36,7 @@ def printable(name: str, limit: int = 80) -> str:
 
 def check_name(name: str, log: TaskLog | None, where: str = "") -> bool:
     """True when `name` is safe; otherwise warn (except for . and ..) and return False."""
-    reason = unsafe_reason(name)
-    if reason is None:
+    if (reason := unsafe_reason(name)) is None:
         return True
     if reason != "dot entry" and log is not None:
         log.warning("refusing remote name %s%s: %s", printable(name), f" in {where}" if where else "", reason)
@@ -46,6 +45,4 @@ def check_name(name: str, log: TaskLog | None, where: str = "") -> bool:
 
 def join(directory: str, name: str) -> str:
     """Join a remote directory and a (checked) name with one slash."""
-    if not directory or directory == ".":
-        return name
-    return directory.rstrip("/") + "/" + name if directory != "/" else "/" + name
+    return name if directory in ("", ".") else directory.rstrip("/") + "/" + name

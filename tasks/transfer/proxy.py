@@ -12,7 +12,7 @@ from python_socks import ProxyError, ProxyTimeoutError, ProxyType
 from python_socks.async_.asyncio import Proxy as SocksProxy
 
 from .errors import ConnectError
-from .settings import Proxy
+from .settings import ConnectionSettings
 
 _TYPES = {"socks5": ProxyType.SOCKS5, "socks4": ProxyType.SOCKS4}
 
@@ -44,20 +44,22 @@ async def _tcp(host: str, port: int, timeout: float) -> socket.socket:
     raise last or OSError(f"no address for {host}")
 
 
-async def open_socket(host: str, port: int, *, proxy: Proxy | None, proxy_password: str | None,
-                      timeout: float) -> socket.socket:
-    """A connected socket to host:port, through the SOCKS proxy when one is set; every wait
-    (name lookup, connection, SOCKS exchange) bounded by `timeout`."""
+async def open_socket(host: str, port: int, settings: ConnectionSettings) -> socket.socket:
+    """A connected socket to host:port, through the settings' SOCKS proxy when one is set (an FTP
+    gateway is reached directly); every wait (name lookup, connection, SOCKS exchange) bounded by `timeout`."""
+    proxy, timeout = settings.proxy_spec, settings.timeout
     try:
         if proxy is None or proxy.scheme == "ftp":
             return await _tcp(host, port, timeout)
-        socks = SocksProxy(_TYPES[proxy.scheme], proxy.host, proxy.port, proxy.user, proxy_password, rdns=True)
+        password = settings.proxy_password.reveal() if settings.proxy_password else None
+        socks = SocksProxy(_TYPES[proxy.scheme], proxy.host, proxy.port, proxy.user, password, rdns=True)
         sock = await socks.connect(host, port, timeout=timeout)
         sock.setblocking(False)
         return sock
     except (TimeoutError, ProxyTimeoutError):
         raise ConnectError(f"timed out connecting to {host}:{port}") from None
     except ProxyError as e:
-        raise ConnectError(f"SOCKS proxy {proxy.host}:{proxy.port} could not reach {host}:{port}: {e}") from None  # type: ignore[union-attr]
+        assert proxy is not None
+        raise ConnectError(f"SOCKS proxy {proxy.host}:{proxy.port} could not reach {host}:{port}: {e}") from None
     except OSError as e:
         raise ConnectError(f"cannot connect to {host}:{port}: {e.strerror or e}") from None

@@ -34,15 +34,13 @@ def _open_all(srcs: list[Path]) -> list[Opened | OSError]:
     not per file); a file read whole is closed at once."""
     opened: list[Opened | OSError] = []
     for src in srcs:
+        f = None
         try:
             f = open(src, "rb")
-        except OSError as e:
-            opened.append(e)
-            continue
-        try:
             size, first = os.fstat(f.fileno()).st_size, f.read(PIECE)
         except OSError as e:
-            f.close()
+            if f is not None:
+                f.close()
             opened.append(e)
             continue
         if len(first) < PIECE:  # read whole
@@ -96,7 +94,8 @@ async def send_batch(client: RemoteClient, files: Sequence[Outgoing], *, log: Ta
                 with contextlib.suppress(TransferError):
                     await client.delete(files[i].temp)
                 outcomes[i] = IntegrityError(why)
-        for i, failed in zip(whole, await client.renames([(files[i].temp, files[i].final) for i in whole]), strict=True):
+        renamed = await client.renames([(files[i].temp, files[i].final) for i in whole])
+        for i, failed in zip(whole, renamed, strict=True):
             outcomes[i] = failed or files[i].final
             if failed is None:
                 log.debug("sent %s to %s", files[i].src, files[i].final)
@@ -123,8 +122,7 @@ async def send(client: RemoteClient, src: Path, remote_dir: str, name: str | Non
 async def _upload(client: RemoteClient, item: Outgoing, opened: Opened | OSError, on_bytes: OnBytes | None) -> int:
     """`item.src` uploaded as `item.temp` (the rest of a big file read in worker threads); the bytes
     sent. A failed upload leaves no temp behind when it can."""
-    reason = unsafe_reason(item.name)
-    if reason is not None:
+    if (reason := unsafe_reason(item.name)) is not None:
         raise RemoteError(f"refusing to upload under the name {item.name!r}: {reason}")
     await client.mkdir(item.remote_dir)
     src, tmp = item.src, item.temp
@@ -151,6 +149,3 @@ async def _upload(client: RemoteClient, item: Outgoing, opened: Opened | OSError
             with contextlib.suppress(TransferError):
                 await client.delete(tmp)
         raise
-    finally:
-        if f is not None:
-            f.close()

@@ -49,7 +49,8 @@ def parse_proxy(value: str) -> Proxy:
         raise ValueError("proxy: missing host")
     if url.path not in ("", "/") or url.query or url.fragment:
         raise ValueError("proxy: expected only scheme://host:port")
-    return Proxy(scheme, url.hostname, port or PROXY_PORTS[scheme], urllib.parse.unquote(url.username or "") or None)  # type: ignore[arg-type]
+    user = urllib.parse.unquote(url.username or "") or None
+    return Proxy(scheme, url.hostname, port or PROXY_PORTS[scheme], user)  # type: ignore[arg-type]
 
 
 def _host(value: object, path: str) -> str:
@@ -155,6 +156,12 @@ class ConnectionSettings:
             with contextlib.suppress(ConfigError):
                 found.append(self.secret_password())
         return [v for v in found if v]
+
+    def scrub(self, text: str) -> str:
+        """`text` with every secret value replaced by stars (the longest first: one may hold another)."""
+        for secret in sorted(self.secrets(), key=len, reverse=True):
+            text = text.replace(secret, "********")
+        return text
 
     def describe(self) -> str:
         """`ftps://user@host:port` for log lines: never a secret."""

@@ -11,8 +11,8 @@ import asyncssh
 
 from schedulerd.plugin import TaskLog
 
-from .base import OnBytes, RemoteClient, RemoteEntry, Sink, Source
-from .errors import AuthError, ConnectError, HostKeyError, NotFound, RemoteError, scrub
+from .base import EntryType, OnBytes, RemoteClient, RemoteEntry, Sink, Source
+from .errors import AuthError, ConnectError, HostKeyError, NotFound, RemoteError
 from .names import check_name, join
 from .proxy import open_socket
 from .settings import ConnectionSettings
@@ -24,13 +24,12 @@ CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "chacha20-poly130
 
 
 # asyncssh gives the type (SFTP v4+), or derives it from the permissions (v3)
-_TYPES = {asyncssh.FILEXFER_TYPE_REGULAR: "file", asyncssh.FILEXFER_TYPE_DIRECTORY: "dir",
-          asyncssh.FILEXFER_TYPE_SYMLINK: "link"}
+_TYPES: dict[int, EntryType] = {asyncssh.FILEXFER_TYPE_REGULAR: "file", asyncssh.FILEXFER_TYPE_DIRECTORY: "dir",
+                                 asyncssh.FILEXFER_TYPE_SYMLINK: "link"}
 
 
 def _entry(name: str, path: str, a: asyncssh.SFTPAttrs) -> RemoteEntry:
-    return RemoteEntry(name, path, _TYPES.get(a.type, "other"), a.size,  # type: ignore[arg-type]
-                       float(a.mtime) if a.mtime is not None else None, True)
+    return RemoteEntry(name, path, _TYPES.get(a.type, "other"), a.size, None if a.mtime is None else float(a.mtime))
 
 
 class SftpClient(RemoteClient):
@@ -42,18 +41,13 @@ class SftpClient(RemoteClient):
         self.log = log
         self._conn = conn
         self._sftp = sftp
-        self.broken = False
         self._dirs: set[str] = set()
         self._block = min(settings.block_size, 255 * 1024)  # OpenSSH caps reads near 256 KiB
 
     @classmethod
     async def open(cls, settings: ConnectionSettings, log: TaskLog) -> SftpClient:
         s = settings
-        secrets = s.secrets()
-        sock = None
-        if s.proxy:
-            sock = await open_socket(s.host, s.port, proxy=s.proxy_spec, timeout=s.timeout,
-                                     proxy_password=s.proxy_password.reveal() if s.proxy_password else None)
+        sock = await open_socket(s.host, s.port, s) if s.proxy else None  # no proxy: asyncssh connects itself
         if s.known_hosts == "off":
             log.warning("SSH host key of %s is NOT checked (known_hosts = \"off\")", s.host)
         options = dict(
@@ -75,12 +69,12 @@ class SftpClient(RemoteClient):
             elif sock is not None:  # not handed over to a connection yet
                 sock.close()
             if isinstance(e, asyncssh.HostKeyNotVerifiable):
-                raise HostKeyError(scrub(f"SSH host key of {s.host}:{s.port} refused: {e.reason}", secrets)) from None
+                raise HostKeyError(s.scrub(f"SSH host key of {s.host}:{s.port} refused: {e.reason}")) from None
             if isinstance(e, asyncssh.PermissionDenied):
                 raise AuthError(f"SSH login to {s.host} as {s.user} refused") from None
             if isinstance(e, (asyncssh.Error, OSError, TimeoutError)):
                 reason = getattr(e, "reason", None) or getattr(e, "strerror", None) or str(e) or type(e).__name__
-                raise ConnectError(scrub(f"SFTP connection to {s.host}:{s.port} failed: {reason}", secrets)) from None
+                raise ConnectError(s.scrub(f"SFTP connection to {s.host}:{s.port} failed: {reason}")) from None
             raise
         log.debug("connected to %s", s.describe())
         return cls(settings, log, conn, sftp)
@@ -93,12 +87,11 @@ class SftpClient(RemoteClient):
         except asyncssh.SFTPNoSuchFile:
             raise NotFound(f"{what} {path}: no such file") from None
         except asyncssh.SFTPError as e:
-            raise RemoteError(scrub(f"{what} {path}: {e.reason}", self.s.secrets())) from None
+            raise RemoteError(self.s.scrub(f"{what} {path}: {e.reason}")) from None
         except (asyncssh.Error, OSError, TimeoutError) as e:
             self.broken = True
             why = getattr(e, "reason", None) or str(e) or type(e).__name__
-            text = f"{what} {path}: connection to {self.s.host} lost ({why})"
-            raise ConnectError(scrub(text, self.s.secrets())) from None
+            raise ConnectError(self.s.scrub(f"{what} {path}: connection to {self.s.host} lost ({why})")) from None
 
     async def aclose(self) -> None:
         self._sftp.exit()
@@ -112,13 +105,13 @@ class SftpClient(RemoteClient):
             names = await self._sftp.readdir(path.encode(self.s.encoding))
         out = []
         for n in names:
-            raw = n.filename if isinstance(n.filename, bytes) else str(n.filename).encode()
+            raw = cast(bytes, n.filename)  # (a bytes path: bytes names)
             try:
                 name = raw.decode(self.s.encoding)
             except UnicodeDecodeError:
                 self.log.warning("skipping a name in %s: not valid %s: %r", path, self.s.encoding, raw[:80])
                 continue
-            if name in (".", "..") or not check_name(name, self.log, path):
+            if not check_name(name, self.log, path):  # . and .. skipped silently
                 continue
             out.append(_entry(name, join(path, name), n.attrs))
         return out

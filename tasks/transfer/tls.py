@@ -19,7 +19,7 @@ import anyio
 import service_identity
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
-from OpenSSL import SSL, crypto
+from OpenSSL import SSL
 from service_identity.cryptography import verify_certificate_hostname, verify_certificate_ip_address
 
 from schedulerd.plugin import TaskLog
@@ -35,14 +35,14 @@ class TlsFailure(Exception):
 
 def reason(e: BaseException) -> str:
     """pyOpenSSL's error list (or an OSError) as one line."""
-    if isinstance(e, SSL.SysCallError):
-        return "connection closed during the TLS exchange" if e.args and e.args[0] == -1 else str(e.args[-1] if e.args else e)
+    if isinstance(e, SSL.SysCallError) and e.args:
+        return "connection closed during the TLS exchange" if e.args[0] == -1 else str(e.args[-1])
     if isinstance(e, SSL.Error) and e.args and isinstance(e.args[0], list) and e.args[0]:
         return "; ".join(str(item[-1]) for item in e.args[0] if item and item[-1])
     return str(e) or type(e).__name__
 
 
-def _ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+def ip_address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     with contextlib.suppress(ValueError):
         return ipaddress.ip_address(host)
     return None
@@ -51,7 +51,7 @@ def _ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
 def names_host(cert: x509.Certificate, host: str) -> bool:
     """RFC 6125 matching (service_identity): subjectAltName only, an IP address as an IP entry."""
     try:
-        if _ip(host) is not None:
+        if ip_address(host) is not None:
             verify_certificate_ip_address(cert, host)
         else:
             verify_certificate_hostname(cert, host.rstrip("."))
@@ -66,7 +66,7 @@ class Tls:
     def __init__(self, settings: ConnectionSettings, log: TaskLog):
         self.host = settings.host
         self.timeout = settings.timeout
-        self.sni = None if _ip(settings.host) else settings.host.encode("idna")  # no SNI for an address
+        self.sni = None if ip_address(settings.host) else settings.host.encode("idna")  # no SNI for an address
         self.verify = settings.verify
         ctx = SSL.Context(SSL.TLS_CLIENT_METHOD)
         ctx.set_min_proto_version(SSL.TLS1_2_VERSION)
@@ -86,7 +86,7 @@ class Tls:
         self.ctx = ctx
         self.session: SSL.Session | None = None
         self.control: SSL.Connection | None = None  # set once its handshake is checked
-        self._checked: bytes | None = None  # the server certificate (DER) whose name was checked
+        self._checked: x509.Certificate | None = None  # the server certificate whose name was checked
 
     def resume_into(self, conn: SSL.Connection) -> None:
         """The newest session: the control connection's until a data connection brings its own ticket."""
@@ -99,14 +99,12 @@ class Tls:
     def check(self, conn: SSL.Connection) -> None:
         """After a handshake: the certificate names the host (once per certificate: resumed
         data connections carry the control connection's)."""
-        cert = conn.get_peer_certificate() if self.verify else None
-        if not self.verify or cert is None:  # no certificate: OpenSSL's verification failed already
+        cert = conn.get_peer_certificate(as_cryptography=True) if self.verify else None
+        if cert is None or cert == self._checked:  # None: not verifying, or OpenSSL's verification failed already
             return
-        der = crypto.dump_certificate(crypto.FILETYPE_ASN1, cert)
-        if der != self._checked:
-            if not names_host(x509.load_der_x509_certificate(der), self.host):
-                raise TlsFailure(f"certificate verify failed: the certificate does not name {self.host}")
-            self._checked = der
+        if not names_host(cert, self.host):
+            raise TlsFailure(f"certificate verify failed: the certificate does not name {self.host}")
+        self._checked = cert
 
 
 async def wait_for(sock: socket.socket, readable: bool, timeout: float) -> None:
@@ -173,9 +171,7 @@ class TlsConn:
         for _ in range(64):
             if not await self.recv_into(buf):
                 break
-        session = self.conn.get_session()
-        if session is not None:
-            self.tls.session = session
+        self.tls.session = self.conn.get_session() or self.tls.session
 
     def close(self) -> None:
         # marked shut down before it is freed: OpenSSL would otherwise mark the session it resumed unusable
