@@ -114,8 +114,11 @@ class ConnectionSettings:
             raise ValueError("passive: active mode cannot go through a SOCKS proxy; set passive = true")
         if proxy is not None and proxy.scheme == "ftp" and self.protocol == "sftp":
             raise ValueError("proxy: an FTP gateway cannot carry SFTP; use a socks5:// proxy")
-        if proxy is None and (self.proxy_user or self.proxy_password):
-            raise ValueError("proxy_password: set only with proxy")
+        for key in ("proxy_user", "proxy_password"):
+            if proxy is None and getattr(self, key):
+                raise ValueError(f"{key}: set only with proxy")
+        if self.proxy_user and self.proxy and parse_proxy(self.proxy).user not in (None, self.proxy_user):
+            raise ValueError("proxy_user: the proxy URL names another user; name it in one place")
         if self.active_address is not None:
             try:
                 ipaddress.ip_address(self.active_address)
@@ -133,7 +136,11 @@ class ConnectionSettings:
 
     @property
     def proxy_spec(self) -> Proxy | None:
-        return parse_proxy(self.proxy) if self.proxy else None
+        """The proxy URL parsed; its user is `proxy_user` when the URL names none."""
+        if not self.proxy:
+            return None
+        proxy = parse_proxy(self.proxy)
+        return dataclasses.replace(proxy, user=proxy.user or self.proxy_user)
 
     @property
     def tls(self) -> bool:

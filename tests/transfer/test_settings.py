@@ -39,6 +39,8 @@ def test_default_ports_follow_the_protocol() -> None:
         ({"key_file": "/etc/hostname"}, "ftp_destinations.client.key_file", "sftp"),
         ({"timeout": "soon"}, "ftp_destinations.client.timeout", "duration"),
         ({"host": "a b"}, "ftp_destinations.client.host", "not a host name"),
+        ({"proxy_user": "bob"}, "ftp_destinations.client.proxy_user", "set only with proxy"),
+        ({"proxy": "socks5://ann@p", "proxy_user": "bob"}, "ftp_destinations.client.proxy_user", "another user"),
     ],
 )
 def test_bad_settings_name_the_key(data: dict[str, object], where: str, words: str) -> None:
@@ -60,6 +62,13 @@ def test_proxy_parsing() -> None:
     assert (p.scheme, p.host, p.port, p.user) == ("socks5", "proxy.lan", 1080, "bob")
     assert parse_proxy("ftp://gw:2100").scheme == "ftp"
     assert parse_proxy("socks4a://gw").scheme == "socks4"
+
+
+def test_proxy_user_is_the_user_the_proxy_is_given() -> None:
+    """`proxy_user` is what the SOCKS exchange sends (proxy.open_socket reads proxy_spec.user)."""
+    assert make(proxy="socks5://p:1080", proxy_user="bob", proxy_password="x").proxy_spec.user == "bob"
+    assert make(proxy="socks5://bob@p:1080", proxy_user="bob").proxy_spec.user == "bob"
+    assert make(proxy="socks5://p:1080").proxy_spec.user is None
 
 
 def test_password_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
