@@ -72,6 +72,7 @@ class Daemon:
         withhold_env(self.config.secret_env_vars())
         logs.setup_scheduler_log(sch.log_dir, sch.log_level, sch.log_max_bytes, sch.log_backups, stderr=self.log_to_stderr)
         raise_fd_limit()
+        gc.set_threshold(gc.get_threshold()[0], SLEEPERS_STAY_YOUNG)
         pidfile = PidFile(sch.pidfile, DaemonRecord(os.getpid(), sch.socket, sch.state_dir, sch.log_dir))
         pidfile.acquire()
         try:
@@ -558,6 +559,16 @@ class Daemon:
             logs.BROADCAST.subscribers.pop(send, None)
             send.close()
             receive.close()
+
+
+# gc's threshold for collecting its middle generation (Python's default: 10 young collections).
+# A sleeping runner's wait (its coroutines, event and future: a dozen objects) is made anew at
+# every iteration and lives one period. With the default, thousands of them outlive two young
+# collections, reach the oldest generation and trigger full collections, each scanning every
+# object made since the start-up (gc.freeze): at 10,000 tasks a 100-300 ms pause every two
+# seconds. At 1,000 young collections a wait ends (freed by its reference count) before its
+# generation is collected. bench_precision.py, 10,000 tasks: CPU 80 -> 61 % of a core, p99 0.78 -> 0.57 s.
+SLEEPERS_STAY_YOUNG = 1000
 
 
 @contextlib.contextmanager
