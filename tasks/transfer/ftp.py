@@ -25,9 +25,9 @@ from schedulerd.plugin import TaskLog
 from .base import OnBytes, RemoteClient, RemoteEntry, Sink, Source
 from .errors import AuthError, ConnectError, NotFound, RemoteError, ResumeUnsupported, TransferError
 from .listing import parse_listing, parse_mlsd_time
-from .proxy import open_socket
+from .proxy import open_socket, wait_for
 from .settings import ConnectionSettings
-from .tls import Tls, TlsConn, TlsFailure, ip_address, reason, wait_for
+from .tls import Tls, TlsConn, TlsFailure, ip_address, reason
 
 MAX_LISTING = 256 * 1024 * 1024
 PIPELINE = 100  # commands sent in one write (MDTM, SIZE, RNFR+RNTO): their short replies fit any buffer

@@ -4,7 +4,8 @@ non-blocking socket, for FTP control and data connections (plain or TLS) and asy
 from __future__ import annotations
 
 import asyncio
-import ipaddress
+import errno
+import os
 import socket
 
 import anyio
@@ -17,30 +18,52 @@ from .settings import ConnectionSettings
 _TYPES = {"socks5": ProxyType.SOCKS5, "socks4": ProxyType.SOCKS4}
 
 
+async def wait_for(sock: socket.socket, readable: bool, timeout: float) -> None:
+    """Until `sock` is readable (or writable); TimeoutError after `timeout`. The loop's own callbacks
+    and timer: anyio's fail_after + wait_readable cost ~12 us more a wait, ~4 waits per small file."""
+    loop = asyncio.get_running_loop()
+    woken = loop.create_future()
+
+    def wake(error: Exception | None = None) -> None:  # the fd stays ready until removed: called again
+        if not woken.done():
+            woken.set_result(None) if error is None else woken.set_exception(error)
+
+    add, remove = (loop.add_reader, loop.remove_reader) if readable else (loop.add_writer, loop.remove_writer)
+    add(fd := sock.fileno(), wake)  # not the socket: asyncio formats the repr of one it has not seen (two system calls)
+    timer = loop.call_later(timeout, wake, TimeoutError())
+    try:
+        await woken
+    finally:
+        timer.cancel()
+        remove(fd)
+
+
 async def _tcp(host: str, port: int, timeout: float) -> socket.socket:
-    """A connected non-blocking socket to the first address of host:port that answers. An
-    address needs no lookup (a thread hop): data connections go to the control's address."""
-    with anyio.fail_after(timeout):
+    """A connected non-blocking socket to the first address of host:port that answers, all within `timeout`. An address
+    (a data connection's: the control's) needs no lookup (a thread hop); `wait_for` awaits the connection (anyio: 12 us more)."""
+    deadline = anyio.current_time() + timeout
+    try:  # AI_NUMERICHOST: an address is parsed (a zone index too), never looked up
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST)
+    except (socket.gaierror, ValueError):
+        with anyio.fail_after(timeout):
+            infos = await anyio.getaddrinfo(host, port, type=socket.SOCK_STREAM)  # type: ignore[assignment]  # same shape
+    last: OSError | None = None
+    for family, kind, proto, _, addr in infos:
+        sock = socket.socket(family, kind | socket.SOCK_NONBLOCK, proto)
         try:
-            family = socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
-            infos = [(family, socket.SOCK_STREAM, 0, "", (host, port))]
-        except ValueError:
-            infos = await anyio.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        last: OSError | None = None
-        for family, kind, proto, _, addr in infos:
-            sock = socket.socket(family, kind, proto)
-            sock.setblocking(False)
-            try:
-                await asyncio.get_running_loop().sock_connect(sock, addr)
-            except OSError as e:
-                sock.close()
-                last = e
-                continue
-            except BaseException:
-                sock.close()
+            if (err := sock.connect_ex(addr)) in (errno.EINPROGRESS, errno.EINTR):
+                await wait_for(sock, False, deadline - anyio.current_time())
+                err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if err:
+                raise OSError(err, os.strerror(err))
+        except BaseException as e:
+            sock.close()
+            if isinstance(e, TimeoutError) or not isinstance(e, OSError):
                 raise
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            return sock
+            last = e
+            continue
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
     raise last or OSError(f"no address for {host}")
 
 

@@ -31,21 +31,23 @@ Opened = tuple[BinaryIO | None, int, bytes]  # a local file (open while there is
 
 def _open_all(srcs: list[Path]) -> list[Opened | OSError]:
     """Each file's size and first piece, all in one worker-thread call (one thread hop per batch,
-    not per file); a file read whole is closed at once."""
+    not per file); a file read whole is closed at once. The piece is the size and a byte more: a
+    1 MB read per small file cost ~0.1 ms (a fresh buffer's page faults, then its unmapping)."""
     opened: list[Opened | OSError] = []
     for src in srcs:
         f = None
         try:
             f = open(src, "rb")
-            size, first = os.fstat(f.fileno()).st_size, f.read(PIECE)
+            size = os.fstat(f.fileno()).st_size
+            first = f.read(want := min(size + 1, PIECE))  # a byte more: a file that grew is not read whole
         except OSError as e:
             if f is not None:
                 f.close()
             opened.append(e)
             continue
-        if len(first) < PIECE:  # read whole
+        if len(first) < want:  # read whole
             f.close()
-        opened.append((f if len(first) == PIECE else None, size, first))
+        opened.append((f if len(first) == want else None, size, first))
     return opened
 
 

@@ -15,7 +15,6 @@ import socket
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-import anyio
 import service_identity
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -24,6 +23,7 @@ from service_identity.cryptography import verify_certificate_hostname, verify_ce
 
 from schedulerd.plugin import TaskLog
 
+from .proxy import wait_for
 from .settings import ConnectionSettings
 
 T = TypeVar("T")
@@ -105,12 +105,6 @@ class Tls:
         if not names_host(cert, self.host):
             raise TlsFailure(f"certificate verify failed: the certificate does not name {self.host}")
         self._checked = cert
-
-
-async def wait_for(sock: socket.socket, readable: bool, timeout: float) -> None:
-    """Until `sock` is readable (or writable); TimeoutError after `timeout`."""
-    with anyio.fail_after(timeout):
-        await (anyio.wait_readable(sock) if readable else anyio.wait_writable(sock))
 
 
 class TlsConn:
