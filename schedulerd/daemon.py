@@ -7,22 +7,20 @@ stages (no new work, drain each task within stop_timeout, cancel), then clean up
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import gc
 import logging
 import os
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import anyio
 from anyio.abc import TaskGroup
 
-from . import __version__, logs
+from . import __version__, logs, runtime
 from .cluster import ClusterStore, ClusterView, DuplicateNode, NodeKeeper, NodeRow, config_hash, node_info, open_cluster
 from .config import Config, TaskConfig, load
 from .context import Alarms
@@ -71,8 +69,8 @@ class Daemon:
         logs.REDACTOR.add(self.config.secrets())
         withhold_env(self.config.secret_env_vars())
         logs.setup_scheduler_log(sch.log_dir, sch.log_level, sch.log_max_bytes, sch.log_backups, stderr=self.log_to_stderr)
-        raise_fd_limit()
-        gc.set_threshold(gc.get_threshold()[0], SLEEPERS_STAY_YOUNG)
+        runtime.raise_fd_limit()
+        runtime.keep_sleepers_young()
         pidfile = PidFile(sch.pidfile, DaemonRecord(os.getpid(), sch.socket, sch.state_dir, sch.log_dir))
         pidfile.acquire()
         try:
@@ -329,7 +327,7 @@ class Daemon:
         self._env.config = config
         self._listeners = {}
         started = 0
-        with long_lived_objects():
+        with runtime.long_lived_objects():
             for name, tc in config.tasks.items():
                 runner = self.runners.get(name)
                 if runner is None:
@@ -561,53 +559,10 @@ class Daemon:
             receive.close()
 
 
-# gc's threshold for collecting its middle generation (Python's default: 10 young collections).
-# A sleeping runner's wait (its coroutines, event and future: a dozen objects) is made anew at
-# every iteration and lives one period. With the default, thousands of them outlive two young
-# collections, reach the oldest generation and trigger full collections, each scanning every
-# object made since the start-up (gc.freeze): at 10,000 tasks a 100-300 ms pause every two
-# seconds. At 1,000 young collections a wait ends (freed by its reference count) before its
-# generation is collected. bench_precision.py, 10,000 tasks: CPU 80 -> 61 % of a core, p99 0.78 -> 0.57 s.
-SLEEPERS_STAY_YOUNG = 1000
-
-
-@contextlib.contextmanager
-def long_lived_objects() -> Iterator[None]:
-    """Objects made here live as long as the daemon (runners, their loggers and contexts): no
-    cyclic collection while they are made, and afterwards they are left out of the collector's
-    scans (gc.freeze). Why: with 10,000 tasks the full collections over their two million objects
-    took about 3 s of the start-up and recur as the heap grows. A reload unfreezes first (gc.unfreeze),
-    so runners it removes are collected."""
-    gc.unfreeze()
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
-        gc.freeze()
-
-
 def rescan_and_load(file: Path | None) -> Config:
     """The configuration on disk, its task and job types looked up afresh (new modules in tasks/)."""
     rescan()
     return load(file)
-
-
-def raise_fd_limit() -> None:
-    """Many tasks, children and clients: take the hard limit of open files, not the soft 1024
-    (said in scheduler.log). A task holds no file between its iterations (its lock file is open
-    while held, its log file among the logs.OPEN_TASK_LOGS most recent), so this is headroom."""
-    import resource
-
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = min(hard, 1 << 20) if hard != resource.RLIM_INFINITY else 1 << 20
-    if want > soft:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
-        except (ValueError, OSError) as e:
-            log.warning("open files limit stays %d (hard %d): raising it failed: %s", soft, hard, e)
-            return
-        log.info("open files limit raised from %d to %d (the hard limit)", soft, want)
 
 
 def run(config_path: Path | None = None, *, log_to_stderr: bool = False) -> int:

@@ -58,9 +58,9 @@ async def _tcp(host: str, port: int, timeout: float) -> socket.socket:
                 raise OSError(err, os.strerror(err))
         except BaseException as e:
             sock.close()
-            if isinstance(e, TimeoutError) or not isinstance(e, OSError):
+            if isinstance(e, TimeoutError) or not isinstance(e, OSError):  # a spent deadline ends the tries
                 raise
-            last = e
+            last = e  # refused, unreachable: the next address
             continue
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return sock

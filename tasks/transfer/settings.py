@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import ipaddress
 import urllib.parse
 import zoneinfo
@@ -134,9 +135,9 @@ class ConnectionSettings:
         if self.block_size < 4096 or self.block_size > 16 * 1024 * 1024:
             raise ValueError("block_size: must be from 4KB to 16MB")
 
-    @property
+    @functools.cached_property
     def proxy_spec(self) -> Proxy | None:
-        """The proxy URL parsed; its user is `proxy_user` when the URL names none."""
+        """The proxy URL parsed (once: every data connection asks); its user is `proxy_user` when the URL names none."""
         if not self.proxy:
             return None
         proxy = parse_proxy(self.proxy)
