@@ -7,16 +7,16 @@
 Servers are started on 127.0.0.1 (vsftpd plain and explicit FTPS at its defaults,
 OpenSSH sshd for SFTP: root is needed). vsftpd's protocol log (every command and
 reply, which the tests read) is off as by default: on, it costs the server two log
-writes per command, and our push sends one command more per file than lftp
-(`--protocol-log` turns it on). Each row times our task and lftp with
+writes per command (`--protocol-log` turns it on). Each row times our task and lftp with
 the same parallelism on the same data; `ratio` is lftp seconds / our seconds
 (>= 1.0: we are as fast or faster). Like for like: each side's clock stops
 only after a `sync` that follows its run, so the files either side wrote (pulls: the
 local copies; pushes: the server's) are on disk when it stops; lftp never fsyncs by
-itself. Our side does more per file on purpose and keeps doing it here: pull = hidden
-temp name, size check, data durable (syncfs) before the rename, remote mtime kept;
-push = temp remote name, size check (FTP), rename, local file removed (the push task
-is a drop box; lftp is given the same job: `mirror -R --Remove-source-files`). Every
+itself. Both sides write each file under a temporary name and rename it when complete, so
+a receiver never sees a half-written file (lftp: `set xfer:use-temp-file yes`, off by
+default), and both are given the drop-box push: `mirror -R --Remove-source-files` for
+lftp. Our side does more per file on purpose and keeps doing it here: pull = size check,
+data durable (syncfs) before the rename, remote mtime kept; push = size check (FTP). Every
 timed run starts after a `sync`, so neither side flushes what the other (or the
 previous row) wrote. Before
 a server's rows, one untimed pull of a few small files warms our side (imports,
@@ -229,7 +229,10 @@ class Target:
 
     def lftp(self, parallel: int, commands: str) -> list[str]:
         s = self.server
-        sets = [f"set mirror:parallel-transfer-count {parallel}", "set net:max-retries 1", "set cmd:fail-exit yes"]
+        # xfer:use-temp-file: lftp writes each file under a temporary name and renames it once
+        # complete, as our tasks do (a receiver never sees a half-written file): the same job
+        sets = [f"set mirror:parallel-transfer-count {parallel}", "set net:max-retries 1", "set cmd:fail-exit yes",
+                "set xfer:use-temp-file yes"]
         if self.protocol == "sftp":
             ssh = (f"ssh -a -x -i {s.key_file} -o UserKnownHostsFile={s.known_hosts} "
                    "-o StrictHostKeyChecking=yes -o BatchMode=yes")
@@ -427,7 +430,8 @@ def main() -> int:
               f"file creation {cost:.0f} us (median)")
         print("# both sides: the clock stops after a sync of what the run wrote (like for like); neither hashes (sizes "
               "are compared); ours: temp names, pull: size check, syncfs per batch of 64 files before the renames, "
-              "push: sizes checked and renames per batch of 32 files; lftp: final names, no fsync of its own")
+              "push: sizes checked and renames per batch of 32 files; lftp: temp names too (xfer:use-temp-file), one "
+              "rename per file, no size check, no fsync of its own")
         print(f"{'protocol':8} {'dir':5} {'data':14} {'ours s':>8} {'lftp s':>8} {'ratio':>6}   "
               f"{'median: ours':>12} {'lftp':>6} {'ratio':>6}   {'paired':>6} {'won':>5}   "
               f"(parallel {opts.parallel}, best of {opts.repeat}{f' after {opts.warmup} untimed' if opts.warmup else ''})")

@@ -77,7 +77,7 @@ def danted(tmp_path: Path) -> Iterator[servers.SocksProxy]:
 
 
 class Captured(logging.Handler):
-    """Every formatted record of every logger (including aioftp/asyncssh debug)."""
+    """Every formatted record of every logger (including asyncssh debug)."""
 
     def __init__(self) -> None:
         super().__init__(logging.DEBUG)
