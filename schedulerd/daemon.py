@@ -23,7 +23,6 @@ from anyio.abc import TaskGroup
 from . import __version__, logs, runtime
 from .cluster import ClusterStore, ClusterView, DuplicateNode, NodeKeeper, NodeRow, config_hash, node_info, open_cluster
 from .config import Config, TaskConfig, load
-from .context import Alarms
 from .control import Access, ControlServer
 from .notify import sd_notify, watchdog_interval
 from .pidfile import DaemonRecord, PidFile
@@ -56,7 +55,6 @@ class Daemon:
         self.jobs: Any = None
         self.pipelines: Any = None  # schedulerd.pipelinerun.PipelineService, once the job service runs
         self._env: RunnerEnv | None = None  # what the runners share; made once the store is open
-        self.alarms = Alarms()  # the one timer ending the runners' sleeps
         self._listeners: dict[str, list[TaskRunner]] = {}
         self._writing = anyio.Lock()  # held while a batch of the state sink is being saved
         self._server: ControlServer | None = None
@@ -82,7 +80,7 @@ class Daemon:
             self.store = await store_call("opening the state store", open_state_store, sch, self.config.store)
             self._env = RunnerEnv(self.config, self.store, sch.state_dir / "locks",
                                   make_logger=self._make_logger, emit=self.emit, add_job=self._add_job,
-                                  node=sch.node, cluster=self.cluster, alarms=self.alarms)
+                                  node=sch.node, cluster=self.cluster)
             try:
                 await self._serve()
             finally:
@@ -164,7 +162,6 @@ class Daemon:
                 tg.start_soon(self._signals, signals)
                 tg.start_soon(self._reopen_logs)
                 tg.start_soon(self._flush_history)
-                tg.start_soon(self.alarms.run)
                 if self.keeper is not None:
                     tg.start_soon(self.keeper.run)
                 if self.shutdown_trigger is not None:

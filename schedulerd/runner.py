@@ -31,7 +31,7 @@ from anyio.abc import TaskGroup
 
 from .cluster import TaskLease
 from .config import TaskConfig
-from .context import Alarms, TaskContext, monotonic
+from .context import TaskContext, monotonic
 from .iteration import IterationEnd, run_iteration
 from .plugin import TaskType
 from .registry import task_type
@@ -117,7 +117,6 @@ class RunnerEnv:
     node: str = ""  # this daemon's node id
     cluster: Any = None  # a shared store's cluster.ClusterStore: tasks run under leases; None: SQLite
     holders: Mapping[str, str] = field(default_factory=dict)  # task -> node holding it (the last heartbeat's view)
-    alarms: Alarms | None = None  # the daemon's one timer for the runners' sleeps (None: a timer each)
 
 
 class TaskRunner:
@@ -130,8 +129,7 @@ class TaskRunner:
         self.task: TaskType = task_type(tc.type)(tc.settings)
         self.log = env.make_logger(tc.name)
         self.ctx = TaskContext(tc.name, tc.settings, self.log, env.config, env.config.scheduler.state_dir / "tasks" / tc.name,
-                               env.store, emitter=env.emit, job_adder=env.add_job, on_started=self._healthy,
-                               alarms=env.alarms)
+                               env.store, emitter=env.emit, job_adder=env.add_job, on_started=self._healthy)
         rec = record if record is not None else env.store.task(tc.name)
         self.crashes = rec.crashes
         self.runs = rec.runs

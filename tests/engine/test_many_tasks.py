@@ -6,6 +6,7 @@ process with a shutdown trigger, so its runners and its CPU time can be read dir
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import subprocess
@@ -17,7 +18,7 @@ import pytest
 
 from schedulerd import logs
 from schedulerd.config import load
-from schedulerd.context import Alarms, Waker
+from schedulerd.context import Waker
 from schedulerd.daemon import Daemon
 from schedulerd.store import open_store
 from tests.engine.conftest import CONSOLE, fd_count
@@ -58,40 +59,45 @@ def test_two_thousand_noop_tasks_run_every_second_with_the_history_exact(site):
 
 
 @pytest.mark.anyio
-async def test_one_timer_ends_many_sleeps_on_time_and_a_wake_ends_one_early():
-    """Alarms: each timed wait ends at its deadline, a wake() ends one at once, and the alarm
-    of a wait cut short (woken, or cancelled) never ends a later wait early."""
-    alarms = Alarms()
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(alarms.run)
-        wakers = [Waker(alarms) for _ in range(200)]
-        ended: dict[int, tuple[float, bool]] = {}
+async def test_many_sleeps_end_on_time_and_a_wake_ends_one_early():
+    """Waker: each timed wait ends at its deadline, a wake() ends one at once, the timer of a
+    wait cut short (woken, or cancelled) never ends a later wait early, and a wait without a
+    deadline ends at its wake."""
+    wakers = [Waker() for _ in range(200)]
+    ended: dict[int, tuple[float, bool]] = {}
 
-        async def sleep(i: int, seconds: float) -> None:
-            t0 = anyio.current_time()
-            woken = await wakers[i].wait(seconds)
-            ended[i] = (anyio.current_time() - t0, woken)
-
-        async with anyio.create_task_group() as sleepers:
-            for i in range(200):
-                sleepers.start_soon(sleep, i, 0.2 + (i % 4) * 0.1)
-            await anyio.sleep(0.05)
-            wakers[7].wake()
-        for i, (took, woken) in ended.items():
-            if i == 7:
-                assert woken and took < 0.1
-            else:
-                assert not woken and 0.2 + (i % 4) * 0.1 <= took < 0.2 + (i % 4) * 0.1 + 0.15, (i, took)
-
-        w = Waker(alarms)
-        with anyio.move_on_after(0.05):  # cancelled: its alarm at 0.1 s stays in the heap
-            await w.wait(0.1)
+    async def sleep(i: int, seconds: float) -> None:
         t0 = anyio.current_time()
-        assert not await w.wait(0.3)
-        assert anyio.current_time() - t0 >= 0.3
-        w.wake()  # a wake before the wait: the wait ends at once, said woken
-        assert await w.wait(5)
-        tg.cancel_scope.cancel()
+        woken = await wakers[i].wait(seconds)
+        ended[i] = (anyio.current_time() - t0, woken)
+
+    async with anyio.create_task_group() as sleepers:
+        for i in range(200):
+            sleepers.start_soon(sleep, i, 0.2 + (i % 4) * 0.1)
+        await anyio.sleep(0.05)
+        wakers[7].wake()
+    assert len(ended) == 200
+    for i, (took, woken) in ended.items():
+        if i == 7:
+            assert woken and took < 0.1
+        else:
+            assert not woken and 0.2 + (i % 4) * 0.1 <= took < 0.2 + (i % 4) * 0.1 + 0.15, (i, took)
+
+    w = Waker()
+    with anyio.move_on_after(0.05):  # cancelled: its timer at 0.1 s must not end the next wait
+        await w.wait(0.1)
+    t0 = anyio.current_time()
+    assert not await w.wait(0.3)
+    assert anyio.current_time() - t0 >= 0.3
+    w.wake()  # a wake before the wait: the wait ends at once, said woken
+    assert await w.wait(5)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(w.wait_until, math.inf)
+        await anyio.sleep(0.05)
+        t0 = anyio.current_time()
+        w.wake()
+    assert anyio.current_time() - t0 < 0.05
 
 
 def test_two_thousand_tasks_run_within_a_limit_of_1024_open_files(site):
