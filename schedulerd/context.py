@@ -6,7 +6,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,9 @@ from .plugin import TaskLog
 # a lookup of the running backend that was a seventh of an idle iteration's CPU (bench_iteration).
 # Nothing hands these times to anyio as deadlines: the Waker gives them to the asyncio loop.
 monotonic = time.monotonic
+
+# what `ctx.add_job(s)` hands jobs to: (type, payloads, **options) -> their ids, all in one write
+JobAdder = Callable[..., Awaitable[list[int]]]
 
 
 def _release(future: asyncio.Future[None]) -> None:
@@ -79,7 +82,7 @@ class TaskContext:
         store: Any = None,
         *,
         emitter: Callable[[str, Mapping[str, Any]], None] | None = None,
-        job_adder: Callable[..., Awaitable[int]] | None = None,
+        job_adder: JobAdder | None = None,
         on_progress: Callable[[int, int | None], None] | None = None,
         on_started: Callable[[], None] | None = None,
     ):
@@ -155,9 +158,13 @@ class TaskContext:
     async def add_job(self, type: str, payload: Mapping[str, Any], **options: Any) -> int:
         """The job goes to the store in a worker thread, retried while the store fails (a locked
         jobs.db, PostgreSQL away): the event loop never waits for it, and no job is lost."""
+        return (await self.add_jobs(type, [payload], **options))[0]
+
+    async def add_jobs(self, type: str, payloads: Sequence[Mapping[str, Any]], **options: Any) -> list[int]:
+        """`add_job` of many jobs of one type in one store write (all or none)."""
         if self._job_adder is None:
             raise RuntimeError("no job queue in this process")
-        return await self._job_adder(type, payload, **options)
+        return await self._job_adder(type, payloads, **options)
 
     def wait_for(self, what: str, retry: float = 5.0) -> None:
         if self.info.get("waiting_for") != what:

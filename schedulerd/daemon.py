@@ -13,7 +13,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -79,7 +79,7 @@ class Daemon:
             await self._join_cluster()
             self.store = await store_call("opening the state store", open_state_store, sch, self.config.store)
             self._env = RunnerEnv(self.config, self.store, sch.state_dir / "locks",
-                                  make_logger=self._make_logger, emit=self.emit, add_job=self._add_job,
+                                  make_logger=self._make_logger, emit=self.emit, add_jobs=self._add_jobs,
                                   node=sch.node, cluster=self.cluster)
             try:
                 await self._serve()
@@ -380,9 +380,9 @@ class Daemon:
             if runner.state in (TaskState.WAITING, TaskState.RUNNING):  # running: one more pass right after
                 runner.ctx.wake()
 
-    async def _add_job(self, type: str, payload: Mapping[str, Any], **options: Any) -> int:
-        jid: int = await self.jobs.add(type, payload, **options)
-        return jid
+    async def _add_jobs(self, type: str, payloads: Sequence[Mapping[str, Any]], **options: Any) -> list[int]:
+        ids: list[int] = await self.jobs.add_many(type, payloads, **options)
+        return ids
 
     def _runner(self, args: dict[str, Any]) -> TaskRunner:
         name = args.get("name")

@@ -16,7 +16,7 @@ import socket
 import time
 import traceback
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -25,7 +25,7 @@ from anyio.abc import TaskGroup
 
 from . import metrics
 from .config import Config
-from .context import TaskContext, Waker
+from .context import JobAdder, TaskContext, Waker
 from .jobstore import Job, JobError, JobStore, Outcome
 from .logs import REDACTOR
 from .plugin import FailForGood, failure_detail
@@ -67,18 +67,26 @@ class JobLogHandler(logging.Handler):
 
 def validate(config: Config, type_name: str, payload: Any) -> Any:
     """The job type, after checking the payload; raises JobError with a clear message."""
+    handler = _handler(config, type_name)
+    _check(handler, payload, config)
+    return handler
+
+
+def _handler(config: Config, type_name: str) -> Any:
     try:
         cls = job_type(type_name)
     except UnknownType as e:
         raise JobError(str(e)) from None
+    return cls(config.jobs.type_config(type_name).settings)
+
+
+def _check(handler: Any, payload: Any, config: Config) -> None:
     if not isinstance(payload, Mapping):
         raise JobError("--payload: expected a JSON object")
-    handler = cls(config.jobs.type_config(type_name).settings)
     try:
         handler.check_payload(payload, config)
     except (ValueError, KeyError) as e:
         raise JobError(f"--payload: {e}") from None
-    return handler
 
 
 def add_job(store: JobStore, config: Config, type_name: str, payload: Mapping[str, Any], *,
@@ -88,14 +96,29 @@ def add_job(store: JobStore, config: Config, type_name: str, payload: Mapping[st
     Without `delay`, the type's `defer`: such a deferred job coalesces with an identical one
     still waiting for its first attempt (a record changed twice within the defer is built once).
     `key`: the add's idempotency key (a retried add gets the job its first try made)."""
-    handler = validate(config, type_name, payload)
+    ids, q = add_jobs(store, config, type_name, [payload], queue=queue, priority=priority, after=after,
+                      delay=delay, key=key)
+    return ids[0], q
+
+
+def add_jobs(store: JobStore, config: Config, type_name: str, payloads: Sequence[Mapping[str, Any]], *,
+             queue: str | None = None, priority: int = 0, after: tuple[int, ...] = (),
+             delay: float | None = None, key: str | None = None) -> tuple[list[int], str]:
+    """`add_job` of many payloads of one type in one transaction (all are added or none): a pass
+    that made 10,000 records queues their 10,000 jobs with one commit, not 10,000. Every payload
+    is checked before any is written."""
+    handler = _handler(config, type_name)
+    for payload in payloads:
+        _check(handler, payload, config)
     tc = config.jobs.type_config(type_name)
     q = queue or tc.queue or handler.default_queue
+    if not payloads:
+        return [], q
     wait = tc.defer if delay is None else delay
-    jid = store.add(type_name, q, dict(payload), title=handler.title(payload)[:200], priority=priority,
-                    max_attempts=tc.max_attempts, deps=after, delay=wait, coalesce=delay is None and tc.defer > 0,
-                    key=key)
-    return jid, q
+    ids = store.add_batch(type_name, q, [dict(p) for p in payloads], [handler.title(p)[:200] for p in payloads],
+                          priority=priority, max_attempts=tc.max_attempts, deps=after, delay=wait,
+                          coalesce=delay is None and tc.defer > 0, key=key)
+    return ids, q
 
 
 async def add_once(type: str, call: Callable[[str], T]) -> T:
@@ -118,22 +141,22 @@ async def add_once(type: str, call: Callable[[str], T]) -> T:
         raise
 
 
-def store_adder(config: Config) -> Callable[..., Awaitable[int]]:
-    """`ctx.add_job` outside the daemon (task:run, worker:run-service): the job goes to the
+def store_adder(config: Config) -> JobAdder:
+    """`ctx.add_job(s)` outside the daemon (task:run, worker:run-service): the jobs go to the
     store (in a worker thread, retried while the store fails), and a running daemon's queue is woken."""
     from .wake import send_wake
 
-    def add_sync(type: str, payload: Mapping[str, Any], options: Mapping[str, Any], key: str) -> int:
+    def add_sync(type: str, payloads: Sequence[Mapping[str, Any]], options: Mapping[str, Any], key: str) -> list[int]:
         store = open_job_store(config.scheduler, config.store, pool_size=1)
         try:
-            jid, queue = add_job(store, config, type, payload, **options, key=key)
+            ids, queue = add_jobs(store, config, type, payloads, **options, key=key)
         finally:
             store.close()
         send_wake(config.scheduler.state_dir, queue)
-        return jid
+        return ids
 
-    async def add(type: str, payload: Mapping[str, Any], **options: Any) -> int:
-        return await add_once(type, functools.partial(add_sync, type, payload, options))
+    async def add(type: str, payloads: Sequence[Mapping[str, Any]], **options: Any) -> list[int]:
+        return await add_once(type, functools.partial(add_sync, type, payloads, options))
     return add
 
 
@@ -441,7 +464,7 @@ class JobService:
                     handler = job_type(job.type)(tc.settings)
                     ctx = TaskContext(f"job-{job.id}", handler.settings, logger, self.config,
                                       self.config.scheduler.state_dir / "jobs" / str(job.id), None,
-                                      emitter=self.emit, job_adder=self.add, on_progress=on_progress)
+                                      emitter=self.emit, job_adder=self.add_many, on_progress=on_progress)
                     running.ctx = ctx
                     with anyio.fail_after(tc.timeout):
                         await self._saved_up_to(ended_before)
@@ -547,16 +570,20 @@ class JobService:
 
     # --- operations ------------------------------------------------------------
     async def add(self, type: str, payload: Mapping[str, Any], **options: Any) -> int:
-        """`ctx.add_job` in the daemon: the store write in a worker thread, retried while the store
-        fails (a locked jobs.db, PostgreSQL away) so the job is not lost, made once (add_once);
-        a JobError raises at once."""
-        def write(key: str) -> tuple[int, str]:
-            return add_job(self.store, self.config, type, payload, **options, key=key)
+        """`ctx.add_job` in the daemon: `add_many` of one."""
+        return (await self.add_many(type, [payload], **options))[0]
 
-        jid, queue = await add_once(type, write)
+    async def add_many(self, type: str, payloads: Sequence[Mapping[str, Any]], **options: Any) -> list[int]:
+        """`ctx.add_job(s)` in the daemon: the store write in a worker thread, retried while the
+        store fails (a locked jobs.db, PostgreSQL away) so no job is lost, made once (add_once);
+        a JobError raises at once."""
+        def write(key: str) -> tuple[list[int], str]:
+            return add_jobs(self.store, self.config, type, payloads, **options, key=key)
+
+        ids, queue = await add_once(type, write)
         self.wake_queue(queue)
         self._tell_daemon({queue})
-        return jid
+        return ids
 
     async def submit(self, type: str, payload: Mapping[str, Any], **options: Any) -> int:
         """`add` with the store write in a worker thread (for the control socket)."""

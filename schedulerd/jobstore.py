@@ -75,6 +75,9 @@ class JobStore(Protocol):
     def add(self, type: str, queue: str, payload: dict[str, Any], *, title: str = "", priority: int = 0,
             max_attempts: int = 1, deps: Sequence[int] = (), delay: float = 0.0, coalesce: bool = False,
             key: str | None = None) -> int: ...
+    def add_batch(self, type: str, queue: str, payloads: Sequence[dict[str, Any]], titles: Sequence[str], *,
+                  priority: int = 0, max_attempts: int = 1, deps: Sequence[int] = (), delay: float = 0.0,
+                  coalesce: bool = False, key: str | None = None) -> builtins.list[int]: ...
     def claim(self, queue: str, node: str) -> Job | None: ...
     def claim_many(self, queue: str, node: str, limit: int) -> list[Job]: ...
     def settle_many(self, outcomes: Sequence[Outcome]) -> set[str]: ...
@@ -122,6 +125,13 @@ CREATE TABLE IF NOT EXISTS job_logs (job INTEGER NOT NULL, ts REAL NOT NULL, lev
 CREATE INDEX IF NOT EXISTS job_logs_job ON job_logs(job);
 CREATE TABLE IF NOT EXISTS queues (name TEXT PRIMARY KEY, paused INTEGER NOT NULL DEFAULT 0);
 """
+
+
+def batch_key(key: str | None, i: int) -> str | None:
+    """The idempotency key of a batch's i-th job: the batch's key and its place (the first job's is
+    the key itself, so a batch of one is keyed as a single add)."""
+    return key if key is None or i == 0 else f"{key}.{i}"
+
 
 # the key of the add that made a job (a uuid its caller drew once): an add retried after its
 # commit was lost finds its job instead of making a second one. A jobs.db made before the column
@@ -218,36 +228,51 @@ class SqliteJobStore(SqliteFile):
         """A new waiting job's id. `coalesce`: when a job of the same type, queue and payload still
         waits for its first attempt (a deferred one), its id instead, and nothing is added. `key`:
         the add's idempotency key; when a job was made with it (the add is a retry), its id."""
+        return self.add_batch(type, queue, [payload], [title], priority=priority, max_attempts=max_attempts,
+                              deps=deps, delay=delay, coalesce=coalesce, key=key)[0]
+
+    def add_batch(self, type: str, queue: str, payloads: Sequence[dict[str, Any]], titles: Sequence[str], *,
+                  priority: int = 0, max_attempts: int = 1, deps: Sequence[int] = (), delay: float = 0.0,
+                  coalesce: bool = False, key: str | None = None) -> builtins.list[int]:
+        """`add` of each payload (with its title), in one transaction: all are added or none. The
+        i-th job's idempotency key is `key` and i (a retried batch gets the jobs its first try made)."""
         now = time.time()
         with self.transaction() as c:
-            if key is not None:
-                row = c.execute("SELECT id FROM jobs WHERE add_key=?", (key,)).fetchone()
-                if row is not None:
-                    return int(row[0])
-            if coalesce and not deps:
-                row = c.execute("SELECT id FROM jobs WHERE type=? AND queue=? AND payload=? AND state='waiting' "
-                                "AND attempts=0 ORDER BY id LIMIT 1",
-                                (type, queue, json.dumps(payload, sort_keys=True))).fetchone()
-                if row is not None:
-                    return int(row[0])
-                payload = json.loads(json.dumps(payload, sort_keys=True))  # stored in the order compared
-            states = {}
-            for d in deps:
-                row = c.execute("SELECT state FROM jobs WHERE id=?", (d,)).fetchone()
-                if row is None:
-                    raise JobError(f"--after {d}: no job with id {d}")
-                states[d] = row[0]
-            cur = c.execute(
-                "INSERT INTO jobs(type, queue, payload, title, priority, max_attempts, next_attempt_at, state, created, "
-                "add_key) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                (type, queue, json.dumps(payload), title, priority, max_attempts, now + delay, "waiting", now, key))
-            jid = cur.lastrowid
-            assert jid is not None  # set by an INSERT
-            c.executemany("INSERT INTO job_deps(job, dep) VALUES (?, ?)", [(jid, d) for d in deps])
-            bad = [d for d, s in states.items() if s in ("failed", "cancelled")]
-            if bad:
-                self._fail(c, jid, f"dependency #{bad[0]} is {states[bad[0]]}", (JobState.WAITING,))
-            return jid
+            return [self._add(c, now, type, queue, payload, title, priority, max_attempts, deps, delay, coalesce,
+                              batch_key(key, i))
+                    for i, (payload, title) in enumerate(zip(payloads, titles, strict=True))]
+
+    def _add(self, c: sqlite3.Connection, now: float, type: str, queue: str, payload: dict[str, Any], title: str,
+             priority: int, max_attempts: int, deps: Sequence[int], delay: float, coalesce: bool,
+             key: str | None) -> int:
+        if key is not None:
+            row = c.execute("SELECT id FROM jobs WHERE add_key=?", (key,)).fetchone()
+            if row is not None:
+                return int(row[0])
+        if coalesce and not deps:
+            row = c.execute("SELECT id FROM jobs WHERE type=? AND queue=? AND payload=? AND state='waiting' "
+                            "AND attempts=0 ORDER BY id LIMIT 1",
+                            (type, queue, json.dumps(payload, sort_keys=True))).fetchone()
+            if row is not None:
+                return int(row[0])
+            payload = json.loads(json.dumps(payload, sort_keys=True))  # stored in the order compared
+        states = {}
+        for d in deps:
+            row = c.execute("SELECT state FROM jobs WHERE id=?", (d,)).fetchone()
+            if row is None:
+                raise JobError(f"--after {d}: no job with id {d}")
+            states[d] = row[0]
+        cur = c.execute(
+            "INSERT INTO jobs(type, queue, payload, title, priority, max_attempts, next_attempt_at, state, created, "
+            "add_key) VALUES (?,?,?,?,?,?,?,?,?,?)",
+            (type, queue, json.dumps(payload), title, priority, max_attempts, now + delay, "waiting", now, key))
+        jid = cur.lastrowid
+        assert jid is not None  # set by an INSERT
+        c.executemany("INSERT INTO job_deps(job, dep) VALUES (?, ?)", [(jid, d) for d in deps])
+        bad = [d for d, s in states.items() if s in ("failed", "cancelled")]
+        if bad:
+            self._fail(c, jid, f"dependency #{bad[0]} is {states[bad[0]]}", (JobState.WAITING,))
+        return jid
 
     def add_many(self, jobs: Sequence[tuple[str, str, dict[str, Any], str]]) -> list[int]:
         """Bulk insert (type, queue, payload, title) in one transaction, for benchmarks and imports."""

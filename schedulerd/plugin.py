@@ -125,6 +125,11 @@ class Context(Protocol):
         """Queue a one-off job; returns its id. The store write runs off the event loop and is
         retried while the store fails (a bad type or payload raises at once)."""
 
+    async def add_jobs(self, type: str, payloads: Sequence[Mapping[str, Any]], **options: Any) -> list[int]:
+        """Queue many jobs of one type in one store write (all or none, every payload checked
+        first); returns their ids in order. A pass that made thousands of records queues their
+        jobs with this: one commit, not one per job."""
+
     def wait_for(self, what: str, retry: float = 5.0) -> None:
         """This iteration found nothing to work on because `what` does not exist yet (say, a
         databox another task creates): no failure. The state shows `waiting for WHAT`, the

@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,7 @@ from anyio.abc import TaskGroup
 
 from .cluster import TaskLease
 from .config import TaskConfig
-from .context import TaskContext, monotonic
+from .context import JobAdder, TaskContext, monotonic
 from .iteration import IterationEnd, run_iteration
 from .plugin import TaskType
 from .registry import task_type
@@ -113,7 +113,7 @@ class RunnerEnv:
     history: HistorySink = field(default_factory=lambda: HistorySink())
     make_logger: Callable[[str], Any] = lambda name: logging.getLogger(f"schedulerd.task.{name}")
     emit: Callable[[str, Mapping[str, Any]], None] | None = None
-    add_job: Callable[..., Awaitable[int]] | None = None
+    add_jobs: JobAdder | None = None
     node: str = ""  # this daemon's node id
     cluster: Any = None  # a shared store's cluster.ClusterStore: tasks run under leases; None: SQLite
     holders: Mapping[str, str] = field(default_factory=dict)  # task -> node holding it (the last heartbeat's view)
@@ -129,7 +129,7 @@ class TaskRunner:
         self.task: TaskType = task_type(tc.type)(tc.settings)
         self.log = env.make_logger(tc.name)
         self.ctx = TaskContext(tc.name, tc.settings, self.log, env.config, env.config.scheduler.state_dir / "tasks" / tc.name,
-                               env.store, emitter=env.emit, job_adder=env.add_job, on_started=self._healthy)
+                               env.store, emitter=env.emit, job_adder=env.add_jobs, on_started=self._healthy)
         rec = record if record is not None else env.store.task(tc.name)
         self.crashes = rec.crashes
         self.runs = rec.runs

@@ -524,9 +524,9 @@ class RecordMover(TaskType):
     async def _queue_jobs(ctx: Context, databox: str, event: str, ids: list[int]) -> None:
         from repository import record_jobs
 
-        for type_name, payload in record_jobs(databox, ctx.config.databoxes[databox], event, ids):
+        for type_name, payloads in record_jobs(databox, ctx.config.databoxes[databox], event, ids):
             try:
-                await ctx.add_job(type_name, payload)
+                await ctx.add_jobs(type_name, payloads)  # one write for a rule's records
             except RuntimeError:  # no job queue in this process (a test context)
                 return
 

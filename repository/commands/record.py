@@ -149,8 +149,9 @@ def record_set_field(args: argparse.Namespace, env: Any) -> int:
         except ValueError as e:
             raise fail(e, "NAME/VALUE") from None
     if changed:  # record.fields_changed: writeMetadatas and populateIndex by default ([databoxes.NAME.on])
-        for type_name, payload in record_jobs(name, db.settings, "record.fields_changed", [rid]):
-            env.add_job(type_name, payload)
+        for type_name, payloads in record_jobs(name, db.settings, "record.fields_changed", [rid]):
+            for payload in payloads:
+                env.add_job(type_name, payload)
     if args.json:
         print_json({"id": rid, "field": args.name, "value": value, "changed": changed})
     else:
@@ -179,7 +180,8 @@ def record_replace_document(args: argparse.Namespace, env: Any) -> int:
         except StorageError as e:
             raise CommandError(str(e), 1) from None
     jobs = [env.add_job(type_name, payload)  # subdefCreation by default ([databoxes.NAME.on])
-            for type_name, payload in record_jobs(name, db.settings, "record.document_replaced", [rid])]
+            for type_name, payloads in record_jobs(name, db.settings, "record.document_replaced", [rid])
+            for payload in payloads]
     if args.json:
         print_json({"id": rec.id, "document": rec.document, "doc_version": rec.doc_version, "jobs": jobs})
     else:

@@ -24,7 +24,7 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from ..jobstore import CANCELLABLE, LOST_CLAIM, RETRYABLE, WAITING, Job, JobError, Outcome
+from ..jobstore import CANCELLABLE, LOST_CLAIM, RETRYABLE, WAITING, Job, JobError, Outcome, batch_key
 from ..states import JobState, check_job
 from ..stores import StoreSettings
 from . import QUERIES, Database, run
@@ -84,29 +84,45 @@ class PgJobStore:
         waits for its first attempt (a deferred one), its id instead, and nothing is added. `key`:
         the add's idempotency key; when a job was made with it (the add is a retry of one whose
         commit was lost), its id: the INSERT yields to that row."""
+        return self.add_batch(type, queue, [payload], [title], priority=priority, max_attempts=max_attempts,
+                              deps=deps, delay=delay, coalesce=coalesce, key=key)[0]
+
+    def add_batch(self, type: str, queue: str, payloads: Sequence[dict[str, Any]], titles: Sequence[str], *,
+                  priority: int = 0, max_attempts: int = 1, deps: Sequence[int] = (), delay: float = 0.0,
+                  coalesce: bool = False, key: str | None = None) -> builtins.list[int]:
+        """`add` of each payload (with its title), in one transaction: all are added or none. The
+        i-th job's idempotency key is `key` and i (a retried batch gets the jobs its first try made)."""
         with self.db.transaction() as cur:
-            if coalesce and not deps:
-                twin = run(cur, "waiting_twin", type=type, queue=queue, payload=Jsonb(payload)).fetchone()
-                if twin is not None and twin[1] is not None:
-                    return int(twin[1])
             states: dict[int, str] = dict(run(cur, "lock_deps", ids=list(deps)).fetchall()) if deps else {}
             for d in deps:
                 if d not in states:
                     raise JobError(f"--after {d}: no job with id {d}")
-            row = run(cur, "insert_job", type=type, queue=queue, payload=Jsonb(payload), title=title,
-                      priority=priority, max_attempts=max_attempts, delay=delay, key=key).fetchone()
-            if row is None:  # made by an earlier try of this add
-                return int(run(cur, "job_by_add_key", key=key).fetchone()[0])  # type: ignore[index]
-            jid = row[0]
-            if deps:
-                run(cur, "insert_deps", job=jid, deps=list(deps))
-            bad = [d for d in deps if states[d] in ("failed", "cancelled")]
-            if bad:
-                _move(cur, "fail_job", (JobState.WAITING,), JobState.FAILED, id=jid, node=None,
-                      error=f"dependency #{bad[0]} is {states[bad[0]]}")
-            else:
-                run(cur, "notify_queues", queues=[queue])
-            return int(jid)
+            ids = [self._add(cur, type, queue, payload, title, priority, max_attempts, deps, states, delay, coalesce,
+                             batch_key(key, i))
+                   for i, (payload, title) in enumerate(zip(payloads, titles, strict=True))]
+            run(cur, "notify_queues", queues=[queue])
+            return ids
+
+    @staticmethod
+    def _add(cur: psycopg.Cursor, type: str, queue: str, payload: dict[str, Any], title: str, priority: int,
+             max_attempts: int, deps: Sequence[int], states: dict[int, str], delay: float, coalesce: bool,
+             key: str | None) -> int:
+        if coalesce and not deps:
+            twin = run(cur, "waiting_twin", type=type, queue=queue, payload=Jsonb(payload)).fetchone()
+            if twin is not None and twin[1] is not None:
+                return int(twin[1])
+        row = run(cur, "insert_job", type=type, queue=queue, payload=Jsonb(payload), title=title,
+                  priority=priority, max_attempts=max_attempts, delay=delay, key=key).fetchone()
+        if row is None:  # made by an earlier try of this add
+            return int(run(cur, "job_by_add_key", key=key).fetchone()[0])  # type: ignore[index]
+        jid = int(row[0])
+        if deps:
+            run(cur, "insert_deps", job=jid, deps=list(deps))
+        bad = [d for d in deps if states[d] in ("failed", "cancelled")]
+        if bad:
+            _move(cur, "fail_job", (JobState.WAITING,), JobState.FAILED, id=jid, node=None,
+                  error=f"dependency #{bad[0]} is {states[bad[0]]}")
+        return jid
 
     def claim(self, queue: str, node: str) -> Job | None:
         jobs = self.claim_many(queue, node, 1)

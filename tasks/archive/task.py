@@ -198,9 +198,9 @@ class ArchiveTask(TaskType):
         Without a job queue (a test context) the sweepers (`subdefs`, ...) take the records."""
         from repository import record_jobs
 
-        for type_name, payload in record_jobs(self.settings.databox, self._databox_settings(ctx), event, ids):
+        for type_name, payloads in record_jobs(self.settings.databox, self._databox_settings(ctx), event, ids):
             try:
-                await ctx.add_job(type_name, payload)
+                await ctx.add_jobs(type_name, payloads)  # a batch's jobs in one write
             except RuntimeError:  # no job queue in this process
                 return
 

@@ -98,3 +98,58 @@ password = "{PASSWORD}"
         relay.close()
     rows = pg_server.sql("SELECT id FROM jobs", pg_database)
     assert rows == [(jid,)], rows
+
+
+@pytest.mark.anyio
+async def test_a_batch_whose_commit_reply_is_lost_is_retried_into_the_same_jobs(
+        pg_server: PgServer, pg_database: str, tmp_path: Path) -> None:
+    """JobService.add_many (ctx.add_jobs: an archive pass's jobs) through the relay: the batch's
+    COMMIT is done but its reply lost; the retry adds none of its jobs again."""
+    from schedulerd.config import load
+    from schedulerd.jobs import JobService
+
+    relay = CuttingRelay(pg_server.port)
+    site = Site(tmp_path / "site")
+    site.write(f"""
+[store]
+url = "postgresql://schedulerd@127.0.0.1:{relay.port}/{pg_database}"
+password = "{PASSWORD}"
+""")
+    config = load(site.config)
+    service = JobService(config, config.scheduler.state_dir, lambda name: None)
+    try:
+        relay.arm()
+        ids = await service.add_many("noop", [{"record": i} for i in range(1, 51)])
+        assert relay.cut.is_set()  # the first try's reply was lost: the batch was retried
+    finally:
+        service.store.close()
+        relay.close()
+    assert len(ids) == 50 == len(set(ids))
+    rows = pg_server.sql("SELECT id, payload->>'record' FROM jobs ORDER BY id", pg_database)
+    assert rows == [(jid, str(i)) for i, jid in enumerate(ids, start=1)], rows
+
+
+@pytest.mark.anyio
+async def test_a_batch_is_added_whole_or_not_at_all(tmp_path: Path) -> None:
+    """On the embedded store: the ids come back in the payloads' order, a retried batch (same key)
+    gets the same jobs, and a batch with one bad payload adds none of them."""
+    from schedulerd.config import load
+    from schedulerd.jobs import JobService, add_jobs
+    from schedulerd.jobstore import JobError
+
+    site = Site(tmp_path / "site")
+    site.write("")
+    config = load(site.config)
+    service = JobService(config, config.scheduler.state_dir, lambda name: None)
+    try:
+        ids = await service.add_many("noop", [{"record": i} for i in range(1, 1001)])
+        assert ids == sorted(ids) and len(set(ids)) == 1000
+        assert [service.store.get(j).payload["record"] for j in (ids[0], ids[499], ids[-1])] == [1, 500, 1000]
+        again, _ = add_jobs(service.store, config, "noop", [{"record": 1}, {"record": 2}], key="k")
+        assert add_jobs(service.store, config, "noop", [{"record": 1}, {"record": 2}], key="k")[0] == again
+        before = len(service.store.list(limit=5000))
+        with pytest.raises(JobError, match="--payload: expected a JSON object"):
+            await service.add_many("noop", [{"record": 3}, "not an object", {"record": 4}])  # type: ignore[list-item]
+        assert len(service.store.list(limit=5000)) == before == 1002
+    finally:
+        service.store.close()
