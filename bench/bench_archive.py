@@ -9,12 +9,13 @@ For each set of files: generate them, `sync`, then time
     the `sync -f` that would make that durable (printed as mv+sync, for reference),
   - `cp -r` of the folder (no sync: cp never syncs),
   - one pass of the archive task (cold 0) on the same files in the hotfolder: scan, hash,
-    journal, documents durable (syncfs), records committed, sources removed (with
+    journal, documents durable (syncfs), records committed, each record's subdefCreation
+    job queued (a JobService on jobs.db, as in the daemon), sources removed (with
     --keep-copies: documents copied, sources moved to <hotfolder>_archived),
 and print files/s, MB/s and archive/baseline speed ratios (1.0 = as fast as the baseline).
 Not the same work: `mv` and `cp` never sync, the archive pass makes every document and
 record durable before a source leaves the hotfolder (one syncfs and three SQLite syncs per
-batch), and also hashes, journals and scans. On a shared machine `mv` alone varies 2x from
+batch), and also hashes, journals, scans and queues a job per record. On a shared machine `mv` alone varies 2x from
 one run to the next, so the small-file scenario is repeated (--rounds, fresh files each
 round, mv and archive back to back) and the median ratio is the headline.
 The task is warm, as in the running daemon: a first pass on the empty hotfolder, in the
@@ -36,7 +37,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import types
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,7 +46,9 @@ if str(ROOT) not in sys.path:
 import anyio  # noqa: E402
 
 from repository import DataboxSettings, open_databox  # noqa: E402
+from schedulerd.config import load  # noqa: E402
 from schedulerd.context import TaskContext  # noqa: E402
+from schedulerd.jobs import JobService  # noqa: E402
 from schedulerd.settings import build, byte_size  # noqa: E402
 from tasks.archive import ArchiveTask, Settings  # noqa: E402
 
@@ -97,6 +99,8 @@ def mv_commands(src: Path, dst: Path) -> list[list[str]]:
 
 
 def task_for(work: Path, hot: Path, cold: float = 0.0, *, move_archived: bool = False) -> tuple[ArchiveTask, TaskContext]:
+    """The archive task with a context as the daemon gives it: the databox `main`, and a job queue
+    (a JobService on the embedded jobs.db) taking each new record's subdefCreation job."""
     box = DataboxSettings(work / "db.sqlite", work / "storage")
     with open_databox(box) as db:
         if not db.collections():
@@ -105,8 +109,23 @@ def task_for(work: Path, hot: Path, cold: float = 0.0, *, move_archived: bool = 
                          "move_archived": move_archived}, "tasks.bench")
     state = work / "state"
     state.mkdir(exist_ok=True)
-    ctx = TaskContext("bench", s, logging.getLogger("bench"), types.SimpleNamespace(databoxes={"main": box}), state)
+    conf = work / "schedulerd.toml"
+    conf.write_text(f'[scheduler]\nstate_dir = "{state}"\nlog_dir = "{work}/log"\n\n'
+                    f'[databoxes.main]\npath = "{box.path}"\nstorage = "{box.storage}"\n')
+    config = load(conf)
+    jobs = JobService(config, state, lambda name: logging.getLogger("bench.jobs"))
+    OPEN_STORES.append(jobs.store)
+    ctx = TaskContext("bench", s, logging.getLogger("bench"), config, state / "tasks" / "bench",
+                      job_adder=jobs.add_many)
     return ArchiveTask(s), ctx
+
+
+OPEN_STORES: list = []  # the job stores task_for opened: closed before their folder is removed
+
+
+def close_stores() -> None:
+    while OPEN_STORES:
+        OPEN_STORES.pop().close()
 
 
 def run_pass(task: ArchiveTask, ctx: TaskContext) -> tuple[float, str]:
@@ -183,6 +202,9 @@ def one_round(base: Path, label: str, n: int, size: int, *, move_archived: bool 
             count = db.count_records()
         if count != n:
             raise SystemExit(f"{label}: expected {n} records, got {count} ({summary})")
+        queued = sum(OPEN_STORES[-1].count_by_queue_state().values())
+        if queued != n:
+            raise SystemExit(f"{label}: expected {n} subdefCreation jobs queued, got {queued}")
         mb = n * size / 1e6
         res = {
             "files": n, "file_size": size, "mv_s": t_mv, "cp_s": t_cp, "archive_s": t_arch,
@@ -204,6 +226,7 @@ def one_round(base: Path, label: str, n: int, size: int, *, move_archived: bool 
               f"archive/cp {res['ratio_vs_cp']:.2f}x", flush=True)
         return res
     finally:
+        close_stores()
         shutil.rmtree(work, ignore_errors=True)
 
 
@@ -262,8 +285,9 @@ def main() -> None:
     a.dir.mkdir(parents=True, exist_ok=True)
     print(machine())
     print_sides("scans the hotfolder, hashes every file (SHA-256), writes a durable journal entry per batch, makes the "
-                "documents durable (one syncfs per batch), commits the records (SQLite synchronous = FULL), then lets "
-                "the sources go", "nothing of that: mv renames, cp copies; neither syncs (mv+sync adds one sync -f)",
+                "documents durable (one syncfs per batch), commits the records (SQLite synchronous = FULL), queues "
+                "each record's subdefCreation job (jobs.db, one write per batch), then lets the sources go",
+                "nothing of that: mv renames, cp copies; neither syncs (mv+sync adds one sync -f)",
                 "mv / cp")
     results = {}
     if small:
