@@ -97,11 +97,34 @@ class PgJobStore:
             for d in deps:
                 if d not in states:
                     raise JobError(f"--after {d}: no job with id {d}")
-            ids = [self._add(cur, type, queue, payload, title, priority, max_attempts, deps, states, delay, coalesce,
-                             batch_key(key, i))
-                   for i, (payload, title) in enumerate(zip(payloads, titles, strict=True))]
+            if coalesce or deps:  # statement by statement: each may find a twin, or fail on a dependency
+                ids = [self._add(cur, type, queue, payload, title, priority, max_attempts, deps, states, delay,
+                                 coalesce, batch_key(key, i))
+                       for i, (payload, title) in enumerate(zip(payloads, titles, strict=True))]
+            else:
+                ids = self._insert_all(cur, type, queue, payloads, titles, priority, max_attempts, delay, key)
             run(cur, "notify_queues", queues=[queue])
             return ids
+
+    @staticmethod
+    def _insert_all(cur: psycopg.Cursor, type: str, queue: str, payloads: Sequence[dict[str, Any]],
+                    titles: Sequence[str], priority: int, max_attempts: int, delay: float,
+                    key: str | None) -> builtins.list[int]:
+        """The INSERTs of a plain batch in one executemany (psycopg pipelines them: one round trip
+        for the batch, not one per job: 2,000 jobs 164-199 -> 28-42 us a job on loopback)."""
+        cur.executemany(QUERIES["insert_job"], [
+            {"type": type, "queue": queue, "payload": Jsonb(payload), "title": title, "priority": priority,
+             "max_attempts": max_attempts, "delay": delay, "key": batch_key(key, i)}
+            for i, (payload, title) in enumerate(zip(payloads, titles, strict=True))], returning=True)
+        made: builtins.list[int | None] = []
+        while True:
+            row = cur.fetchone()
+            made.append(None if row is None else int(row[0]))
+            if not cur.nextset():
+                break
+        return [int(run(cur, "job_by_add_key", key=batch_key(key, i)).fetchone()[0])  # type: ignore[index]
+                if jid is None else jid  # made by an earlier try of this batch
+                for i, jid in enumerate(made)]
 
     @staticmethod
     def _add(cur: psycopg.Cursor, type: str, queue: str, payload: dict[str, Any], title: str, priority: int,
