@@ -127,6 +127,20 @@ CREATE TABLE IF NOT EXISTS queues (name TEXT PRIMARY KEY, paused INTEGER NOT NUL
 """
 
 
+class AddOne:
+    """`add` of both stores: a batch of one (`add_batch`)."""
+
+    def add(self: JobStore, type: str, queue: str, payload: dict[str, Any], *, title: str = "", priority: int = 0,
+            max_attempts: int = 1, deps: Sequence[int] = (), delay: float = 0.0, coalesce: bool = False,
+            key: str | None = None) -> int:
+        """A new waiting job's id. `coalesce`: when a job of the same type, queue and payload still
+        waits for its first attempt (a deferred one), its id instead, and nothing is added. `key`:
+        the add's idempotency key; when a job was made with it (the add is a retry of one whose
+        commit was lost), its id."""
+        return self.add_batch(type, queue, [payload], [title], priority=priority, max_attempts=max_attempts,
+                              deps=deps, delay=delay, coalesce=coalesce, key=key)[0]
+
+
 def batch_key(key: str | None, i: int) -> str | None:
     """The idempotency key of a batch's i-th job: the batch's key and its place (the first job's is
     the key itself, so a batch of one is keyed as a single add)."""
@@ -201,7 +215,7 @@ CANCELLABLE = job_sources(JobState.CANCELLED)  # job:cancel
 RETRYABLE = (JobState.FAILED, JobState.CANCELLED, JobState.INTERRUPTED)  # job:retry (running -> waiting is the engine's)
 
 
-class SqliteJobStore(SqliteFile):
+class SqliteJobStore(AddOne, SqliteFile):
     SCHEMA = SCHEMA
 
     def __init__(self, path: Path, busy_timeout: float = DEFAULT_BUSY_TIMEOUT):
@@ -221,15 +235,6 @@ class SqliteJobStore(SqliteFile):
          started, finished, node) = row
         return Job(jid, type_, queue, json.loads(payload), title, prio, deps, att, maxatt, nxt, JobState(state),
                    done, total, summ, err, created, started, finished, node)
-
-    def add(self, type: str, queue: str, payload: dict[str, Any], *, title: str = "", priority: int = 0,
-            max_attempts: int = 1, deps: Sequence[int] = (), delay: float = 0.0, coalesce: bool = False,
-            key: str | None = None) -> int:
-        """A new waiting job's id. `coalesce`: when a job of the same type, queue and payload still
-        waits for its first attempt (a deferred one), its id instead, and nothing is added. `key`:
-        the add's idempotency key; when a job was made with it (the add is a retry), its id."""
-        return self.add_batch(type, queue, [payload], [title], priority=priority, max_attempts=max_attempts,
-                              deps=deps, delay=delay, coalesce=coalesce, key=key)[0]
 
     def add_batch(self, type: str, queue: str, payloads: Sequence[dict[str, Any]], titles: Sequence[str], *,
                   priority: int = 0, max_attempts: int = 1, deps: Sequence[int] = (), delay: float = 0.0,

@@ -24,7 +24,7 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from ..jobstore import CANCELLABLE, LOST_CLAIM, RETRYABLE, WAITING, Job, JobError, Outcome, batch_key
+from ..jobstore import CANCELLABLE, LOST_CLAIM, RETRYABLE, WAITING, AddOne, Job, JobError, Outcome, batch_key
 from ..states import JobState, check_job
 from ..stores import StoreSettings
 from . import QUERIES, Database, run
@@ -72,21 +72,11 @@ def _refuse(job: Job, allowed: Collection[JobState], verb: str) -> None:
         raise JobError(f"job {job.id} is {job.state.value}: only {names} jobs can be {verb}")
 
 
-class PgJobStore:
+class PgJobStore(AddOne):
     def __init__(self, settings: StoreSettings, max_size: int = 4):
         self.db = Database(settings, "jobs", max_size)
 
     # --- adding and claiming -------------------------------------------------------
-    def add(self, type: str, queue: str, payload: dict[str, Any], *, title: str = "", priority: int = 0,
-            max_attempts: int = 1, deps: Sequence[int] = (), delay: float = 0.0, coalesce: bool = False,
-            key: str | None = None) -> int:
-        """A new waiting job's id. `coalesce`: when a job of the same type, queue and payload still
-        waits for its first attempt (a deferred one), its id instead, and nothing is added. `key`:
-        the add's idempotency key; when a job was made with it (the add is a retry of one whose
-        commit was lost), its id: the INSERT yields to that row."""
-        return self.add_batch(type, queue, [payload], [title], priority=priority, max_attempts=max_attempts,
-                              deps=deps, delay=delay, coalesce=coalesce, key=key)[0]
-
     def add_batch(self, type: str, queue: str, payloads: Sequence[dict[str, Any]], titles: Sequence[str], *,
                   priority: int = 0, max_attempts: int = 1, deps: Sequence[int] = (), delay: float = 0.0,
                   coalesce: bool = False, key: str | None = None) -> builtins.list[int]:

@@ -14,11 +14,15 @@ from __future__ import annotations
 import socket
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from tests.engine.conftest import Site
 from tests.pgserver import PASSWORD, PgServer
+
+if TYPE_CHECKING:
+    from schedulerd.jobs import JobService
 
 # PostgreSQL's CommandComplete message for COMMIT: 'C', int32 length (4 + 7), "COMMIT\0"
 COMMIT_DONE = b"C\x00\x00\x00\x0bCOMMIT\x00"
@@ -72,11 +76,8 @@ class CuttingRelay:
         self.listener.close()
 
 
-@pytest.mark.anyio
-async def test_an_add_whose_commit_reply_is_lost_is_retried_into_the_same_job(
-        pg_server: PgServer, pg_database: str, tmp_path: Path) -> None:
-    """JobService.add (ctx.add_job in the daemon) through the relay: the first try's COMMIT is
-    done on the server but its reply lost; the retry makes no second job and returns the first's id."""
+def relayed_service(pg_server: PgServer, pg_database: str, tmp_path: Path) -> tuple[JobService, CuttingRelay]:
+    """A JobService on the test's database, through a CuttingRelay."""
     from schedulerd.config import load
     from schedulerd.jobs import JobService
 
@@ -88,7 +89,15 @@ url = "postgresql://schedulerd@127.0.0.1:{relay.port}/{pg_database}"
 password = "{PASSWORD}"
 """)
     config = load(site.config)
-    service = JobService(config, config.scheduler.state_dir, lambda name: None)
+    return JobService(config, config.scheduler.state_dir, lambda name: None), relay
+
+
+@pytest.mark.anyio
+async def test_an_add_whose_commit_reply_is_lost_is_retried_into_the_same_job(
+        pg_server: PgServer, pg_database: str, tmp_path: Path) -> None:
+    """JobService.add (ctx.add_job in the daemon) through the relay: the first try's COMMIT is
+    done on the server but its reply lost; the retry makes no second job and returns the first's id."""
+    service, relay = relayed_service(pg_server, pg_database, tmp_path)
     try:
         relay.arm()
         jid = await service.add("noop", {"record": 7})
@@ -105,18 +114,7 @@ async def test_a_batch_whose_commit_reply_is_lost_is_retried_into_the_same_jobs(
         pg_server: PgServer, pg_database: str, tmp_path: Path) -> None:
     """JobService.add_many (ctx.add_jobs: an archive pass's jobs) through the relay: the batch's
     COMMIT is done but its reply lost; the retry adds none of its jobs again."""
-    from schedulerd.config import load
-    from schedulerd.jobs import JobService
-
-    relay = CuttingRelay(pg_server.port)
-    site = Site(tmp_path / "site")
-    site.write(f"""
-[store]
-url = "postgresql://schedulerd@127.0.0.1:{relay.port}/{pg_database}"
-password = "{PASSWORD}"
-""")
-    config = load(site.config)
-    service = JobService(config, config.scheduler.state_dir, lambda name: None)
+    service, relay = relayed_service(pg_server, pg_database, tmp_path)
     try:
         relay.arm()
         ids = await service.add_many("noop", [{"record": i} for i in range(1, 51)])
