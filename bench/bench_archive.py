@@ -202,7 +202,7 @@ def one_round(base: Path, label: str, n: int, size: int, *, move_archived: bool 
             count = db.count_records()
         if count != n:
             raise SystemExit(f"{label}: expected {n} records, got {count} ({summary})")
-        queued = sum(OPEN_STORES[-1].count_by_queue_state().values())
+        queued = OPEN_STORES[-1].count_by_queue_state().get(("subdefCreation", "waiting"), 0)
         if queued != n:
             raise SystemExit(f"{label}: expected {n} subdefCreation jobs queued, got {queued}")
         mb = n * size / 1e6
@@ -231,12 +231,14 @@ def one_round(base: Path, label: str, n: int, size: int, *, move_archived: bool 
 
 
 def rss_child(work: Path, n: int) -> None:
-    """In a child process: N files wait in the hotfolder (cold 2 s), then are archived."""
+    """In a child process: N files wait in the hotfolder (cold 2 s), then are archived (their
+    jobs queued, as in the daemon)."""
     hot = work / "hot"
     task, ctx = task_for(work, hot, cold=2.0)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t, summary = run_pass(task, ctx)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    close_stores()
     print(json.dumps({"files": n, "rss_before_kb": before, "rss_peak_kb": peak, "pass_s": t, "summary": summary}))
 
 

@@ -16,7 +16,7 @@ itself. Both sides write each file under a temporary name and rename it when com
 a receiver never sees a half-written file (lftp: `set xfer:use-temp-file yes`, off by
 default), and both are given the drop-box push: `mirror -R --Remove-source-files` for
 lftp. Our side does more per file on purpose and keeps doing it here: pull = size check,
-data durable (syncfs) before the rename, remote mtime kept; push = size check (FTP). Every
+data durable (syncfs) before the rename; push = size check (FTP). Every
 timed run starts after a `sync`, so neither side flushes what the other (or the
 previous row) wrote. Before
 a server's rows, one untimed pull of a few small files warms our side (imports,

@@ -107,6 +107,7 @@ def add_jobs(store: JobStore, config: Config, type_name: str, payloads: Sequence
     """`add_job` of many payloads of one type in one transaction (all are added or none): a pass
     that made 10,000 records queues their 10,000 jobs with one commit, not 10,000. Every payload
     is checked before any is written."""
+    payloads = list(payloads)  # read twice: checked, then written
     handler = _handler(config, type_name)
     for payload in payloads:
         _check(handler, payload, config)
@@ -156,6 +157,8 @@ def store_adder(config: Config) -> JobAdder:
         return ids
 
     async def add(type: str, payloads: Sequence[Mapping[str, Any]], **options: Any) -> list[int]:
+        if not payloads:
+            return []
         return await add_once(type, functools.partial(add_sync, type, payloads, options))
     return add
 
@@ -577,6 +580,9 @@ class JobService:
         """`ctx.add_job(s)` in the daemon: the store write in a worker thread, retried while the
         store fails (a locked jobs.db, PostgreSQL away) so no job is lost, made once (add_once);
         a JobError raises at once."""
+        if not payloads:
+            return []
+
         def write(key: str) -> tuple[list[int], str]:
             return add_jobs(self.store, self.config, type, payloads, **options, key=key)
 

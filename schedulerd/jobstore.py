@@ -240,7 +240,10 @@ class SqliteJobStore(AddOne, SqliteFile):
                   priority: int = 0, max_attempts: int = 1, deps: Sequence[int] = (), delay: float = 0.0,
                   coalesce: bool = False, key: str | None = None) -> builtins.list[int]:
         """`add` of each payload (with its title), in one transaction: all are added or none. The
-        i-th job's idempotency key is `key` and i (a retried batch gets the jobs its first try made)."""
+        i-th job's idempotency key is `batch_key(key, i)` (a retried batch gets the jobs its first
+        try made)."""
+        if not payloads:
+            return []
         now = time.time()
         with self.transaction() as c:
             return [self._add(c, now, type, queue, payload, title, priority, max_attempts, deps, delay, coalesce,

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 log = logging.getLogger("schedulerd")
 
 # gc's threshold for collecting its middle generation (Python's default: 10 young collections).
-# A sleeping runner's wait (its coroutines, event and future: a dozen objects) is made anew at
+# A sleeping runner's wait (its coroutines, future and timer handle: a dozen objects) is made anew at
 # every iteration and lives one period. With the default, thousands of them outlive two young
 # collections, reach the oldest generation and trigger full collections, each scanning every
 # object made since the start-up (gc.freeze): at 10,000 tasks a 100-300 ms pause every two

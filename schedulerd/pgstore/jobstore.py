@@ -81,53 +81,65 @@ class PgJobStore(AddOne):
                   priority: int = 0, max_attempts: int = 1, deps: Sequence[int] = (), delay: float = 0.0,
                   coalesce: bool = False, key: str | None = None) -> builtins.list[int]:
         """`add` of each payload (with its title), in one transaction: all are added or none. The
-        i-th job's idempotency key is `key` and i (a retried batch gets the jobs its first try made)."""
+        i-th job's idempotency key is `batch_key(key, i)` (a retried batch gets the jobs its first
+        try made). The queue is notified when a job was added to wait in it."""
+        if not payloads:
+            return []
         with self.db.transaction() as cur:
             states: dict[int, str] = dict(run(cur, "lock_deps", ids=list(deps)).fetchall()) if deps else {}
             for d in deps:
                 if d not in states:
                     raise JobError(f"--after {d}: no job with id {d}")
             if coalesce or deps:  # statement by statement: each may find a twin, or fail on a dependency
-                ids = [self._add(cur, type, queue, payload, title, priority, max_attempts, deps, states, delay,
-                                 coalesce, batch_key(key, i))
-                       for i, (payload, title) in enumerate(zip(payloads, titles, strict=True))]
+                if coalesce and not deps:
+                    run(cur, "lock_twins", type=type, queue=queue)
+                added = [self._add(cur, type, queue, payload, title, priority, max_attempts, deps, states, delay,
+                                   coalesce, batch_key(key, i))
+                         for i, (payload, title) in enumerate(zip(payloads, titles, strict=True))]
             else:
-                ids = self._insert_all(cur, type, queue, payloads, titles, priority, max_attempts, delay, key)
-            run(cur, "notify_queues", queues=[queue])
-            return ids
+                added = self._insert_all(cur, type, queue, payloads, titles, priority, max_attempts, delay, key)
+            if any(waiting for _, waiting in added):
+                run(cur, "notify_queues", queues=[queue])
+            return [jid for jid, _ in added]
 
     @staticmethod
     def _insert_all(cur: psycopg.Cursor, type: str, queue: str, payloads: Sequence[dict[str, Any]],
                     titles: Sequence[str], priority: int, max_attempts: int, delay: float,
-                    key: str | None) -> builtins.list[int]:
+                    key: str | None) -> builtins.list[tuple[int, bool]]:
         """The INSERTs of a plain batch in one executemany (psycopg pipelines them: one round trip
-        for the batch, not one per job: 2,000 jobs 164-199 -> 28-42 us a job on loopback)."""
+        for the batch, not one per job: 2,000 jobs 164-199 -> 28-42 us a job on loopback); a
+        retried batch, whose jobs its first try made, reads them in one query more.
+        Returns (id, added now) for each."""
+        keys = [batch_key(key, i) for i in range(len(payloads))]
         cur.executemany(QUERIES["insert_job"], [
             {"type": type, "queue": queue, "payload": Jsonb(payload), "title": title, "priority": priority,
-             "max_attempts": max_attempts, "delay": delay, "key": batch_key(key, i)}
-            for i, (payload, title) in enumerate(zip(payloads, titles, strict=True))], returning=True)
+             "max_attempts": max_attempts, "delay": delay, "key": k}
+            for k, payload, title in zip(keys, payloads, titles, strict=True)], returning=True)
         made: builtins.list[int | None] = []
         while True:
             row = cur.fetchone()
             made.append(None if row is None else int(row[0]))
             if not cur.nextset():
                 break
-        return [int(run(cur, "job_by_add_key", key=batch_key(key, i)).fetchone()[0])  # type: ignore[index]
-                if jid is None else jid  # made by an earlier try of this batch
-                for i, jid in enumerate(made)]
+        if None not in made:
+            return [(jid, True) for jid in made if jid is not None]
+        missing = [k for k, jid in zip(keys, made, strict=True) if jid is None]
+        earlier: dict[str | None, int] = dict(run(cur, "jobs_by_add_keys", keys=missing).fetchall())
+        return [(jid, True) if jid is not None else (int(earlier[k]), False) for k, jid in zip(keys, made, strict=True)]
 
     @staticmethod
     def _add(cur: psycopg.Cursor, type: str, queue: str, payload: dict[str, Any], title: str, priority: int,
              max_attempts: int, deps: Sequence[int], states: dict[int, str], delay: float, coalesce: bool,
-             key: str | None) -> int:
+             key: str | None) -> tuple[int, bool]:
+        """One job of a batch with a twin to look for or dependencies: (its id, left waiting now)."""
         if coalesce and not deps:
             twin = run(cur, "waiting_twin", type=type, queue=queue, payload=Jsonb(payload)).fetchone()
-            if twin is not None and twin[1] is not None:
-                return int(twin[1])
+            if twin is not None:
+                return int(twin[0]), False
         row = run(cur, "insert_job", type=type, queue=queue, payload=Jsonb(payload), title=title,
                   priority=priority, max_attempts=max_attempts, delay=delay, key=key).fetchone()
         if row is None:  # made by an earlier try of this add
-            return int(run(cur, "job_by_add_key", key=key).fetchone()[0])  # type: ignore[index]
+            return int(run(cur, "job_by_add_key", key=key).fetchone()[0]), False  # type: ignore[index]
         jid = int(row[0])
         if deps:
             run(cur, "insert_deps", job=jid, deps=list(deps))
@@ -135,7 +147,8 @@ class PgJobStore(AddOne):
         if bad:
             _move(cur, "fail_job", (JobState.WAITING,), JobState.FAILED, id=jid, node=None,
                   error=f"dependency #{bad[0]} is {states[bad[0]]}")
-        return jid
+            return jid, False
+        return jid, True
 
     def claim(self, queue: str, node: str) -> Job | None:
         jobs = self.claim_many(queue, node, 1)

@@ -89,13 +89,17 @@ DELETE FROM kv WHERE key = %(key)s;
 -- the jobs a new job waits for, held until it is in (a dependency cannot fail unseen meanwhile)
 SELECT id, state FROM jobs WHERE id = ANY(%(ids)s) FOR SHARE;
 
+-- name: lock_twins
+-- add(coalesce=True), before its waiting_twin look-ups: an advisory lock on the type and queue,
+-- held to the transaction's end, keeps two nodes adding the same job at once from both inserting
+-- it. One lock per transaction, not one per payload: a batch of thousands would fill the
+-- server's lock table (max_locks_per_transaction), and two batches could deadlock.
+SELECT pg_advisory_xact_lock(hashtext(%(type)s || chr(31) || %(queue)s));
+
 -- name: waiting_twin
--- add(coalesce=True): a job of the same type, queue and payload still waiting for its first
--- attempt; the advisory lock on that key (held to the transaction's end) keeps two nodes adding
--- the same job at once from both inserting it
-SELECT pg_advisory_xact_lock(hashtext(%(type)s || chr(31) || %(queue)s || chr(31) || %(payload)s::text)),
-       (SELECT id FROM jobs WHERE type = %(type)s AND queue = %(queue)s AND payload = %(payload)s
-          AND state = 'waiting' AND attempts = 0 ORDER BY id LIMIT 1);
+-- add(coalesce=True): a job of the same type, queue and payload still waiting for its first attempt
+SELECT id FROM jobs WHERE type = %(type)s AND queue = %(queue)s AND payload = %(payload)s
+  AND state = 'waiting' AND attempts = 0 ORDER BY id LIMIT 1;
 
 -- name: insert_job
 -- a new job; with an idempotency key (`key`) that a job already has (the add is a retry of one
@@ -108,6 +112,9 @@ RETURNING id;
 
 -- name: job_by_add_key
 SELECT id FROM jobs WHERE add_key = %(key)s;
+
+-- name: jobs_by_add_keys
+SELECT add_key, id FROM jobs WHERE add_key = ANY(%(keys)s);
 
 -- name: insert_deps
 INSERT INTO job_deps (job, dep) SELECT %(job)s, unnest(%(deps)s::bigint[]);

@@ -20,7 +20,7 @@ from schedulerd.jobstore import JobError, Outcome
 from schedulerd.states import IllegalTransition, JobState, Wanted
 from schedulerd.store import Run
 from schedulerd.stores import StoreSettings, open_job_store, open_state_store
-from tests.pgserver import store_settings
+from tests.pgserver import PASSWORD, store_settings
 
 
 class Backend:
@@ -397,3 +397,45 @@ def test_jobs_running_for_a_node_that_does_not_run_them_go_back_uncounted(backen
         (JobState.RUNNING, 1), (JobState.INTERRUPTED, 0), (JobState.INTERRUPTED, 0)]
     assert jobs[theirs].state is JobState.RUNNING
     assert claim_all(s, node="n1") == ids[1:]  # claimed again, once each
+
+
+def test_a_batch_is_one_add_per_payload_retried_whole(backend: Backend) -> None:
+    """add_batch: the ids in the payloads' order; a retry with the batch's key gets the same jobs and
+    adds none (also a plain batch, PostgreSQL's one executemany); an empty batch adds nothing."""
+    s = backend.jobs()
+    assert s.add_batch("command", "q", [], []) == []
+    payloads = [{"record": i} for i in range(300)]
+    ids = s.add_batch("command", "q", payloads, [f"t{i}" for i in range(300)], key="b-1")
+    assert len(set(ids)) == 300 and [s.get(j).payload for j in (ids[0], ids[-1])] == [payloads[0], payloads[-1]]
+    assert s.add_batch("command", "q", payloads, [""] * 300, key="b-1") == ids
+    assert s.add("command", "q", {"record": 0}, key="b-1") == ids[0]  # a batch of one is keyed as one add
+    assert sum(s.count_by_queue_state().values()) == 300
+
+
+
+def test_postgresql_notifies_a_queue_only_when_a_job_was_added_to_wait_in_it(pg_server, pg_database) -> None:
+    """NOTIFY schedulerd_jobs wakes every node's dispatcher: sent for a new waiting job, not for
+    an add that found its deferred twin, a retried add, or an empty batch."""
+    import psycopg
+
+    s = Backend(SchedulerSettings(), store_settings(pg_server, pg_database))
+    store = s.jobs()
+    listener = psycopg.connect(pg_server.url(pg_database), password=PASSWORD, autocommit=True)
+    try:
+        listener.execute("LISTEN schedulerd_jobs")
+
+        def heard() -> list[str]:
+            return [n.payload for n in listener.notifies(timeout=0.5, stop_after=10)]
+
+        first = store.add("command", "q", {"record": 1}, delay=3600, coalesce=True, key="n-1")
+        assert heard() == ["q"]
+        assert store.add("command", "q", {"record": 1}, delay=3600, coalesce=True) == first  # its twin
+        assert store.add("command", "q", {"record": 2}, key="n-1") == first  # a retry
+        assert store.add_batch("command", "q", [], []) == []
+        assert heard() == []
+        store.add_batch("command", "r", [{"record": 3}, {"record": 4}], ["", ""])
+        assert heard() == ["r"]
+    finally:
+        listener.close()
+        for opened in s.opened:
+            opened.close()
