@@ -98,9 +98,10 @@ def mv_commands(src: Path, dst: Path) -> list[list[str]]:
     return [["mv", "-t", str(dst), "--", *[str(src / n) for n in names[i : i + 1000]]] for i in range(0, len(names), 1000)]
 
 
-def task_for(work: Path, hot: Path, cold: float = 0.0, *, move_archived: bool = False) -> tuple[ArchiveTask, TaskContext]:
+def task_for(work: Path, hot: Path, cold: float = 0.0, *,
+             move_archived: bool = False) -> tuple[ArchiveTask, TaskContext, JobService]:
     """The archive task with a context as the daemon gives it: the databox `main`, and a job queue
-    (a JobService on the embedded jobs.db) taking each new record's subdefCreation job."""
+    (a JobService on the embedded jobs.db, its store to close) taking each new record's subdefCreation job."""
     box = DataboxSettings(work / "db.sqlite", work / "storage")
     with open_databox(box) as db:
         if not db.collections():
@@ -114,18 +115,9 @@ def task_for(work: Path, hot: Path, cold: float = 0.0, *, move_archived: bool = 
                     f'[databoxes.main]\npath = "{box.path}"\nstorage = "{box.storage}"\n')
     config = load(conf)
     jobs = JobService(config, state, lambda name: logging.getLogger("bench.jobs"))
-    OPEN_STORES.append(jobs.store)
     ctx = TaskContext("bench", s, logging.getLogger("bench"), config, state / "tasks" / "bench",
                       job_adder=jobs.add_many)
-    return ArchiveTask(s), ctx
-
-
-OPEN_STORES: list = []  # the job stores task_for opened: closed before their folder is removed
-
-
-def close_stores() -> None:
-    while OPEN_STORES:
-        OPEN_STORES.pop().close()
+    return ArchiveTask(s), ctx, jobs
 
 
 def run_pass(task: ArchiveTask, ctx: TaskContext) -> tuple[float, str]:
@@ -178,12 +170,13 @@ def scenario(base: Path, label: str, n: int, size: int, *, move_archived: bool =
 
 def one_round(base: Path, label: str, n: int, size: int, *, move_archived: bool = False, tag: str = "") -> dict:
     work = Path(tempfile.mkdtemp(prefix="archive-", dir=base))
+    jobs: JobService | None = None
     try:
         src, copied, hot = work / "src", work / "copied", work / "hot"
         make_files(src, n, size)
         hot.mkdir()
         (hot / ".phrasea.xml").write_bytes(PX)
-        task, ctx = task_for(work, hot, move_archived=move_archived)
+        task, ctx, jobs = task_for(work, hot, move_archived=move_archived)
 
         mv_cpu: list[float] = []
 
@@ -202,7 +195,7 @@ def one_round(base: Path, label: str, n: int, size: int, *, move_archived: bool 
             count = db.count_records()
         if count != n:
             raise SystemExit(f"{label}: expected {n} records, got {count} ({summary})")
-        queued = OPEN_STORES[-1].count_by_queue_state().get(("subdefCreation", "waiting"), 0)
+        queued = jobs.store.count_by_queue_state().get(("subdefCreation", "waiting"), 0)
         if queued != n:
             raise SystemExit(f"{label}: expected {n} subdefCreation jobs queued, got {queued}")
         mb = n * size / 1e6
@@ -226,7 +219,8 @@ def one_round(base: Path, label: str, n: int, size: int, *, move_archived: bool 
               f"archive/cp {res['ratio_vs_cp']:.2f}x", flush=True)
         return res
     finally:
-        close_stores()
+        if jobs is not None:
+            jobs.store.close()
         shutil.rmtree(work, ignore_errors=True)
 
 
@@ -234,11 +228,11 @@ def rss_child(work: Path, n: int) -> None:
     """In a child process: N files wait in the hotfolder (cold 2 s), then are archived (their
     jobs queued, as in the daemon)."""
     hot = work / "hot"
-    task, ctx = task_for(work, hot, cold=2.0)
+    task, ctx, jobs = task_for(work, hot, cold=2.0)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t, summary = run_pass(task, ctx)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    close_stores()
+    jobs.store.close()
     print(json.dumps({"files": n, "rss_before_kb": before, "rss_peak_kb": peak, "pass_s": t, "summary": summary}))
 
 

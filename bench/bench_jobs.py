@@ -122,7 +122,7 @@ def run_ours(tmp: Path, n: int, workers: int, timeout: float, drain: bool) -> di
     """stream: the daemon runs while we add (and wake it after each add with the datagram `job:add` sends);
     drain: the N jobs wait in the store before the daemon starts."""
     from schedulerd.config import load
-    from schedulerd.jobs import add_job
+    from schedulerd.jobadd import add_job
     from schedulerd.jobstore import open_job_store
     from schedulerd.wake import send_wake
 

@@ -106,7 +106,7 @@ def overhead(tmp: Path, cfg: Path, m: int) -> tuple[float, float, float, float, 
          600)
     piped, piped_cpu = time.time() - t0, daemon_cpu(tmp) - c0
     from schedulerd.config import load
-    from schedulerd.jobs import add_job
+    from schedulerd.jobadd import add_job
     from schedulerd.stores import open_job_store
 
     config = load(cfg)

@@ -178,7 +178,7 @@ class Env:
     def add_job(self, type: str, payload: Any, queue: str | None = None, priority: int = 0,
                 after: tuple[int, ...] = ()) -> int:
         """Write the job to the store (works with the daemon down), then tell a running daemon."""
-        from .jobs import add_job
+        from .jobadd import add_job
         from .jobstore import JobError
         from .wake import send_wake
 

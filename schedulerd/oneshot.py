@@ -12,7 +12,7 @@ import anyio
 from . import logs
 from .context import TaskContext
 from .iteration import IterationEnd, run_iteration
-from .jobs import store_adder
+from .jobadd import store_adder
 from .process import ChildRegistry, use_registry, withhold_env
 from .registry import task_type
 from .states import RunOutcome

@@ -13,7 +13,7 @@ import anyio
 
 from . import logs
 from .context import TaskContext
-from .jobs import store_adder, validate
+from .jobadd import store_adder, validate
 from .jobstore import JobError
 from .oneshot import EchoHandler, ProgressBar
 from .plugin import failure_detail

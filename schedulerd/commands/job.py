@@ -181,7 +181,7 @@ def job_purge(args: Any, env: Any) -> int:
 
 
 def _check_queue(env: Any, store: Any, queue: str) -> None:
-    from ..jobs import check_queue
+    from ..jobadd import check_queue
     from ..jobstore import JobError
 
     try:
@@ -214,7 +214,7 @@ def queue_resume(args: Any, env: Any) -> int:
 
 @command("worker:show-configuration", "Show queues, their workers and the job types' settings", JSON)
 def show_configuration(args: Any, env: Any) -> int:
-    from ..jobs import configured_queues
+    from ..jobadd import configured_queues
     from ..registry import job_types
     from ..settings import format_duration, public_view
 

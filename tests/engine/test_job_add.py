@@ -132,7 +132,8 @@ async def test_a_batch_is_added_whole_or_not_at_all(tmp_path: Path) -> None:
     """On the embedded store: the ids come back in the payloads' order, a retried batch (same key)
     gets the same jobs, and a batch with one bad payload adds none of them."""
     from schedulerd.config import load
-    from schedulerd.jobs import JobService, add_jobs
+    from schedulerd.jobadd import add_jobs
+    from schedulerd.jobs import JobService
     from schedulerd.jobstore import JobError
 
     site = Site(tmp_path / "site")

@@ -46,7 +46,7 @@ pytestmark = pytest.mark.slow
 def add_jobs(site: Site, out: Path) -> list[int]:
     """N jobs straight into the site's job store (the CLI's job:add, without a process per job)."""
     from schedulerd.config import load
-    from schedulerd.jobs import add_job
+    from schedulerd.jobadd import add_job
     from schedulerd.stores import open_job_store
 
     config = load(site.config)
