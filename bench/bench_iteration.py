@@ -32,8 +32,10 @@ from _common import PY, REPO, Reaper, machine, median, tempdir
 SETTLE = 2.0  # seconds after every task has run once before the window opens
 
 
-def child(checkout: Path, tasks: int, period: float, seconds: float, tmp: Path, profile: str | None) -> dict[str, Any]:
-    """In the child: the daemon of `checkout`, measured over `seconds` once every task has run."""
+def child(checkout: Path, tasks: int, period: float, seconds: float, tmp: Path, profile: str | None,
+          history: int = 0) -> dict[str, Any]:
+    """In the child: the daemon of `checkout`, measured over `seconds` once every task has run;
+    `history` runs per task already in its state store (written through the store's own save)."""
     sys.path.insert(0, str(checkout))  # before the editable install's finder: this checkout's engine
     import anyio
 
@@ -45,9 +47,13 @@ def child(checkout: Path, tasks: int, period: float, seconds: float, tmp: Path, 
     config = tmp / "schedulerd.toml"
     var = tmp / "var"
     config.write_text(f'[scheduler]\nstate_dir = "{var}/state"\nlog_dir = "{var}/log"\nsocket = "{var}/run/s.sock"\n'
-                      f'pidfile = "{var}/run/schedulerd.pid"\nlog_level = "info"\n\n'
+                      f'pidfile = "{var}/run/schedulerd.pid"\nlog_level = "info"\n'
+                      f'history_keep_ok = {max(100, 2 * history)}\n\n'  # the first purge deletes none of them
                       + "".join(f'[tasks.n{i:05d}]\ntype = "noop"\nperiod = "{period}s"\n\n' for i in range(tasks)))
-    daemon = Daemon(load(config))
+    settings = load(config)
+    if history:
+        prefill(settings, tasks, history)
+    daemon = Daemon(settings)
     out: dict[str, Any] = {}
 
     def runs() -> int:
@@ -79,10 +85,28 @@ def child(checkout: Path, tasks: int, period: float, seconds: float, tmp: Path, 
     return out
 
 
+def prefill(settings: Any, tasks: int, history: int) -> None:
+    """`history` runs of every task in the state store, saved as the daemon's writer saves them
+    (a batch of one run per task, oldest first): the store a daemon that has run for a while keeps.
+    With the default retention (history_keep_ok = 100, purged every 5 minutes) a daemon running
+    1,000 tasks every second holds 100 to 400 runs per task."""
+    from schedulerd.store import Run, open_store
+
+    store = open_store(settings.scheduler.state_dir)
+    now = time.time()
+    try:
+        for k in range(history):
+            t = now - (history - k) * 1.0
+            store.save([Run(f"n{i:05d}", t, t + 1e-4, "ok") for i in range(tasks)], {}, {})
+    finally:
+        store.close()
+
+
 def run_child(checkout: Path, a: argparse.Namespace, profile: str | None = None) -> dict[str, Any]:
     with tempdir("bench-iteration-") as tmp, Reaper() as reaper:
         argv = [PY, __file__, "--child", str(checkout), "--tasks", str(a.tasks), "--period", str(a.period),
-                "--seconds", str(a.seconds), "--dir", str(tmp)] + (["--profile", profile] if profile else [])
+                "--seconds", str(a.seconds), "--dir", str(tmp), "--history", str(a.history)]
+        argv += ["--profile", profile] if profile else []
         p = reaper.popen(argv, stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(checkout)})
         out, _ = p.communicate(timeout=a.seconds + 600)
     if p.returncode != 0:
@@ -97,16 +121,19 @@ def main() -> int:
     ap.add_argument("--period", type=float, default=1.0)
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--history", type=int, default=0,
+                    help="runs per task already in the history when the daemon starts (a daemon that has run a while: "
+                         "100 to 400 with the default retention)")
     ap.add_argument("--profile", help="cProfile the loop thread of this checkout's daemon into this file (one run)")
     ap.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--dir", type=Path, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
-        print(json.dumps(child(a.child.resolve(), a.tasks, a.period, a.seconds, a.dir, a.profile)))
+        print(json.dumps(child(a.child.resolve(), a.tasks, a.period, a.seconds, a.dir, a.profile, a.history)))
         return 0
     print(f"# bench_iteration  {machine()}")
-    print(f"# {a.tasks} noop tasks every {a.period:g}s, {a.seconds:g}s window; CPU of the whole daemon process "
-          "(every thread) / iterations")
+    print(f"# {a.tasks} noop tasks every {a.period:g}s, {a.seconds:g}s window, {a.history} runs per task in the "
+          "history at start; CPU of the whole daemon process (every thread) / iterations")
     if a.profile:
         r = run_child(REPO, a, a.profile)
         print(f"new  {r['us_per_iteration']:6.1f} us/iteration ({r['iterations']} iterations, load {r['load']:.2f}); "

@@ -316,6 +316,48 @@ def test_history_newest_first_and_purged_by_count_and_age(backend: Backend) -> N
     assert [r.outcome for r in s.history("a")] == ["failed", "ok", "ok"]
 
 
+def test_a_state_file_from_before_last_run_names_each_tasks_last_run_when_opened(tmp_path: Path) -> None:
+    """A schedulerd.db written with the index of runs by task (before `tasks.last_run`) is
+    upgraded in place: each task's last run found once, the index dropped, the history kept;
+    so is one an older schedulerd wrote to again after the upgrade (the index made anew)."""
+    import sqlite3
+
+    from schedulerd.store import SCHEMA, SqliteStateStore
+
+    db = tmp_path / "schedulerd.db"
+    old_schema = SCHEMA.replace(", last_run INTEGER", "") + "CREATE INDEX runs_task ON runs(task, id);"
+    with sqlite3.connect(db) as c:
+        c.executescript(old_schema)
+        c.executemany("INSERT INTO runs(task, started, ended, outcome, summary) VALUES (?, 0, 1, 'ok', ?)",
+                      [("a", "a1"), ("b", "b1"), ("a", "a2")])
+        c.executemany("INSERT INTO tasks(name, runs) VALUES (?, ?)", [("a", 2), ("b", 1), ("idle", 0)])
+    for again in (False, True):
+        s = SqliteStateStore(db)
+        try:
+            many = s.tasks(["a", "b", "idle"])
+            assert [many[n].last_run and many[n].last_run.summary for n in ("a", "b", "idle")] == ["a2", "b1", None]
+            assert [r.summary for r in s.history("a")] == ["a2", "a1"] and s.task("a").runs == 2
+            s.save([run("b", "ok", summary="b2")], {}, {})
+            assert s.task("b").last_run.summary == "b2"
+        finally:
+            s.close()
+        with sqlite3.connect(db) as c:
+            assert c.execute("SELECT count(*) FROM sqlite_master WHERE name='runs_task'").fetchone() == (0,)
+            if not again:  # an older schedulerd writes to it: its schema makes the index again
+                c.executescript(old_schema.replace("CREATE INDEX", "CREATE INDEX IF NOT EXISTS"))
+                c.execute("INSERT INTO runs(task, started, ended, outcome, summary) VALUES ('b', 0, 1, 'ok', 'b1')")
+
+
+def test_the_history_of_a_task_that_seldom_runs_is_found_behind_the_others(backend: Backend) -> None:
+    """A task's runs are found however many runs of other tasks were written since."""
+    s = backend.states()
+    s.save([run("seldom", "failed", ago=600, error="once")], {}, {})
+    for k in range(20):
+        s.save([run(f"busy{i}", "ok", ago=500 - k) for i in range(50)], {}, {})
+    assert [(r.outcome, r.error) for r in s.history("seldom")] == [("failed", "once")]
+    assert s.task("seldom").last_run.error == "once" and len(s.history("busy7", 5)) == 5
+
+
 def test_values(backend: Backend) -> None:
     s = backend.states()
     assert s.get_value("k") is None
