@@ -467,3 +467,20 @@ def test_files_in_a_new_subfolder_fire_once_each_made_in_place_or_moved_in_whole
     (inbox / "moved").rename(tmp / "moved")
     (tmp / "moved").rename(inbox / "moved")
     fire_all(made + moved + ["last1.jpg"] + moved, "last2.jpg")
+
+
+def test_a_pipeline_on_task_state_added_by_a_reload_runs_when_the_task_changes_state(site: Site) -> None:  # noqa: F811
+    """A runner makes a `task.state` event only when something hears it: a pipeline added by a
+    reload is heard from then on, its filter keeping the one change it asks for."""
+    tasks = '[tasks.ticker]\ntype = "noop"\nperiod = "1h"\n'
+    site.write(tasks)
+    site.console("scheduler:start", check=True)
+    site.wait_for(lambda: site.task("ticker")["state"] == "waiting", what="ticker waiting")
+    site.write(tasks + '[pipelines.p]\ntrigger = { event = "task.state", filter = { fields = { task = "ticker", '
+                       'to = "stopped" } } }\nsteps = [{ type = "noop" }]\n')
+    site.console("scheduler:reload", check=True)
+    site.console("task:stop", "ticker", check=True)
+    site.wait_for(lambda: [r for r in _runs(site) if r["pipeline"] == "p"], what="the pipeline's run")
+    time.sleep(1)  # stopping -> stopped is one change: one run, not one per change
+    (run,) = [r for r in _runs(site) if r["pipeline"] == "p"]
+    assert run["trigger"] == "task.state", run
