@@ -142,20 +142,41 @@ class SqliteStateStore(SqliteFile):
 
     def __init__(self, path: Path, busy_timeout: float = DEFAULT_BUSY_TIMEOUT):
         super().__init__(path, busy_timeout)
-        with self._lock:
-            old = self._conn.execute("SELECT 1 FROM sqlite_master WHERE name='runs_task'").fetchone()
-            columns = {r[1] for r in self._conn.execute("PRAGMA table_info(tasks)")}
-        if old or "last_run" not in columns:
-            self._upgrade(add_column="last_run" not in columns)
+        try:
+            with self._lock:
+                behind = self._behind(self._conn)
+            if behind:
+                with self.transaction() as c:
+                    if self._behind(c):  # again under the write lock: another process may have done it meanwhile
+                        self._upgrade(c)
+        except BaseException:
+            self.close()
+            raise
 
-    def _upgrade(self, add_column: bool) -> None:
-        """A file an older schedulerd wrote: each task's last run is found once (through the old
-        index by task, dropped after); a write only the first time."""
-        with self.transaction() as c:
-            if add_column:
-                c.execute("ALTER TABLE tasks ADD COLUMN last_run INTEGER")
-            c.execute("UPDATE tasks SET last_run = (SELECT max(id) FROM runs WHERE runs.task = tasks.name)")
-            c.execute("DROP INDEX IF EXISTS runs_task")
+    @staticmethod
+    def _behind(c: sqlite3.Connection) -> bool:
+        """Whether the file needs `_upgrade`: an older schedulerd made it (the index by task, no
+        `last_run`), or wrote runs to it since (one still running when this version upgraded it)."""
+        if c.execute("SELECT 1 FROM sqlite_master WHERE name='runs_task'").fetchone():
+            return True
+        if "last_run" not in {r[1] for r in c.execute("PRAGMA table_info(tasks)")}:
+            return True
+        ahead = c.execute("SELECT (SELECT max(id) FROM runs) > (SELECT coalesce(max(last_run), 0) FROM tasks)")
+        return bool(ahead.fetchone()[0])
+
+    def _upgrade(self, c: sqlite3.Connection) -> None:
+        if "last_run" not in {r[1] for r in c.execute("PRAGMA table_info(tasks)")}:
+            c.execute("ALTER TABLE tasks ADD COLUMN last_run INTEGER")
+        c.execute("DROP INDEX IF EXISTS runs_task")
+        self._find_last_runs(c)
+
+    @staticmethod
+    def _find_last_runs(c: sqlite3.Connection) -> None:
+        """Each task's `last_run` found again in one pass over the history: after an upgrade, and
+        after a purge that deleted a task's last run (its newest one left, or none)."""
+        c.execute("UPDATE tasks SET last_run = NULL WHERE last_run IS NOT NULL")
+        c.execute("UPDATE tasks SET last_run = m.id FROM (SELECT task, max(id) AS id FROM runs GROUP BY task) AS m "
+                  "WHERE m.task = tasks.name")
 
     def _ensure(self, c: sqlite3.Connection, task: str) -> None:
         c.execute("INSERT OR IGNORE INTO tasks(name) VALUES (?)", (task,))
@@ -219,7 +240,7 @@ class SqliteStateStore(SqliteFile):
             rows = self._conn.execute(
                 "SELECT n.value, t.wanted, t.crashes, t.runs, t.failures, r.task, r.started, r.ended, r.outcome, "
                 "r.error, r.summary, r.source FROM json_each(?) n LEFT JOIN tasks t ON t.name = n.value "
-                "LEFT JOIN runs r ON r.id = t.last_run",
+                "LEFT JOIN runs r ON r.id = t.last_run AND r.task = t.name",
                 (json.dumps(list(names)),)).fetchall()
         return {row[0]: TaskRecord(row[0], Wanted(row[1]) if row[1] else None, row[2] or 0, row[3] or 0, row[4] or 0,
                                    Run(*row[5:]) if row[5] is not None else None) for row in rows}
@@ -243,6 +264,9 @@ class SqliteStateStore(SqliteFile):
                     f"(PARTITION BY task ORDER BY id DESC) AS rn FROM runs WHERE {cond}) WHERE rn > ?)",
                     (keep,),
                 ).rowcount
+            if n and c.execute("SELECT 1 FROM tasks WHERE last_run IS NOT NULL AND NOT EXISTS "
+                               "(SELECT 1 FROM runs WHERE runs.id = tasks.last_run) LIMIT 1").fetchone():
+                self._find_last_runs(c)  # rare: a task's newest run was older than its max age (or keep = 0)
             return n
 
     def get_value(self, key: str) -> str | None:

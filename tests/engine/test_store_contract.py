@@ -348,6 +348,55 @@ def test_a_state_file_from_before_last_run_names_each_tasks_last_run_when_opened
                 c.execute("INSERT INTO runs(task, started, ended, outcome, summary) VALUES ('b', 0, 1, 'ok', 'b1')")
 
 
+def test_the_last_run_after_a_purge_is_the_newest_one_left_and_never_another_tasks(backend: Backend) -> None:
+    """The purge may delete a task's newest run (older than its max age, or keep = 0): its last
+    run is then the newest one left, or none; a run written after that (which may get a deleted
+    run's id on SQLite) is never shown as another task's."""
+    s = backend.states()
+    s.save([run("a", "ok", ago=3000, summary="older ok"), run("a", "failed", ago=2000, error="newest"),
+            run("b", "ok", ago=3000)], {}, {})
+    assert s.task("a").last_run.error == "newest"
+    assert s.purge_history(keep_ok=100, keep_failed=100, max_age_ok=86400, max_age_failed=1000) == 1
+    assert s.task("a").last_run.summary == "older ok"
+    assert s.purge_history(keep_ok=0, keep_failed=0, max_age_ok=86400, max_age_failed=86400) == 2
+    assert s.task("a").last_run is None and s.task("b").last_run is None
+    s.save([run("c", "failed", error="c broke")], {}, {})
+    many = s.tasks(["a", "b", "c"])
+    assert many["a"].last_run is None and many["b"].last_run is None and many["c"].last_run.error == "c broke"
+    assert s.task("a").runs == 2 and s.history("a") == []
+
+
+def test_runs_an_older_schedulerd_writes_after_the_upgrade_are_seen_at_the_next_open(tmp_path: Path) -> None:
+    """An older daemon still running when this version upgraded the file (a `task:run` opened it)
+    goes on writing runs without `last_run`: the next open finds them."""
+    import sqlite3
+
+    from schedulerd.store import SCHEMA, SqliteStateStore
+
+    db = tmp_path / "schedulerd.db"
+    old = sqlite3.connect(db, isolation_level=None)
+    try:
+        old.executescript(SCHEMA.replace(", last_run INTEGER", "") + "CREATE INDEX runs_task ON runs(task, id);")
+
+        def old_write(summary: str) -> None:
+            with old:
+                old.execute("INSERT INTO runs(task, started, ended, outcome, summary) VALUES ('a', 0, 1, 'ok', ?)",
+                            (summary,))
+                old.execute("INSERT INTO tasks(name, runs) VALUES ('a', 1) ON CONFLICT(name) DO UPDATE SET runs=runs+1")
+
+        old_write("a1")
+        SqliteStateStore(db).close()
+        old_write("a2")
+        old_write("a3")
+    finally:
+        old.close()
+    s = SqliteStateStore(db)
+    try:
+        assert s.task("a").last_run.summary == "a3" and [r.summary for r in s.history("a")] == ["a3", "a2", "a1"]
+    finally:
+        s.close()
+
+
 def test_the_history_of_a_task_that_seldom_runs_is_found_behind_the_others(backend: Backend) -> None:
     """A task's runs are found however many runs of other tasks were written since."""
     s = backend.states()
