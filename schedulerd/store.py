@@ -87,13 +87,14 @@ def connect(path: Path, busy_timeout: float = DEFAULT_BUSY_TIMEOUT) -> sqlite3.C
 
 
 # The run history is one table in the order the runs were written, with no index by task, and
-# each task's row names its last run (`last_run`). Why: an index by task puts each task's runs
-# together, so every batch of runs of a thousand tasks wrote a thousand index pages, and a page
-# is written twice (the WAL, then the checkpoint). With 100 to 400 runs per task kept (the
-# default retention with 1,000 tasks every second) a run cost the history writer 13-21 us of CPU
-# against 7 with an empty table, and the retention's purge 7.5 us more; unindexed, 2-3 us and 2
-# (bench_iteration.py --history). The price: a task's history is read newest first until its
-# `limit` runs are found, the whole table for a task with fewer (18 ms at 400,000 runs).
+# each task's row names its last run (`last_run`). Why: an index by task keeps each task's runs
+# together, so a batch of runs changed one index page per task in it, each written whole twice
+# (the WAL, then the checkpoint): a run cost the history writer 7 us of CPU on an empty
+# table and 21 us at 420,000 runs (100 to 400 a task are kept by default), and the retention 12-14
+# us a run deleted; unindexed, a daemon that has run a while spends 40 us per no-op iteration
+# instead of 64 (bench_iteration.py --history 250, bench/README.md). The price: a task's history
+# is read newest first until `limit` runs are found, the whole table for a task with fewer
+# (18 ms at 400,000 runs).
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS tasks (
     name TEXT PRIMARY KEY, wanted TEXT, crashes INTEGER NOT NULL DEFAULT 0,
