@@ -38,13 +38,10 @@ WHERE %(node)s::text IS NULL OR NOT EXISTS (
 ON CONFLICT (name) DO UPDATE SET crashes = excluded.crashes
 RETURNING name;
 
--- name: insert_run
-INSERT INTO runs (task, started, ended, outcome, error, summary, source)
-VALUES (%(task)s, to_timestamp(%(started)s), to_timestamp(%(ended)s), %(outcome)s, %(error)s, %(summary)s,
-        %(source)s);
-
 -- name: count_runs
-INSERT INTO tasks (name, runs, failures) VALUES (%(task)s, %(runs)s, %(failures)s)
+-- the counters of a batch's tasks in one statement (one per task, even pipelined, was ~20 us a task)
+INSERT INTO tasks (name, runs, failures)
+SELECT * FROM unnest(%(task)s::text[], %(runs)s::bigint[], %(failures)s::bigint[])
 ON CONFLICT (name) DO UPDATE SET runs = tasks.runs + excluded.runs, failures = tasks.failures + excluded.failures;
 
 -- name: task_record
@@ -407,15 +404,22 @@ RETURNING extract(epoch FROM last_start)::float8;
 UPDATE task_leases SET node = NULL, expires = clock_timestamp()
 WHERE task = %(task)s AND node = %(node)s AND generation = %(generation)s;
 
--- name: insert_run_fenced
--- a run written under a lease: refused when the task's lease has a newer generation (another
--- node took it over: this node's write is stale). No generation (a one-shot task:run): written
+-- name: insert_runs_fenced
+-- a batch of runs in one statement (a round trip per run was ~180 us of wall time a run: the
+-- writer of 10,000 tasks every second fell behind), in their order; a run written under a lease
+-- is refused when the task's lease has a newer generation (another node took it over: this
+-- node's write is stale). No generation (a one-shot task:run): written. The runs written are
+-- returned; a refusal depends on (task, generation) alone.
 INSERT INTO runs (task, started, ended, outcome, error, summary, source, node, generation)
-SELECT %(task)s, to_timestamp(%(started)s), to_timestamp(%(ended)s), %(outcome)s, %(error)s, %(summary)s,
-       %(source)s, %(node)s, %(generation)s
-WHERE %(generation)s::bigint IS NULL
-   OR NOT EXISTS (SELECT 1 FROM task_leases WHERE task = %(task)s AND generation > %(generation)s)
-RETURNING id;
+SELECT r.task, to_timestamp(r.started), to_timestamp(r.ended), r.outcome, r.error, r.summary, r.source, r.node,
+       r.generation
+FROM unnest(%(task)s::text[], %(started)s::float8[], %(ended)s::float8[], %(outcome)s::text[], %(error)s::text[],
+            %(summary)s::text[], %(source)s::text[], %(node)s::text[], %(generation)s::bigint[])
+     WITH ORDINALITY AS r(task, started, ended, outcome, error, summary, source, node, generation, i)
+WHERE r.generation IS NULL
+   OR NOT EXISTS (SELECT 1 FROM task_leases l WHERE l.task = r.task AND l.generation > r.generation)
+ORDER BY r.i
+RETURNING task, outcome, generation;
 
 -- name: history_nodes
 SELECT task, extract(epoch FROM started)::float8, extract(epoch FROM ended)::float8, outcome, error, summary, source,

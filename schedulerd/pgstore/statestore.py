@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Mapping, Sequence
 
@@ -10,10 +11,11 @@ import psycopg
 from ..states import CLEAN_OUTCOMES, Wanted
 from ..store import Run, TaskRecord
 from ..stores import StoreSettings
-from . import QUERIES, Database, run
+from . import Database, run
 
 log = logging.getLogger("schedulerd.store")
 CLEAN = sorted(o.value for o in CLEAN_OUTCOMES)
+RUN_FIELDS = [f.name for f in dataclasses.fields(Run)]  # insert_runs_fenced's arrays, one per field
 
 
 class PgStateStore:
@@ -53,17 +55,20 @@ class PgStateStore:
     def _record_runs(self, cur: psycopg.Cursor, runs: list[Run]) -> None:
         if not runs:
             return
-        counts: dict[str, list[int]] = {}
+        columns = {f: [getattr(r, f) for r in runs] for f in RUN_FIELDS}
+        written = run(cur, "insert_runs_fenced", **columns).fetchall()
+        kept = {(task, generation) for task, _, generation in written}
         for r in runs:
-            if run(cur, "insert_run_fenced", **vars(r)).fetchone() is None:
+            if (r.task, r.generation) not in kept:
                 log.warning("run of task %s (lease generation %s, node %s) refused: another node has taken the "
                             "task over since", r.task, r.generation, r.node)
-                continue
-            n = counts.setdefault(r.task, [0, 0])
+        counts: dict[str, list[int]] = {}
+        for task, outcome, _ in written:
+            n = counts.setdefault(task, [0, 0])
             n[0] += 1
-            n[1] += r.outcome not in CLEAN_OUTCOMES
-        cur.executemany(QUERIES["count_runs"],
-                        [{"task": t, "runs": n[0], "failures": n[1]} for t, n in counts.items()])
+            n[1] += outcome not in CLEAN
+        run(cur, "count_runs", task=list(counts), runs=[n[0] for n in counts.values()],
+            failures=[n[1] for n in counts.values()])
 
     def task(self, task: str) -> TaskRecord:
         with self.db.transaction() as cur:

@@ -397,6 +397,24 @@ def test_runs_an_older_schedulerd_writes_after_the_upgrade_are_seen_at_the_next_
         s.close()
 
 
+def test_a_batch_of_runs_of_many_tasks_is_counted_and_kept_in_order(backend: Backend) -> None:
+    """The writer's batch (both stores write it with one statement for the runs and one for the
+    counters): each task's counters and history, in the batch's order, with every field kept."""
+    s = backend.states()
+    outcomes = ["ok", "failed", "ok", "timeout", "stopped", "cancelled"]
+    batch = [run(f"t{i % 7}", outcomes[i % 6], ago=1000 - i, summary=f"s{i}" if i % 2 else None,
+                 error=f"e{i}" if i % 3 == 0 else None, source="cli" if i % 5 == 0 else "daemon") for i in range(300)]
+    s.save(batch, {}, {})
+    for t in range(7):
+        mine = [r for r in batch if r.task == f"t{t}"]
+        rec = s.task(f"t{t}")
+        assert (rec.runs, rec.failures) == (len(mine), sum(r.outcome in ("failed", "timeout", "cancelled") for r in mine))
+        got = s.history(f"t{t}", 1000)
+        assert [(r.summary, r.error, r.source, r.outcome) for r in got] == \
+               [(r.summary, r.error, r.source, r.outcome) for r in reversed(mine)]
+        assert abs(got[0].started - mine[-1].started) < 1e-3 and rec.last_run.summary == mine[-1].summary
+
+
 def test_the_history_of_a_task_that_seldom_runs_is_found_behind_the_others(backend: Backend) -> None:
     """A task's runs are found however many runs of other tasks were written since."""
     s = backend.states()
