@@ -13,7 +13,12 @@ Rounds alternate the two checkouts (A B A B) and the paired ratio is printed:
 
     git worktree add --detach /tmp/old <commit>
     .venv/bin/python bench/bench_iteration.py --old /tmp/old [--tasks 2000] [--seconds 20] [--rounds 3]
+    .venv/bin/python bench/bench_iteration.py --old /tmp/old --history 250   # the store of a daemon that ran a while
+    .venv/bin/python bench/bench_iteration.py --old /tmp/old --postgresql    # on a PostgreSQL store (cluster mode)
     .venv/bin/python bench/bench_iteration.py --profile /tmp/new.prof   # cProfile of the loop thread, this checkout only
+
+With --postgresql the daemon runs its tasks under leases in the shared store (docs/cluster.md),
+and the CPU of the PostgreSQL server's processes over the same window is printed apart.
 """
 
 from __future__ import annotations
@@ -33,9 +38,10 @@ SETTLE = 2.0  # seconds after every task has run once before the window opens
 
 
 def child(checkout: Path, tasks: int, period: float, seconds: float, tmp: Path, profile: str | None,
-          history: int = 0) -> dict[str, Any]:
+          history: int = 0, store: str = "") -> dict[str, Any]:
     """In the child: the daemon of `checkout`, measured over `seconds` once every task has run;
-    `history` runs per task already in its state store (written through the store's own save)."""
+    `history` runs per task already in its state store (written through the store's own save);
+    `store`: the `[store]` table's lines (PostgreSQL), none for SQLite."""
     sys.path.insert(0, str(checkout))  # before the editable install's finder: this checkout's engine
     import anyio
 
@@ -49,6 +55,7 @@ def child(checkout: Path, tasks: int, period: float, seconds: float, tmp: Path, 
     config.write_text(f'[scheduler]\nstate_dir = "{var}/state"\nlog_dir = "{var}/log"\nsocket = "{var}/run/s.sock"\n'
                       f'pidfile = "{var}/run/schedulerd.pid"\nlog_level = "info"\n'
                       f'history_keep_ok = {max(100, 2 * history)}\n\n'  # the first purge deletes none of them
+                      + (f"[store]\n{store}\n\n" if store else "")
                       + "".join(f'[tasks.n{i:05d}]\ntype = "noop"\nperiod = "{period}s"\n\n' for i in range(tasks)))
     settings = load(config)
     if history:
@@ -72,9 +79,10 @@ def child(checkout: Path, tasks: int, period: float, seconds: float, tmp: Path, 
 
             prof = cProfile.Profile()
             prof.enable()
-        r0, c0, l0, t0 = runs(), time.process_time(), time.thread_time(), time.monotonic()
+        r0, c0, l0, t0, s0 = runs(), time.process_time(), time.thread_time(), time.monotonic(), postgres_cpu()
         await anyio.sleep(seconds)
         out["iterations"], out["cpu"], out["wall"] = runs() - r0, time.process_time() - c0, time.monotonic() - t0
+        out["server_cpu"] = postgres_cpu() - s0
         out["loop_cpu"] = time.thread_time() - l0  # this coroutine runs on the event loop's thread
         if prof is not None:
             prof.disable()
@@ -89,8 +97,23 @@ def child(checkout: Path, tasks: int, period: float, seconds: float, tmp: Path, 
     anyio.run(daemon.serve)
     out["us_per_iteration"] = out["cpu"] / max(1, out["iterations"]) * 1e6
     out["loop_us"] = out["loop_cpu"] / max(1, out["iterations"]) * 1e6
+    out["server_us"] = out["server_cpu"] / max(1, out["iterations"]) * 1e6
     out["load"] = os.getloadavg()[0]
     return out
+
+
+def postgres_cpu() -> float:
+    """CPU seconds (user + system) of every PostgreSQL server process on this machine (the
+    bench's own server: nothing else runs one here), from /proc."""
+    total, hz = 0.0, os.sysconf("SC_CLK_TCK")
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and (proc / "comm").read_text().strip() == "postgres":
+                fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+                total += (int(fields[11]) + int(fields[12])) / hz
+        except OSError:  # gone meanwhile
+            pass
+    return total
 
 
 def prefill(settings: Any, tasks: int, history: int) -> None:
@@ -110,10 +133,15 @@ def prefill(settings: Any, tasks: int, history: int) -> None:
         store.close()
 
 
-def run_child(checkout: Path, a: argparse.Namespace, profile: str | None = None) -> dict[str, Any]:
+def run_child(checkout: Path, a: argparse.Namespace, profile: str | None = None, pg: Any = None) -> dict[str, Any]:
+    """One side's daemon in a child; `pg`: a tests.pgserver.PgServer, a fresh database from it for this run."""
     with tempdir("bench-iteration-") as tmp, Reaper() as reaper:
         argv = [PY, __file__, "--child", str(checkout), "--tasks", str(a.tasks), "--period", str(a.period),
                 "--seconds", str(a.seconds), "--dir", str(tmp), "--history", str(a.history)]
+        if pg is not None:
+            from tests.pgserver import PASSWORD
+
+            argv += ["--store", f'url = "{pg.url(pg.database())}"\npassword = "{PASSWORD}"']
         argv += ["--profile", profile] if profile else []
         p = reaper.popen(argv, stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(checkout)})
         out, _ = p.communicate(timeout=a.seconds + 600)
@@ -132,12 +160,17 @@ def main() -> int:
     ap.add_argument("--history", type=int, default=0,
                     help="runs per task already in the history when the daemon starts (a daemon that has run a while: "
                          "100 to 400 with the default retention)")
+    ap.add_argument("--postgresql", action="store_true",
+                    help="both sides on a PostgreSQL store (tests.pgserver: Debian's server in a temp dir, a fresh "
+                         "database per run); its server processes' CPU is printed too")
+    ap.add_argument("--store", help=argparse.SUPPRESS)
     ap.add_argument("--profile", help="cProfile the loop thread of this checkout's daemon into this file (one run)")
     ap.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--dir", type=Path, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
-        print(json.dumps(child(a.child.resolve(), a.tasks, a.period, a.seconds, a.dir, a.profile, a.history)))
+        print(json.dumps(child(a.child.resolve(), a.tasks, a.period, a.seconds, a.dir, a.profile, a.history,
+                                a.store or "")))
         return 0
     print(f"# bench_iteration  {machine()}")
     print(f"# {a.tasks} noop tasks every {a.period:g}s, {a.seconds:g}s window, {a.history} runs per task in the "
@@ -147,23 +180,46 @@ def main() -> int:
         print(f"new  {r['us_per_iteration']:6.1f} us/iteration ({r['iterations']} iterations, load {r['load']:.2f}); "
               f"profile in {a.profile}")
         return 0
+    if a.postgresql and a.history:
+        ap.error("--history pre-fills the SQLite store only: leave it out with --postgresql")
+    pg = None
+    if a.postgresql:
+        sys.path.insert(0, str(REPO))
+        from tests.pgserver import start_server
+
+        pg = start_server()
+    try:
+        compare(a, pg)
+    finally:
+        if pg is not None:
+            pg.stop()
+    return 0
+
+
+def compare(a: argparse.Namespace, pg: Any) -> None:
     sides = [("new", REPO)] + ([("old", a.old.resolve())] if a.old else [])
     results: dict[str, list[float]] = {name: [] for name, _ in sides}
+    server: dict[str, list[float]] = {name: [] for name, _ in sides}
     for n in range(a.rounds):
         for name, checkout in (sides if n % 2 == 0 else sides[::-1]):
-            r = run_child(checkout, a, None)
+            r = run_child(checkout, a, None, pg)
             results[name].append(r["us_per_iteration"])
+            server[name].append(r["server_us"])
             purge = (f"; purge of {r['purged']} runs {r['purge_cpu']:.2f} s CPU, "
                      f"{r['purge_cpu'] / max(1, r['purged']) * 1e6:.1f} us a run") if "purged" in r else ""
+            on_pg = f", PostgreSQL server {r['server_us']:.1f} us/iteration" if pg is not None else ""
             print(f"round {n + 1} {name:3}  {r['us_per_iteration']:6.1f} us/iteration, {r['loop_us']:.1f} on the loop's thread"
                   f"  ({r['iterations']} iterations, "
-                  f"{r['cpu'] / r['wall'] * 100:5.1f}% of a core, load {r['load']:.2f}){purge}", flush=True)
+                  f"{r['cpu'] / r['wall'] * 100:5.1f}% of a core, load {r['load']:.2f}){on_pg}{purge}", flush=True)
     for name, values in results.items():
-        print(f"{name:3} median {median(values):6.1f} us/iteration  (min {min(values):.1f})")
+        on_pg = f"; PostgreSQL server median {median(server[name]):.1f} us/iteration" if pg is not None else ""
+        print(f"{name:3} median {median(values):6.1f} us/iteration  (min {min(values):.1f}){on_pg}")
     if a.old:
         paired = [new / old for new, old in zip(results["new"], results["old"], strict=True)]
         print(f"paired new/old: median {median(paired):.3f}x  min {min(paired):.3f}x  (goal: <= 30 us per iteration)")
-    return 0
+        if pg is not None:
+            paired = [new / old for new, old in zip(server["new"], server["old"], strict=True)]
+            print(f"paired new/old, PostgreSQL server CPU: median {median(paired):.3f}x  min {min(paired):.3f}x")
 
 
 if __name__ == "__main__":

@@ -451,6 +451,9 @@ class TaskRunner:
             self.lock.release()
             self.log.info("iteration skipped: the task's lease is no longer held")
             return None
+        if self._stop_asked():  # came while a store call (the lease's start, a schedule's cursor) was answered
+            self.lock.release()
+            return None
         self._change(TaskState.RUNNING)
         self.iteration_started = started
         self.ctx.done = self.ctx.total = None

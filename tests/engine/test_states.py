@@ -119,6 +119,39 @@ def test_the_runner_refuses_an_arrow_the_table_does_not_hold(site):
         store.close()
 
 
+def test_a_stop_that_comes_while_a_start_is_written_ends_the_task_without_running_it(site):
+    """A scheduled start writes its cursor before its iteration (a store call: a worker thread);
+    a stop that comes meanwhile is seen when the write returns: no iteration, no stopping ->
+    running (which raised in the daemon's task group and ended the daemon). Here the write waits
+    for a lock another connection holds on schedulerd.db; under a lease the same wait is the
+    database recording the start."""
+    import sqlite3
+
+    site.write('[tasks.t]\ntype = "command"\nargv = ["true"]\nschedule = "* * * * *"\ncatch_up = true\n')
+    config = load(site.config)
+    store = open_store(config.scheduler.state_dir)
+    store.set_value("schedule.cursor.t", repr(time.time() - 3600))  # a start missed an hour ago: due at once
+    holder = sqlite3.connect(config.scheduler.state_dir / "schedulerd.db", isolation_level=None)
+    try:
+        env = RunnerEnv(config, store, config.scheduler.state_dir / "locks")
+        runner = TaskRunner(config.tasks["t"], env, Wanted.STARTED)
+
+        async def stop_during_the_write() -> None:
+            async with anyio.create_task_group() as tg:
+                holder.execute("BEGIN IMMEDIATE")  # the cursor's write waits for this lock
+                runner.start(tg)
+                await anyio.sleep(0.5)
+                tg.start_soon(runner.stop, 5)
+                await anyio.sleep(0.3)
+                assert runner.state is TaskState.STOPPING
+                holder.execute("ROLLBACK")
+        anyio.run(stop_during_the_write)
+        assert runner.state is TaskState.STOPPED and runner.runs == 0
+    finally:
+        holder.close()
+        store.close()
+
+
 def test_move_refuses_an_illegal_arrow(tmp_path):
     store = open_job_store(tmp_path)
     try:
