@@ -175,11 +175,6 @@ def main() -> int:
     print(f"# bench_iteration  {machine()}")
     print(f"# {a.tasks} noop tasks every {a.period:g}s, {a.seconds:g}s window, {a.history} runs per task in the "
           "history at start; CPU of the whole daemon process (every thread) / iterations")
-    if a.profile:
-        r = run_child(REPO, a, a.profile)
-        print(f"new  {r['us_per_iteration']:6.1f} us/iteration ({r['iterations']} iterations, load {r['load']:.2f}); "
-              f"profile in {a.profile}")
-        return 0
     if a.postgresql and a.history:
         ap.error("--history pre-fills the SQLite store only: leave it out with --postgresql")
     pg = None
@@ -189,7 +184,12 @@ def main() -> int:
 
         pg = start_server()
     try:
-        compare(a, pg)
+        if a.profile:
+            r = run_child(REPO, a, a.profile, pg)
+            print(f"new  {r['us_per_iteration']:6.1f} us/iteration ({r['iterations']} iterations, load {r['load']:.2f}); "
+                  f"profile in {a.profile}")
+        else:
+            compare(a, pg)
     finally:
         if pg is not None:
             pg.stop()

@@ -57,25 +57,27 @@ class PgCluster:
             return [NodeRow(*r) for r in run(cur, "list_nodes").fetchall()]
 
     # --- task leases -------------------------------------------------------------
+    # each is one statement, a transaction by itself (autocommit: no BEGIN and COMMIT round trips;
+    # a task's start is one per iteration)
     def acquire(self, task: str, node: str, lease: float, period: float) -> Grant | None:
-        with self.db.transaction() as cur:
+        with self.db.statement() as cur:
             row = run(cur, "acquire_lease", task=task, node=node, lease=lease, period=period).fetchone()
         return None if row is None else Grant(int(row[0]), row[1])
 
     def renew(self, task: str, node: str, generation: int, lease: float) -> bool:
-        with self.db.transaction() as cur:
+        with self.db.statement() as cur:
             return run(cur, "renew_lease", task=task, node=node, generation=generation,
                        lease=lease).fetchone() is not None
 
     def begin(self, task: str, node: str, generation: int, margin: float) -> float | None:
         """The iteration's start in database time (seconds since the epoch), recorded as the
         task's last start; None when the lease is no longer held with `margin` seconds left."""
-        with self.db.transaction() as cur:
+        with self.db.statement() as cur:
             row = run(cur, "begin_iteration", task=task, node=node, generation=generation, margin=margin).fetchone()
         return None if row is None else float(row[0])
 
     def release(self, task: str, node: str, generation: int) -> None:
-        with self.db.transaction() as cur:
+        with self.db.statement() as cur:
             run(cur, "release_lease", task=task, node=node, generation=generation)
 
     def close(self) -> None:
