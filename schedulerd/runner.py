@@ -139,6 +139,7 @@ class TaskRunner:
         self.iteration_started: float | None = None
         self.next_at: float | None = None  # monotonic
         self.slot: float | None = None  # a schedule's: wall time of the start waited for (None: not a scheduled one)
+        self.cursor: float | None = None  # a schedule's: the last start recorded in the store (wall time)
         self._scope: anyio.CancelScope | None = None
         self._iteration_scope: anyio.CancelScope | None = None
         self._cut: tuple[RunOutcome, str | None] = (RunOutcome.CANCELLED, "cancelled at stop")  # set by stop()
@@ -330,7 +331,11 @@ class TaskRunner:
             if not self._leased(planned):
                 continue  # lost while sleeping (and perhaps taken again since: planned from that take)
             if self.slot is not None:
+                before = self.cursor
                 await self._save_cursor(self.slot)
+                if self._stop_asked():  # came while the start was written: written back, left due
+                    await self._restore_cursor(before)
+                    break
             ok = await self._iteration()
             retry = self.ctx.iteration_ended()  # the task waits for something (ctx.wait_for)
             # counted before the stop check: a failure that ends as the stop comes is in the
@@ -410,6 +415,7 @@ class TaskRunner:
             return monotonic()
         cursor = await self._store_call(self.env.store.get_value, self._cursor_key)
         now = time.time()
+        self.cursor = None if cursor is None else float(cursor)
         if cursor is None:
             await self._save_cursor(now)  # from now on, a downtime is seen
         grace = math.inf if self.tc.catch_up else 2 * self.env.config.store.lease if self.lease is not None else 0.0
@@ -423,6 +429,15 @@ class TaskRunner:
     async def _save_cursor(self, wall: float) -> None:
         """The scheduled start is written before its iteration runs (the cursor catch_up reads)."""
         await self._store_call(self.env.store.set_value, self._cursor_key, repr(wall))
+        self.cursor = wall
+
+    async def _restore_cursor(self, before: float | None) -> None:
+        """A start written but not run (the task stopped meanwhile): the cursor goes back, so that
+        the next start of the task (here, or on the node that takes it over) catches it up."""
+        self.log.info("stopped as its scheduled start was recorded: the start is left due")
+        with anyio.CancelScope(shield=True):
+            await self._store_call(self.env.store.set_value, self._cursor_key, None if before is None else repr(before))
+        self.cursor = before
 
     async def _store_call(self, fn: Callable[..., Any], *args: Any) -> Any:
         try:
@@ -451,8 +466,9 @@ class TaskRunner:
             self.lock.release()
             self.log.info("iteration skipped: the task's lease is no longer held")
             return None
-        if self._stop_asked():  # came while a store call (the lease's start, a schedule's cursor) was answered
+        if self._stop_asked():  # came while the database recorded the start: the next holder is due a period later
             self.lock.release()
+            self.log.info("iteration not run: the task stopped as its start was recorded")
             return None
         self._change(TaskState.RUNNING)
         self.iteration_started = started

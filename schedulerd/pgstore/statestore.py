@@ -56,6 +56,8 @@ class PgStateStore:
         if not runs:
             return
         columns = {f: [getattr(r, f) for r in runs] for f in RUN_FIELDS}
+        for f in ("started", "ended"):  # one array type: an int among the floats is refused as a mixed list
+            columns[f] = [float(t) for t in columns[f]]
         written = run(cur, "insert_runs_fenced", **columns).fetchall()
         kept = {(task, generation) for task, _, generation in written}
         for r in runs:
@@ -67,8 +69,9 @@ class PgStateStore:
             n = counts.setdefault(task, [0, 0])
             n[0] += 1
             n[1] += outcome not in CLEAN
-        run(cur, "count_runs", task=list(counts), runs=[n[0] for n in counts.values()],
-            failures=[n[1] for n in counts.values()])
+        if counts:  # in the tasks' order: two writers lock the rows in the same order
+            tasks = sorted(counts)
+            run(cur, "count_runs", task=tasks, runs=[counts[t][0] for t in tasks], failures=[counts[t][1] for t in tasks])
 
     def task(self, task: str) -> TaskRecord:
         with self.db.transaction() as cur:

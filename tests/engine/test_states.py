@@ -3,6 +3,7 @@ the code does, an arrow they do not hold raises, and job states change only thro
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import subprocess
@@ -119,10 +120,11 @@ def test_the_runner_refuses_an_arrow_the_table_does_not_hold(site):
         store.close()
 
 
-def test_a_stop_that_comes_while_a_start_is_written_ends_the_task_without_running_it(site):
+def test_a_stop_that_comes_while_a_start_is_written_ends_the_task_without_running_it(site, caplog):
     """A scheduled start writes its cursor before its iteration (a store call: a worker thread);
     a stop that comes meanwhile is seen when the write returns: no iteration, no stopping ->
-    running (which raised in the daemon's task group and ended the daemon). Here the write waits
+    running (which raised in the daemon's task group and ended the daemon), and the cursor is
+    written back, so the start is not lost. Here the write waits
     for a lock another connection holds on schedulerd.db; under a lease the same wait is the
     database recording the start."""
     import sqlite3
@@ -130,7 +132,9 @@ def test_a_stop_that_comes_while_a_start_is_written_ends_the_task_without_runnin
     site.write('[tasks.t]\ntype = "command"\nargv = ["true"]\nschedule = "* * * * *"\ncatch_up = true\n')
     config = load(site.config)
     store = open_store(config.scheduler.state_dir)
-    store.set_value("schedule.cursor.t", repr(time.time() - 3600))  # a start missed an hour ago: due at once
+    caplog.set_level(logging.INFO, logger="schedulerd.task.t")
+    missed = time.time() - 3600
+    store.set_value("schedule.cursor.t", repr(missed))  # a start missed an hour ago: due at once
     holder = sqlite3.connect(config.scheduler.state_dir / "schedulerd.db", isolation_level=None)
     try:
         env = RunnerEnv(config, store, config.scheduler.state_dir / "locks")
@@ -147,6 +151,8 @@ def test_a_stop_that_comes_while_a_start_is_written_ends_the_task_without_runnin
                 holder.execute("ROLLBACK")
         anyio.run(stop_during_the_write)
         assert runner.state is TaskState.STOPPED and runner.runs == 0
+        assert float(store.get_value("schedule.cursor.t")) == missed  # written back: the start stays due
+        assert "the start is left due" in caplog.text
     finally:
         holder.close()
         store.close()
