@@ -140,6 +140,7 @@ class TaskRunner:
         self.next_at: float | None = None  # monotonic
         self.slot: float | None = None  # a schedule's: wall time of the start waited for (None: not a scheduled one)
         self.cursor: float | None = None  # a schedule's: the last start recorded in the store (wall time)
+        self._cursor_before: float | None = None  # the cursor before the start being recorded (_left_due)
         self._scope: anyio.CancelScope | None = None
         self._iteration_scope: anyio.CancelScope | None = None
         self._cut: tuple[RunOutcome, str | None] = (RunOutcome.CANCELLED, "cancelled at stop")  # set by stop()
@@ -331,10 +332,10 @@ class TaskRunner:
             if not self._leased(planned):
                 continue  # lost while sleeping (and perhaps taken again since: planned from that take)
             if self.slot is not None:
-                before = self.cursor
+                self._cursor_before = self.cursor
                 await self._save_cursor(self.slot)
                 if self._stop_asked():  # came while the start was written: written back, left due
-                    await self._restore_cursor(before)
+                    await self._left_due()
                     break
             ok = await self._iteration()
             retry = self.ctx.iteration_ended()  # the task waits for something (ctx.wait_for)
@@ -431,10 +432,16 @@ class TaskRunner:
         await self._store_call(self.env.store.set_value, self._cursor_key, repr(wall))
         self.cursor = wall
 
-    async def _restore_cursor(self, before: float | None) -> None:
-        """A start written but not run (the task stopped meanwhile): the cursor goes back, so that
-        the next start of the task (here, or on the node that takes it over) catches it up."""
+    async def _left_due(self) -> None:
+        """A start recorded but not run: the task stopped as it was written (a schedule's cursor,
+        a lease's start). A schedule's cursor goes back, so that the next start of the task (here,
+        or on the node that takes it over) catches it up; a lease's start stays recorded (the next
+        holder is due a period after it)."""
+        if self.slot is None:
+            self.log.info("iteration not run: the task stopped as its start was recorded")
+            return
         self.log.info("stopped as its scheduled start was recorded: the start is left due")
+        before = self._cursor_before
         with anyio.CancelScope(shield=True):
             await self._store_call(self.env.store.set_value, self._cursor_key, None if before is None else repr(before))
         self.cursor = before
@@ -466,9 +473,9 @@ class TaskRunner:
             self.lock.release()
             self.log.info("iteration skipped: the task's lease is no longer held")
             return None
-        if self._stop_asked():  # came while the database recorded the start: the next holder is due a period later
+        if self._stop_asked():  # came while the database recorded the lease's start
             self.lock.release()
-            self.log.info("iteration not run: the task stopped as its start was recorded")
+            await self._left_due()
             return None
         self._change(TaskState.RUNNING)
         self.iteration_started = started
