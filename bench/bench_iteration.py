@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import PY, REPO, Reaper, machine, median, tempdir
+from _common import PY, REPO, Reaper, cpu_seconds, machine, median, report_paired, tempdir
 
 SETTLE = 2.0  # seconds after every task has run once before the window opens
 
@@ -104,14 +104,13 @@ def child(checkout: Path, tasks: int, period: float, seconds: float, tmp: Path, 
 
 def postgres_cpu() -> float:
     """CPU seconds (user + system) of every PostgreSQL server process on this machine (the
-    bench's own server: nothing else runs one here), from /proc; a backend that exits within the
-    window is not counted (the daemon's pool keeps its connections)."""
-    total, hz = 0.0, os.sysconf("SC_CLK_TCK")
+    bench's own server: nothing else runs one here); a backend that exits within the window is
+    not counted (the daemon's pool keeps its connections)."""
+    total = 0.0
     for proc in Path("/proc").iterdir():
         try:
             if proc.name.isdigit() and (proc / "comm").read_text().strip() == "postgres":
-                fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
-                total += (int(fields[11]) + int(fields[12])) / hz
+                total += cpu_seconds(int(proc.name))
         except OSError:  # gone meanwhile
             pass
     return total
@@ -219,11 +218,9 @@ def compare(a: argparse.Namespace, pg: Any) -> None:
         on_pg = f"; PostgreSQL server median {median(server[name]):.1f} us/iteration" if pg is not None else ""
         print(f"{name:3} median {median(values):6.1f} us/iteration  (min {min(values):.1f}){on_pg}")
     if a.old:
-        paired = [new / old for new, old in zip(results["new"], results["old"], strict=True)]
-        print(f"paired new/old: median {median(paired):.3f}x  min {min(paired):.3f}x  (goal: <= 30 us per iteration)")
+        report_paired("CPU per iteration (new / old; goal: <= 30 us)", results["new"], results["old"])
         if pg is not None:
-            paired = [new / old for new, old in zip(server["new"], server["old"], strict=True)]
-            print(f"paired new/old, PostgreSQL server CPU: median {median(paired):.3f}x  min {min(paired):.3f}x")
+            report_paired("PostgreSQL server CPU per iteration (new / old)", server["new"], server["old"])
 
 
 if __name__ == "__main__":
