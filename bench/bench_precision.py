@@ -10,7 +10,8 @@ run time, same period, on both sides). Every start planned inside the measuremen
 - schedulerd: the real `Daemon` (config, stores, control socket, history writer, job queue)
   served in the child with a shutdown trigger, with N tasks of a recording type (registered
   through the `schedulerd.tasks` entry-point group from a temp dir: no engine file touched).
-  Its `run_once` takes anyio.current_time() and reads the runner's plan for this iteration
+  Its `run_once` takes time.monotonic() (the runners' clock; APScheduler's job takes
+  time.time(), the same cost) and reads the runner's plan for this iteration
   (`TaskRunner.next_at`, monotonic): lateness = start - plan, exactly what the TaskRunner
   loop promised. A runner's ticks start when the runner starts (spread over the start-up);
   the task puts itself on the grid with the public `ctx.wait_for(..., retry=)` (the next
@@ -49,8 +50,7 @@ SETTLE = 3.0  # default seconds from a side's start to T0 (our 1,000 runners nee
 
 RECORDER = '''"""bench_precision's task type: records how late each iteration starts against the runner's plan."""
 import math
-
-import anyio
+import time
 
 from schedulerd.plugin import TaskType
 
@@ -69,7 +69,7 @@ class RecordTask(TaskType):
     type_name = "bench_record"
 
     async def run_once(self, ctx):
-        now = anyio.current_time()
+        now = time.monotonic()  # not anyio.current_time(): it finds the running backend first
         runner = DAEMON.runners.get(ctx.name) if DAEMON is not None else None
         if runner is None or runner.next_at is None:
             return None

@@ -512,7 +512,7 @@ class Daemon:
         if not self._writing.locked():  # what ended just now is shown; a busy store: the writer saves it later
             await self._write_state(give_up_after=0)
         assert self.store is not None
-        return [vars(r) for r in await anyio.to_thread.run_sync(self.store.history, runner.tc.name, int(limit))]
+        return [r._asdict() for r in await anyio.to_thread.run_sync(self.store.history, runner.tc.name, int(limit))]
 
     async def c_reload(self, args: dict[str, Any]) -> dict[str, Any]:
         return await self.reload()

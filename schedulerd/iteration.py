@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import anyio
 
@@ -14,9 +14,9 @@ from .states import RunOutcome
 MAX_TEXT = 2000  # an iteration's error and summary are cut to this many characters in the history
 
 
-@dataclass(frozen=True)
-class IterationEnd:
-    """How one iteration ended: what the run history records."""
+class IterationEnd(NamedTuple):
+    """How one iteration ended: what the run history records (a named tuple: made at every
+    iteration, and cheaper to make than a frozen dataclass)."""
 
     outcome: RunOutcome
     error: str | None = None

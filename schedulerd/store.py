@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 import anyio
 
@@ -36,8 +36,11 @@ RETRY_MAX = 30.0
 DEFAULT_BUSY_TIMEOUT = 30.0
 
 
-@dataclass(frozen=True)
-class Run:
+class Run(NamedTuple):
+    """One iteration in the run history. A named tuple, not a frozen dataclass: the daemon makes
+    one per iteration, and a frozen dataclass's __init__ (object.__setattr__ per field) cost
+    1.4 us against 0.66 us, a twentieth of the engine's CPU per no-op iteration."""
+
     task: str
     started: float
     ended: float

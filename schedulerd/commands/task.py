@@ -152,7 +152,7 @@ def task_history(args: Any, env: Any) -> int:
         _configured(env, args.name)
         store = env.state_store()
         try:
-            res = [vars(r) for r in store.history(args.name, args.lines)]
+            res = [r._asdict() for r in store.history(args.name, args.lines)]
         finally:
             store.close()
     if args.json:

@@ -90,12 +90,19 @@ def site_scheduler(site: Site):
 def test_job_cancel_from_another_node_ends_the_attempt_where_it_runs(pg_env, pg_server, pg_database, site, tmp_path) -> None:
     site.write(pg_config(pg_server, pg_database))
     site.console("scheduler:start", check=True)
+    from schedulerd.pgstore.listen import CANCEL_CHANNEL
     from schedulerd.stores import open_job_store
 
     store = open_job_store(site_scheduler(site), store_settings(pg_server, pg_database))
     try:
         jid = store.add("command", "default", {"argv": [PY, "-c", "import time; time.sleep(60)"]})
         wait_for(lambda: store.get(jid).state.value == "running", 10, "the job running")
+        # the node's LISTEN connection is up (on a loaded machine the job can start before it is:
+        # a cancel notified before then is lost, and the 5 s poll finds it)
+        # (its last statement: the LISTEN on the cancel channel, or a keepalive probe after it)
+        listening = ("SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'schedulerd listen %' "
+                     f"AND query IN ('LISTEN {CANCEL_CHANNEL}', 'SELECT 1')")
+        wait_for(lambda: pg_server.sql(listening)[0][0] > 0, 10, "the node listening")
         t0 = time.monotonic()
         store.cancel(jid)  # as job:cancel on another node does: the store only
         wait_for(lambda: f"job {jid} cancelled while running" in site.log(), 10, "the attempt ended")
