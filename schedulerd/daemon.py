@@ -335,6 +335,8 @@ class Daemon:
                         started += 1
                 for event in {*runner.task.wake_on, *tc.trigger}:
                     self._listeners.setdefault(event, []).append(runner)
+        self._env.heard = frozenset(self._listeners).union(
+            pc.trigger.event for pc in config.pipelines.values() if pc.enabled and pc.trigger.event)
         if first:  # one line for all; each task's own start lines are at debug level in its log
             log.info("%d task(s) starting, %d stopped, %d disabled", started,
                      sum(r.wanted is Wanted.STOPPED for r in self.runners.values()),

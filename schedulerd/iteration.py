@@ -1,9 +1,11 @@
-"""One iteration of a task and how it ended: the one helper of the daemon's runner and `task:run`."""
+"""One iteration of a task and how it ended: the one helper of the daemon's runner and `task:run`;
+and the time an iteration or a job's attempt is given (`within`, `TimedOut`)."""
 
 from __future__ import annotations
 
 import time
-from typing import NamedTuple
+from collections.abc import Awaitable, Callable
+from typing import NamedTuple, TypeVar
 
 import anyio
 
@@ -12,6 +14,25 @@ from .plugin import Context, TaskLog, TaskType, failure_detail
 from .states import RunOutcome
 
 MAX_TEXT = 2000  # an iteration's error and summary are cut to this many characters in the history
+T = TypeVar("T")
+
+
+class TimedOut(Exception):
+    """The `timeout` an iteration or a job's attempt was given ran out. Not TimeoutError: that is
+    what a socket or a library raises inside the work (a server that does not answer), a failure
+    like any other, with its own message."""
+
+    def __init__(self, seconds: float):
+        super().__init__(f"timed out after {seconds:g}s")
+
+
+async def within(timeout: float | None, work: Callable[[], Awaitable[T]]) -> T:
+    """`await work()`, cancelled after `timeout` seconds (None: no limit), then TimedOut."""
+    if timeout is None:
+        return await work()
+    with anyio.move_on_after(timeout):
+        return await work()
+    raise TimedOut(timeout)  # (reached only when the deadline cancelled the work)
 
 
 class IterationEnd(NamedTuple):
@@ -28,24 +49,18 @@ async def run_iteration(task: TaskType, ctx: Context, timeout: float | None, log
     A cancellation (a stop, Ctrl-C) propagates: the caller knows why it came. Each end is counted
     (schedulerd.metrics: iterations and failures by task and outcome, duration by task type)."""
     began = time.monotonic()
-    end = await _iteration(task, ctx, timeout, log)
-    metrics.iteration_ended(ctx.name, task.type_name, end.outcome.value, time.monotonic() - began)
-    return end
-
-
-async def _iteration(task: TaskType, ctx: Context, timeout: float | None, log: TaskLog) -> IterationEnd:
     try:
         if timeout is None:  # no cancel scope to make and leave: most tasks have no timeout
             result = await task.run_once(ctx)
         else:
-            with anyio.fail_after(timeout):
-                result = await task.run_once(ctx)
-    except TimeoutError:
-        error = f"iteration timed out after {timeout:g}s"
-        log.error("%s", error)
-        return IterationEnd(RunOutcome.TIMEOUT, error)
-    except Exception as e:
-        error = f"{type(e).__name__}: {e}"[:MAX_TEXT]
-        log.error("iteration failed: %s%s", error, failure_detail(e))
-        return IterationEnd(RunOutcome.FAILED, error)
-    return IterationEnd(RunOutcome.OK, summary=None if result is None else str(result)[:MAX_TEXT])
+            result = await within(timeout, lambda: task.run_once(ctx))
+    except TimedOut as e:
+        end = IterationEnd(RunOutcome.TIMEOUT, f"iteration {e}")
+        log.error("%s", end.error)
+    except Exception as e:  # a TimeoutError of the task's own (a socket's) too
+        end = IterationEnd(RunOutcome.FAILED, f"{type(e).__name__}: {e}"[:MAX_TEXT])
+        log.error("iteration failed: %s%s", end.error, failure_detail(e))
+    else:
+        end = IterationEnd(RunOutcome.OK, summary=None if result is None else str(result)[:MAX_TEXT])
+    metrics.iteration_ended(ctx.name, task.type_name, end.outcome.value, time.monotonic() - began)
+    return end

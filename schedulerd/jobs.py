@@ -25,10 +25,11 @@ from anyio.abc import TaskGroup
 from . import metrics
 from .config import Config
 from .context import TaskContext, Waker
+from .iteration import TimedOut, within
 from .jobadd import add_job, add_jobs, add_once, check_queue
 from .jobstore import Job, JobError, Outcome
 from .logs import REDACTOR
-from .plugin import FailForGood, failure_detail
+from .plugin import FailForGood, JobType, failure_detail
 from .protocol import ControlError, Fault
 from .registry import job_type
 from .store import STORE_ERRORS, store_call
@@ -356,13 +357,11 @@ class JobService:
                                       self.config.scheduler.state_dir / "jobs" / str(job.id), None,
                                       emitter=self.emit, job_adder=self.add_many, on_progress=on_progress)
                     running.ctx = ctx
-                    with anyio.fail_after(tc.timeout):
-                        await self._saved_up_to(ended_before)
-                        result = await handler.run(ctx, job.payload)
+                    result = await within(tc.timeout, lambda: self._attempt(ended_before, handler, ctx, job))
                     outcome, summary = "finished", None if result is None else REDACTOR.redact(str(result))[:2000]
-                except TimeoutError:
-                    outcome, error = "failed", f"timed out after {tc.timeout:g}s"
-                except Exception as e:
+                except TimedOut as e:
+                    outcome, error = "failed", str(e)
+                except Exception as e:  # a TimeoutError of the job's own (a socket's) too
                     outcome, error, for_good = "failed", f"{type(e).__name__}: {e}"[:2000], isinstance(e, FailForGood)
                     logger.error("attempt failed: %s%s", error, failure_detail(e))
             if running.cancelled_by_user:
@@ -380,6 +379,11 @@ class JobService:
                 if not self.running:
                     self._idle.set()
                 self.wake(job.queue)
+
+    async def _attempt(self, ended_before: int, handler: JobType, ctx: TaskContext, job: Job) -> Any:
+        """The attempt's work, within its type's timeout: once the attempts ended before it are saved."""
+        await self._saved_up_to(ended_before)
+        return await handler.run(ctx, job.payload)
 
     async def _saved_up_to(self, count: int) -> None:
         """Wait until the first `count` ended attempts are in the store. An attempt starts its work

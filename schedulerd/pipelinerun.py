@@ -25,6 +25,7 @@ from anyio.abc import TaskGroup
 
 from .config import Config
 from .context import Waker
+from .iteration import within
 from .pipeline import FILE_EVENTS, PipelineConfig
 from .pipelinestore import PartJob, PipelineStore, RunRow, RunState, StepState, open_pipeline_store
 from .plugin import Context, FailForGood, Item, ItemKind, JobType
@@ -104,8 +105,7 @@ class PipelineStep(JobType):
             items = [Item.from_json(d) for d in payload["items"]]
         except ValueError as e:
             raise FailForGood(f"items: {e}") from None
-        with anyio.fail_after(tc.timeout):
-            out = await handler.run_items(ctx, step.payload, items)
+        out = await within(tc.timeout, lambda: handler.run_items(ctx, step.payload, items))
         if out != items:
             await anyio.to_thread.run_sync(_output_store(ctx.config).set_part_output, payload["run"],
                                            payload["step"], payload["part"], out)

@@ -13,6 +13,7 @@ import anyio
 
 from . import logs
 from .context import TaskContext
+from .iteration import TimedOut, within
 from .jobadd import store_adder, validate
 from .jobstore import JobError
 from .oneshot import EchoHandler, ProgressBar
@@ -44,14 +45,13 @@ def run_service(config: Any, type_name: str, payload: Any, *, progress: bool = F
 
     async def once() -> Any:
         state_dir.mkdir(parents=True, exist_ok=True)
-        with anyio.fail_after(tc.timeout):
-            return await handler.run(ctx, payload)
+        return await within(tc.timeout, lambda: handler.run(ctx, payload))
 
     try:
         summary = anyio.run(once)
-    except TimeoutError:
-        return _failed(bar, type_name, f"timed out after {tc.timeout:g}s")
-    except Exception as e:
+    except TimedOut as e:
+        return _failed(bar, type_name, str(e))
+    except Exception as e:  # a TimeoutError of the job's own (a socket's) too
         log.error("failed: %s%s", logs.REDACTOR.redact(f"{type(e).__name__}: {e}"), failure_detail(e))
         return _failed(bar, type_name, f"{type(e).__name__}: {e}")
     finally:

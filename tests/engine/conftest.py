@@ -135,6 +135,19 @@ def fd_count(pid: int) -> int:
 PY = sys.executable
 
 
+def plugin_dir(root: Path, module: str, source: str, entry_points: str) -> Path:
+    """A third-party plugin, found by its entry points as any installed one: `module`.py and its
+    dist-info in root/plugin (the folder to put on PYTHONPATH). `entry_points`: the
+    entry_points.txt text (`[schedulerd.tasks]` / `[schedulerd.jobs]` sections)."""
+    path = root / "plugin"
+    info = path / f"{module}-1.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {module.replace('_', '-')}\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(entry_points)
+    (path / f"{module}.py").write_text(textwrap.dedent(source))
+    return path
+
+
 LOCKER = ("import sqlite3, sys, time; c = sqlite3.connect(sys.argv[1], isolation_level=None); "
           "c.execute('BEGIN IMMEDIATE'); print('locked', flush=True); time.sleep(float(sys.argv[2])); c.execute('COMMIT')")
 

@@ -9,11 +9,10 @@ import re
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
-from tests.engine.conftest import CONSOLE
+from tests.engine.conftest import CONSOLE, plugin_dir
 
 PY = sys.executable
 
@@ -110,12 +109,7 @@ class Steps(TaskType):
 
 def _plugin(root: Path) -> Path:
     """A third-party task type, found by its entry point as any installed one."""
-    path = root / "plugin"
-    (path / "steps_task-1.0.dist-info").mkdir(parents=True)
-    (path / "steps_task-1.0.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: steps-task\nVersion: 1.0\n")
-    (path / "steps_task-1.0.dist-info" / "entry_points.txt").write_text("[schedulerd.tasks]\nsteps = steps_task:Steps\n")
-    (path / "steps_task.py").write_text(textwrap.dedent(PLUGIN))
-    return path
+    return plugin_dir(root, "steps_task", PLUGIN, "[schedulerd.tasks]\nsteps = steps_task:Steps\n")
 
 
 def _on_a_terminal(argv: list[str], env: dict[str, str], timeout: float = 60) -> tuple[int, bytes]:

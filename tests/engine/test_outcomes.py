@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import sys
 
+from tests.engine.conftest import plugin_dir, running
+
 PY = sys.executable
 
 
@@ -61,3 +63,50 @@ def test_a_command_exit_is_logged_on_one_line_without_a_traceback(site):
     lines = [e["line"] for e in site.json("job:show", jid)["log"]]
     assert any("attempt failed: CommandFailed:" in line and "exited with status 5" in line for line in lines)
     assert not any("Traceback" in line for line in lines), lines
+
+
+UNANSWERED = '''
+from schedulerd.plugin import JobType, TaskType
+
+
+class Unanswered(TaskType):
+    """Its server does not answer: the TimeoutError a socket raises."""
+    type_name = "unanswered"
+
+    async def run_once(self, ctx):
+        raise TimeoutError("the server did not answer in 5s")
+
+
+class UnansweredJob(JobType):
+    type_name = "unanswered_job"
+
+    async def run(self, ctx, payload):
+        raise TimeoutError("the server did not answer in 5s")
+'''
+
+
+def test_a_timeout_error_the_work_raises_itself_is_a_failure_with_its_own_message(site, tmp_path, monkeypatch):
+    """What a socket raises when its server does not answer (TimeoutError) is the task or the job
+    failing, in its own words; only the time an iteration or attempt was given (`timeout`) is
+    "timed out after ...". With no `timeout` set, that text was made from None: the TypeError
+    ended the task's runner, and the daemon with it."""
+    monkeypatch.setenv("PYTHONPATH", str(plugin_dir(tmp_path, "unanswered", UNANSWERED,
+                                                    "[schedulerd.tasks]\nunanswered = unanswered:Unanswered\n\n"
+                                                    "[schedulerd.jobs]\nunanswered_job = unanswered:UnansweredJob\n")))
+    site.write('[tasks.free]\ntype = "unanswered"\nperiod = "1h"\n'
+               '[tasks.bounded]\ntype = "unanswered"\nperiod = "1h"\ntimeout = "1m"\n'
+               '[jobs.types.unanswered_job]\nmax_attempts = 1\n')
+    own = "TimeoutError: the server did not answer in 5s"
+    r = site.console("task:run", "free")
+    assert r.returncode == 1 and own in r.stderr, r.stderr
+    site.console("scheduler:start", check=True)
+    site.wait_for(lambda: site.task("free")["runs"] >= 2 and site.task("bounded")["runs"] >= 1, what="the daemon's runs")
+    jid = site.console("job:add", "unanswered_job", check=True).stdout.strip()
+    site.wait_for(lambda: site.json("job:show", jid)["state"] == "failed", what="the job to fail")
+    assert running(site.pid()) and site.console("scheduler:state").returncode == 10  # started: the daemon still runs
+    for name in ("free", "bounded"):
+        runs = site.json("task:history", name)
+        assert runs and all(r["outcome"] == "failed" and r["error"] == own for r in runs), runs
+        assert site.task(name)["state"] in ("backoff", "running", "crashed"), site.task(name)
+    assert own in site.json("job:show", jid)["error"]
+    assert "Traceback" not in site.log()

@@ -14,7 +14,7 @@ from http.cookies import SimpleCookie
 from pathlib import Path
 from urllib.parse import urlencode
 
-from tests.engine.conftest import CONSOLE
+from tests.engine.conftest import CONSOLE, plugin_dir
 
 PASSWORDS = {"alice": "alice-Pa55word-xyz", "bob": "bob-Pa55word-qrs"}
 FTP_PASSWORD = "ftp-Secret-4242"  # a task's secret: must show on no page
@@ -57,14 +57,8 @@ class Slow(JobType):
 
 
 def plugin(root: Path) -> Path:
-    path = root / "plugin"
-    info = path / "console_probe-1.0.dist-info"
-    info.mkdir(parents=True)
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: console-probe\nVersion: 1.0\n")
-    (info / "entry_points.txt").write_text("[schedulerd.tasks]\nchatty = console_probe:Chatty\n\n"
-                                           "[schedulerd.jobs]\nslow = console_probe:Slow\n")
-    (path / "console_probe.py").write_text(textwrap.dedent(PLUGIN))
-    return path
+    return plugin_dir(root, "console_probe", PLUGIN, "[schedulerd.tasks]\nchatty = console_probe:Chatty\n\n"
+                                                     "[schedulerd.jobs]\nslow = console_probe:Slow\n")
 
 
 @functools.cache  # a hash made by `http:passwd` once per password and test session: each takes a console start
