@@ -23,7 +23,11 @@ class TimedOut(Exception):
     like any other, with its own message."""
 
     def __init__(self, seconds: float):
-        super().__init__(f"timed out after {seconds:g}s")
+        super().__init__(seconds)
+        self.seconds = seconds
+
+    def __str__(self) -> str:
+        return f"timed out after {self.seconds:g}s"
 
 
 async def within(timeout: float | None, work: Callable[[], Awaitable[T]]) -> T:

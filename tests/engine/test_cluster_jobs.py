@@ -101,7 +101,7 @@ def test_job_cancel_from_another_node_ends_the_attempt_where_it_runs(pg_env, pg_
         # a cancel notified before then is lost, and the 5 s poll finds it)
         # (its last statement: the LISTEN on the cancel channel, or a keepalive probe after it)
         listening = ("SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'schedulerd listen %' "
-                     f"AND query IN ('LISTEN {CANCEL_CHANNEL}', 'SELECT 1')")
+                     f"AND datname = '{pg_database}' AND query IN ('LISTEN {CANCEL_CHANNEL}', 'SELECT 1')")
         wait_for(lambda: pg_server.sql(listening)[0][0] > 0, 10, "the node listening")
         t0 = time.monotonic()
         store.cancel(jid)  # as job:cancel on another node does: the store only

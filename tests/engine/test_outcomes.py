@@ -95,18 +95,22 @@ def test_a_timeout_error_the_work_raises_itself_is_a_failure_with_its_own_messag
                                                     "[schedulerd.jobs]\nunanswered_job = unanswered:UnansweredJob\n")))
     site.write('[tasks.free]\ntype = "unanswered"\nperiod = "1h"\n'
                '[tasks.bounded]\ntype = "unanswered"\nperiod = "1h"\ntimeout = "1m"\n'
-               '[jobs.types.unanswered_job]\nmax_attempts = 1\n')
+               '[jobs.types.unanswered_job]\nmax_attempts = 1\n'
+               '[jobs.types.command]\nmax_attempts = 1\ntimeout = "500ms"\n')
     own = "TimeoutError: the server did not answer in 5s"
     r = site.console("task:run", "free")
     assert r.returncode == 1 and own in r.stderr, r.stderr
     site.console("scheduler:start", check=True)
     site.wait_for(lambda: site.task("free")["runs"] >= 2 and site.task("bounded")["runs"] >= 1, what="the daemon's runs")
     jid = site.console("job:add", "unanswered_job", check=True).stdout.strip()
-    site.wait_for(lambda: site.json("job:show", jid)["state"] == "failed", what="the job to fail")
+    slow = site.console("job:add", "command", "--payload", json.dumps({"argv": ["sleep", "30"]}), check=True).stdout.strip()
+    for job in (jid, slow):
+        site.wait_for(lambda job=job: site.json("job:show", job)["state"] == "failed", what=f"job {job} to fail")
     assert running(site.pid()) and site.console("scheduler:state").returncode == 10  # started: the daemon still runs
     for name in ("free", "bounded"):
         runs = site.json("task:history", name)
         assert runs and all(r["outcome"] == "failed" and r["error"] == own for r in runs), runs
         assert site.task(name)["state"] in ("backoff", "running", "crashed"), site.task(name)
     assert own in site.json("job:show", jid)["error"]
+    assert site.json("job:show", slow)["error"] == "timed out after 0.5s"  # the type's timeout
     assert "Traceback" not in site.log()

@@ -170,6 +170,21 @@ def test_a_failing_step_fails_the_run_with_its_error(site: Site, tmp_path: Path)
     assert run["step_rows"][3]["state"] == "failed"
 
 
+def test_a_step_past_its_type_timeout_fails_the_run_in_those_words(site: Site) -> None:  # noqa: F811
+    """A step's time (its job type's `timeout`) ran out: "timed out after 0.5s". The job that runs
+    the step has a type of its own with no timeout, and the old code made that text from its None:
+    the TypeError ended the daemon."""
+    site.write('[jobs.types.command]\ntimeout = "500ms"\nmax_attempts = 1\n'
+               '[pipelines.slow]\nsteps = [{ type = "command", argv = ["sleep", "30"] }]\n')
+    site.console("scheduler:start", check=True)
+    item = [{"kind": "event", "fields": {"n": "1"}}]
+    rid = int(site.console("pipeline:run", "slow", "--input", json.dumps(item), check=True).stdout)
+    run = site.wait_for(lambda: (lambda r: r if r["state"] != "running" else None)(
+        site.json("pipeline:show", str(rid))), timeout=30, what="run ended")
+    assert run["state"] == "failed" and "timed out after 0.5s" in run["error"], run
+    assert site.console("scheduler:state").returncode == 10  # started: the daemon still runs
+
+
 def test_bad_pipeline_configs_are_refused_with_key_paths(site: Site, tmp_path: Path) -> None:  # noqa: F811
     cases = [
         ('steps = [{ type = "nope" }]', "pipelines.p.steps[0].type: unknown job type 'nope'"),
