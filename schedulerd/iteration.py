@@ -15,6 +15,10 @@ from .states import RunOutcome
 
 MAX_TEXT = 2000  # an iteration's error and summary are cut to this many characters in the history
 T = TypeVar("T")
+# what the work of an iteration or a job's attempt may raise and be recorded as failed: any error,
+# and a plugin's sys.exit() (it must not end the daemon, nor leave the loop stuck under it); a
+# cancellation and Ctrl-C (KeyboardInterrupt) go on up
+FAILURES = (Exception, SystemExit)
 
 
 class TimedOut(Exception):
@@ -58,13 +62,14 @@ async def run_iteration(task: TaskType, ctx: Context, timeout: float | None, log
             result = await task.run_once(ctx)
         else:
             result = await within(timeout, lambda: task.run_once(ctx))
+        summary = None if result is None else str(result)[:MAX_TEXT]  # (a result's own __str__ may fail)
     except TimedOut as e:
         end = IterationEnd(RunOutcome.TIMEOUT, f"iteration {e}")
         log.error("%s", end.error)
-    except Exception as e:  # a TimeoutError of the task's own (a socket's) too
+    except FAILURES as e:  # a TimeoutError of the task's own (a socket's) too
         end = IterationEnd(RunOutcome.FAILED, f"{type(e).__name__}: {e}"[:MAX_TEXT])
         log.error("iteration failed: %s%s", end.error, failure_detail(e))
     else:
-        end = IterationEnd(RunOutcome.OK, summary=None if result is None else str(result)[:MAX_TEXT])
+        end = IterationEnd(RunOutcome.OK, summary=summary)
     metrics.iteration_ended(ctx.name, task.type_name, end.outcome.value, time.monotonic() - began)
     return end

@@ -148,7 +148,7 @@ class FailForGood(TaskFailed):
     now, with this message, whatever attempts it has left."""
 
 
-def failure_detail(e: Exception) -> str:
+def failure_detail(e: BaseException) -> str:
     """What follows a failure's one-line message in a log: nothing for an expected
     TaskFailed, the traceback (on its own lines) for anything else."""
     if isinstance(e, TaskFailed):

@@ -13,7 +13,7 @@ import anyio
 
 from . import logs
 from .context import TaskContext
-from .iteration import TimedOut, within
+from .iteration import FAILURES, TimedOut, within
 from .jobadd import store_adder, validate
 from .jobstore import JobError
 from .oneshot import EchoHandler, ProgressBar
@@ -51,7 +51,7 @@ def run_service(config: Any, type_name: str, payload: Any, *, progress: bool = F
         summary = anyio.run(once)
     except TimedOut as e:
         return _failed(bar, type_name, str(e))
-    except Exception as e:  # a TimeoutError of the job's own (a socket's) too
+    except FAILURES as e:  # a TimeoutError of the job's own (a socket's) too
         log.error("failed: %s%s", logs.REDACTOR.redact(f"{type(e).__name__}: {e}"), failure_detail(e))
         return _failed(bar, type_name, f"{type(e).__name__}: {e}")
     finally:

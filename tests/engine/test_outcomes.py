@@ -65,7 +65,9 @@ def test_a_command_exit_is_logged_on_one_line_without_a_traceback(site):
     assert not any("Traceback" in line for line in lines), lines
 
 
-UNANSWERED = '''
+MISBEHAVING = '''
+import sys
+
 from schedulerd.plugin import JobType, TaskType
 
 
@@ -82,7 +84,35 @@ class UnansweredJob(JobType):
 
     async def run(self, ctx, payload):
         raise TimeoutError("the server did not answer in 5s")
+
+
+class Quits(TaskType):
+    type_name = "quits"
+
+    async def run_once(self, ctx):
+        sys.exit(3)
+
+
+class QuitsJob(JobType):
+    type_name = "quits_job"
+
+    async def run(self, ctx, payload):
+        sys.exit(3)
+
+
+class Unprintable(TaskType):
+    """Returns a summary whose text cannot be made."""
+    type_name = "unprintable"
+
+    async def run_once(self, ctx):
+        class Summary:
+            def __str__(self):
+                raise ValueError("no text")
+        return Summary()
 '''
+ENTRY_POINTS = ("[schedulerd.tasks]\nunanswered = misbehaving:Unanswered\nquits = misbehaving:Quits\n"
+                "unprintable = misbehaving:Unprintable\n\n[schedulerd.jobs]\n"
+                "unanswered_job = misbehaving:UnansweredJob\nquits_job = misbehaving:QuitsJob\n")
 
 
 def test_a_timeout_error_the_work_raises_itself_is_a_failure_with_its_own_message(site, tmp_path, monkeypatch):
@@ -90,9 +120,7 @@ def test_a_timeout_error_the_work_raises_itself_is_a_failure_with_its_own_messag
     failing, in its own words; only the time an iteration or attempt was given (`timeout`) is
     "timed out after ...". With no `timeout` set, that text was made from None: the TypeError
     ended the task's runner, and the daemon with it."""
-    monkeypatch.setenv("PYTHONPATH", str(plugin_dir(tmp_path, "unanswered", UNANSWERED,
-                                                    "[schedulerd.tasks]\nunanswered = unanswered:Unanswered\n\n"
-                                                    "[schedulerd.jobs]\nunanswered_job = unanswered:UnansweredJob\n")))
+    monkeypatch.setenv("PYTHONPATH", str(plugin_dir(tmp_path, "misbehaving", MISBEHAVING, ENTRY_POINTS)))
     site.write('[tasks.free]\ntype = "unanswered"\nperiod = "1h"\n'
                '[tasks.bounded]\ntype = "unanswered"\nperiod = "1h"\ntimeout = "1m"\n'
                '[jobs.types.unanswered_job]\nmax_attempts = 1\n'
@@ -114,3 +142,26 @@ def test_a_timeout_error_the_work_raises_itself_is_a_failure_with_its_own_messag
     assert own in site.json("job:show", jid)["error"]
     assert site.json("job:show", slow)["error"] == "timed out after 0.5s"  # the type's timeout
     assert "Traceback" not in site.log()
+
+
+def test_a_plugin_that_calls_sys_exit_or_returns_an_unprintable_summary_fails_and_the_daemon_goes_on(
+        site, tmp_path, monkeypatch):
+    """No exception of a task's or job's own may end the daemon: a plugin's sys.exit() is that
+    iteration's or attempt's failure ("SystemExit: 3"), as is a summary whose str() raises. Before,
+    either left the daemon not answering on its socket."""
+    monkeypatch.setenv("PYTHONPATH", str(plugin_dir(tmp_path, "misbehaving", MISBEHAVING, ENTRY_POINTS)))
+    site.write('[tasks.quits]\ntype = "quits"\nperiod = "1h"\n'
+               '[tasks.unprintable]\ntype = "unprintable"\nperiod = "1h"\n'
+               '[tasks.fine]\ntype = "noop"\nperiod = "200ms"\n'
+               '[jobs.types.quits_job]\nmax_attempts = 1\n')
+    site.console("scheduler:start", check=True)
+    jid = site.console("job:add", "quits_job", check=True).stdout.strip()
+    site.wait_for(lambda: site.json("job:show", jid)["state"] == "failed", what="the job to fail")
+    site.wait_for(lambda: site.task("quits")["runs"] >= 1 and site.task("unprintable")["runs"] >= 1,
+                  what="both tasks' first runs")
+    runs = site.task("fine")["runs"]
+    site.wait_for(lambda: site.task("fine")["runs"] > runs + 2, what="the other task going on")
+    assert running(site.pid()) and site.console("scheduler:state").returncode == 10  # started: the daemon still runs
+    assert site.json("task:history", "quits")[0]["error"] == "SystemExit: 3"
+    assert site.json("task:history", "unprintable")[0]["error"] == "ValueError: no text"
+    assert site.json("job:show", jid)["error"] == "SystemExit: 3"
