@@ -15,10 +15,20 @@ from .states import RunOutcome
 
 MAX_TEXT = 2000  # an iteration's error and summary are cut to this many characters in the history
 T = TypeVar("T")
-# what the work of an iteration or a job's attempt may raise and be recorded as failed: any error,
-# and a plugin's sys.exit() (it must not end the daemon, nor leave the loop stuck under it); a
+# what a plugin's code (an iteration, a job's attempt, a task's background or shutdown) may raise
+# and be recorded as failed: any error, and a sys.exit() in it (which must not end the daemon, nor
+# leave its loop stuck; one in an asyncio task the plugin starts itself still reaches the loop); a
 # cancellation and Ctrl-C (KeyboardInterrupt) go on up
 FAILURES = (Exception, SystemExit)
+
+
+def error_text(e: BaseException) -> str:
+    """`Type: message`, what the history and the logs say of a failure; `Type` and a note when the
+    exception cannot make its message (its __str__ fails): the failure is recorded all the same."""
+    try:
+        return f"{type(e).__name__}: {e}"
+    except Exception:
+        return f"{type(e).__name__} (its message could not be made)"
 
 
 class TimedOut(Exception):
@@ -67,7 +77,7 @@ async def run_iteration(task: TaskType, ctx: Context, timeout: float | None, log
         end = IterationEnd(RunOutcome.TIMEOUT, f"iteration {e}")
         log.error("%s", end.error)
     except FAILURES as e:  # a TimeoutError of the task's own (a socket's) too
-        end = IterationEnd(RunOutcome.FAILED, f"{type(e).__name__}: {e}"[:MAX_TEXT])
+        end = IterationEnd(RunOutcome.FAILED, error_text(e)[:MAX_TEXT])
         log.error("iteration failed: %s%s", end.error, failure_detail(e))
     else:
         end = IterationEnd(RunOutcome.OK, summary=summary)

@@ -25,7 +25,7 @@ from anyio.abc import TaskGroup
 from . import metrics
 from .config import Config
 from .context import TaskContext, Waker
-from .iteration import FAILURES, TimedOut, within
+from .iteration import FAILURES, TimedOut, error_text, within
 from .jobadd import add_job, add_jobs, add_once, check_queue
 from .jobstore import Job, JobError, Outcome
 from .logs import REDACTOR
@@ -362,7 +362,7 @@ class JobService:
                 except TimedOut as e:
                     outcome, error = "failed", str(e)
                 except FAILURES as e:  # a TimeoutError of the job's own (a socket's) too
-                    outcome, error, for_good = "failed", f"{type(e).__name__}: {e}"[:2000], isinstance(e, FailForGood)
+                    outcome, error, for_good = "failed", error_text(e)[:2000], isinstance(e, FailForGood)
                     logger.error("attempt failed: %s%s", error, failure_detail(e))
             if running.cancelled_by_user:
                 outcome, error = "cancelled", "cancelled by job:cancel"

@@ -32,7 +32,7 @@ from anyio.abc import TaskGroup
 from .cluster import TaskLease
 from .config import TaskConfig
 from .context import JobAdder, TaskContext, monotonic
-from .iteration import IterationEnd, run_iteration
+from .iteration import FAILURES, IterationEnd, run_iteration
 from .plugin import TaskType
 from .registry import task_type
 from .schedule import first_due, local_text, zone
@@ -287,7 +287,7 @@ class TaskRunner:
                 try:
                     with anyio.move_on_after(self.settings.stop_timeout + 5):
                         await self.task.shutdown(self.ctx)
-                except Exception:
+                except FAILURES:
                     self.log.exception("shutdown failed")
             self.lock.close()
             self.next_at = None
@@ -312,7 +312,7 @@ class TaskRunner:
     async def _background(self) -> None:
         try:
             await self.task.background(self.ctx)
-        except Exception:
+        except FAILURES:
             self.log.exception("background watcher failed; the periodic scan goes on")
 
     async def _loop(self) -> None:

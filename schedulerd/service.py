@@ -13,7 +13,7 @@ import anyio
 
 from . import logs
 from .context import TaskContext
-from .iteration import FAILURES, TimedOut, within
+from .iteration import FAILURES, TimedOut, error_text, within
 from .jobadd import store_adder, validate
 from .jobstore import JobError
 from .oneshot import EchoHandler, ProgressBar
@@ -52,8 +52,8 @@ def run_service(config: Any, type_name: str, payload: Any, *, progress: bool = F
     except TimedOut as e:
         return _failed(bar, type_name, str(e))
     except FAILURES as e:  # a TimeoutError of the job's own (a socket's) too
-        log.error("failed: %s%s", logs.REDACTOR.redact(f"{type(e).__name__}: {e}"), failure_detail(e))
-        return _failed(bar, type_name, f"{type(e).__name__}: {e}")
+        log.error("failed: %s%s", logs.REDACTOR.redact(error_text(e)), failure_detail(e))
+        return _failed(bar, type_name, error_text(e))
     finally:
         _remove_empty(state_dir)
     if bar:

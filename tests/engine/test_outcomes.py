@@ -100,6 +100,19 @@ class QuitsJob(JobType):
         sys.exit(3)
 
 
+class Mute(Exception):
+    def __str__(self):
+        raise ValueError("no text")
+
+
+class Unsayable(TaskType):
+    """Raises an error that cannot say its message."""
+    type_name = "unsayable"
+
+    async def run_once(self, ctx):
+        raise Mute()
+
+
 class Unprintable(TaskType):
     """Returns a summary whose text cannot be made."""
     type_name = "unprintable"
@@ -111,7 +124,7 @@ class Unprintable(TaskType):
         return Summary()
 '''
 ENTRY_POINTS = ("[schedulerd.tasks]\nunanswered = misbehaving:Unanswered\nquits = misbehaving:Quits\n"
-                "unprintable = misbehaving:Unprintable\n\n[schedulerd.jobs]\n"
+                "unprintable = misbehaving:Unprintable\nunsayable = misbehaving:Unsayable\n\n[schedulerd.jobs]\n"
                 "unanswered_job = misbehaving:UnansweredJob\nquits_job = misbehaving:QuitsJob\n")
 
 
@@ -144,24 +157,26 @@ def test_a_timeout_error_the_work_raises_itself_is_a_failure_with_its_own_messag
     assert "Traceback" not in site.log()
 
 
-def test_a_plugin_that_calls_sys_exit_or_returns_an_unprintable_summary_fails_and_the_daemon_goes_on(
+def test_a_plugin_that_calls_sys_exit_or_cannot_say_its_summary_or_error_fails_and_the_daemon_goes_on(
         site, tmp_path, monkeypatch):
     """No exception of a task's or job's own may end the daemon: a plugin's sys.exit() is that
-    iteration's or attempt's failure ("SystemExit: 3"), as is a summary whose str() raises. Before,
-    either left the daemon not answering on its socket."""
+    iteration's or attempt's failure ("SystemExit: 3"), as is a summary or an error whose str()
+    raises. Before, each left the daemon not answering on its socket."""
     monkeypatch.setenv("PYTHONPATH", str(plugin_dir(tmp_path, "misbehaving", MISBEHAVING, ENTRY_POINTS)))
     site.write('[tasks.quits]\ntype = "quits"\nperiod = "1h"\n'
                '[tasks.unprintable]\ntype = "unprintable"\nperiod = "1h"\n'
+               '[tasks.unsayable]\ntype = "unsayable"\nperiod = "1h"\n'
                '[tasks.fine]\ntype = "noop"\nperiod = "200ms"\n'
                '[jobs.types.quits_job]\nmax_attempts = 1\n')
     site.console("scheduler:start", check=True)
     jid = site.console("job:add", "quits_job", check=True).stdout.strip()
     site.wait_for(lambda: site.json("job:show", jid)["state"] == "failed", what="the job to fail")
-    site.wait_for(lambda: site.task("quits")["runs"] >= 1 and site.task("unprintable")["runs"] >= 1,
-                  what="both tasks' first runs")
+    site.wait_for(lambda: all(site.task(t)["runs"] >= 1 for t in ("quits", "unprintable", "unsayable")),
+                  what="the tasks' first runs")
     runs = site.task("fine")["runs"]
     site.wait_for(lambda: site.task("fine")["runs"] > runs + 2, what="the other task going on")
     assert running(site.pid()) and site.console("scheduler:state").returncode == 10  # started: the daemon still runs
     assert site.json("task:history", "quits")[0]["error"] == "SystemExit: 3"
     assert site.json("task:history", "unprintable")[0]["error"] == "ValueError: no text"
+    assert site.json("task:history", "unsayable")[0]["error"] == "Mute (its message could not be made)"
     assert site.json("job:show", jid)["error"] == "SystemExit: 3"
