@@ -24,6 +24,7 @@ from . import __version__, logs, runtime
 from .cluster import ClusterStore, ClusterView, DuplicateNode, NodeKeeper, NodeRow, config_hash, node_info, open_cluster
 from .config import Config, TaskConfig, load
 from .control import Access, ControlServer
+from .iteration import FAILURES, error_text
 from .notify import sd_notify, watchdog_interval
 from .pidfile import DaemonRecord, PidFile
 from .process import withhold_env
@@ -350,6 +351,10 @@ class Daemon:
         except ConfigError as e:
             log.error("reload refused, the running configuration stays in force: %s", e)
             raise ControlError(Fault.CONFIG_INVALID, str(e)) from None
+        except FAILURES as e:  # a plugin's own checks raised something else (its bug): still only a refusal
+            why = f"checking the configuration failed: {error_text(e)}"
+            log.error("reload refused, the running configuration stays in force: %s", why, exc_info=True)
+            raise ControlError(Fault.CONFIG_INVALID, why) from None
         old_tasks = self.config.tasks
         removed = [n for n in old_tasks if n not in new.tasks]
         changed = [n for n in new.tasks if n in old_tasks and new.tasks[n] != old_tasks[n]]

@@ -5,6 +5,8 @@ non-zero exit is an expected failure (TaskFailed), logged on one line without a 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
 
 from tests.engine.conftest import plugin_dir, running
@@ -66,9 +68,28 @@ def test_a_command_exit_is_logged_on_one_line_without_a_traceback(site):
 
 
 MISBEHAVING = '''
+import dataclasses
 import sys
 
 from schedulerd.plugin import JobType, TaskType
+
+
+@dataclasses.dataclass(frozen=True)
+class PickySettings:
+    broken: bool = False
+
+
+class Picky(TaskType):
+    """Its check of the configuration raises (not a ConfigError) when `broken`."""
+    type_name = "picky"
+    Settings = PickySettings
+
+    def check(self, config):
+        if self.settings.broken:
+            raise RuntimeError("picky could not check its settings")
+
+    async def run_once(self, ctx):
+        return None
 
 
 class Unanswered(TaskType):
@@ -123,7 +144,7 @@ class Unprintable(TaskType):
                 raise ValueError("no text")
         return Summary()
 '''
-ENTRY_POINTS = ("[schedulerd.tasks]\nunanswered = misbehaving:Unanswered\nquits = misbehaving:Quits\n"
+ENTRY_POINTS = ("[schedulerd.tasks]\nunanswered = misbehaving:Unanswered\nquits = misbehaving:Quits\npicky = misbehaving:Picky\n"
                 "unprintable = misbehaving:Unprintable\nunsayable = misbehaving:Unsayable\n\n[schedulerd.jobs]\n"
                 "unanswered_job = misbehaving:UnansweredJob\nquits_job = misbehaving:QuitsJob\n")
 
@@ -180,3 +201,20 @@ def test_a_plugin_that_calls_sys_exit_or_cannot_say_its_summary_or_error_fails_a
     assert site.json("task:history", "unprintable")[0]["error"] == "ValueError: no text"
     assert site.json("task:history", "unsayable")[0]["error"] == "Mute (its message could not be made)"
     assert site.json("job:show", jid)["error"] == "SystemExit: 3"
+
+
+def test_a_reload_whose_plugin_check_raises_is_refused_and_the_daemon_goes_on(site, tmp_path, monkeypatch):
+    """A task type's own `check` that raises something else than a ConfigError (a bug of the
+    plugin) refuses the reload as a bad configuration does, from the CLI and on SIGHUP; the
+    running configuration stays. Before, the SIGHUP's error ended the daemon."""
+    monkeypatch.setenv("PYTHONPATH", str(plugin_dir(tmp_path, "misbehaving", MISBEHAVING, ENTRY_POINTS)))
+    site.write('[tasks.picky]\ntype = "picky"\nperiod = "200ms"\n')
+    site.console("scheduler:start", check=True)
+    site.write('[tasks.picky]\ntype = "picky"\nperiod = "200ms"\nbroken = true\n[tasks.other]\ntype = "noop"\n')
+    r = site.console("scheduler:reload")
+    assert r.returncode != 0 and "picky could not check its settings" in r.stderr, (r.returncode, r.stderr)
+    os.kill(site.pid(), signal.SIGHUP)
+    site.wait_for(lambda: site.log().count("reload refused") >= 2, what="the SIGHUP's reload refused")
+    runs = site.task("picky")["runs"]
+    site.wait_for(lambda: site.task("picky")["runs"] > runs + 2, what="the task going on")
+    assert running(site.pid()) and [t["name"] for t in site.json("task:list")] == ["picky"]
