@@ -20,6 +20,7 @@ import anyio
 from anyio.abc import SocketAttribute, SocketStream
 from anyio.streams.buffered import BufferedByteReceiveStream
 
+from .iteration import FAILURES, error_text
 from .protocol import MAX_REQUEST, ControlError, Fault
 
 log = logging.getLogger("schedulerd.control")
@@ -185,9 +186,9 @@ class ControlServer:
             return {"ok": True, "result": await self.dispatch(cmd, args)}
         except ControlError as e:
             return e.to_json()
-        except Exception as e:
+        except FAILURES as e:  # a plugin's sys.exit() too (a job type's title at job.add): a reply, not an exit
             log.exception("control command %s failed", cmd)
-            return ControlError(Fault.INTERNAL, f"{type(e).__name__}: {e}").to_json()
+            return ControlError(Fault.INTERNAL, error_text(e)).to_json()
 
     async def _stream(self, stream: SocketStream, cmd: str, args: dict[str, Any]) -> None:
         try:

@@ -9,6 +9,8 @@ import os
 import signal
 import sys
 
+import pytest
+
 from tests.engine.conftest import plugin_dir, running
 
 PY = sys.executable
@@ -134,6 +136,16 @@ class Unsayable(TaskType):
         raise Mute()
 
 
+class TitleQuits(JobType):
+    type_name = "title_quits"
+
+    def title(self, payload):
+        sys.exit(4)
+
+    async def run(self, ctx, payload):
+        return None
+
+
 class Unprintable(TaskType):
     """Returns a summary whose text cannot be made."""
     type_name = "unprintable"
@@ -146,7 +158,8 @@ class Unprintable(TaskType):
 '''
 ENTRY_POINTS = ("[schedulerd.tasks]\nunanswered = misbehaving:Unanswered\nquits = misbehaving:Quits\npicky = misbehaving:Picky\n"
                 "unprintable = misbehaving:Unprintable\nunsayable = misbehaving:Unsayable\n\n[schedulerd.jobs]\n"
-                "unanswered_job = misbehaving:UnansweredJob\nquits_job = misbehaving:QuitsJob\n")
+                "unanswered_job = misbehaving:UnansweredJob\nquits_job = misbehaving:QuitsJob\n"
+                "title_quits = misbehaving:TitleQuits\n")
 
 
 def test_a_timeout_error_the_work_raises_itself_is_a_failure_with_its_own_message(site, tmp_path, monkeypatch):
@@ -201,6 +214,13 @@ def test_a_plugin_that_calls_sys_exit_or_cannot_say_its_summary_or_error_fails_a
     assert site.json("task:history", "unprintable")[0]["error"] == "ValueError: no text"
     assert site.json("task:history", "unsayable")[0]["error"] == "Mute (its message could not be made)"
     assert site.json("job:show", jid)["error"] == "SystemExit: 3"
+    # a job type's own title, run by the daemon at a `job.add` on its socket (the web console's)
+    from schedulerd.client import Client
+    from schedulerd.protocol import ControlError
+
+    with pytest.raises(ControlError, match="SystemExit: 4"):
+        Client(site.socket, 10).call("job.add", type="title_quits", payload={})
+    assert running(site.pid()) and site.console("scheduler:state").returncode == 10
 
 
 def test_a_reload_whose_plugin_check_raises_is_refused_and_the_daemon_goes_on(site, tmp_path, monkeypatch):
