@@ -20,7 +20,7 @@ import anyio
 from anyio.abc import SocketAttribute, SocketStream
 from anyio.streams.buffered import BufferedByteReceiveStream
 
-from .iteration import FAILURES, error_text
+from .plugin import FAILURES, error_text
 from .protocol import MAX_REQUEST, ControlError, Fault
 
 log = logging.getLogger("schedulerd.control")

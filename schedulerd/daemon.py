@@ -24,9 +24,9 @@ from . import __version__, logs, runtime
 from .cluster import ClusterStore, ClusterView, DuplicateNode, NodeKeeper, NodeRow, config_hash, node_info, open_cluster
 from .config import Config, TaskConfig, load
 from .control import Access, ControlServer
-from .iteration import FAILURES, error_text
 from .notify import sd_notify, watchdog_interval
 from .pidfile import DaemonRecord, PidFile
+from .plugin import FAILURES, error_text
 from .process import withhold_env
 from .protocol import ControlError, Fault
 from .registry import rescan

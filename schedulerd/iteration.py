@@ -10,27 +10,11 @@ from typing import NamedTuple, TypeVar
 import anyio
 
 from . import metrics
-from .plugin import Context, TaskLog, TaskType, failure_detail
+from .plugin import FAILURES, Context, TaskLog, TaskType, error_text, failure_detail
 from .states import RunOutcome
 
 MAX_TEXT = 2000  # an iteration's error and summary are cut to this many characters in the history
 T = TypeVar("T")
-# what a plugin's code (an iteration, a job's attempt, a task's background or shutdown) may raise
-# and be recorded as failed: any error, and a sys.exit() in it (which must not end the daemon, nor
-# leave its loop stuck; one in an asyncio task the plugin starts itself still reaches the loop); a
-# cancellation and Ctrl-C (KeyboardInterrupt) go on up
-FAILURES = (Exception, SystemExit)
-
-
-def error_text(e: BaseException) -> str:
-    """`Type: message`, what the history and the logs say of a failure; `Type` and a note when the
-    exception cannot make its message (its __str__ fails): the failure is recorded all the same."""
-    try:
-        return f"{type(e).__name__}: {e}"
-    except Exception:
-        return f"{type(e).__name__} (its message could not be made)"
-
-
 class TimedOut(Exception):
     """The `timeout` an iteration or a job's attempt was given ran out. Not TimeoutError: that is
     what a socket or a library raises inside the work (a server that does not answer), a failure

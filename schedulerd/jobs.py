@@ -25,11 +25,11 @@ from anyio.abc import TaskGroup
 from . import metrics
 from .config import Config
 from .context import TaskContext, Waker
-from .iteration import FAILURES, TimedOut, error_text, within
+from .iteration import TimedOut, within
 from .jobadd import add_job, add_jobs, add_once, check_queue
 from .jobstore import Job, JobError, Outcome
 from .logs import REDACTOR
-from .plugin import FailForGood, JobType, failure_detail
+from .plugin import FAILURES, FailForGood, JobType, error_text, failure_detail
 from .protocol import ControlError, Fault
 from .registry import job_type
 from .store import STORE_ERRORS, store_call

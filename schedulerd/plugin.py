@@ -148,6 +148,22 @@ class FailForGood(TaskFailed):
     now, with this message, whatever attempts it has left."""
 
 
+# what a plugin's code (an iteration, a job's attempt, a task's background or shutdown) may raise
+# and be recorded as failed: any error, and a sys.exit() in it (which must not end the daemon, nor
+# leave its loop stuck; one in an asyncio task the plugin starts itself still reaches the loop); a
+# cancellation and Ctrl-C (KeyboardInterrupt) go on up
+FAILURES = (Exception, SystemExit)
+
+
+def error_text(e: BaseException) -> str:
+    """`Type: message`, what the history and the logs say of a failure; `Type` and a note when the
+    exception cannot make its message (its __str__ fails): the failure is recorded all the same."""
+    try:
+        return f"{type(e).__name__}: {e}"
+    except Exception:
+        return f"{type(e).__name__} (its message could not be made)"
+
+
 def failure_detail(e: BaseException) -> str:
     """What follows a failure's one-line message in a log: nothing for an expected
     TaskFailed, the traceback (on its own lines) for anything else."""

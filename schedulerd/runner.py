@@ -32,8 +32,8 @@ from anyio.abc import TaskGroup
 from .cluster import TaskLease
 from .config import TaskConfig
 from .context import JobAdder, TaskContext, monotonic
-from .iteration import FAILURES, IterationEnd, run_iteration
-from .plugin import TaskType
+from .iteration import IterationEnd, run_iteration
+from .plugin import FAILURES, TaskType
 from .registry import task_type
 from .schedule import first_due, local_text, zone
 from .snapshot import Live, task_snapshot

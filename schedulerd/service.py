@@ -13,11 +13,11 @@ import anyio
 
 from . import logs
 from .context import TaskContext
-from .iteration import FAILURES, TimedOut, error_text, within
+from .iteration import TimedOut, within
 from .jobadd import store_adder, validate
 from .jobstore import JobError
 from .oneshot import EchoHandler, ProgressBar
-from .plugin import failure_detail
+from .plugin import FAILURES, error_text, failure_detail
 from .process import withhold_env
 
 OK, FAILED, BAD_INPUT = 0, 1, 2
