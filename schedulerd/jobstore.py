@@ -119,6 +119,9 @@ CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, finished);
 CREATE INDEX IF NOT EXISTS jobs_ready ON jobs(queue, priority DESC, id) WHERE state IN ('waiting','interrupted');
 CREATE INDEX IF NOT EXISTS jobs_queue_state ON jobs(state, queue);
 CREATE INDEX IF NOT EXISTS jobs_due ON jobs(queue, next_attempt_at) WHERE state IN ('waiting','interrupted');
+-- a deferred add's look-up of a twin still waiting (add with coalesce); without it each such add
+-- read every waiting job of its queue: ~3 ms an add at 20,000 waiting
+CREATE INDEX IF NOT EXISTS jobs_twin ON jobs(type, queue, payload) WHERE state='waiting' AND attempts=0;
 CREATE TABLE IF NOT EXISTS job_deps (job INTEGER NOT NULL, dep INTEGER NOT NULL, PRIMARY KEY (job, dep));
 CREATE INDEX IF NOT EXISTS job_deps_dep ON job_deps(dep);
 CREATE TABLE IF NOT EXISTS job_logs (job INTEGER NOT NULL, ts REAL NOT NULL, level TEXT NOT NULL, line TEXT NOT NULL);
@@ -151,6 +154,24 @@ def batch_key(key: str | None, i: int) -> str | None:
 # commit was lost finds its job instead of making a second one. A jobs.db made before the column
 # gets it when opened (SqliteJobStore.__init__), then this index.
 ADD_KEY_INDEX = "CREATE UNIQUE INDEX IF NOT EXISTS jobs_add_key ON jobs(add_key) WHERE add_key IS NOT NULL"
+
+
+# add(coalesce=True): a job of the same type, queue and payload still waiting for its first attempt
+# (a deferred one), found through the index jobs_twin
+WAITING_TWIN = ("SELECT id FROM jobs WHERE type=? AND queue=? AND payload=? AND state='waiting' AND attempts=0 "
+                "ORDER BY id LIMIT 1")
+
+
+def _made_by(c: sqlite3.Connection, key: str | None) -> dict[str | None, int]:
+    """{idempotency key: job id} of the jobs an earlier try of the batch keyed `key` made (a try
+    commits all its jobs or none): one range read of jobs_add_key for the whole batch, whose keys
+    are `key` and `key.N` (batch_key), instead of a look-up per job. The range [key, key + "/")
+    holds them ("." sorts just before "/") and maybe another batch's keys, which are left out."""
+    if key is None:
+        return {}
+    rows = c.execute("SELECT add_key, id FROM jobs WHERE add_key >= ? AND add_key < ?", (key, key + "/"))
+    return {k: jid for k, jid in rows if k == key or k.startswith(key + ".")}
+
 
 COLUMNS = ("id, type, queue, payload, title, priority, attempts, max_attempts, next_attempt_at, state, done, total, "
            "summary, error, created, started, finished, node")
@@ -246,21 +267,20 @@ class SqliteJobStore(AddOne, SqliteFile):
             return []
         now = time.time()
         with self.transaction() as c:
-            return [self._add(c, now, type, queue, payload, title, priority, max_attempts, deps, delay, coalesce,
-                              batch_key(key, i))
-                    for i, (payload, title) in enumerate(zip(payloads, titles, strict=True))]
+            earlier = _made_by(c, key)
+            ids: builtins.list[int] = []
+            for i, (payload, title) in enumerate(zip(payloads, titles, strict=True)):
+                k = batch_key(key, i)
+                jid = earlier.get(k)
+                ids.append(jid if jid is not None else self._add(c, now, type, queue, payload, title, priority,
+                                                                 max_attempts, deps, delay, coalesce, k))
+            return ids
 
     def _add(self, c: sqlite3.Connection, now: float, type: str, queue: str, payload: dict[str, Any], title: str,
              priority: int, max_attempts: int, deps: Sequence[int], delay: float, coalesce: bool,
              key: str | None) -> int:
-        if key is not None:
-            row = c.execute("SELECT id FROM jobs WHERE add_key=?", (key,)).fetchone()
-            if row is not None:
-                return int(row[0])
         if coalesce and not deps:
-            row = c.execute("SELECT id FROM jobs WHERE type=? AND queue=? AND payload=? AND state='waiting' "
-                            "AND attempts=0 ORDER BY id LIMIT 1",
-                            (type, queue, json.dumps(payload, sort_keys=True))).fetchone()
+            row = c.execute(WAITING_TWIN, (type, queue, json.dumps(payload, sort_keys=True))).fetchone()
             if row is not None:
                 return int(row[0])
             payload = json.loads(json.dumps(payload, sort_keys=True))  # stored in the order compared
@@ -276,7 +296,8 @@ class SqliteJobStore(AddOne, SqliteFile):
             (type, queue, json.dumps(payload), title, priority, max_attempts, now + delay, "waiting", now, key))
         jid = cur.lastrowid
         assert jid is not None  # set by an INSERT
-        c.executemany("INSERT INTO job_deps(job, dep) VALUES (?, ?)", [(jid, d) for d in deps])
+        if deps:
+            c.executemany("INSERT INTO job_deps(job, dep) VALUES (?, ?)", [(jid, d) for d in deps])
         bad = [d for d, s in states.items() if s in ("failed", "cancelled")]
         if bad:
             self._fail(c, jid, f"dependency #{bad[0]} is {states[bad[0]]}", (JobState.WAITING,))

@@ -456,6 +456,40 @@ def test_coalesced_add_returns_the_job_still_waiting(backend: Backend) -> None:
     assert s.add("command", "q", {"record": 1, "b": [1, 2]}, coalesce=True) == first
 
 
+def twin_plan(backend: Backend, payload: dict[str, Any]) -> str:
+    """How the store's database finds a deferred add's waiting twin (its query plan, statistics fresh)."""
+    import json
+    import sqlite3
+
+    if backend.store.url is None:
+        from schedulerd.jobstore import WAITING_TWIN
+
+        with sqlite3.connect(backend.sch.state_dir / "jobs.db") as c:
+            rows = c.execute(f"EXPLAIN QUERY PLAN {WAITING_TWIN}", ("command", "q", json.dumps(payload))).fetchall()
+        return "\n".join(str(r[-1]) for r in rows)
+    import psycopg
+    from psycopg.types.json import Jsonb
+
+    from schedulerd.pgstore.queries import QUERIES
+
+    with psycopg.connect(backend.store.url, password=PASSWORD, autocommit=True) as c:
+        c.execute("ANALYZE jobs")
+        rows = c.execute(f"EXPLAIN {QUERIES['waiting_twin']}",
+                         {"type": "command", "queue": "q", "payload": Jsonb(payload)}).fetchall()
+    return "\n".join(r[0] for r in rows)
+
+
+def test_a_deferred_add_finds_its_waiting_twin_through_an_index(backend: Backend) -> None:
+    """A deferred add (coalesce) looks its twin up in the index jobs_twin. It used to read every
+    waiting job of its queue: at 20,000 waiting, ~3 ms an add on SQLite and ~9 ms on PostgreSQL."""
+    s = backend.jobs()
+    s.add_batch("command", "q", [{"record": i} for i in range(5000)], [""] * 5000, delay=3600)
+    assert s.add("command", "q", {"record": 4321}, delay=3600, coalesce=True) == s.list(queue="q")[5000 - 1 - 4321].id
+    assert sum(s.count_by_queue_state().values()) == 5000
+    plan = twin_plan(backend, {"record": 4321})
+    assert "jobs_twin" in plan, plan
+
+
 def test_an_add_retried_with_its_key_makes_one_job(backend: Backend) -> None:
     """An add retried after its commit was lost (the connection dropped after the server committed;
     store.store_call tries again) carries the same idempotency key: the retry gets the job the
