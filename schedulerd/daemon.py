@@ -418,7 +418,7 @@ class Daemon:
         r("shutdown", self.c_shutdown, during_shutdown=True)  # asked twice: the same answer
         r("logs.reopen", self.c_logs_reopen, during_shutdown=True)  # as SIGUSR1, answered once done
         server.route_stream("log.tail", self.c_log_tail)
-        from .jobs import routes
+        from .jobcontrol import routes
 
         routes(server, lambda: self.jobs)
         r("pipeline.wake", self.c_pipeline_wake, during_shutdown=True)  # pipeline:run added a run to the store
