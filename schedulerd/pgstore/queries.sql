@@ -94,9 +94,10 @@ SELECT id, state FROM jobs WHERE id = ANY(%(ids)s) FOR SHARE;
 SELECT pg_advisory_xact_lock(hashtext(%(type)s || chr(31) || %(queue)s));
 
 -- name: waiting_twin
--- add(coalesce=True): a job of the same type, queue and payload still waiting for its first attempt
+-- add(coalesce=True): a deferred job of the same type, queue and payload still waiting for its
+-- first attempt (index jobs_twin, migration 0009)
 SELECT id FROM jobs WHERE type = %(type)s AND queue = %(queue)s AND payload = %(payload)s
-  AND state = 'waiting' AND attempts = 0 ORDER BY id LIMIT 1;
+  AND state = 'waiting' AND attempts = 0 AND next_attempt_at > created ORDER BY id LIMIT 1;
 
 -- name: insert_job
 -- a new job; with an idempotency key (`key`) that a job already has (the add is a retry of one

@@ -67,8 +67,9 @@ CREATE UNIQUE INDEX jobs_add_key ON jobs (add_key) WHERE add_key IS NOT NULL;
 CREATE INDEX jobs_ready ON jobs (queue, priority DESC, id) WHERE state IN ('waiting', 'interrupted');
 -- when a queue's next job becomes due (next_due; migration 0005)
 CREATE INDEX jobs_due ON jobs (queue, next_attempt_at) WHERE state IN ('waiting', 'interrupted');
--- a deferred add's look-up of a twin still waiting (waiting_twin; migration 0009)
-CREATE INDEX jobs_twin ON jobs USING hash (payload) WHERE state = 'waiting' AND attempts = 0;
+-- a deferred add's look-up of a deferred twin still waiting (waiting_twin; migration 0009)
+CREATE INDEX jobs_twin ON jobs USING hash (payload)
+    WHERE state = 'waiting' AND attempts = 0 AND next_attempt_at > created;
 CREATE INDEX jobs_state ON jobs (state, finished);
 CREATE INDEX jobs_running_node ON jobs (node) WHERE state = 'running';
 

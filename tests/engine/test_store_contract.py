@@ -454,6 +454,8 @@ def test_coalesced_add_returns_the_job_still_waiting(backend: Backend) -> None:
     assert len({first, other, plain}) == 3
     claim_all(s)  # `plain` runs; `first` is deferred, still waiting for its first attempt
     assert s.add("command", "q", {"record": 1, "b": [1, 2]}, coalesce=True) == first
+    now = s.add("command", "other", {"record": 3})  # not deferred: no twin of a deferred add
+    assert s.add("command", "other", {"record": 3}, delay=3600, coalesce=True) != now
 
 
 def twin_plan(backend: Backend, payload: dict[str, Any]) -> str:
