@@ -52,6 +52,7 @@ CYCLE: dict[str, Callable[[SqliteJobStore], object]] = {
     "next_due": lambda s: s.next_due("default"),
     "queues_with_work": lambda s: s.queues_with_work(),
     "add": lambda s: s.add("noop", "default", {}),
+    "deferred add (looks for a twin)": lambda s: s.add("noop", "default", {"n": 1}, delay=60, coalesce=True),
 }
 
 
