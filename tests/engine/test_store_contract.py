@@ -316,6 +316,31 @@ def test_history_newest_first_and_purged_by_count_and_age(backend: Backend) -> N
     assert [r.outcome for r in s.history("a")] == ["failed", "ok", "ok"]
 
 
+def test_sqlite_retention_finds_its_runs_without_the_write_lock_and_deletes_them_in_chunks(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The runs to delete are found on a connection of the retention's own, then deleted in
+    transactions of PURGE_CHUNK: the history writer, a task's schedule cursor and another
+    process's write go on between them. In one transaction, 400,000 runs held the write lock 0.9 s
+    (and a write of another process fails after busy_timeout)."""
+    from schedulerd import store
+
+    monkeypatch.setattr(store, "PURGE_CHUNK", 100)
+    s = store.open_store(tmp_path)
+    try:
+        s.save([run(f"t{i % 10}", "ok", ago=1000 - i, summary=str(i)) for i in range(1000)], {}, {})
+        said: list[str] = []
+        with s.transaction() as c:
+            c.set_trace_callback(said.append)
+        assert s.purge_history(keep_ok=20, keep_failed=100, max_age_ok=86400, max_age_failed=86400) == 800
+        deletes = [i for i, sql in enumerate(said) if sql.startswith("DELETE FROM runs")]
+        assert len(deletes) == 8 and all(said[i - 1] == "BEGIN IMMEDIATE" and said[i + 1] == "COMMIT"
+                                         for i in deletes), said
+        assert not [sql for sql in said if "ROW_NUMBER" in sql]  # not on the store's own connection
+        assert [r.summary for r in s.history("t3", limit=100)] == [str(i) for i in range(993, 799, -10)]
+    finally:
+        s.close()
+
+
 def test_a_state_file_from_before_last_run_names_each_tasks_last_run_when_opened(tmp_path: Path) -> None:
     """A schedulerd.db written with the index of runs by task (before `tasks.last_run`) is
     upgraded in place: each task's last run found once, the index dropped, the history kept;
