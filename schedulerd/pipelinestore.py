@@ -67,10 +67,13 @@ SQLITE_DUE_INDEX = "CREATE UNIQUE INDEX IF NOT EXISTS pipeline_runs_due ON pipel
 SQLITE_PART_TRIGGER = ("CREATE TRIGGER IF NOT EXISTS pipeline_parts_job_deleted AFTER DELETE ON jobs BEGIN "
                        "UPDATE pipeline_parts SET job_state=OLD.state, job_error=OLD.error WHERE job=OLD.id; END")
 # the current step's parts by state: a part whose job is gone has the state its job had then, and
-# is `deleted` unless that was an end (none recorded: its job went before parts kept it)
-PART_STATES = ("SELECT CASE WHEN j.id IS NOT NULL THEN j.state WHEN p.job_state IN ('finished','failed','cancelled') "
-               "THEN p.job_state ELSE 'deleted' END, count(*) FROM pipeline_parts p LEFT JOIN jobs j ON j.id=p.job "
-               "WHERE p.run=? AND p.step=? GROUP BY 1")
+# is `deleted` unless that was an end (none recorded: its job went before parts kept it). Each
+# part's job is looked up by id: as a join, PostgreSQL's plan depended on its statistics and
+# could merge-join over the jobs' primary key from the first job (2.5-3 ms a look at 100,000
+# jobs, 0.04 ms by id), and a driver looks every 0.2 s
+PART_STATES = ("SELECT coalesce((SELECT j.state FROM jobs j WHERE j.id=p.job), CASE WHEN p.job_state IN "
+               "('finished','failed','cancelled') THEN p.job_state ELSE 'deleted' END), count(*) "
+               "FROM pipeline_parts p WHERE p.run=? AND p.step=? GROUP BY 1")
 # the first part that fails its step: its job failed or was cancelled, or went before finishing
 PART_FAILED = ("SELECT p.part, p.job, j.id IS NULL, coalesce(j.state, p.job_state), coalesce(j.error, p.job_error) "
                "FROM pipeline_parts p LEFT JOIN jobs j ON j.id=p.job WHERE p.run=? AND p.step=? AND "
