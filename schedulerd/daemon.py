@@ -293,11 +293,12 @@ class Daemon:
     async def _purge_history(self) -> None:
         sch = self.config.scheduler
         assert self.store is not None
-        try:  # retention only: when the store is busy, the next purge (in 5 minutes) does it
+        try:  # retention only: when the store is busy, the next purge (in 5 minutes) goes on
             await anyio.to_thread.run_sync(self.store.purge_history, sch.history_keep_ok, sch.history_keep_failed,
                                            sch.history_max_age_ok, sch.history_max_age_failed)
         except STORE_ERRORS as e:
-            log.warning("history retention skipped: the state store failed (%s: %s)", type(e).__name__, e)
+            log.warning("history retention stopped: the state store failed (%s: %s); the next pass in 5 minutes "
+                        "goes on", type(e).__name__, e)
 
     # --- tasks ---------------------------------------------------------------
     def _make_logger(self, name: str) -> Any:

@@ -56,8 +56,8 @@ def add_job(store: JobStore, config: Config, type_name: str, payload: Mapping[st
             queue: str | None = None, priority: int = 0, after: tuple[int, ...] = (),
             delay: float | None = None, key: str | None = None) -> tuple[int, str]:
     """Validate and store a job; (its id, the queue it went to) — the queue is what to wake.
-    Without `delay`, the type's `defer`: such a deferred job coalesces with an identical one
-    still waiting for its first attempt (a record changed twice within the defer is built once).
+    Without `delay`, the type's `defer`: such a deferred job coalesces with an identical deferred
+    one still waiting for its first attempt (a record changed twice within the defer is built once).
     `key`: the add's idempotency key (a retried add gets the job its first try made)."""
     ids, q = add_jobs(store, config, type_name, [payload], queue=queue, priority=priority, after=after,
                       delay=delay, key=key)

@@ -159,7 +159,8 @@ ADD_KEY_INDEX = "CREATE UNIQUE INDEX IF NOT EXISTS jobs_add_key ON jobs(add_key)
 
 
 # add(coalesce=True): a deferred job of the same type, queue and payload still waiting for its first
-# attempt, found through the index jobs_twin
+# attempt, found through the index jobs_twin. Deferred: added to wait before its first attempt
+# (`next_attempt_at > created`: a type's `defer`, or an add's own delay)
 WAITING_TWIN = ("SELECT id FROM jobs WHERE type=? AND queue=? AND payload=? AND state='waiting' AND attempts=0 "
                 "AND next_attempt_at > created ORDER BY id LIMIT 1")
 

@@ -13,7 +13,7 @@ import threading
 import time
 from array import array
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import closing, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol, TypeVar
@@ -119,7 +119,7 @@ class SqliteFile:
     SCHEMA = ""
 
     def __init__(self, path: Path, busy_timeout: float = DEFAULT_BUSY_TIMEOUT):
-        self.path, self.busy_timeout = path, busy_timeout
+        self.path = path
         self._conn = connect(path, busy_timeout)
         self._lock = threading.RLock()
         self._conn.executescript(self.SCHEMA)
@@ -147,7 +147,14 @@ class SqliteStateStore(SqliteFile):
 
     def __init__(self, path: Path, busy_timeout: float = DEFAULT_BUSY_TIMEOUT):
         super().__init__(path, busy_timeout)
+        self._reader: sqlite3.Connection | None = None
+        self._reading = threading.Lock()
         try:
+            # the retention's reads (purge_history) have a connection of their own, opened with the
+            # store: one opened and closed at each pass would leave its file descriptor open anyway
+            # (SQLite parks it while this process holds locks on the file), one more open file of
+            # the daemon after its first pass
+            self._reader = connect(path, busy_timeout)
             with self._lock:
                 behind = self._behind(self._conn)
             if behind:
@@ -259,22 +266,37 @@ class SqliteStateStore(SqliteFile):
     def purge_history(self, keep_ok: int, keep_failed: int, max_age_ok: float, max_age_failed: float) -> int:
         """Retention set separately for successful and failed runs, by count and by age. The runs to
         delete are found on a connection of their own, without the write lock, then deleted by id
-        in short transactions (see _doomed_runs)."""
-        with closing(connect(self.path, self.busy_timeout)) as reader:
-            doomed = _doomed_runs(reader, keep_ok, keep_failed, max_age_ok, max_age_failed)
+        in short transactions (see _doomed_runs). A pass that fails midway keeps what it deleted;
+        the next one goes on."""
+        with self._reading:
+            assert self._reader is not None  # (set in __init__)
+            doomed = _doomed_runs(self._reader, keep_ok, keep_failed, max_age_ok, max_age_failed)
         n = 0
         for i in range(0, len(doomed), PURGE_CHUNK):
             with self.transaction() as c:
                 n += c.execute("DELETE FROM runs WHERE id IN (SELECT value FROM json_each(?))",
                                (json.dumps(doomed[i:i + PURGE_CHUNK].tolist()),)).rowcount
-        if n:
-            with self.transaction() as c:
-                # rare: a task's newest run was older than its max age (or keep = 0). Its id may be
-                # another task's run by now: SQLite reuses the highest id, and the writer went on
-                if c.execute("SELECT 1 FROM tasks WHERE last_run IS NOT NULL AND NOT EXISTS (SELECT 1 FROM runs "
-                             "WHERE runs.id = tasks.last_run AND runs.task = tasks.name) LIMIT 1").fetchone():
-                    self._find_last_runs(c)
+        self._mend_last_runs()
         return n
+
+    def _mend_last_runs(self) -> None:
+        """Each task's `last_run` found again when one names a run that is gone, or that is another
+        task's: a purge deleted a task's newest run (older than its max age, or keep = 0), and
+        SQLite may have given its id to a run written since (it reuses the highest id). Rare, so
+        looked for (a read) at the end of every pass, also one after a pass that failed midway."""
+        find = ("SELECT 1 FROM tasks WHERE last_run IS NOT NULL AND NOT EXISTS "
+                "(SELECT 1 FROM runs WHERE runs.id = tasks.last_run AND runs.task = tasks.name) LIMIT 1")
+        with self._lock:
+            if self._conn.execute(find).fetchone() is None:
+                return
+        with self.transaction() as c:
+            self._find_last_runs(c)
+
+    def close(self) -> None:
+        with self._reading:
+            if self._reader is not None:
+                self._reader.close()
+        super().close()
 
     def get_value(self, key: str) -> str | None:
         with self._lock:

@@ -341,6 +341,32 @@ def test_sqlite_retention_finds_its_runs_without_the_write_lock_and_deletes_them
         s.close()
 
 
+def test_sqlite_retention_mends_a_last_run_that_a_pass_stopped_midway_left_behind(tmp_path: Path) -> None:
+    """A pass that failed after a chunk deleted a task's newest run (older than its max age) left
+    the task naming a run that is gone, and the history writer may since have given that id to
+    another task's run (SQLite reuses the highest id). The next pass, with nothing to delete,
+    finds each task's last run again."""
+    import sqlite3
+
+    from schedulerd.store import open_store
+
+    s = open_store(tmp_path)
+    try:
+        s.save([run("a", "ok", ago=3000, summary="a older"), run("a", "failed", ago=2000, error="a newest")], {}, {})
+        with sqlite3.connect(tmp_path / "schedulerd.db") as c:  # what the stopped pass's chunk did
+            gone = c.execute("SELECT max(id) FROM runs").fetchone()[0]
+            c.execute("DELETE FROM runs WHERE id=?", (gone,))
+        s.save([run("b", "ok", summary="b, with the id a's newest run had")], {}, {})
+        with sqlite3.connect(tmp_path / "schedulerd.db") as c:
+            assert c.execute("SELECT task FROM runs WHERE id=?", (gone,)).fetchone() == ("b",)
+        assert s.purge_history(keep_ok=100, keep_failed=100, max_age_ok=86400, max_age_failed=86400) == 0
+        many = s.tasks(["a", "b"])
+        assert many["a"].last_run.summary == "a older"
+        assert many["b"].last_run.summary == "b, with the id a's newest run had"
+    finally:
+        s.close()
+
+
 def test_a_state_file_from_before_last_run_names_each_tasks_last_run_when_opened(tmp_path: Path) -> None:
     """A schedulerd.db written with the index of runs by task (before `tasks.last_run`) is
     upgraded in place: each task's last run found once, the index dropped, the history kept;
