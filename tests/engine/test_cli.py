@@ -178,7 +178,11 @@ type = "steps"
 
 
 def _follow(site, *args: str, seconds: float, during=None) -> str:
-    proc = subprocess.Popen([str(CONSOLE), "--config", str(site.config), *args], stdout=subprocess.PIPE, text=True)
+    """A follower's output until it is stopped with Ctrl-C (SIGINT), as from a terminal: with SIGINT
+    not ignored even when the test run itself was started in the background (a shell's `&` makes
+    its children ignore SIGINT, and Python then never turns it into KeyboardInterrupt)."""
+    proc = subprocess.Popen([str(CONSOLE), "--config", str(site.config), *args], stdout=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         time.sleep(0.5)
         if during:
