@@ -22,17 +22,23 @@ def steps_of_a_cycle(state_dir: Path, queued: int) -> dict[str, int]:
     try:
         for start in range(0, queued, 10_000):
             store.add_many([("noop", "default", {}, "")] * min(10_000, queued - start))
-        steps = [0]
-
-        def count() -> int:
-            steps[0] += 1
-            return 0  # go on
-
-        with store.transaction() as c:
-            c.set_progress_handler(count, 1)
+        steps = counting(store)
         return {what: counted(steps, call, store) for what, call in CYCLE.items()}
     finally:
         store.close()
+
+
+def counting(store: SqliteJobStore) -> list[int]:
+    """A counter ([n]) of the SQLite VM steps run on the store's connection from now on."""
+    steps = [0]
+
+    def count() -> int:
+        steps[0] += 1
+        return 0  # go on
+
+    with store.transaction() as c:
+        c.set_progress_handler(count, 1)
+    return steps
 
 
 def counted(steps: list[int], call: Callable[[SqliteJobStore], object], store: SqliteJobStore) -> int:
@@ -71,14 +77,7 @@ def steps_of_a_deferred_add(state_dir: Path, deferred: int) -> int:
         for start in range(0, deferred, 10_000):
             store.add_batch("noop", "default", [{"n": i} for i in range(start, min(deferred, start + 10_000))],
                             [""] * min(10_000, deferred - start), delay=3600)
-        steps = [0]
-
-        def count() -> int:
-            steps[0] += 1
-            return 0
-
-        with store.transaction() as c:
-            c.set_progress_handler(count, 1)
+        steps = counting(store)
         return counted(steps, lambda s: s.add("noop", "default", {"n": -1}, delay=3600, coalesce=True), store)
     finally:
         store.close()
@@ -99,14 +98,7 @@ def steps_of_a_paused_queue(state_dir: Path, queued: int) -> dict[str, int]:
         for start in range(0, queued, 10_000):
             store.add_many([("noop", "default", {}, "")] * min(10_000, queued - start))
         store.set_paused("default", True)
-        steps = [0]
-
-        def count() -> int:
-            steps[0] += 1
-            return 0
-
-        with store.transaction() as c:
-            c.set_progress_handler(count, 1)
+        steps = counting(store)
         return {"claim": counted(steps, lambda s: s.claim_many("default", "n1", 4), store),
                 "next_due": counted(steps, lambda s: s.next_due("default"), store)}
     finally:
