@@ -38,6 +38,7 @@ from .stores import SchemaMismatch, check_schema, open_state_store
 from .wake import serve_wakes
 
 log = logging.getLogger("schedulerd")
+HISTORY_PURGE_EVERY = 300.0  # seconds between two passes of the run history's retention
 
 ShutdownTrigger = Callable[[], Awaitable[None]]
 
@@ -266,11 +267,11 @@ class Daemon:
         while True:
             sink.ready = anyio.Event()
             if not sink.pending():
-                with anyio.move_on_after(300):  # idle: wake for nothing but the periodic purge
+                with anyio.move_on_after(HISTORY_PURGE_EVERY):  # idle: wake for nothing but the periodic purge
                     await sink.ready.wait()
             await anyio.sleep(0.5)  # gather a batch
             await self._write_state()
-            if time.monotonic() - last_purge > 300:
+            if time.monotonic() - last_purge > HISTORY_PURGE_EVERY:
                 last_purge = time.monotonic()
                 await self._purge_history()
 
@@ -294,6 +295,10 @@ class Daemon:
         sch = self.config.scheduler
         assert self.store is not None
         try:  # retention only: when the store is busy, the next purge (in 5 minutes) goes on
+            # a shared store: another node's pass since this one's last counts (its mark must be
+            # older than most of the period, or this node's next pass would find its own)
+            if not await anyio.to_thread.run_sync(self.store.retention_turn, HISTORY_PURGE_EVERY * 0.8):
+                return
             await anyio.to_thread.run_sync(self.store.purge_history, sch.history_keep_ok, sch.history_keep_failed,
                                            sch.history_max_age_ok, sch.history_max_age_failed)
         except STORE_ERRORS as e:

@@ -71,6 +71,14 @@ DELETE FROM runs WHERE id IN (
         FROM runs WHERE (outcome = ANY(%(clean)s)) = %(ok)s) ranked
     WHERE rn > %(keep)s);
 
+-- name: take_history_purge
+-- the history retention is one node's at a time for the whole cluster, once per `every` seconds
+-- (the database's clock): the node that moves this mark forward purges, the others find it recent
+INSERT INTO kv (key, value) VALUES ('schedulerd.history_purged', extract(epoch FROM now())::text)
+ON CONFLICT (key) DO UPDATE SET value = excluded.value
+    WHERE kv.value::float8 < extract(epoch FROM now()) - %(every)s
+RETURNING 1;
+
 -- name: get_value
 SELECT value FROM kv WHERE key = %(key)s;
 

@@ -316,6 +316,18 @@ def test_history_newest_first_and_purged_by_count_and_age(backend: Backend) -> N
     assert [r.outcome for r in s.history("a")] == ["failed", "ok", "ok"]
 
 
+def test_the_history_retention_is_one_nodes_at_a_time(backend: Backend) -> None:
+    """On PostgreSQL the nodes take turns: the one that moves the store's mark forward purges, the
+    others skip while it is younger than `every` (each pass sorts the whole history). A SQLite
+    file has one daemon: always its turn."""
+    a, b = backend.states(), backend.states()
+    assert a.retention_turn(3600) is True
+    assert b.retention_turn(3600) is (backend.store.url is None)
+    assert a.retention_turn(3600) is (backend.store.url is None)  # its own mark too
+    time.sleep(0.01)
+    assert b.retention_turn(0.001) is True  # older than `every`: b's turn
+
+
 def test_sqlite_retention_finds_its_runs_without_the_write_lock_and_deletes_them_in_chunks(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The runs to delete are found on a connection of the retention's own, then deleted in
