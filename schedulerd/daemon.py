@@ -33,12 +33,12 @@ from .registry import rescan
 from .runner import RunnerEnv, TaskRunner
 from .settings import ConfigError
 from .states import STOPPED_STATES, TaskState, Wanted
+from .statewriter import StateWriter
 from .store import STORE_ERRORS, StateStore, TaskRecord, store_call
 from .stores import SchemaMismatch, check_schema, open_state_store
 from .wake import serve_wakes
 
 log = logging.getLogger("schedulerd")
-HISTORY_PURGE_EVERY = 300.0  # seconds between two passes of the run history's retention
 
 ShutdownTrigger = Callable[[], Awaitable[None]]
 
@@ -58,7 +58,7 @@ class Daemon:
         self.pipelines: Any = None  # schedulerd.pipelinerun.PipelineService, once the job service runs
         self._env: RunnerEnv | None = None  # what the runners share; made once the store is open
         self._listeners: dict[str, list[TaskRunner]] = {}
-        self._writing = anyio.Lock()  # held while a batch of the state sink is being saved
+        self.writer: StateWriter | None = None  # of the state store; made once it is open
         self._server: ControlServer | None = None
         self.cluster: ClusterStore | None = None  # a shared store's nodes and task leases
         self.keeper: NodeKeeper | None = None  # this node's heartbeat in it
@@ -83,6 +83,7 @@ class Daemon:
             self._env = RunnerEnv(self.config, self.store, sch.state_dir / "locks",
                                   make_logger=self._make_logger, emit=self.emit, add_jobs=self._add_jobs,
                                   node=sch.node, cluster=self.cluster)
+            self.writer = StateWriter(self.store, self._env.history, lambda: self.config.scheduler)
             try:
                 await self._serve()
             finally:
@@ -156,14 +157,15 @@ class Daemon:
             await self._serve_with(server, await server.listen(), received)
 
     async def _serve_with(self, server: ControlServer, listener: Any, signals: AsyncIterator[int]) -> None:
-        sch = self.config.scheduler
+        sch, writer = self.config.scheduler, self.writer
+        assert writer is not None  # (made with the store, in serve)
         try:
             async with anyio.create_task_group() as tg:
                 self._tg = tg
                 await tg.start(server.serve, listener)
                 tg.start_soon(self._signals, signals)
                 tg.start_soon(self._reopen_logs)
-                tg.start_soon(self._flush_history)
+                tg.start_soon(writer.run)
                 if self.keeper is not None:
                     tg.start_soon(self.keeper.run)
                 if self.shutdown_trigger is not None:
@@ -192,7 +194,7 @@ class Daemon:
                 tg.cancel_scope.cancel()
         finally:
             with anyio.CancelScope(shield=True):
-                await self._write_state(give_up_after=sch.stop_timeout + 5)
+                await writer.write(give_up_after=sch.stop_timeout + 5)
             try:
                 sch.socket.unlink()
             except FileNotFoundError:
@@ -257,53 +259,6 @@ class Daemon:
         while True:
             sd_notify("WATCHDOG=1")
             await anyio.sleep(interval)
-
-    async def _flush_history(self) -> None:
-        """Run history, crash counters and wanted states are written in batches, in a worker
-        thread, so a thousand tasks never stall the loop; a locked store delays them (retried), loses none."""
-        assert self._env is not None
-        sink = self._env.history
-        last_purge = 0.0
-        while True:
-            sink.ready = anyio.Event()
-            if not sink.pending():
-                with anyio.move_on_after(HISTORY_PURGE_EVERY):  # idle: wake for nothing but the periodic purge
-                    await sink.ready.wait()
-            await anyio.sleep(0.5)  # gather a batch
-            await self._write_state()
-            if time.monotonic() - last_purge > HISTORY_PURGE_EVERY:
-                last_purge = time.monotonic()
-                await self._purge_history()
-
-    async def _write_state(self, give_up_after: float | None = None) -> None:
-        """Save what the sink holds; retried until written (or, at the end, for `give_up_after` s)."""
-        if self.store is None or self._env is None or not self._env.history.pending():
-            return
-        sink = self._env.history
-        async with self._writing:  # one batch at a time: a run is never saved twice
-            batch = sink.batch()
-            try:
-                await store_call("writing the run history and task states", self.store.save, *batch,
-                                 give_up_after=give_up_after)
-            except STORE_ERRORS as e:
-                log.error("the state store stays unwritable (%s): %d run(s) of the history and %d task state(s) "
-                          "are not saved yet", e, len(batch[0]), len(batch[1]) + len(batch[2]))
-                return
-            sink.written(*batch)
-
-    async def _purge_history(self) -> None:
-        sch = self.config.scheduler
-        assert self.store is not None
-        try:  # retention only: when the store is busy, the next purge (in 5 minutes) goes on
-            # a shared store: another node's pass since this one's last counts (its mark must be
-            # older than most of the period, or this node's next pass would find its own)
-            if not await anyio.to_thread.run_sync(self.store.retention_turn, HISTORY_PURGE_EVERY * 0.8):
-                return
-            await anyio.to_thread.run_sync(self.store.purge_history, sch.history_keep_ok, sch.history_keep_failed,
-                                           sch.history_max_age_ok, sch.history_max_age_failed)
-        except STORE_ERRORS as e:
-            log.warning("history retention stopped: the state store failed (%s: %s); the next pass in 5 minutes "
-                        "goes on", type(e).__name__, e)
 
     # --- tasks ---------------------------------------------------------------
     def _make_logger(self, name: str) -> Any:
@@ -522,10 +477,11 @@ class Daemon:
     async def c_task_history(self, args: dict[str, Any]) -> list[dict[str, Any]]:
         runner = self._runner(args)
         limit = args.get("limit", 20)
-        if not self._writing.locked():  # what ended just now is shown; a busy store: the writer saves it later
-            await self._write_state(give_up_after=0)
-        assert self.store is not None
-        return [r._asdict() for r in await anyio.to_thread.run_sync(self.store.history, runner.tc.name, int(limit))]
+        assert self.writer is not None
+        if not self.writer.busy:  # what ended just now is shown; a busy store: the writer saves it later
+            await self.writer.write(give_up_after=0)
+        return [r._asdict() for r in await anyio.to_thread.run_sync(self.writer.store.history, runner.tc.name,
+                                                                     int(limit))]
 
     async def c_reload(self, args: dict[str, Any]) -> dict[str, Any]:
         return await self.reload()
