@@ -15,6 +15,8 @@ from .states import RunOutcome
 
 MAX_TEXT = 2000  # an iteration's error and summary are cut to this many characters in the history
 T = TypeVar("T")
+
+
 class TimedOut(Exception):
     """The `timeout` an iteration or a job's attempt was given ran out. Not TimeoutError: that is
     what a socket or a library raises inside the work (a server that does not answer), a failure
