@@ -54,7 +54,7 @@ async def run_iteration(task: TaskType, ctx: Context, timeout: float | None, log
     (schedulerd.metrics: iterations and failures by task and outcome, duration by task type)."""
     began = time.monotonic()
     try:
-        if timeout is None:  # no cancel scope to make and leave: most tasks have no timeout
+        if timeout is None:  # as `within` does, without its closure and coroutine: the path of most tasks
             result = await task.run_once(ctx)
         else:
             result = await within(timeout, lambda: task.run_once(ctx))
